@@ -1,0 +1,3 @@
+fn main() {
+    println!("ds4: under construction");
+}
