@@ -128,6 +128,53 @@ struct ParamBuilder {
     string: String,
     json_in_str: bool,
     json_escape: bool,
+    /// Open JSON containers (`{` / `[`) of a non-string value, to tell object keys
+    /// (structure) from string values (payload).
+    json_stack: Vec<char>,
+    json_expect_key: bool,
+    json_str_is_key: bool,
+}
+
+impl ParamBuilder {
+    /// Track the JSON lexical state of a non-string value, one character at a time.
+    fn lex(&mut self, c: char) {
+        if self.json_in_str {
+            if self.json_escape {
+                self.json_escape = false;
+            } else if c == '\\' {
+                self.json_escape = true;
+            } else if c == '"' {
+                self.json_in_str = false;
+            }
+            return;
+        }
+        match c {
+            '"' => {
+                self.json_in_str = true;
+                self.json_str_is_key = self.json_expect_key;
+            }
+            '{' => {
+                self.json_stack.push('{');
+                self.json_expect_key = true;
+            }
+            '[' => {
+                self.json_stack.push('[');
+                self.json_expect_key = false;
+            }
+            '}' | ']' => {
+                self.json_stack.pop();
+                self.json_expect_key = false;
+            }
+            ':' => self.json_expect_key = false,
+            ',' => self.json_expect_key = self.json_stack.last() == Some(&'{'),
+            _ => {}
+        }
+    }
+
+    /// Inside a string value (not an object key) of a JSON parameter.
+    fn in_json_string_value(&self) -> bool {
+        self.json_in_str && !self.json_str_is_key
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -482,11 +529,13 @@ impl DsmlParser {
         matches!(self.state, State::Block(_))
     }
 
-    /// The model is writing DSML structure (tags, attributes, whitespace between
-    /// tags, JSON punctuation of non-string parameters, or has started a marker:
-    /// at least `<｜D`, `<D…` or `<t…` of an opening tag in text, or `</` plus one
-    /// more character of a closing parameter tag in a value). The server samples
-    /// these tokens greedily.
+    /// The model is writing DSML structure: tags, attributes, whitespace between
+    /// tags, everything of a JSON parameter except its string values (punctuation,
+    /// numbers, literals, object keys), or a marker it has started — at least three
+    /// characters of a block opening tag in text (`<｜D`, `<DS`, `<to`, after an
+    /// optional `\n\n`), or of a closing parameter tag in a value (`</｜`). The
+    /// server samples these tokens greedily. `<` and `</` alone stay payload, since
+    /// they are common in code and markup.
     pub fn in_syntax(&self) -> bool {
         match &self.state {
             State::Reasoning => false,
@@ -499,7 +548,7 @@ impl DsmlParser {
             }
             State::Block(b) => match &b.phase {
                 Phase::Value(_, p) => {
-                    self.buf.chars().count() >= 3 || (!p.is_string && !p.json_in_str)
+                    self.buf.chars().count() >= 3 || !(p.is_string || p.in_json_string_value())
                 }
                 _ => true,
             },
@@ -507,12 +556,12 @@ impl DsmlParser {
     }
 
     /// The model is writing an argument payload: a `string="true"` value or a string
-    /// literal inside a JSON value. These keep the request's sampler.
+    /// value inside a JSON parameter. These keep the request's sampler.
     pub fn in_argument_payload(&self) -> bool {
         match &self.state {
             State::Block(b) => match &b.phase {
                 Phase::Value(_, p) => {
-                    self.buf.chars().count() < 3 && (p.is_string || p.json_in_str)
+                    self.buf.chars().count() < 3 && (p.is_string || p.in_json_string_value())
                 }
                 _ => false,
             },
@@ -716,6 +765,9 @@ impl DsmlParser {
                                 string: String::new(),
                                 json_in_str: false,
                                 json_escape: false,
+                                json_stack: Vec::new(),
+                                json_expect_key: false,
+                                json_str_is_key: false,
                             },
                         );
                         Step::Progress
@@ -780,13 +832,7 @@ impl DsmlParser {
                         );
                     } else {
                         for c in piece.chars() {
-                            if param.json_escape {
-                                param.json_escape = false;
-                            } else if param.json_in_str && c == '\\' {
-                                param.json_escape = true;
-                            } else if c == '"' {
-                                param.json_in_str = !param.json_in_str;
-                            }
+                            param.lex(c);
                         }
                         param.json.push_str(piece);
                     }

@@ -416,7 +416,11 @@ fn invalid_tool_schema_is_a_typed_error() {
     ];
     assert!(matches!(
         encode_messages(&msgs, &chat()),
-        Err(EncodeError::InvalidToolSchema { index: 0, tool: 0, .. })
+        Err(EncodeError::InvalidToolSchema {
+            index: 0,
+            tool: 0,
+            ..
+        })
     ));
     let _ = ThinkingMode::Chat;
 }
