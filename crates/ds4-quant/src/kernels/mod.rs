@@ -1,0 +1,94 @@
+//! Row dot-product kernels and their run-time selection.
+//!
+//! Every format has a scalar reference kernel. The AVX2 (x86-64, with FMA and
+//! F16C) and NEON (aarch64) kernels compute each block's integer sums with SIMD
+//! and then combine blocks in f32 in exactly the scalar order, so for Q8_0,
+//! Q2_K, Q4_K and IQ2_XXS they return the same bits as the scalar kernel. The
+//! F16/BF16/F32 kernels sum floats in a different order (8-wide FMA
+//! accumulators), so they agree with scalar only to rounding.
+//!
+//! `DS4_CPU_KERNELS=scalar|avx2|neon|auto` forces a path (read once per
+//! process); a path the CPU lacks falls back to the best available one. There
+//! are no AVX-512 kernels: the development machine has no AVX-512, and SIMD code
+//! that cannot be run against the scalar reference is not shipped;
+//! `DS4_CPU_KERNELS=avx512` therefore selects AVX2.
+
+use std::sync::OnceLock;
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+
+/// A family of CPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    Scalar,
+    Avx2,
+    Neon,
+}
+
+impl KernelPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Neon => "neon",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelPath::Scalar => true,
+            KernelPath::Avx2 => avx2_available(),
+            KernelPath::Neon => cfg!(target_arch = "aarch64"),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn avx2_available() -> bool {
+    false
+}
+
+/// All paths this CPU can run, best last.
+pub fn available_paths() -> Vec<KernelPath> {
+    [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Neon]
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+}
+
+fn best_available() -> KernelPath {
+    available_paths().last().copied().unwrap_or(KernelPath::Scalar)
+}
+
+/// The path used by [`crate::DotKernel::new`] and [`crate::matvec`]: the best
+/// one available, unless `DS4_CPU_KERNELS` asks for another.
+pub fn selected_path() -> KernelPath {
+    static SEL: OnceLock<KernelPath> = OnceLock::new();
+    *SEL.get_or_init(|| {
+        let want = std::env::var("DS4_CPU_KERNELS").unwrap_or_default();
+        match want.to_ascii_lowercase().as_str() {
+            "scalar" => KernelPath::Scalar,
+            "avx2" | "avx512" if KernelPath::Avx2.is_available() => KernelPath::Avx2,
+            "neon" if KernelPath::Neon.is_available() => KernelPath::Neon,
+            _ => best_available(),
+        }
+    })
+}
