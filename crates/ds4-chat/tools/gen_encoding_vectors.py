@@ -3,7 +3,8 @@
 
 Random conversations are rendered by the official DeepSeek V4 encoder
 (`encoding_dsv4.py`, MIT, (c) DeepSeek; not vendored in this repo: pass its path)
-and written as JSON lines to tests/data/encoding_vectors.jsonl. Each line holds the
+and written as JSON lines to tests/data/encoding_vectors.jsonl; assistant turns
+rendered and then parsed by the official decoder go to tests/data/parse_vectors.jsonl. Each line holds the
 request (messages, context, options) exactly as a client would send it (compact or
 spaced JSON, ASCII-escaped or not, so the Rust side must re-serialize the way
 Python does) and the expected prompt string.
@@ -142,13 +143,35 @@ def rconversation(r):
     return msgs
 
 
+def rparse_case(r, enc):
+    """An assistant turn rendered by the official encoder, then parsed by the official
+    decoder: the Rust parser must give the same reasoning, content and arguments."""
+    mode = r.choice(["chat", "thinking"])
+    a = {"role": "assistant", "content": rtext(r, 0, 3), "reasoning_content": rtext(r, 0, 3)}
+    if r.random() < 0.8:
+        a["tool_calls"] = [
+            {"type": "function", "function": {
+                "name": r.choice(["get_weather", "search", "run"]),
+                "arguments": rdump(r, {rname(r): rvalue(r) for _ in range(r.randint(0, 4))})}}
+            for _ in range(r.randint(1, 3))]
+    prompt = enc.encode_messages([{"role": "user", "content": "Q"}, a], mode, drop_thinking=False)
+    opener = "<｜Assistant｜>" + ("<think>" if mode == "thinking" else "</think>")
+    text = prompt.split(opener, 1)[1]
+    parsed = enc.parse_message_from_completion_text(text, mode)
+    return {"mode": mode, "text": text, "reasoning": parsed["reasoning_content"],
+            "content": parsed["content"],
+            "calls": [[c["function"]["name"], c["function"]["arguments"]] for c in parsed["tool_calls"]]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--oracle", required=True, help="path to the official encoding_dsv4.py")
     ap.add_argument("--seed", type=int, default=4)
-    ap.add_argument("--count", type=int, default=160)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data",
-                                                   "encoding_vectors.jsonl"))
+    ap.add_argument("--count", type=int, default=68)
+    ap.add_argument("--parse-count", type=int, default=45)
+    data_dir = os.path.join(os.path.dirname(__file__), "..", "tests", "data")
+    ap.add_argument("--out", default=os.path.join(data_dir, "encoding_vectors.jsonl"))
+    ap.add_argument("--parse-out", default=os.path.join(data_dir, "parse_vectors.jsonl"))
     args = ap.parse_args()
     spec = importlib.util.spec_from_file_location("encoding_dsv4", args.oracle)
     enc = importlib.util.module_from_spec(spec)
@@ -179,6 +202,19 @@ def main():
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {len(lines)} cases ({skipped} skipped: the oracle raised) to {args.out}")
+
+    lines = []
+    skipped = 0
+    while len(lines) < args.parse_count:
+        try:
+            case = rparse_case(r, enc)
+        except Exception:
+            skipped += 1  # e.g. content holding special-token text, refused by the decoder
+            continue
+        lines.append(json.dumps(case, ensure_ascii=False))
+    with open(args.parse_out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {len(lines)} parse cases ({skipped} skipped) to {args.parse_out}")
 
 
 if __name__ == "__main__":
