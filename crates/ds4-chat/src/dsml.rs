@@ -65,6 +65,14 @@ pub struct ParsedToolCall {
     pub arguments_json: String,
 }
 
+impl ParsedToolCall {
+    /// The OpenAI-shaped call for the history, with `arguments_json` as arguments:
+    /// rendering it again reproduces the parsed DSML.
+    pub fn to_tool_call(&self, id: Option<&str>) -> crate::types::ToolCall {
+        crate::types::ToolCall::new(id, &self.name, &self.arguments_json)
+    }
+}
+
 /// One parser output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -450,7 +458,8 @@ impl DsmlParser {
         self.opts
     }
 
-    /// Feed decoded text; returns the events it completes.
+    /// Feed decoded text; returns the events it completes. Input after
+    /// [`finish`](Self::finish) is ignored.
     pub fn feed(&mut self, text: &str) -> Vec<Event> {
         let mut out = Vec::new();
         if self.finished {

@@ -296,12 +296,21 @@ fn content_str(c: Option<&Content>) -> std::borrow::Cow<'_, str> {
     c.map_or("".into(), Content::flatten)
 }
 
+/// A tool whose function object Python's `json.loads` would reject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tool {tool}: function is not valid JSON: {source}")]
+pub struct ToolSchemaError {
+    pub tool: usize,
+    pub source: pyjson::PyJsonError,
+}
+
 /// `render_tools`: the tool prompt with one Python-serialized schema per line.
-pub fn render_tools(tools: &[Tool]) -> Result<Prompt, (usize, pyjson::PyJsonError)> {
+pub fn render_tools(tools: &[Tool]) -> Result<Prompt, ToolSchemaError> {
     let mut p = Prompt::new();
     p.push_template(TOOLS_HEAD);
     for (i, t) in tools.iter().enumerate() {
-        let v = pyjson::loads(t.function.get()).map_err(|e| (i, e))?;
+        let v = pyjson::loads(t.function.get())
+            .map_err(|source| ToolSchemaError { tool: i, source })?;
         if i > 0 {
             p.push_text("\n");
         }
@@ -364,14 +373,15 @@ fn render_arguments(p: &mut Prompt, arguments: &str) {
 /// Append `"\n\n" + render_tools(...)` and the response-format section.
 fn render_suffixes(p: &mut Prompt, index: usize, msg: &Message) -> Result<(), EncodeError> {
     if let Some(tools) = msg.tools.as_ref().filter(|t| !t.is_empty()) {
-        let rendered =
-            render_tools(tools).map_err(|(tool, source)| EncodeError::InvalidToolSchema {
+        let rendered = render_tools(tools).map_err(|ToolSchemaError { tool, source }| {
+            EncodeError::InvalidToolSchema {
                 index,
                 tool,
                 source,
-            })?;
+            }
+        })?;
         p.push_text("\n\n");
-        p.extend(rendered);
+        p.append(rendered);
     }
     if let Some(rf) = &msg.response_format {
         let v = pyjson::loads(rf.get())
@@ -465,7 +475,7 @@ fn render_turn(p: &mut Prompt, cx: &RenderCtx<'_, '_>, index: usize) -> Result<(
                 .filter(|c| !c.is_empty())
             {
                 p.push_text("\n\n");
-                p.extend(render_tool_calls(calls));
+                p.append(render_tool_calls(calls));
             }
             if !t.wo_eos {
                 p.push_special(SpecialToken::Eos);
@@ -559,4 +569,30 @@ pub fn render_to_string(
     opts: &EncodeOptions<'_>,
 ) -> Result<String, EncodeError> {
     encode_messages(messages, opts).map(|p| p.render_to_string())
+}
+
+/// The single-turn prompt of ds4's CLI (`encode_chat_prompt`): BOS, the Think-Max
+/// prefix when asked for in thinking mode, the system text if any, then
+/// `<｜User｜>prompt<｜Assistant｜>` and `<think>` or `</think>`. This is exactly
+/// [`encode_messages`] of `[system, user]`.
+pub fn encode_single_turn(
+    system: Option<&str>,
+    prompt: &str,
+    thinking_mode: ThinkingMode,
+    reasoning_effort: Option<ReasoningEffort>,
+) -> Prompt {
+    let mut p = Prompt::new();
+    p.push_special(SpecialToken::Bos);
+    if thinking_mode == ThinkingMode::Thinking && reasoning_effort == Some(ReasoningEffort::Max) {
+        p.push_text(REASONING_EFFORT_MAX_PREFIX);
+    }
+    p.push_text(system.unwrap_or(""));
+    p.push_special(SpecialToken::User);
+    p.push_text(prompt);
+    p.push_special(SpecialToken::Assistant);
+    p.push_special(match thinking_mode {
+        ThinkingMode::Thinking => SpecialToken::ThinkStart,
+        ThinkingMode::Chat => SpecialToken::ThinkEnd,
+    });
+    p
 }

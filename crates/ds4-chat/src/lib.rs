@@ -20,8 +20,8 @@ pub use dsml::{
     DsmlParser, Event, ParsedCompletion, ParsedToolCall, ParserOptions, parse_completion,
 };
 pub use encode::{
-    EncodeError, EncodeOptions, REASONING_EFFORT_MAX_PREFIX, encode_messages, render_to_string,
-    render_tool_calls, render_tools,
+    EncodeError, EncodeOptions, REASONING_EFFORT_MAX_PREFIX, ToolSchemaError, encode_messages,
+    encode_single_turn, render_to_string, render_tool_calls, render_tools,
 };
 pub use segments::{Prompt, Segment, SpecialToken, Task};
 pub use types::{

@@ -168,7 +168,7 @@ impl Prompt {
     }
 
     /// Append another prompt's segments.
-    pub fn extend(&mut self, other: Prompt) {
+    pub fn append(&mut self, other: Prompt) {
         for seg in other.segments {
             match seg {
                 Segment::Special(t) => self.push_special(t),

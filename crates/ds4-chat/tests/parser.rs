@@ -368,6 +368,27 @@ fn malformed_blocks_fall_back_to_text() {
                 Event::End,
             ],
         ),
+        // Garbage between parameters of a started invoke.
+        (
+            "<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\nsure! <｜DSML｜parameter name=\"x\">1</｜DSML｜parameter>",
+            vec![
+                start(0, "f"),
+                Event::ToolCallsAborted {
+                    raw: "<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n".into(),
+                    first_index: 0,
+                },
+                text("sure! <｜DSML｜parameter name=\"x\">1</｜DSML｜parameter>"),
+                Event::End,
+            ],
+        ),
+        // An invoke name that never closes its quote on the line.
+        (
+            "<｜DSML｜tool_calls><｜DSML｜invoke name=\"f\nx",
+            vec![
+                text("<｜DSML｜tool_calls><｜DSML｜invoke name=\"f\nx"),
+                Event::End,
+            ],
+        ),
         // Mixed dialects inside one block; then a good block is still recognised.
         (
             "<｜DSML｜tool_calls><invoke name=\"f\"></invoke></｜DSML｜tool_calls><tool_calls><invoke name=\"g\"></invoke></tool_calls>",
@@ -396,30 +417,44 @@ fn truncated_at_every_position() {
     for (cut, _) in full.char_indices().skip(1) {
         let prefix = &full[..cut];
         let r = parse_completion(prefix, THINK_TOOLS);
-        if cut <= think_end - "</think>".len() {
+        if cut < think_end {
+            // Inside the reasoning (a partial `</think>` is flushed as reasoning).
             assert_eq!(r.reasoning, prefix);
             assert_eq!(r.content, "");
-        } else if cut < think_end {
-            // A partial `</think>` at the end is flushed as reasoning.
-            assert_eq!(r.reasoning, prefix);
         } else {
             assert_eq!(r.reasoning, &full[..think_end - "</think>".len()]);
             assert_eq!(r.content, &full[think_end..cut], "cut {cut}");
             assert!(r.tool_calls.is_empty());
             assert!(!r.tool_calls_done);
         }
-        // Streaming: a started call is always followed by ToolCallsAborted.
-        let ev = whole(prefix, THINK_TOOLS);
-        let started = ev.iter().any(|e| matches!(e, Event::ToolCallStart { .. }));
-        let aborted = ev
-            .iter()
-            .any(|e| matches!(e, Event::ToolCallsAborted { .. }));
-        assert_eq!(started, aborted, "cut {cut}: {ev:?}");
+        assert_aborted_iff_started(prefix, THINK_TOOLS);
     }
     let r = parse_completion(full, THINK_TOOLS);
     assert_eq!(r.tool_calls.len(), 1);
     assert!(r.tool_calls_done);
     assert_eq!(r.content, "");
+
+    // Text mode, two invokes: until the closing tag, everything is content.
+    for (cut, _) in SPEC_EXAMPLE.char_indices().skip(1) {
+        let prefix = &SPEC_EXAMPLE[..cut];
+        let r = parse_completion(prefix, TOOLS);
+        assert_eq!(r.content, prefix, "cut {cut}");
+        assert!(r.tool_calls.is_empty());
+        assert_aborted_iff_started(prefix, TOOLS);
+    }
+    let r = parse_completion(SPEC_EXAMPLE, TOOLS);
+    assert_eq!((r.content.as_str(), r.tool_calls.len()), ("Checking.", 2));
+}
+
+/// Streaming: a started call is always answered by ToolCallsAborted when the block
+/// does not complete.
+fn assert_aborted_iff_started(prefix: &str, opts: ParserOptions) {
+    let ev = whole(prefix, opts);
+    let started = ev.iter().any(|e| matches!(e, Event::ToolCallStart { .. }));
+    let aborted = ev
+        .iter()
+        .any(|e| matches!(e, Event::ToolCallsAborted { .. }));
+    assert_eq!(started, aborted, "{prefix:?}: {ev:?}");
 }
 
 #[test]
@@ -539,6 +574,11 @@ fn round_trip(calls: &[(&str, &str)], content: &str, reasoning_text: &str) {
     assert_eq!(r.tool_calls.len(), calls.len());
     for ((name, a), got) in calls.iter().zip(&r.tool_calls) {
         assert_eq!(&got.name, name);
+        // The parsed call, put back in the history, renders the same DSML.
+        let again = ds4_chat::render_tool_calls(&[got.to_tool_call(None)]).render_to_string();
+        let original =
+            ds4_chat::render_tool_calls(&[ToolCall::new(None, name, a)]).render_to_string();
+        assert_eq!(again, original);
         let want: Map<String, Value> = serde_json::from_str(a).expect("object");
         assert_eq!(got.arguments, want);
         let canonical = pyjson::dumps(&pyjson::loads(a).expect("json"));

@@ -424,3 +424,33 @@ fn invalid_tool_schema_is_a_typed_error() {
     ));
     let _ = ThinkingMode::Chat;
 }
+
+#[test]
+fn single_turn_helper_matches_encode_messages() {
+    use ds4_chat::encode_single_turn;
+    for mode in [ThinkingMode::Chat, ThinkingMode::Thinking] {
+        for effort in [
+            None,
+            Some(ReasoningEffort::High),
+            Some(ReasoningEffort::Max),
+        ] {
+            let opts = EncodeOptions {
+                thinking_mode: mode,
+                reasoning_effort: effort,
+                ..EncodeOptions::default()
+            };
+            let with_sys = [
+                Message::system("You are helpful."),
+                Message::user("hi <｜User｜>"),
+            ];
+            assert_eq!(
+                encode_single_turn(Some("You are helpful."), "hi <｜User｜>", mode, effort),
+                encode_messages(&with_sys, &opts).expect("encodes")
+            );
+            assert_eq!(
+                encode_single_turn(None, "hi", mode, effort),
+                encode_messages(&[Message::user("hi")], &opts).expect("encodes")
+            );
+        }
+    }
+}
