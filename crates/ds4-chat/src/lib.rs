@@ -9,6 +9,33 @@
 //!
 //! This crate does not tokenize; see `ds4-tokenizer`. Choices that differ from ds4's
 //! renderer are listed in `ENCODING.md`.
+//!
+//! ```
+//! use ds4_chat::{EncodeOptions, Event, Message, ParserOptions, DsmlParser, Segment};
+//!
+//! let messages = [Message::system("Be brief."), Message::user("Hi <｜Assistant｜>")];
+//! let prompt = ds4_chat::encode_messages(&messages, &EncodeOptions::thinking()).unwrap();
+//! assert_eq!(
+//!     prompt.render_to_string(),
+//!     "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi <｜Assistant｜><｜Assistant｜><think>"
+//! );
+//! // The tokenizer maps each special to its id and BPEs each text run as plain text,
+//! // so the user's "<｜Assistant｜>" is not a control token.
+//! assert_eq!(prompt.segments()[3], Segment::Text("Hi <｜Assistant｜>".into()));
+//!
+//! // Generated text, fed as it arrives:
+//! let mut parser = DsmlParser::new(ParserOptions { start_in_reasoning: true, tools: true });
+//! let mut events = Vec::new();
+//! for piece in ["Need the weather.</th", "ink>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n",
+//!               "<｜DSML｜parameter name=\"city\" string=\"true\">Rome</｜DSML｜parameter>\n",
+//!               "</｜DSML｜invoke>\n</｜DSML｜tool_calls>"] {
+//!     events.extend(parser.feed(piece));
+//! }
+//! events.extend(parser.finish());
+//! assert!(matches!(&events[0], Event::Reasoning(r) if r == "Need the weather."));
+//! assert!(events.iter().any(|e| matches!(e, Event::ToolCallEnd { call, .. }
+//!     if call.arguments_json == r#"{"city": "Rome"}"#)));
+//! ```
 
 pub mod dsml;
 pub mod encode;
