@@ -1,1 +1,30 @@
-//! ds4-engine
+//! ds4-engine: DeepSeek V4 Flash on the CPU.
+//!
+//! * [`ModelConfig`] reads every size from GGUF metadata (or an official
+//!   `config.json`) and checks it; nothing below hard-codes a Flash dimension.
+//! * [`Model`] binds weights through a [`WeightSource`] and runs the forward pass
+//!   ([`layer`] holds one decoder layer top to bottom, with the spec's names).
+//! * [`Session`] keeps a token sequence and its KV state.
+//! * [`names`] maps official checkpoint names to ds4 GGUF names.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod hc;
+pub mod layer;
+pub mod model;
+pub mod names;
+pub mod official;
+pub mod ops;
+pub mod qat;
+pub mod session;
+pub mod weights;
+
+pub use cache::KvCache;
+pub use config::{AttnKind, MetaValue, ModelConfig};
+pub use error::{EngineError, Result};
+pub use layer::ForwardOptions;
+pub use model::{Model, Trace};
+pub use official::OfficialCheckpoint;
+pub use session::Session;
+pub use weights::{Tensor, TensorData, WeightSource, Weights};

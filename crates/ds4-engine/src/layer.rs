@@ -1,0 +1,405 @@
+//! One decoder layer for one token, top to bottom (spec §3.5–§3.10): the attention
+//! sublayer (low-rank Q, shared K=V row, raw window, compressors, indexer, sinks,
+//! inverse RoPE, grouped output) and the MoE sublayer, each wrapped in mHC.
+//!
+//! Decode defines the semantics; a prefill is this, token after token.
+
+use rayon::prelude::*;
+
+use crate::cache::{EMPTY_SCORE, Frontier, LayerCache};
+use crate::config::{AttnKind, ModelConfig};
+use crate::hc::{hc_post, hc_pre};
+use crate::ops::{Rope, rmsnorm, rmsnorm0_inplace, silu, softplus, topk_desc};
+use crate::qat;
+use crate::weights::{CompressorWeights, IndexerWeights, LayerWeights, Mat, dot};
+
+/// Options that change the math.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardOptions {
+    /// Turns off the model's quantization simulations (fp8 KV, indexer FP4, f16
+    /// row rounding). Diagnostic only: transformers has none of them.
+    pub no_qat_sim: bool,
+}
+
+/// Discrete decisions of one token, recorded for debugging and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerTrace {
+    /// Compressed rows the indexer picked (ratio-4 layers with selection active).
+    pub indexer_selected: Option<Vec<usize>>,
+    /// Routed experts and their final weights (incl. the routed scaling factor).
+    pub experts: Vec<(usize, f32)>,
+}
+
+/// Everything a layer needs besides its weights and cache.
+pub struct LayerCtx<'a> {
+    pub cfg: &'a ModelConfig,
+    pub layer: usize,
+    pub rope: &'a Rope,
+    pub opts: ForwardOptions,
+}
+
+/// Runs layer `ctx.layer` on the HC state `x` of token `tok` at position `pos`.
+pub fn layer_forward(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    cache: &mut LayerCache,
+    x: Vec<f32>,
+    tok: u32,
+    pos: usize,
+    trace: &mut LayerTrace,
+) -> Vec<f32> {
+    let x = attention_sublayer(ctx, w, cache, x, pos, trace);
+    ffn_sublayer(ctx, w, x, tok, trace)
+}
+
+// ------------------------------------------------------------------------------------
+// Attention sublayer (§3.5)
+
+fn attention_sublayer(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    cache: &mut LayerCache,
+    x: Vec<f32>,
+    pos: usize,
+    trace: &mut LayerTrace,
+) -> Vec<f32> {
+    let cfg = ctx.cfg;
+    let (hd, nh, eps) = (cfg.head_dim, cfg.n_head, cfg.rms_eps);
+    let n_nope = hd - cfg.n_rot;
+    let sim = !ctx.opts.no_qat_sim;
+
+    let (y, mix) = hc_pre(
+        &x,
+        &w.hc_attn,
+        cfg.hc,
+        cfg.hc_sinkhorn_iters,
+        cfg.hc_eps,
+        eps,
+    );
+    let mut xn = vec![0.0; cfg.n_embd];
+    rmsnorm(&y, &w.attn_norm, eps, &mut xn);
+
+    // Low-rank Q with its norm ("qr"), then per-head weightless RMSNorm and RoPE.
+    let mut qa = w.q_a.matvec_alloc(&xn);
+    let qa_raw = std::mem::take(&mut qa);
+    let mut qa = vec![0.0; cfg.q_lora];
+    rmsnorm(&qa_raw, &w.q_a_norm, eps, &mut qa);
+    let mut q = w.q_b.matvec_alloc(&qa);
+    for qh in q.chunks_exact_mut(hd) {
+        rmsnorm0_inplace(qh, eps);
+        ctx.rope.apply(qh, pos, false);
+    }
+
+    // The single shared K=V row of this token.
+    let kv_raw = w.kv.matvec_alloc(&xn);
+    let mut kv = vec![0.0; hd];
+    rmsnorm(&kv_raw, &w.kv_norm, eps, &mut kv);
+    ctx.rope.apply(&mut kv, pos, false);
+    if sim {
+        qat::fp8_kv_inplace(&mut kv[..n_nope]);
+        qat::f16_round_inplace(&mut kv);
+    }
+    // Stored before attention: a token attends to itself.
+    if cache.raw.len() == cfg.sliding_window {
+        cache.raw.pop_front();
+    }
+    cache.raw.push_back(kv);
+
+    // Compressors run before attention too: a row closed by this token is visible to it.
+    let kind = cfg.attn_kind(ctx.layer);
+    let mut selected: Option<Vec<usize>> = None;
+    if let (Some(cw), Some(front)) = (&w.compressor, cache.comp_front.as_mut()) {
+        if let Some(mut row) = compressor_step(cw, front, &xn, pos, ctx.rope, eps) {
+            if sim {
+                qat::fp8_kv_inplace(&mut row[..n_nope]);
+                qat::f16_round_inplace(&mut row);
+            }
+            cache.comp.push(row);
+        }
+        if let (AttnKind::Sparse { .. }, Some(iw), Some(ifront)) =
+            (kind, &w.indexer, cache.icomp_front.as_mut())
+        {
+            if let Some(mut irow) = compressor_step(&iw.compressor, ifront, &xn, pos, ctx.rope, eps)
+            {
+                if sim {
+                    qat::indexer_qat_inplace(&mut irow);
+                    qat::f16_round_inplace(&mut irow);
+                }
+                cache.icomp.push(irow);
+            }
+            if cache.icomp.len() > cfg.indexer_top_k {
+                selected = Some(indexer_select(
+                    cfg,
+                    iw,
+                    &qa,
+                    &xn,
+                    &cache.icomp,
+                    pos,
+                    ctx.rope,
+                    sim,
+                ));
+            }
+        }
+    }
+
+    // Rows this query sees: the raw window, then all compressed rows or the selected ones.
+    let mut rows: Vec<&[f32]> = cache.raw.iter().map(|r| r.as_slice()).collect();
+    match &selected {
+        Some(sel) => rows.extend(sel.iter().map(|&c| cache.comp[c].as_slice())),
+        None => rows.extend(cache.comp.iter().map(|r| r.as_slice())),
+    }
+    trace.indexer_selected = selected.clone();
+
+    let mut o = vec![0.0f32; nh * hd];
+    let scale = 1.0 / (hd as f32).sqrt();
+    let attend = |(h, oh): (usize, &mut [f32])| {
+        attention_head(&q[h * hd..(h + 1) * hd], &rows, w.sinks[h], scale, oh);
+        // V = K carries the rotation of each key; undo the query's rotation.
+        ctx.rope.apply(oh, pos, true);
+    };
+    if nh * rows.len() * hd >= 1 << 16 {
+        o.par_chunks_mut(hd).enumerate().for_each(attend);
+    } else {
+        o.chunks_mut(hd).enumerate().for_each(attend);
+    }
+
+    let f = grouped_output(cfg, &w.out_a, &w.out_b, &o);
+    hc_post(&f, &x, &mix, cfg.hc)
+}
+
+/// Softmax attention of one head over K=V rows with a sink logit that adds mass to
+/// the denominator only.
+fn attention_head(q: &[f32], rows: &[&[f32]], sink: f32, scale: f32, out: &mut [f32]) {
+    let s: Vec<f32> = rows.iter().map(|r| dot(q, r) * scale).collect();
+    let m = s.iter().fold(sink, |a, &b| a.max(b));
+    let mut den = (sink - m).exp();
+    out.fill(0.0);
+    for (r, &sr) in rows.iter().zip(&s) {
+        let e = (sr - m).exp();
+        den += e;
+        for (o, &v) in out.iter_mut().zip(r.iter()) {
+            *o += e * v;
+        }
+    }
+    for o in out {
+        *o /= den;
+    }
+}
+
+/// Group `g` multiplies heads `g·H/G .. (g+1)·H/G` (concatenated) by rows
+/// `g·o_lora .. (g+1)·o_lora` of `out_a`; `out_b` mixes all groups back to `n_embd`.
+fn grouped_output(cfg: &ModelConfig, out_a: &Mat, out_b: &Mat, o: &[f32]) -> Vec<f32> {
+    let (r, gin) = (cfg.o_lora, cfg.o_group_in());
+    let mut low = vec![0.0f32; cfg.o_groups * r];
+    for (g, lg) in low.chunks_exact_mut(r).enumerate() {
+        out_a.matvec_rows(g * r, &o[g * gin..(g + 1) * gin], lg);
+    }
+    out_b.matvec_alloc(&low)
+}
+
+// ------------------------------------------------------------------------------------
+// KV compressor (§3.6)
+
+/// Feeds one token into a compressor's frontier; returns the compressed row when
+/// this token closes a window. The row is normed and RoPE'd at the window's first
+/// position; QAT is the caller's (it differs between attention and indexer rows).
+pub fn compressor_step(
+    w: &CompressorWeights,
+    front: &mut Frontier,
+    xn: &[f32],
+    pos: usize,
+    rope: &Rope,
+    eps: f32,
+) -> Option<Vec<f32>> {
+    let (ratio, coff, d) = (front.ratio, front.coff, front.d);
+    let width = front.width();
+    let kvp = w.kv.matvec_alloc(xn);
+    let mut scp = w.gate.matvec_alloc(xn);
+    for (s, &b) in scp.iter_mut().zip(w.ape.row(pos % ratio)) {
+        *s += b;
+    }
+    // Overlapping compressors keep the previous window in slots 0..ratio (lane A)
+    // and fill the current one into slots ratio..2·ratio (lane B).
+    let slot = if coff == 2 {
+        ratio + pos % ratio
+    } else {
+        pos % ratio
+    };
+    front.kv[slot * width..(slot + 1) * width].copy_from_slice(&kvp);
+    front.score[slot * width..(slot + 1) * width].copy_from_slice(&scp);
+    if !(pos + 1).is_multiple_of(ratio) {
+        return None;
+    }
+
+    // Per-dimension softmax pooling over the candidate slots.
+    let lane = |slot: usize, j: usize| -> usize {
+        if coff == 2 && slot >= ratio {
+            slot * width + d + j
+        } else {
+            slot * width + j
+        }
+    };
+    let mut pooled = vec![0.0f32; d];
+    for (j, p) in pooled.iter_mut().enumerate() {
+        let n_slots = coff * ratio;
+        let m = (0..n_slots).fold(f32::NEG_INFINITY, |a, s| a.max(front.score[lane(s, j)]));
+        if m <= EMPTY_SCORE / 2.0 {
+            continue;
+        }
+        let (mut num, mut den) = (0.0f32, 0.0f32);
+        for s in 0..n_slots {
+            let e = (front.score[lane(s, j)] - m).exp();
+            num += e * front.kv[lane(s, j)];
+            den += e;
+        }
+        *p = num / den;
+    }
+    let mut out = vec![0.0f32; d];
+    rmsnorm(&pooled, &w.norm, eps, &mut out);
+    rope.apply(&mut out, pos + 1 - ratio, false);
+    if coff == 2 {
+        // The current window becomes the next row's lane A.
+        let half = ratio * width;
+        front.kv.copy_within(half..2 * half, 0);
+        front.score.copy_within(half..2 * half, 0);
+    }
+    Some(out)
+}
+
+// ------------------------------------------------------------------------------------
+// Lightning indexer (§3.7)
+
+/// Scores every visible indexer row and returns the `indexer_top_k` best (ties to
+/// the lower row). Only called when there are more rows than `top_k`.
+#[allow(clippy::too_many_arguments)]
+fn indexer_select(
+    cfg: &ModelConfig,
+    w: &IndexerWeights,
+    qa: &[f32],
+    xn: &[f32],
+    icomp: &[Vec<f32>],
+    pos: usize,
+    rope: &Rope,
+    sim: bool,
+) -> Vec<usize> {
+    let (nh, di) = (cfg.indexer_heads, cfg.indexer_head_dim);
+    let mut qi = w.q_b.matvec_alloc(qa);
+    for qh in qi.chunks_exact_mut(di) {
+        rope.apply(qh, pos, false);
+        if sim {
+            qat::indexer_qat_inplace(qh);
+        }
+    }
+    let wscale = 1.0 / ((di * nh) as f32).sqrt();
+    let wi: Vec<f32> = w
+        .proj
+        .matvec_alloc(xn)
+        .into_iter()
+        .map(|v| v * wscale)
+        .collect();
+    let score_row = |row: &Vec<f32>| -> f32 {
+        qi.chunks_exact(di)
+            .zip(&wi)
+            .map(|(qh, &wh)| wh * dot(qh, row).max(0.0))
+            .sum()
+    };
+    let scores: Vec<f32> = if icomp.len() * nh * di >= 1 << 16 {
+        icomp.par_iter().map(score_row).collect()
+    } else {
+        icomp.iter().map(score_row).collect()
+    };
+    topk_desc(&scores, cfg.indexer_top_k)
+}
+
+// ------------------------------------------------------------------------------------
+// MoE sublayer (§3.10)
+
+/// Below this sum of selected router weights the normalization divides by it
+/// instead (ds4's floor, 2^−14).
+const ROUTER_WEIGHT_FLOOR: f32 = 6.103_515_6e-5;
+
+fn ffn_sublayer(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    x: Vec<f32>,
+    tok: u32,
+    trace: &mut LayerTrace,
+) -> Vec<f32> {
+    let cfg = ctx.cfg;
+    let (y, mix) = hc_pre(
+        &x,
+        &w.hc_ffn,
+        cfg.hc,
+        cfg.hc_sinkhorn_iters,
+        cfg.hc_eps,
+        cfg.rms_eps,
+    );
+    let mut xn = vec![0.0; cfg.n_embd];
+    rmsnorm(&y, &w.ffn_norm, cfg.rms_eps, &mut xn);
+
+    // sqrt(softplus) "probabilities"; computed in hash layers too (they supply weights).
+    let p: Vec<f32> = w
+        .router
+        .matvec_alloc(&xn)
+        .into_iter()
+        .map(|l| softplus(l).sqrt())
+        .collect();
+    let k = cfg.n_expert_used;
+    let selected: Vec<usize> = match &w.tid2eid {
+        // Hash layers route by the input token id; the bias is ignored there.
+        Some(table) => table[tok as usize * k..(tok as usize + 1) * k]
+            .iter()
+            .map(|&e| e as usize)
+            .collect(),
+        None => {
+            let biased: Vec<f32> = match &w.router_bias {
+                Some(b) => p.iter().zip(b).map(|(a, b)| a + b).collect(),
+                None => p.clone(),
+            };
+            topk_desc(&biased, k)
+        }
+    };
+    let sum: f32 = selected.iter().map(|&e| p[e]).sum();
+    let norm = cfg.expert_weight_scale / sum.max(ROUTER_WEIGHT_FLOOR);
+    let clamp = cfg.swiglu_clamp[ctx.layer];
+
+    let mut out = swiglu_expert(&w.gate_sh, &w.up_sh, &w.down_sh, &xn, clamp, 1.0);
+    trace.experts.clear();
+    for &e in &selected {
+        let we = p[e] * norm;
+        trace.experts.push((e, we));
+        let r = swiglu_expert(
+            &w.gate_exps[e],
+            &w.up_exps[e],
+            &w.down_exps[e],
+            &xn,
+            clamp,
+            we,
+        );
+        for (o, v) in out.iter_mut().zip(r) {
+            *o += v;
+        }
+    }
+    hc_post(&out, &x, &mix, cfg.hc)
+}
+
+/// `down · (silu(min(g, c)) · clamp(u, −c, c) · weight)`: the gate is clamped from
+/// above only, the up projection on both sides; the router weight scales the
+/// activation before the down projection.
+fn swiglu_expert(
+    gate: &Mat,
+    up: &Mat,
+    down: &Mat,
+    xn: &[f32],
+    clamp: f32,
+    weight: f32,
+) -> Vec<f32> {
+    let g = gate.matvec_alloc(xn);
+    let u = up.matvec_alloc(xn);
+    let mid: Vec<f32> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| silu(g.min(clamp)) * u.clamp(-clamp, clamp) * weight)
+        .collect();
+    down.matvec_alloc(&mid)
+}

@@ -1,0 +1,134 @@
+//! The whole model for one token (spec §3.12): embedding → HC init → layers → HC
+//! collapse → norm → LM head.
+
+use std::path::Path;
+
+use crate::cache::KvCache;
+use crate::config::{AttnKind, ModelConfig};
+use crate::error::{EngineError, Result};
+use crate::hc::hc_head;
+use crate::layer::{ForwardOptions, LayerCtx, LayerTrace, layer_forward};
+use crate::official::OfficialCheckpoint;
+use crate::ops::{Rope, rmsnorm};
+use crate::weights::{WeightSource, Weights};
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub weights: Weights,
+    /// Window-only layers: plain RoPE at `rope_base`.
+    rope_main: Rope,
+    /// Compressed layers: YaRN at `compress_rope_base`, for every rotation in them.
+    rope_compress: Rope,
+}
+
+/// Optional per-token record of what the forward did.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// HC state entering each layer (`n_layer` entries), then the final normed hidden.
+    pub hidden: Vec<Vec<f32>>,
+    pub layers: Vec<LayerTrace>,
+}
+
+impl Model {
+    pub fn new(cfg: ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+        cfg.validate()?;
+        cfg.validate_flash_if_declared()?;
+        let weights = Weights::bind(&cfg, src)?;
+        let rope_main = Rope::plain(cfg.n_rot, cfg.rope_base);
+        let rope_compress = Rope::yarn(
+            cfg.n_rot,
+            cfg.compress_rope_base,
+            cfg.yarn_factor,
+            cfg.yarn_orig_ctx,
+            cfg.yarn_beta_fast,
+            cfg.yarn_beta_slow,
+        );
+        Ok(Model {
+            cfg,
+            weights,
+            rope_main,
+            rope_compress,
+        })
+    }
+
+    /// Loads an unquantized official-format checkpoint directory.
+    pub fn from_official_dir(dir: &Path) -> Result<Self> {
+        let (cfg, ckpt) = OfficialCheckpoint::open(dir)?;
+        Model::new(cfg, &ckpt)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.cfg)
+    }
+
+    fn rope_for(&self, layer: usize) -> &Rope {
+        match self.cfg.attn_kind(layer) {
+            AttnKind::Window => &self.rope_main,
+            _ => &self.rope_compress,
+        }
+    }
+
+    /// Runs token `tok` at position `cache.n_tokens`, updating the cache; returns the
+    /// logits over the vocabulary.
+    pub fn forward_token(
+        &self,
+        cache: &mut KvCache,
+        tok: u32,
+        opts: ForwardOptions,
+    ) -> Result<Vec<f32>> {
+        self.forward_token_traced(cache, tok, opts, None)
+    }
+
+    pub fn forward_token_traced(
+        &self,
+        cache: &mut KvCache,
+        tok: u32,
+        opts: ForwardOptions,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        if tok as usize >= cfg.n_vocab {
+            return Err(EngineError::TokenOutOfRange {
+                token: tok,
+                vocab: cfg.n_vocab,
+            });
+        }
+        let pos = cache.n_tokens;
+        let e = self.weights.token_embd.row(tok as usize);
+        let mut x: Vec<f32> = (0..cfg.hc).flat_map(|_| e.iter().copied()).collect();
+        if let Some(t) = trace.as_deref_mut() {
+            t.hidden.clear();
+            t.layers.clear();
+        }
+        for (l, (w, lc)) in self
+            .weights
+            .layers
+            .iter()
+            .zip(cache.layers.iter_mut())
+            .enumerate()
+        {
+            if let Some(t) = trace.as_deref_mut() {
+                t.hidden.push(x.clone());
+            }
+            let ctx = LayerCtx {
+                cfg,
+                layer: l,
+                rope: self.rope_for(l),
+                opts,
+            };
+            let mut lt = LayerTrace::default();
+            x = layer_forward(&ctx, w, lc, x, tok, pos, &mut lt);
+            if let Some(t) = trace.as_deref_mut() {
+                t.layers.push(lt);
+            }
+        }
+        cache.n_tokens += 1;
+        let y = hc_head(&x, &self.weights.output_hc, cfg.hc, cfg.hc_eps, cfg.rms_eps);
+        let mut yn = vec![0.0; cfg.n_embd];
+        rmsnorm(&y, &self.weights.output_norm, cfg.rms_eps, &mut yn);
+        if let Some(t) = trace {
+            t.hidden.push(yn.clone());
+        }
+        Ok(self.weights.output.matvec_alloc(&yn))
+    }
+}
