@@ -64,3 +64,5 @@ impl Raw {
         self
     }
 }
+pub mod interop;
+pub mod manifest;
