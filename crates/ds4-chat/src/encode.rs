@@ -41,6 +41,8 @@ const RESPONSE_FORMAT_HEAD: &str =
 /// Why a conversation cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
+    /// `index` is the message's position in its input slice (`messages`, or
+    /// `context` for a context message).
     #[error("message {index}: a developer message must have non-empty content")]
     EmptyDeveloperContent { index: usize },
     #[error("message {index}: tool {tool} has a function that is not valid JSON: {source}")]
@@ -112,6 +114,8 @@ enum Block<'a> {
 /// role keeps a reference to its source message.
 #[derive(Debug, Clone)]
 struct Turn<'a> {
+    /// Index of the message that opened this turn in its input slice (for errors).
+    origin: usize,
     role: Role,
     msg: Option<&'a Message>,
     blocks: Vec<Block<'a>>,
@@ -141,7 +145,7 @@ impl Turn<'_> {
 /// official code does.
 fn merge_tool_messages(messages: &[Message]) -> Vec<Turn<'_>> {
     let mut merged: Vec<Turn<'_>> = Vec::with_capacity(messages.len());
-    for m in messages {
+    for (origin, m) in messages.iter().enumerate() {
         match m.role {
             Role::Tool => {
                 let block = Block::ToolResult {
@@ -151,6 +155,7 @@ fn merge_tool_messages(messages: &[Message]) -> Vec<Turn<'_>> {
                 match merged.last_mut() {
                     Some(last) if last.role == Role::User => last.blocks.push(block),
                     _ => merged.push(Turn {
+                        origin,
                         role: Role::User,
                         msg: None,
                         blocks: vec![block],
@@ -167,6 +172,7 @@ fn merge_tool_messages(messages: &[Message]) -> Vec<Turn<'_>> {
                         last.blocks.push(block)
                     }
                     _ => merged.push(Turn {
+                        origin,
                         role: Role::User,
                         msg: Some(m),
                         blocks: vec![block],
@@ -177,6 +183,7 @@ fn merge_tool_messages(messages: &[Message]) -> Vec<Turn<'_>> {
                 }
             }
             _ => merged.push(Turn {
+                origin,
                 role: m.role,
                 msg: Some(m),
                 blocks: Vec::new(),
@@ -417,7 +424,7 @@ struct RenderCtx<'t, 'a> {
 /// `render_message(index, ...)`.
 fn render_turn(p: &mut Prompt, cx: &RenderCtx<'_, '_>, index: usize) -> Result<(), EncodeError> {
     let t = &cx.turns[index];
-    let src_index = index;
+    let src_index = t.origin;
     if index == 0 && cx.thinking && cx.effort == Some(ReasoningEffort::Max) {
         p.push_text(REASONING_EFFORT_MAX_PREFIX);
     }

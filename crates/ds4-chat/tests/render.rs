@@ -454,3 +454,20 @@ fn single_turn_helper_matches_encode_messages() {
         }
     }
 }
+
+#[test]
+fn errors_name_the_input_message() {
+    // Merging shifts turn indices (two tool results become one turn); the error
+    // still names the offending input message.
+    let msgs = [
+        Message::user("Q"),
+        Message::assistant("").with_tool_calls(vec![ToolCall::new(Some("a"), "f", "{}")]),
+        Message::tool("a", "r1"),
+        Message::tool("a", "r2"),
+        Message::developer(""),
+    ];
+    assert_eq!(
+        encode_messages(&msgs, &chat()),
+        Err(EncodeError::EmptyDeveloperContent { index: 4 })
+    );
+}
