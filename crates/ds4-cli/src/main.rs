@@ -1,3 +1,47 @@
-fn main() {
-    println!("ds4: under construction");
+//! `ds4`: DeepSeek V4 Flash from the command line.
+
+use std::process::ExitCode;
+
+use ds4_cli::args::Args;
+use ds4_cli::{inspect, model_path, tokens};
+
+fn main() -> ExitCode {
+    let args = Args::parse_from_env();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`ds4 --inspect | head`) is not an error worth a message.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ds4: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    if args.inspect {
+        let path = model_path::resolve(args.model.as_deref())?;
+        return inspect::run(&path);
+    }
+    if let Some(name) = &args.dump_tensor {
+        let path = model_path::resolve(args.model.as_deref())?;
+        let out = args
+            .out
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--dump-tensor needs --out FILE"))?;
+        return inspect::dump_tensor(&path, name, out);
+    }
+    if args.dump_tokens {
+        return tokens::dump(args);
+    }
+    anyhow::bail!(
+        "generation is not available yet in this build: the engine has not landed. \
+         Available now: --inspect, --dump-tensor NAME --out F, --dump-tokens -p TEXT"
+    )
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -1,0 +1,105 @@
+//! `ds4 --dump-tokens`: tokenize a prompt and print the ids. It needs only the
+//! tokenizer, read from the model's GGUF metadata (no weights touched), or the
+//! bundled DeepSeek V4 tokenizer when no model file is present.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use ds4_chat::{EncodeOptions, Message, Segment, ThinkingMode, encode_messages};
+use ds4_gguf::GgufFile;
+use ds4_tokenizer::{Piece, SpecialMode, Tokenizer};
+
+use crate::args::Args;
+use crate::model_path;
+
+/// ds4's default system prompt for CLI generation.
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant";
+
+pub fn load_tokenizer(args: &Args) -> Result<Tokenizer> {
+    match model_path::find(args.model.as_deref())? {
+        Some(path) => {
+            let f =
+                GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
+            let merges = f.get_str_array("tokenizer.ggml.merges")?;
+            let types = match f.get("tokenizer.ggml.token_type") {
+                Some(_) => Some(f.get_i32_array("tokenizer.ggml.token_type")?),
+                None => None,
+            };
+            let tokens: Vec<&str> = tokens.iter().collect();
+            let merges: Vec<&str> = merges.iter().collect();
+            Tokenizer::from_gguf_parts(&tokens, &merges, types)
+                .with_context(|| format!("building the tokenizer of {}", path.display()))
+        }
+        None => {
+            eprintln!(
+                "ds4: no model file given and no {} here; using the bundled DeepSeek V4 tokenizer",
+                model_path::DEFAULT_MODEL
+            );
+            Tokenizer::from_json(&crate::tokenizer_meta::bundled_json()?)
+                .context("loading the bundled tokenizer")
+        }
+    }
+}
+
+pub fn prompt_text(args: &Args) -> Result<String> {
+    match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read prompt file {}", f.display())),
+        (None, None) => anyhow::bail!("--dump-tokens needs -p TEXT or --prompt-file FILE"),
+    }
+}
+
+pub fn thinking_mode(args: &Args) -> ThinkingMode {
+    if args.nothink {
+        ThinkingMode::Chat
+    } else {
+        ThinkingMode::Thinking
+    }
+}
+
+pub fn dump(args: &Args) -> Result<()> {
+    let tok = load_tokenizer(args)?;
+    let text = prompt_text(args)?;
+    let ids = if args.chat {
+        let mut messages = Vec::new();
+        let system = args.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
+        if !system.is_empty() {
+            messages.push(Message::system(system));
+        }
+        messages.push(Message::user(&text));
+        let opts = EncodeOptions {
+            thinking_mode: thinking_mode(args),
+            ..EncodeOptions::default()
+        };
+        let prompt = encode_messages(&messages, &opts)?;
+        let mut pieces = Vec::new();
+        for s in prompt.segments() {
+            pieces.push(match s {
+                Segment::Special(t) => Piece::Special(
+                    tok.id_of(t.text())
+                        .with_context(|| format!("the vocabulary has no {}", t.text()))?,
+                ),
+                Segment::Text(t) => Piece::Text(t),
+            });
+        }
+        tok.encode_pieces(&pieces)?
+    } else {
+        tok.encode(
+            &text,
+            if args.raw {
+                SpecialMode::Raw
+            } else {
+                SpecialMode::Recognize
+            },
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&ids)?)?;
+    for id in &ids {
+        let bytes = tok.token_bytes(*id).unwrap_or_default();
+        writeln!(out, "{id:6}  {}", String::from_utf8_lossy(bytes))?;
+    }
+    Ok(())
+}
