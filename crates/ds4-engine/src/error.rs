@@ -36,6 +36,10 @@ pub enum EngineError {
     Safetensors { path: String, msg: String },
     #[error("config.json: {0}")]
     ConfigJson(String),
+    #[error(transparent)]
+    Quant(#[from] ds4_quant::QuantError),
+    #[error(transparent)]
+    Gguf(#[from] ds4_gguf::GgufError),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

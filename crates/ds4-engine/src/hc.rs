@@ -2,6 +2,7 @@
 //! token is `hc` parallel streams of `n_embd`; each sublayer reads a gated mix of them
 //! and writes back through a doubly-stochastic (Sinkhorn) mixing matrix.
 
+use crate::error::Result;
 use crate::ops::{rmsnorm0_inplace, sigmoid};
 use crate::weights::HcWeights;
 
@@ -14,7 +15,7 @@ pub struct HcMix {
 }
 
 /// `z = fn · rmsnorm0(X)` over the whole flattened state.
-fn control(x: &[f32], w: &HcWeights, rms_eps: f32) -> Vec<f32> {
+fn control(x: &[f32], w: &HcWeights, rms_eps: f32) -> Result<Vec<f32>> {
     let mut flat = x.to_vec();
     rmsnorm0_inplace(&mut flat, rms_eps);
     w.fn_.matvec_alloc(&flat)
@@ -28,9 +29,9 @@ pub fn hc_pre(
     iters: usize,
     hc_eps: f32,
     rms_eps: f32,
-) -> (Vec<f32>, HcMix) {
+) -> Result<(Vec<f32>, HcMix)> {
     let n = x.len() / hc;
-    let z = control(x, w, rms_eps);
+    let z = control(x, w, rms_eps)?;
     let pre: Vec<f32> = (0..hc)
         .map(|i| sigmoid(z[i] * w.scale[0] + w.base[i]) + hc_eps)
         .collect();
@@ -77,7 +78,7 @@ pub fn hc_pre(
             *o += pre[h] * v;
         }
     }
-    (y, HcMix { post, comb: c })
+    Ok((y, HcMix { post, comb: c }))
 }
 
 /// `X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]`: the only residual path.
@@ -97,9 +98,9 @@ pub fn hc_post(f: &[f32], x: &[f32], mix: &HcMix, hc: usize) -> Vec<f32> {
 }
 
 /// Output collapse: `Σ_h (σ(z_h·scale + base_h) + ε)·X[h]`.
-pub fn hc_head(x: &[f32], w: &HcWeights, hc: usize, hc_eps: f32, rms_eps: f32) -> Vec<f32> {
+pub fn hc_head(x: &[f32], w: &HcWeights, hc: usize, hc_eps: f32, rms_eps: f32) -> Result<Vec<f32>> {
     let n = x.len() / hc;
-    let z = control(x, w, rms_eps);
+    let z = control(x, w, rms_eps)?;
     let mut y = vec![0.0f32; n];
     for (h, stream) in x.chunks_exact(n).enumerate() {
         let g = sigmoid(z[h] * w.scale[0] + w.base[h]) + hc_eps;
@@ -107,5 +108,5 @@ pub fn hc_head(x: &[f32], w: &HcWeights, hc: usize, hc_eps: f32, rms_eps: f32) -
             *o += g * v;
         }
     }
-    y
+    Ok(y)
 }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::cache::{EMPTY_SCORE, Frontier, LayerCache};
 use crate::config::{AttnKind, ModelConfig};
+use crate::error::Result;
 use crate::hc::{hc_post, hc_pre};
 use crate::ops::{Rope, rmsnorm, rmsnorm0_inplace, silu, softplus, topk_desc};
 use crate::qat;
@@ -47,8 +48,8 @@ pub fn layer_forward(
     tok: u32,
     pos: usize,
     trace: &mut LayerTrace,
-) -> Vec<f32> {
-    let x = attention_sublayer(ctx, w, cache, x, pos, trace);
+) -> Result<Vec<f32>> {
+    let x = attention_sublayer(ctx, w, cache, x, pos, trace)?;
     ffn_sublayer(ctx, w, x, tok, trace)
 }
 
@@ -62,7 +63,7 @@ fn attention_sublayer(
     x: Vec<f32>,
     pos: usize,
     trace: &mut LayerTrace,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let cfg = ctx.cfg;
     let (hd, nh, eps) = (cfg.head_dim, cfg.n_head, cfg.rms_eps);
     let n_nope = hd - cfg.n_rot;
@@ -75,23 +76,22 @@ fn attention_sublayer(
         cfg.hc_sinkhorn_iters,
         cfg.hc_eps,
         eps,
-    );
+    )?;
     let mut xn = vec![0.0; cfg.n_embd];
     rmsnorm(&y, &w.attn_norm, eps, &mut xn);
 
     // Low-rank Q with its norm ("qr"), then per-head weightless RMSNorm and RoPE.
-    let mut qa = w.q_a.matvec_alloc(&xn);
-    let qa_raw = std::mem::take(&mut qa);
+    let qa_raw = w.q_a.matvec_alloc(&xn)?;
     let mut qa = vec![0.0; cfg.q_lora];
     rmsnorm(&qa_raw, &w.q_a_norm, eps, &mut qa);
-    let mut q = w.q_b.matvec_alloc(&qa);
+    let mut q = w.q_b.matvec_alloc(&qa)?;
     for qh in q.chunks_exact_mut(hd) {
         rmsnorm0_inplace(qh, eps);
         ctx.rope.apply(qh, pos, false);
     }
 
     // The single shared K=V row of this token.
-    let kv_raw = w.kv.matvec_alloc(&xn);
+    let kv_raw = w.kv.matvec_alloc(&xn)?;
     let mut kv = vec![0.0; hd];
     rmsnorm(&kv_raw, &w.kv_norm, eps, &mut kv);
     ctx.rope.apply(&mut kv, pos, false);
@@ -109,7 +109,7 @@ fn attention_sublayer(
     let kind = cfg.attn_kind(ctx.layer);
     let mut selected: Option<Vec<usize>> = None;
     if let (Some(cw), Some(front)) = (&w.compressor, cache.comp_front.as_mut()) {
-        if let Some(mut row) = compressor_step(cw, front, &xn, pos, ctx.rope, eps) {
+        if let Some(mut row) = compressor_step(cw, front, &xn, pos, ctx.rope, eps)? {
             if sim {
                 qat::fp8_kv_inplace(&mut row[..n_nope]);
                 qat::f16_round_inplace(&mut row);
@@ -119,7 +119,8 @@ fn attention_sublayer(
         if let (AttnKind::Sparse { .. }, Some(iw), Some(ifront)) =
             (kind, &w.indexer, cache.icomp_front.as_mut())
         {
-            if let Some(mut irow) = compressor_step(&iw.compressor, ifront, &xn, pos, ctx.rope, eps)
+            if let Some(mut irow) =
+                compressor_step(&iw.compressor, ifront, &xn, pos, ctx.rope, eps)?
             {
                 if sim {
                     qat::indexer_qat_inplace(&mut irow);
@@ -137,7 +138,7 @@ fn attention_sublayer(
                     pos,
                     ctx.rope,
                     sim,
-                ));
+                )?);
             }
         }
     }
@@ -163,8 +164,8 @@ fn attention_sublayer(
         o.chunks_mut(hd).enumerate().for_each(attend);
     }
 
-    let f = grouped_output(cfg, &w.out_a, &w.out_b, &o);
-    hc_post(&f, &x, &mix, cfg.hc)
+    let f = grouped_output(cfg, &w.out_a, &w.out_b, &o)?;
+    Ok(hc_post(&f, &x, &mix, cfg.hc))
 }
 
 /// Softmax attention of one head over K=V rows with a sink logit that adds mass to
@@ -188,11 +189,11 @@ fn attention_head(q: &[f32], rows: &[&[f32]], sink: f32, scale: f32, out: &mut [
 
 /// Group `g` multiplies heads `g·H/G .. (g+1)·H/G` (concatenated) by rows
 /// `g·o_lora .. (g+1)·o_lora` of `out_a`; `out_b` mixes all groups back to `n_embd`.
-fn grouped_output(cfg: &ModelConfig, out_a: &Mat, out_b: &Mat, o: &[f32]) -> Vec<f32> {
+fn grouped_output(cfg: &ModelConfig, out_a: &Mat, out_b: &Mat, o: &[f32]) -> Result<Vec<f32>> {
     let (r, gin) = (cfg.o_lora, cfg.o_group_in());
     let mut low = vec![0.0f32; cfg.o_groups * r];
     for (g, lg) in low.chunks_exact_mut(r).enumerate() {
-        out_a.matvec_rows(g * r, &o[g * gin..(g + 1) * gin], lg);
+        out_a.matvec_rows(g * r, &o[g * gin..(g + 1) * gin], lg)?;
     }
     out_b.matvec_alloc(&low)
 }
@@ -210,12 +211,13 @@ pub fn compressor_step(
     pos: usize,
     rope: &Rope,
     eps: f32,
-) -> Option<Vec<f32>> {
+) -> Result<Option<Vec<f32>>> {
     let (ratio, coff, d) = (front.ratio, front.coff, front.d);
     let width = front.width();
-    let kvp = w.kv.matvec_alloc(xn);
-    let mut scp = w.gate.matvec_alloc(xn);
-    for (s, &b) in scp.iter_mut().zip(w.ape.row(pos % ratio)) {
+    let kvp = w.kv.matvec_alloc(xn)?;
+    let mut scp = w.gate.matvec_alloc(xn)?;
+    let r = pos % ratio;
+    for (s, &b) in scp.iter_mut().zip(&w.ape[r * width..(r + 1) * width]) {
         *s += b;
     }
     // Overlapping compressors keep the previous window in slots 0..ratio (lane A)
@@ -228,7 +230,7 @@ pub fn compressor_step(
     front.kv[slot * width..(slot + 1) * width].copy_from_slice(&kvp);
     front.score[slot * width..(slot + 1) * width].copy_from_slice(&scp);
     if !(pos + 1).is_multiple_of(ratio) {
-        return None;
+        return Ok(None);
     }
 
     // Per-dimension softmax pooling over the candidate slots.
@@ -263,7 +265,7 @@ pub fn compressor_step(
         front.kv.copy_within(half..2 * half, 0);
         front.score.copy_within(half..2 * half, 0);
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 // ------------------------------------------------------------------------------------
@@ -281,9 +283,9 @@ fn indexer_select(
     pos: usize,
     rope: &Rope,
     sim: bool,
-) -> Vec<usize> {
+) -> Result<Vec<usize>> {
     let (nh, di) = (cfg.indexer_heads, cfg.indexer_head_dim);
-    let mut qi = w.q_b.matvec_alloc(qa);
+    let mut qi = w.q_b.matvec_alloc(qa)?;
     for qh in qi.chunks_exact_mut(di) {
         rope.apply(qh, pos, false);
         if sim {
@@ -293,7 +295,7 @@ fn indexer_select(
     let wscale = 1.0 / ((di * nh) as f32).sqrt();
     let wi: Vec<f32> = w
         .proj
-        .matvec_alloc(xn)
+        .matvec_alloc(xn)?
         .into_iter()
         .map(|v| v * wscale)
         .collect();
@@ -308,7 +310,7 @@ fn indexer_select(
     } else {
         icomp.iter().map(score_row).collect()
     };
-    topk_desc(&scores, cfg.indexer_top_k)
+    Ok(topk_desc(&scores, cfg.indexer_top_k))
 }
 
 // ------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ fn ffn_sublayer(
     x: Vec<f32>,
     tok: u32,
     trace: &mut LayerTrace,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let cfg = ctx.cfg;
     let (y, mix) = hc_pre(
         &x,
@@ -333,14 +335,14 @@ fn ffn_sublayer(
         cfg.hc_sinkhorn_iters,
         cfg.hc_eps,
         cfg.rms_eps,
-    );
+    )?;
     let mut xn = vec![0.0; cfg.n_embd];
     rmsnorm(&y, &w.ffn_norm, cfg.rms_eps, &mut xn);
 
     // sqrt(softplus) "probabilities"; computed in hash layers too (they supply weights).
     let p: Vec<f32> = w
         .router
-        .matvec_alloc(&xn)
+        .matvec_alloc(&xn)?
         .into_iter()
         .map(|l| softplus(l).sqrt())
         .collect();
@@ -363,7 +365,7 @@ fn ffn_sublayer(
     let norm = cfg.expert_weight_scale / sum.max(ROUTER_WEIGHT_FLOOR);
     let clamp = cfg.swiglu_clamp[ctx.layer];
 
-    let mut out = swiglu_expert(&w.gate_sh, &w.up_sh, &w.down_sh, &xn, clamp, 1.0);
+    let mut out = swiglu_expert(&w.gate_sh, &w.up_sh, &w.down_sh, &xn, clamp, 1.0)?;
     trace.experts.clear();
     for &e in &selected {
         let we = p[e] * norm;
@@ -375,12 +377,12 @@ fn ffn_sublayer(
             &xn,
             clamp,
             we,
-        );
+        )?;
         for (o, v) in out.iter_mut().zip(r) {
             *o += v;
         }
     }
-    hc_post(&out, &x, &mix, cfg.hc)
+    Ok(hc_post(&out, &x, &mix, cfg.hc))
 }
 
 /// `down · (silu(min(g, c)) · clamp(u, −c, c) · weight)`: the gate is clamped from
@@ -393,9 +395,9 @@ fn swiglu_expert(
     xn: &[f32],
     clamp: f32,
     weight: f32,
-) -> Vec<f32> {
-    let g = gate.matvec_alloc(xn);
-    let u = up.matvec_alloc(xn);
+) -> Result<Vec<f32>> {
+    let g = gate.matvec_alloc(xn)?;
+    let u = up.matvec_alloc(xn)?;
     let mid: Vec<f32> = g
         .iter()
         .zip(&u)

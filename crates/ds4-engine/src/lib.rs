@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod hc;
 pub mod layer;
 pub mod model;
@@ -23,6 +24,7 @@ pub mod weights;
 pub use cache::KvCache;
 pub use config::{AttnKind, MetaValue, ModelConfig};
 pub use error::{EngineError, Result};
+pub use gguf::{GgufSource, build_gguf};
 pub use layer::ForwardOptions;
 pub use model::{Model, Trace};
 pub use official::OfficialCheckpoint;

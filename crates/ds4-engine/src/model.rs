@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::cache::KvCache;
 use crate::config::{AttnKind, ModelConfig};
 use crate::error::{EngineError, Result};
+use crate::gguf::GgufSource;
 use crate::hc::hc_head;
 use crate::layer::{ForwardOptions, LayerCtx, LayerTrace, layer_forward};
 use crate::official::OfficialCheckpoint;
@@ -57,6 +58,12 @@ impl Model {
         Model::new(cfg, &ckpt)
     }
 
+    /// Opens a ds4 GGUF file (weights stay memory-mapped).
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let (cfg, src) = GgufSource::open(path)?;
+        Model::new(cfg, &src)
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(&self.cfg)
     }
@@ -94,7 +101,7 @@ impl Model {
             });
         }
         let pos = cache.n_tokens;
-        let e = self.weights.token_embd.row(tok as usize);
+        let e = self.weights.token_embd.row_f32(tok as usize)?;
         let mut x: Vec<f32> = (0..cfg.hc).flat_map(|_| e.iter().copied()).collect();
         if let Some(t) = trace.as_deref_mut() {
             t.hidden.clear();
@@ -117,18 +124,18 @@ impl Model {
                 opts,
             };
             let mut lt = LayerTrace::default();
-            x = layer_forward(&ctx, w, lc, x, tok, pos, &mut lt);
+            x = layer_forward(&ctx, w, lc, x, tok, pos, &mut lt)?;
             if let Some(t) = trace.as_deref_mut() {
                 t.layers.push(lt);
             }
         }
         cache.n_tokens += 1;
-        let y = hc_head(&x, &self.weights.output_hc, cfg.hc, cfg.hc_eps, cfg.rms_eps);
+        let y = hc_head(&x, &self.weights.output_hc, cfg.hc, cfg.hc_eps, cfg.rms_eps)?;
         let mut yn = vec![0.0; cfg.n_embd];
         rmsnorm(&y, &self.weights.output_norm, cfg.rms_eps, &mut yn);
         if let Some(t) = trace {
             t.hidden.push(yn.clone());
         }
-        Ok(self.weights.output.matvec_alloc(&yn))
+        self.weights.output.matvec_alloc(&yn)
     }
 }

@@ -1,20 +1,93 @@
 //! Weight binding: a [`WeightSource`] hands out tensors by ds4 GGUF name; [`Weights`]
 //! binds every tensor the config calls for and checks its shape.
 //!
-//! This round the CPU reference keeps every weight as f32 ([`Mat`]). Quantized GGUF
-//! files plug in behind the same `WeightSource` once the quant kernels exist; `Mat`
-//! is the one place a matrix-vector product happens, so that is where they go.
+//! A [`Mat`] is either f32 (the reference path, used against transformers) or rows of
+//! ggml blocks left in place (the GGUF mmap) and multiplied by ds4-quant's kernels.
+//! `Mat` is the one place a matrix-vector product happens.
 
+use std::sync::Arc;
+
+use ds4_gguf::GgmlType;
+use ds4_quant::{DotKernel, dequantize};
 use rayon::prelude::*;
 
 use crate::config::{AttnKind, ModelConfig};
 use crate::error::{EngineError, Result};
 
-/// Tensor payload converted to a compute type.
+/// Shared, immutable bytes: a memory-mapped GGUF or an owned buffer.
+pub trait ByteOwner: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+impl ByteOwner for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl ByteOwner for ds4_gguf::GgufFile {
+    fn bytes(&self) -> &[u8] {
+        ds4_gguf::GgufFile::bytes(self)
+    }
+}
+
+/// A byte range of a [`ByteOwner`]: tensor data stays where it was loaded (the
+/// mmap for GGUF files) and is never copied.
+#[derive(Clone)]
+pub struct Bytes {
+    owner: Arc<dyn ByteOwner>,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({}..{})", self.start, self.start + self.len)
+    }
+}
+
+impl Bytes {
+    /// `None` when the range is outside the owner's bytes.
+    pub fn new(owner: Arc<dyn ByteOwner>, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        (end <= owner.bytes().len()).then_some(Bytes { owner, start, len })
+    }
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        let len = v.len();
+        Bytes {
+            owner: Arc::new(v),
+            start: 0,
+            len,
+        }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &self.owner.bytes()[self.start..self.start + self.len]
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn sub(&self, start: usize, len: usize) -> Self {
+        Bytes {
+            owner: self.owner.clone(),
+            start: self.start + start,
+            len,
+        }
+    }
+}
+
+/// Tensor payload: f32 values (converted on load) or blocks in a ggml format.
 #[derive(Debug, Clone)]
 pub enum TensorData {
     F32(Vec<f32>),
     I32(Vec<i32>),
+    /// Raw rows of `ty` blocks along the innermost axis.
+    Blocks {
+        ty: GgmlType,
+        bytes: Bytes,
+    },
 }
 
 /// A tensor with its shape in row-major order, outermost first (the HF / safetensors
@@ -32,12 +105,23 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<Option<Tensor>>;
 }
 
-/// A dense f32 matrix, `rows` outputs of `cols` inputs: `y[o] = Σ_i W[o][i]·x[i]`.
+#[derive(Debug, Clone)]
+enum MatData {
+    F32(Vec<f32>),
+    /// Quantized (or f16) rows multiplied by ds4-quant's kernels, which quantize
+    /// the activation the way ds4's CPU decode does (Q8_0 / Q8_K).
+    Blocks {
+        kernel: DotKernel,
+        bytes: Bytes,
+    },
+}
+
+/// A weight matrix, `rows` outputs of `cols` inputs: `y[o] = Σ_i W[o][i]·x[i]`.
 #[derive(Debug, Clone)]
 pub struct Mat {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<f32>,
+    data: MatData,
 }
 
 /// Below this many multiply-adds a matvec stays on the calling thread: rayon's
@@ -45,38 +129,106 @@ pub struct Mat {
 const PAR_MIN_WORK: usize = 1 << 16;
 
 impl Mat {
-    pub fn row(&self, r: usize) -> &[f32] {
-        &self.data[r * self.cols..(r + 1) * self.cols]
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Option<Self> {
+        (data.len() == rows * cols).then_some(Mat {
+            rows,
+            cols,
+            data: MatData::F32(data),
+        })
     }
 
-    /// `y = W·x`; `x.len() == cols`, `y.len() == rows` (callers size them from the
-    /// same config that validated the shapes).
-    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        debug_assert_eq!(x.len(), self.cols);
-        debug_assert_eq!(y.len(), self.rows);
-        if self.rows * self.cols >= PAR_MIN_WORK {
-            y.par_iter_mut()
-                .enumerate()
-                .with_min_len(16)
-                .for_each(|(r, out)| *out = dot(self.row(r), x));
-        } else {
-            for (r, out) in y.iter_mut().enumerate() {
-                *out = dot(self.row(r), x);
+    /// `bytes` must hold exactly `rows` rows of `cols` elements of `ty`.
+    pub fn from_blocks(rows: usize, cols: usize, ty: GgmlType, bytes: Bytes) -> Result<Self> {
+        let kernel = DotKernel::new(ty)?;
+        let rb = kernel.row_bytes(cols)?;
+        if bytes.len() != rows * rb {
+            return Err(EngineError::Config(format!(
+                "{ty} matrix {rows}x{cols} needs {} bytes, found {}",
+                rows * rb,
+                bytes.len()
+            )));
+        }
+        Ok(Mat {
+            rows,
+            cols,
+            data: MatData::Blocks { kernel, bytes },
+        })
+    }
+
+    /// The storage type of the weights.
+    pub fn ty(&self) -> GgmlType {
+        match &self.data {
+            MatData::F32(_) => GgmlType::F32,
+            MatData::Blocks { kernel, .. } => kernel.weight_type(),
+        }
+    }
+
+    /// Row `r` as f32 (dequantized if needed): embedding lookups.
+    pub fn row_f32(&self, r: usize) -> Result<Vec<f32>> {
+        match &self.data {
+            MatData::F32(d) => Ok(d[r * self.cols..(r + 1) * self.cols].to_vec()),
+            MatData::Blocks { kernel, bytes } => {
+                let rb = kernel.row_bytes(self.cols)?;
+                let mut out = vec![0.0; self.cols];
+                dequantize(
+                    kernel.weight_type(),
+                    &bytes.as_slice()[r * rb..(r + 1) * rb],
+                    &mut out,
+                )?;
+                Ok(out)
             }
         }
     }
 
-    /// `y = W[rows r0..r0+y.len()]·x`: a row block, for the grouped output projection.
-    pub fn matvec_rows(&self, r0: usize, x: &[f32], y: &mut [f32]) {
-        for (i, out) in y.iter_mut().enumerate() {
-            *out = dot(self.row(r0 + i), x);
+    /// `y = W·x`; `x.len() == cols`, `y.len() == rows`.
+    pub fn matvec(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        match &self.data {
+            MatData::F32(d) => {
+                let row = |r: usize| &d[r * self.cols..(r + 1) * self.cols];
+                if self.rows * self.cols >= PAR_MIN_WORK {
+                    y.par_iter_mut()
+                        .enumerate()
+                        .with_min_len(16)
+                        .for_each(|(r, out)| *out = dot(row(r), x));
+                } else {
+                    for (r, out) in y.iter_mut().enumerate() {
+                        *out = dot(row(r), x);
+                    }
+                }
+            }
+            MatData::Blocks { kernel, bytes } => {
+                let act = kernel.quantize_activations(x)?;
+                if self.rows * self.cols >= PAR_MIN_WORK {
+                    kernel.matvec(bytes.as_slice(), self.rows, self.cols, &act, y)?;
+                } else {
+                    kernel.matvec_rows(bytes.as_slice(), self.cols, &act, 0..self.rows, y)?;
+                }
+            }
         }
+        Ok(())
     }
 
-    pub fn matvec_alloc(&self, x: &[f32]) -> Vec<f32> {
+    /// `y = W[rows r0..r0+y.len()]·x`: a row block, for the grouped output projection.
+    pub fn matvec_rows(&self, r0: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+        match &self.data {
+            MatData::F32(d) => {
+                for (i, out) in y.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *out = dot(&d[r * self.cols..(r + 1) * self.cols], x);
+                }
+            }
+            MatData::Blocks { kernel, bytes } => {
+                let act = kernel.quantize_activations(x)?;
+                kernel.matvec_rows(bytes.as_slice(), self.cols, &act, r0..r0 + y.len(), y)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn matvec_alloc(&self, x: &[f32]) -> Result<Vec<f32>> {
         let mut y = vec![0.0; self.rows];
-        self.matvec(x, &mut y);
-        y
+        self.matvec(x, &mut y)?;
+        Ok(y)
     }
 }
 
@@ -110,8 +262,8 @@ pub struct HcWeights {
 
 #[derive(Debug, Clone)]
 pub struct CompressorWeights {
-    /// `[ratio, coff·d]`: the position bias added to the gate (`ape`).
-    pub ape: Mat,
+    /// `[ratio, coff·d]` row-major: the position bias added to the gate (`ape`).
+    pub ape: Vec<f32>,
     pub kv: Mat,
     pub gate: Mat,
     pub norm: Vec<f32>,
@@ -186,6 +338,11 @@ impl Binder<'_> {
     fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         match self.get(name, shape)?.data {
             TensorData::F32(v) => Ok(v),
+            TensorData::Blocks { ty, bytes } => {
+                let mut out = vec![0.0; shape.iter().product()];
+                dequantize(ty, bytes.as_slice(), &mut out)?;
+                Ok(out)
+            }
             TensorData::I32(_) => Err(EngineError::TensorData {
                 name: name.into(),
                 msg: "expected floating-point data, found integers".into(),
@@ -197,24 +354,45 @@ impl Binder<'_> {
         self.f32(name, &[n])
     }
 
+    fn mats(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Vec<Mat>> {
+        let shape: Vec<usize> = if n == 0 {
+            vec![rows, cols]
+        } else {
+            vec![n, rows, cols]
+        };
+        let per = rows * cols;
+        let ctx = |e: EngineError| EngineError::TensorData {
+            name: name.into(),
+            msg: e.to_string(),
+        };
+        match self.get(name, &shape)?.data {
+            TensorData::F32(v) => Ok(v
+                .chunks_exact(per)
+                .filter_map(|c| Mat::from_f32(rows, cols, c.to_vec()))
+                .collect()),
+            TensorData::Blocks { ty, bytes } => {
+                let each = bytes.len() / n.max(1);
+                (0..n.max(1))
+                    .map(|e| {
+                        Mat::from_blocks(rows, cols, ty, bytes.sub(e * each, each)).map_err(ctx)
+                    })
+                    .collect()
+            }
+            TensorData::I32(_) => Err(EngineError::TensorData {
+                name: name.into(),
+                msg: "expected weights, found integers".into(),
+            }),
+        }
+    }
+
     fn mat(&self, name: &str, rows: usize, cols: usize) -> Result<Mat> {
-        Ok(Mat {
-            rows,
-            cols,
-            data: self.f32(name, &[rows, cols])?,
-        })
+        self.mats(name, 0, rows, cols)?
+            .pop()
+            .ok_or_else(|| EngineError::MissingTensor { name: name.into() })
     }
 
     fn experts(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Vec<Mat>> {
-        let data = self.f32(name, &[n, rows, cols])?;
-        Ok(data
-            .chunks_exact(rows * cols)
-            .map(|c| Mat {
-                rows,
-                cols,
-                data: c.to_vec(),
-            })
-            .collect())
+        self.mats(name, n, rows, cols)
     }
 
     fn hc(&self, prefix: &str, mix: usize, width: usize, n_scale: usize) -> Result<HcWeights> {
@@ -234,7 +412,7 @@ impl Binder<'_> {
         e: usize,
     ) -> Result<CompressorWeights> {
         Ok(CompressorWeights {
-            ape: self.mat(&format!("{p}_ape.weight"), ratio, width)?,
+            ape: self.f32(&format!("{p}_ape.weight"), &[ratio, width])?,
             kv: self.mat(&format!("{p}_kv.weight"), width, e)?,
             gate: self.mat(&format!("{p}_gate.weight"), width, e)?,
             norm: self.vec(&format!("{p}_norm.weight"), d)?,
@@ -296,7 +474,7 @@ impl Weights {
                 let t = b.get(&name, &[cfg.n_vocab, cfg.n_expert_used])?;
                 let ids = match t.data {
                     TensorData::I32(v) => v,
-                    TensorData::F32(_) => {
+                    _ => {
                         return Err(EngineError::TensorData {
                             name,
                             msg: "expected integer expert ids".into(),
