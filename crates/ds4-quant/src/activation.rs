@@ -31,17 +31,18 @@ pub struct BlockQ8K {
 /// Quantize `x` to Q8_0 activation blocks (ds4 `quantize_q8_0_activation`):
 /// `d = amax/127`, `q = rint(x · (1/d))`.
 pub fn quantize_q8_0_activation(x: &[f32]) -> Result<Vec<BlockQ8_0Act>> {
-    if x.len() % QK8_0 != 0 {
+    if !x.len().is_multiple_of(QK8_0) {
         return Err(QuantError::Length {
             what: "Q8_0 activation vector (multiple of 32)",
             expected: x.len().next_multiple_of(QK8_0),
             got: x.len(),
         });
     }
-    Ok(x
-        .chunks_exact(QK8_0)
+    Ok(x.chunks_exact(QK8_0)
         .map(|xb| {
-            let amax = xb.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+            let amax = xb
+                .iter()
+                .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut qs = [0i8; QK8_0];
@@ -57,7 +58,7 @@ pub fn quantize_q8_0_activation(x: &[f32]) -> Result<Vec<BlockQ8_0Act>> {
 /// `quantize_row_q8_K_ref`): the element of largest magnitude (first on ties)
 /// maps to −127, `d = 1/iscale`.
 pub fn quantize_q8_k(x: &[f32]) -> Result<Vec<BlockQ8K>> {
-    if x.len() % QK_K != 0 {
+    if !x.len().is_multiple_of(QK_K) {
         return Err(QuantError::Length {
             what: "Q8_K activation vector (multiple of 256)",
             expected: x.len().next_multiple_of(QK_K),

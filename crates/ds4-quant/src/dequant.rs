@@ -22,7 +22,7 @@ pub(crate) fn rd_u32(b: &[u8], off: usize) -> u32 {
 /// Check that `bytes` holds exactly `n` elements of `ty`; return the block count.
 pub(crate) fn check_len(ty: GgmlType, bytes: usize, n: usize, what: &'static str) -> Result<usize> {
     let bs = ty.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(QuantError::NotBlockMultiple {
             ty,
             elements: n,

@@ -8,6 +8,10 @@
 //! 8th sign of a group is implied by parity, so a group with an odd number of
 //! negative values flips the sign of its least important element first.
 
+// These loops walk several index-parallel arrays the way the reference
+// algorithms are written; iterator chains would hide that correspondence.
+#![allow(clippy::needless_range_loop)]
+
 use std::sync::OnceLock;
 
 use crate::half::f32_to_f16;
@@ -62,7 +66,11 @@ fn tables() -> &'static Iq2Tables {
             let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((idx >> (2 * k)) & 3) as i32 + 1);
             dist.clear();
             for (j, g) in grid.iter().enumerate() {
-                let d2: i32 = g.iter().zip(&pos).map(|(&a, &b)| (a as i32 - b) * (a as i32 - b)).sum();
+                let d2: i32 = g
+                    .iter()
+                    .zip(&pos)
+                    .map(|(&a, &b)| (a as i32 - b) * (a as i32 - b))
+                    .sum();
                 dist.push((d2, j as u16));
             }
             // Ties in distance keep grid order, as ggml's comparator does.
@@ -97,7 +105,14 @@ fn tables() -> &'static Iq2Tables {
 
 /// Among the neighbours of off-grid index `u`, the grid point minimising the
 /// weighted error of `scale·q − x`; writes its levels to `l` and returns it.
-fn best_neighbour(t: &Iq2Tables, u: usize, xval: &[f32], waux: &[f32], scale: f32, l: &mut [i8]) -> usize {
+fn best_neighbour(
+    t: &Iq2Tables,
+    u: usize,
+    xval: &[f32],
+    waux: &[f32],
+    scale: f32,
+    l: &mut [i8],
+) -> usize {
     let start = t.neighbour_start[u] as usize;
     let n = t.neighbours[start] as usize;
     let mut best_d2 = f32::MAX;
@@ -121,11 +136,20 @@ fn best_neighbour(t: &Iq2Tables, u: usize, xval: &[f32], waux: &[f32], scale: f3
 }
 
 fn pack_levels(l: &[i8]) -> usize {
-    l.iter().enumerate().fold(0usize, |u, (i, &v)| u | ((v as usize) << (2 * i)))
+    l.iter()
+        .enumerate()
+        .fold(0usize, |u, (i, &v)| u | ((v as usize) << (2 * i)))
 }
 
 /// Levels for one group of 8 at inverse scale `id`, snapped onto the grid.
-fn snap_group(t: &Iq2Tables, id: f32, scale: f32, xval: &[f32], waux: &[f32], l: &mut [i8]) -> usize {
+fn snap_group(
+    t: &Iq2Tables,
+    id: f32,
+    scale: f32,
+    xval: &[f32],
+    waux: &[f32],
+    l: &mut [i8],
+) -> usize {
     for i in 0..8 {
         l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, K_MAX_Q - 1) as i8;
     }
@@ -210,7 +234,14 @@ pub(crate) fn quantize_iq2_xxs_block(x: &[f32], imp: Option<&[f32]>, y: &mut [u8
             let this_scale = 1.0 / id;
             for k in 0..4 {
                 let r = 8 * k..8 * k + 8;
-                snap_group(t, id, this_scale, &xval[r.clone()], &waux[r.clone()], &mut laux[r]);
+                snap_group(
+                    t,
+                    id,
+                    this_scale,
+                    &xval[r.clone()],
+                    &waux[r.clone()],
+                    &mut laux[r],
+                );
             }
             let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
             for i in 0..32 {
@@ -292,7 +323,12 @@ mod tests {
             assert!(n > 0);
             // The first neighbour is a nearest grid point.
             let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((u >> (2 * k)) & 3) as i32 + 1);
-            let d = |g: &[i8; 8]| -> i32 { g.iter().zip(&pos).map(|(&a, &b)| (a as i32 - b).pow(2)).sum() };
+            let d = |g: &[i8; 8]| -> i32 {
+                g.iter()
+                    .zip(&pos)
+                    .map(|(&a, &b)| (a as i32 - b).pow(2))
+                    .sum()
+            };
             let dmin = t.grid.iter().map(d).min().unwrap_or(0);
             assert_eq!(d(&t.grid[t.neighbours[s as usize + 1] as usize]), dmin);
         }

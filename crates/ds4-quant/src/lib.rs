@@ -24,7 +24,9 @@ mod matvec;
 pub mod quantize;
 pub mod tables;
 
-pub use activation::{Activations, BlockQ8K, BlockQ8_0Act, quantize_q8_0_activation, quantize_q8_k};
+pub use activation::{
+    Activations, BlockQ8_0Act, BlockQ8K, quantize_q8_0_activation, quantize_q8_k,
+};
 pub use dequant::dequantize;
 pub use ds4_gguf::types::GgmlType;
 pub use error::QuantError;

@@ -5,7 +5,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activations, BlockQ8K, BlockQ8_0Act, quantize_q8_0_activation, quantize_q8_k};
+use crate::activation::{
+    Activations, BlockQ8_0Act, BlockQ8K, quantize_q8_0_activation, quantize_q8_k,
+};
 use crate::kernels::{KernelPath, scalar, selected_path};
 use crate::{GgmlType, QuantError, Result};
 
@@ -96,7 +98,10 @@ impl DotKernel {
             #[allow(unreachable_patterns)]
             _ => None,
         };
-        let f = f.ok_or(QuantError::Unsupported { ty, op: "dot product" })?;
+        let f = f.ok_or(QuantError::Unsupported {
+            ty,
+            op: "dot product",
+        })?;
         Ok(DotKernel { ty, path, f })
     }
 
@@ -111,7 +116,7 @@ impl DotKernel {
     /// Bytes of one weight row of `cols` elements.
     pub fn row_bytes(&self, cols: usize) -> Result<usize> {
         let bs = self.ty.block_size();
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return Err(QuantError::NotBlockMultiple {
                 ty: self.ty,
                 elements: cols,
@@ -136,7 +141,9 @@ impl DotKernel {
     fn check_act(&self, act: &Activations, cols: usize) -> Result<()> {
         let matches = matches!(
             (self.f, act),
-            (RowFn::F32(_), Activations::F32(_)) | (RowFn::Q8_0(_), Activations::Q8_0(_)) | (RowFn::Q8K(_), Activations::Q8K(_))
+            (RowFn::F32(_), Activations::F32(_))
+                | (RowFn::Q8_0(_), Activations::Q8_0(_))
+                | (RowFn::Q8K(_), Activations::Q8K(_))
         );
         if !matches {
             return Err(QuantError::Unsupported {
@@ -181,11 +188,18 @@ impl DotKernel {
         }
     }
 
-    fn check_matrix(&self, w: &[u8], cols: usize, act: &Activations, rows: &Range<usize>, y: &[f32]) -> Result<usize> {
+    fn check_matrix(
+        &self,
+        w: &[u8],
+        cols: usize,
+        act: &Activations,
+        rows: &Range<usize>,
+        y: &[f32],
+    ) -> Result<usize> {
         let rb = self.row_bytes(cols)?;
         self.check_act(act, cols)?;
-        let total_rows = if rb == 0 { 0 } else { w.len() / rb };
-        if rb == 0 || w.len() % rb != 0 {
+        let total_rows = w.len().checked_div(rb).unwrap_or(0);
+        if rb == 0 || !w.len().is_multiple_of(rb) {
             return Err(QuantError::ByteLength {
                 ty: self.ty,
                 what: "weight matrix (whole rows)",
@@ -213,7 +227,14 @@ impl DotKernel {
     /// `y[i] = W[rows.start + i] · x` on the calling thread. `w` is the whole
     /// matrix (whole rows of `cols`), so callers can split rows among their
     /// own workers.
-    pub fn matvec_rows(&self, w: &[u8], cols: usize, act: &Activations, rows: Range<usize>, y: &mut [f32]) -> Result<()> {
+    pub fn matvec_rows(
+        &self,
+        w: &[u8],
+        cols: usize,
+        act: &Activations,
+        rows: Range<usize>,
+        y: &mut [f32],
+    ) -> Result<()> {
         let rb = self.check_matrix(w, cols, act, &rows, y)?;
         for (o, r) in y.iter_mut().zip(rows) {
             *o = self.dot_unchecked(&w[r * rb..(r + 1) * rb], act);
@@ -222,21 +243,38 @@ impl DotKernel {
     }
 
     /// Like [`Self::matvec_rows`], with the rows spread over rayon's pool.
-    pub fn matvec_rows_par(&self, w: &[u8], cols: usize, act: &Activations, rows: Range<usize>, y: &mut [f32]) -> Result<()> {
+    pub fn matvec_rows_par(
+        &self,
+        w: &[u8],
+        cols: usize,
+        act: &Activations,
+        rows: Range<usize>,
+        y: &mut [f32],
+    ) -> Result<()> {
         let rb = self.check_matrix(w, cols, act, &rows, y)?;
         let start = rows.start;
         // Tasks of ≥ 16 rows keep scheduling overhead small next to the row
         // work (a 4096-wide Q8_0 row is 4.3 KB).
-        y.par_iter_mut().with_min_len(16).enumerate().for_each(|(i, o)| {
-            let r = start + i;
-            *o = self.dot_unchecked(&w[r * rb..(r + 1) * rb], act);
-        });
+        y.par_iter_mut()
+            .with_min_len(16)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let r = start + i;
+                *o = self.dot_unchecked(&w[r * rb..(r + 1) * rb], act);
+            });
         Ok(())
     }
 
     /// `y = W · x` over all `rows`, in parallel; `w` must hold exactly
     /// `rows` rows.
-    pub fn matvec(&self, w: &[u8], rows: usize, cols: usize, act: &Activations, y: &mut [f32]) -> Result<()> {
+    pub fn matvec(
+        &self,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        act: &Activations,
+        y: &mut [f32],
+    ) -> Result<()> {
         let rb = self.row_bytes(cols)?;
         if w.len() != rows * rb {
             return Err(QuantError::ByteLength {
@@ -265,14 +303,28 @@ fn scalar_fn(ty: GgmlType) -> Option<RowFn> {
 
 /// `y = W · x` for a `rows × cols` matrix of `ty`: quantizes `x` once into the
 /// activation format of `ty`, then runs rows in parallel (rayon).
-pub fn matvec(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+pub fn matvec(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
     let k = DotKernel::new(ty)?;
     let act = k.quantize_activations(x)?;
     k.matvec(w, rows, cols, &act, y)
 }
 
 /// Single-threaded [`matvec`].
-pub fn matvec_serial(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+pub fn matvec_serial(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
     let k = DotKernel::new(ty)?;
     let act = k.quantize_activations(x)?;
     let rb = k.row_bytes(cols)?;

@@ -10,6 +10,10 @@
 //! candidate scales (the plain one included), so the weighted error can only
 //! go down.
 
+// These loops walk several index-parallel arrays the way the reference
+// algorithms are written; iterator chains would hide that correspondence.
+#![allow(clippy::needless_range_loop)]
+
 use crate::half::{f16_to_f32, f32_to_f16};
 use crate::{GgmlType, QK_K, QK8_0, QuantError, Result};
 
@@ -31,7 +35,7 @@ pub fn quantize(
     n_per_row: usize,
     importance: Option<&[f32]>,
 ) -> Result<Vec<u8>> {
-    if n_per_row == 0 || src.len() % n_per_row != 0 {
+    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return Err(QuantError::Length {
             what: "matrix elements (multiple of the row length)",
             expected: src.len().next_multiple_of(n_per_row.max(1)),
@@ -39,7 +43,7 @@ pub fn quantize(
         });
     }
     let bs = ty.block_size();
-    if n_per_row % bs != 0 {
+    if !n_per_row.is_multiple_of(bs) {
         return Err(QuantError::NotBlockMultiple {
             ty,
             elements: n_per_row,
@@ -49,14 +53,22 @@ pub fn quantize(
     let row_bytes = n_per_row / bs * ty.type_size();
     let rows = src.len() / n_per_row;
     let mut out = vec![0u8; rows * row_bytes];
-    for (x, y) in src.chunks_exact(n_per_row).zip(out.chunks_exact_mut(row_bytes)) {
+    for (x, y) in src
+        .chunks_exact(n_per_row)
+        .zip(out.chunks_exact_mut(row_bytes))
+    {
         quantize_row(ty, x, importance, y)?;
     }
     Ok(out)
 }
 
 /// Quantize one row `x` into `dst` (exactly the row's byte size).
-pub fn quantize_row(ty: GgmlType, x: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) -> Result<()> {
+pub fn quantize_row(
+    ty: GgmlType,
+    x: &[f32],
+    importance: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<()> {
     let nb = crate::dequant::check_len(ty, dst.len(), x.len(), "destination")?;
     let _ = nb;
     if let Some(w) = importance
@@ -85,13 +97,21 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], importance: Option<&[f32]>, dst: &m
             }
         }
         GgmlType::Q8_0 => {
-            for (i, (xb, yb)) in x.chunks_exact(QK8_0).zip(dst.chunks_exact_mut(34)).enumerate() {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK8_0)
+                .zip(dst.chunks_exact_mut(34))
+                .enumerate()
+            {
                 let w = importance.map(|w| &w[i * QK8_0..(i + 1) * QK8_0]);
                 quantize_q8_0_block(xb, w, yb);
             }
         }
         GgmlType::Q2K => {
-            for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(dst.chunks_exact_mut(84)).enumerate() {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(dst.chunks_exact_mut(84))
+                .enumerate()
+            {
                 match importance {
                     None => quantize_q2_k_ref(xb, yb),
                     Some(w) => quantize_q2_k_impl(xb, &w[i * QK_K..(i + 1) * QK_K], yb),
@@ -99,7 +119,11 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], importance: Option<&[f32]>, dst: &m
             }
         }
         GgmlType::Q4K => {
-            for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(dst.chunks_exact_mut(144)).enumerate() {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(dst.chunks_exact_mut(144))
+                .enumerate()
+            {
                 match importance {
                     None => quantize_q4_k_ref(xb, yb),
                     Some(w) => quantize_q4_k_impl(xb, &w[i * QK_K..(i + 1) * QK_K], yb),
@@ -107,7 +131,11 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], importance: Option<&[f32]>, dst: &m
             }
         }
         GgmlType::Iq2Xxs => {
-            for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(dst.chunks_exact_mut(66)).enumerate() {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(dst.chunks_exact_mut(66))
+                .enumerate()
+            {
                 let w = importance.map(|w| &w[i * QK_K..(i + 1) * QK_K]);
                 crate::iq2xxs::quantize_iq2_xxs_block(xb, w, yb);
             }
@@ -341,7 +369,11 @@ fn make_qkx3_quants(
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
         for i in 0..n {
             let v = iscale * (x[i] - min);
-            let l = if v > 0.0 { nearest_int(v.min(nmax as f32)) } else { 0 };
+            let l = if v > 0.0 {
+                nearest_int(v.min(nmax as f32))
+            } else {
+                0
+            };
             laux[i] = l as u8;
             let w = weights[i];
             let lf = l as f32;
@@ -490,7 +522,16 @@ fn quantize_q2_k_ref(x: &[f32], y: &mut [u8]) {
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = v.abs();
         }
-        let (s, m) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
+        let (s, m) = make_qkx2_quants(
+            3,
+            xs,
+            &weights,
+            &mut l[16 * j..16 * j + 16],
+            -0.5,
+            0.1,
+            15,
+            true,
+        );
         scales[j] = s;
         mins[j] = m;
         max_scale = max_scale.max(s);
@@ -612,13 +653,26 @@ fn quantize_q4_k_ref(x: &[f32], y: &mut [u8]) {
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(15, xs, &weights, &mut l[32 * j..32 * j + 32], -1.0, 0.1, 20, false);
+        let (s, m) = make_qkx2_quants(
+            15,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            -1.0,
+            0.1,
+            20,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         max_scale = max_scale.max(s);
         max_min = max_min.max(m);
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -648,7 +702,15 @@ fn quantize_q4_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
             *w = q * (sigma2 + v * v).sqrt();
         }
         sw[j] = weights.iter().sum();
-        let (s, m) = make_qkx3_quants(15, xs, &weights, &mut l[32 * j..32 * j + 32], -0.9, 0.05, 36);
+        let (s, m) = make_qkx3_quants(
+            15,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            -0.9,
+            0.05,
+            36,
+        );
         scales[j] = s;
         mins[j] = m;
     }

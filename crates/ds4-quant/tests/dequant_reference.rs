@@ -26,9 +26,22 @@ fn check_type(name: &str) {
     dequantize(ty, &data, &mut out).unwrap();
 
     // Readable diff for the first blocks before the hash comparison.
-    for (i, expect) in f["first_blocks_f32_bits"].as_array().unwrap().iter().enumerate() {
-        let got: Vec<u32> = out[i * per..(i + 1) * per].iter().map(|v| v.to_bits()).collect();
-        let want: Vec<u32> = expect.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    for (i, expect) in f["first_blocks_f32_bits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let got: Vec<u32> = out[i * per..(i + 1) * per]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let want: Vec<u32> = expect
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(got, want, "{name} random block {i}");
     }
     let hashes = f["chunk_sha256"].as_array().unwrap();
@@ -39,7 +52,10 @@ fn check_type(name: &str) {
             mismatched.push(c);
         }
     }
-    assert!(mismatched.is_empty(), "{name}: chunks {mismatched:?} differ from gguf");
+    assert!(
+        mismatched.is_empty(),
+        "{name}: chunks {mismatched:?} differ from gguf"
+    );
 
     let edges = f["edge_blocks_hex"].as_array().unwrap();
     let edge_hashes = f["edge_sha256"].as_array().unwrap();
@@ -47,9 +63,16 @@ fn check_type(name: &str) {
         let bytes = unhex(e.as_str().unwrap());
         let mut o = vec![0.0f32; bytes.len() / ty.type_size() * per];
         dequantize(ty, &bytes, &mut o).unwrap();
-        assert_eq!(sha_f32(&o), h.as_str().unwrap(), "{name} edge block {i}: {o:?}");
+        assert_eq!(
+            sha_f32(&o),
+            h.as_str().unwrap(),
+            "{name} edge block {i}: {o:?}"
+        );
     }
-    println!("{name}: {n} random + {} edge blocks identical to the reference", edges.len());
+    println!(
+        "{name}: {n} random + {} edge blocks identical to the reference",
+        edges.len()
+    );
 }
 
 #[test]
@@ -92,10 +115,19 @@ fn check_exhaustive16(name: &str) {
     dequantize(ty, &bytes, &mut out).unwrap();
     for (k, v) in f["spot_bits"].as_object().unwrap() {
         let h: usize = k.parse().unwrap();
-        assert_eq!(out[h].to_bits() as u64, v.as_u64().unwrap(), "{name} {h:#06x}");
+        assert_eq!(
+            out[h].to_bits() as u64,
+            v.as_u64().unwrap(),
+            "{name} {h:#06x}"
+        );
     }
     for (c, h) in f["chunk_sha256"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(sha_f32(&out[c * 4096..(c + 1) * 4096]), h.as_str().unwrap(), "{name} values {}..", c * 4096);
+        assert_eq!(
+            sha_f32(&out[c * 4096..(c + 1) * 4096]),
+            h.as_str().unwrap(),
+            "{name} values {}..",
+            c * 4096
+        );
     }
 }
 

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::scalar;
-use crate::activation::{BlockQ8K, BlockQ8_0Act};
+use crate::activation::{BlockQ8_0Act, BlockQ8K};
 use crate::dequant::{q4k_scale_min, rd_u16, rd_u32};
 use crate::half::f16_to_f32;
 use crate::tables::{IQ2XXS_GRID, KSIGNS_EXPANDED};
@@ -93,9 +93,14 @@ unsafe fn dot_q2_k_impl(row: &[u8], act: &[BlockQ8K]) -> f32 {
                 // A 16-bit shift moves bits between the bytes of a lane, but the
                 // mask keeps bits 0..2 of each byte, which came from that byte
                 // (shift ≤ 6).
-                let q = _mm256_and_si256(_mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)), mask3);
+                let q = _mm256_and_si256(
+                    _mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)),
+                    mask3,
+                );
                 // SAFETY: 32 activations at 128k + 32j ≤ 224 are in bounds.
-                let x = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(128 * k + 32 * j) as *const __m256i) };
+                let x = unsafe {
+                    _mm256_loadu_si256(a.qs.as_ptr().add(128 * k + 32 * j) as *const __m256i)
+                };
                 let p16 = _mm256_maddubs_epi16(q, x);
                 // i16 lanes 0..8 hold elements 0..16 (one sub-block), 8..16 the next.
                 let s0 = (sc[8 * k + 2 * j] & 0xf) as i16;
@@ -144,8 +149,14 @@ unsafe fn dot_q4_k_impl(row: &[u8], act: &[BlockQ8K]) -> f32 {
             let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), mask4);
             let s_lo = q4k_scale_min(2 * c, scales).0 as i16;
             let s_hi = q4k_scale_min(2 * c + 1, scales).0 as i16;
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_set1_epi16(s_lo)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), _mm256_set1_epi16(s_hi)));
+            acc = _mm256_add_epi32(
+                acc,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_set1_epi16(s_lo)),
+            );
+            acc = _mm256_add_epi32(
+                acc,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), _mm256_set1_epi16(s_hi)),
+            );
         }
         let isum = hsum_i32(acc);
         let summs = scalar::q4k_summs(scales, a);
@@ -218,7 +229,10 @@ unsafe fn dot_f32_impl(row: &[u8], x: &[f32]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
     s += scalar::dot_f32(&row[4 * i..4 * n], &x[i..n]);
     s
 }
@@ -249,7 +263,10 @@ unsafe fn dot_f16_impl(row: &[u8], x: &[f32]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
     s += scalar::dot_f16(&row[2 * i..2 * n], &x[i..n]);
     s
 }

@@ -58,7 +58,9 @@ impl std::fmt::Display for KernelPath {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -75,7 +77,10 @@ pub fn available_paths() -> Vec<KernelPath> {
 }
 
 fn best_available() -> KernelPath {
-    available_paths().last().copied().unwrap_or(KernelPath::Scalar)
+    available_paths()
+        .last()
+        .copied()
+        .unwrap_or(KernelPath::Scalar)
 }
 
 /// The path used by [`crate::DotKernel::new`] and [`crate::matvec`]: the best

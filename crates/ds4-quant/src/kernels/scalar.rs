@@ -3,7 +3,11 @@
 //! `acc += (d_w·d_x)·isum` (Q8_0) or `acc += (d_x·d)·isum − (d_x·dmin)·summs`
 //! (K-quants), block by block, in row order.
 
-use crate::activation::{BlockQ8K, BlockQ8_0Act};
+// These loops walk several index-parallel arrays the way the reference
+// algorithms are written; iterator chains would hide that correspondence.
+#![allow(clippy::needless_range_loop)]
+
+use crate::activation::{BlockQ8_0Act, BlockQ8K};
 use crate::dequant::{q4k_scale_min, rd_u16, rd_u32};
 use crate::half::{bf16_to_f32, f16_to_f32};
 use crate::tables::{IQ2XXS_GRID, KSIGNS};
@@ -65,7 +69,9 @@ pub fn dot_q2_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
 #[inline]
 pub(crate) fn q4k_summs(scales: &[u8], a: &BlockQ8K) -> i32 {
     (0..8)
-        .map(|j| q4k_scale_min(j, scales).1 as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32))
+        .map(|j| {
+            q4k_scale_min(j, scales).1 as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32)
+        })
         .sum()
 }
 

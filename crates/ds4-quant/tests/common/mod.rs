@@ -55,7 +55,8 @@ pub fn sanitize(buf: &mut [u8], size: usize, f16_offs: &[usize], f32_offs: &[usi
             buf[b + o..b + o + 2].copy_from_slice(&h.to_le_bytes());
         }
         for &o in f32_offs {
-            let mut v = u32::from_le_bytes([buf[b + o], buf[b + o + 1], buf[b + o + 2], buf[b + o + 3]]);
+            let mut v =
+                u32::from_le_bytes([buf[b + o], buf[b + o + 1], buf[b + o + 2], buf[b + o + 3]]);
             if v & 0x7f80_0000 == 0x7f80_0000 {
                 v &= !0x4000_0000;
             }
