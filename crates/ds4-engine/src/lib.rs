@@ -18,6 +18,7 @@ pub mod names;
 pub mod official;
 pub mod ops;
 pub mod qat;
+pub mod sampling;
 pub mod session;
 pub mod weights;
 
@@ -26,7 +27,8 @@ pub use config::{AttnKind, MetaValue, ModelConfig};
 pub use error::{EngineError, Result};
 pub use gguf::{GgufSource, build_gguf};
 pub use layer::ForwardOptions;
-pub use model::{Model, Trace};
+pub use model::{LogitsFor, Model, Trace};
 pub use official::OfficialCheckpoint;
+pub use sampling::{Sampler, SamplingParams};
 pub use session::Session;
 pub use weights::{Tensor, TensorData, WeightSource, Weights};

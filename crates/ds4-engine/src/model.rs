@@ -91,22 +91,66 @@ impl Model {
         cache: &mut KvCache,
         tok: u32,
         opts: ForwardOptions,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>> {
+        let mut traces = vec![Trace::default()];
+        let mut out = self.forward_batch(cache, &[tok], opts, LogitsFor::All, Some(&mut traces))?;
+        if let (Some(t), Some(mine)) = (trace, traces.pop()) {
+            *t = mine;
+        }
+        out.pop().ok_or(EngineError::NoLogits)
+    }
+
+    /// Prefills `toks` in chunks of `chunk` tokens (layer-major inside a chunk) and
+    /// returns the logits after the last token. Identical to decoding them one by one.
+    pub fn prefill(
+        &self,
+        cache: &mut KvCache,
+        toks: &[u32],
+        chunk: usize,
+        opts: ForwardOptions,
+    ) -> Result<Vec<f32>> {
+        let mut last = None;
+        for c in toks.chunks(chunk.max(1)) {
+            last = self
+                .forward_batch(cache, c, opts, LogitsFor::Last, None)?
+                .pop();
+        }
+        last.ok_or(EngineError::NoLogits)
+    }
+
+    /// Runs a run of consecutive tokens through the model layer by layer: layer L of
+    /// token t needs only layers < L of tokens <= t and layer L's cache, so all
+    /// tokens go through layer 0, then layer 1, ... (ds4's prefill schedule). Returns
+    /// the logits of every token or of the last one.
+    pub fn forward_batch(
+        &self,
+        cache: &mut KvCache,
+        toks: &[u32],
+        opts: ForwardOptions,
+        which: LogitsFor,
+        mut traces: Option<&mut Vec<Trace>>,
+    ) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.cfg;
-        if tok as usize >= cfg.n_vocab {
+        if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.n_vocab) {
             return Err(EngineError::TokenOutOfRange {
-                token: tok,
+                token: bad,
                 vocab: cfg.n_vocab,
             });
         }
-        let pos = cache.n_tokens;
-        let e = self.weights.token_embd.row_f32(tok as usize)?;
-        let mut x: Vec<f32> = (0..cfg.hc).flat_map(|_| e.iter().copied()).collect();
-        if let Some(t) = trace.as_deref_mut() {
-            t.hidden.clear();
-            t.layers.clear();
+        let pos0 = cache.n_tokens;
+        let mut xs = toks
+            .iter()
+            .map(|&t| {
+                let e = self.weights.token_embd.row_f32(t as usize)?;
+                Ok((0..cfg.hc).flat_map(|_| e.iter().copied()).collect())
+            })
+            .collect::<Result<Vec<Vec<f32>>>>()?;
+        if let Some(ts) = traces.as_deref_mut() {
+            ts.clear();
+            ts.resize(toks.len(), Trace::default());
         }
+        let mut lts = vec![LayerTrace::default(); toks.len()];
         for (l, (w, lc)) in self
             .weights
             .layers
@@ -114,8 +158,10 @@ impl Model {
             .zip(cache.layers.iter_mut())
             .enumerate()
         {
-            if let Some(t) = trace.as_deref_mut() {
-                t.hidden.push(x.clone());
+            if let Some(ts) = traces.as_deref_mut() {
+                for (t, x) in ts.iter_mut().zip(&xs) {
+                    t.hidden.push(x.clone());
+                }
             }
             let ctx = LayerCtx {
                 cfg,
@@ -123,19 +169,35 @@ impl Model {
                 rope: self.rope_for(l),
                 opts,
             };
-            let mut lt = LayerTrace::default();
-            x = layer_forward(&ctx, w, lc, x, tok, pos, &mut lt)?;
-            if let Some(t) = trace.as_deref_mut() {
-                t.layers.push(lt);
+            xs = layer_forward(&ctx, w, lc, xs, toks, pos0, &mut lts)?;
+            if let Some(ts) = traces.as_deref_mut() {
+                for (t, lt) in ts.iter_mut().zip(&lts) {
+                    t.layers.push(lt.clone());
+                }
             }
         }
-        cache.n_tokens += 1;
-        let y = hc_head(&x, &self.weights.output_hc, cfg.hc, cfg.hc_eps, cfg.rms_eps)?;
-        let mut yn = vec![0.0; cfg.n_embd];
-        rmsnorm(&y, &self.weights.output_norm, cfg.rms_eps, &mut yn);
-        if let Some(t) = trace {
-            t.hidden.push(yn.clone());
+        cache.n_tokens += toks.len();
+        let first = match which {
+            LogitsFor::All => 0,
+            LogitsFor::Last => toks.len().saturating_sub(1),
+        };
+        let mut yns = Vec::with_capacity(toks.len() - first);
+        for (i, x) in xs.iter().enumerate().skip(first) {
+            let y = hc_head(x, &self.weights.output_hc, cfg.hc, cfg.hc_eps, cfg.rms_eps)?;
+            let mut yn = vec![0.0; cfg.n_embd];
+            rmsnorm(&y, &self.weights.output_norm, cfg.rms_eps, &mut yn);
+            if let Some(ts) = traces.as_deref_mut() {
+                ts[i].hidden.push(yn.clone());
+            }
+            yns.push(yn);
         }
-        self.weights.output.matvec_alloc(&yn)
+        self.weights.output.matmul(&yns)
     }
+}
+
+/// Which positions of a batch get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    All,
+    Last,
 }

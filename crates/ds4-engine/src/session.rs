@@ -13,7 +13,12 @@ pub struct Session<'m> {
     logits: Option<Vec<f32>>,
     /// Context limit in tokens.
     ctx: usize,
+    /// Tokens per layer-major prefill batch.
+    prefill_chunk: usize,
 }
+
+/// ds4's default prefill chunk.
+pub const DEFAULT_PREFILL_CHUNK: usize = 2048;
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, ctx: usize, opts: ForwardOptions) -> Self {
@@ -24,7 +29,13 @@ impl<'m> Session<'m> {
             cache: model.new_cache(),
             logits: None,
             ctx,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         }
+    }
+
+    /// Tokens per prefill batch (at least 1). Any value gives the same results.
+    pub fn set_prefill_chunk(&mut self, chunk: usize) {
+        self.prefill_chunk = chunk.max(1);
     }
 
     pub fn tokens(&self) -> &[u32] {
@@ -32,7 +43,7 @@ impl<'m> Session<'m> {
     }
 
     /// Makes the session hold exactly `tokens`, reusing the longest common prefix.
-    /// Extending is incremental. Rewinding replays the kept prefix from scratch: the
+    /// Extending is incremental (a chunked, layer-major prefill of the new suffix). Rewinding replays the kept prefix from scratch: the
     /// compressor frontiers cannot be rolled back without snapshots (not kept yet).
     /// Returns how many tokens were evaluated.
     pub fn sync(&mut self, tokens: &[u32]) -> Result<usize> {
@@ -57,10 +68,15 @@ impl<'m> Session<'m> {
             } else {
                 common
             };
-        for &t in &tokens[start..] {
-            self.decode(t)?;
+        let new = &tokens[start..];
+        if !new.is_empty() {
+            let logits = self
+                .model
+                .prefill(&mut self.cache, new, self.prefill_chunk, self.opts)?;
+            self.tokens.extend_from_slice(new);
+            self.logits = Some(logits);
         }
-        Ok(tokens.len() - start)
+        Ok(new.len())
     }
 
     /// Appends one token and computes the logits that predict the next.

@@ -230,6 +230,74 @@ impl Mat {
         self.matvec(x, &mut y)?;
         Ok(y)
     }
+
+    /// `W·x` for each `x` of a batch. Each weight row is read once for the whole
+    /// batch (prefill is bound by weight traffic otherwise), and every output is
+    /// computed by the same row kernel as [`Mat::matvec`], so a batch gives exactly
+    /// the results of one-by-one products.
+    pub fn matmul<X: AsRef<[f32]> + Sync>(&self, xs: &[X]) -> Result<Vec<Vec<f32>>> {
+        self.matmul_rows(0, self.rows, xs)
+    }
+
+    /// Rows `r0..r0+n` of `W` times each `x`.
+    pub fn matmul_rows<X: AsRef<[f32]> + Sync>(
+        &self,
+        r0: usize,
+        n: usize,
+        xs: &[X],
+    ) -> Result<Vec<Vec<f32>>> {
+        if let [x] = xs {
+            let mut y = vec![0.0; n];
+            if r0 == 0 && n == self.rows {
+                self.matvec(x.as_ref(), &mut y)?;
+            } else {
+                self.matvec_rows(r0, x.as_ref(), &mut y)?;
+            }
+            return Ok(vec![y]);
+        }
+        // by_row[r][t] = W[r0 + r] · xs[t]
+        let by_row: Vec<Vec<f32>> = match &self.data {
+            MatData::F32(d) => {
+                let row_out = |r: usize| {
+                    let row = &d[(r0 + r) * self.cols..(r0 + r + 1) * self.cols];
+                    xs.iter().map(|x| dot(row, x.as_ref())).collect()
+                };
+                if n * self.cols * xs.len() >= PAR_MIN_WORK {
+                    (0..n)
+                        .into_par_iter()
+                        .with_min_len(4)
+                        .map(row_out)
+                        .collect()
+                } else {
+                    (0..n).map(row_out).collect()
+                }
+            }
+            MatData::Blocks { kernel, bytes } => {
+                let acts = xs
+                    .iter()
+                    .map(|x| kernel.quantize_activations(x.as_ref()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let rb = kernel.row_bytes(self.cols)?;
+                let w = bytes.as_slice();
+                let row_out = |r: usize| -> Result<Vec<f32>> {
+                    let row = &w[(r0 + r) * rb..(r0 + r + 1) * rb];
+                    acts.iter().map(|a| Ok(kernel.dot(row, a)?)).collect()
+                };
+                if n * self.cols * xs.len() >= PAR_MIN_WORK {
+                    (0..n)
+                        .into_par_iter()
+                        .with_min_len(4)
+                        .map(row_out)
+                        .collect::<Result<_>>()?
+                } else {
+                    (0..n).map(row_out).collect::<Result<_>>()?
+                }
+            }
+        };
+        Ok((0..xs.len())
+            .map(|t| by_row.iter().map(|r| r[t]).collect())
+            .collect())
+    }
 }
 
 /// f32 dot product in 8 independent lanes: the compiler vectorizes it, and the

@@ -136,3 +136,26 @@ fn ds4_recipe_gguf_runs_every_block_type() {
         ids.len()
     );
 }
+
+#[test]
+fn quantized_prefill_equals_decode() {
+    // The batched products of a quantized model use the same row kernels as decode.
+    let (ids, _) = golden();
+    let ids = &ids[..120];
+    let model = gguf_model(&|n| {
+        if n.contains("hc_") {
+            GgmlType::F16
+        } else {
+            GgmlType::Q8_0
+        }
+    });
+    let opts = ForwardOptions::default();
+    let mut dec = model.new_cache();
+    let mut last = Vec::new();
+    for &t in ids {
+        last = model.forward_token(&mut dec, t, opts).unwrap();
+    }
+    let mut c = model.new_cache();
+    assert_eq!(model.prefill(&mut c, ids, 17, opts).unwrap(), last);
+    assert!(c == dec);
+}

@@ -291,3 +291,56 @@ fn session_sync_reuses_prefix_and_matches_fresh_decode() {
     assert!(s.sync(&vec![1; 300]).is_err(), "beyond the context limit");
     assert!(Session::new(&model, 8, opts).logits().is_err());
 }
+
+#[test]
+fn chunked_prefill_equals_token_by_token_decode() {
+    // Batching is only a schedule: every chunk size must give bit-identical logits
+    // and caches, with the simulations on (the default) and off.
+    let model = Model::from_official_dir(&data_dir()).expect("load tiny model");
+    let g = Golden::load();
+    let ids: Vec<u32> = g
+        .i("input_ids")
+        .1
+        .iter()
+        .take(260)
+        .map(|&t| t as u32)
+        .collect();
+    for no_qat_sim in [false, true] {
+        let opts = ForwardOptions { no_qat_sim };
+        let mut dec = model.new_cache();
+        let mut per_token = Vec::new();
+        for &t in &ids {
+            per_token.push(model.forward_token(&mut dec, t, opts).unwrap());
+        }
+        for chunk in [2, 7, 37, 64, 260] {
+            let mut c = model.new_cache();
+            let last = model.prefill(&mut c, &ids, chunk, opts).unwrap();
+            assert_eq!(
+                &last,
+                per_token.last().unwrap(),
+                "chunk {chunk}, no_qat_sim={no_qat_sim}"
+            );
+            assert!(
+                c == dec,
+                "cache after chunk {chunk} prefill differs from decode"
+            );
+        }
+        // every position's logits from one batch
+        let mut c = model.new_cache();
+        let all = model
+            .forward_batch(&mut c, &ids[..100], opts, ds4_engine::LogitsFor::All, None)
+            .unwrap();
+        assert_eq!(&all[..], &per_token[..100]);
+        // a prefill resumed on a warm cache (prefix reuse), then decode
+        let mut c = model.new_cache();
+        model.prefill(&mut c, &ids[..131], 50, opts).unwrap();
+        model.prefill(&mut c, &ids[131..250], 33, opts).unwrap();
+        for &t in &ids[250..259] {
+            model.forward_token(&mut c, t, opts).unwrap();
+        }
+        assert_eq!(
+            model.forward_token(&mut c, ids[259], opts).unwrap(),
+            per_token[259]
+        );
+    }
+}
