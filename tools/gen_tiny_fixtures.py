@@ -72,7 +72,48 @@ def get_parser():
     ap.add_argument("--probe-every", type=int, default=40, help="positions at which hidden streams are dumped")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default=OUT_DEFAULT)
+    ap.add_argument("--qat-vectors", action="store_true",
+                    help="only write tests/data/qat-vectors.json (PyTorch float8 references)")
     return ap
+
+
+def write_qat_vectors(path, seed):
+    """Reference values for the QAT simulations from PyTorch's own float8_e4m3fn cast
+    and an explicit Sylvester Hadamard matrix (independent of the engine's butterfly).
+    Floats are stored as u32 bit patterns so the comparison can be exact."""
+    g = torch.Generator().manual_seed(seed)
+    bits = lambda t: t.contiguous().view(torch.int32).tolist()  # noqa: E731
+    # E4M3: random magnitudes over the whole range, plus every exact midpoint between
+    # neighbouring codes (the ties-to-even cases)
+    mags = torch.exp(torch.empty(3000).uniform_(-14.0, 6.1, generator=g))
+    signs = torch.where(torch.rand(3000, generator=g) < 0.5, -1.0, 1.0)
+    x = torch.clamp(mags * signs, -448.0, 448.0)
+    grid = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    mids = (grid[:-1] + grid[1:]) / 2
+    x = torch.cat([x, mids, -mids, grid, torch.tensor([0.0, 448.0, -448.0])])
+    e4m3 = x.to(torch.float8_e4m3fn).float()
+    # fp8_sim on KV rows: blocks of 64, power-of-two scale, amax floor 1e-4
+    rows = torch.randn(6, 448, generator=g) * torch.tensor([1e-6, 1e-3, 0.1, 1.0, 30.0, 5000.0])[:, None]
+    blocks = rows.view(6, 7, 64)
+    amax = blocks.abs().amax(-1, keepdim=True).clamp(min=1e-4)
+    sc = torch.pow(2.0, torch.ceil(torch.log2(amax / 448.0)))
+    fp8 = ((blocks / sc).clamp(-448, 448).to(torch.float8_e4m3fn).float() * sc).view(6, 448)
+    # Hadamard 128 by matrix product
+    h = torch.ones(1, 1)
+    while h.shape[0] < 128:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    hv = torch.randn(4, 128, generator=g)
+    had = (hv.double() @ h.double().T / 128 ** 0.5).float()
+    out = {
+        "generator": "tools/gen_tiny_fixtures.py --qat-vectors",
+        "torch": torch.__version__,
+        "e4m3_in": bits(x), "e4m3_out": bits(e4m3),
+        "fp8_rows_in": bits(rows.flatten()), "fp8_rows_out": bits(fp8.flatten()), "fp8_row_len": 448,
+        "hadamard_in": bits(hv.flatten()), "hadamard_out": bits(had.flatten()), "hadamard_len": 128,
+    }
+    with open(path, "w") as f:
+        json.dump(out, f)
+    print("wrote", path)
 
 
 def build_config(a):
@@ -343,6 +384,9 @@ def topk_margins(model, cfg, ids):
 def main():
     a = get_parser().parse_args()
     torch.manual_seed(a.seed)
+    if a.qat_vectors:
+        write_qat_vectors(os.path.join(a.out, "..", "qat-vectors.json"), a.seed)
+        return
     import safetensors
     import transformers
     import transformers.models.deepseek_v4.modeling_deepseek_v4 as MD
