@@ -30,5 +30,5 @@ pub use layer::ForwardOptions;
 pub use model::{LogitsFor, Model, Trace};
 pub use official::OfficialCheckpoint;
 pub use sampling::{Sampler, SamplingParams};
-pub use session::Session;
+pub use session::{Session, Snapshot};
 pub use weights::{Tensor, TensorData, WeightSource, Weights};
