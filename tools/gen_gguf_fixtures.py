@@ -10,6 +10,13 @@ it against the manifest. CI only reads these files; rerun this script (with the
 repo's .venv, which has `gguf` and `numpy`) only to change them:
 
     .venv/bin/python tools/gen_gguf_fixtures.py
+
+With `--pack-fuzz-corpus DIR` it instead packs a (minimized) cargo-fuzz
+corpus into tests/data/fuzz_corpus.bin as repeated `u32 LE length, bytes`
+records, which tests/fuzz_corpus.rs replays through the fuzz target's checks:
+
+    (cd crates/ds4-gguf/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz cmin -s none -a parse corpus/parse)
+    .venv/bin/python tools/gen_gguf_fixtures.py --pack-fuzz-corpus crates/ds4-gguf/fuzz/corpus/parse
 """
 
 from __future__ import annotations
@@ -181,5 +188,19 @@ def main() -> int:
     return 0
 
 
+def pack_fuzz_corpus(src: Path) -> int:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = bytearray()
+    files = sorted(p for p in src.iterdir() if p.is_file())
+    for p in files:
+        data = p.read_bytes()
+        out += len(data).to_bytes(4, "little") + data
+    (OUT_DIR / "fuzz_corpus.bin").write_bytes(bytes(out))
+    print(f"packed {len(files)} inputs ({len(out)} bytes) into {OUT_DIR / 'fuzz_corpus.bin'}")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--pack-fuzz-corpus":
+        sys.exit(pack_fuzz_corpus(Path(sys.argv[2])))
     sys.exit(main())

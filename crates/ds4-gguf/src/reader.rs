@@ -454,7 +454,7 @@ impl GgufFile {
 
     /// Absolute file offset of a tensor's first byte.
     pub fn tensor_file_offset(&self, t: &TensorInfo) -> u64 {
-        self.data_offset + t.offset
+        self.data_offset.saturating_add(t.offset)
     }
 
     /// The tensor's bytes, straight from the mapping. `t` must come from this
@@ -696,7 +696,9 @@ impl<'a> Cursor<'a> {
             }
             ValueType::String => {
                 // Each string is at least its 8-byte length, so the text is
-                // at most what remains after the lengths.
+                // at most what remains after the lengths. Checking UTF-8 per
+                // string is what this loop spends most of its time on; one
+                // whole-buffer check measured no faster.
                 let text_bound = self.remaining() - n * 8;
                 let mut a = StringArray::with_capacity(n, text_bound.min(n.saturating_mul(16)));
                 for i in 0..n {
