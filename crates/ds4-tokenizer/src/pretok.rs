@@ -1,0 +1,176 @@
+//! The DeepSeek V4 pre-tokenizer, matched by hand against Unicode classes.
+//!
+//! tokenizer.json runs a `Sequence` of three `Split`s (all `Isolated`, so both matches
+//! and the text between them become pieces), each applied to every piece of the one
+//! before:
+//!
+//! 1. `\p{N}{1,3}`
+//! 2. `[一-龥぀-ゟ゠-ヿ]+`
+//! 3. `[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|
+//!    ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+//!
+//! Since no number is in the CJK ranges, splits 1 and 2 cut the text into segments that
+//! are: chunks of up to three numbers (left to right), maximal CJK runs, and maximal runs
+//! of everything else. Split 3 never cuts a chunk of numbers (none of its alternatives can
+//! start a match on a number without a letter behind it), and it runs on each other
+//! segment on its own: its `(?!\S)` look-ahead sees a segment's end as the end of the
+//! text, which is how HF applies a regex to a piece.
+
+use crate::unicode::{CJK, Classes, LETTER, MARK, NUMBER, PUNCT, SPACE, SYMBOL};
+
+#[derive(Clone, Copy)]
+pub(crate) struct CharInfo {
+    off: usize,
+    c: char,
+    k: u8,
+}
+
+/// Splits `text` into pre-tokens, calling `emit` with each non-empty piece in order.
+pub(crate) fn pre_tokenize<'a>(
+    text: &'a str,
+    cls: &Classes,
+    buf: &mut Vec<CharInfo>,
+    emit: &mut impl FnMut(&'a str),
+) {
+    buf.clear();
+    buf.extend(text.char_indices().map(|(off, c)| CharInfo {
+        off,
+        c,
+        k: cls.of(c),
+    }));
+    let chars = &buf[..];
+    let n = chars.len();
+    let off = |i: usize| if i < n { chars[i].off } else { text.len() };
+    let mut i = 0;
+    while i < n {
+        let k = chars[i].k;
+        let mut j = i + 1;
+        if k & NUMBER != 0 {
+            while j < n && chars[j].k & NUMBER != 0 {
+                j += 1;
+            }
+            let mut s = i;
+            while s < j {
+                let e = (s + 3).min(j);
+                emit(&text[off(s)..off(e)]);
+                s = e;
+            }
+        } else if k & CJK != 0 {
+            while j < n && chars[j].k & CJK != 0 {
+                j += 1;
+            }
+            split_main(text, chars, i, j, emit);
+        } else {
+            while j < n && chars[j].k & (NUMBER | CJK) == 0 {
+                j += 1;
+            }
+            split_main(text, chars, i, j, emit);
+        }
+        i = j;
+    }
+}
+
+/// Split 3 on the segment `chars[lo..hi]`: find matches left to right, the text between
+/// two matches (characters no alternative accepts) is a piece of its own.
+fn split_main<'a>(
+    text: &'a str,
+    chars: &[CharInfo],
+    lo: usize,
+    hi: usize,
+    emit: &mut impl FnMut(&'a str),
+) {
+    let off = |i: usize| {
+        if i < chars.len() {
+            chars[i].off
+        } else {
+            text.len()
+        }
+    };
+    let mut gap = lo;
+    let mut i = lo;
+    while i < hi {
+        match match_at(chars, i, hi) {
+            Some(end) => {
+                if gap < i {
+                    emit(&text[off(gap)..off(i)]);
+                }
+                emit(&text[off(i)..off(end)]);
+                i = end;
+                gap = end;
+            }
+            None => i += 1,
+        }
+    }
+    if gap < hi {
+        emit(&text[off(gap)..off(hi)]);
+    }
+}
+
+#[inline]
+fn is_newline(c: char) -> bool {
+    c == '\r' || c == '\n'
+}
+
+/// End (exclusive) of the match of split 3's alternation starting exactly at `i`, trying
+/// the alternatives in order the way a backtracking engine does (first that matches wins).
+#[inline]
+fn match_at(chars: &[CharInfo], i: usize, hi: usize) -> Option<usize> {
+    let run = |mut j: usize, mask: u8| {
+        while j < hi && chars[j].k & mask != 0 {
+            j += 1;
+        }
+        j
+    };
+    let c = chars[i];
+    let next = chars.get(i + 1).filter(|_| i + 1 < hi);
+
+    // [!"#...~][A-Za-z]+
+    if c.c.is_ascii_punctuation() && next.is_some_and(|n| n.c.is_ascii_alphabetic()) {
+        let mut j = i + 2;
+        while j < hi && chars[j].c.is_ascii_alphabetic() {
+            j += 1;
+        }
+        return Some(j);
+    }
+
+    // [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+ : the optional lead is taken when a letter or
+    // mark follows it; otherwise the engine backtracks to the run starting at `i` itself.
+    let lead_ok = !is_newline(c.c) && c.k & (LETTER | PUNCT | SYMBOL) == 0;
+    if lead_ok && next.is_some_and(|n| n.k & (LETTER | MARK) != 0) {
+        return Some(run(i + 2, LETTER | MARK));
+    }
+    if c.k & (LETTER | MARK) != 0 {
+        return Some(run(i + 1, LETTER | MARK));
+    }
+
+    // ' ?[\p{P}\p{S}]+[\r\n]*' : only U+0020 may lead.
+    let ps_start = if c.c == ' ' && next.is_some_and(|n| n.k & (PUNCT | SYMBOL) != 0) {
+        i + 1
+    } else {
+        i
+    };
+    if chars[ps_start].k & (PUNCT | SYMBOL) != 0 {
+        let mut j = run(ps_start + 1, PUNCT | SYMBOL);
+        while j < hi && is_newline(chars[j].c) {
+            j += 1;
+        }
+        return Some(j);
+    }
+
+    if c.k & SPACE == 0 {
+        return None;
+    }
+    let end = run(i + 1, SPACE);
+    // \s*[\r\n]+ : greedy \s* gives back characters until [\r\n]+ can match, so the match
+    // ends just after the last \r or \n of the whitespace run.
+    if let Some(last_nl) = (i..end).rev().find(|&j| is_newline(chars[j].c)) {
+        return Some(last_nl + 1);
+    }
+    // \s+(?!\S) : the whole run at the end of the segment, otherwise all but its last
+    // character (which is whitespace, so the look-ahead holds there).
+    if end == hi || end - 1 > i {
+        return Some(if end == hi { end } else { end - 1 });
+    }
+    // \s+
+    Some(end)
+}
