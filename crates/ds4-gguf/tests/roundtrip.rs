@@ -525,3 +525,43 @@ fn vocabulary_sized_string_arrays() {
     assert_eq!(got.get(129_279), Some("Ġtok129279ééé"));
     assert_eq!(f.get_str_array("tokenizer.ggml.merges").unwrap(), &merges);
 }
+
+/// The streaming writer to a real file: a 24 MiB Q8_0 tensor written in
+/// 1 MiB chunks (so no buffer holds it whole), then read back through mmap.
+#[test]
+fn streaming_writer_large_tensor_on_disk() {
+    const ROWS: u64 = 24 * 1024 * 1024 / 34 / 4;
+    let mut h = HeaderBuilder::new();
+    h.add_meta("general.architecture", "deepseek4").unwrap();
+    h.add_tensor("norm", &[7], GgmlType::F32).unwrap();
+    h.add_tensor("big", &[128, ROWS], GgmlType::Q8_0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.gguf");
+    let mut w = GgufStreamWriter::create(&path, &h).unwrap();
+    w.write_tensor("norm", &[0x11; 28]).unwrap();
+    let big = w.next_tensor().unwrap().clone();
+    w.begin_tensor("big").unwrap();
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut left = big.n_bytes as usize;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        w.write_chunk(&chunk[..k]).unwrap();
+        left -= k;
+    }
+    w.end_tensor().unwrap();
+    w.finish().unwrap();
+
+    let f = GgufFile::open(&path).unwrap();
+    let t = f.require_tensor("big").unwrap();
+    assert_eq!(t.n_bytes, ROWS * 4 * 34);
+    assert_eq!(t.offset, 32, "norm's 28 bytes are padded to 32");
+    let data = f.tensor_data(t);
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        assert_eq!(c, &chunk[..c.len()], "chunk {i}");
+    }
+    assert_eq!(
+        f.tensor_data(f.require_tensor("norm").unwrap()),
+        &[0x11; 28]
+    );
+    assert_eq!(f.file_len() % 32, 0);
+}
