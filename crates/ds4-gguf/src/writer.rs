@@ -13,7 +13,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::error::{GgufError, Result};
-use crate::reader::{Metadata, TensorInfo, align_up, tensor_geometry};
+use crate::reader::{GgufFile, Metadata, TensorInfo, align_up, tensor_geometry};
 use crate::types::GgmlType;
 use crate::value::{MetaArray, MetaValue};
 use crate::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, MAX_ARRAY_DEPTH};
@@ -441,6 +441,20 @@ pub struct GgufBuilder {
 impl GgufBuilder {
     pub fn new() -> GgufBuilder {
         GgufBuilder::default()
+    }
+
+    /// A builder holding a copy of `file`'s metadata and tensors (in file
+    /// order), to rewrite it with changes. Copies all tensor data into memory:
+    /// for big files use [`HeaderBuilder`] and [`GgufStreamWriter`] instead.
+    pub fn from_file(file: &GgufFile) -> Result<GgufBuilder> {
+        let mut b = GgufBuilder::new();
+        for (k, v) in file.metadata().iter() {
+            b.add_meta(k, v.clone())?;
+        }
+        for t in file.tensors() {
+            b.add_tensor(t.name.clone(), &t.dims, t.ty, file.tensor_data(t).to_vec())?;
+        }
+        Ok(b)
     }
 
     pub fn add_meta(&mut self, key: impl Into<String>, value: impl Into<MetaValue>) -> Result<()> {

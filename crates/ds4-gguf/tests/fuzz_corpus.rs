@@ -9,15 +9,11 @@ use std::path::Path;
 use ds4_gguf::{GgufBuilder, GgufFile};
 
 fn rebuild(f: &GgufFile) -> Vec<u8> {
-    let mut b = GgufBuilder::new();
-    for (k, v) in f.metadata().iter() {
-        b.add_meta(k, v.clone()).unwrap();
-    }
-    for t in f.tensors() {
-        b.add_tensor(t.name.clone(), &t.dims, t.ty, f.tensor_data(t).to_vec())
-            .unwrap();
-    }
-    b.to_bytes().unwrap()
+    // A parsed file always has unique keys and valid tensors, and writing
+    // to memory cannot fail.
+    GgufBuilder::from_file(f)
+        .and_then(|b| b.to_bytes())
+        .expect("a parsed file can be rewritten")
 }
 
 /// Returns whether the input parsed.

@@ -144,15 +144,7 @@ proptest! {
 }
 
 fn rebuild(f: &GgufFile) -> GgufBuilder {
-    let mut b = GgufBuilder::new();
-    for (k, v) in f.metadata().iter() {
-        b.add_meta(k, v.clone()).unwrap();
-    }
-    for t in f.tensors() {
-        b.add_tensor(t.name.clone(), &t.dims, t.ty, f.tensor_data(t).to_vec())
-            .unwrap();
-    }
-    b
+    GgufBuilder::from_file(f).unwrap()
 }
 
 /// A file exercising every value type and several tensor types.

@@ -7,15 +7,11 @@ use ds4_gguf::{GgufBuilder, GgufFile};
 use libfuzzer_sys::fuzz_target;
 
 fn rebuild(f: &GgufFile) -> Vec<u8> {
-    let mut b = GgufBuilder::new();
-    for (k, v) in f.metadata().iter() {
-        b.add_meta(k, v.clone()).expect("keys of a parsed file are unique and valid");
-    }
-    for t in f.tensors() {
-        b.add_tensor(t.name.clone(), &t.dims, t.ty, f.tensor_data(t).to_vec())
-            .expect("tensors of a parsed file are valid");
-    }
-    b.to_bytes().expect("in-memory write cannot fail")
+    // A parsed file always has unique keys and valid tensors, and writing
+    // to memory cannot fail.
+    GgufBuilder::from_file(f)
+        .and_then(|b| b.to_bytes())
+        .expect("a parsed file can be rewritten")
 }
 
 fuzz_target!(|data: &[u8]| {
