@@ -3,6 +3,9 @@
 //! generation) the engine's session API.
 
 pub mod args;
+pub mod convert;
+pub mod demo;
+pub mod generate;
 pub mod inspect;
 pub mod layout;
 pub mod model_path;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ds4_cli::args::Args;
-use ds4_cli::{inspect, model_path, tokens};
+use ds4_cli::{generate, inspect, model_path, tokens};
 
 fn main() -> ExitCode {
     let args = Args::parse_from_env();
@@ -34,9 +34,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.dump_tokens {
         return tokens::dump(args);
     }
+    if args.prompt.is_some() || args.prompt_file.is_some() {
+        return generate::run(args);
+    }
     anyhow::bail!(
-        "generation is not available yet in this build: the engine has not landed. \
-         Available now: --inspect, --dump-tensor NAME --out F, --dump-tokens -p TEXT"
+        "the interactive chat (no -p/--prompt-file) is not available yet: pass -p TEXT or --prompt-file F"
     )
 }
 

@@ -91,26 +91,14 @@ fn run(args: Args) -> Result<()> {
         total as f64 / 1e9,
         args.out.display()
     );
-    // Write next to the target and rename, so an interrupted run never leaves
-    // a file that looks complete.
-    let tmp = args.out.with_extension("gguf.partial");
-    let report = synthetic::write(&SyntheticOptions {
+    let report = synthetic::write_atomic(&SyntheticOptions {
         shape,
         recipe,
         seed: args.seed,
-        out: &tmp,
+        out: &args.out,
         tokenizer: &tokenizer,
         progress: !args.quiet,
-    });
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("renaming to {}", args.out.display()))?;
+    })?;
     eprintln!(
         "ds4-quantize: wrote {} tensors, {:.2} GB in {:.1} s ({:.2} GB/s)",
         report.n_tensors,

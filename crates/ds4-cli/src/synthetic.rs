@@ -61,6 +61,18 @@ pub fn header(
     m("general.alignment", MetaValue::U32(32))?;
     m("ds4.synthetic.seed", MetaValue::U64(seed))?;
     m("ds4.synthetic.recipe", recipe.name().into())?;
+    model_metadata(&mut h, s)?;
+    tok.add_to(&mut h, s.n_vocab)?;
+    Ok(h)
+}
+
+/// The `deepseek4.*` keys of a model of this shape (spec/architecture.md §1.1),
+/// with the GGUF value types ds4 checks (integer counts are u32 exactly). Shared
+/// by the synthetic writer and the official-checkpoint converter.
+pub fn model_metadata(h: &mut HeaderBuilder, shape: &Shape) -> Result<()> {
+    let s = shape;
+    let mut m = |k: &str, v: MetaValue| h.add_meta(k, v);
+    let a = "deepseek4";
     let u = |v: u32| MetaValue::U32(v);
     let f = |v: f32| MetaValue::F32(v);
     m(&format!("{a}.context_length"), u(s.context_length))?;
@@ -136,8 +148,7 @@ pub fn header(
         &format!("{a}.rope.scaling.yarn_beta_slow"),
         f(s.yarn_beta_slow),
     )?;
-    tok.add_to(&mut h, s.n_vocab)?;
-    Ok(h)
+    Ok(())
 }
 
 pub fn write(opts: &SyntheticOptions<'_>) -> Result<SyntheticReport> {
@@ -269,5 +280,28 @@ fn fill_tensor_piece(t: &TensorSpec, n_expert: u32, rng: &mut Rng, out: &mut [u8
         }
         Role::Norm => fill(GgmlType::F32, 0.05, rng, out),
         _ => fill(t.ty, 1.0 / (t.fan_in() as f32).sqrt(), rng, out),
+    }
+}
+
+/// [`write`] to `OUT.partial`, then rename: an interrupted run never leaves a
+/// file that looks complete.
+pub fn write_atomic(opts: &SyntheticOptions<'_>) -> Result<SyntheticReport> {
+    let tmp = opts.out.with_extension("gguf.partial");
+    let tmp_opts = SyntheticOptions {
+        out: &tmp,
+        shape: opts.shape.clone(),
+        tokenizer: opts.tokenizer,
+        ..*opts
+    };
+    match write(&tmp_opts) {
+        Ok(r) => {
+            std::fs::rename(&tmp, opts.out)
+                .with_context(|| format!("renaming to {}", opts.out.display()))?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }

@@ -20,15 +20,7 @@ pub fn load_tokenizer(args: &Args) -> Result<Tokenizer> {
         Some(path) => {
             let f =
                 GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
-            let merges = f.get_str_array("tokenizer.ggml.merges")?;
-            let types = match f.get("tokenizer.ggml.token_type") {
-                Some(_) => Some(f.get_i32_array("tokenizer.ggml.token_type")?),
-                None => None,
-            };
-            let tokens: Vec<&str> = tokens.iter().collect();
-            let merges: Vec<&str> = merges.iter().collect();
-            Tokenizer::from_gguf_parts(&tokens, &merges, types)
+            tokenizer_from_file(&f)
                 .with_context(|| format!("building the tokenizer of {}", path.display()))
         }
         None => {
@@ -40,6 +32,19 @@ pub fn load_tokenizer(args: &Args) -> Result<Tokenizer> {
                 .context("loading the bundled tokenizer")
         }
     }
+}
+
+/// The tokenizer from `tokenizer.ggml.*` metadata; weights are not touched.
+pub fn tokenizer_from_file(f: &GgufFile) -> Result<Tokenizer> {
+    let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
+    let merges = f.get_str_array("tokenizer.ggml.merges")?;
+    let types = match f.get("tokenizer.ggml.token_type") {
+        Some(_) => Some(f.get_i32_array("tokenizer.ggml.token_type")?),
+        None => None,
+    };
+    let tokens: Vec<&str> = tokens.iter().collect();
+    let merges: Vec<&str> = merges.iter().collect();
+    Ok(Tokenizer::from_gguf_parts(&tokens, &merges, types)?)
 }
 
 pub fn prompt_text(args: &Args) -> Result<String> {

@@ -1,0 +1,228 @@
+//! One-shot generation: `ds4 -p TEXT` / `--prompt-file F`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ds4_chat::{ReasoningEffort, Segment, ThinkingMode, encode_single_turn};
+use ds4_engine::{ForwardOptions, Model, Sampler, SamplingParams, Session};
+use ds4_gguf::GgufFile;
+use ds4_tokenizer::{Piece, SpecialMode, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::Args;
+use crate::{demo, model_path, tokens};
+
+/// `-m FILE`, else `ds4flash.gguf` here, else the demo model (saying so).
+pub fn resolve_model(args: &Args) -> Result<PathBuf> {
+    match model_path::find(args.model.as_deref())? {
+        Some(p) => Ok(p),
+        None => {
+            let p = demo::ensure()?;
+            eprintln!(
+                "ds4: {} not found; using the bundled demo model (tiny, random weights: it prints noise) {}",
+                model_path::DEFAULT_MODEL,
+                p.display()
+            );
+            Ok(p)
+        }
+    }
+}
+
+pub fn tokenizer_from_gguf(path: &std::path::Path) -> Result<Tokenizer> {
+    let f = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    tokens::tokenizer_from_file(&f)
+        .with_context(|| format!("building the tokenizer of {}", path.display()))
+}
+
+/// Prompt tokens as ds4's CLI builds them: a prompt that already starts with
+/// BOS is taken as rendered chat (specials recognised); otherwise
+/// `BOS [max prefix] system <｜User｜>prompt<｜Assistant｜><think>|</think>`.
+pub fn prompt_tokens(tok: &Tokenizer, args: &Args, text: &str) -> Result<Vec<u32>> {
+    let bos_text = tok.token_to_piece(tok.bos()).unwrap_or_default();
+    if !bos_text.is_empty() && text.starts_with(bos_text) {
+        return Ok(tok.encode(text, SpecialMode::Recognize));
+    }
+    let system = args.system.as_deref().unwrap_or(tokens::DEFAULT_SYSTEM);
+    let effort = args.think_max.then_some(ReasoningEffort::Max);
+    let prompt = encode_single_turn(Some(system), text, tokens::thinking_mode(args), effort);
+    let mut pieces = Vec::new();
+    for s in prompt.segments() {
+        pieces.push(match s {
+            Segment::Special(t) => Piece::Special(
+                tok.id_of(t.text())
+                    .with_context(|| format!("the vocabulary has no {}", t.text()))?,
+            ),
+            Segment::Text(t) => Piece::Text(t),
+        });
+    }
+    Ok(tok.encode_pieces(&pieces)?)
+}
+
+pub fn sampling(args: &Args) -> SamplingParams {
+    SamplingParams {
+        temperature: args.temp,
+        top_k: args.top_k as usize,
+        top_p: args.top_p,
+        min_p: args.min_p,
+    }
+}
+
+pub fn seed(args: &Args) -> u64 {
+    args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ u64::from(std::process::id()).rotate_left(32)
+    })
+}
+
+/// Prefills `tokens` into the session in chunks, with a progress bar on a
+/// terminal. Returns the number of tokens evaluated.
+pub fn prefill(session: &mut Session<'_>, tokens: &[u32], chunk: usize) -> Result<usize> {
+    let have = session.tokens();
+    if have.len() > tokens.len() || have != &tokens[..have.len()] {
+        // A rewind: the session replays what it keeps in one call.
+        return Ok(session.sync(tokens)?);
+    }
+    let start = have.len();
+    let bar = if std::io::stderr().is_terminal() && tokens.len() - start > chunk {
+        let b = ProgressBar::new((tokens.len() - start) as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "processing {len} input tokens: {pos}/{len} ({percent}%) {per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut evaluated = 0;
+    let mut end = start;
+    loop {
+        end = (end + chunk).min(tokens.len());
+        evaluated += session.sync(&tokens[..end])?;
+        bar.set_position((end - start) as u64);
+        if end == tokens.len() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(evaluated)
+}
+
+/// Writes generated text: reasoning dimmed on a terminal, the think tags
+/// themselves stripped, a newline forced after `</think>` (ds4's output).
+pub struct Printer {
+    tty: bool,
+    in_think: bool,
+}
+
+impl Printer {
+    pub fn new(in_think: bool) -> Printer {
+        Printer {
+            tty: std::io::stdout().is_terminal(),
+            in_think,
+        }
+    }
+
+    pub fn think_end(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if self.in_think {
+            self.in_think = false;
+            if self.tty {
+                write!(out, "\x1b[0m")?;
+            }
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+
+    pub fn think_start(&mut self) {
+        self.in_think = true;
+    }
+
+    pub fn text(&mut self, out: &mut impl Write, s: &str) -> std::io::Result<()> {
+        if s.is_empty() {
+            return Ok(());
+        }
+        if self.in_think && self.tty {
+            write!(out, "\x1b[90m{s}\x1b[0m")?;
+        } else {
+            write!(out, "{s}")?;
+        }
+        out.flush()
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let text = tokens::prompt_text(args)?;
+    let path = resolve_model(args)?;
+    let tok = tokenizer_from_gguf(&path)?;
+    let load = Instant::now();
+    let model =
+        Model::from_gguf(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    eprintln!(
+        "ds4: loaded {} in {:.2} s",
+        path.display(),
+        load.elapsed().as_secs_f64()
+    );
+    let prompt = prompt_tokens(&tok, args, &text)?;
+    let ctx = args.ctx as usize;
+    if prompt.len() >= ctx {
+        anyhow::bail!(
+            "the prompt has {} tokens but the context is {ctx} (raise -c)",
+            prompt.len()
+        );
+    }
+    let mut session = Session::new(&model, ctx, ForwardOptions::default());
+    let chunk = 2048;
+    session.set_prefill_chunk(chunk);
+    let t0 = Instant::now();
+    prefill(&mut session, &prompt, chunk)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+
+    let specials = tok.specials();
+    let params = sampling(args);
+    let mut sampler = Sampler::new(seed(args));
+    let budget = (args.tokens as usize).min(ctx - prompt.len() - 1).max(1);
+    let thinking = tokens::thinking_mode(args) == ThinkingMode::Thinking;
+    let mut printer = Printer::new(thinking);
+    let mut decoder = tok.stream_decoder();
+    let mut out = std::io::stdout().lock();
+    let t1 = Instant::now();
+    let mut generated = 0usize;
+    let mut next = sampler.sample(session.logits()?, &params);
+    loop {
+        generated += 1;
+        if next == specials.eos {
+            break;
+        }
+        if next == specials.think_end {
+            printer.think_end(&mut out)?;
+        } else if next == specials.think_start {
+            printer.think_start();
+        } else {
+            let s = decoder.push(&tok, next)?;
+            printer.text(&mut out, &s)?;
+        }
+        if generated >= budget {
+            break;
+        }
+        next = sampler.sample(session.decode(next)?, &params);
+    }
+    printer.text(&mut out, &decoder.finish())?;
+    printer.think_end(&mut out)?;
+    writeln!(out)?;
+    let gen_s = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "ds4: prefill: {:.2} t/s, generation: {:.2} t/s ({} prompt tokens, {} generated)",
+        prompt.len() as f64 / prefill_s.max(1e-9),
+        generated as f64 / gen_s.max(1e-9),
+        prompt.len(),
+        generated
+    );
+    Ok(())
+}
