@@ -23,7 +23,8 @@ pub struct Args {
         short = 'p',
         long = "prompt",
         value_name = "TEXT",
-        conflicts_with = "prompt_file"
+        conflicts_with = "prompt_file",
+        allow_hyphen_values = true
     )]
     pub prompt: Option<String>,
 
@@ -32,7 +33,7 @@ pub struct Args {
     pub prompt_file: Option<PathBuf>,
 
     /// System text (ds4 spells it `-sys`; empty disables).
-    #[arg(long = "system", value_name = "TEXT")]
+    #[arg(long = "system", value_name = "TEXT", allow_hyphen_values = true)]
     pub system: Option<String>,
 
     /// Session context size in tokens.
@@ -110,6 +111,38 @@ pub struct Args {
     /// (BOS, system, user turn, assistant prefix) before tokenizing.
     #[arg(long = "chat", action = ArgAction::SetTrue, requires = "dump_tokens", conflicts_with = "raw")]
     pub chat: bool,
+    /// Greedy continuation with the top-k log-probabilities of every step, as
+    /// ds4's JSON.
+    #[arg(long = "dump-logprobs", value_name = "FILE")]
+    pub dump_logprobs: Option<PathBuf>,
+
+    /// Alternatives per step for --dump-logprobs (at most 128).
+    #[arg(long = "logprobs-top-k", value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub logprobs_top_k: u32,
+
+    /// Teacher-forced logits of every prompt position as raw little-endian f32
+    /// (n_tokens × vocab); the prompt comes from --prompt-tokens.
+    #[arg(long = "dump-logits", value_name = "FILE", requires = "prompt_tokens")]
+    pub dump_logits: Option<PathBuf>,
+
+    /// JSON array of token ids for --dump-logits.
+    #[arg(long = "prompt-tokens", value_name = "FILE")]
+    pub prompt_tokens: Option<PathBuf>,
+
+    /// Turn off the model's quantization simulations (diagnostic: to compare
+    /// with transformers, which has none).
+    #[arg(long = "no-qat-sim", action = ArgAction::SetTrue)]
+    pub no_qat_sim: bool,
+
+    /// Tokens per prefill batch.
+    #[arg(long = "prefill-chunk", value_name = "N", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefill_chunk: u32,
+
+    /// Teacher-forced perplexity over a raw text file (no chat template).
+    #[arg(long = "perplexity-file", value_name = "FILE", conflicts_with_all = ["prompt", "prompt_file"])]
+    pub perplexity_file: Option<PathBuf>,
 }
 
 impl Args {

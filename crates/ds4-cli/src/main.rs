@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ds4_cli::args::Args;
-use ds4_cli::{generate, inspect, model_path, tokens};
+use ds4_cli::{diagnostics, generate, inspect, model_path, tokens};
 
 fn main() -> ExitCode {
     let args = Args::parse_from_env();
@@ -33,6 +33,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.dump_tokens {
         return tokens::dump(args);
+    }
+    if let Some(out) = &args.dump_logits {
+        return diagnostics::dump_logits(args, out);
+    }
+    if let Some(out) = &args.dump_logprobs {
+        return diagnostics::dump_logprobs(args, out);
+    }
+    if let Some(file) = &args.perplexity_file {
+        return diagnostics::perplexity(args, file);
     }
     if args.prompt.is_some() || args.prompt_file.is_some() {
         return generate::run(args);

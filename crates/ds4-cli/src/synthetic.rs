@@ -286,7 +286,10 @@ fn fill_tensor_piece(t: &TensorSpec, n_expert: u32, rng: &mut Rng, out: &mut [u8
 /// [`write`] to `OUT.partial`, then rename: an interrupted run never leaves a
 /// file that looks complete.
 pub fn write_atomic(opts: &SyntheticOptions<'_>) -> Result<SyntheticReport> {
-    let tmp = opts.out.with_extension("gguf.partial");
+    // The pid keeps two processes that race to create the same file apart.
+    let tmp = opts
+        .out
+        .with_extension(format!("gguf.partial.{}", std::process::id()));
     let tmp_opts = SyntheticOptions {
         out: &tmp,
         shape: opts.shape.clone(),
