@@ -82,35 +82,51 @@ pub fn dot_q2_k(row: &[u8], act: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q2_k_impl(row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mask3 = _mm256_set1_epi8(3);
+    let m4 = _mm_set1_epi8(0x0f);
+    // pshufb masks that spread sub-block scale 2t over i16 lanes 0..8 and
+    // 2t+1 over lanes 8..16 (index byte, then 0x80 = zero for the high byte).
+    let shuf: [__m256i; 8] = std::array::from_fn(|t| {
+        let lo = (0x8000 | (2 * t)) as u16 as i16;
+        let hi = (0x8000 | (2 * t + 1)) as u16 as i16;
+        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+    });
     let mut sumf = 0.0f32;
     for (b, a) in row.chunks_exact(84).zip(act) {
-        let sc = &b[0..16];
+        // SAFETY: the block is 84 bytes: scales at 0..16, quants at 16..80;
+        // `a.bsums` is 16 i16 = 32 bytes.
+        let (sc_bytes, bits0, bits1, bsums) = unsafe {
+            (
+                _mm_loadu_si128(b.as_ptr() as *const __m128i),
+                _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i),
+                _mm256_loadu_si256(b.as_ptr().add(48) as *const __m256i),
+                _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i),
+            )
+        };
+        let scales = _mm256_broadcastsi128_si256(_mm_and_si128(sc_bytes, m4));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc_bytes, 4), m4));
+        let summs = hsum_i32(_mm256_madd_epi16(mins, bsums));
         let mut acc = _mm256_setzero_si256();
-        for k in 0..2 {
-            // SAFETY: bytes 16+32k .. 48+32k lie inside the 84-byte block.
-            let bits = unsafe { _mm256_loadu_si256(b.as_ptr().add(16 + 32 * k) as *const __m256i) };
-            for j in 0..4 {
-                // A 16-bit shift moves bits between the bytes of a lane, but the
-                // mask keeps bits 0..2 of each byte, which came from that byte
-                // (shift ≤ 6).
-                let q = _mm256_and_si256(
-                    _mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)),
-                    mask3,
-                );
+        for (k, bits) in [bits0, bits1].into_iter().enumerate() {
+            // A 16-bit shift moves bits between the bytes of a lane, but the
+            // mask keeps bits 0..2 of each byte, which came from that byte.
+            let levels = [
+                _mm256_and_si256(bits, mask3),
+                _mm256_and_si256(_mm256_srli_epi16(bits, 2), mask3),
+                _mm256_and_si256(_mm256_srli_epi16(bits, 4), mask3),
+                _mm256_and_si256(_mm256_srli_epi16(bits, 6), mask3),
+            ];
+            for (j, q) in levels.into_iter().enumerate() {
                 // SAFETY: 32 activations at 128k + 32j ≤ 224 are in bounds.
                 let x = unsafe {
                     _mm256_loadu_si256(a.qs.as_ptr().add(128 * k + 32 * j) as *const __m256i)
                 };
+                // i16 lanes 0..8 hold elements 0..16 (sub-block 8k+2j), 8..16 the next.
                 let p16 = _mm256_maddubs_epi16(q, x);
-                // i16 lanes 0..8 hold elements 0..16 (one sub-block), 8..16 the next.
-                let s0 = (sc[8 * k + 2 * j] & 0xf) as i16;
-                let s1 = (sc[8 * k + 2 * j + 1] & 0xf) as i16;
-                let scv = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                let scv = _mm256_shuffle_epi8(scales, shuf[4 * k + j]);
                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, scv));
             }
         }
         let isum = hsum_i32(acc);
-        let summs = scalar::q2k_summs(sc, a);
         let dall = a.d * f16_to_f32(rd_u16(b, 80));
         let dmin = a.d * f16_to_f32(rd_u16(b, 82));
         sumf += dall * isum as f32 - dmin * summs as f32;

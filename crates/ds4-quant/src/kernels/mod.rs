@@ -87,13 +87,35 @@ fn best_available() -> KernelPath {
 /// one available, unless `DS4_CPU_KERNELS` asks for another.
 pub fn selected_path() -> KernelPath {
     static SEL: OnceLock<KernelPath> = OnceLock::new();
-    *SEL.get_or_init(|| {
-        let want = std::env::var("DS4_CPU_KERNELS").unwrap_or_default();
-        match want.to_ascii_lowercase().as_str() {
-            "scalar" => KernelPath::Scalar,
-            "avx2" | "avx512" if KernelPath::Avx2.is_available() => KernelPath::Avx2,
-            "neon" if KernelPath::Neon.is_available() => KernelPath::Neon,
-            _ => best_available(),
+    *SEL.get_or_init(|| path_from_env_value(&std::env::var("DS4_CPU_KERNELS").unwrap_or_default()))
+}
+
+/// Interpret a `DS4_CPU_KERNELS` value on this CPU.
+pub fn path_from_env_value(want: &str) -> KernelPath {
+    match want.trim().to_ascii_lowercase().as_str() {
+        "scalar" => KernelPath::Scalar,
+        "avx2" | "avx512" if KernelPath::Avx2.is_available() => KernelPath::Avx2,
+        "neon" if KernelPath::Neon.is_available() => KernelPath::Neon,
+        _ => best_available(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values() {
+        assert_eq!(path_from_env_value("scalar"), KernelPath::Scalar);
+        assert_eq!(path_from_env_value(" SCALAR "), KernelPath::Scalar);
+        let best = best_available();
+        assert_eq!(path_from_env_value(""), best);
+        assert_eq!(path_from_env_value("auto"), best);
+        assert!(path_from_env_value("avx2").is_available());
+        assert!(path_from_env_value("avx512").is_available());
+        assert!(path_from_env_value("neon").is_available());
+        if KernelPath::Avx2.is_available() {
+            assert_eq!(path_from_env_value("avx512"), KernelPath::Avx2);
         }
-    })
+    }
 }
