@@ -20,6 +20,7 @@ pub mod ops;
 pub mod qat;
 pub mod sampling;
 pub mod session;
+pub mod synthetic;
 pub mod weights;
 
 pub use cache::KvCache;
@@ -31,4 +32,5 @@ pub use model::{LogitsFor, Model, Trace};
 pub use official::OfficialCheckpoint;
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Session, Snapshot};
+pub use synthetic::SyntheticSource;
 pub use weights::{Tensor, TensorData, WeightSource, Weights};

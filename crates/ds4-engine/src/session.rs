@@ -102,4 +102,36 @@ impl<'m> Session<'m> {
     pub fn cache(&self) -> &KvCache {
         &self.cache
     }
+
+    /// A copy of the whole state (tokens, KV cache, frontiers, last logits).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            tokens: self.tokens.clone(),
+            cache: self.cache.clone(),
+            logits: self.logits.clone(),
+        }
+    }
+
+    /// Returns to a snapshot taken from a session of the same model.
+    pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
+        if snap.cache.layers.len() != self.model.cfg.n_layer {
+            return Err(EngineError::Config(format!(
+                "snapshot has {} layers, the model {}",
+                snap.cache.layers.len(),
+                self.model.cfg.n_layer
+            )));
+        }
+        self.tokens = snap.tokens.clone();
+        self.cache = snap.cache.clone();
+        self.logits = snap.logits.clone();
+        Ok(())
+    }
+}
+
+/// Saved session state (see [`Session::snapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub tokens: Vec<u32>,
+    pub cache: KvCache,
+    pub logits: Option<Vec<f32>>,
 }

@@ -288,7 +288,21 @@ fn session_sync_reuses_prefix_and_matches_fresh_decode() {
     assert_eq!(s.logits().unwrap(), &want[..]);
     assert_eq!(s.tokens(), &ids[..]);
 
+    // snapshot / restore: branch off, come back without recomputing
+    let snap = s.snapshot();
+    s.decode(5).unwrap();
+    s.decode(6).unwrap();
+    assert_eq!(s.tokens().len(), 92);
+    s.restore(&snap).unwrap();
+    assert_eq!(s.tokens(), &ids[..]);
+    assert_eq!(s.logits().unwrap(), &want[..]);
+    assert_eq!(s.cache(), fresh.cache());
+
     assert!(s.sync(&vec![1; 300]).is_err(), "beyond the context limit");
+    assert!(
+        s.decode(model.cfg.n_vocab as u32).is_err(),
+        "token outside the vocabulary"
+    );
     assert!(Session::new(&model, 8, opts).logits().is_err());
 }
 
