@@ -13,8 +13,13 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ds4_tokenizer::{SpecialMode, Tokenizer};
 
 fn tokenizer_json() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/tokenizer/deepseek-v4-tokenizer.json.gz");
+    // DS4_TOKENIZER_JSON_GZ lets a copied binary run away from the source tree.
+    let path = std::env::var_os("DS4_TOKENIZER_JSON_GZ")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../assets/tokenizer/deepseek-v4-tokenizer.json.gz")
+        });
     let gz = std::fs::read(path).expect("bundled tokenizer");
     let mut json = String::new();
     flate2::read::GzDecoder::new(&gz[..])
@@ -67,7 +72,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| Tokenizer::from_json(black_box(&json)).expect("ours"))
     });
     group.bench_function("hf-tokenizers", |b| {
-        b.iter(|| black_box(&json).parse::<tokenizers::Tokenizer>().expect("hf"))
+        b.iter(|| {
+            black_box(&json)
+                .parse::<tokenizers::Tokenizer>()
+                .expect("hf")
+        })
     });
     group.finish();
 }

@@ -9,28 +9,64 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// Multiplicative hash for the packed `(left, right)` id pair: the keys are small dense
-/// integers, so SipHash's DoS resistance buys nothing and costs most of the lookup time.
-#[derive(Default)]
-pub(crate) struct PairHasher(u64);
+/// FxHash-style hasher for the vocabulary maps (token strings and packed id pairs).
+/// The keys come from the model file, not from users, so SipHash's resistance to chosen
+/// collisions buys nothing; it would cost most of the ~400k lookups made while loading.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
 
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        // Fold the high half down so that both ids influence the bucket bits.
-        let h = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
+const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = self.0.wrapping_add(v).wrapping_mul(FX_K);
     }
 }
 
-pub(crate) type PairMap = HashMap<u64, Merge, BuildHasherDefault<PairHasher>>;
+impl Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply leaves the best-mixed bits at the top; hashbrown indexes buckets
+        // with the low bits, so rotate them down.
+        self.0.rotate_left(26)
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+}
+
+pub(crate) type FastBuild = BuildHasherDefault<FastHasher>;
+
+pub(crate) type PairMap = HashMap<u64, Merge, FastBuild>;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Merge {

@@ -116,11 +116,11 @@ impl SpecialIds {
 pub struct Tokenizer {
     /// id → token string as the vocabulary writes it (byte-level form for BPE tokens,
     /// literal UTF-8 for added tokens); `None` for ids the vocabulary skips.
-    pieces: Vec<Option<Box<str>>>,
+    pieces: PieceTable,
     /// Decoded bytes of every id, concatenated; `byte_spans[id]..byte_spans[id + 1]`.
     bytes: Vec<u8>,
     byte_spans: Vec<u32>,
-    to_id: HashMap<Box<str>, u32>,
+    to_id: HashMap<String, u32, bpe::FastBuild>,
     /// Per id: [`FLAG_ADDED`] | [`FLAG_SPECIAL`].
     flags: Vec<u8>,
     bpe: Bpe,
@@ -132,6 +132,54 @@ pub struct Tokenizer {
 const FLAG_ADDED: u8 = 1;
 const FLAG_SPECIAL: u8 = 2;
 
+/// Every token string in one allocation (129k small allocations cost more than the rest
+/// of loading); `None` marks ids the vocabulary skips.
+struct PieceTable {
+    text: String,
+    spans: Vec<(u32, u32)>,
+}
+
+const ABSENT: (u32, u32) = (u32::MAX, u32::MAX);
+
+impl PieceTable {
+    fn new<'a>(
+        pieces: impl ExactSizeIterator<Item = Option<&'a str>>,
+    ) -> Result<Self, TokenizerError> {
+        let mut table = PieceTable {
+            text: String::new(),
+            spans: Vec::with_capacity(pieces.len()),
+        };
+        for p in pieces {
+            let span = match p {
+                Some(p) => {
+                    let start = table.text.len();
+                    table.text.push_str(p);
+                    let too_big = || TokenizerError::BadIds("vocabulary text over 4 GiB".into());
+                    (
+                        u32::try_from(start).map_err(|_| too_big())?,
+                        u32::try_from(table.text.len()).map_err(|_| too_big())?,
+                    )
+                }
+                None => ABSENT,
+            };
+            table.spans.push(span);
+        }
+        Ok(table)
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn get(&self, id: u32) -> Option<&str> {
+        let &(a, b) = self.spans.get(id as usize)?;
+        if (a, b) == ABSENT {
+            return None;
+        }
+        self.text.get(a as usize..b as usize)
+    }
+}
+
 #[derive(Default)]
 struct EncodeBuffers {
     chars: Vec<CharInfo>,
@@ -141,7 +189,7 @@ struct EncodeBuffers {
 impl Tokenizer {
     /// Ids of all tokens: base vocabulary plus added tokens (129,280 for V4).
     pub fn vocab_size(&self) -> usize {
-        self.pieces.len()
+        self.flags.len()
     }
 
     pub fn specials(&self) -> SpecialIds {
@@ -164,13 +212,13 @@ impl Tokenizer {
 
     /// The vocabulary's string for an id (HF `id_to_token`), e.g. `"Ġthe"`.
     pub fn token_to_piece(&self, id: u32) -> Option<&str> {
-        self.pieces.get(id as usize)?.as_deref()
+        self.pieces.get(id)
     }
 
     /// The bytes an id decodes to (may be part of a UTF-8 character).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         let i = id as usize;
-        self.pieces.get(i)?.as_ref()?;
+        self.pieces.get(id)?;
         let (a, b) = (self.byte_spans[i] as usize, self.byte_spans[i + 1] as usize);
         Some(&self.bytes[a..b])
     }

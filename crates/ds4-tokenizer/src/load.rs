@@ -6,9 +6,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::added::{AddedToken, AddedVocab};
-use crate::bpe::{Bpe, Merge, PairMap, pair_key};
+use crate::bpe::{Bpe, FastBuild, Merge, PairMap, pair_key};
 use crate::bytelevel::{CharToByte, byte_to_char_table};
-use crate::{FLAG_ADDED, FLAG_SPECIAL, SpecialIds, Tokenizer, TokenizerError, unicode};
+use crate::{FLAG_ADDED, FLAG_SPECIAL, PieceTable, SpecialIds, Tokenizer, TokenizerError, unicode};
 
 /// Ids in the DeepSeek V4 vocabulary: 128,000 BPE tokens then 1,280 added tokens.
 pub const DSV4_VOCAB_SIZE: usize = 129_280;
@@ -73,7 +73,7 @@ fn yes() -> bool {
 struct JsonModel {
     #[serde(rename = "type")]
     kind: Option<String>,
-    vocab: HashMap<String, u32>,
+    vocab: HashMap<String, u32, FastBuild>,
     merges: Vec<JsonMerge>,
     #[serde(default)]
     dropout: Option<f64>,
@@ -179,16 +179,17 @@ impl Tokenizer {
             .chain(added_tokens.iter().map(|t| &t.id))
             .max()
             .map_or(0, |&m| m as usize + 1);
-        let mut pieces: Vec<Option<Box<str>>> = vec![None; n_ids];
-        let mut base: HashMap<Box<str>, u32> = HashMap::with_capacity(model.vocab.len());
-        for (token, id) in model.vocab {
-            let token: Box<str> = token.into();
-            pieces[id as usize] = Some(token.clone());
-            base.insert(token, id);
+        let mut pieces: Vec<Option<&str>> = vec![None; n_ids];
+        for (token, &id) in &model.vocab {
+            pieces[id as usize] = Some(token.as_str());
         }
+        for t in &added_tokens {
+            pieces[t.id as usize] = Some(t.content.as_str());
+        }
+        let pieces = PieceTable::new(pieces.into_iter())?;
+        let base = model.vocab;
         let mut added = Vec::with_capacity(added_tokens.len());
         for t in added_tokens {
-            pieces[t.id as usize] = Some(t.content.as_str().into());
             added.push(AddedToken {
                 id: t.id,
                 content: t.content,
@@ -289,14 +290,14 @@ impl Tokenizer {
                     .collect()
             }
         };
-        let mut pieces = Vec::with_capacity(n);
-        let mut base: HashMap<Box<str>, u32> = HashMap::with_capacity(n);
+        let pieces = PieceTable::new(tokens.iter().map(|t| Some(t.as_ref())))?;
+        let mut base: HashMap<String, u32, FastBuild> =
+            HashMap::with_capacity_and_hasher(n, FastBuild::default());
         for (id, t) in tokens.iter().enumerate() {
-            let t: Box<str> = t.as_ref().into();
+            let t = t.as_ref();
             if !is_added[id] {
-                base.entry(t.clone()).or_insert(id as u32);
+                base.entry(t.to_owned()).or_insert(id as u32);
             }
-            pieces.push(Some(t));
         }
         let merges = merges
             .iter()
@@ -318,8 +319,8 @@ fn split_merge(index: usize, merge: &str) -> Result<(&str, &str), TokenizerError
 }
 
 fn build<'m>(
-    pieces: Vec<Option<Box<str>>>,
-    base: HashMap<Box<str>, u32>,
+    pieces: PieceTable,
+    base: HashMap<String, u32, FastBuild>,
     merges: impl Iterator<Item = Result<(&'m str, &'m str), TokenizerError>>,
     added: Vec<AddedToken>,
 ) -> Result<Tokenizer, TokenizerError> {
@@ -372,8 +373,8 @@ fn build<'m>(
     let mut bytes = Vec::with_capacity(n * 4);
     let mut byte_spans = Vec::with_capacity(n + 1);
     byte_spans.push(0u32);
-    for p in &pieces {
-        if let Some(p) = p {
+    for id in 0..n as u32 {
+        if let Some(p) = pieces.get(id) {
             bytes.extend_from_slice(&unmap.token_bytes(p));
         }
         let end = u32::try_from(bytes.len())
@@ -381,7 +382,7 @@ fn build<'m>(
         byte_spans.push(end);
     }
 
-    let mut to_id: HashMap<Box<str>, u32> = base;
+    let mut to_id = base;
     let mut flags = vec![0u8; n];
     for t in &added {
         let slot = flags
@@ -389,7 +390,7 @@ fn build<'m>(
             .ok_or_else(|| TokenizerError::BadIds(format!("added token id {}", t.id)))?;
         *slot = FLAG_ADDED | if t.special { FLAG_SPECIAL } else { 0 };
         // Added tokens win a name clash, like HF's `token_to_id`.
-        to_id.insert(t.content.as_str().into(), t.id);
+        to_id.insert(t.content.clone(), t.id);
     }
     let lookup = |name: &str| {
         to_id
