@@ -103,6 +103,10 @@ impl GgufSource {
         Self::from_file(file)
     }
 
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
     pub fn from_file(file: GgufFile) -> Result<(ModelConfig, Self)> {
         let cfg = ModelConfig::from_metadata(|k| file.get(k).map(convert_value))?;
         Ok((
@@ -197,4 +201,139 @@ pub fn build_gguf(
         }
     }
     Ok(b)
+}
+
+/// Allowed types of a tensor in the published V4 Flash GGUFs (spec §2.2), by the
+/// name after `blk.N.` (or the global name). `None` for names ds4 does not bind.
+fn flash_allowed(sub: &str) -> Option<&'static [GgmlType]> {
+    use GgmlType::*;
+    Some(match sub {
+        "token_embd.weight" | "output_hc_fn.weight" => &[F16],
+        "output.weight" => &[Q8_0],
+        "output_hc_scale.weight" | "output_hc_base.weight" | "output_norm.weight" => &[F32],
+        "hc_attn_fn.weight" | "hc_ffn_fn.weight" => &[F16],
+        "hc_attn_scale.weight"
+        | "hc_attn_base.weight"
+        | "hc_ffn_scale.weight"
+        | "hc_ffn_base.weight" => &[F32],
+        "attn_norm.weight"
+        | "attn_q_a_norm.weight"
+        | "attn_kv_a_norm.weight"
+        | "attn_sinks.weight" => &[F32],
+        "ffn_norm.weight" | "exp_probs_b.bias" => &[F32],
+        "attn_compressor_norm.weight" | "indexer_compressor_norm.weight" => &[F32],
+        "attn_q_a.weight"
+        | "attn_q_b.weight"
+        | "attn_kv.weight"
+        | "attn_output_a.weight"
+        | "attn_output_b.weight" => &[Q8_0],
+        "ffn_gate_shexp.weight" | "ffn_up_shexp.weight" | "ffn_down_shexp.weight" => &[Q8_0],
+        "ffn_gate_inp.weight" => &[F16],
+        "ffn_gate_exps.weight" | "ffn_up_exps.weight" => &[Iq2Xxs, Q4K],
+        "ffn_down_exps.weight" => &[Q2K, Q4K],
+        "ffn_gate_tid2eid.weight" => &[I32],
+        "attn_compressor_ape.weight"
+        | "attn_compressor_kv.weight"
+        | "attn_compressor_gate.weight" => &[F16],
+        "indexer.attn_q_b.weight" | "indexer.proj.weight" => &[F16],
+        "indexer_compressor_ape.weight"
+        | "indexer_compressor_kv.weight"
+        | "indexer_compressor_gate.weight" => &[F16],
+        _ => return None,
+    })
+}
+
+/// ds4's per-tensor type check for files that declare the Flash shape: every bound
+/// tensor has its published type, and each layer's routed experts form one of the
+/// two recipes (q2: IQ2_XXS gate/up + Q2_K down; q4: Q4_K throughout).
+pub fn validate_flash_types<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, GgmlType)>,
+) -> Result<()> {
+    use std::collections::HashMap;
+    let mut experts: HashMap<String, [Option<GgmlType>; 3]> = HashMap::new();
+    for (name, ty) in tensors {
+        let (layer, sub) = match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((l, s)) => (Some(l), s),
+            None => (None, name),
+        };
+        let Some(allowed) = flash_allowed(sub) else {
+            continue;
+        };
+        if !allowed.contains(&ty) {
+            return Err(EngineError::TensorData {
+                name: name.into(),
+                msg: format!("type {ty} where the V4 Flash layout has {allowed:?}"),
+            });
+        }
+        if let Some(l) = layer {
+            let slot = match sub {
+                "ffn_gate_exps.weight" => 0,
+                "ffn_up_exps.weight" => 1,
+                "ffn_down_exps.weight" => 2,
+                _ => continue,
+            };
+            experts.entry(l.to_string()).or_default()[slot] = Some(ty);
+        }
+    }
+    for (l, [g, u, d]) in experts {
+        let ok = matches!(
+            (g, u, d),
+            (
+                Some(GgmlType::Iq2Xxs),
+                Some(GgmlType::Iq2Xxs),
+                Some(GgmlType::Q2K)
+            ) | (
+                Some(GgmlType::Q4K),
+                Some(GgmlType::Q4K),
+                Some(GgmlType::Q4K)
+            )
+        );
+        if !ok {
+            return Err(EngineError::TensorData {
+                name: format!("blk.{l}.ffn_*_exps.weight"),
+                msg: format!(
+                    "routed experts gate {g:?} / up {u:?} / down {d:?} match neither the q2 nor the q4 recipe"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use GgmlType::*;
+
+    fn flash_layer(l: usize, gate: GgmlType, down: GgmlType) -> Vec<(String, GgmlType)> {
+        let mut v = vec![
+            (format!("blk.{l}.attn_q_a.weight"), Q8_0),
+            (format!("blk.{l}.hc_attn_fn.weight"), F16),
+            (format!("blk.{l}.attn_sinks.weight"), F32),
+            (format!("blk.{l}.ffn_gate_exps.weight"), gate),
+            (format!("blk.{l}.ffn_up_exps.weight"), gate),
+            (format!("blk.{l}.ffn_down_exps.weight"), down),
+        ];
+        v.push(("output.weight".into(), Q8_0));
+        v
+    }
+
+    fn check(v: &[(String, GgmlType)]) -> Result<()> {
+        validate_flash_types(v.iter().map(|(n, t)| (n.as_str(), *t)))
+    }
+
+    #[test]
+    fn flash_recipes_pass_and_deviations_are_named() {
+        assert!(check(&flash_layer(3, Iq2Xxs, Q2K)).is_ok());
+        assert!(check(&flash_layer(3, Q4K, Q4K)).is_ok());
+        let e = check(&flash_layer(3, Iq2Xxs, Q4K)).unwrap_err();
+        assert!(e.to_string().contains("blk.3.ffn_*_exps"), "{e}");
+        let mut v = flash_layer(0, Q4K, Q4K);
+        v[0].1 = F16;
+        let e = check(&v).unwrap_err();
+        assert!(e.to_string().contains("blk.0.attn_q_a.weight"), "{e}");
+        // tensors ds4 does not bind are ignored
+        v[0] = ("blk.0.something_else.weight".into(), Bf16);
+        assert!(check(&v).is_ok());
+    }
 }

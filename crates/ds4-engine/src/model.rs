@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::cache::KvCache;
 use crate::config::{AttnKind, ModelConfig};
 use crate::error::{EngineError, Result};
-use crate::gguf::GgufSource;
+use crate::gguf::{GgufSource, validate_flash_types};
 use crate::hc::hc_head;
 use crate::layer::{ForwardOptions, LayerCtx, LayerTrace, layer_forward};
 use crate::official::OfficialCheckpoint;
@@ -61,6 +61,9 @@ impl Model {
     /// Opens a ds4 GGUF file (weights stay memory-mapped).
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let (cfg, src) = GgufSource::open(path)?;
+        if cfg.is_flash() {
+            validate_flash_types(src.file().tensors().iter().map(|t| (t.name.as_str(), t.ty)))?;
+        }
         Model::new(cfg, &src)
     }
 
