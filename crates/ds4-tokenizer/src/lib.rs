@@ -255,9 +255,12 @@ impl Tokenizer {
         self.encode_with(text, mode, &mut buf, out);
     }
 
-    /// Encodes a prompt assembled from trusted ids and template text and untrusted
-    /// content, each part on its own (no BPE merge crosses a part boundary, which is what
-    /// HF does around an added token anyway). Fails only on an unknown special id.
+    /// Encodes a prompt assembled from trusted ids, template text and untrusted content,
+    /// each part on its own: pre-tokenization and merges never cross a part boundary.
+    /// HF likewise handles the text between two added tokens on its own, so the result
+    /// equals `encode(concatenation, Recognize)` whenever text parts are separated by
+    /// [`Piece::Special`] ids (and the `Text` parts contain no added-token strings, which
+    /// is the point: there they stay plain text). Fails only on an unknown special id.
     pub fn encode_pieces(&self, pieces: &[Piece<'_>]) -> Result<Vec<u32>, TokenizerError> {
         let mut out = Vec::new();
         let mut buf = EncodeBuffers::default();

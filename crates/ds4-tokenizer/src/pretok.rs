@@ -174,3 +174,41 @@ fn match_at(chars: &[CharInfo], i: usize, hi: usize) -> Option<usize> {
     // \s+
     Some(end)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unicode::classes;
+
+    fn split(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        pre_tokenize(text, classes().expect("tables"), &mut buf, &mut |p| {
+            out.push(p)
+        });
+        out
+    }
+
+    // Each case is a behaviour the spec calls out where ds4's C splitter and HF differ
+    // or where the regex is easy to get wrong.
+    #[test]
+    fn splits_like_the_regex() {
+        // \s+(?!\S) leaves the last space to lead the word.
+        assert_eq!(split("    let"), ["   ", " let"]);
+        // ...but takes the whole run at the end of a segment.
+        assert_eq!(split("a   "), ["a", "   "]);
+        // Numbers of every script, in threes from the left.
+        assert_eq!(split("١٢٣٤"), ["١٢٣", "٤"]);
+        assert_eq!(split("12345"), ["123", "45"]);
+        // Non-ASCII punctuation keeps its newline.
+        assert_eq!(split("好。\n下"), ["好", "。\n", "下"]);
+        // \s*[\r\n]+ ends after the last newline of the run.
+        assert_eq!(split("a \n \n  b"), ["a", " \n \n", " ", " b"]);
+        // ASCII punctuation + ASCII letters, contractions.
+        assert_eq!(split("don't .com"), ["don", "'t", " .", "com"]);
+        // The CJK split isolates kana/ideograph runs before the main split sees them.
+        assert_eq!(split("日本語abc"), ["日本語", "abc"]);
+        // A control character before a letter leads it; alone it is a gap.
+        assert_eq!(split("\u{1}x\u{2}"), ["\u{1}x", "\u{2}"]);
+    }
+}

@@ -229,3 +229,46 @@ fn added_token_flags_match_hf() {
         );
     }
 }
+
+/// `encode_pieces` with text parts between special ids equals HF on the concatenation.
+#[test]
+fn encode_pieces_equals_hf_on_concatenation() {
+    let tok = ours();
+    let hf = oracle();
+    let specials: Vec<u32> = {
+        let s = tok.specials();
+        vec![
+            s.bos,
+            s.eos,
+            s.user,
+            s.assistant,
+            s.think_start,
+            s.think_end,
+            s.dsml,
+            128_828,
+        ]
+    };
+    // No added-token text inside the parts: that is what `Piece::Text` is for.
+    let no_added = ["plain".to_owned()];
+    let mut rng = Rng::new(4242);
+    for i in 0..3_000 {
+        let mut pieces_text = Vec::new();
+        let mut joined = String::new();
+        let mut ids_between = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let id = *rng.pick(&specials);
+            let text = random_text(&mut rng, &no_added);
+            joined.push_str(tok.token_to_piece(id).expect("special piece"));
+            joined.push_str(&text);
+            ids_between.push(id);
+            pieces_text.push(text);
+        }
+        let mut pieces = Vec::new();
+        for (id, text) in ids_between.iter().zip(&pieces_text) {
+            pieces.push(ds4_tokenizer::Piece::Special(*id));
+            pieces.push(ds4_tokenizer::Piece::Text(text));
+        }
+        let ids = tok.encode_pieces(&pieces).expect("encode pieces");
+        assert_eq!(ids, hf_encode(hf, &joined), "#{i} {}", show(&joined));
+    }
+}
