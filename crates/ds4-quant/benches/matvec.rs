@@ -97,10 +97,11 @@ fn weights(ty: GgmlType, rows: usize) -> Vec<u8> {
 }
 
 fn sum_u64(b: &[u64]) -> u64 {
-    // Four independent chains so the add latency does not bound the loop.
-    let mut a = [0u64; 4];
-    for c in b.chunks_exact(4) {
-        for i in 0..4 {
+    // Sixteen independent lanes: the compiler turns this into vector adds, so
+    // the loop is limited by memory, not by add latency.
+    let mut a = [0u64; 16];
+    for c in b.chunks_exact(16) {
+        for i in 0..16 {
             a[i] = a[i].wrapping_add(c[i]);
         }
     }
