@@ -179,6 +179,14 @@ impl Tokenizer {
             .chain(added_tokens.iter().map(|t| &t.id))
             .max()
             .map_or(0, |&m| m as usize + 1);
+        // Ids may have gaps, but a stray huge id must not turn into a huge allocation.
+        let entries = model.vocab.len() + added_tokens.len();
+        if n_ids > entries.saturating_mul(2).max(1 << 16) {
+            return Err(TokenizerError::BadIds(format!(
+                "largest id {} for only {entries} tokens",
+                n_ids - 1
+            )));
+        }
         let mut pieces: Vec<Option<&str>> = vec![None; n_ids];
         for (token, &id) in &model.vocab {
             pieces[id as usize] = Some(token.as_str());
