@@ -72,9 +72,62 @@ def get_parser():
     ap.add_argument("--probe-every", type=int, default=40, help="positions at which hidden streams are dumped")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default=OUT_DEFAULT)
+    ap.add_argument("--fp8-checkpoint", action="store_true",
+                    help="only write tests/data/official-fp8/ (FP8/FP4 official-format tensors + f32 references)")
     ap.add_argument("--qat-vectors", action="store_true",
                     help="only write tests/data/qat-vectors.json (PyTorch float8 references)")
     return ap
+
+
+def write_fp8_checkpoint(out_dir, seed):
+    """A few tensors in the release checkpoint's storage formats: FP8 E4M3 dense
+    weights with one E8M0 scale per 128x128 block (edge blocks partial), FP4 E2M1
+    experts packed two per byte (low nibble first) with one E8M0 scale per 32
+    inputs, a BF16 norm; plus `ref.<name>` = the f32 values they decode to."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    # dense FP8: 300x260 -> 3x3 blocks
+    w = torch.randn(300, 260, generator=g) * 0.05
+    w[:128, :128] *= 40.0  # blocks with different scales
+    rb, cb = -(-300 // 128), -(-260 // 128)
+    q = torch.empty(300, 260, dtype=torch.float8_e4m3fn)
+    sc = torch.empty(rb, cb)
+    ref = torch.empty(300, 260)
+    for i in range(rb):
+        for j in range(cb):
+            blk = w[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+            s = 2.0 ** torch.ceil(torch.log2(blk.abs().max() / 448.0))
+            qb = (blk / s).clamp(-448, 448).to(torch.float8_e4m3fn)
+            q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = qb
+            sc[i, j] = s
+            ref[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = qb.float() * s
+    out["layers.0.attn.wq_a.weight"] = q
+    out["layers.0.attn.wq_a.scale"] = sc.to(torch.float8_e8m0fnu)
+    out["ref.layers.0.attn.wq_a.weight"] = ref
+    # FP4 experts: 64 x 96 -> 48 packed bytes per row, 3 scales per row
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    for e, name in [(0, "w1"), (1, "w3")]:
+        w = torch.randn(64, 96, generator=g) * (0.3 + e)
+        blocks = w.view(64, 3, 32)
+        s = 2.0 ** torch.ceil(torch.log2(blocks.abs().amax(-1, keepdim=True) / 6.0))
+        v = blocks / s
+        idx = (v.abs()[..., None] - grid).abs().argmin(-1)
+        code = idx + 8 * (v < 0).long()
+        dec = (grid[idx] * torch.where(v < 0, -1.0, 1.0) * s).view(64, 96)
+        code = code.view(64, 96)
+        packed = (code[:, 0::2] | (code[:, 1::2] << 4)).to(torch.uint8).view(torch.int8)
+        base = f"layers.1.ffn.experts.{e}.{name}"
+        out[base + ".weight"] = packed
+        out[base + ".scale"] = s.view(64, 3).to(torch.float8_e8m0fnu)
+        out["ref." + base + ".weight"] = dec
+    norm = (torch.randn(64, generator=g) * 0.1 + 1).to(torch.bfloat16)
+    out["layers.0.attn_norm.weight"] = norm
+    out["ref.layers.0.attn_norm.weight"] = norm.float()
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(out_dir, "model.safetensors"))
+    print("wrote", out_dir)
 
 
 def write_qat_vectors(path, seed):
@@ -384,6 +437,9 @@ def topk_margins(model, cfg, ids):
 def main():
     a = get_parser().parse_args()
     torch.manual_seed(a.seed)
+    if a.fp8_checkpoint:
+        write_fp8_checkpoint(os.path.join(a.out, "..", "official-fp8"), a.seed)
+        return
     if a.qat_vectors:
         write_qat_vectors(os.path.join(a.out, "..", "qat-vectors.json"), a.seed)
         return

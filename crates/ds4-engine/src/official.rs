@@ -1,9 +1,10 @@
 //! An official-format checkpoint directory (`config.json` + `*.safetensors` under
 //! DeepSeek's tensor names) as a [`WeightSource`] speaking ds4 GGUF names.
 //!
-//! Only unquantized dtypes (F32/F16/BF16, I32/I64 for `tid2eid`) are read here; the
-//! FP8/FP4 release checkpoint is the converter's business (`ds4-quantize
-//! --from-official`).
+//! Dtypes: F32/F16/BF16; I32/I64 (`tid2eid`); the release formats, decoded to f32:
+//! FP8 E4M3 weights with one E8M0 `.scale` per 128×128 block, and FP4 E2M1 experts
+//! (I8 storage, two values per byte, low nibble first) with one E8M0 `.scale` per
+//! 32 inputs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,13 @@ impl OfficialCheckpoint {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
         let cfg = ModelConfig::from_official_json(&text)?;
+        let ckpt = Self::open_tensors(dir, cfg.n_expert)?;
+        Ok((cfg, ckpt))
+    }
+
+    /// Every `dir/*.safetensors`, without a config; `n_expert` sizes the stacked
+    /// expert tensors.
+    pub fn open_tensors(dir: &Path, n_expert: usize) -> Result<Self> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -54,18 +62,15 @@ impl OfficialCheckpoint {
             }
             files.push((p, bytes));
         }
-        let n_expert = cfg.n_expert;
-        Ok((
-            cfg,
-            OfficialCheckpoint {
-                files,
-                index,
-                n_expert,
-            },
-        ))
+        Ok(OfficialCheckpoint {
+            files,
+            index,
+            n_expert,
+        })
     }
 
-    fn read(&self, official: &str) -> Result<Option<Tensor>> {
+    /// One tensor by its official name, decoded to f32 (or i32 for integer tables).
+    pub fn read_official(&self, official: &str) -> Result<Option<Tensor>> {
         let Some(&fi) = self.index.get(official) else {
             return Ok(None);
         };
@@ -107,6 +112,41 @@ impl OfficialCheckpoint {
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
+            Dtype::F8_E4M3 => {
+                let scale = self.block_scales(official, view.shape(), 128, 128)?;
+                let cols = view.shape().last().copied().unwrap_or(1);
+                TensorData::F32(
+                    raw.iter()
+                        .enumerate()
+                        .map(|(i, &b)| e4m3_decode(b) * scale(i / cols, i % cols))
+                        .collect(),
+                )
+            }
+            Dtype::I8 => {
+                // Packed FP4: the logical row is twice the stored one.
+                let mut shape = view.shape().to_vec();
+                let Some(last) = shape.last_mut() else {
+                    return Err(err("a scalar cannot hold FP4 data".into()));
+                };
+                *last *= 2;
+                let cols = *last;
+                let scale = self.block_scales(official, &shape, 1, 32)?;
+                let data = raw
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, &b)| {
+                        let (r, c) = (2 * i / cols, 2 * i % cols);
+                        [
+                            e2m1_decode(b & 15) * scale(r, c),
+                            e2m1_decode(b >> 4) * scale(r, c + 1),
+                        ]
+                    })
+                    .collect();
+                return Ok(Some(Tensor {
+                    shape,
+                    data: TensorData::F32(data),
+                }));
+            }
             other => {
                 return Err(err(format!(
                     "dtype {other:?} is not supported by the f32 loader"
@@ -120,10 +160,97 @@ impl OfficialCheckpoint {
     }
 }
 
+impl OfficialCheckpoint {
+    /// The `.scale` companion of `<base>.weight` as a function of (row, col) of the
+    /// weight, for blocks of `br × bc` elements. Accepts E8M0, F32 and BF16 scales.
+    fn block_scales(
+        &self,
+        weight: &str,
+        shape: &[usize],
+        br: usize,
+        bc: usize,
+    ) -> Result<impl Fn(usize, usize) -> f32 + use<>> {
+        let base = weight.strip_suffix(".weight").unwrap_or(weight);
+        let name = format!("{base}.scale");
+        let bad = |msg: String| EngineError::TensorData {
+            name: name.clone(),
+            msg,
+        };
+        let Some(&fi) = self.index.get(&name) else {
+            return Err(EngineError::MissingTensor { name });
+        };
+        let bytes = &self.files[fi].1;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
+        let vals: Vec<f32> = match view.dtype() {
+            Dtype::F8_E8M0 => view.data().iter().map(|&b| e8m0_decode(b)).collect(),
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => return Err(bad(format!("scale dtype {other:?} is not supported"))),
+        };
+        let (rows, cols) = match shape {
+            [r, c] => (*r, *c),
+            [c] => (1, *c),
+            _ => {
+                return Err(bad(format!(
+                    "block-scaled weights must be 1-D or 2-D, found {shape:?}"
+                )));
+            }
+        };
+        let (sr, sc) = (rows.div_ceil(br), cols.div_ceil(bc));
+        if view.shape().iter().product::<usize>() != sr * sc {
+            return Err(bad(format!(
+                "{:?} scales for a {rows}x{cols} weight in {br}x{bc} blocks (want {sr}x{sc})",
+                view.shape()
+            )));
+        }
+        Ok(move |r: usize, c: usize| vals[(r / br) * sc + c / bc])
+    }
+}
+
+/// E4M3FN byte → f32 (0x7f / 0xff are NaN).
+pub fn e4m3_decode(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = (((b >> 3) & 15) as i32, (b & 7) as f32);
+    if e == 15 && m == 7.0 {
+        return f32::NAN;
+    }
+    let mag = if e == 0 {
+        m * (-9f32).exp2()
+    } else {
+        (1.0 + m / 8.0) * ((e - 7) as f32).exp2()
+    };
+    sign * mag
+}
+
+/// E2M1 nibble → f32: bit 3 is the sign, bits 0..2 index the magnitudes.
+pub fn e2m1_decode(n: u8) -> f32 {
+    const MAG: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+    let v = MAG[(n & 7) as usize];
+    if n & 8 != 0 { -v } else { v }
+}
+
+/// E8M0 byte → 2^(b−127) (0xff is NaN).
+pub fn e8m0_decode(b: u8) -> f32 {
+    if b == 0xff {
+        f32::NAN
+    } else {
+        ((b as i32 - 127) as f32).exp2()
+    }
+}
+
 impl WeightSource for OfficialCheckpoint {
     fn tensor(&self, name: &str) -> Result<Option<Tensor>> {
         if let Some(official) = gguf_to_official(name) {
-            return self.read(&official);
+            return self.read_official(&official);
         }
         // A 3-D expert tensor is the official per-expert matrices stacked.
         if gguf_expert_to_official(name, 0).is_none() {
@@ -135,7 +262,7 @@ impl WeightSource for OfficialCheckpoint {
             let Some(official) = gguf_expert_to_official(name, e) else {
                 return Ok(None);
             };
-            let Some(t) = self.read(&official)? else {
+            let Some(t) = self.read_official(&official)? else {
                 return Ok(None);
             };
             match t.data {
