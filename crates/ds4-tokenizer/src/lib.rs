@@ -299,9 +299,11 @@ impl Tokenizer {
 
     fn encode_plain(&self, text: &str, buf: &mut EncodeBuffers, out: &mut Vec<u32>) {
         let EncodeBuffers { chars, scratch } = buf;
-        pretok::pre_tokenize(text, self.classes, chars, &mut |piece| {
-            self.bpe.encode_piece(piece.as_bytes(), out, scratch)
-        });
+        for line in pretok::independent_lines(text, self.classes) {
+            pretok::pre_tokenize(line, self.classes, chars, &mut |piece| {
+                self.bpe.encode_piece(piece.as_bytes(), out, scratch)
+            });
+        }
     }
 
     /// Text of `ids` (HF `decode(ids, skip_special_tokens=False)`): token bytes joined,

@@ -70,6 +70,41 @@ pub(crate) fn pre_tokenize<'a>(
     }
 }
 
+/// Cuts `text` after every `\n` that is followed by a non-whitespace character. The
+/// pre-tokenizer gives the same pieces on each part as on the whole, so a long prompt
+/// needs scratch space for its longest line only. Why the cut is safe: a `\n` belongs to
+/// a match of ` ?[\p{P}\p{S}]+[\r\n]*` or `\s*[\r\n]+`, and both end at the first
+/// non-newline / non-whitespace character, i.e. right at the cut; the lookahead
+/// alternative `\s+(?!\S)` is never reached for a run holding a newline; `\n` can lead
+/// neither a letter run nor a punctuation run; and it is neither a number nor CJK, so the
+/// first two splits also restart at the cut.
+pub(crate) fn independent_lines<'a>(
+    text: &'a str,
+    cls: &'a Classes,
+) -> impl Iterator<Item = &'a str> + 'a {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let bytes = rest.as_bytes();
+        let mut from = 0;
+        while let Some(nl) = bytes[from..].iter().position(|&b| b == b'\n') {
+            let cut = from + nl + 1;
+            let next = rest[cut..].chars().next();
+            if next.is_some_and(|c| cls.of(c) & SPACE == 0) {
+                let (line, tail) = rest.split_at(cut);
+                rest = tail;
+                return Some(line);
+            }
+            from = cut;
+        }
+        let line = rest;
+        rest = "";
+        Some(line)
+    })
+}
+
 /// Split 3 on the segment `chars[lo..hi]`: find matches left to right, the text between
 /// two matches (characters no alternative accepts) is a piece of its own.
 fn split_main<'a>(

@@ -155,3 +155,20 @@ fn empty_and_trivial_inputs() {
     assert_eq!(tok.decode(&[]).expect("decode"), "");
     assert_eq!(tok.encode("<think>", SpecialMode::Recognize), vec![128_821]);
 }
+
+#[test]
+fn tokenizer_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ds4_tokenizer::Tokenizer>();
+    let tok = ours();
+    let texts = ["hello world", "你好，世界。\n", "fn x() {}"];
+    let expected: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tok.encode(t, SpecialMode::Recognize))
+        .collect();
+    std::thread::scope(|s| {
+        for (t, e) in texts.iter().zip(&expected) {
+            s.spawn(move || assert_eq!(&tok.encode(t, SpecialMode::Recognize), e));
+        }
+    });
+}
