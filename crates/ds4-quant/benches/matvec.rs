@@ -169,6 +169,10 @@ fn kernels(c: &mut Criterion) {
         if simd != KernelPath::Scalar {
             paths.push(simd);
         }
+        // Q2_K is the one format with its own AVX-512 kernel: time AVX2 too.
+        if simd == KernelPath::Avx512 && ty == GgmlType::Q2K {
+            paths.insert(1, KernelPath::Avx2);
+        }
         for &p in &paths {
             let k = DotKernel::with_path(ty, p).expect("kernel");
             let act = k.quantize_activations(&x).expect("activations");
@@ -221,6 +225,12 @@ fn summary(_: &mut Criterion) {
         "{:8} | {:>12} | {:>12} | {:>7} | {:>13} | {:>7} | {:>8}",
         "format", "scalar 1c", "simd 1c", "%bw 1c", "simd all", "%bw all", "speedup"
     );
+    if let (Some(a2), Some(a5)) = (gbs("Q2_K avx2 1core"), gbs("Q2_K avx512 1core")) {
+        println!(
+            "Q2_K one core: avx2 {a2:.2} GB/s, avx512 {a5:.2} GB/s ({:.2}x)",
+            a5 / a2
+        );
+    }
     for ty in ["Q8_0", "Q2_K", "Q4_K", "IQ2_XXS", "F16", "F32", "BF16"] {
         let s1 = gbs(&format!("{ty} scalar 1core")).unwrap_or(f64::NAN);
         let v1 = gbs(&format!("{ty} {simd} 1core")).unwrap_or(s1);

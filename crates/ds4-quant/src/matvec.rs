@@ -68,9 +68,12 @@ impl DotKernel {
         let f = match path {
             KernelPath::Scalar => scalar_fn(ty),
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => {
+            KernelPath::Avx2 | KernelPath::Avx512 => {
                 use crate::kernels::avx2;
                 match ty {
+                    GgmlType::Q2K if path == KernelPath::Avx512 => {
+                        Some(RowFn::Q8K(avx2::dot_q2_k_avx512))
+                    }
                     GgmlType::F32 => Some(RowFn::F32(avx2::dot_f32)),
                     GgmlType::F16 => Some(RowFn::F32(avx2::dot_f16)),
                     GgmlType::Bf16 => Some(RowFn::F32(avx2::dot_bf16)),

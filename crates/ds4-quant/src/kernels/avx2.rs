@@ -474,3 +474,117 @@ unsafe fn dot_bf16_impl(row: &[u8], x: &[f32]) -> f32 {
     s += scalar::dot_bf16(&row[2 * i..2 * n], &x[i..n]);
     s
 }
+
+// ------------------------------------------------------------------ AVX-512BW
+
+/// Q2_K with AVX-512BW: both 128-element halves of a block go through one
+/// 512-bit vector, halving the shift/mask/maddubs/madd steps. Same integer
+/// sums and the same f32 combination as [`dot_q2_k`], hence the same bits.
+pub fn dot_q2_k_avx512(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    if !super::avx512_available() {
+        return dot_q2_k(row, act);
+    }
+    // SAFETY: the required CPU features were checked above (AVX-512F/BW plus
+    // the AVX2/FMA/F16C set the shared code uses).
+    unsafe { dot_q2_k_avx512_impl(row, act) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+fn q2_k_block_partials_512(b: &[u8], a: &BlockQ8K, shuf: &[__m512i; 4]) -> (__m256i, __m256i) {
+    assert!(b.len() >= 84);
+    let mask3 = _mm512_set1_epi8(3);
+    let m4 = _mm_set1_epi8(0x0f);
+    // SAFETY: the block has ≥ 84 bytes (asserted): scales at 0..16, quants at
+    // 16..80 (one 64-byte load); `a.bsums` is 32 bytes; `a.qs` 256 bytes.
+    let (sc_bytes, bits, bsums) = unsafe {
+        (
+            _mm_loadu_si128(b.as_ptr() as *const __m128i),
+            _mm512_loadu_si512(b.as_ptr().add(16) as *const __m512i),
+            _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i),
+        )
+    };
+    let scales = _mm512_broadcast_i32x4(_mm_and_si128(sc_bytes, m4));
+    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc_bytes, 4), m4));
+    let summs = _mm256_madd_epi16(mins, bsums);
+    let levels = [
+        _mm512_and_si512(bits, mask3),
+        _mm512_and_si512(_mm512_srli_epi16(bits, 2), mask3),
+        _mm512_and_si512(_mm512_srli_epi16(bits, 4), mask3),
+        _mm512_and_si512(_mm512_srli_epi16(bits, 6), mask3),
+    ];
+    let mut acc = _mm512_setzero_si512();
+    for (j, q) in levels.into_iter().enumerate() {
+        // SAFETY: activations 32j..32j+32 and 128+32j..160+32j are in bounds.
+        let x = unsafe {
+            _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(
+                    a.qs.as_ptr().add(32 * j) as *const __m256i
+                )),
+                _mm256_loadu_si256(a.qs.as_ptr().add(128 + 32 * j) as *const __m256i),
+                1,
+            )
+        };
+        let p16 = _mm512_maddubs_epi16(q, x);
+        let scv = _mm512_shuffle_epi8(scales, shuf[j]);
+        acc = _mm512_add_epi32(acc, _mm512_madd_epi16(p16, scv));
+    }
+    let isum = _mm256_add_epi32(
+        _mm512_castsi512_si256(acc),
+        _mm512_extracti64x4_epi64(acc, 1),
+    );
+    (isum, summs)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn dot_q2_k_avx512_impl(row: &[u8], act: &[BlockQ8K]) -> f32 {
+    // 128-bit lane L of step j holds 16 elements of sub-block 2j + (L & 1) +
+    // 8·(L >> 1); the mask spreads that sub-block's scale over the lane's i16s.
+    let shuf: [__m512i; 4] = std::array::from_fn(|j| {
+        let m = |sb: usize| _mm_set1_epi16((0x8000 | sb) as u16 as i16);
+        _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set_m128i(m(2 * j + 1), m(2 * j))),
+            _mm256_set_m128i(m(9 + 2 * j), m(8 + 2 * j)),
+            1,
+        )
+    });
+    let mut sumf = 0.0f32;
+    let mut rows4 = row.chunks_exact(4 * 84);
+    let mut acts4 = act.chunks_exact(4);
+    for (r, a) in (&mut rows4).zip(&mut acts4) {
+        let (i0, m0) = q2_k_block_partials_512(&r[0..84], &a[0], &shuf);
+        let (i1, m1) = q2_k_block_partials_512(&r[84..168], &a[1], &shuf);
+        let (i2, m2) = q2_k_block_partials_512(&r[168..252], &a[2], &shuf);
+        let (i3, m3) = q2_k_block_partials_512(&r[252..336], &a[3], &shuf);
+        let isum = _mm_cvtepi32_ps(hsum4_i32(i0, i1, i2, i3));
+        let summs = _mm_cvtepi32_ps(hsum4_i32(m0, m1, m2, m3));
+        let h = |o: usize| rd_u16(r, o) as i16;
+        let dm = _mm256_cvtph_ps(_mm_setr_epi16(
+            h(80),
+            h(164),
+            h(248),
+            h(332),
+            h(82),
+            h(166),
+            h(250),
+            h(334),
+        ));
+        let dx = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        let dall = _mm_mul_ps(dx, _mm256_castps256_ps128(dm));
+        let dmn = _mm_mul_ps(dx, _mm256_extractf128_ps(dm, 1));
+        let v = _mm_sub_ps(_mm_mul_ps(dall, isum), _mm_mul_ps(dmn, summs));
+        let mut lanes = [0.0f32; 4];
+        // SAFETY: `lanes` is 4 f32; unaligned store.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), v) };
+        for x in lanes {
+            sumf += x;
+        }
+    }
+    for (b, a) in rows4.remainder().chunks_exact(84).zip(acts4.remainder()) {
+        let (i, m) = q2_k_block_partials_512(b, a, &shuf);
+        let dall = a.d * f16_to_f32(rd_u16(b, 80));
+        let dmin = a.d * f16_to_f32(rd_u16(b, 82));
+        sumf += dall * hsum_i32(i) as f32 - dmin * hsum_i32(m) as f32;
+    }
+    sumf
+}

@@ -7,11 +7,11 @@
 //! F16/BF16/F32 kernels sum floats in a different order (8-wide FMA
 //! accumulators), so they agree with scalar only to rounding.
 //!
-//! `DS4_CPU_KERNELS=scalar|avx2|neon|auto` forces a path (read once per
-//! process); a path the CPU lacks falls back to the best available one. There
-//! are no AVX-512 kernels: the development machine has no AVX-512, and SIMD code
-//! that cannot be run against the scalar reference is not shipped;
-//! `DS4_CPU_KERNELS=avx512` therefore selects AVX2.
+//! The AVX-512 path (AVX-512F + BW on top of the AVX2 set) has its own Q2_K
+//! kernel; every other format uses the AVX2 kernel on that path.
+//!
+//! `DS4_CPU_KERNELS=scalar|avx2|avx512|neon|auto` forces a path (read once per
+//! process); a path the CPU lacks falls back to the best available one.
 
 use std::sync::OnceLock;
 
@@ -28,6 +28,7 @@ pub mod neon;
 pub enum KernelPath {
     Scalar,
     Avx2,
+    Avx512,
     Neon,
 }
 
@@ -36,6 +37,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512 => "avx512",
             KernelPath::Neon => "neon",
         }
     }
@@ -45,6 +47,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => true,
             KernelPath::Avx2 => avx2_available(),
+            KernelPath::Avx512 => avx512_available(),
             KernelPath::Neon => cfg!(target_arch = "aarch64"),
         }
     }
@@ -68,12 +71,27 @@ pub(crate) fn avx2_available() -> bool {
     false
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_available() -> bool {
+    avx2_available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn avx512_available() -> bool {
+    false
+}
+
 /// All paths this CPU can run, best last.
 pub fn available_paths() -> Vec<KernelPath> {
-    [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Neon]
-        .into_iter()
-        .filter(|p| p.is_available())
-        .collect()
+    [
+        KernelPath::Scalar,
+        KernelPath::Avx2,
+        KernelPath::Avx512,
+        KernelPath::Neon,
+    ]
+    .into_iter()
+    .filter(|p| p.is_available())
+    .collect()
 }
 
 fn best_available() -> KernelPath {
@@ -94,6 +112,7 @@ pub fn selected_path() -> KernelPath {
 pub fn path_from_env_value(want: &str) -> KernelPath {
     match want.trim().to_ascii_lowercase().as_str() {
         "scalar" => KernelPath::Scalar,
+        "avx512" if KernelPath::Avx512.is_available() => KernelPath::Avx512,
         "avx2" | "avx512" if KernelPath::Avx2.is_available() => KernelPath::Avx2,
         "neon" if KernelPath::Neon.is_available() => KernelPath::Neon,
         _ => best_available(),
@@ -114,7 +133,7 @@ mod tests {
         assert!(path_from_env_value("avx2").is_available());
         assert!(path_from_env_value("avx512").is_available());
         assert!(path_from_env_value("neon").is_available());
-        if KernelPath::Avx2.is_available() {
+        if KernelPath::Avx2.is_available() && !KernelPath::Avx512.is_available() {
             assert_eq!(path_from_env_value("avx512"), KernelPath::Avx2);
         }
     }
