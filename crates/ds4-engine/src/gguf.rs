@@ -92,6 +92,14 @@ fn to_gguf_value(v: &MetaValue) -> ds4_gguf::MetaValue {
     }
 }
 
+/// `cfg` as GGUF metadata values (`deepseek4.*` keys).
+pub fn config_metadata(cfg: &ModelConfig) -> Vec<(String, ds4_gguf::MetaValue)> {
+    cfg.to_metadata()
+        .into_iter()
+        .map(|(k, v)| (k, to_gguf_value(&v)))
+        .collect()
+}
+
 /// A ds4 GGUF file as a [`WeightSource`]: quantized tensors stay in the mmap.
 pub struct GgufSource {
     file: Arc<GgufFile>,
@@ -153,8 +161,8 @@ pub fn build_gguf(
 ) -> Result<GgufBuilder> {
     let mut b = GgufBuilder::new();
     b.add_meta("general.architecture", "deepseek4")?;
-    for (k, v) in cfg.to_metadata() {
-        b.add_meta(k, to_gguf_value(&v))?;
+    for (k, v) in config_metadata(cfg) {
+        b.add_meta(k, v)?;
     }
     let mut names: Vec<String> = crate::names::GLOBAL_NAMES
         .iter()

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::ModelConfig;
@@ -16,10 +17,19 @@ use crate::error::{EngineError, Result};
 use crate::names::{gguf_expert_to_official, gguf_to_official};
 use crate::weights::{Tensor, TensorData, WeightSource};
 
+/// Where one tensor's bytes are.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
 pub struct OfficialCheckpoint {
-    files: Vec<(PathBuf, Vec<u8>)>,
-    /// official tensor name → index into `files`.
-    index: HashMap<String, usize>,
+    files: Vec<(PathBuf, Mmap)>,
+    /// official tensor name → its location.
+    index: HashMap<String, Entry>,
     n_expert: usize,
 }
 
@@ -40,8 +50,8 @@ impl OfficialCheckpoint {
         Ok((cfg, ckpt))
     }
 
-    /// Every `dir/*.safetensors`, without a config; `n_expert` sizes the stacked
-    /// expert tensors.
+    /// Every `dir/*.safetensors` (memory-mapped; headers parsed once), without a
+    /// config; `n_expert` sizes the stacked expert tensors.
     pub fn open_tensors(dir: &Path, n_expert: usize) -> Result<Self> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| io(dir, e))?
@@ -52,15 +62,32 @@ impl OfficialCheckpoint {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for p in paths {
-            let bytes = std::fs::read(&p).map_err(|e| io(&p, e))?;
-            let st = SafeTensors::deserialize(&bytes).map_err(|e| EngineError::Safetensors {
+            let f = std::fs::File::open(&p).map_err(|e| io(&p, e))?;
+            // SAFETY: the mapping is read-only and private to this process; like
+            // every mmap-based loader we require that the file is not truncated or
+            // rewritten while the checkpoint is open.
+            let map = unsafe { Mmap::map(&f) }.map_err(|e| io(&p, e))?;
+            let bad = |msg: String| EngineError::Safetensors {
                 path: p.display().to_string(),
-                msg: e.to_string(),
-            })?;
-            for name in st.names() {
-                index.insert(name.to_string(), files.len());
+                msg,
+            };
+            let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+            let base = 8 + n;
+            for (name, info) in meta.tensors() {
+                let (start, end) = (base + info.data_offsets.0, base + info.data_offsets.1);
+                if start > end || end > map.len() {
+                    return Err(bad(format!("{name}: data outside the file")));
+                }
+                let entry = Entry {
+                    file: files.len(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start,
+                    end,
+                };
+                index.insert(name, entry);
             }
-            files.push((p, bytes));
+            files.push((p, map));
         }
         Ok(OfficialCheckpoint {
             files,
@@ -69,20 +96,55 @@ impl OfficialCheckpoint {
         })
     }
 
+    fn entry(&self, name: &str) -> Option<(&Entry, &[u8], &Path)> {
+        let e = self.index.get(name)?;
+        let (path, map) = &self.files[e.file];
+        Some((e, &map[e.start..e.end], path))
+    }
+
+    /// Logical shape of a tensor (packed FP4 rows count two values per byte)
+    /// without reading its data.
+    pub fn official_shape(&self, official: &str) -> Option<Vec<usize>> {
+        let e = self.index.get(official)?;
+        let mut shape = e.shape.clone();
+        if e.dtype == Dtype::I8
+            && let Some(last) = shape.last_mut()
+        {
+            *last *= 2;
+        }
+        Some(shape)
+    }
+
+    /// Official tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.index.keys().map(|s| s.as_str()).collect();
+        v.sort();
+        v
+    }
+
     /// One tensor by its official name, decoded to f32 (or i32 for integer tables).
     pub fn read_official(&self, official: &str) -> Result<Option<Tensor>> {
-        let Some(&fi) = self.index.get(official) else {
+        let Some((entry, raw, path)) = self.entry(official) else {
             return Ok(None);
         };
-        let (path, bytes) = &self.files[fi];
         let err = |msg: String| EngineError::Safetensors {
             path: path.display().to_string(),
             msg: format!("{official}: {msg}"),
         };
-        let st = SafeTensors::deserialize(bytes).map_err(|e| err(e.to_string()))?;
-        let view = st.tensor(official).map_err(|e| err(e.to_string()))?;
-        let raw = view.data();
-        let data = match view.dtype() {
+        let width = match entry.dtype {
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I64 => 8,
+            _ => 1,
+        };
+        if raw.len() != entry.shape.iter().product::<usize>() * width {
+            return Err(err(format!(
+                "{} bytes for shape {:?}",
+                raw.len(),
+                entry.shape
+            )));
+        }
+        let data = match entry.dtype {
             Dtype::F32 => TensorData::F32(
                 raw.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -113,8 +175,8 @@ impl OfficialCheckpoint {
                     .collect::<Result<Vec<_>>>()?,
             ),
             Dtype::F8_E4M3 => {
-                let scale = self.block_scales(official, view.shape(), 128, 128)?;
-                let cols = view.shape().last().copied().unwrap_or(1);
+                let scale = self.block_scales(official, &entry.shape, 128, 128)?;
+                let cols = entry.shape.last().copied().unwrap_or(1);
                 TensorData::F32(
                     raw.iter()
                         .enumerate()
@@ -124,7 +186,7 @@ impl OfficialCheckpoint {
             }
             Dtype::I8 => {
                 // Packed FP4: the logical row is twice the stored one.
-                let mut shape = view.shape().to_vec();
+                let mut shape = entry.shape.clone();
                 let Some(last) = shape.last_mut() else {
                     return Err(err("a scalar cannot hold FP4 data".into()));
                 };
@@ -154,7 +216,7 @@ impl OfficialCheckpoint {
             }
         };
         Ok(Some(Tensor {
-            shape: view.shape().to_vec(),
+            shape: entry.shape.clone(),
             data,
         }))
     }
@@ -176,21 +238,16 @@ impl OfficialCheckpoint {
             name: name.clone(),
             msg,
         };
-        let Some(&fi) = self.index.get(&name) else {
+        let Some((entry, raw, _)) = self.entry(&name) else {
             return Err(EngineError::MissingTensor { name });
         };
-        let bytes = &self.files[fi].1;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-        let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
-        let vals: Vec<f32> = match view.dtype() {
-            Dtype::F8_E8M0 => view.data().iter().map(|&b| e8m0_decode(b)).collect(),
-            Dtype::F32 => view
-                .data()
+        let vals: Vec<f32> = match entry.dtype {
+            Dtype::F8_E8M0 => raw.iter().map(|&b| e8m0_decode(b)).collect(),
+            Dtype::F32 => raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            Dtype::BF16 => view
-                .data()
+            Dtype::BF16 => raw
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
@@ -206,10 +263,10 @@ impl OfficialCheckpoint {
             }
         };
         let (sr, sc) = (rows.div_ceil(br), cols.div_ceil(bc));
-        if view.shape().iter().product::<usize>() != sr * sc {
+        if vals.len() != sr * sc {
             return Err(bad(format!(
                 "{:?} scales for a {rows}x{cols} weight in {br}x{bc} blocks (want {sr}x{sc})",
-                view.shape()
+                entry.shape
             )));
         }
         Ok(move |r: usize, c: usize| vals[(r / br) * sc + c / bc])

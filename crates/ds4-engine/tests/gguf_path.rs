@@ -159,3 +159,38 @@ fn quantized_prefill_equals_decode() {
     assert_eq!(model.prefill(&mut c, ids, 17, opts).unwrap(), last);
     assert!(c == dec);
 }
+
+#[test]
+fn streamed_conversion_equals_in_memory_build() {
+    // convert_official (one tensor / one expert at a time, straight to disk) writes
+    // the model build_gguf assembles in memory: same logits, bit for bit.
+    let (ids, _) = golden();
+    let ids = &ids[..64];
+    let recipe = |n: &str| {
+        if n.contains("hc_") {
+            GgmlType::F16
+        } else {
+            GgmlType::Q8_0
+        }
+    };
+    let (cfg, ckpt) = OfficialCheckpoint::open(&data_dir()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamed.gguf");
+    let extra = [(
+        "general.name".to_string(),
+        ds4_gguf::MetaValue::from("tiny-v4"),
+    )];
+    let n = ds4_engine::convert_official(&cfg, &ckpt, &recipe, &extra, &path).unwrap();
+    assert!(n > 100);
+    let streamed = Model::from_gguf(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    assert!(
+        matches!(file.get("general.name"), Some(ds4_gguf::MetaValue::String(s)) if s == "tiny-v4")
+    );
+    let built = gguf_model(&recipe);
+    let opts = ForwardOptions::default();
+    let (mut a, mut b) = (streamed.new_cache(), built.new_cache());
+    let la = streamed.prefill(&mut a, ids, 16, opts).unwrap();
+    let lb = built.prefill(&mut b, ids, 16, opts).unwrap();
+    assert_eq!(la, lb);
+}
