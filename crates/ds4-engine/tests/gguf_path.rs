@@ -51,15 +51,23 @@ fn run(model: &Model, ids: &[u32], logits: &[f32]) -> (f32, usize) {
     (worst, agree)
 }
 
+/// The tiny checkpoint converted by the streaming converter (what `ds4-quantize
+/// --from-official` runs), then opened like any GGUF.
 fn gguf_model(recipe: &dyn Fn(&str) -> GgmlType) -> Model {
     let (cfg, ckpt) = OfficialCheckpoint::open(&data_dir()).unwrap();
-    let bytes = build_gguf(&cfg, &ckpt, recipe).unwrap().to_bytes().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
-    std::fs::write(&path, bytes).unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    let (cfg2, src) = GgufSource::from_file(file).unwrap();
+    ds4_engine::convert_official(&cfg, &ckpt, recipe, &[], &path).unwrap();
+    let (cfg2, src) = GgufSource::from_file(GgufFile::open(&path).unwrap()).unwrap();
     assert_eq!(cfg2, cfg, "metadata round trip");
+    Model::new(cfg2, &src).unwrap()
+}
+
+/// The same model assembled in memory by `build_gguf`.
+fn built_model(recipe: &dyn Fn(&str) -> GgmlType) -> Model {
+    let (cfg, ckpt) = OfficialCheckpoint::open(&data_dir()).unwrap();
+    let bytes = build_gguf(&cfg, &ckpt, recipe).unwrap().to_bytes().unwrap();
+    let (cfg2, src) = GgufSource::from_file(GgufFile::from_bytes(&bytes).unwrap()).unwrap();
     Model::new(cfg2, &src).unwrap()
 }
 
@@ -187,7 +195,7 @@ fn streamed_conversion_equals_in_memory_build() {
     assert!(
         matches!(file.get("general.name"), Some(ds4_gguf::MetaValue::String(s)) if s == "tiny-v4")
     );
-    let built = gguf_model(&recipe);
+    let built = built_model(&recipe);
     let opts = ForwardOptions::default();
     let (mut a, mut b) = (streamed.new_cache(), built.new_cache());
     let la = streamed.prefill(&mut a, ids, 16, opts).unwrap();
