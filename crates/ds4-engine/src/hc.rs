@@ -21,17 +21,30 @@ fn control(x: &[f32], w: &HcWeights, rms_eps: f32) -> Result<Vec<f32>> {
     w.fn_.matvec_alloc(&flat)
 }
 
-/// Returns the sublayer input `Σ_h pre[h]·X[h]` and the mixing for `hc_post`.
+/// `z = fn · rmsnorm0(X)` for a batch of tokens (one pass over `fn`).
+pub fn hc_control_batch(xs: &[Vec<f32>], w: &HcWeights, rms_eps: f32) -> Result<Vec<Vec<f32>>> {
+    let flats: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let mut flat = x.clone();
+            rmsnorm0_inplace(&mut flat, rms_eps);
+            flat
+        })
+        .collect();
+    w.fn_.matmul(&flats)
+}
+
+/// Returns the sublayer input `Σ_h pre[h]·X[h]` and the mixing for `hc_post`,
+/// given the control vector `z` of `x` ([`hc_control_batch`]).
 pub fn hc_pre(
     x: &[f32],
+    z: &[f32],
     w: &HcWeights,
     hc: usize,
     iters: usize,
     hc_eps: f32,
-    rms_eps: f32,
-) -> Result<(Vec<f32>, HcMix)> {
+) -> (Vec<f32>, HcMix) {
     let n = x.len() / hc;
-    let z = control(x, w, rms_eps)?;
     let pre: Vec<f32> = (0..hc)
         .map(|i| sigmoid(z[i] * w.scale[0] + w.base[i]) + hc_eps)
         .collect();
@@ -78,7 +91,7 @@ pub fn hc_pre(
             *o += pre[h] * v;
         }
     }
-    Ok((y, HcMix { post, comb: c }))
+    (y, HcMix { post, comb: c })
 }
 
 /// `X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]`: the only residual path.

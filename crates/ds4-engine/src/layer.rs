@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::cache::{EMPTY_SCORE, Frontier, LayerCache};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::hc::{HcMix, hc_post, hc_pre};
+use crate::hc::{HcMix, hc_control_batch, hc_post, hc_pre};
 use crate::ops::{Rope, rmsnorm, rmsnorm0_inplace, silu, softplus, topk_desc};
 use crate::qat;
 use crate::weights::{CompressorWeights, LayerWeights, Mat, dot};
@@ -63,17 +63,11 @@ fn hc_pre_norm(
     norm: &[f32],
     xs: &[Vec<f32>],
 ) -> Result<(Vec<Vec<f32>>, Vec<HcMix>)> {
+    let zs = hc_control_batch(xs, hw, cfg.rms_eps)?;
     let mut xns = Vec::with_capacity(xs.len());
     let mut mixes = Vec::with_capacity(xs.len());
-    for x in xs {
-        let (y, mix) = hc_pre(
-            x,
-            hw,
-            cfg.hc,
-            cfg.hc_sinkhorn_iters,
-            cfg.hc_eps,
-            cfg.rms_eps,
-        )?;
+    for (x, z) in xs.iter().zip(&zs) {
+        let (y, mix) = hc_pre(x, z, hw, cfg.hc, cfg.hc_sinkhorn_iters, cfg.hc_eps);
         let mut xn = vec![0.0; cfg.n_embd];
         rmsnorm(&y, norm, cfg.rms_eps, &mut xn);
         xns.push(xn);

@@ -59,7 +59,7 @@ pub fn fp8_kv_inplace(nope: &mut [f32]) {
 /// ds4's FP4 amax floor, written there as 7.052966104933725e-38 (it rounds to this f32).
 const FP4_AMAX_FLOOR: f32 = 7.052_966e-38;
 
-/// `fp4_sim`: blocks of 32, max 6, amax floor [`FP4_AMAX_FLOOR`].
+/// `fp4_sim`: blocks of 32, max 6, amax floor 7.052966e-38.
 pub fn fp4_act_inplace(x: &mut [f32]) {
     block_quantize(x, 32, 6.0, FP4_AMAX_FLOOR, e2m1_round);
 }
