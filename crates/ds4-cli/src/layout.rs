@@ -92,7 +92,7 @@ impl Shape {
         match &self.compress_ratios {
             Some(r) => r[layer as usize],
             None if layer < 2 => 0,
-            None if layer % 2 == 0 => 4,
+            None if layer.is_multiple_of(2) => 4,
             None => 128,
         }
     }
@@ -130,14 +130,14 @@ impl Shape {
                 bail!("config: {name} must be > 0");
             }
         }
-        if self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
+        if self.n_rot > self.head_dim || !self.n_rot.is_multiple_of(2) {
             bail!(
                 "config: n_rot ({}) must be even and at most head_dim ({})",
                 self.n_rot,
                 self.head_dim
             );
         }
-        if self.n_head % self.o_groups != 0 {
+        if !self.n_head.is_multiple_of(self.o_groups) {
             bail!(
                 "config: n_head ({}) must be a multiple of o_groups ({})",
                 self.n_head,

@@ -1,14 +1,17 @@
 //! `ds4-quantize`: write ds4-layout GGUF files.
 //!
-//! `--synthetic` writes a random-weight model in the exact published layout
-//! (full size by default, or the sizes of a `--config` JSON), for benchmarks and
-//! tests when the real weights are not at hand.
+//! `--from-official DIR` converts an official-format DeepSeek V4 checkpoint
+//! (safetensors, FP8/FP4 with E8M0 scales, official tensor names) to the ds4
+//! layout. `--synthetic` writes a random-weight model in the exact published
+//! layout (full size by default, or the sizes of a `--config` JSON), for
+//! benchmarks and tests when the real weights are not at hand.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use ds4_cli::convert::Converter;
 use ds4_cli::layout::{Recipe, Shape};
 use ds4_cli::synthetic::{self, SyntheticOptions};
 use ds4_cli::tokenizer_meta::TokenizerMeta;
@@ -20,6 +23,9 @@ use ds4_cli::tokenizer_meta::TokenizerMeta;
     about = "Write ds4-layout GGUF model files"
 )]
 struct Args {
+    /// Convert an official-format checkpoint directory (config.json + *.safetensors).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["synthetic", "config"])]
+    from_official: Option<PathBuf>,
     /// Write a random-weight model in the published layout.
     #[arg(long)]
     synthetic: bool,
@@ -55,12 +61,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    if !args.synthetic {
-        bail!(
-            "nothing to do: pass --synthetic (conversion from an official checkpoint is not available yet)"
-        );
+    if args.from_official.is_none() && !args.synthetic {
+        bail!("nothing to do: pass --from-official DIR or --synthetic");
     }
     let recipe = Recipe::parse(&args.recipe)?;
+    if args.out.exists() && !args.overwrite {
+        bail!(
+            "{} exists (pass --overwrite to replace it)",
+            args.out.display()
+        );
+    }
+    if let Some(dir) = &args.from_official {
+        return from_official(dir, recipe, &args);
+    }
     let shape: Shape = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -70,12 +83,6 @@ fn run(args: Args) -> Result<()> {
         }
         None => Shape::default(),
     };
-    if args.out.exists() && !args.overwrite {
-        bail!(
-            "{} exists (pass --overwrite to replace it)",
-            args.out.display()
-        );
-    }
     let tokenizer = TokenizerMeta::bundled()?;
     let specs = ds4_cli::layout::tensors(&shape, recipe)?;
     let total: u64 = specs
@@ -101,6 +108,58 @@ fn run(args: Args) -> Result<()> {
     })?;
     eprintln!(
         "ds4-quantize: wrote {} tensors, {:.2} GB in {:.1} s ({:.2} GB/s)",
+        report.n_tensors,
+        report.bytes as f64 / 1e9,
+        report.seconds,
+        report.bytes as f64 / 1e9 / report.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn from_official(dir: &std::path::Path, recipe: Recipe, args: &Args) -> Result<()> {
+    let conv = Converter::open(dir, recipe)?;
+    for w in &conv.warnings {
+        eprintln!("ds4-quantize: warning: {w}");
+    }
+    if !conv.skipped.is_empty() {
+        const SHOWN: usize = 6;
+        let list = conv.skipped[..conv.skipped.len().min(SHOWN)].join(", ");
+        let more = conv.skipped.len().saturating_sub(SHOWN);
+        eprintln!(
+            "ds4-quantize: skipping {} official tensor(s) the ds4 layout has no place for: {list}{}",
+            conv.skipped.len(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let s = conv.shape();
+    eprintln!(
+        "ds4-quantize: {} → {} {}, {} layers × {} wide, {} tensors, {:.2} GB",
+        dir.display(),
+        args.out.display(),
+        recipe.name(),
+        s.n_layer,
+        s.n_embd,
+        conv.n_tensors(),
+        conv.out_bytes() as f64 / 1e9
+    );
+    // Written next to the target and renamed, so an interrupted run never
+    // leaves a file that looks complete.
+    let tmp = args.out.with_extension("gguf.partial");
+    let report = match conv.write(&tmp, !args.quiet) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("renaming to {}", args.out.display()))?;
+    eprintln!(
+        "ds4-quantize: converted {} tensors, {:.2} GB in {:.1} s ({:.2} GB/s)",
         report.n_tensors,
         report.bytes as f64 / 1e9,
         report.seconds,
