@@ -96,9 +96,10 @@ fn quantize_q8_k_block(xb: &[f32]) -> BlockQ8K {
     blk
 }
 
-/// An activation vector in the form a weight type's dot kernel consumes. Built
-/// only by [`crate::DotKernel::quantize_activations`] (or the functions above
-/// through it), so the kernels can rely on the value bounds documented there.
+/// An activation vector in the form a weight type's dot kernel consumes, as
+/// built by [`crate::DotKernel::quantize_activations`]. If you build one by
+/// hand, keep quantized values in [−127, 127] (the module docs say why): with
+/// −128 the SIMD kernels' i16 pair sums may saturate and differ from scalar.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Activations {
     F32(Vec<f32>),
