@@ -79,10 +79,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let toks: Vec<u32> = (0..512u32)
         .map(|i| (i * 7919) % cfg.n_vocab as u32)
         .collect();
+    let mut prefill = Vec::new();
     let mut cache = model.new_cache();
-    let t = Instant::now();
-    model.prefill(&mut cache, &toks, 256, opts)?;
-    let prefill = toks.len() as f64 / t.elapsed().as_secs_f64();
+    for chunk in [1, 16, 256] {
+        cache = model.new_cache();
+        let t = Instant::now();
+        model.prefill(&mut cache, &toks, chunk, opts)?;
+        prefill.push((chunk, toks.len() as f64 / t.elapsed().as_secs_f64()));
+    }
     let n_dec = 32;
     let t = Instant::now();
     for i in 0..n_dec {
@@ -90,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dt = t.elapsed().as_secs_f64() / n_dec as f64;
     println!(
-        "n_embd {n_embd}, {n_layer} layers, {} threads: prefill {prefill:.1} tok/s (chunk 256); \
+        "n_embd {n_embd}, {n_layer} layers, {} threads: prefill tok/s by chunk {prefill:.1?}; \
          decode {:.1} tok/s at ctx 512, {:.1} MB weights/step = {:.2} GB/s effective",
         rayon::current_num_threads(),
         1.0 / dt,
