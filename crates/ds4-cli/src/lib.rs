@@ -10,6 +10,7 @@ pub mod generate;
 pub mod inspect;
 pub mod layout;
 pub mod model_path;
+pub mod repl;
 pub mod synth_values;
 pub mod synthetic;
 pub mod tokenizer_meta;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ds4_cli::args::Args;
-use ds4_cli::{diagnostics, generate, inspect, model_path, tokens};
+use ds4_cli::{diagnostics, generate, inspect, model_path, repl, tokens};
 
 fn main() -> ExitCode {
     let args = Args::parse_from_env();
@@ -46,9 +46,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.prompt.is_some() || args.prompt_file.is_some() {
         return generate::run(args);
     }
-    anyhow::bail!(
-        "the interactive chat (no -p/--prompt-file) is not available yet: pass -p TEXT or --prompt-file F"
-    )
+    repl::run(args)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
