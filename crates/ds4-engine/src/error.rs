@@ -34,6 +34,8 @@ pub enum EngineError {
     },
     #[error("safetensors file {path}: {msg}")]
     Safetensors { path: String, msg: String },
+    #[error("session payload: {0}")]
+    Payload(String),
     #[error("config.json: {0}")]
     ConfigJson(String),
     #[error(transparent)]

@@ -34,6 +34,7 @@ pub mod model;
 pub mod names;
 pub mod official;
 pub mod ops;
+pub mod payload;
 pub mod qat;
 pub mod sampling;
 pub mod session;

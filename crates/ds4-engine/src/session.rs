@@ -4,6 +4,7 @@ use crate::cache::KvCache;
 use crate::error::{EngineError, Result};
 use crate::layer::ForwardOptions;
 use crate::model::Model;
+use crate::payload::{PayloadState, read_payload, write_payload};
 
 pub struct Session<'m> {
     model: &'m Model,
@@ -101,6 +102,27 @@ impl<'m> Session<'m> {
 
     pub fn cache(&self) -> &KvCache {
         &self.cache
+    }
+
+    /// Serializes the session (spec §4.3 payload) for the disk KV cache.
+    pub fn save_payload(&self, w: &mut impl std::io::Write) -> Result<()> {
+        let logits = self.logits.clone().ok_or(EngineError::NoLogits)?;
+        let st = PayloadState {
+            tokens: self.tokens.clone(),
+            logits,
+            cache: self.cache.clone(),
+        };
+        write_payload(&self.model.cfg, self.ctx, self.prefill_chunk, &st, w)
+    }
+
+    /// Replaces the session's state by a saved payload. On error the session is
+    /// left unchanged.
+    pub fn load_payload(&mut self, r: &mut impl std::io::Read) -> Result<()> {
+        let st = read_payload(&self.model.cfg, self.ctx, r)?;
+        self.tokens = st.tokens;
+        self.cache = st.cache;
+        self.logits = Some(st.logits);
+        Ok(())
     }
 
     /// A copy of the whole state (tokens, KV cache, frontiers, last logits).

@@ -358,3 +358,55 @@ fn chunked_prefill_equals_token_by_token_decode() {
         );
     }
 }
+
+#[test]
+fn session_payload_round_trips_and_rejects_damage() {
+    let model = Model::from_official_dir(&data_dir()).expect("load tiny model");
+    let g = Golden::load();
+    let ids: Vec<u32> = g
+        .i("input_ids")
+        .1
+        .iter()
+        .take(170)
+        .map(|&t| t as u32)
+        .collect();
+    let opts = ForwardOptions::default();
+    let mut a = Session::new(&model, 512, opts);
+    a.sync(&ids[..150]).unwrap();
+    let mut bytes = Vec::new();
+    a.save_payload(&mut bytes).unwrap();
+    assert_eq!(&bytes[..4], b"DSV4");
+
+    let mut b = Session::new(&model, 512, opts);
+    b.load_payload(&mut bytes.as_slice()).unwrap();
+    assert_eq!(b.tokens(), a.tokens());
+    assert_eq!(b.logits().unwrap(), a.logits().unwrap());
+    // continuing from the loaded state is the same as never stopping
+    a.sync(&ids).unwrap();
+    assert_eq!(b.sync(&ids).unwrap(), 20);
+    assert_eq!(a.logits().unwrap(), b.logits().unwrap());
+    assert!(a.cache() == b.cache());
+
+    // damaged payloads are refused without touching the session
+    let before = b.snapshot();
+    for cut in [0, 10, 52, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            b.load_payload(&mut &bytes[..cut]).is_err(),
+            "truncated at {cut}"
+        );
+    }
+    let mut wrong = bytes.clone();
+    wrong[0] ^= 1;
+    assert!(b.load_payload(&mut wrong.as_slice()).is_err());
+    let mut wrong = bytes.clone();
+    let n_layer = model.cfg.n_layer;
+    let v = model.cfg.n_vocab;
+    let comp_at = 52 + 150 * 4 + v * 4 + 2 * 4; // n_comp of layer 2
+    wrong[comp_at] += 1;
+    let e = b.load_payload(&mut wrong.as_slice()).unwrap_err();
+    assert!(e.to_string().contains("layer 2"), "{e} ({n_layer} layers)");
+    assert!(b.snapshot() == before);
+    // a smaller context than the saved token count
+    let mut small = Session::new(&model, 100, opts);
+    assert!(small.load_payload(&mut bytes.as_slice()).is_err());
+}
