@@ -122,6 +122,22 @@ impl Model {
         last.ok_or(EngineError::NoLogits)
     }
 
+    /// Teacher-forced logits at every position of `toks` (row t predicts token
+    /// t+1), computed in layer-major chunks: what `ds4 --dump-logits` writes.
+    pub fn teacher_forced_logits(
+        &self,
+        toks: &[u32],
+        chunk: usize,
+        opts: ForwardOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(toks.len());
+        for c in toks.chunks(chunk.max(1)) {
+            out.extend(self.forward_batch(&mut cache, c, opts, LogitsFor::All, None)?);
+        }
+        Ok(out)
+    }
+
     /// Runs a run of consecutive tokens through the model layer by layer: layer L of
     /// token t needs only layers < L of tokens <= t and layer L's cache, so all
     /// tokens go through layer 0, then layer 1, ... (ds4's prefill schedule). Returns

@@ -339,6 +339,9 @@ fn chunked_prefill_equals_token_by_token_decode() {
                 "cache after chunk {chunk} prefill differs from decode"
             );
         }
+        // teacher-forced logits in chunks (the --dump-logits path)
+        let tf = model.teacher_forced_logits(&ids, 45, opts).unwrap();
+        assert_eq!(tf, per_token);
         // every position's logits from one batch
         let mut c = model.new_cache();
         let all = model
