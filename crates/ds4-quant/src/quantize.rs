@@ -69,8 +69,7 @@ pub fn quantize_row(
     importance: Option<&[f32]>,
     dst: &mut [u8],
 ) -> Result<()> {
-    let nb = crate::dequant::check_len(ty, dst.len(), x.len(), "destination")?;
-    let _ = nb;
+    crate::dequant::check_len(ty, dst.len(), x.len(), "destination")?;
     if let Some(w) = importance
         && w.len() != x.len()
     {
