@@ -1,1 +1,472 @@
-//! ds4-server
+//! ds4-server: OpenAI- and Anthropic-compatible HTTP API over one live session.
+//!
+//! * Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
+//!   `/v1/completions`, `/v1/responses`, `/v1/messages`, `GET /health`, `GET /metrics`.
+//! * One inference worker thread owns the [`Backend`] (see [`worker`]); handlers
+//!   parse, render and tokenize, then queue a job (bounded: a full queue is a 429)
+//!   and turn the worker's events into a JSON body or an SSE stream in the API's
+//!   own shape ([`format`]). Dropping a stream (client gone) stops generation at
+//!   the next token.
+//! * With an API key, every route but `/health` needs `Authorization: Bearer KEY`
+//!   or `x-api-key: KEY` (compared in constant time).
+
+pub mod api;
+pub mod backend;
+pub mod error;
+pub mod format;
+pub mod metrics;
+pub mod prompt;
+pub mod replay;
+pub mod sampling;
+pub mod worker;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ds4_tokenizer::Tokenizer;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+pub use backend::{
+    Backend, BackendError, EngineBackend, ScriptControl, ScriptedBackend, SyncStats,
+};
+pub use error::ApiError;
+pub use worker::{Api, Finish, Usage, WorkerEvent};
+
+use format::{Collected, Meta, StreamFormat};
+use worker::{Job, Shared, Worker};
+
+/// The model id ds4 reports (any requested name is accepted and echoed).
+pub const MODEL_ID: &str = "deepseek-v4-flash";
+/// ds4's fixed `created` timestamp for the model object.
+const MODEL_CREATED: u64 = 1_767_225_600;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub ctx: usize,
+    /// Output budget when the request sets none (`-n`).
+    pub default_max_tokens: usize,
+    pub api_key: Option<String>,
+    pub cors: bool,
+    /// Jobs that may wait behind the running one.
+    pub queue_capacity: usize,
+    pub body_limit: usize,
+    pub exact_replay: bool,
+    pub tool_memory_max_ids: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            ctx: 32_768,
+            default_max_tokens: 393_216,
+            api_key: None,
+            cors: false,
+            queue_capacity: 16,
+            body_limit: 64 << 20,
+            exact_replay: true,
+            tool_memory_max_ids: 100_000,
+        }
+    }
+}
+
+pub struct AppState {
+    pub cfg: ServerConfig,
+    pub tokenizer: Arc<Tokenizer>,
+    pub shared: Arc<Shared>,
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    seq: AtomicU64,
+}
+
+impl AppState {
+    /// Start the worker thread over `backend` and return the state the router uses.
+    pub fn start(
+        cfg: ServerConfig,
+        tokenizer: Arc<Tokenizer>,
+        backend: Box<dyn Backend>,
+    ) -> std::io::Result<Arc<Self>> {
+        let shared = Arc::new(Shared {
+            metrics: metrics::Metrics::default(),
+            replay: Mutex::new(replay::ReplayMap::new(cfg.tool_memory_max_ids, 512 << 20)),
+            exact_replay: cfg.exact_replay,
+        });
+        // `sync_channel(n)` holds n waiting jobs; the running one is off the queue.
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_capacity);
+        let worker = Worker::new(backend, tokenizer.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("ds4-worker".into())
+            .spawn(move || worker.run(rx))?;
+        Ok(Arc::new(Self {
+            cfg,
+            tokenizer,
+            shared,
+            jobs: Mutex::new(Some(tx)),
+            seq: AtomicU64::new(0),
+        }))
+    }
+
+    /// Stop accepting jobs; the worker drains the queue and exits.
+    pub fn shutdown(&self) {
+        if let Ok(mut j) = self.jobs.lock() {
+            j.take();
+        }
+    }
+
+    fn submit(&self, req: worker::GenRequest) -> Result<UnboundedReceiver<WorkerEvent>, ApiError> {
+        let api = req.api;
+        let (tx, rx) = unbounded_channel();
+        let sender = self.jobs.lock().ok().and_then(|j| j.clone());
+        let Some(sender) = sender else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "server shutting down",
+            )
+            .for_api(api));
+        };
+        let m = &self.shared.metrics;
+        m.queue_depth.fetch_add(1, Ordering::SeqCst);
+        match sender.try_send(Job { req, tx }) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                m.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => {
+                        m.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
+                        ApiError {
+                            code: Some("rate_limit_exceeded"),
+                            ..ApiError::new(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                "rate_limit_error",
+                                format!("server busy: the request queue is full ({} waiting); retry later", self.cfg.queue_capacity),
+                            )
+                        }
+                        .for_api(api)
+                    }
+                    TrySendError::Disconnected(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server_error",
+                        "server shutting down",
+                    )
+                    .for_api(api),
+                })
+            }
+        }
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The router over a started state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let cfg = state.cfg.clone();
+    let mut r = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages))
+        .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .with_state(state);
+    if cfg.cors {
+        use axum::http::{HeaderValue, Method, header};
+        r = r.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers(tower_http::cors::Any)
+                .expose_headers([header::CONTENT_TYPE])
+                .max_age(Duration::from_secs(600)),
+        );
+        let _ = HeaderValue::from_static("*");
+    }
+    r
+}
+
+/// Bind and serve until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    state.shutdown();
+    r
+}
+
+async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(key) = &s.cfg.api_key else {
+        return next.run(req).await;
+    };
+    let h = req.headers();
+    let given = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(key.as_bytes())));
+    if ok {
+        return next.run(req).await;
+    }
+    let api = if req.uri().path() == "/v1/messages" {
+        Api::Messages
+    } else {
+        Api::Chat
+    };
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid or missing API key",
+    )
+    .for_api(api)
+    .into_response()
+}
+
+async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown endpoint",
+    )
+    .into_response()
+}
+
+fn model_object(cfg: &ServerConfig) -> serde_json::Value {
+    json!({
+        "id": MODEL_ID, "object": "model", "created": MODEL_CREATED, "owned_by": "ds4",
+        "name": "DeepSeek V4 Flash", "context_length": cfg.ctx,
+        "top_provider": {"context_length": cfg.ctx, "max_completion_tokens": cfg.default_max_tokens.min(cfg.ctx), "is_moderated": false},
+        "supported_parameters": ["tools", "tool_choice", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed", "stream", "reasoning_effort"],
+    })
+}
+
+async fn list_models(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_object(&s.cfg)]})).into_response()
+}
+
+async fn get_model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if id == MODEL_ID || id == "deepseek-chat" || id == "deepseek-reasoner" {
+        let mut m = model_object(&s.cfg);
+        m["id"] = id.into();
+        axum::Json(m).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("model {id:?} not found"),
+        )
+        .into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn collect(mut rx: UnboundedReceiver<WorkerEvent>) -> Collected {
+    let mut c = Collected::default();
+    while let Some(ev) = rx.recv().await {
+        let done = matches!(ev, WorkerEvent::Done { .. });
+        c.apply(&ev);
+        if done {
+            break;
+        }
+    }
+    if c.finish.is_none() {
+        c.finish = Some(Finish::Error("the inference worker stopped".into()));
+    }
+    c.finalize_for_body();
+    c
+}
+
+fn sse_response(rx: UnboundedReceiver<WorkerEvent>, fmt: impl StreamFormat) -> Response {
+    struct St<F> {
+        rx: UnboundedReceiver<WorkerEvent>,
+        fmt: F,
+        pending: VecDeque<Event>,
+        done: bool,
+    }
+    let st = St {
+        rx,
+        fmt,
+        pending: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.pending.pop_front() {
+                return Some((Ok::<Event, Infallible>(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            let mut out = Vec::new();
+            match st.rx.recv().await {
+                Some(ev) => {
+                    st.done = matches!(ev, WorkerEvent::Done { .. });
+                    st.fmt.on(&ev, &mut out);
+                }
+                None => {
+                    st.done = true;
+                    out.push(format::sse_error(false, "the inference worker stopped"));
+                }
+            }
+            st.pending.extend(out);
+        }
+    });
+    // Comments keep proxies and clients from timing out during a long prefill.
+    Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(5))
+                .text("prefill"),
+        )
+        .into_response()
+}
+
+fn early_error(c: &Collected, api: Api) -> Option<Response> {
+    c.early_error().map(|m| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m)
+            .for_api(api)
+            .into_response()
+    })
+}
+
+fn meta(state: &AppState, prefix: &str, model: &str) -> Meta {
+    Meta {
+        id: state.next_id(prefix),
+        model: model.to_owned(),
+        created: now(),
+    }
+}
+
+async fn chat(State(s): State<Arc<AppState>>, _h: HeaderMap, body: Bytes) -> Response {
+    let built = match api::chat(&s.cfg, &s, &body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let stream = built.req.stream;
+    let rx = match s.submit(built.req) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let m = meta(&s, "chatcmpl-", &built.model);
+    if stream {
+        return sse_response(rx, format::ChatStream::new(m, built.include_usage, false));
+    }
+    let c = collect(rx).await;
+    early_error(&c, Api::Chat)
+        .unwrap_or_else(|| axum::Json(format::chat_body(&c, &m)).into_response())
+}
+
+async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    let built = match api::completions(&s.cfg, &s, &body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let stream = built.req.stream;
+    let rx = match s.submit(built.req) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let m = meta(&s, "cmpl-", &built.model);
+    if stream {
+        return sse_response(rx, format::ChatStream::new(m, built.include_usage, true));
+    }
+    let c = collect(rx).await;
+    early_error(&c, Api::Completions)
+        .unwrap_or_else(|| axum::Json(format::completion_body(&c, &m)).into_response())
+}
+
+async fn messages(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    let built = match api::messages(&s.cfg, &s, &body) {
+        Ok(b) => b,
+        Err(e) => return e.for_api(Api::Messages).into_response(),
+    };
+    let stream = built.req.stream;
+    let rx = match s.submit(built.req) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let m = meta(&s, "msg_", &built.model);
+    if stream {
+        return sse_response(rx, format::AnthropicStream::new(m));
+    }
+    let c = collect(rx).await;
+    early_error(&c, Api::Messages)
+        .unwrap_or_else(|| axum::Json(format::anthropic_body(&c, &m)).into_response())
+}
+
+async fn responses(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    let built = match api::responses(&s.cfg, &s, &body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let stream = built.req.stream;
+    let rx = match s.submit(built.req) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let m = Meta {
+        id: format!("resp_{:024x}", rand::random::<u128>() >> 32),
+        model: built.model.clone(),
+        created: now(),
+    };
+    let ids = format::ResponsesIds::new();
+    if stream {
+        return sse_response(
+            rx,
+            format::ResponsesStream::new(m, ids, built.reasoning_summary),
+        );
+    }
+    let c = collect(rx).await;
+    early_error(&c, Api::Responses).unwrap_or_else(|| {
+        axum::Json(format::responses_body(
+            &c,
+            &m,
+            &ids,
+            built.reasoning_summary,
+        ))
+        .into_response()
+    })
+}

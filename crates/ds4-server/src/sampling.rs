@@ -1,0 +1,209 @@
+//! Token sampling: temperature, top-k, top-p, min-p and a seeded RNG.
+//!
+//! Self-contained so it can move into ds4-engine unchanged. The filters run in
+//! llama.cpp's order (top-k, then the temperature softmax, then min-p relative to
+//! the best token, then nucleus top-p), which is also ds4's.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The knobs of one request, after thinking-mode overrides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// `<= 0` means greedy.
+    pub temperature: f32,
+    /// `0` disables.
+    pub top_k: usize,
+    /// `>= 1` disables.
+    pub top_p: f32,
+    /// `<= 0` disables; a candidate survives if `p >= min_p * p_max`.
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    /// ds4's fixed thinking-mode sampler: client knobs are ignored while thinking.
+    pub fn thinking(seed: u64) -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.05,
+            seed,
+        }
+    }
+}
+
+/// A sampler with its own RNG stream (same seed and logits → same tokens).
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    scratch: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        Self {
+            params,
+            rng: StdRng::seed_from_u64(params.seed),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> SamplingParams {
+        self.params
+    }
+
+    /// Picks the next token. `greedy` forces argmax (DSML syntax). Returns `None`
+    /// for empty logits or when every logit is NaN/-inf.
+    pub fn sample(&mut self, logits: &[f32], greedy: bool) -> Option<u32> {
+        let p = self.params;
+        if greedy || p.temperature <= 0.0 || p.top_k == 1 {
+            return argmax(logits);
+        }
+        let best = argmax(logits)?;
+        let l_max = logits[best as usize];
+        let inv_t = 1.0 / p.temperature;
+        // min-p in log space before anything is sorted: p_i / p_max =
+        // exp((l_i - l_max) / T), so most of a 129k vocabulary is dropped here.
+        let floor = if p.min_p > 0.0 && p.min_p < 1.0 {
+            l_max + p.min_p.ln() * p.temperature
+        } else if p.min_p >= 1.0 {
+            l_max
+        } else {
+            f32::NEG_INFINITY
+        };
+        let c = &mut self.scratch;
+        c.clear();
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan() && **l >= floor && **l > f32::NEG_INFINITY)
+                .map(|(i, l)| (i as u32, *l)),
+        );
+        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && c.len() > p.top_k {
+            c.truncate(p.top_k);
+        }
+        // Softmax relative to the best logit (never overflows).
+        let mut sum = 0.0f64;
+        for e in c.iter_mut() {
+            e.1 = ((e.1 - l_max) * inv_t).exp();
+            sum += e.1 as f64;
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0f64;
+            let mut keep = c.len();
+            for (i, e) in c.iter().enumerate() {
+                acc += e.1 as f64 / sum;
+                if acc >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep.max(1));
+            sum = c.iter().map(|e| e.1 as f64).sum();
+        }
+        let mut r = self.rng.random::<f64>() * sum;
+        for e in c.iter() {
+            r -= e.1 as f64;
+            if r <= 0.0 {
+                return Some(e.0);
+            }
+        }
+        c.last().map(|e| e.0).or(Some(best))
+    }
+}
+
+/// Index of the largest finite logit; ties go to the lowest id.
+pub fn argmax(logits: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
+        }
+    }
+    best.map(|(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed: 7,
+        }
+    }
+
+    fn histogram(s: &mut Sampler, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut h = vec![0; logits.len()];
+        for _ in 0..n {
+            h[s.sample(logits, false).expect("token") as usize] += 1;
+        }
+        h
+    }
+
+    #[test]
+    fn greedy_and_zero_temperature_pick_argmax() {
+        let logits = [0.1, 3.0, 2.9, f32::NAN];
+        assert_eq!(
+            Sampler::new(params(0.0, 0, 1.0, 0.0)).sample(&logits, false),
+            Some(1)
+        );
+        assert_eq!(
+            Sampler::new(params(5.0, 0, 1.0, 0.0)).sample(&logits, true),
+            Some(1)
+        );
+        assert_eq!(
+            Sampler::new(params(1.0, 0, 1.0, 0.0)).sample(&[], false),
+            None
+        );
+    }
+
+    #[test]
+    fn distribution_follows_softmax() {
+        // p = softmax([0, ln 3]) = [0.25, 0.75].
+        let logits = [0.0, 3f32.ln()];
+        let h = histogram(&mut Sampler::new(params(1.0, 0, 1.0, 0.0)), &logits, 20_000);
+        let frac = h[1] as f64 / 20_000.0;
+        assert!((frac - 0.75).abs() < 0.02, "{frac}");
+    }
+
+    #[test]
+    fn filters_cut_the_tail() {
+        // p ∝ [8, 4, 2, 1]/15.
+        let logits = [8f32.ln(), 4f32.ln(), 2f32.ln(), 0.0];
+        let h = histogram(&mut Sampler::new(params(1.0, 2, 1.0, 0.0)), &logits, 5000);
+        assert_eq!((h[2], h[3]), (0, 0), "top-k 2: {h:?}");
+        let h = histogram(&mut Sampler::new(params(1.0, 0, 0.75, 0.0)), &logits, 5000);
+        assert!(h[1] > 0 && h[2] == 0 && h[3] == 0, "top-p 0.75: {h:?}");
+        // min-p 0.2: 2/8 = 0.25 survives, 1/8 does not.
+        let h = histogram(&mut Sampler::new(params(1.0, 0, 1.0, 0.2)), &logits, 5000);
+        assert!(h[2] > 0 && h[3] == 0, "min-p 0.2: {h:?}");
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params(1.0, 0, 1.0, 0.0)
+            });
+            (0..64)
+                .map(|_| s.sample(&logits, false).expect("token"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+}

@@ -1,0 +1,517 @@
+//! The inference worker: one OS thread owns the [`Backend`] and runs queued jobs
+//! one at a time. It chooses how much of the live session to reuse, prefills,
+//! samples (greedily inside DSML syntax), runs the DSML parser, applies stop
+//! sequences, and sends [`WorkerEvent`]s back to the request's handler.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ds4_chat::{DsmlParser, Event, ParserOptions, Prompt};
+use ds4_tokenizer::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::backend::{Backend, BackendError};
+use crate::metrics::Metrics;
+use crate::prompt::tokenize_from;
+use crate::replay::ReplayMap;
+use crate::sampling::{Sampler, SamplingParams};
+
+/// Which API a request came through (shapes ids and output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Chat,
+    Completions,
+    Responses,
+    Messages,
+}
+
+impl Api {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A rendered, tokenized request ready for the worker.
+pub struct GenRequest {
+    pub api: Api,
+    pub prompt: Prompt,
+    /// `prompt` rendered to text (the byte form the live session is matched by).
+    pub prompt_text: String,
+    /// `prompt` tokenized from scratch.
+    pub tokens: Vec<u32>,
+    /// The prompt ends with `<think>`.
+    pub thinking: bool,
+    /// Tools are active: parse DSML and sample its syntax greedily.
+    pub tools: bool,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub stops: Vec<String>,
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+    ToolCalls,
+    Error(String),
+    /// The client went away.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    /// Newly prefilled prompt tokens (ds4's `cache_write_tokens`).
+    pub fn written(&self) -> usize {
+        self.prompt_tokens - self.cached_tokens.min(self.prompt_tokens)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerEvent {
+    Prefill {
+        done: usize,
+        total: usize,
+    },
+    /// Prefill finished; generation starts.
+    Started(Usage),
+    /// Generated text as released to the parser (after stop-sequence hold-back).
+    Raw(String),
+    Reasoning(String),
+    Text(String),
+    ToolStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    ToolArgs {
+        index: usize,
+        delta: String,
+    },
+    ToolEnd {
+        index: usize,
+        id: String,
+        name: String,
+        arguments_json: String,
+    },
+    /// A tool block failed to parse after calls `first_index..` were announced:
+    /// those calls are void and `raw` is plain text.
+    ToolsAborted {
+        raw: String,
+        first_index: usize,
+    },
+    Done {
+        finish: Finish,
+        usage: Usage,
+        /// Generation ended inside `<think>`.
+        ended_in_reasoning: bool,
+    },
+}
+
+pub struct Job {
+    pub req: GenRequest,
+    pub tx: UnboundedSender<WorkerEvent>,
+}
+
+/// State shared between the worker and the HTTP handlers.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub replay: Mutex<ReplayMap>,
+    pub exact_replay: bool,
+}
+
+pub struct Worker {
+    backend: Box<dyn Backend>,
+    tokenizer: Arc<Tokenizer>,
+    shared: Arc<Shared>,
+    /// The live tokens as text, while they are known to be a clean transcript
+    /// (cleared after a stop-sequence hit, whose tokens run past the stop).
+    live_text: Option<String>,
+}
+
+/// A fresh tool-call id: `call_`/`toolu_` + 32 hex digits.
+pub fn new_tool_id(api: Api) -> String {
+    let prefix = if api == Api::Messages {
+        "toolu_"
+    } else {
+        "call_"
+    };
+    format!("{prefix}{:032x}", rand::random::<u128>())
+}
+
+impl Worker {
+    pub fn new(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, shared: Arc<Shared>) -> Self {
+        Self {
+            backend,
+            tokenizer,
+            shared,
+            live_text: None,
+        }
+    }
+
+    /// Run jobs until every sender is gone.
+    pub fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            self.shared
+                .metrics
+                .queue_depth
+                .fetch_sub(1, Ordering::SeqCst);
+            let tx = job.tx.clone();
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_job(job)));
+            if r.is_err() {
+                // The backend state is unknown after a panic: forget the live text
+                // so nothing is reused by bytes; token reuse stays exact.
+                self.live_text = None;
+                let _ = tx.send(WorkerEvent::Done {
+                    finish: Finish::Error("internal error in the inference worker".into()),
+                    usage: Usage::default(),
+                    ended_in_reasoning: false,
+                });
+            }
+        }
+    }
+
+    /// The token sequence to sync: the live tokens plus the tokenized byte suffix
+    /// when the live text is a byte prefix of the prompt (two token spellings of the
+    /// same bytes still hit, and the BPE boundary is never re-cut), else the full
+    /// tokenization.
+    fn choose_tokens(&self, req: &GenRequest) -> Vec<u32> {
+        let live = self.backend.tokens();
+        if let Some(text) = &self.live_text
+            && !live.is_empty()
+            && req.prompt_text.len() > text.len()
+            && req.prompt_text.starts_with(text.as_str())
+            && live.len() < self.backend.ctx()
+            && let Ok(Some(suffix)) = tokenize_from(&self.tokenizer, &req.prompt, text.len())
+            && !suffix.is_empty()
+        {
+            let mut t = live.to_vec();
+            t.extend(suffix);
+            return t;
+        }
+        req.tokens.clone()
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let Job { req, tx } = job;
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        m.requests[req.api.index()].fetch_add(1, Ordering::Relaxed);
+        let tokens = self.choose_tokens(&req);
+        let ctx = self.backend.ctx();
+        let done = |finish: Finish, usage: Usage, in_reasoning: bool| WorkerEvent::Done {
+            finish,
+            usage,
+            ended_in_reasoning: in_reasoning,
+        };
+        if tokens.len() >= ctx {
+            let _ = tx.send(done(
+                Finish::Error(format!(
+                    "prompt has {} tokens, but the configured context size is {ctx} tokens",
+                    tokens.len()
+                )),
+                Usage::default(),
+                false,
+            ));
+            return;
+        }
+
+        let t0 = Instant::now();
+        let mut progress = |d: usize, t: usize| {
+            let _ = tx.send(WorkerEvent::Prefill { done: d, total: t });
+            !tx.is_closed()
+        };
+        let stats = match self.backend.sync(&tokens, &mut progress) {
+            Ok(s) => s,
+            Err(e) => {
+                self.live_text = None;
+                let finish = match e {
+                    BackendError::Cancelled => Finish::Cancelled,
+                    e => Finish::Error(e.to_string()),
+                };
+                let _ = tx.send(done(finish, Usage::default(), false));
+                return;
+            }
+        };
+        let prefill_us = t0.elapsed().as_micros() as u64;
+        m.prefill_us.fetch_add(prefill_us, Ordering::Relaxed);
+        m.prefill_tokens
+            .fetch_add(stats.prefilled as u64, Ordering::Relaxed);
+        if stats.reused > 0 {
+            m.live_prefix_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut usage = Usage {
+            prompt_tokens: tokens.len(),
+            cached_tokens: stats.reused,
+            completion_tokens: 0,
+        };
+        let _ = tx.send(WorkerEvent::Started(usage));
+
+        let t1 = Instant::now();
+        let (finish, in_reasoning, stop_hit) = self.generate(&req, &tx, &mut usage);
+        m.decode_us
+            .fetch_add(t1.elapsed().as_micros() as u64, Ordering::Relaxed);
+        m.prompt_tokens
+            .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
+        m.cached_tokens
+            .fetch_add(usage.cached_tokens as u64, Ordering::Relaxed);
+        m.generated_tokens
+            .fetch_add(usage.completion_tokens as u64, Ordering::Relaxed);
+        // A stop hit leaves tokens past the stop in the KV: its text no longer
+        // matches any transcript the client will send.
+        self.live_text = if stop_hit || matches!(finish, Finish::Error(_)) {
+            None
+        } else {
+            self.tokenizer.decode(self.backend.tokens()).ok()
+        };
+        let _ = tx.send(done(finish, usage, in_reasoning));
+    }
+
+    /// Returns (finish, ended in reasoning, stop sequence hit).
+    fn generate(
+        &mut self,
+        req: &GenRequest,
+        tx: &UnboundedSender<WorkerEvent>,
+        usage: &mut Usage,
+    ) -> (Finish, bool, bool) {
+        let eos = self.tokenizer.eos();
+        let mut sampler = Sampler::new(req.sampling);
+        let mut parser = DsmlParser::new(ParserOptions {
+            start_in_reasoning: req.thinking,
+            tools: req.tools,
+        });
+        let mut decoder = self.tokenizer.stream_decoder();
+        let hold = req.stops.iter().map(String::len).max().unwrap_or(1).max(1) - 1;
+        let mut raw = String::new();
+        let mut fed = 0usize;
+        let mut calls = CallTracker::new(req.api);
+        let ctx = self.backend.ctx();
+
+        let mut finish = Finish::Length;
+        let mut stop_hit = false;
+        for _ in 0..req.max_tokens {
+            if tx.is_closed() {
+                finish = Finish::Cancelled;
+                break;
+            }
+            let greedy = req.tools && parser.in_syntax();
+            let next = match self.backend.logits() {
+                Ok(l) => sampler.sample(l, greedy),
+                Err(e) => {
+                    finish = Finish::Error(e.to_string());
+                    break;
+                }
+            };
+            let Some(tok) = next else {
+                finish = Finish::Error("the model produced no finite logits".into());
+                break;
+            };
+            usage.completion_tokens += 1;
+            if tok == eos {
+                finish = Finish::Stop;
+                break;
+            }
+            let piece = decoder.push(&self.tokenizer, tok).unwrap_or_default();
+            raw.push_str(&piece);
+            // Stops are matched on the raw text, reasoning included (ds4's rule).
+            let search_from = floor_char(&raw, fed.saturating_sub(hold));
+            if let Some(at) = earliest_stop(&raw[search_from..], &req.stops) {
+                let end = search_from + at;
+                if end > fed {
+                    self.release(&raw[fed..end], &mut parser, &mut calls, tx);
+                }
+                raw.truncate(end);
+                fed = end;
+                finish = Finish::Stop;
+                stop_hit = true;
+                break;
+            }
+            let safe = floor_char(&raw, raw.len().saturating_sub(hold));
+            if safe > fed {
+                let chunk = raw[fed..safe].to_owned();
+                fed = safe;
+                self.release(&chunk, &mut parser, &mut calls, tx);
+            }
+            if calls.block_done {
+                // Keep the closing tag in the KV so the next turn extends it.
+                if let Err(e) = self.backend.decode(tok) {
+                    finish = Finish::Error(e.to_string());
+                } else {
+                    finish = Finish::ToolCalls;
+                }
+                break;
+            }
+            if self.backend.tokens().len() >= ctx {
+                break;
+            }
+            if let Err(e) = self.backend.decode(tok) {
+                finish = Finish::Error(e.to_string());
+                break;
+            }
+        }
+        if finish != Finish::Cancelled {
+            let tail = decoder.finish();
+            raw.push_str(&tail);
+            if fed < raw.len() {
+                let chunk = raw[fed..].to_owned();
+                self.release(&chunk, &mut parser, &mut calls, tx);
+            }
+        }
+        let in_reasoning = parser.in_reasoning();
+        let events = parser.finish();
+        calls.forward(events, tx);
+        if calls.block_done
+            && !calls.ids.is_empty()
+            && self.shared.exact_replay
+            && let Some(block) = raw_block(&raw)
+            && let Ok(mut map) = self.shared.replay.lock()
+        {
+            map.insert_block(&calls.ids, block);
+        }
+        if calls.aborted_after_start && req.stream && !matches!(finish, Finish::Cancelled) {
+            // Streamed calls cannot be retracted.
+            finish = Finish::Error("unterminated tool call".into());
+        } else if (finish == Finish::Stop || finish == Finish::Length)
+            && calls.block_done
+            && !calls.ids.is_empty()
+        {
+            finish = Finish::ToolCalls;
+        }
+        (finish, in_reasoning, stop_hit)
+    }
+
+    fn release(
+        &self,
+        chunk: &str,
+        parser: &mut DsmlParser,
+        calls: &mut CallTracker,
+        tx: &UnboundedSender<WorkerEvent>,
+    ) {
+        let _ = tx.send(WorkerEvent::Raw(chunk.to_owned()));
+        let events = parser.feed(chunk);
+        calls.forward(events, tx);
+    }
+}
+
+/// Assigns ids to streamed calls and forwards parser events.
+struct CallTracker {
+    api: Api,
+    /// Id per call index of the current block.
+    ids: Vec<String>,
+    names: Vec<String>,
+    block_done: bool,
+    aborted_after_start: bool,
+}
+
+impl CallTracker {
+    fn new(api: Api) -> Self {
+        Self {
+            api,
+            ids: Vec::new(),
+            names: Vec::new(),
+            block_done: false,
+            aborted_after_start: false,
+        }
+    }
+
+    fn forward(&mut self, events: Vec<Event>, tx: &UnboundedSender<WorkerEvent>) {
+        for ev in events {
+            let out = match ev {
+                Event::Reasoning(s) if !s.is_empty() => WorkerEvent::Reasoning(s),
+                Event::Text(s) if !s.is_empty() => WorkerEvent::Text(s),
+                Event::Reasoning(_) | Event::Text(_) | Event::End => continue,
+                Event::ToolCallStart { index, name } => {
+                    let id = new_tool_id(self.api);
+                    if self.ids.len() <= index {
+                        self.ids.resize(index + 1, String::new());
+                        self.names.resize(index + 1, String::new());
+                    }
+                    self.ids[index] = id.clone();
+                    self.names[index] = name.clone();
+                    WorkerEvent::ToolStart { index, id, name }
+                }
+                Event::ToolCallArgs { index, delta } => WorkerEvent::ToolArgs { index, delta },
+                Event::ToolCallEnd { index, call } => WorkerEvent::ToolEnd {
+                    index,
+                    id: self.ids.get(index).cloned().unwrap_or_default(),
+                    name: call.name,
+                    arguments_json: call.arguments_json,
+                },
+                Event::ToolCallsDone => {
+                    self.block_done = true;
+                    continue;
+                }
+                Event::ToolCallsAborted { raw, first_index } => {
+                    self.aborted_after_start = true;
+                    self.ids.truncate(first_index);
+                    self.names.truncate(first_index);
+                    WorkerEvent::ToolsAborted { raw, first_index }
+                }
+            };
+            let _ = tx.send(out);
+        }
+    }
+}
+
+/// The last DSML block in `raw` after the last `</think>`, with its leading
+/// `"\n\n"`: the bytes exact replay substitutes for the canonical rendering.
+fn raw_block(raw: &str) -> Option<&str> {
+    let visible_from = raw.rfind("</think>").map_or(0, |i| i + "</think>".len());
+    let visible = &raw[visible_from..];
+    let start = ["<｜DSML｜tool_calls>", "<DSML｜tool_calls>", "<tool_calls>"]
+        .iter()
+        .filter_map(|open| visible.rfind(open))
+        .max()?;
+    let start = if visible[..start].ends_with("\n\n") {
+        start - 2
+    } else {
+        start
+    };
+    Some(&visible[start..])
+}
+
+fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_block_skips_reasoning_and_keeps_separator() {
+        let raw = "<tool_calls>x</think>Sure.\n\n<｜DSML｜tool_calls>\n</｜DSML｜tool_calls>";
+        assert_eq!(
+            raw_block(raw),
+            Some("\n\n<｜DSML｜tool_calls>\n</｜DSML｜tool_calls>")
+        );
+        assert_eq!(raw_block("no block</think>text"), None);
+    }
+
+    #[test]
+    fn earliest_stop_wins() {
+        let stops = vec!["b".to_owned(), "xyz".to_owned(), String::new()];
+        assert_eq!(earliest_stop("aaxyzb", &stops), Some(2));
+        assert_eq!(earliest_stop("aaa", &stops), None);
+    }
+}
