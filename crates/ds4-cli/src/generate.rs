@@ -164,6 +164,7 @@ pub fn run(args: &Args) -> Result<()> {
     let load = Instant::now();
     let model =
         Model::from_gguf(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    crate::memory::check_fits(&model.cfg, args.ctx as usize)?;
     eprintln!(
         "ds4: loaded {} in {:.2} s",
         path.display(),

@@ -7,9 +7,12 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use ds4_engine::GgufSource;
 use ds4_gguf::{GgmlType, GgufFile, MetaValue};
 
-pub fn run(path: &Path) -> Result<()> {
+use crate::memory;
+
+pub fn run(path: &Path, ctx: usize) -> Result<()> {
     let f = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -74,6 +77,50 @@ pub fn run(path: &Path) -> Result<()> {
         "total",
         bytes as f64 / 1e9,
         params
+    )?;
+    if f.get_str_opt("general.architecture").ok().flatten() == Some("deepseek4") {
+        model_summary(&mut out, path, bytes, ctx)?;
+    }
+    Ok(())
+}
+
+/// Architecture, layer schedule and the memory estimate for a DeepSeek V4 file.
+fn model_summary(out: &mut impl Write, path: &Path, weight_bytes: u64, ctx: usize) -> Result<()> {
+    let cfg = match GgufSource::open(path) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            writeln!(out, "\nDeepSeek V4 metadata is not usable: {e}")?;
+            return Ok(());
+        }
+    };
+    let layout = if cfg.is_flash() {
+        "Flash release layout"
+    } else {
+        "custom sizes"
+    };
+    writeln!(out, "\nmodel: DeepSeek V4 ({layout})")?;
+    writeln!(
+        out,
+        "  {} layers, hidden {}, vocab {}, {} heads x {}, {} routed experts (top {}), {} hash-routed layers, window {}",
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_vocab,
+        cfg.n_head,
+        cfg.head_dim,
+        cfg.n_expert,
+        cfg.n_expert_used,
+        cfg.n_hash_layer,
+        cfg.sliding_window
+    )?;
+    let ratios: Vec<String> = cfg.compress_ratios.iter().map(|r| r.to_string()).collect();
+    writeln!(out, "  compress ratios per layer: {}", ratios.join(","))?;
+    let kv = memory::kv_bytes(&cfg, ctx);
+    writeln!(
+        out,
+        "memory: weights {:.2} GB (mapped from the file) + session state {:.3} GB for --ctx {ctx} = {:.2} GB",
+        weight_bytes as f64 / 1e9,
+        kv as f64 / 1e9,
+        (weight_bytes + kv) as f64 / 1e9
     )?;
     Ok(())
 }

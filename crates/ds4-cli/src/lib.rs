@@ -9,6 +9,7 @@ pub mod diagnostics;
 pub mod generate;
 pub mod inspect;
 pub mod layout;
+pub mod memory;
 pub mod model_path;
 pub mod repl;
 pub mod synth_values;

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> anyhow::Result<()> {
     if args.inspect {
         let path = model_path::resolve(args.model.as_deref())?;
-        return inspect::run(&path);
+        return inspect::run(&path, args.ctx as usize);
     }
     if let Some(name) = &args.dump_tensor {
         let path = model_path::resolve(args.model.as_deref())?;

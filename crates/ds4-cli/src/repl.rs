@@ -169,6 +169,7 @@ pub fn run(args: &Args) -> Result<()> {
     let model =
         Model::from_gguf(&path).with_context(|| format!("cannot load {}", path.display()))?;
     let ctx = args.ctx as usize;
+    crate::memory::check_fits(&model.cfg, ctx)?;
     let mode = if args.nothink {
         Mode::NoThink
     } else if args.think_max {
