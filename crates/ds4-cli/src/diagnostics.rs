@@ -22,8 +22,7 @@ fn options(args: &Args) -> ForwardOptions {
 
 fn load(args: &Args) -> Result<(std::path::PathBuf, Model)> {
     let path = resolve_model(args)?;
-    let model =
-        Model::from_gguf(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    let model = crate::generate::open_model(&path)?;
     Ok((path, model))
 }
 

@@ -30,6 +30,24 @@ pub fn resolve_model(args: &Args) -> Result<PathBuf> {
     }
 }
 
+/// Loads a DeepSeek V4 model, refusing other GGUF files with one line that says
+/// what they are.
+pub fn open_model(path: &std::path::Path) -> Result<Model> {
+    let f = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match f.get_str_opt("general.architecture") {
+        Ok(Some("deepseek4")) => {}
+        Ok(Some(other)) => {
+            anyhow::bail!("{} is a `{other}` model, not DeepSeek V4", path.display())
+        }
+        _ => anyhow::bail!(
+            "{} has no general.architecture: not a DeepSeek V4 model",
+            path.display()
+        ),
+    }
+    drop(f);
+    Model::from_gguf(path).with_context(|| format!("cannot load {}", path.display()))
+}
+
 pub fn tokenizer_from_gguf(path: &std::path::Path) -> Result<Tokenizer> {
     let f = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     tokens::tokenizer_from_file(&f)
@@ -160,11 +178,10 @@ impl Printer {
 pub fn run(args: &Args) -> Result<()> {
     let text = tokens::prompt_text(args)?;
     let path = resolve_model(args)?;
-    let tok = tokenizer_from_gguf(&path)?;
     let load = Instant::now();
-    let model =
-        Model::from_gguf(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    let model = open_model(&path)?;
     crate::memory::check_fits(&model.cfg, args.ctx as usize)?;
+    let tok = tokenizer_from_gguf(&path)?;
     eprintln!(
         "ds4: loaded {} in {:.2} s",
         path.display(),

@@ -137,14 +137,14 @@ fn from_official(dir: &std::path::Path, recipe: Recipe, args: &Args) -> Result<(
     }
     let s = conv.shape();
     eprintln!(
-        "ds4-quantize: {} → {} {}, {} layers × {} wide, {} tensors, {:.2} GB",
+        "ds4-quantize: {} → {} {}, {} layers × {} wide, {} tensors, {}",
         dir.display(),
         args.out.display(),
         recipe.name(),
         s.n_layer,
         s.n_embd,
         conv.n_tensors(),
-        conv.out_bytes() as f64 / 1e9
+        size(conv.out_bytes())
     );
     // Written next to the target and renamed, so an interrupted run never
     // leaves a file that looks complete.
@@ -159,11 +159,23 @@ fn from_official(dir: &std::path::Path, recipe: Recipe, args: &Args) -> Result<(
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("renaming to {}", args.out.display()))?;
     eprintln!(
-        "ds4-quantize: converted {} tensors, {:.2} GB in {:.1} s ({:.2} GB/s)",
+        "ds4-quantize: converted {} tensors, {} in {:.1} s ({}/s)",
         report.n_tensors,
-        report.bytes as f64 / 1e9,
+        size(report.bytes),
         report.seconds,
-        report.bytes as f64 / 1e9 / report.seconds.max(1e-9)
+        size((report.bytes as f64 / report.seconds.max(1e-9)) as u64)
     );
     Ok(())
+}
+
+/// Decimal units, so tiny test models do not print as "0.00 GB".
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
 }

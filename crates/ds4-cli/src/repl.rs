@@ -165,11 +165,10 @@ fn history_path() -> Option<std::path::PathBuf> {
 
 pub fn run(args: &Args) -> Result<()> {
     let path = resolve_model(args)?;
-    let tok = tokenizer_from_gguf(&path)?;
-    let model =
-        Model::from_gguf(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    let model = crate::generate::open_model(&path)?;
     let ctx = args.ctx as usize;
     crate::memory::check_fits(&model.cfg, ctx)?;
+    let tok = tokenizer_from_gguf(&path)?;
     let mode = if args.nothink {
         Mode::NoThink
     } else if args.think_max {

@@ -132,3 +132,14 @@ fn dump_tokens_prints_ids_then_pieces() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs -p TEXT"));
 }
+
+#[test]
+fn generation_refuses_a_gguf_that_is_not_deepseek_v4() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.gguf");
+    small_file(&path);
+    let o = ds4(&["-m", path.to_str().unwrap(), "-p", "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is a `llama` model, not DeepSeek V4"), "{err}");
+}

@@ -341,17 +341,59 @@ impl Converter {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let start = Instant::now();
-        for p in &self.plan {
-            bar.set_message(p.spec.name.clone());
-            w.begin_tensor(&p.spec.name).map_err(gguf_err)?;
-            for part in &p.parts {
-                self.convert_part(&p.spec, part, &mut |bytes: &[u8]| {
-                    bar.inc(bytes.len() as u64);
-                    w.write_chunk(bytes).map_err(gguf_err)
-                })?;
-            }
-            w.end_tensor().map_err(gguf_err)?;
+        // Conversion (rayon, all cores) runs on this thread while a writer thread
+        // owns the file, so the disk and the CPUs overlap; two chunks in flight
+        // bound the memory.
+        enum Msg {
+            Begin(usize),
+            Data(Vec<u8>),
+            End,
         }
+        let w = std::thread::scope(|scope| -> Result<_> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(2);
+            let bar = &bar;
+            let writer = scope.spawn(move || -> Result<_> {
+                for m in rx {
+                    match m {
+                        Msg::Begin(i) => {
+                            let name = &self.plan[i].spec.name;
+                            bar.set_message(name.clone());
+                            w.begin_tensor(name).map_err(gguf_err)?;
+                        }
+                        Msg::Data(b) => {
+                            w.write_chunk(&b).map_err(gguf_err)?;
+                            bar.inc(b.len() as u64);
+                        }
+                        Msg::End => w.end_tensor().map_err(gguf_err)?,
+                    }
+                }
+                Ok(w)
+            });
+            // A failed send means the writer stopped on an error, which wins.
+            let produced = (|| -> Result<()> {
+                for (i, p) in self.plan.iter().enumerate() {
+                    if tx.send(Msg::Begin(i)).is_err() {
+                        return Ok(());
+                    }
+                    for part in &p.parts {
+                        self.convert_part(&p.spec, part, &mut |b| {
+                            let _ = tx.send(Msg::Data(b));
+                            Ok(())
+                        })?;
+                    }
+                    if tx.send(Msg::End).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })();
+            drop(tx);
+            let written = writer
+                .join()
+                .map_err(|_| ConvertError::Layout("the GGUF writer thread panicked".into()))?;
+            produced?;
+            written
+        })?;
         let file = w.finish().map_err(gguf_err)?;
         let file = file.into_inner().map_err(|e| ConvertError::Io {
             path: out.display().to_string(),
@@ -373,7 +415,7 @@ impl Converter {
         &self,
         spec: &TensorSpec,
         part: &Part,
-        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         let raw = self.ck.bytes(&part.entry);
         let sraw: &[u8] = match &part.enc {
@@ -402,7 +444,7 @@ impl Converter {
                 }
                 out.extend_from_slice(&(v as i32).to_le_bytes());
             }
-            return sink(&out);
+            return sink(out);
         }
         let ty = spec.ty;
         let cols = part.cols;
@@ -416,7 +458,7 @@ impl Converter {
             (CHUNK_ELEMS / cols).clamp(1, part.rows)
         };
         let mut f = Vec::new();
-        let mut q = Vec::new();
+        let mut q: Vec<u8> = Vec::new();
         let mut r0 = 0;
         while r0 < part.rows {
             let n = rows_per_chunk.min(part.rows - r0);
@@ -443,7 +485,7 @@ impl Converter {
                     gguf: spec.name.clone(),
                     source,
                 })?;
-            sink(&q)?;
+            sink(std::mem::take(&mut q))?;
             r0 += n;
         }
         Ok(())
