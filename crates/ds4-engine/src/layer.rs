@@ -1,8 +1,9 @@
-//! One decoder layer for one token, top to bottom (spec §3.5–§3.10): the attention
-//! sublayer (low-rank Q, shared K=V row, raw window, compressors, indexer, sinks,
-//! inverse RoPE, grouped output) and the MoE sublayer, each wrapped in mHC.
+//! One decoder layer, top to bottom (spec §3.5–§3.10): the attention sublayer
+//! (low-rank Q, shared K=V row, raw window, compressors, indexer, sinks, inverse
+//! RoPE, grouped output) and the MoE sublayer, each wrapped in mHC.
 //!
-//! Decode defines the semantics; a prefill is this, token after token.
+//! Decode defines the semantics; a prefill chunk runs the same code over a run of
+//! tokens, batching only the products that do not read or write the cache.
 
 use rayon::prelude::*;
 
