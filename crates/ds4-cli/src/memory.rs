@@ -41,14 +41,14 @@ pub fn available_bytes() -> Option<u64> {
 /// Refuses a context whose state cannot fit in the memory left.
 pub fn check_fits(cfg: &ModelConfig, ctx: usize) -> anyhow::Result<()> {
     let need = kv_bytes(cfg, ctx);
-    if let Some(avail) = available_bytes() {
-        if need > avail {
-            anyhow::bail!(
-                "a context of {ctx} tokens needs {:.2} GB of session state but only {:.2} GB of memory is available; lower -c",
-                need as f64 / 1e9,
-                avail as f64 / 1e9
-            );
-        }
+    if let Some(avail) = available_bytes()
+        && need > avail
+    {
+        anyhow::bail!(
+            "a context of {ctx} tokens needs {:.2} GB of session state but only {:.2} GB of memory is available; lower -c",
+            need as f64 / 1e9,
+            avail as f64 / 1e9
+        );
     }
     Ok(())
 }
