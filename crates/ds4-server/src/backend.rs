@@ -139,13 +139,35 @@ pub struct ScriptControl {
     pub decodes: AtomicUsize,
     /// Sleep per decoded token, in milliseconds.
     pub decode_delay_ms: AtomicUsize,
+    /// Chooses the output from the prompt tokens when no script is queued.
+    responder: Mutex<Option<Responder>>,
 }
+
+/// Prompt tokens → the tokens to generate.
+pub type Responder = Box<dyn Fn(&[u32]) -> Vec<u32> + Send>;
 
 impl ScriptControl {
     pub fn push_script(&self, tokens: Vec<u32>) {
         if let Ok(mut s) = self.scripts.lock() {
             s.push_back(tokens);
         }
+    }
+
+    pub fn set_responder(&self, f: Responder) {
+        if let Ok(mut r) = self.responder.lock() {
+            *r = Some(f);
+        }
+    }
+
+    fn next_script(&self, prompt: &[u32]) -> Vec<u32> {
+        if let Some(s) = self.scripts.lock().ok().and_then(|mut s| s.pop_front()) {
+            return s;
+        }
+        self.responder
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().map(|f| f(prompt)))
+            .unwrap_or_default()
     }
 
     pub fn close_gate(&self) {
@@ -233,13 +255,7 @@ impl Backend for ScriptedBackend {
             return Err(BackendError::Cancelled);
         }
         self.tokens = tokens.to_vec();
-        self.current = self
-            .control
-            .scripts
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop_front())
-            .unwrap_or_default();
+        self.current = self.control.next_script(tokens);
         self.pos = 0;
         self.set_logits();
         progress(total, total);
