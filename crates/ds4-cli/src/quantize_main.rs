@@ -26,6 +26,10 @@ struct Args {
     /// Convert an official-format checkpoint directory (config.json + *.safetensors).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["synthetic", "config"])]
     from_official: Option<PathBuf>,
+    /// Importance matrix (llama.cpp legacy .dat, as ds4's collector writes) for
+    /// --from-official; without one, IQ2_XXS uses each matrix's column energy.
+    #[arg(long, value_name = "FILE", requires = "from_official")]
+    imatrix: Option<PathBuf>,
     /// Write a random-weight model in the published layout.
     #[arg(long)]
     synthetic: bool,
@@ -117,7 +121,16 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn from_official(dir: &std::path::Path, recipe: Recipe, args: &Args) -> Result<()> {
-    let conv = Converter::open(dir, recipe)?;
+    let mut conv = Converter::open(dir, recipe)?;
+    if let Some(p) = &args.imatrix {
+        let im = ds4_cli::convert::imatrix::Imatrix::load(p)?;
+        let n = im.len();
+        let matched = conv.set_imatrix(im)?;
+        eprintln!(
+            "ds4-quantize: imatrix {}: {n} entries, used for {matched} tensor(s)",
+            p.display()
+        );
+    }
     for w in &conv.warnings {
         eprintln!("ds4-quantize: warning: {w}");
     }

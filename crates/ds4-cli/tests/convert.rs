@@ -632,3 +632,104 @@ fn bad_input_gets_one_clear_error_line() {
         ],
     );
 }
+
+fn imatrix_file(path: &Path, entries: &[(&str, i32, Vec<f32>)]) {
+    let mut b = (entries.len() as i32).to_le_bytes().to_vec();
+    for (name, calls, vals) in entries {
+        b.extend((name.len() as i32).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend(calls.to_le_bytes());
+        b.extend((vals.len() as i32).to_le_bytes());
+        for v in vals {
+            b.extend(v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// `--imatrix`: entries found by GGUF name (a packed per-expert vector, divided
+/// by its call count) or by official name steer the quantizer; tensors without
+/// an entry keep the default; a size mismatch is one error line.
+#[test]
+fn imatrix_entries_steer_the_quantizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    std::fs::create_dir(&dir).unwrap();
+    write_random_checkpoint(&dir);
+    let reference = convert(&dir, "f32", &tmp.path().join("f32.gguf"));
+    let plain = convert(&dir, "q2", &tmp.path().join("plain.gguf"));
+    let gate_imp: Vec<f32> = (0..2 * 256).map(|i| 1.0 + (i % 7) as f32).collect();
+    let kv_imp: Vec<f32> = (0..256).map(|i| 0.5 + (i % 5) as f32).collect();
+    let im = tmp.path().join("im.dat");
+    imatrix_file(
+        &im,
+        &[
+            ("blk.1.ffn_gate_exps.weight", 2, gate_imp.clone()),
+            ("layers.1.attn.wkv.weight", 1, kv_imp.clone()),
+        ],
+    );
+    let out = tmp.path().join("im.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_ds4-quantize"))
+        .arg("--from-official")
+        .arg(&dir)
+        .args(["--recipe", "q2", "--quiet", "--imatrix"])
+        .arg(&im)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 entries, used for 2 tensor(s)"),
+        "{stderr}"
+    );
+    let g = GgufFile::open(&out).unwrap();
+
+    let f = reference
+        .tensor_f32(reference.tensor("blk.1.ffn_gate_exps.weight").unwrap())
+        .unwrap();
+    let mut want = Vec::new();
+    for (e, part) in f.chunks(256 * 256).enumerate() {
+        let imp: Vec<f32> = gate_imp[e * 256..(e + 1) * 256]
+            .iter()
+            .map(|v| v / 2.0)
+            .collect();
+        want.extend(ds4_quant::quantize(GgmlType::Iq2Xxs, part, 256, Some(&imp)).unwrap());
+    }
+    assert!(g.tensor_bytes("blk.1.ffn_gate_exps.weight").unwrap() == want.as_slice());
+    assert!(
+        plain.tensor_bytes("blk.1.ffn_gate_exps.weight").unwrap() != want.as_slice(),
+        "the imatrix made no difference"
+    );
+    let f = reference
+        .tensor_f32(reference.tensor("blk.1.attn_kv.weight").unwrap())
+        .unwrap();
+    let want = ds4_quant::quantize(GgmlType::Q8_0, f, 256, Some(&kv_imp)).unwrap();
+    assert!(g.tensor_bytes("blk.1.attn_kv.weight").unwrap() == want.as_slice());
+    for other in ["blk.1.ffn_up_exps.weight", "blk.2.ffn_gate_exps.weight"] {
+        assert_eq!(
+            g.tensor_bytes(other).unwrap(),
+            plain.tensor_bytes(other).unwrap(),
+            "{other}"
+        );
+    }
+
+    imatrix_file(&im, &[("blk.1.ffn_gate_exps.weight", 1, vec![1.0; 100])]);
+    let o = Command::new(env!("CARGO_BIN_EXE_ds4-quantize"))
+        .arg("--from-official")
+        .arg(&dir)
+        .args(["--recipe", "q2", "--quiet", "--overwrite", "--imatrix"])
+        .arg(&im)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("blk.1.ffn_gate_exps.weight has 100 values, expected 256 or 512"),
+        "{stderr}"
+    );
+}

@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod fp;
+pub mod imatrix;
 
 use std::path::Path;
 use std::time::Instant;
@@ -29,6 +30,7 @@ use safetensors::Dtype;
 use crate::layout::{Recipe, Role, Shape, TensorSpec, tensors};
 use crate::tokenizer_meta::TokenizerMeta;
 use checkpoint::{Checkpoint, Entry};
+use imatrix::Imatrix;
 
 /// The Flash vocabulary, the only one the bundled tokenizer fits.
 const FLASH_VOCAB: u32 = 129_280;
@@ -60,6 +62,8 @@ pub enum ConvertError {
     Tensor { official: String, msg: String },
     #[error("{0}")]
     Layout(String),
+    #[error("{0}")]
+    Imatrix(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("quantizing {gguf}: {source}")]
@@ -153,6 +157,8 @@ struct Part {
     enc: Enc,
     rows: usize,
     cols: usize,
+    /// `(e, n_expert)` for one expert's slice of a routed-expert tensor.
+    expert: Option<(usize, usize)>,
 }
 
 struct Planned {
@@ -168,6 +174,7 @@ pub struct Converter {
     recipe: Recipe,
     plan: Vec<Planned>,
     tokenizer: Option<TokenizerMeta>,
+    imatrix: Option<Imatrix>,
     /// Things the user should know (no tokenizer, optional tensors absent).
     pub warnings: Vec<String>,
     /// Official tensors with no place in the layout (MTP, ...), sorted.
@@ -240,7 +247,9 @@ impl Converter {
                             ConvertError::Layout(format!("no official name for {}", spec.name))
                         })?;
                     let expected = vec![spec.dims[1] as usize, spec.dims[0] as usize];
-                    parts.push(plan_part(&ck, &spec, official, expected, &mut used)?);
+                    let mut part = plan_part(&ck, &spec, official, expected, &mut used)?;
+                    part.expert = Some((e, n_expert));
+                    parts.push(part);
                 }
                 parts
             } else {
@@ -274,9 +283,33 @@ impl Converter {
             recipe,
             plan,
             tokenizer,
+            imatrix: None,
             warnings,
             skipped,
         })
+    }
+
+    /// Uses `im` for the column importances of quantized tensors (looked up by
+    /// GGUF name, then official name). Every entry's size is checked against its
+    /// tensor now, not halfway through the conversion. Returns how many GGUF
+    /// tensors found an entry.
+    pub fn set_imatrix(&mut self, im: Imatrix) -> Result<usize> {
+        let mut matched = 0;
+        for p in &self.plan {
+            if !p.spec.ty.is_quantized() {
+                continue;
+            }
+            let mut any = false;
+            for part in &p.parts {
+                let found = im
+                    .lookup(&[&p.spec.name, &part.official], part.cols, part.expert)
+                    .map_err(ConvertError::Imatrix)?;
+                any |= found.is_some();
+            }
+            matched += usize::from(any);
+        }
+        self.imatrix = Some(im);
+        Ok(matched)
     }
 
     pub fn shape(&self) -> &Shape {
@@ -449,10 +482,17 @@ impl Converter {
         let ty = spec.ty;
         let cols = part.cols;
         let row_bytes = ty.bytes_for(cols as u64).unwrap_or_default() as usize;
+        let given = match &self.imatrix {
+            Some(im) if ty.is_quantized() => im
+                .lookup(&[&spec.name, &part.official], cols, part.expert)
+                .map_err(ConvertError::Imatrix)?,
+            _ => None,
+        };
         // IQ2_XXS needs column importances; without an imatrix ds4 uses the
         // column energy Σ_rows w² of the whole matrix, so take it whole (an
         // expert is at most a few tens of MB).
-        let rows_per_chunk = if ty == GgmlType::Iq2Xxs {
+        let energy = given.is_none() && ty == GgmlType::Iq2Xxs;
+        let rows_per_chunk = if energy {
             part.rows
         } else {
             (CHUNK_ELEMS / cols).clamp(1, part.rows)
@@ -476,11 +516,12 @@ impl Converter {
                     ),
                 });
             }
-            let importance = (ty == GgmlType::Iq2Xxs).then(|| column_energy(&f, cols));
+            let owned = energy.then(|| column_energy(&f, cols));
+            let importance = given.or(owned.as_deref());
             q.resize(n * row_bytes, 0u8);
             q.par_chunks_mut(row_bytes)
                 .zip(f.par_chunks(cols))
-                .try_for_each(|(dst, src)| quantize_row(ty, src, importance.as_deref(), dst))
+                .try_for_each(|(dst, src)| quantize_row(ty, src, importance, dst))
                 .map_err(|source| ConvertError::Quant {
                     gguf: spec.name.clone(),
                     source,
@@ -734,5 +775,6 @@ fn plan_part(
         enc,
         rows,
         cols,
+        expert: None,
     })
 }
