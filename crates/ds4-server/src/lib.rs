@@ -30,7 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -195,7 +195,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state);
     if cfg.cors {
-        use axum::http::{HeaderValue, Method, header};
+        use axum::http::{Method, header};
         r = r.layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(tower_http::cors::Any)
@@ -204,7 +204,6 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .expose_headers([header::CONTENT_TYPE])
                 .max_age(Duration::from_secs(600)),
         );
-        let _ = HeaderValue::from_static("*");
     }
     r
 }
@@ -380,7 +379,7 @@ fn meta(state: &AppState, prefix: &str, model: &str) -> Meta {
     }
 }
 
-async fn chat(State(s): State<Arc<AppState>>, _h: HeaderMap, body: Bytes) -> Response {
+async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     let built = match api::chat(&s.cfg, &s, &body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
