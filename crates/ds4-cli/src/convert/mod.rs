@@ -778,3 +778,60 @@ fn plan_part(
         expert: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The release config.json (official key style, spec §1.1 values, 43 layer
+    /// ratios plus the MTP one) maps onto exactly the published Flash layout.
+    #[test]
+    fn flash_config_maps_to_the_published_layout() {
+        let mut ratios = vec![0u32, 0];
+        ratios.extend((2..43).map(|l| if l % 2 == 0 { 4 } else { 128 }));
+        ratios.push(0);
+        let cfg = serde_json::json!({
+            "vocab_size": 129280, "hidden_size": 4096, "moe_intermediate_size": 2048,
+            "num_hidden_layers": 43, "num_hash_layers": 3, "num_attention_heads": 64,
+            "num_key_value_heads": 1, "head_dim": 512, "qk_rope_head_dim": 64,
+            "q_lora_rank": 1024, "o_groups": 8, "o_lora_rank": 1024,
+            "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 6,
+            "scoring_func": "sqrtsoftplus", "routed_scaling_factor": 1.5,
+            "swiglu_limit": 10.0, "sliding_window": 128, "compress_ratios": ratios,
+            "compress_rope_theta": 160000.0, "rope_theta": 10000.0,
+            "rope_scaling": {"type": "yarn", "factor": 16.0,
+                "original_max_position_embeddings": 65536, "beta_fast": 32, "beta_slow": 1},
+            "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "hc_mult": 4,
+            "hc_sinkhorn_iters": 20, "hc_eps": 1e-6, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 1048576
+        });
+        let s = shape_from_config(&cfg.to_string()).unwrap();
+        let flash = Shape::default();
+        assert_eq!(s.ratios(), flash.ratios());
+        let ours = Shape {
+            compress_ratios: None,
+            ..s.clone()
+        };
+        // Shape has no PartialEq; its Debug form lists every field.
+        assert_eq!(format!("{ours:?}"), format!("{flash:?}"));
+        for recipe in [Recipe::Q2, Recipe::Q4] {
+            let a = tensors(&s, recipe).unwrap();
+            let b = tensors(&flash, recipe).unwrap();
+            assert_eq!(a.len(), 1328);
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!((&x.name, &x.dims, x.ty), (&y.name, &y.dims, y.ty));
+            }
+        }
+    }
+
+    #[test]
+    fn scale_names() {
+        assert_eq!(
+            scale_name_candidates("layers.3.attn.wq_a.weight"),
+            [
+                "layers.3.attn.wq_a.scale",
+                "layers.3.attn.wq_a.weight_scale_inv"
+            ]
+        );
+    }
+}
