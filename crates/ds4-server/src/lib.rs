@@ -192,6 +192,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .route("/health", get(health))
         .fallback(not_found)
+        .layer(middleware::from_fn(options_no_content))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state);
     if cfg.cors {
@@ -251,6 +252,14 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     )
     .for_api(api)
     .into_response()
+}
+
+/// `OPTIONS` on any path → 204 (CORS headers come from the CORS layer, when on).
+async fn options_no_content(req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::OPTIONS {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    next.run(req).await
 }
 
 async fn health() -> Response {

@@ -939,3 +939,79 @@ async fn client_disconnect_stops_generation() {
         (200, Some("next"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_comments_flow_during_a_long_prefill() {
+    let s = Server::default().await;
+    s.control.close_gate();
+    s.script("done", true);
+    let mut r = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "headers go out before prefill ends"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(8), r.chunk())
+        .await
+        .expect("a keepalive within 8 s")
+        .expect("chunk")
+        .expect("data");
+    assert_eq!(String::from_utf8_lossy(&first), ": prefill\n\n");
+    s.control.open_gate();
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.expect("chunk") {
+        rest.extend_from_slice(&c);
+    }
+    let d = datas(&parse_sse(&String::from_utf8_lossy(&rest)));
+    let text: String = d
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_and_cors() {
+    let s = Server::start(ServerConfig {
+        ctx: 1024,
+        cors: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    let r = s
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", s.base),
+        )
+        .header("origin", "http://example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("options");
+    assert!(r.status().is_success());
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("*")
+    );
+    let plain = Server::default().await;
+    let r = plain
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/messages", plain.base),
+        )
+        .send()
+        .await
+        .expect("options");
+    assert_eq!(r.status().as_u16(), 204);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
