@@ -493,6 +493,7 @@ pub fn messages(cfg: &ServerConfig, app: &AppState, body: &[u8]) -> Result<Built
         return Err(ApiError::bad_request("missing messages").for_api(api));
     };
     let mut out = Vec::new();
+    let mut seen_calls: Vec<String> = Vec::new();
     if let Some(sys) = &r.system {
         let s = text_of(sys, "\n", "system").map_err(|e| e.for_api(api))?;
         out.push(Message::system(&s));
@@ -531,6 +532,7 @@ pub fn messages(cfg: &ServerConfig, app: &AppState, body: &[u8]) -> Result<Built
                         ))
                         .for_api(api));
                     };
+                    seen_calls.extend(b.id.clone());
                     calls.push(ToolCall {
                         id: b.id,
                         kind: "function".into(),
@@ -541,6 +543,13 @@ pub fn messages(cfg: &ServerConfig, app: &AppState, body: &[u8]) -> Result<Built
                     });
                 }
                 "tool_result" => {
+                    let id = b.tool_use_id.as_deref().unwrap_or("");
+                    if !seen_calls.iter().any(|c| c == id) {
+                        return Err(ApiError::bad_request(format!(
+                            "Anthropic continuation state is not available for tool_use_id {id}; retry by replaying the full messages history"
+                        ))
+                        .for_api(api));
+                    }
                     let content = match &b.content {
                         Some(c) => {
                             text_of(c, "", "tool_result.content").map_err(|e| e.for_api(api))?
@@ -704,6 +713,7 @@ fn responses_messages(raw: &RawValue) -> Result<Vec<Message>, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON request: input: {e}")))?;
     let mut out: Vec<Message> = Vec::new();
     let mut pending_reasoning: Option<String> = None;
+    let mut seen_calls: Vec<String> = Vec::new();
     for (i, it) in items.into_iter().enumerate() {
         if let Some(st) = &it.status
             && st != "completed"
@@ -762,6 +772,9 @@ fn responses_messages(raw: &RawValue) -> Result<Vec<Message>, ApiError> {
                         }
                     })
                     .unwrap_or_default();
+                if let Some(id) = &it.call_id {
+                    seen_calls.push(id.clone());
+                }
                 let call = ToolCall::new(it.call_id.as_deref(), &name, &args);
                 let merge = out.last().is_some_and(|m| m.role == Role::Assistant)
                     && pending_reasoning.is_none();
@@ -777,6 +790,14 @@ fn responses_messages(raw: &RawValue) -> Result<Vec<Message>, ApiError> {
                 }
             }
             "function_call_output" | "custom_tool_call_output" => {
+                let id = it.call_id.as_deref().unwrap_or("");
+                // There is no server-side conversation state: the call must be in
+                // the replayed input.
+                if !seen_calls.iter().any(|c| c == id) {
+                    return Err(ApiError::bad_request(format!(
+                        "Responses continuation state is not available for call_id {id}; retry by replaying the full input history"
+                    )));
+                }
                 let text = match &it.output {
                     Some(o) => responses_content(o)?,
                     None => String::new(),

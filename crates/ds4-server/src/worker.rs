@@ -135,6 +135,11 @@ pub struct Worker {
     /// The live tokens as text, while they are known to be a clean transcript
     /// (cleared after a stop-sequence hit, whose tokens run past the stop).
     live_text: Option<String>,
+    /// After a tool-less thinking answer: the transcript a client will send back
+    /// (`prompt − <think> + </think> + content + EOS`, reasoning dropped by the
+    /// renderer) and how many live tokens it stands for. A request extending it
+    /// keeps the live KV, hidden reasoning included, instead of re-prefilling.
+    thinking_visible: Option<(String, usize)>,
 }
 
 /// A fresh tool-call id: `call_`/`toolu_` + 32 hex digits.
@@ -154,6 +159,7 @@ impl Worker {
             tokenizer,
             shared,
             live_text: None,
+            thinking_visible: None,
         }
     }
 
@@ -170,6 +176,7 @@ impl Worker {
                 // The backend state is unknown after a panic: forget the live text
                 // so nothing is reused by bytes; token reuse stays exact.
                 self.live_text = None;
+                self.thinking_visible = None;
                 let _ = tx.send(WorkerEvent::Done {
                     finish: Finish::Error("internal error in the inference worker".into()),
                     usage: Usage::default(),
@@ -185,6 +192,17 @@ impl Worker {
     /// tokenization.
     fn choose_tokens(&self, req: &GenRequest) -> Vec<u32> {
         let live = self.backend.tokens();
+        if let Some((visible, n_live)) = &self.thinking_visible
+            && live.len() == *n_live
+            && req.prompt_text.len() > visible.len()
+            && req.prompt_text.starts_with(visible.as_str())
+            && let Ok(Some(suffix)) = tokenize_from(&self.tokenizer, &req.prompt, visible.len())
+        {
+            let mut t = live.to_vec();
+            t.push(self.tokenizer.eos());
+            t.extend(suffix);
+            return t;
+        }
         if let Some(text) = &self.live_text
             && !live.is_empty()
             && req.prompt_text.len() > text.len()
@@ -206,6 +224,8 @@ impl Worker {
         let m = &shared.metrics;
         m.requests[req.api.index()].fetch_add(1, Ordering::Relaxed);
         let tokens = self.choose_tokens(&req);
+        // Any request that did not continue the binding ends it (ds4's rule).
+        self.thinking_visible = None;
         let ctx = self.backend.ctx();
         let done = |finish: Finish, usage: Usage, in_reasoning: bool| WorkerEvent::Done {
             finish,
@@ -256,7 +276,18 @@ impl Worker {
         let _ = tx.send(WorkerEvent::Started(usage));
 
         let t1 = Instant::now();
-        let (finish, in_reasoning, stop_hit) = self.generate(&req, &tx, &mut usage);
+        let (finish, in_reasoning, stop_hit, content) = self.generate(&req, &tx, &mut usage);
+        if req.thinking
+            && !req.tools
+            && finish == Finish::Stop
+            && !stop_hit
+            && !in_reasoning
+            && let Some(head) = req.prompt_text.strip_suffix("<think>")
+        {
+            let eos = ds4_chat::SpecialToken::Eos.text();
+            let visible = format!("{head}</think>{content}{eos}");
+            self.thinking_visible = Some((visible, self.backend.tokens().len()));
+        }
         m.decode_us
             .fetch_add(t1.elapsed().as_micros() as u64, Ordering::Relaxed);
         m.prompt_tokens
@@ -275,13 +306,13 @@ impl Worker {
         let _ = tx.send(done(finish, usage, in_reasoning));
     }
 
-    /// Returns (finish, ended in reasoning, stop sequence hit).
+    /// Returns (finish, ended in reasoning, stop sequence hit, visible content).
     fn generate(
         &mut self,
         req: &GenRequest,
         tx: &UnboundedSender<WorkerEvent>,
         usage: &mut Usage,
-    ) -> (Finish, bool, bool) {
+    ) -> (Finish, bool, bool, String) {
         let eos = self.tokenizer.eos();
         let mut sampler = Sampler::new(req.sampling);
         let mut parser = DsmlParser::new(ParserOptions {
@@ -385,7 +416,7 @@ impl Worker {
         {
             finish = Finish::ToolCalls;
         }
-        (finish, in_reasoning, stop_hit)
+        (finish, in_reasoning, stop_hit, calls.content)
     }
 
     fn release(
@@ -409,6 +440,8 @@ struct CallTracker {
     names: Vec<String>,
     block_done: bool,
     aborted_after_start: bool,
+    /// Visible text so far.
+    content: String,
 }
 
 impl CallTracker {
@@ -419,6 +452,7 @@ impl CallTracker {
             names: Vec::new(),
             block_done: false,
             aborted_after_start: false,
+            content: String::new(),
         }
     }
 
@@ -426,7 +460,10 @@ impl CallTracker {
         for ev in events {
             let out = match ev {
                 Event::Reasoning(s) if !s.is_empty() => WorkerEvent::Reasoning(s),
-                Event::Text(s) if !s.is_empty() => WorkerEvent::Text(s),
+                Event::Text(s) if !s.is_empty() => {
+                    self.content.push_str(&s);
+                    WorkerEvent::Text(s)
+                }
                 Event::Reasoning(_) | Event::Text(_) | Event::End => continue,
                 Event::ToolCallStart { index, name } => {
                     let id = new_tool_id(self.api);

@@ -1015,3 +1015,41 @@ async fn options_and_cors() {
     assert_eq!(r.status().as_u16(), 204);
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_turn_keeps_hidden_reasoning_in_the_live_session() {
+    let s = Server::default().await;
+    let c1 = s.script("Some private reasoning.</think>Hello", true) as u64;
+    let (_, v) = s
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+    let p1 = v["usage"]["prompt_tokens"].as_u64().expect("p1");
+    // The renderer drops the old reasoning, so the text no longer matches the live
+    // tokens; the visible-transcript binding still reuses all of them.
+    s.script("Fine.", true);
+    let history = json!({"messages": [{"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "More"}]});
+    let (_, v) = s.post("/v1/chat/completions", history.clone()).await;
+    assert_eq!(
+        v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(p1 + c1 - 1),
+        "{v}"
+    );
+    assert!(v["usage"]["prompt_tokens"].as_u64() > Some(p1 + c1));
+    // A request that does not extend it (here: the same history again) ends the binding.
+    s.script("Again.", true);
+    let (_, v) = s
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Other"}]}),
+        )
+        .await;
+    assert!(
+        v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() < Some(p1),
+        "{v}"
+    );
+}
