@@ -186,7 +186,7 @@ pub fn dump_logprobs(args: &Args, out: &Path) -> Result<()> {
     let mut logits = session.logits()?.to_vec();
     for step in 0..steps {
         let lse = logsumexp(&logits);
-        let selected = argmax(&logits);
+        let selected = argmax(&logits).context("the model produced no finite logit")?;
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         let by = |a: &u32, b: &u32| {
             logits[*b as usize]

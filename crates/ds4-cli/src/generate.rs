@@ -84,6 +84,7 @@ pub fn sampling(args: &Args) -> SamplingParams {
         top_k: args.top_k as usize,
         top_p: args.top_p,
         min_p: args.min_p,
+        seed: seed(args),
     }
 }
 
@@ -95,6 +96,13 @@ pub fn seed(args: &Args) -> u64 {
             .unwrap_or(0);
         t ^ u64::from(std::process::id()).rotate_left(32)
     })
+}
+
+/// The sampled next token; logits without one finite value are an error.
+pub fn next_token(sampler: &mut Sampler, logits: &[f32]) -> Result<u32> {
+    sampler
+        .sample(logits, false)
+        .context("the model produced no finite logit")
 }
 
 /// Prefills `tokens` into the session in chunks, with a progress bar on a
@@ -204,7 +212,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     let specials = tok.specials();
     let params = sampling(args);
-    let mut sampler = Sampler::new(seed(args));
+    let mut sampler = Sampler::new(params);
     let budget = (args.tokens as usize).min(ctx - prompt.len() - 1).max(1);
     let thinking = tokens::thinking_mode(args) == ThinkingMode::Thinking;
     let mut printer = Printer::new(thinking);
@@ -212,7 +220,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let t1 = Instant::now();
     let mut generated = 0usize;
-    let mut next = sampler.sample(session.logits()?, &params);
+    let mut next = next_token(&mut sampler, session.logits()?)?;
     loop {
         generated += 1;
         if next == specials.eos {
@@ -229,7 +237,7 @@ pub fn run(args: &Args) -> Result<()> {
         if generated >= budget {
             break;
         }
-        next = sampler.sample(session.decode(next)?, &params);
+        next = next_token(&mut sampler, session.decode(next)?)?;
     }
     printer.text(&mut out, &decoder.finish())?;
     printer.think_end(&mut out)?;

@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ds4_chat::REASONING_EFFORT_MAX_PREFIX;
-use ds4_engine::{ForwardOptions, Model, Sampler, Session};
+use ds4_engine::{ForwardOptions, Model, Sampler, SamplingParams, Session};
 use ds4_tokenizer::{Piece, Tokenizer};
 use rustyline::DefaultEditor;
 use rustyline::config::Configurer;
 use rustyline::error::ReadlineError;
 
 use crate::args::Args;
-use crate::generate::{Printer, prefill, resolve_model, sampling, seed, tokenizer_from_gguf};
+use crate::generate::{Printer, next_token, prefill, resolve_model, sampling, tokenizer_from_gguf};
 use crate::tokens::DEFAULT_SYSTEM;
 
 const HELP: &str = "commands: /help  /think  /think-max  /nothink  /ctx N  /read FILE  /quit\n\
@@ -104,14 +104,18 @@ impl<'m> Chat<'m> {
         };
         let prefill_s = t0.elapsed().as_secs_f64();
         let params = sampling(args);
-        let mut sampler = Sampler::new(seed(args).wrapping_add(self.transcript.len() as u64));
+        // A fresh stream per turn, still fixed by --seed.
+        let mut sampler = Sampler::new(SamplingParams {
+            seed: params.seed.wrapping_add(self.transcript.len() as u64),
+            ..params
+        });
         let mut printer = Printer::new(self.mode != Mode::NoThink);
         let mut decoder = self.tok.stream_decoder();
         let mut out = std::io::stdout().lock();
         let budget = (args.tokens as usize).min(self.ctx - self.transcript.len() - 1);
         let t1 = Instant::now();
         let mut produced = 0usize;
-        let mut next = sampler.sample(self.session.logits()?, &params);
+        let mut next = next_token(&mut sampler, self.session.logits()?)?;
         loop {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -131,7 +135,7 @@ impl<'m> Chat<'m> {
             if produced >= budget {
                 break;
             }
-            next = sampler.sample(self.session.decode(next)?, &params);
+            next = next_token(&mut sampler, self.session.decode(next)?)?;
         }
         printer.text(&mut out, &decoder.finish())?;
         printer.think_end(&mut out)?;

@@ -17,7 +17,7 @@ pub mod format;
 pub mod metrics;
 pub mod prompt;
 pub mod replay;
-pub mod sampling;
+pub use ds4_engine::sampling;
 pub mod worker;
 
 use std::collections::VecDeque;
