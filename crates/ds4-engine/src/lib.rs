@@ -25,7 +25,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod hc;
@@ -43,7 +42,6 @@ pub mod weights;
 
 pub use cache::KvCache;
 pub use config::{AttnKind, MetaValue, ModelConfig};
-pub use convert::convert_official;
 pub use error::{EngineError, Result};
 pub use gguf::{GgufSource, build_gguf};
 pub use layer::ForwardOptions;

@@ -51,23 +51,20 @@ fn run(model: &Model, ids: &[u32], logits: &[f32]) -> (f32, usize) {
     (worst, agree)
 }
 
-/// The tiny checkpoint converted by the streaming converter (what `ds4-quantize
-/// --from-official` runs), then opened like any GGUF.
+/// The tiny checkpoint written as a GGUF file by `build_gguf`, then opened
+/// through the mmap like any model file. (The user-facing converter,
+/// `ds4-quantize --from-official`, has its own end-to-end test against
+/// transformers in ds4-cli's tests/ladder_hf.rs.)
 fn gguf_model(recipe: &dyn Fn(&str) -> GgmlType) -> Model {
     let (cfg, ckpt) = OfficialCheckpoint::open(&data_dir()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
-    ds4_engine::convert_official(&cfg, &ckpt, recipe, &[], &path).unwrap();
+    build_gguf(&cfg, &ckpt, recipe)
+        .unwrap()
+        .write_file(&path)
+        .unwrap();
     let (cfg2, src) = GgufSource::from_file(GgufFile::open(&path).unwrap()).unwrap();
     assert_eq!(cfg2, cfg, "metadata round trip");
-    Model::new(cfg2, &src).unwrap()
-}
-
-/// The same model assembled in memory by `build_gguf`.
-fn built_model(recipe: &dyn Fn(&str) -> GgmlType) -> Model {
-    let (cfg, ckpt) = OfficialCheckpoint::open(&data_dir()).unwrap();
-    let bytes = build_gguf(&cfg, &ckpt, recipe).unwrap().to_bytes().unwrap();
-    let (cfg2, src) = GgufSource::from_file(GgufFile::from_bytes(&bytes).unwrap()).unwrap();
     Model::new(cfg2, &src).unwrap()
 }
 
@@ -166,39 +163,4 @@ fn quantized_prefill_equals_decode() {
     let mut c = model.new_cache();
     assert_eq!(model.prefill(&mut c, ids, 17, opts).unwrap(), last);
     assert!(c == dec);
-}
-
-#[test]
-fn streamed_conversion_equals_in_memory_build() {
-    // convert_official (one tensor / one expert at a time, straight to disk) writes
-    // the model build_gguf assembles in memory: same logits, bit for bit.
-    let (ids, _) = golden();
-    let ids = &ids[..64];
-    let recipe = |n: &str| {
-        if n.contains("hc_") {
-            GgmlType::F16
-        } else {
-            GgmlType::Q8_0
-        }
-    };
-    let (cfg, ckpt) = OfficialCheckpoint::open(&data_dir()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("streamed.gguf");
-    let extra = [(
-        "general.name".to_string(),
-        ds4_gguf::MetaValue::from("tiny-v4"),
-    )];
-    let n = ds4_engine::convert_official(&cfg, &ckpt, &recipe, &extra, &path).unwrap();
-    assert!(n > 100);
-    let streamed = Model::from_gguf(&path).unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    assert!(
-        matches!(file.get("general.name"), Some(ds4_gguf::MetaValue::String(s)) if s == "tiny-v4")
-    );
-    let built = built_model(&recipe);
-    let opts = ForwardOptions::default();
-    let (mut a, mut b) = (streamed.new_cache(), built.new_cache());
-    let la = streamed.prefill(&mut a, ids, 16, opts).unwrap();
-    let lb = built.prefill(&mut b, ids, 16, opts).unwrap();
-    assert_eq!(la, lb);
 }
