@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ds4_cli::convert::fp;
 use ds4_cli::layout::{Recipe, tensors};
 use ds4_engine::names::{gguf_expert_to_official, gguf_to_official};
 use ds4_gguf::{GgmlType, GgufFile};
+use ds4_quant::microfloat as fp;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 fn data() -> PathBuf {

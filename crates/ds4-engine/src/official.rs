@@ -16,6 +16,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::names::{gguf_expert_to_official, gguf_to_official};
 use crate::weights::{Tensor, TensorData, WeightSource};
+use ds4_quant::microfloat::{e2m1_to_f32, e4m3fn_to_f32, e8m0_to_f32};
 
 /// Where one tensor's bytes are.
 struct Entry {
@@ -180,7 +181,7 @@ impl OfficialCheckpoint {
                 TensorData::F32(
                     raw.iter()
                         .enumerate()
-                        .map(|(i, &b)| e4m3_decode(b) * scale(i / cols, i % cols))
+                        .map(|(i, &b)| e4m3fn_to_f32(b) * scale(i / cols, i % cols))
                         .collect(),
                 )
             }
@@ -199,8 +200,8 @@ impl OfficialCheckpoint {
                     .flat_map(|(i, &b)| {
                         let (r, c) = (2 * i / cols, 2 * i % cols);
                         [
-                            e2m1_decode(b & 15) * scale(r, c),
-                            e2m1_decode(b >> 4) * scale(r, c + 1),
+                            e2m1_to_f32(b & 15) * scale(r, c),
+                            e2m1_to_f32(b >> 4) * scale(r, c + 1),
                         ]
                     })
                     .collect();
@@ -242,7 +243,7 @@ impl OfficialCheckpoint {
             return Err(EngineError::MissingTensor { name });
         };
         let vals: Vec<f32> = match entry.dtype {
-            Dtype::F8_E8M0 => raw.iter().map(|&b| e8m0_decode(b)).collect(),
+            Dtype::F8_E8M0 => raw.iter().map(|&b| e8m0_to_f32(b)).collect(),
             Dtype::F32 => raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -270,37 +271,6 @@ impl OfficialCheckpoint {
             )));
         }
         Ok(move |r: usize, c: usize| vals[(r / br) * sc + c / bc])
-    }
-}
-
-/// E4M3FN byte → f32 (0x7f / 0xff are NaN).
-pub fn e4m3_decode(b: u8) -> f32 {
-    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let (e, m) = (((b >> 3) & 15) as i32, (b & 7) as f32);
-    if e == 15 && m == 7.0 {
-        return f32::NAN;
-    }
-    let mag = if e == 0 {
-        m * (-9f32).exp2()
-    } else {
-        (1.0 + m / 8.0) * ((e - 7) as f32).exp2()
-    };
-    sign * mag
-}
-
-/// E2M1 nibble → f32: bit 3 is the sign, bits 0..2 index the magnitudes.
-pub fn e2m1_decode(n: u8) -> f32 {
-    const MAG: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
-    let v = MAG[(n & 7) as usize];
-    if n & 8 != 0 { -v } else { v }
-}
-
-/// E8M0 byte → 2^(b−127) (0xff is NaN).
-pub fn e8m0_decode(b: u8) -> f32 {
-    if b == 0xff {
-        f32::NAN
-    } else {
-        ((b as i32 - 127) as f32).exp2()
     }
 }
 

@@ -21,6 +21,7 @@ pub mod half;
 mod iq2xxs;
 pub mod kernels;
 mod matvec;
+pub mod microfloat;
 pub mod quantize;
 pub mod tables;
 

@@ -15,13 +15,13 @@
 //! matrices stack along the outermost GGUF axis of `[in, out, n_expert]`.
 
 pub mod checkpoint;
-pub mod fp;
 pub mod imatrix;
 
 use std::path::Path;
 use std::time::Instant;
 
 use ds4_gguf::{GgmlType, GgufStreamWriter, HeaderBuilder, MetaValue};
+use ds4_quant::microfloat as fp;
 use ds4_quant::quantize_row;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;

@@ -1,4 +1,5 @@
-//! The micro-float formats of the official DeepSeek V4 checkpoint (spec §2.5, §3.9).
+//! The micro-float formats of the official DeepSeek V4 checkpoint (spec §2.5, §3.9),
+//! decoded: the converter and the engine's checkpoint reader share these tables.
 //!
 //! * FP8 E4M3FN weights: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no
 //!   infinities, `S.1111.111` is NaN, max ±448.
