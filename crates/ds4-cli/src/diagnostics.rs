@@ -11,8 +11,9 @@ use ds4_engine::{ForwardOptions, LogitsFor, Model, Session, sampling::argmax};
 use ds4_tokenizer::{SpecialMode, Tokenizer};
 
 use crate::args::Args;
-use crate::generate::{prefill, prompt_tokens, resolve_model, tokenizer_from_gguf};
+use crate::generate::{prefill, resolve_model, tokenizer_from_gguf};
 use crate::tokens::prompt_text;
+use crate::tokens::prompt_tokens;
 
 fn options(args: &Args) -> ForwardOptions {
     ForwardOptions {

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ds4_chat::{ReasoningEffort, Segment, ThinkingMode, encode_single_turn};
+use ds4_chat::ThinkingMode;
 use ds4_engine::{ForwardOptions, Model, Sampler, SamplingParams, Session};
 use ds4_gguf::GgufFile;
-use ds4_tokenizer::{Piece, SpecialMode, Tokenizer};
+use ds4_tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::Args;
@@ -52,30 +52,6 @@ pub fn tokenizer_from_gguf(path: &std::path::Path) -> Result<Tokenizer> {
     let f = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     tokens::tokenizer_from_file(&f)
         .with_context(|| format!("building the tokenizer of {}", path.display()))
-}
-
-/// Prompt tokens as ds4's CLI builds them: a prompt that already starts with
-/// BOS is taken as rendered chat (specials recognised); otherwise
-/// `BOS [max prefix] system <｜User｜>prompt<｜Assistant｜><think>|</think>`.
-pub fn prompt_tokens(tok: &Tokenizer, args: &Args, text: &str) -> Result<Vec<u32>> {
-    let bos_text = tok.token_to_piece(tok.bos()).unwrap_or_default();
-    if !bos_text.is_empty() && text.starts_with(bos_text) {
-        return Ok(tok.encode(text, SpecialMode::Recognize));
-    }
-    let system = args.system.as_deref().unwrap_or(tokens::DEFAULT_SYSTEM);
-    let effort = args.think_max.then_some(ReasoningEffort::Max);
-    let prompt = encode_single_turn(Some(system), text, tokens::thinking_mode(args), effort);
-    let mut pieces = Vec::new();
-    for s in prompt.segments() {
-        pieces.push(match s {
-            Segment::Special(t) => Piece::Special(
-                tok.id_of(t.text())
-                    .with_context(|| format!("the vocabulary has no {}", t.text()))?,
-            ),
-            Segment::Text(t) => Piece::Text(t),
-        });
-    }
-    Ok(tok.encode_pieces(&pieces)?)
 }
 
 pub fn sampling(args: &Args) -> SamplingParams {
@@ -195,7 +171,7 @@ pub fn run(args: &Args) -> Result<()> {
         path.display(),
         load.elapsed().as_secs_f64()
     );
-    let prompt = prompt_tokens(&tok, args, &text)?;
+    let prompt = tokens::prompt_tokens(&tok, args, &text)?;
     let ctx = args.ctx as usize;
     if prompt.len() >= ctx {
         anyhow::bail!(

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use ds4_chat::{EncodeOptions, Message, Segment, ThinkingMode, encode_messages};
+use ds4_chat::{Prompt, ReasoningEffort, Segment, ThinkingMode, encode_single_turn};
 use ds4_gguf::GgufFile;
 use ds4_tokenizer::{Piece, SpecialMode, Tokenizer};
 
@@ -68,28 +68,7 @@ pub fn dump(args: &Args) -> Result<()> {
     let tok = load_tokenizer(args)?;
     let text = prompt_text(args)?;
     let ids = if args.chat {
-        let mut messages = Vec::new();
-        let system = args.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
-        if !system.is_empty() {
-            messages.push(Message::system(system));
-        }
-        messages.push(Message::user(&text));
-        let opts = EncodeOptions {
-            thinking_mode: thinking_mode(args),
-            ..EncodeOptions::default()
-        };
-        let prompt = encode_messages(&messages, &opts)?;
-        let mut pieces = Vec::new();
-        for s in prompt.segments() {
-            pieces.push(match s {
-                Segment::Special(t) => Piece::Special(
-                    tok.id_of(t.text())
-                        .with_context(|| format!("the vocabulary has no {}", t.text()))?,
-                ),
-                Segment::Text(t) => Piece::Text(t),
-            });
-        }
-        tok.encode_pieces(&pieces)?
+        prompt_tokens(&tok, args, &text)?
     } else {
         tok.encode(
             &text,
@@ -107,4 +86,34 @@ pub fn dump(args: &Args) -> Result<()> {
         writeln!(out, "{id:6}  {}", String::from_utf8_lossy(bytes))?;
     }
     Ok(())
+}
+
+/// Prompt tokens as ds4's CLI builds them: a prompt that already starts with
+/// BOS is taken as rendered chat (specials recognised); otherwise
+/// `BOS [max prefix] system <｜User｜>prompt<｜Assistant｜><think>|</think>`.
+pub fn prompt_tokens(tok: &Tokenizer, args: &Args, text: &str) -> Result<Vec<u32>> {
+    let bos_text = tok.token_to_piece(tok.bos()).unwrap_or_default();
+    if !bos_text.is_empty() && text.starts_with(bos_text) {
+        return Ok(tok.encode(text, SpecialMode::Recognize));
+    }
+    let system = args.system.as_deref().unwrap_or(DEFAULT_SYSTEM);
+    let effort = args.think_max.then_some(ReasoningEffort::Max);
+    let prompt = encode_single_turn(Some(system), text, thinking_mode(args), effort);
+    encode_prompt(tok, &prompt)
+}
+
+/// A rendered prompt as ids: the encoder's control tokens become their ids and
+/// everything else is plain text (special-token text typed by a user stays text).
+pub fn encode_prompt(tok: &Tokenizer, prompt: &Prompt) -> Result<Vec<u32>> {
+    let mut pieces = Vec::new();
+    for s in prompt.segments() {
+        pieces.push(match s {
+            Segment::Special(t) => Piece::Special(
+                tok.id_of(t.text())
+                    .with_context(|| format!("the vocabulary has no {}", t.text()))?,
+            ),
+            Segment::Text(t) => Piece::Text(t),
+        });
+    }
+    Ok(tok.encode_pieces(&pieces)?)
 }
