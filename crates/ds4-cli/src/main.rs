@@ -19,6 +19,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
+    if args.cuda {
+        anyhow::bail!("this build has no CUDA backend yet; run on the CPU (--cpu, the default)");
+    }
+    // ds4's default: every online CPU, at most 32 (DS4_THREADS overrides).
+    let threads = match (args.threads, std::env::var("DS4_THREADS").ok()) {
+        (Some(n), _) => n as usize,
+        (None, Some(v)) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("invalid value for DS4_THREADS: `{v}`"))?,
+        (None, None) => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(32),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("starting {threads} threads: {e}"))?;
     if args.inspect {
         let path = model_path::resolve(args.model.as_deref())?;
         return inspect::run(&path, args.ctx as usize);

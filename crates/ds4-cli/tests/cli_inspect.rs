@@ -143,3 +143,27 @@ fn generation_refuses_a_gguf_that_is_not_deepseek_v4() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("is a `llama` model, not DeepSeek V4"), "{err}");
 }
+
+#[test]
+fn backend_and_thread_flags() {
+    let o = Command::new(env!("CARGO_BIN_EXE_ds4"))
+        .args(["--cuda", "-p", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no CUDA backend"));
+    let o = Command::new(env!("CARGO_BIN_EXE_ds4"))
+        .args(["-t", "0", "-p", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "clap rejects -t 0");
+    let o = Command::new(env!("CARGO_BIN_EXE_ds4"))
+        .args(["--dump-tokens", "-p", "hi"])
+        .env("DS4_THREADS", "many")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid value for DS4_THREADS"));
+    let o = ds4(&["-t", "1", "--dump-tokens", "-p", "hi"]);
+    assert!(o.status.success());
+}
