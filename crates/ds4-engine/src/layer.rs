@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::cache::{EMPTY_SCORE, Frontier, LayerCache};
+use crate::cache::{EMPTY_SCORE, Frontier, LayerCache, Rows};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::hc::{HcMix, hc_control_batch, hc_post, hc_pre};
@@ -163,7 +163,7 @@ fn attention_sublayer(
                 qat::fp8_kv_inplace(&mut row[..n_nope]);
                 qat::f16_round_inplace(&mut row);
             }
-            cache.comp.push(row);
+            cache.comp.push(&row);
         }
         if let (Some(iw), Some(ifront), Some((ikvp, iscp, qi, wi))) =
             (&w.indexer, cache.icomp_front.as_mut(), &idx_proj)
@@ -181,7 +181,7 @@ fn attention_sublayer(
                     qat::indexer_qat_inplace(&mut irow);
                     qat::f16_round_inplace(&mut irow);
                 }
-                cache.icomp.push(irow);
+                cache.icomp.push(&irow);
             }
             if cache.icomp.len() > cfg.indexer_top_k {
                 selected = Some(indexer_select(
@@ -200,8 +200,8 @@ fn attention_sublayer(
         // indexer's selection.
         let mut rows: Vec<&[f32]> = cache.raw.iter().map(|r| r.as_slice()).collect();
         match &selected {
-            Some(sel) => rows.extend(sel.iter().map(|&c| cache.comp[c].as_slice())),
-            None => rows.extend(cache.comp.iter().map(|r| r.as_slice())),
+            Some(sel) => rows.extend(sel.iter().map(|&c| cache.comp.row(c))),
+            None => rows.extend(cache.comp.iter()),
         }
         traces[i].indexer_selected = selected;
 
@@ -349,7 +349,7 @@ fn indexer_select(
     cfg: &ModelConfig,
     mut qi: Vec<f32>,
     wi: &[f32],
-    icomp: &[Vec<f32>],
+    icomp: &Rows,
     pos: usize,
     rope: &Rope,
     sim: bool,
@@ -364,14 +364,18 @@ fn indexer_select(
     // 1/sqrt(heads) on the head weights and 1/sqrt(head_dim) on the scores, folded.
     let wscale = 1.0 / ((di * nh) as f32).sqrt();
     let wi: Vec<f32> = wi.iter().map(|v| v * wscale).collect();
-    let score_row = |row: &Vec<f32>| -> f32 {
+    let score_row = |row: &[f32]| -> f32 {
         qi.chunks_exact(di)
             .zip(&wi)
             .map(|(qh, &wh)| wh * dot(qh, row).max(0.0))
             .sum()
     };
     let scores: Vec<f32> = if icomp.len() * nh * di >= 1 << 16 {
-        icomp.par_iter().map(score_row).collect()
+        icomp
+            .as_flat()
+            .par_chunks_exact(di)
+            .map(score_row)
+            .collect()
     } else {
         icomp.iter().map(score_row).collect()
     };

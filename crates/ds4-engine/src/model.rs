@@ -67,8 +67,14 @@ impl Model {
         Model::new(cfg, &src)
     }
 
+    /// An empty cache that grows as needed (tests and one-off runs).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.cfg)
+        KvCache::new(&self.cfg, 0)
+    }
+
+    /// An empty cache with every compressed row of `ctx` tokens allocated.
+    pub fn new_cache_for(&self, ctx: usize) -> KvCache {
+        KvCache::new(&self.cfg, ctx)
     }
 
     fn rope_for(&self, layer: usize) -> &Rope {

@@ -112,14 +112,14 @@ pub fn write_payload(
             put_f32s(w, row)?;
         }
         if let Some(f) = &l.comp_front {
-            for row in &l.comp {
+            for row in l.comp.iter() {
                 put_f32s(w, row)?;
             }
             put_f32s(w, &f.kv)?;
             put_f32s(w, &f.score)?;
         }
         if let Some(f) = &l.icomp_front {
-            for row in &l.icomp {
+            for row in l.icomp.iter() {
                 put_f32s(w, row)?;
             }
             put_f32s(w, &f.kv)?;
@@ -190,7 +190,7 @@ pub fn read_payload(cfg: &ModelConfig, ctx: usize, r: &mut impl Read) -> Result<
     let n_icomp = (0..n_layer)
         .map(|_| get_u32(r))
         .collect::<Result<Vec<_>>>()?;
-    let mut cache = KvCache::new(cfg);
+    let mut cache = KvCache::new(cfg, ctx);
     cache.n_tokens = t;
     for (l, lc) in cache.layers.iter_mut().enumerate() {
         let kind = cfg.attn_kind(l);
@@ -211,15 +211,15 @@ pub fn read_payload(cfg: &ModelConfig, ctx: usize, r: &mut impl Read) -> Result<
             .map(|_| get_f32s(r, head_dim))
             .collect::<Result<VecDeque<_>>>()?;
         if let Some(f) = lc.comp_front.as_mut() {
-            lc.comp = (0..n_comp[l])
-                .map(|_| get_f32s(r, head_dim))
-                .collect::<Result<_>>()?;
+            for _ in 0..n_comp[l] {
+                lc.comp.push(&get_f32s(r, head_dim)?);
+            }
             read_front(r, f)?;
         }
         if let Some(f) = lc.icomp_front.as_mut() {
-            lc.icomp = (0..n_icomp[l])
-                .map(|_| get_f32s(r, idx_dim))
-                .collect::<Result<_>>()?;
+            for _ in 0..n_icomp[l] {
+                lc.icomp.push(&get_f32s(r, idx_dim)?);
+            }
             read_front(r, f)?;
         }
     }

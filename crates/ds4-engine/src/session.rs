@@ -27,7 +27,7 @@ impl<'m> Session<'m> {
             model,
             opts,
             tokens: Vec::new(),
-            cache: model.new_cache(),
+            cache: model.new_cache_for(ctx),
             logits: None,
             ctx,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
@@ -62,7 +62,7 @@ impl<'m> Session<'m> {
             .count();
         let start =
             if common < self.tokens.len() || (common == tokens.len() && self.logits.is_none()) {
-                self.cache = self.model.new_cache();
+                self.cache = self.model.new_cache_for(self.ctx);
                 self.tokens.clear();
                 self.logits = None;
                 0

@@ -225,8 +225,8 @@ fn qat_simulations_put_stored_rows_on_their_grids() {
         let kv_rows = cache
             .layers
             .iter()
-            .flat_map(|l| l.raw.iter().chain(&l.comp));
-        let idx_rows: Vec<&Vec<f32>> = cache.layers.iter().flat_map(|l| l.icomp.iter()).collect();
+            .flat_map(|l| l.raw.iter().map(|r| r.as_slice()).chain(l.comp.iter()));
+        let idx_rows: Vec<&[f32]> = cache.layers.iter().flat_map(|l| l.icomp.iter()).collect();
         assert!(!idx_rows.is_empty());
         let kv_ok = kv_rows
             .map(|r| {
