@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -40,6 +41,7 @@ pub mod session;
 pub mod synthetic;
 pub mod weights;
 
+pub use backend::{Backend, CpuBackend, ForwardState};
 pub use cache::KvCache;
 pub use config::{AttnKind, MetaValue, ModelConfig};
 pub use error::{EngineError, Result};
@@ -50,4 +52,4 @@ pub use official::OfficialCheckpoint;
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Session, Snapshot};
 pub use synthetic::SyntheticSource;
-pub use weights::{Tensor, TensorData, WeightSource, Weights};
+pub use weights::{Mat, MatRaw, Tensor, TensorData, WeightSource, Weights};

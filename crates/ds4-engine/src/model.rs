@@ -77,7 +77,8 @@ impl Model {
         KvCache::new(&self.cfg, ctx)
     }
 
-    fn rope_for(&self, layer: usize) -> &Rope {
+    /// The rotation table layer `layer` uses (plain for window layers, YaRN else).
+    pub fn rope_for(&self, layer: usize) -> &Rope {
         match self.cfg.attn_kind(layer) {
             AttnKind::Window => &self.rope_main,
             _ => &self.rope_compress,

@@ -116,6 +116,14 @@ enum MatData {
     },
 }
 
+/// A borrowed view of a [`Mat`]'s storage (see [`Mat::raw`]).
+#[derive(Debug, Clone, Copy)]
+pub enum MatRaw<'a> {
+    F32(&'a [f32]),
+    /// `rows` rows of `ty` blocks, row-major.
+    Blocks { ty: GgmlType, bytes: &'a [u8] },
+}
+
 /// A weight matrix, `rows` outputs of `cols` inputs: `y[o] = Σ_i W[o][i]·x[i]`.
 #[derive(Debug, Clone)]
 pub struct Mat {
@@ -160,6 +168,17 @@ impl Mat {
         match &self.data {
             MatData::F32(_) => GgmlType::F32,
             MatData::Blocks { kernel, .. } => kernel.weight_type(),
+        }
+    }
+
+    /// The stored data, for backends that upload weights elsewhere (the GPU).
+    pub fn raw(&self) -> MatRaw<'_> {
+        match &self.data {
+            MatData::F32(d) => MatRaw::F32(d),
+            MatData::Blocks { kernel, bytes } => MatRaw::Blocks {
+                ty: kernel.weight_type(),
+                bytes: bytes.as_slice(),
+            },
         }
     }
 

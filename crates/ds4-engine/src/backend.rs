@@ -1,0 +1,147 @@
+//! Where the forward pass runs. The CPU path of this crate is the reference; other
+//! backends (ds4-cuda) implement the same two traits and are tested against it.
+//!
+//! A [`Backend`] owns the weights; a [`ForwardState`] is one context's KV state on
+//! that backend. Callers (CLI, bench, server) drive a state with token runs and never
+//! see a tensor.
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::layer::ForwardOptions;
+use crate::model::{LogitsFor, Model};
+
+/// One context's state on a backend.
+pub trait ForwardState: Send {
+    /// Positions already evaluated.
+    fn n_tokens(&self) -> usize;
+    /// Context size the state was created for.
+    fn ctx(&self) -> usize;
+    /// Runs `toks` at positions `n_tokens()..`, layer-major over the run, and returns
+    /// the logits of every token or of the last. `toks.len()` is at most
+    /// [`ForwardState::max_batch`].
+    fn forward(&mut self, toks: &[u32], which: LogitsFor) -> Result<Vec<Vec<f32>>>;
+    /// Back to an empty context (allocations are kept).
+    fn reset(&mut self) -> Result<()>;
+    /// Longest run [`ForwardState::forward`] takes at once.
+    fn max_batch(&self) -> usize;
+}
+
+/// A model loaded on some device.
+pub trait Backend: Sync {
+    /// Short name for logs and bench output ("cpu", "cuda:0 NVIDIA H200").
+    fn name(&self) -> String;
+    fn config(&self) -> &ModelConfig;
+    /// An empty state for `ctx` tokens; everything it needs is allocated here.
+    fn new_state(&self, ctx: usize, opts: ForwardOptions) -> Result<Box<dyn ForwardState + '_>>;
+}
+
+/// Prefills `toks` in runs of at most `chunk` tokens; returns the last logits.
+pub fn prefill(st: &mut dyn ForwardState, toks: &[u32], chunk: usize) -> Result<Vec<f32>> {
+    check_room(st, toks.len())?;
+    let chunk = chunk.clamp(1, st.max_batch());
+    let mut last = None;
+    for c in toks.chunks(chunk) {
+        last = st.forward(c, LogitsFor::Last)?.pop();
+    }
+    last.ok_or(EngineError::NoLogits)
+}
+
+/// Teacher-forced logits at every position of `toks`, in runs of `chunk`.
+pub fn teacher_forced(
+    st: &mut dyn ForwardState,
+    toks: &[u32],
+    chunk: usize,
+) -> Result<Vec<Vec<f32>>> {
+    check_room(st, toks.len())?;
+    let chunk = chunk.clamp(1, st.max_batch());
+    let mut out = Vec::with_capacity(toks.len());
+    for c in toks.chunks(chunk) {
+        out.extend(st.forward(c, LogitsFor::All)?);
+    }
+    Ok(out)
+}
+
+fn check_room(st: &dyn ForwardState, n: usize) -> Result<()> {
+    if st.n_tokens() + n > st.ctx() {
+        return Err(EngineError::ContextFull {
+            pos: st.n_tokens() + n,
+            ctx: st.ctx(),
+        });
+    }
+    Ok(())
+}
+
+/// The reference backend: this crate's forward pass on the CPU.
+pub struct CpuBackend<'m> {
+    pub model: &'m Model,
+}
+
+struct CpuState<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    opts: ForwardOptions,
+    ctx: usize,
+}
+
+impl Backend for CpuBackend<'_> {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+    fn new_state(&self, ctx: usize, opts: ForwardOptions) -> Result<Box<dyn ForwardState + '_>> {
+        Ok(Box::new(CpuState {
+            model: self.model,
+            cache: self.model.new_cache_for(ctx),
+            opts,
+            ctx,
+        }))
+    }
+}
+
+impl ForwardState for CpuState<'_> {
+    fn n_tokens(&self) -> usize {
+        self.cache.n_tokens
+    }
+    fn ctx(&self) -> usize {
+        self.ctx
+    }
+    fn forward(&mut self, toks: &[u32], which: LogitsFor) -> Result<Vec<Vec<f32>>> {
+        self.model
+            .forward_batch(&mut self.cache, toks, self.opts, which, None)
+    }
+    fn reset(&mut self) -> Result<()> {
+        self.cache = self.model.new_cache_for(self.ctx);
+        Ok(())
+    }
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_backend_equals_model_and_refuses_overflow() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-v4");
+        let model = Model::from_official_dir(&dir).unwrap();
+        let toks: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 200).collect();
+        let want = model
+            .teacher_forced_logits(&toks, 16, ForwardOptions::default())
+            .unwrap();
+        let be = CpuBackend { model: &model };
+        let mut st = be.new_state(64, ForwardOptions::default()).unwrap();
+        let got = teacher_forced(st.as_mut(), &toks, 7).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(st.n_tokens(), 40);
+        let err = prefill(st.as_mut(), &toks, 8).unwrap_err();
+        assert!(matches!(err, EngineError::ContextFull { .. }), "{err}");
+        st.reset().unwrap();
+        let last = prefill(st.as_mut(), &toks, 5).unwrap();
+        assert_eq!(&last, want.last().unwrap());
+    }
+}
