@@ -38,6 +38,9 @@ pub enum EngineError {
     Payload(String),
     #[error("config.json: {0}")]
     ConfigJson(String),
+    /// A device backend failed (driver, kernel compile, out of device memory).
+    #[error("{backend} backend: {msg}")]
+    Backend { backend: String, msg: String },
     #[error(transparent)]
     Quant(#[from] ds4_quant::QuantError),
     #[error(transparent)]
