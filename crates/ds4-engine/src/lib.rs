@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod hc;
+pub mod kvpack;
 pub mod layer;
 pub mod model;
 pub mod names;

@@ -1,6 +1,12 @@
 //! The session payload (spec §4.3): ds4's little-endian serialization of a session's
 //! tokens, logits and KV state, used by the disk KV cache. Layout follows the spec;
 //! it has not been checked against a file written by ds4 itself.
+//!
+//! Version 2 is ours: the same header and order, but every stored row is packed
+//! losslessly by [`crate::kvpack`] (fp8 / fp4 codes with block exponents, one tag
+//! byte per row) and a compressor frontier keeps only the slots a later token
+//! reads (the rest are overwritten before use and restore as empty slots).
+//! `read_payload` accepts both versions.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -8,10 +14,13 @@ use std::io::{Read, Write};
 use crate::cache::{Frontier, KvCache};
 use crate::config::{AttnKind, ModelConfig};
 use crate::error::{EngineError, Result};
+use crate::kvpack::{RowKind, body_len, decode_row, encode_row};
 
 /// "DSV4" little-endian.
 pub const PAYLOAD_MAGIC: u32 = 0x3456_5344;
 pub const PAYLOAD_VERSION: u32 = 1;
+/// The compact version (packed rows, live frontier slots).
+pub const PAYLOAD_VERSION_COMPACT: u32 = 2;
 
 fn io_err(e: std::io::Error) -> EngineError {
     EngineError::Io {
@@ -55,6 +64,24 @@ fn read_front(r: &mut impl Read, f: &mut Frontier) -> Result<()> {
     Ok(())
 }
 
+/// A borrowed [`PayloadState`]: saving does not copy the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadRef<'a> {
+    pub tokens: &'a [u32],
+    pub logits: &'a [f32],
+    pub cache: &'a KvCache,
+}
+
+impl PayloadState {
+    pub fn as_ref(&self) -> PayloadRef<'_> {
+        PayloadRef {
+            tokens: &self.tokens,
+            logits: &self.logits,
+            cache: &self.cache,
+        }
+    }
+}
+
 /// Everything a payload carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PayloadState {
@@ -63,12 +90,13 @@ pub struct PayloadState {
     pub cache: KvCache,
 }
 
-/// Writes `state` for a session of context `ctx` that prefills in `prefill_chunk`s.
-pub fn write_payload(
+/// The 13-word header, tokens, logits and per-layer row counts (both versions).
+fn write_head(
     cfg: &ModelConfig,
     ctx: usize,
     prefill_chunk: usize,
-    st: &PayloadState,
+    st: PayloadRef<'_>,
+    version: u32,
     w: &mut impl Write,
 ) -> Result<()> {
     let t = st.tokens.len();
@@ -76,7 +104,7 @@ pub fn write_payload(
     let comp_cap = ctx / crate::config::SPARSE_RATIO + 2;
     for v in [
         PAYLOAD_MAGIC as usize,
-        PAYLOAD_VERSION as usize,
+        version as usize,
         ctx,
         prefill_chunk,
         cfg.sliding_window,
@@ -91,19 +119,32 @@ pub fn write_payload(
     ] {
         put_u32(w, v)?;
     }
-    for &tok in &st.tokens {
+    for &tok in st.tokens {
         put_u32(w, tok as usize)?;
     }
     if st.logits.len() != cfg.n_vocab {
         return Err(bad("logits do not cover the vocabulary"));
     }
-    put_f32s(w, &st.logits)?;
+    put_f32s(w, st.logits)?;
     for l in &st.cache.layers {
         put_u32(w, l.comp.len())?;
     }
     for l in &st.cache.layers {
         put_u32(w, l.icomp.len())?;
     }
+    Ok(())
+}
+
+/// Writes `state` for a session of context `ctx` that prefills in `prefill_chunk`s.
+pub fn write_payload(
+    cfg: &ModelConfig,
+    ctx: usize,
+    prefill_chunk: usize,
+    st: &PayloadState,
+    w: &mut impl Write,
+) -> Result<()> {
+    write_head(cfg, ctx, prefill_chunk, st.as_ref(), PAYLOAD_VERSION, w)?;
+    let live = cfg.sliding_window.min(st.tokens.len());
     for l in &st.cache.layers {
         if l.raw.len() != live {
             return Err(bad("raw window length disagrees with the token count"));
@@ -151,9 +192,10 @@ pub fn read_payload(cfg: &ModelConfig, ctx: usize, r: &mut impl Read) -> Result<
         vocab,
         live,
     ] = h;
-    if magic != PAYLOAD_MAGIC as usize || version != PAYLOAD_VERSION as usize {
+    let compact = version == PAYLOAD_VERSION_COMPACT as usize;
+    if magic != PAYLOAD_MAGIC as usize || !(version == PAYLOAD_VERSION as usize || compact) {
         return Err(bad(format!(
-            "not a DSV4 v1 payload (magic {magic:#x}, version {version})"
+            "not a DSV4 v1/v2 payload (magic {magic:#x}, version {version})"
         )));
     }
     let want = [
@@ -207,6 +249,10 @@ pub fn read_payload(cfg: &ModelConfig, ctx: usize, r: &mut impl Read) -> Result<
                 n_comp[l], n_icomp[l]
             )));
         }
+        if compact {
+            read_layer_compact(r, cfg, lc, live, n_comp[l], n_icomp[l], t)?;
+            continue;
+        }
         lc.raw = (0..live)
             .map(|_| get_f32s(r, head_dim))
             .collect::<Result<VecDeque<_>>>()?;
@@ -228,4 +274,132 @@ pub fn read_payload(cfg: &ModelConfig, ctx: usize, r: &mut impl Read) -> Result<
         logits,
         cache,
     })
+}
+
+/// Slot ranges of a frontier that a later token reads before overwriting them,
+/// after `t` tokens: the filled part of the current window, and for overlapping
+/// compressors the whole previous window (lane A).
+fn live_slots(f: &Frontier, t: usize) -> [std::ops::Range<usize>; 2] {
+    let filled = t % f.ratio;
+    if f.coff == 2 {
+        [0..f.ratio, f.ratio..f.ratio + filled]
+    } else {
+        [0..filled, 0..0]
+    }
+}
+
+fn put_front_live(w: &mut impl Write, f: &Frontier, t: usize) -> Result<()> {
+    let width = f.width();
+    for range in live_slots(f, t) {
+        let span = range.start * width..range.end * width;
+        put_f32s(w, &f.kv[span.clone()])?;
+        put_f32s(w, &f.score[span])?;
+    }
+    Ok(())
+}
+
+fn read_front_live(r: &mut impl Read, f: &mut Frontier, t: usize) -> Result<()> {
+    let width = f.width();
+    for range in live_slots(f, t) {
+        let span = range.start * width..range.end * width;
+        let n = span.len();
+        f.kv[span.clone()].copy_from_slice(&get_f32s(r, n)?);
+        f.score[span].copy_from_slice(&get_f32s(r, n)?);
+    }
+    Ok(())
+}
+
+fn put_rows(
+    w: &mut impl Write,
+    rows: &mut dyn Iterator<Item = &[f32]>,
+    kind: RowKind,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    for row in rows {
+        encode_row(row, kind, &mut buf);
+        if buf.len() >= 1 << 16 {
+            w.write_all(&buf).map_err(io_err)?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf).map_err(io_err)
+}
+
+fn get_row(r: &mut impl Read, kind: RowKind, width: usize, out: &mut Vec<f32>) -> Result<()> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag).map_err(io_err)?;
+    let n =
+        body_len(kind, width, tag[0]).ok_or_else(|| bad(format!("unknown row tag {}", tag[0])))?;
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).map_err(io_err)?;
+    decode_row(&body, tag[0], kind, width, out).ok_or_else(|| bad("malformed packed row"))
+}
+
+/// Writes `state` in the compact version 2 layout (see the module docs).
+pub fn write_payload_compact(
+    cfg: &ModelConfig,
+    ctx: usize,
+    prefill_chunk: usize,
+    st: PayloadRef<'_>,
+    w: &mut impl Write,
+) -> Result<()> {
+    write_head(cfg, ctx, prefill_chunk, st, PAYLOAD_VERSION_COMPACT, w)?;
+    let t = st.tokens.len();
+    let live = cfg.sliding_window.min(t);
+    let kv = RowKind::Kv {
+        n_nope: cfg.head_dim - cfg.n_rot,
+    };
+    for l in &st.cache.layers {
+        if l.raw.len() != live {
+            return Err(bad("raw window length disagrees with the token count"));
+        }
+        put_rows(w, &mut l.raw.iter().map(|r| r.as_slice()), kv)?;
+        if let Some(f) = &l.comp_front {
+            put_rows(w, &mut l.comp.iter(), kv)?;
+            put_front_live(w, f, t)?;
+        }
+        if let Some(f) = &l.icomp_front {
+            put_rows(w, &mut l.icomp.iter(), RowKind::Indexer)?;
+            put_front_live(w, f, t)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_layer_compact(
+    r: &mut impl Read,
+    cfg: &ModelConfig,
+    lc: &mut crate::cache::LayerCache,
+    live: usize,
+    n_comp: usize,
+    n_icomp: usize,
+    t: usize,
+) -> Result<()> {
+    let kv = RowKind::Kv {
+        n_nope: cfg.head_dim - cfg.n_rot,
+    };
+    let mut row = Vec::with_capacity(cfg.head_dim);
+    lc.raw = VecDeque::with_capacity(cfg.sliding_window);
+    for _ in 0..live {
+        row.clear();
+        get_row(r, kv, cfg.head_dim, &mut row)?;
+        lc.raw.push_back(row.clone());
+    }
+    if let Some(f) = lc.comp_front.as_mut() {
+        for _ in 0..n_comp {
+            row.clear();
+            get_row(r, kv, cfg.head_dim, &mut row)?;
+            lc.comp.push(&row);
+        }
+        read_front_live(r, f, t)?;
+    }
+    if let Some(f) = lc.icomp_front.as_mut() {
+        for _ in 0..n_icomp {
+            row.clear();
+            get_row(r, RowKind::Indexer, cfg.indexer_head_dim, &mut row)?;
+            lc.icomp.push(&row);
+        }
+        read_front_live(r, f, t)?;
+    }
+    Ok(())
 }

@@ -4,7 +4,9 @@ use crate::cache::KvCache;
 use crate::error::{EngineError, Result};
 use crate::layer::ForwardOptions;
 use crate::model::Model;
-use crate::payload::{PayloadState, read_payload, write_payload};
+use crate::payload::{
+    PayloadRef, PayloadState, read_payload, write_payload, write_payload_compact,
+};
 
 pub struct Session<'m> {
     model: &'m Model,
@@ -115,7 +117,24 @@ impl<'m> Session<'m> {
         write_payload(&self.model.cfg, self.ctx, self.prefill_chunk, &st, w)
     }
 
-    /// Replaces the session's state by a saved payload. On error the session is
+    /// Serializes the session in the compact payload (version 2: rows packed
+    /// losslessly on their fp8/fp4 grids, about a quarter of the f32 bytes).
+    pub fn save_payload_compact(&self, w: &mut impl std::io::Write) -> Result<()> {
+        let logits = self.logits.as_deref().ok_or(EngineError::NoLogits)?;
+        let st = PayloadRef {
+            tokens: &self.tokens,
+            logits,
+            cache: &self.cache,
+        };
+        write_payload_compact(&self.model.cfg, self.ctx, self.prefill_chunk, st, w)
+    }
+
+    /// Context limit in tokens.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Replaces the session's state by a saved payload (either version). On error the session is
     /// left unchanged.
     pub fn load_payload(&mut self, r: &mut impl std::io::Read) -> Result<()> {
         let st = read_payload(&self.model.cfg, self.ctx, r)?;
