@@ -80,7 +80,8 @@ fn hc_pre_norm(
 // ------------------------------------------------------------------------------------
 // Attention sublayer (§3.5)
 
-fn attention_sublayer(
+/// The attention sublayer alone (public for backends that compare sublayer by sublayer).
+pub fn attention_sublayer(
     ctx: &LayerCtx,
     w: &LayerWeights,
     cache: &mut LayerCache,
@@ -389,7 +390,8 @@ fn indexer_select(
 /// instead (ds4's floor, 2^−14).
 const ROUTER_WEIGHT_FLOOR: f32 = 6.103_515_6e-5;
 
-fn ffn_sublayer(
+/// The MoE sublayer alone (public for backends that compare sublayer by sublayer).
+pub fn ffn_sublayer(
     ctx: &LayerCtx,
     w: &LayerWeights,
     xs: Vec<Vec<f32>>,

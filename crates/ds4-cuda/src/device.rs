@@ -1,0 +1,210 @@
+//! One GPU: its context, the loaded kernels, plain device allocations and launches.
+//!
+//! Memory is taken with plain `cuMemAlloc` (never managed memory) and addressed by
+//! raw device pointers, which is what the kernels take; a [`DevBuf`] frees its
+//! allocation when dropped. All work goes to the context's default stream, so a
+//! synchronous copy back to the host waits for every launch before it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, result, sys};
+use cudarc::nvrtc::Ptx;
+
+use crate::CudaError;
+use crate::compile;
+use crate::source::{KERNEL_NAMES, program};
+
+fn drv(what: &str) -> impl Fn(result::DriverError) -> CudaError + '_ {
+    move |e| CudaError::Driver(format!("{what}: {e}"))
+}
+
+/// Whether a CUDA driver and NVRTC can be loaded on this machine, without touching
+/// a device (cudarc panics rather than erring when the library is absent).
+pub fn libraries_present() -> Result<(), CudaError> {
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CudaError::NoDriver(
+            "the CUDA driver library (libcuda) was not found".into(),
+        ));
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoDriver(
+            "NVRTC (libnvrtc, part of the CUDA toolkit) was not found".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    pub name: String,
+    pub arch: String,
+    pub total_mem: usize,
+    /// Whether the kernels came from the on-disk cache.
+    pub kernels_cached: bool,
+}
+
+impl Gpu {
+    pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
+        libraries_present()?;
+        let count = std::panic::catch_unwind(CudaContext::device_count)
+            .map_err(|_| CudaError::NoDriver("the CUDA driver failed to initialize".into()))?
+            .map_err(drv("device count"))?;
+        if count <= 0 || ordinal >= count as usize {
+            return Err(CudaError::NoDriver(format!(
+                "no CUDA device {ordinal} ({count} present)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv("context"))?;
+        // Work is ordered on one stream; cudarc's per-buffer event tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (maj, min) = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
+        // Hopper gets its arch-specific target (wgmma, TMA) for the speed work.
+        let arch = if maj == 9 && min == 0 {
+            "sm_90a".to_string()
+        } else {
+            format!("sm_{maj}{min}")
+        };
+        let name = ctx.name().map_err(drv("device name"))?;
+        let total_mem = ctx.total_mem().map_err(drv("total memory"))?;
+        let (bin, kernels_cached) = compile::cubin(&program(), &arch, &compile::cache_dir())?;
+        let module = ctx
+            .load_module(Ptx::from_binary(bin))
+            .map_err(drv("load module"))?;
+        let mut funcs = HashMap::new();
+        for &n in KERNEL_NAMES {
+            funcs.insert(n, module.load_function(n).map_err(drv(n))?);
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            funcs,
+            name,
+            arch,
+            total_mem,
+            kernels_cached,
+        })
+    }
+
+    pub fn func(&self, name: &str) -> &CudaFunction {
+        // KERNEL_NAMES is checked against the source by a unit test, and every name
+        // in it was loaded in `open`.
+        &self.funcs[name]
+    }
+
+    pub fn free_mem(&self) -> Result<usize, CudaError> {
+        Ok(self.ctx.mem_get_info().map_err(drv("memory info"))?.0)
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<DevBuf, CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("bind"))?;
+        let n = bytes.max(16);
+        let ptr = unsafe { result::malloc_sync(n) }.map_err(|e| CudaError::OutOfMemory {
+            bytes: n,
+            msg: e.to_string(),
+        })?;
+        unsafe { result::memset_d8_sync(ptr, 0, n) }.map_err(drv("memset"))?;
+        Ok(DevBuf {
+            ctx: self.ctx.clone(),
+            ptr,
+            bytes,
+        })
+    }
+
+    pub fn upload<T: Copy>(&self, host: &[T]) -> Result<DevBuf, CudaError> {
+        let buf = self.alloc(std::mem::size_of_val(host))?;
+        if !host.is_empty() {
+            unsafe { result::memcpy_htod_sync(buf.ptr, host) }.map_err(drv("upload"))?;
+        }
+        Ok(buf)
+    }
+
+    /// Copies `host` to `dst + offset bytes`.
+    pub fn write<T: Copy>(&self, dst: u64, host: &[T]) -> Result<(), CudaError> {
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv("bind"))?;
+        unsafe { result::memcpy_htod_sync(dst, host) }.map_err(drv("write"))
+    }
+
+    /// Copies `out.len()` values from `src` (waits for the work queued before).
+    pub fn read<T: Copy>(&self, src: u64, out: &mut [T]) -> Result<(), CudaError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv("bind"))?;
+        unsafe { result::memcpy_dtoh_sync(out, src) }.map_err(drv("read"))
+    }
+
+    pub fn sync(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    pub fn cfg(grid: (u32, u32, u32), block: u32, shmem: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: shmem,
+        }
+    }
+
+    /// Lets `name` use up to `bytes` of dynamic shared memory (above the 48 KiB
+    /// default needs an opt-in).
+    pub fn allow_shared(&self, name: &str, bytes: usize) -> Result<(), CudaError> {
+        if bytes <= 48 * 1024 {
+            return Ok(());
+        }
+        self.func(name)
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(drv("shared memory attribute"))
+    }
+}
+
+/// A device allocation, freed on drop.
+pub struct DevBuf {
+    ctx: Arc<CudaContext>,
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl DevBuf {
+    /// Pointer `off` elements of `T` into the buffer.
+    pub fn at<T>(&self, off: usize) -> u64 {
+        self.ptr + (off * std::mem::size_of::<T>()) as u64
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Launches kernel `$name` on `$gpu` with a grid, block size, dynamic shared bytes
+/// and the kernel's arguments in order (device pointers as `u64`).
+#[macro_export]
+macro_rules! launch {
+    ($gpu:expr, $name:expr, $grid:expr, $block:expr, $shm:expr; $($arg:expr),* $(,)?) => {{
+        let gpu: &$crate::device::Gpu = $gpu;
+        use cudarc::driver::PushKernelArg as _;
+        let mut b = gpu.stream.launch_builder(gpu.func($name));
+        $( let a = $arg; b.arg(&a); )*
+        let cfg = $crate::device::Gpu::cfg($grid, $block, $shm);
+        // SAFETY: every kernel takes exactly the arguments pushed here, in order, as
+        // its extern "C" signature in ds4.cu declares them (device pointers as u64).
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| $crate::CudaError::Driver(format!("launch {}: {e}", $name)))
+    }};
+}

@@ -1,0 +1,260 @@
+//! ds4-cuda: the DeepSeek V4 Flash forward pass on one NVIDIA GPU.
+//!
+//! * Builds on machines without CUDA: the driver and NVRTC are loaded at run time
+//!   (cudarc, dynamic loading); [`available`] says whether this machine has them.
+//! * Kernels are CUDA C text ([`source`]) compiled by NVRTC for the device's exact
+//!   architecture on first use and cached on disk ([`compile`]).
+//! * Weights stay in their stored formats in GPU memory ([`weights`]); the KV state
+//!   lives on the GPU, sized from the context ([`forward`]).
+//! * [`CudaBackend`] implements ds4-engine's [`Backend`] trait, so every caller that
+//!   runs the CPU reference runs this too, and tests compare the two.
+
+pub mod compile;
+pub mod device;
+pub mod forward;
+pub mod source;
+pub mod weights;
+
+use std::time::Instant;
+
+use ds4_engine::{
+    Backend, EngineError, ForwardOptions, ForwardState, LogitsFor, Model, ModelConfig,
+};
+
+use crate::device::{DevBuf, Gpu};
+use crate::forward::{Fwd, GpuTrace, LayerState, Scratch, scratch_bytes, state_bytes};
+use crate::weights::{DevWeights, weight_bytes};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("no usable CUDA device: {0}")]
+    NoDriver(String),
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    #[error("kernel compilation: {0}")]
+    Compile(String),
+    #[error("out of GPU memory allocating {bytes} bytes: {msg}")]
+    OutOfMemory { bytes: usize, msg: String },
+    #[error("{0}")]
+    TooBig(String),
+    #[error("model: {0}")]
+    Model(String),
+}
+
+impl From<CudaError> for EngineError {
+    fn from(e: CudaError) -> Self {
+        EngineError::Backend {
+            backend: "cuda".into(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// Whether the CUDA driver and NVRTC libraries are present and a device answers.
+/// `Err` carries the reason, for a message or a skipped test.
+pub fn available() -> Result<(), CudaError> {
+    device::libraries_present()?;
+    let n = std::panic::catch_unwind(cudarc::driver::CudaContext::device_count)
+        .map_err(|_| CudaError::NoDriver("the CUDA driver failed to initialize".into()))?
+        .map_err(|e| CudaError::NoDriver(format!("device count: {e}")))?;
+    if n <= 0 {
+        return Err(CudaError::NoDriver("no CUDA device present".into()));
+    }
+    Ok(())
+}
+
+/// Default longest run per forward call (ds4's prefill chunk).
+pub const DEFAULT_MAX_BATCH: usize = 2048;
+
+/// GPU bytes needed: weights, KV state of `ctx` tokens, scratch of `batch`-token runs.
+pub fn memory_estimate(model: &Model, ctx: usize, batch: usize) -> (usize, usize, usize) {
+    (
+        weight_bytes(&model.weights),
+        state_bytes(&model.cfg, ctx, batch),
+        scratch_bytes(&model.cfg, ctx, batch),
+    )
+}
+
+fn gib(b: usize) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// The model resident on one GPU.
+pub struct CudaBackend {
+    pub gpu: Gpu,
+    cfg: ModelConfig,
+    weights: DevWeights,
+    rope_main: DevBuf,
+    rope_comp: DevBuf,
+    max_batch: usize,
+    /// Seconds spent uploading weights.
+    pub upload_s: f64,
+}
+
+impl CudaBackend {
+    /// Uploads `model`'s weights to GPU `ordinal`. Refuses, before allocating, when
+    /// the weights plus a `ctx`-token state would not fit, saying how much is needed.
+    pub fn load(
+        model: &Model,
+        ordinal: usize,
+        ctx: usize,
+        max_batch: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<CudaBackend, CudaError> {
+        let gpu = Gpu::open(ordinal)?;
+        let max_batch = max_batch.max(1);
+        let (w, st, sc) = memory_estimate(model, ctx, max_batch);
+        let free = gpu.free_mem()?;
+        let need = w + st + sc;
+        if need > free {
+            return Err(CudaError::TooBig(format!(
+                "the model needs {:.1} GiB of GPU memory (weights {:.1} GiB, KV state for \
+                 {ctx} tokens {:.2} GiB, scratch for {max_batch}-token batches {:.2} GiB) but \
+                 {} has {:.1} GiB free; use a larger card (an H200 holds the q2 file), a \
+                 smaller --ctx or batch, or --cpu",
+                gib(need),
+                gib(w),
+                gib(st),
+                gib(sc),
+                gpu.name,
+                gib(free)
+            )));
+        }
+        let t0 = Instant::now();
+        let weights = DevWeights::upload(&gpu, &model.cfg, &model.weights, progress)?;
+        gpu.sync()?;
+        let upload_s = t0.elapsed().as_secs_f64();
+        let n_layer = model.cfg.n_layer;
+        let rope_main = gpu.upload(&model.rope_for(0).freqs)?;
+        // Compressed layers share one YaRN table; a model of window layers only has none.
+        let comp_layer = (0..n_layer).find(|&l| model.cfg.attn_kind(l).ratio() > 0);
+        let rope_comp = gpu.upload(&model.rope_for(comp_layer.unwrap_or(0)).freqs)?;
+        Ok(CudaBackend {
+            gpu,
+            cfg: model.cfg.clone(),
+            weights,
+            rope_main,
+            rope_comp,
+            max_batch,
+            upload_s,
+        })
+    }
+}
+
+/// One context on the GPU.
+pub struct CudaState<'b> {
+    be: &'b CudaBackend,
+    layers: Vec<LayerState>,
+    scratch: Scratch,
+    opts: ForwardOptions,
+    ctx: usize,
+    n_tokens: usize,
+    trace: Option<std::cell::RefCell<GpuTrace>>,
+}
+
+impl CudaState<'_> {
+    /// Records HC states and discrete decisions on every later forward call
+    /// (see [`CudaState::take_trace`]).
+    pub fn enable_trace(&mut self) {
+        self.trace = Some(Default::default());
+    }
+    /// What the forward calls since [`CudaState::enable_trace`] recorded.
+    pub fn take_trace(&mut self) -> GpuTrace {
+        self.trace.as_ref().map(|t| t.take()).unwrap_or_default()
+    }
+}
+
+impl CudaBackend {
+    /// A state with its concrete type (tools that trace); [`Backend::new_state`] boxes it.
+    pub fn state(&self, ctx: usize, opts: ForwardOptions) -> ds4_engine::Result<CudaState<'_>> {
+        let layers = (0..self.cfg.n_layer)
+            .map(|l| LayerState::new(&self.gpu, &self.cfg, l, ctx, self.max_batch))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scratch = Scratch::new(&self.gpu, &self.cfg, ctx, self.max_batch)?;
+        Ok(CudaState {
+            be: self,
+            layers,
+            scratch,
+            opts,
+            ctx,
+            n_tokens: 0,
+            trace: None,
+        })
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{} {}", self.gpu.ctx.ordinal(), self.gpu.name)
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn new_state(
+        &self,
+        ctx: usize,
+        opts: ForwardOptions,
+    ) -> ds4_engine::Result<Box<dyn ForwardState + '_>> {
+        Ok(Box::new(self.state(ctx, opts)?))
+    }
+}
+
+impl ForwardState for CudaState<'_> {
+    fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+    fn ctx(&self) -> usize {
+        self.ctx
+    }
+    fn forward(&mut self, toks: &[u32], which: LogitsFor) -> ds4_engine::Result<Vec<Vec<f32>>> {
+        let cfg = &self.be.cfg;
+        if toks.is_empty() {
+            return Err(EngineError::NoLogits);
+        }
+        if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+            return Err(EngineError::TokenOutOfRange {
+                token: bad,
+                vocab: cfg.n_vocab,
+            });
+        }
+        if toks.len() > self.scratch.t {
+            return Err(EngineError::Backend {
+                backend: "cuda".into(),
+                msg: format!(
+                    "a run of {} tokens exceeds the batch of {}",
+                    toks.len(),
+                    self.scratch.t
+                ),
+            });
+        }
+        if self.n_tokens + toks.len() > self.ctx {
+            return Err(EngineError::ContextFull {
+                pos: self.n_tokens + toks.len(),
+                ctx: self.ctx,
+            });
+        }
+        let f = Fwd {
+            gpu: &self.be.gpu,
+            cfg,
+            w: &self.be.weights,
+            rope_main: &self.be.rope_main,
+            rope_comp: &self.be.rope_comp,
+            opts: self.opts,
+            ctx: self.ctx,
+            trace: self.trace.as_ref(),
+        };
+        let out = f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?;
+        self.n_tokens += toks.len();
+        Ok(out)
+    }
+    fn reset(&mut self) -> ds4_engine::Result<()> {
+        for l in &self.layers {
+            l.reset(&self.be.gpu)?;
+        }
+        self.n_tokens = 0;
+        Ok(())
+    }
+    fn max_batch(&self) -> usize {
+        self.scratch.t
+    }
+}

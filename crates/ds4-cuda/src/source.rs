@@ -1,0 +1,152 @@
+//! The kernel source as NVRTC sees it, and the contract between it and the host.
+//!
+//! Everything here is plain text work, so CI (no GPU, no CUDA) tests it: the tables
+//! are rendered from ds4-quant's, every kernel the host launches is defined in the
+//! source, and the cache key changes with anything that changes the binary.
+
+use sha2::{Digest, Sha256};
+
+/// The kernels' own text (header-free CUDA C).
+pub const KERNELS_CU: &str = include_str!("../kernels/ds4.cu");
+
+/// Every `extern "C" __global__` function the host launches.
+pub const KERNEL_NAMES: &[&str] = &[
+    "quant_q8_0",
+    "quant_q8_k",
+    "mv_f32",
+    "mv_f16",
+    "mv_bf16",
+    "mv_q8_0",
+    "mv_q2_k",
+    "mv_q4_k",
+    "mv_iq2_xxs",
+    "embed_rows",
+    "rms_norm",
+    "head_norm_rope",
+    "hc_pre",
+    "hc_post",
+    "hc_head",
+    "kv_store",
+    "compress_run",
+    "indexer_prep",
+    "indexer_scores",
+    "topk_select",
+    "attention",
+    "route",
+    "swiglu",
+    "moe_sum",
+    "fill_f32",
+];
+
+/// A fill kernel (frontier scores start at the empty-slot score).
+const EXTRA: &str = r#"
+extern "C" __global__ void fill_f32(float* x, float v, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = v;
+}
+"#;
+
+/// The full program: IQ2_XXS tables (from ds4-quant, the one copy of them), the
+/// kernels, the extras.
+pub fn program() -> String {
+    let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
+    s.push_str("// generated tables (ds4-quant)\n");
+    s.push_str("__constant__ unsigned long long IQ2XXS_GRID[256] = {\n");
+    for (i, v) in ds4_quant::tables::IQ2XXS_GRID.iter().enumerate() {
+        s.push_str(&format!("0x{v:016x}ull,"));
+        if i % 4 == 3 {
+            s.push('\n');
+        }
+    }
+    s.push_str("};\n__constant__ unsigned char KSIGNS[128] = {\n");
+    for (i, v) in ds4_quant::tables::KSIGNS.iter().enumerate() {
+        s.push_str(&format!("{v},"));
+        if i % 16 == 15 {
+            s.push('\n');
+        }
+    }
+    s.push_str("};\n");
+    s.push_str(KERNELS_CU);
+    s.push_str(EXTRA);
+    s
+}
+
+/// On-disk cache key of a compiled binary: the program text, the exact device
+/// architecture, the NVRTC version and the options.
+pub fn cache_key(program: &str, arch: &str, nvrtc_version: (i32, i32), opts: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(program.as_bytes());
+    h.update([0]);
+    h.update(arch.as_bytes());
+    h.update([0]);
+    h.update(format!("{}.{}", nvrtc_version.0, nvrtc_version.1).as_bytes());
+    for o in opts {
+        h.update([0]);
+        h.update(o.as_bytes());
+    }
+    let d = h.finalize();
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names of the `extern "C" __global__` functions defined in `src`.
+pub fn defined_kernels(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("__global__ void ") {
+        rest = &rest[i + "__global__ void ".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        out.push(name);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_launched_kernel_is_defined_once() {
+        let defined = defined_kernels(&program());
+        for name in KERNEL_NAMES {
+            let n = defined.iter().filter(|d| d == name).count();
+            assert_eq!(n, 1, "kernel {name} defined {n} times");
+        }
+        for d in &defined {
+            assert!(
+                KERNEL_NAMES.contains(&d.as_str()),
+                "kernel {d} is never loaded"
+            );
+        }
+    }
+
+    #[test]
+    fn program_is_header_free_and_carries_the_tables() {
+        let p = program();
+        assert!(
+            !p.contains("#include"),
+            "kernels must not need CUDA headers"
+        );
+        let grid = ds4_quant::tables::IQ2XXS_GRID;
+        assert!(p.contains(&format!("0x{:016x}ull", grid[0])));
+        assert!(p.contains(&format!("0x{:016x}ull", grid[255])));
+        // braces balance (a cheap guard against a truncated edit)
+        let open = p.matches('{').count();
+        let close = p.matches('}').count();
+        assert_eq!(open, close);
+    }
+
+    #[test]
+    fn cache_key_tracks_everything_that_changes_the_binary() {
+        let p = program();
+        let o = vec!["--std=c++17".to_string()];
+        let k = cache_key(&p, "sm_90a", (13, 0), &o);
+        assert_eq!(k, cache_key(&p, "sm_90a", (13, 0), &o));
+        assert_ne!(k, cache_key(&p, "sm_90", (13, 0), &o));
+        assert_ne!(k, cache_key(&p, "sm_90a", (13, 1), &o));
+        assert_ne!(k, cache_key(&(p.clone() + " "), "sm_90a", (13, 0), &o));
+        assert_ne!(k, cache_key(&p, "sm_90a", (13, 0), &[]));
+    }
+}

@@ -1,0 +1,268 @@
+//! The model's weights resident in GPU memory, in their stored formats.
+
+use ds4_engine::weights::{CompressorWeights, HcWeights};
+use ds4_engine::{MatRaw, ModelConfig, Weights};
+use ds4_gguf::GgmlType;
+
+use crate::CudaError;
+use crate::device::{DevBuf, Gpu};
+
+/// One matrix, or `n` matrices of one shape back to back (routed experts).
+pub struct DevMat {
+    pub buf: DevBuf,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Bytes of one matrix (the stride between experts).
+    pub mat_bytes: usize,
+}
+
+impl DevMat {
+    pub fn row_bytes(&self) -> usize {
+        self.mat_bytes / self.rows
+    }
+}
+
+fn raw_bytes(m: &ds4_engine::Mat) -> (GgmlType, &[u8]) {
+    match m.raw() {
+        MatRaw::F32(v) => (GgmlType::F32, bytemuck_f32(v)),
+        MatRaw::Blocks { ty, bytes } => (ty, bytes),
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // f32 has no padding and any byte pattern read back is the same value.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// Weight types the GPU kernels multiply directly.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::Bf16
+            | GgmlType::Q8_0
+            | GgmlType::Q2K
+            | GgmlType::Q4K
+            | GgmlType::Iq2Xxs
+    )
+}
+
+fn upload_mats(gpu: &Gpu, mats: &[ds4_engine::Mat], name: &str) -> Result<DevMat, CudaError> {
+    let first = mats
+        .first()
+        .ok_or_else(|| CudaError::Model(format!("{name}: no matrices")))?;
+    let (ty, b0) = raw_bytes(first);
+    if !supported(ty) {
+        return Err(CudaError::Model(format!(
+            "{name}: weight type {ty} has no GPU kernel"
+        )));
+    }
+    let mat_bytes = b0.len();
+    let buf = gpu.alloc(mat_bytes * mats.len())?;
+    for (i, m) in mats.iter().enumerate() {
+        let (t, b) = raw_bytes(m);
+        if t != ty || b.len() != mat_bytes {
+            return Err(CudaError::Model(format!(
+                "{name}: experts differ in type or size"
+            )));
+        }
+        gpu.write(buf.ptr + (i * mat_bytes) as u64, b)?;
+    }
+    Ok(DevMat {
+        buf,
+        ty,
+        rows: first.rows,
+        cols: first.cols,
+        mat_bytes,
+    })
+}
+
+pub fn upload_mat(gpu: &Gpu, m: &ds4_engine::Mat, name: &str) -> Result<DevMat, CudaError> {
+    upload_mats(gpu, std::slice::from_ref(m), name)
+}
+
+pub struct DevHc {
+    pub fn_: DevMat,
+    pub scale: DevBuf,
+    pub base: DevBuf,
+}
+
+fn upload_hc(gpu: &Gpu, h: &HcWeights, name: &str) -> Result<DevHc, CudaError> {
+    Ok(DevHc {
+        fn_: upload_mat(gpu, &h.fn_, name)?,
+        scale: gpu.upload(&h.scale)?,
+        base: gpu.upload(&h.base)?,
+    })
+}
+
+pub struct DevCompressor {
+    pub ape: DevBuf,
+    pub kv: DevMat,
+    pub gate: DevMat,
+    pub norm: DevBuf,
+}
+
+fn upload_comp(gpu: &Gpu, c: &CompressorWeights, name: &str) -> Result<DevCompressor, CudaError> {
+    Ok(DevCompressor {
+        ape: gpu.upload(&c.ape)?,
+        kv: upload_mat(gpu, &c.kv, name)?,
+        gate: upload_mat(gpu, &c.gate, name)?,
+        norm: gpu.upload(&c.norm)?,
+    })
+}
+
+pub struct DevIndexer {
+    pub q_b: DevMat,
+    pub proj: DevMat,
+    pub compressor: DevCompressor,
+}
+
+pub struct DevLayer {
+    pub hc_attn: DevHc,
+    pub attn_norm: DevBuf,
+    pub q_a: DevMat,
+    pub q_a_norm: DevBuf,
+    pub q_b: DevMat,
+    pub kv: DevMat,
+    pub kv_norm: DevBuf,
+    pub sinks: DevBuf,
+    pub out_a: DevMat,
+    pub out_b: DevMat,
+    pub compressor: Option<DevCompressor>,
+    pub indexer: Option<DevIndexer>,
+    pub hc_ffn: DevHc,
+    pub ffn_norm: DevBuf,
+    pub router: DevMat,
+    pub router_bias: Option<DevBuf>,
+    pub tid2eid: Option<DevBuf>,
+    pub gate_exps: DevMat,
+    pub up_exps: DevMat,
+    pub down_exps: DevMat,
+    pub gate_sh: DevMat,
+    pub up_sh: DevMat,
+    pub down_sh: DevMat,
+}
+
+pub struct DevWeights {
+    /// Token embedding; types other than F32/F16/BF16/Q8_0 are dequantized to F32 on
+    /// upload (the row lookup kernel reads those four).
+    pub token_embd: DevMat,
+    pub output: DevMat,
+    pub output_norm: DevBuf,
+    pub output_hc: DevHc,
+    pub layers: Vec<DevLayer>,
+}
+
+/// Bytes the weights take on the GPU (what [`DevWeights::upload`] allocates).
+pub fn weight_bytes(w: &Weights) -> usize {
+    let m = |m: &ds4_engine::Mat| raw_bytes(m).1.len();
+    let v = |v: &[f32]| v.len() * 4;
+    let hc = |h: &HcWeights| m(&h.fn_) + v(&h.scale) + v(&h.base);
+    let comp = |c: &CompressorWeights| v(&c.ape) + m(&c.kv) + m(&c.gate) + v(&c.norm);
+    let mut total = m(&w.token_embd) + m(&w.output) + v(&w.output_norm) + hc(&w.output_hc);
+    for l in &w.layers {
+        total += hc(&l.hc_attn) + hc(&l.hc_ffn);
+        total += v(&l.attn_norm) + v(&l.q_a_norm) + v(&l.kv_norm) + v(&l.sinks) + v(&l.ffn_norm);
+        total += m(&l.q_a) + m(&l.q_b) + m(&l.kv) + m(&l.out_a) + m(&l.out_b) + m(&l.router);
+        total += l.compressor.as_ref().map_or(0, comp);
+        total += l
+            .indexer
+            .as_ref()
+            .map_or(0, |i| m(&i.q_b) + m(&i.proj) + comp(&i.compressor));
+        total += l.router_bias.as_ref().map_or(0, |b| v(b));
+        total += l.tid2eid.as_ref().map_or(0, |t| t.len() * 4);
+        for e in l.gate_exps.iter().chain(&l.up_exps).chain(&l.down_exps) {
+            total += m(e);
+        }
+        total += m(&l.gate_sh) + m(&l.up_sh) + m(&l.down_sh);
+    }
+    total
+}
+
+impl DevWeights {
+    pub fn upload(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        w: &Weights,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, CudaError> {
+        let (ety, _) = raw_bytes(&w.token_embd);
+        let token_embd = if matches!(
+            ety,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0
+        ) {
+            upload_mat(gpu, &w.token_embd, "token_embd")?
+        } else {
+            let mut all = Vec::with_capacity(cfg.n_vocab * cfg.n_embd);
+            for r in 0..cfg.n_vocab {
+                all.extend(
+                    w.token_embd
+                        .row_f32(r)
+                        .map_err(|e| CudaError::Model(e.to_string()))?,
+                );
+            }
+            let buf = gpu.upload(&all)?;
+            DevMat {
+                buf,
+                ty: GgmlType::F32,
+                rows: cfg.n_vocab,
+                cols: cfg.n_embd,
+                mat_bytes: cfg.n_vocab * cfg.n_embd * 4,
+            }
+        };
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for (i, l) in w.layers.iter().enumerate() {
+            progress(i, w.layers.len());
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(DevLayer {
+                hc_attn: upload_hc(gpu, &l.hc_attn, &n("hc_attn"))?,
+                attn_norm: gpu.upload(&l.attn_norm)?,
+                q_a: upload_mat(gpu, &l.q_a, &n("attn_q_a"))?,
+                q_a_norm: gpu.upload(&l.q_a_norm)?,
+                q_b: upload_mat(gpu, &l.q_b, &n("attn_q_b"))?,
+                kv: upload_mat(gpu, &l.kv, &n("attn_kv"))?,
+                kv_norm: gpu.upload(&l.kv_norm)?,
+                sinks: gpu.upload(&l.sinks)?,
+                out_a: upload_mat(gpu, &l.out_a, &n("attn_output_a"))?,
+                out_b: upload_mat(gpu, &l.out_b, &n("attn_output_b"))?,
+                compressor: l
+                    .compressor
+                    .as_ref()
+                    .map(|c| upload_comp(gpu, c, &n("attn_compressor")))
+                    .transpose()?,
+                indexer: l
+                    .indexer
+                    .as_ref()
+                    .map(|x| -> Result<DevIndexer, CudaError> {
+                        Ok(DevIndexer {
+                            q_b: upload_mat(gpu, &x.q_b, &n("indexer.attn_q_b"))?,
+                            proj: upload_mat(gpu, &x.proj, &n("indexer.proj"))?,
+                            compressor: upload_comp(gpu, &x.compressor, &n("indexer_compressor"))?,
+                        })
+                    })
+                    .transpose()?,
+                hc_ffn: upload_hc(gpu, &l.hc_ffn, &n("hc_ffn"))?,
+                ffn_norm: gpu.upload(&l.ffn_norm)?,
+                router: upload_mat(gpu, &l.router, &n("ffn_gate_inp"))?,
+                router_bias: l.router_bias.as_ref().map(|b| gpu.upload(b)).transpose()?,
+                tid2eid: l.tid2eid.as_ref().map(|t| gpu.upload(t)).transpose()?,
+                gate_exps: upload_mats(gpu, &l.gate_exps, &n("ffn_gate_exps"))?,
+                up_exps: upload_mats(gpu, &l.up_exps, &n("ffn_up_exps"))?,
+                down_exps: upload_mats(gpu, &l.down_exps, &n("ffn_down_exps"))?,
+                gate_sh: upload_mat(gpu, &l.gate_sh, &n("ffn_gate_shexp"))?,
+                up_sh: upload_mat(gpu, &l.up_sh, &n("ffn_up_shexp"))?,
+                down_sh: upload_mat(gpu, &l.down_sh, &n("ffn_down_shexp"))?,
+            });
+        }
+        progress(w.layers.len(), w.layers.len());
+        Ok(DevWeights {
+            token_embd,
+            output: upload_mat(gpu, &w.output, "output")?,
+            output_norm: gpu.upload(&w.output_norm)?,
+            output_hc: upload_hc(gpu, &w.output_hc, "output_hc")?,
+            layers,
+        })
+    }
+}
