@@ -17,8 +17,22 @@ use crate::sampling::SamplingParams;
 use crate::worker::{Api, GenRequest};
 use crate::{AppState, ServerConfig};
 
+/// Parse a request body; a type error names the field's path
+/// (`invalid JSON request: messages[0].role: unknown variant ...`).
 pub fn parse<T: DeserializeOwned>(body: &[u8], api: Api) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| json_error(&e).for_api(api))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path.is_empty() || path == "." {
+            format!("invalid JSON request: {inner}")
+        } else {
+            format!("invalid JSON request: {path}: {inner}")
+        };
+        ApiError::bad_request(msg).for_api(api)
+    })?;
+    de.end().map_err(|e| json_error(&e).for_api(api))?;
+    Ok(v)
 }
 
 /// `thinking`: a bool or `{"type":"enabled"|"disabled", …}`.

@@ -15,9 +15,11 @@ pub mod backend;
 pub mod error;
 pub mod format;
 pub mod metrics;
+pub mod net;
 pub mod prompt;
 pub mod replay;
 pub use ds4_engine::sampling;
+pub mod trace;
 pub mod worker;
 
 use std::collections::VecDeque;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -66,6 +69,16 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub exact_replay: bool,
     pub tool_memory_max_ids: usize,
+    /// Longest wait for request headers (from the first byte of a request, or
+    /// on an idle connection) and between two pieces of a request body: a
+    /// slowloris client is cut off after this (ds4: 10 s socket timeouts).
+    pub read_timeout: Duration,
+    /// Longest a write to a client may make no progress before its connection
+    /// is dropped (and its generation stopped): a client that stops reading
+    /// its stream cannot hold the worker (ds4: 2000 ms).
+    pub send_stall: Duration,
+    /// `--trace FILE`.
+    pub trace: Option<Arc<trace::Trace>>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +92,9 @@ impl Default for ServerConfig {
             body_limit: 64 << 20,
             exact_replay: true,
             tool_memory_max_ids: 100_000,
+            read_timeout: Duration::from_secs(10),
+            send_stall: Duration::from_millis(2000),
+            trace: None,
         }
     }
 }
@@ -125,8 +141,15 @@ impl AppState {
         }
     }
 
-    fn submit(&self, req: worker::GenRequest) -> Result<UnboundedReceiver<WorkerEvent>, ApiError> {
+    /// Queue a job; `model` and `body` are for the trace.
+    fn submit(
+        &self,
+        req: worker::GenRequest,
+        model: &str,
+        body: &[u8],
+    ) -> Result<Events, ApiError> {
         let api = req.api;
+        let trace = self.cfg.trace.as_ref().map(|t| t.begin(&req, model, body));
         let (tx, rx) = unbounded_channel();
         let sender = self.jobs.lock().ok().and_then(|j| j.clone());
         let Some(sender) = sender else {
@@ -140,7 +163,15 @@ impl AppState {
         let m = &self.shared.metrics;
         m.queue_depth.fetch_add(1, Ordering::SeqCst);
         match sender.try_send(Job { req, tx }) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(Events {
+                rx,
+                trace: trace.map(|mut t| {
+                    t.accepted();
+                    t
+                }),
+                state: self.shared.clone(),
+                done: false,
+            }),
             Err(e) => {
                 m.queue_depth.fetch_sub(1, Ordering::SeqCst);
                 Err(match e {
@@ -194,6 +225,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(options_no_content))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            cfg.read_timeout,
+        ))
         .with_state(state);
     if cfg.cors {
         use axum::http::{Method, header};
@@ -209,19 +243,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     r
 }
 
-/// Bind and serve until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(state.clone());
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    state.shutdown();
-    r
-}
+/// Bind and serve until `shutdown` resolves (see [`net::serve`]).
+pub use net::serve;
 
 async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(key) = &s.cfg.api_key else {
@@ -311,7 +334,46 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn collect(mut rx: UnboundedReceiver<WorkerEvent>) -> Collected {
+/// A job's worker events as its handler sees them. Dropping it before `Done`
+/// (the client went away) closes the channel, which the worker checks before
+/// every token.
+pub struct Events {
+    rx: UnboundedReceiver<WorkerEvent>,
+    trace: Option<trace::TraceRun>,
+    state: Arc<Shared>,
+    done: bool,
+}
+
+impl Events {
+    async fn recv(&mut self) -> Option<WorkerEvent> {
+        let Some(ev) = self.rx.recv().await else {
+            self.done = true;
+            return None;
+        };
+        if let Some(t) = &mut self.trace {
+            t.on(&ev);
+        }
+        if matches!(ev, WorkerEvent::Done { .. }) {
+            self.done = true;
+        }
+        Some(ev)
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // Close first, so the worker stops even while the trace record is written.
+        self.rx.close();
+        if !self.done {
+            self.state
+                .metrics
+                .client_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn collect(mut rx: Events) -> Collected {
     let mut c = Collected::default();
     while let Some(ev) = rx.recv().await {
         let done = matches!(ev, WorkerEvent::Done { .. });
@@ -327,9 +389,9 @@ async fn collect(mut rx: UnboundedReceiver<WorkerEvent>) -> Collected {
     c
 }
 
-fn sse_response(rx: UnboundedReceiver<WorkerEvent>, fmt: impl StreamFormat) -> Response {
+fn sse_response(rx: Events, fmt: impl StreamFormat) -> Response {
     struct St<F> {
-        rx: UnboundedReceiver<WorkerEvent>,
+        rx: Events,
         fmt: F,
         pending: VecDeque<Event>,
         done: bool,
@@ -388,15 +450,69 @@ fn meta(state: &AppState, prefix: &str, model: &str) -> Meta {
     }
 }
 
-async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+/// The body, or the error for one that could not be read: too large
+/// (`--max-body-bytes`) → 413, stalled (`read_timeout`) → 408, else 400.
+fn read_body(
+    s: &AppState,
+    api: Api,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let r = match body {
+        Ok(b) => return Ok(b),
+        Err(r) => r,
+    };
+    let e = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "request body is larger than {} bytes (--max-body-bytes)",
+                s.cfg.body_limit
+            ),
+        )
+    } else if format!("{r:?}").contains("TimeoutError") {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "request body stalled: no data for {} ms",
+                s.cfg.read_timeout.as_millis()
+            ),
+        )
+    } else {
+        ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
+    };
+    Err(e.for_api(api))
+}
+
+/// Count, trace and answer a request refused before the worker.
+fn reject(s: &AppState, path: &str, e: ApiError, body: &[u8]) -> Response {
+    s.shared
+        .metrics
+        .invalid_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(t) = &s.cfg.trace {
+        t.rejected(path, e.status.as_u16(), &e.message, body);
+    }
+    e.into_response()
+}
+
+type Body = Result<Bytes, BytesRejection>;
+
+async fn chat(State(s): State<Arc<AppState>>, body: Body) -> Response {
+    let path = "/v1/chat/completions";
+    let body = match read_body(&s, Api::Chat, body) {
+        Ok(b) => b,
+        Err(e) => return reject(&s, path, e, b""),
+    };
     let built = match api::chat(&s.cfg, &s, &body) {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let stream = built.req.stream;
-    let rx = match s.submit(built.req) {
+    let rx = match s.submit(built.req, &built.model, &body) {
         Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let m = meta(&s, "chatcmpl-", &built.model);
     if stream {
@@ -407,15 +523,20 @@ async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
         .unwrap_or_else(|| axum::Json(format::chat_body(&c, &m)).into_response())
 }
 
-async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn completions(State(s): State<Arc<AppState>>, body: Body) -> Response {
+    let path = "/v1/completions";
+    let body = match read_body(&s, Api::Completions, body) {
+        Ok(b) => b,
+        Err(e) => return reject(&s, path, e, b""),
+    };
     let built = match api::completions(&s.cfg, &s, &body) {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let stream = built.req.stream;
-    let rx = match s.submit(built.req) {
+    let rx = match s.submit(built.req, &built.model, &body) {
         Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let m = meta(&s, "cmpl-", &built.model);
     if stream {
@@ -426,15 +547,20 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
         .unwrap_or_else(|| axum::Json(format::completion_body(&c, &m)).into_response())
 }
 
-async fn messages(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn messages(State(s): State<Arc<AppState>>, body: Body) -> Response {
+    let path = "/v1/messages";
+    let body = match read_body(&s, Api::Messages, body) {
+        Ok(b) => b,
+        Err(e) => return reject(&s, path, e, b""),
+    };
     let built = match api::messages(&s.cfg, &s, &body) {
         Ok(b) => b,
-        Err(e) => return e.for_api(Api::Messages).into_response(),
+        Err(e) => return reject(&s, path, e.for_api(Api::Messages), &body),
     };
     let stream = built.req.stream;
-    let rx = match s.submit(built.req) {
+    let rx = match s.submit(built.req, &built.model, &body) {
         Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let m = meta(&s, "msg_", &built.model);
     if stream {
@@ -445,15 +571,20 @@ async fn messages(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
         .unwrap_or_else(|| axum::Json(format::anthropic_body(&c, &m)).into_response())
 }
 
-async fn responses(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn responses(State(s): State<Arc<AppState>>, body: Body) -> Response {
+    let path = "/v1/responses";
+    let body = match read_body(&s, Api::Responses, body) {
+        Ok(b) => b,
+        Err(e) => return reject(&s, path, e, b""),
+    };
     let built = match api::responses(&s.cfg, &s, &body) {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let stream = built.req.stream;
-    let rx = match s.submit(built.req) {
+    let rx = match s.submit(built.req, &built.model, &body) {
         Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+        Err(e) => return reject(&s, path, e, &body),
     };
     let m = Meta {
         id: format!("resp_{:024x}", rand::random::<u128>() >> 32),

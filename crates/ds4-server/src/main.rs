@@ -4,9 +4,11 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use ds4_server::trace::Trace;
 use ds4_server::{AppState, EngineBackend, ServerConfig};
 
 /// The official tokenizer.json, bundled so the server needs only the GGUF.
@@ -57,6 +59,18 @@ struct Args {
     /// Worker threads for the CPU engine (default: all cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
+    /// Log every request, its rendered prompt and its output to FILE, one JSON
+    /// object per line (truncated at start).
+    #[arg(long = "trace", value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Milliseconds a client may take to send its headers, or leave a request
+    /// body without new data, before the connection is closed.
+    #[arg(long = "read-timeout-ms", default_value_t = 10_000)]
+    read_timeout_ms: u64,
+    /// Milliseconds a send to a client may make no progress (it stopped
+    /// reading) before its connection is dropped and its generation stopped.
+    #[arg(long = "send-stall-ms", default_value_t = 2_000)]
+    send_stall_ms: u64,
 }
 
 fn bind_addr(a: &Args) -> anyhow::Result<SocketAddr> {
@@ -91,6 +105,9 @@ fn main() -> anyhow::Result<()> {
     if args.queue == 0 {
         bail!("--queue must be at least 1");
     }
+    if args.read_timeout_ms == 0 || args.send_stall_ms == 0 {
+        bail!("--read-timeout-ms and --send-stall-ms must be at least 1");
+    }
     let addr = bind_addr(&args)?;
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new()
@@ -105,6 +122,12 @@ fn main() -> anyhow::Result<()> {
             args.model.display()
         );
     }
+    let trace = match &args.trace {
+        Some(p) => Some(Arc::new(
+            Trace::create(p).with_context(|| format!("--trace {}", p.display()))?,
+        )),
+        None => None,
+    };
     eprintln!("ds4-server: loading {}", args.model.display());
     let model = ds4_engine::Model::from_gguf(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
@@ -118,6 +141,9 @@ fn main() -> anyhow::Result<()> {
         body_limit: args.max_body_bytes,
         exact_replay: !args.disable_exact_replay,
         tool_memory_max_ids: args.tool_memory_max_ids,
+        read_timeout: Duration::from_millis(args.read_timeout_ms),
+        send_stall: Duration::from_millis(args.send_stall_ms),
+        trace,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -16,6 +16,14 @@ pub struct Metrics {
     pub prefill_tokens: AtomicU64,
     pub prefill_us: AtomicU64,
     pub decode_us: AtomicU64,
+    /// Requests whose client left before the worker finished.
+    pub client_disconnects: AtomicU64,
+    /// Connections dropped because a write made no progress (`send_stall`).
+    pub send_stalls: AtomicU64,
+    /// Requests refused before the worker (4xx, 429).
+    pub invalid_requests: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_open: AtomicU64,
 }
 
 pub const API_LABELS: [&str; 4] = ["chat", "completions", "responses", "messages"];
@@ -36,7 +44,7 @@ impl Metrics {
                 tokens as f64 * 1e6 / us as f64
             }
         };
-        let rows: [(&str, &str, &str, String); 8] = [
+        let rows: [(&str, &str, &str, String); 13] = [
             (
                 "ds4_requests_rejected_total",
                 "counter",
@@ -72,6 +80,36 @@ impl Metrics {
                 "gauge",
                 "Requests waiting for the inference worker.",
                 g(&self.queue_depth).to_string(),
+            ),
+            (
+                "ds4_client_disconnects_total",
+                "counter",
+                "Requests whose client went away before generation finished (generation stopped).",
+                g(&self.client_disconnects).to_string(),
+            ),
+            (
+                "ds4_send_stalls_total",
+                "counter",
+                "Connections dropped because the client stopped reading.",
+                g(&self.send_stalls).to_string(),
+            ),
+            (
+                "ds4_requests_invalid_total",
+                "counter",
+                "Requests refused before inference (bad request, too large, queue full).",
+                g(&self.invalid_requests).to_string(),
+            ),
+            (
+                "ds4_connections_total",
+                "counter",
+                "Accepted connections.",
+                g(&self.connections_total).to_string(),
+            ),
+            (
+                "ds4_connections_open",
+                "gauge",
+                "Open client connections.",
+                g(&self.connections_open).to_string(),
             ),
             (
                 "ds4_prefill_tokens_per_second",
