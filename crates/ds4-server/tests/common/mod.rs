@@ -20,7 +20,7 @@ pub fn demo_model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ds4-demo-model");
-        ds4_cli::demo::ensure_in(&dir).expect("generating the demo model")
+        ds4_cli::demo::ensure_random_in(&dir).expect("generating the demo model")
     })
     .clone()
 }
