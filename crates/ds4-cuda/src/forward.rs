@@ -336,6 +336,48 @@ impl LayerState {
         Ok(st)
     }
 
+    fn bufs(&self) -> Vec<&DevBuf> {
+        let mut v = vec![&self.ring];
+        for (a, b, c) in self.comp.iter().chain(self.icomp.iter()) {
+            v.extend([a, b, c]);
+        }
+        v
+    }
+
+    /// A copy in fresh device memory (snapshots).
+    pub fn duplicate(&self, gpu: &Gpu) -> Result<LayerState, CudaError> {
+        let copy = |b: &DevBuf| -> Result<DevBuf, CudaError> {
+            let n = gpu.alloc(b.bytes)?;
+            copy_dtod(gpu, n.ptr, b.ptr, b.bytes)?;
+            Ok(n)
+        };
+        let three = |t: &Option<(DevBuf, DevBuf, DevBuf)>| -> Result<_, CudaError> {
+            t.as_ref()
+                .map(|(a, b, c)| Ok((copy(a)?, copy(b)?, copy(c)?)))
+                .transpose()
+        };
+        Ok(LayerState {
+            ring: copy(&self.ring)?,
+            comp: three(&self.comp)?,
+            icomp: three(&self.icomp)?,
+        })
+    }
+
+    /// Overwrites this state with `src` (same shapes).
+    pub fn copy_from(&self, gpu: &Gpu, src: &LayerState) -> Result<(), CudaError> {
+        let (d, s) = (self.bufs(), src.bufs());
+        if d.len() != s.len() {
+            return Err(CudaError::Model("snapshot of another layer layout".into()));
+        }
+        for (a, b) in d.iter().zip(&s) {
+            if a.bytes != b.bytes {
+                return Err(CudaError::Model("snapshot of another context size".into()));
+            }
+            copy_dtod(gpu, a.ptr, b.ptr, a.bytes)?;
+        }
+        Ok(())
+    }
+
     /// Empty frontiers: values 0, scores at the empty-slot score.
     pub fn reset(&self, gpu: &Gpu) -> Result<(), CudaError> {
         for (_, kv, score) in self.comp.iter().chain(self.icomp.iter()) {
@@ -406,6 +448,11 @@ impl Mv {
             y_stride,
         }
     }
+}
+
+fn copy_dtod(gpu: &Gpu, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+    unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, gpu.stream.cu_stream()) }
+        .map_err(|e| CudaError::Driver(format!("copy: {e}")))
 }
 
 fn ceil_div(a: usize, b: usize) -> u32 {

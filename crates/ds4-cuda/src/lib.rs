@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use ds4_engine::{
     Backend, EngineError, ForwardOptions, ForwardState, LogitsFor, Model, ModelConfig,
+    StateSnapshot,
 };
 
 use crate::device::{DevBuf, Gpu};
@@ -257,4 +258,42 @@ impl ForwardState for CudaState<'_> {
     fn max_batch(&self) -> usize {
         self.scratch.t
     }
+    fn snapshot(&self) -> ds4_engine::Result<StateSnapshot> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.duplicate(&self.be.gpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StateSnapshot {
+            n_tokens: self.n_tokens,
+            data: Box::new(GpuSnapshot {
+                layers,
+                ctx: self.ctx,
+            }),
+        })
+    }
+    fn restore(&mut self, snap: &StateSnapshot) -> ds4_engine::Result<()> {
+        let g = snap
+            .data
+            .downcast_ref::<GpuSnapshot>()
+            .filter(|g| g.ctx == self.ctx)
+            .ok_or_else(|| EngineError::Backend {
+                backend: "cuda".into(),
+                msg: "snapshot of another state".into(),
+            })?;
+        for (d, s) in self.layers.iter().zip(&g.layers) {
+            d.copy_from(&self.be.gpu, s)?;
+        }
+        self.n_tokens = snap.n_tokens;
+        Ok(())
+    }
+    fn kv_bytes(&self) -> usize {
+        ds4_engine::backend::kv_state_bytes(&self.be.cfg, self.n_tokens)
+    }
+}
+
+/// Device copies of every layer's KV state.
+struct GpuSnapshot {
+    layers: Vec<LayerState>,
+    ctx: usize,
 }

@@ -25,6 +25,39 @@ pub trait ForwardState: Send {
     fn reset(&mut self) -> Result<()>;
     /// Longest run [`ForwardState::forward`] takes at once.
     fn max_batch(&self) -> usize;
+    /// A copy of the whole state (kept where the state lives: host or device memory).
+    fn snapshot(&self) -> Result<StateSnapshot>;
+    /// Returns to a snapshot taken from this state.
+    fn restore(&mut self, snap: &StateSnapshot) -> Result<()>;
+    /// Bytes of KV state in use at the current position (raw window, compressed
+    /// rows, compressor frontiers), as this backend stores them.
+    fn kv_bytes(&self) -> usize;
+}
+
+/// An opaque copy of a [`ForwardState`] (see [`ForwardState::snapshot`]).
+pub struct StateSnapshot {
+    pub n_tokens: usize,
+    pub data: Box<dyn std::any::Any + Send>,
+}
+
+/// Bytes of f32 KV state after `n` tokens: per layer the raw window, the compressed
+/// (and indexer) rows closed so far and the compressors' frontier slots.
+pub fn kv_state_bytes(cfg: &ModelConfig, n: usize) -> usize {
+    let mut total = 0;
+    for l in 0..cfg.n_layer {
+        let kind = cfg.attn_kind(l);
+        total += n.min(cfg.sliding_window) * cfg.head_dim;
+        let r = kind.ratio();
+        if let Some(rows) = n.checked_div(r) {
+            let coff = kind.coff();
+            total += rows * cfg.head_dim + 2 * coff * r * coff * cfg.head_dim;
+            if matches!(kind, crate::config::AttnKind::Sparse { .. }) {
+                let di = cfg.indexer_head_dim;
+                total += rows * di + 2 * 2 * r * 2 * di;
+            }
+        }
+    }
+    total * 4
 }
 
 /// A model loaded on some device.
@@ -119,6 +152,23 @@ impl ForwardState for CpuState<'_> {
     fn max_batch(&self) -> usize {
         usize::MAX
     }
+    fn snapshot(&self) -> Result<StateSnapshot> {
+        Ok(StateSnapshot {
+            n_tokens: self.cache.n_tokens,
+            data: Box::new(self.cache.clone()),
+        })
+    }
+    fn restore(&mut self, snap: &StateSnapshot) -> Result<()> {
+        let cache = snap
+            .data
+            .downcast_ref::<KvCache>()
+            .ok_or_else(|| EngineError::Config("snapshot of another backend".into()))?;
+        self.cache = cache.clone();
+        Ok(())
+    }
+    fn kv_bytes(&self) -> usize {
+        kv_state_bytes(&self.model.cfg, self.cache.n_tokens)
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +191,15 @@ mod tests {
         let err = prefill(st.as_mut(), &toks, 8).unwrap_err();
         assert!(matches!(err, EngineError::ContextFull { .. }), "{err}");
         st.reset().unwrap();
-        let last = prefill(st.as_mut(), &toks, 5).unwrap();
-        assert_eq!(&last, want.last().unwrap());
+        let last = prefill(st.as_mut(), &toks[..20], 5).unwrap();
+        assert_eq!(&last, &want[19]);
+        let snap = st.snapshot().unwrap();
+        assert_eq!(snap.n_tokens, 20);
+        let a = st.forward(&toks[20..30], LogitsFor::All).unwrap();
+        st.restore(&snap).unwrap();
+        assert_eq!(st.n_tokens(), 20);
+        let b = st.forward(&toks[20..30], LogitsFor::All).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[..], want[20..30]);
     }
 }

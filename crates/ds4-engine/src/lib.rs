@@ -42,7 +42,7 @@ pub mod session;
 pub mod synthetic;
 pub mod weights;
 
-pub use backend::{Backend, CpuBackend, ForwardState};
+pub use backend::{Backend, CpuBackend, ForwardState, StateSnapshot};
 pub use cache::KvCache;
 pub use config::{AttnKind, MetaValue, ModelConfig};
 pub use error::{EngineError, Result};
