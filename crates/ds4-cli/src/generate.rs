@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ds4_chat::ThinkingMode;
-use ds4_engine::{ForwardOptions, Model, Sampler, SamplingParams, Session};
+use ds4_engine::{
+    ForwardOptions, ForwardState, LogitsFor, Model, Sampler, SamplingParams, Session,
+};
 use ds4_gguf::GgufFile;
 use ds4_tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,7 +18,12 @@ use crate::{demo, model_path, tokens};
 
 /// `-m FILE`, else `ds4flash.gguf` here, else the demo model (saying so).
 pub fn resolve_model(args: &Args) -> Result<PathBuf> {
-    match model_path::find(args.model.as_deref())? {
+    resolve_model_path(args.model.as_deref())
+}
+
+/// [`resolve_model`] for an optional `-m` value.
+pub fn resolve_model_path(model: Option<&std::path::Path>) -> Result<PathBuf> {
+    match model_path::find(model)? {
         Some(p) => Ok(p),
         None => {
             let p = demo::ensure()?;
@@ -116,6 +123,31 @@ pub fn prefill(session: &mut Session<'_>, tokens: &[u32], chunk: usize) -> Resul
     Ok(evaluated)
 }
 
+/// Prefills `tokens` into a fresh backend state in runs of `chunk`, with a progress
+/// bar on a terminal; returns the logits after the last token.
+pub fn prefill_state(st: &mut dyn ForwardState, tokens: &[u32], chunk: usize) -> Result<Vec<f32>> {
+    let chunk = chunk.clamp(1, st.max_batch());
+    let bar = if std::io::stderr().is_terminal() && tokens.len() > chunk {
+        let b = ProgressBar::new(tokens.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "processing {len} input tokens: {pos}/{len} ({percent}%) {per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut last = None;
+    for (i, c) in tokens.chunks(chunk).enumerate() {
+        last = st.forward(c, LogitsFor::Last)?.pop();
+        bar.set_position(((i + 1) * chunk).min(tokens.len()) as u64);
+    }
+    bar.finish_and_clear();
+    last.context("empty prompt")
+}
+
 /// Writes generated text: reasoning dimmed on a terminal, the think tags
 /// themselves stripped, a newline forced after `</think>` (ds4's output).
 pub struct Printer {
@@ -179,11 +211,11 @@ pub fn run(args: &Args) -> Result<()> {
             prompt.len()
         );
     }
-    let mut session = Session::new(&model, ctx, ForwardOptions::default());
     let chunk = 2048;
-    session.set_prefill_chunk(chunk);
+    let loaded = crate::device::load(&model, (args.cpu, args.cuda), ctx, chunk)?;
+    let mut st = loaded.backend().new_state(ctx, ForwardOptions::default())?;
     let t0 = Instant::now();
-    prefill(&mut session, &prompt, chunk)?;
+    let mut logits = prefill_state(st.as_mut(), &prompt, chunk)?;
     let prefill_s = t0.elapsed().as_secs_f64();
 
     let specials = tok.specials();
@@ -196,7 +228,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let t1 = Instant::now();
     let mut generated = 0usize;
-    let mut next = next_token(&mut sampler, session.logits()?)?;
+    let mut next = next_token(&mut sampler, &logits)?;
     loop {
         generated += 1;
         if next == specials.eos {
@@ -213,7 +245,11 @@ pub fn run(args: &Args) -> Result<()> {
         if generated >= budget {
             break;
         }
-        next = next_token(&mut sampler, session.decode(next)?)?;
+        logits = st
+            .forward(&[next], LogitsFor::Last)?
+            .pop()
+            .context("no logits")?;
+        next = next_token(&mut sampler, &logits)?;
     }
     printer.text(&mut out, &decoder.finish())?;
     printer.think_end(&mut out)?;

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod convert;
 pub mod demo;
+pub mod device;
 pub mod diagnostics;
 pub mod generate;
 pub mod inspect;

@@ -20,7 +20,8 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     if args.cuda {
-        anyhow::bail!("this build has no CUDA backend yet; run on the CPU (--cpu, the default)");
+        // Say at once when there is no GPU, before loading anything.
+        ds4_cli::device::choose(false, true)?;
     }
     // ds4's default: every online CPU, at most 32 (DS4_THREADS overrides).
     let threads = match (args.threads, std::env::var("DS4_THREADS").ok()) {
