@@ -224,6 +224,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .fallback(not_found)
         .layer(middleware::from_fn(options_no_content))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            declared_too_large,
+        ))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             cfg.read_timeout,
@@ -275,6 +279,34 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     )
     .for_api(api)
     .into_response()
+}
+
+/// A `Content-Length` over the limit is refused before any of the body is read
+/// (the body limit alone would wait for bytes that are never coming).
+async fn declared_too_large(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.cfg.body_limit as u64) {
+        let api = if req.uri().path() == "/v1/messages" {
+            Api::Messages
+        } else {
+            Api::Chat
+        };
+        let e = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "request body is larger than {} bytes (--max-body-bytes)",
+                s.cfg.body_limit
+            ),
+        )
+        .for_api(api);
+        return reject(&s, req.uri().path(), e, b"");
+    }
+    next.run(req).await
 }
 
 /// `OPTIONS` on any path → 204 (CORS headers come from the CORS layer, when on).
