@@ -31,6 +31,31 @@ fn bad_command_lines_fail_with_a_reason() {
     let (ok, err) = run(&["--ctx", "abc"]);
     assert!(!ok);
     assert!(err.contains("abc"), "{err}");
+    let (ok, err) = run(&["--send-stall-ms", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--send-stall-ms"), "{err}");
+}
+
+#[test]
+fn an_unwritable_trace_file_is_refused_before_loading() {
+    let dir = std::env::temp_dir().join(format!("ds4-server-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let model = dir.join("m.gguf");
+    std::fs::write(&model, b"not loaded").expect("write");
+    let (ok, err) = run(&[
+        "-m",
+        model.to_str().expect("utf8"),
+        "--trace",
+        "/nonexistent-dir/trace.jsonl",
+        "--port",
+        "1",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok);
+    assert!(
+        err.contains("--trace /nonexistent-dir/trace.jsonl") && !err.contains("loading"),
+        "{err}"
+    );
 }
 
 #[test]
