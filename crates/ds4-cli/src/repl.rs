@@ -21,7 +21,7 @@ use crate::args::Args;
 use crate::generate::{Printer, next_token, prefill, resolve_model, sampling, tokenizer_from_gguf};
 use crate::tokens::DEFAULT_SYSTEM;
 
-const HELP: &str = "commands: /help  /think  /think-max  /nothink  /ctx N  /read FILE  /quit\n\
+const HELP: &str = "commands: /help  /think  /think-max  /nothink  /ctx N  /read FILE  /save FILE  /load FILE  /quit\n\
                     Ctrl+C stops a generation; Ctrl+D or /quit leaves.";
 const HISTORY_MAX: usize = 512;
 
@@ -62,6 +62,80 @@ impl<'m> Chat<'m> {
         self.transcript
             .splice(..self.head_len, head.iter().copied());
         self.head_len = head.len();
+        Ok(())
+    }
+
+    /// The identity saved conversations are checked against (the server's
+    /// disk cache uses the same digest).
+    fn identity(&self) -> ds4_kvstore::Identity {
+        ds4_kvstore::Identity {
+            model: ds4_kvstore::sha256(&ds4_engine::payload::model_fingerprint(self.model)),
+            quant_bits: 0,
+        }
+    }
+
+    /// `/save FILE`: the conversation and its KV state in the disk cache's
+    /// file format (ds4-kvstore FORMAT.md), written atomically.
+    fn save(&mut self, path: &str) -> Result<()> {
+        if path.is_empty() {
+            anyhow::bail!("usage: /save FILE");
+        }
+        if self.transcript.len() <= self.head_len {
+            anyhow::bail!("nothing to save yet");
+        }
+        // The last sampled token (or the closing EOS) is in the transcript but
+        // not yet in the KV: evaluate it so the file holds the whole turn.
+        prefill(&mut self.session, &self.transcript, 2048)?;
+        let mut payload = Vec::new();
+        self.session.save_payload_compact(&mut payload)?;
+        let text = self.tok.decode(&self.transcript)?;
+        let bytes = ds4_kvstore::write_file(
+            std::path::Path::new(path),
+            self.identity(),
+            &ds4_kvstore::NewEntry {
+                reason: ds4_kvstore::Reason::Unknown,
+                tokens: self.transcript.len() as u32,
+                ctx: self.ctx as u32,
+                text: &text,
+                tool_map: &[],
+                payload: &payload,
+            },
+        )?;
+        println!(
+            "Saved {} tokens to {path} ({:.1} MB)",
+            self.transcript.len(),
+            bytes as f64 / 1e6
+        );
+        Ok(())
+    }
+
+    /// `/load FILE`: replaces the conversation and its KV state by a saved
+    /// one, after checking the file (checksums, this model) and that it starts
+    /// with the current system prompt and thinking head.
+    fn load(&mut self, path: &str) -> Result<()> {
+        if path.is_empty() {
+            anyhow::bail!("usage: /load FILE");
+        }
+        let (hit, _) = ds4_kvstore::read_file(std::path::Path::new(path), self.identity())?;
+        if hit.ctx as usize > self.ctx {
+            anyhow::bail!(
+                "{path} was saved with a {}-token context; use /ctx {} first",
+                hit.ctx,
+                hit.ctx
+            );
+        }
+        let mut session = Session::new(self.model, self.ctx, ForwardOptions::default());
+        session.load_payload(&mut hit.payload.as_slice())?;
+        let head = self.head()?;
+        if !session.tokens().starts_with(&head) {
+            anyhow::bail!(
+                "{path} was saved with another system prompt or thinking mode (-sys, /think-max)"
+            );
+        }
+        self.transcript = session.tokens().to_vec();
+        self.head_len = head.len();
+        self.session = session;
+        println!("Loaded {} tokens from {path}", self.transcript.len());
         Ok(())
     }
 
@@ -264,6 +338,8 @@ pub fn run(args: &Args) -> Result<()> {
                     "usage: /ctx N (a positive number of tokens)"
                 )),
             },
+            "/save" => chat.save(rest),
+            "/load" => chat.load(rest),
             "/read" => match std::fs::read_to_string(rest) {
                 Ok(text) => chat.turn(args, &text, &stop),
                 Err(e) => Err(anyhow::anyhow!("cannot read {rest}: {e}")),
@@ -282,4 +358,94 @@ pub fn run(args: &Args) -> Result<()> {
         let _ = rl.save_history(h);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds4_engine::{ModelConfig, SyntheticSource};
+
+    /// The tiny checkpoint's shape with the real vocabulary, random weights.
+    fn model() -> Model {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../ds4-engine/tests/data/tiny-v4/config.json"),
+        )
+        .unwrap();
+        let mut cfg = ModelConfig::from_official_json(&text).unwrap();
+        cfg.n_vocab = 129_280;
+        Model::new(cfg.clone(), &SyntheticSource::new(cfg, 3)).unwrap()
+    }
+
+    fn chat<'m>(model: &'m Model, system: &str) -> Chat<'m> {
+        let json = crate::tokenizer_meta::bundled_json().unwrap();
+        let mut c = Chat {
+            model,
+            tok: Tokenizer::from_json_bytes(json.as_bytes()).unwrap(),
+            session: Session::new(model, 512, ForwardOptions::default()),
+            ctx: 512,
+            mode: Mode::NoThink,
+            transcript: Vec::new(),
+            head_len: 0,
+            system: system.to_string(),
+        };
+        c.rebuild_head().unwrap();
+        c
+    }
+
+    #[test]
+    fn save_then_load_restores_the_conversation_exactly() {
+        let model = model();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conv.kv");
+        let path = path.to_str().unwrap();
+        let mut a = chat(&model, "You are terse.");
+        let sp = a.tok.specials();
+        let turn = a
+            .tok
+            .encode_pieces(&[
+                Piece::Special(sp.user),
+                Piece::Text("Name three rivers of Lombardy."),
+                Piece::Special(sp.assistant),
+                Piece::Special(sp.think_end),
+                Piece::Text("Adda, Ticino, Oglio."),
+                Piece::Special(sp.eos),
+            ])
+            .unwrap();
+        a.transcript.extend(turn);
+        // As after a turn: the closing EOS is not in the KV yet.
+        let n = a.transcript.len();
+        prefill(&mut a.session, &a.transcript[..n - 1], 2048).unwrap();
+        a.save(path).unwrap();
+        assert_eq!(a.session.tokens(), a.transcript.as_slice());
+
+        let mut b = chat(&model, "You are terse.");
+        b.load(path).unwrap();
+        assert_eq!(b.transcript, a.transcript);
+        assert_eq!(b.head_len, a.head_len);
+        let bits = |s: &Session<'_>| -> Vec<u32> {
+            s.logits().unwrap().iter().map(|x| x.to_bits()).collect()
+        };
+        assert_eq!(bits(&b.session), bits(&a.session));
+
+        // Another system prompt, a damaged file, another model: refused, and
+        // the conversation is left as it was.
+        let mut c = chat(&model, "You are verbose.");
+        let e = c.load(path).unwrap_err();
+        assert!(e.to_string().contains("system prompt"), "{e}");
+        assert_eq!(c.transcript.len(), c.head_len);
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 4;
+        std::fs::write(path, &bytes).unwrap();
+        let e = b.load(path).unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+        assert_eq!(b.transcript, a.transcript);
+        a.save(path).unwrap();
+        let cfg = model.cfg.clone();
+        let other = Model::new(cfg.clone(), &SyntheticSource::new(cfg, 4)).unwrap();
+        let mut d = chat(&other, "You are terse.");
+        let e = d.load(path).unwrap_err();
+        assert!(e.to_string().contains("another model"), "{e}");
+    }
 }

@@ -64,6 +64,23 @@ fn read_front(r: &mut impl Read, f: &mut Frontier) -> Result<()> {
     Ok(())
 }
 
+/// Bytes that identify a model for saved sessions: every config value and the
+/// f32 norm weights (which do not depend on the routed experts' quantization,
+/// so q2 and q4 files of one model share saved sessions). Callers hash them.
+pub fn model_fingerprint(model: &crate::model::Model) -> Vec<u8> {
+    let mut h: Vec<u8> = b"ds4-rs model identity v1\0".to_vec();
+    h.extend_from_slice(format!("{:?}", model.cfg.to_metadata()).as_bytes());
+    let w = &model.weights;
+    let mut put = |v: &[f32]| h.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    put(&w.output_norm);
+    for l in &w.layers {
+        put(&l.attn_norm);
+        put(&l.kv_norm);
+        put(&l.ffn_norm);
+    }
+    h
+}
+
 /// A borrowed [`PayloadState`]: saving does not copy the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadRef<'a> {

@@ -269,6 +269,11 @@ fn decode_tool_map(b: &[u8]) -> std::result::Result<Vec<(String, String)>, Strin
     Ok(out)
 }
 
+/// SHA-256 of `data` (for callers building an [`Identity`]).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
 /// `<first 40 hex digits of SHA-256(text)>.kv`.
 pub fn file_name(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
@@ -474,30 +479,12 @@ impl KvStore {
         if self.disabled.is_some() {
             return Ok(SaveOutcome::Disabled);
         }
-        let map = encode_tool_map(e.tool_map);
+        self.clock += 1;
+        let (header, map) = build_header(self.identity, e, self.clock);
         let size = (HEADER_LEN + e.text.len() + map.len() + e.payload.len()) as u64;
         if size as f64 * 1.01 > self.budget as f64 {
             return Ok(SaveOutcome::TooLarge);
         }
-        let mut meta_crc = crc32fast::Hasher::new();
-        meta_crc.update(e.text.as_bytes());
-        meta_crc.update(&map);
-        self.clock += 1;
-        let header = Header {
-            model: self.identity.model,
-            quant_bits: self.identity.quant_bits,
-            reason: e.reason,
-            tokens: e.tokens,
-            ctx: e.ctx,
-            hits: 0,
-            created: now_secs(),
-            last_used: self.clock,
-            text_len: e.text.len() as u64,
-            map_len: map.len() as u64,
-            payload_len: e.payload.len() as u64,
-            meta_crc: meta_crc.finalize(),
-            payload_crc: crc32fast::hash(e.payload),
-        };
         let name = file_name(e.text);
         self.seq += 1;
         let tmp = self
@@ -593,42 +580,12 @@ impl KvStore {
 
     fn read_full(&self, name: &str, text: &str) -> std::result::Result<Hit, String> {
         let path = self.dir.join(name);
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| e.to_string())?;
-        let hb: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or("shorter than its header")?;
-        let h = Header::decode(hb)?;
-        if h.model != self.identity.model {
-            return Err("written for another model".into());
-        }
-        if h.file_len() != Some(bytes.len() as u64) {
-            return Err("truncated or extended since it was indexed".into());
-        }
-        let t_end = HEADER_LEN + h.text_len as usize;
-        let m_end = t_end + h.map_len as usize;
-        if crc32fast::hash(&bytes[HEADER_LEN..m_end]) != h.meta_crc {
-            return Err("key text / tool map checksum mismatch".into());
-        }
-        if crc32fast::hash(&bytes[m_end..]) != h.payload_crc {
-            return Err("payload checksum mismatch".into());
-        }
-        if &bytes[HEADER_LEN..t_end] != text.as_bytes() {
+        let bytes = fs::read(&path).map_err(|e| e.to_string())?;
+        let (hit, stored) = verify(&bytes, self.identity, name)?;
+        if stored != text {
             return Err("key text differs from its index".into());
         }
-        let tool_map = decode_tool_map(&bytes[t_end..m_end])?;
-        Ok(Hit {
-            file: name.to_string(),
-            reason: h.reason,
-            tokens: h.tokens,
-            ctx: h.ctx,
-            text_len: text.len(),
-            tool_map,
-            payload: bytes[m_end..].to_vec(),
-        })
+        Ok(hit)
     }
 
     /// Marks a file used now: hits + 1 and a new `last_used`, in the index and
@@ -678,6 +635,103 @@ impl KvStore {
         }
         out
     }
+}
+
+/// Checks a whole file's bytes (header, identity, exact size, both CRCs, tool
+/// map) and returns its entry and key text.
+fn verify(
+    bytes: &[u8],
+    identity: Identity,
+    name: &str,
+) -> std::result::Result<(Hit, String), String> {
+    let hb: &[u8; HEADER_LEN] = bytes
+        .get(..HEADER_LEN)
+        .and_then(|s| s.try_into().ok())
+        .ok_or("shorter than its header")?;
+    let h = Header::decode(hb)?;
+    if h.model != identity.model {
+        return Err("written for another model".into());
+    }
+    if h.file_len() != Some(bytes.len() as u64) {
+        return Err("truncated or extended".into());
+    }
+    let t_end = HEADER_LEN + h.text_len as usize;
+    let m_end = t_end + h.map_len as usize;
+    if crc32fast::hash(&bytes[HEADER_LEN..m_end]) != h.meta_crc {
+        return Err("key text / tool map checksum mismatch".into());
+    }
+    if crc32fast::hash(&bytes[m_end..]) != h.payload_crc {
+        return Err("payload checksum mismatch".into());
+    }
+    let text = std::str::from_utf8(&bytes[HEADER_LEN..t_end])
+        .map_err(|_| "key text is not UTF-8".to_string())?;
+    let tool_map = decode_tool_map(&bytes[t_end..m_end])?;
+    let hit = Hit {
+        file: name.to_string(),
+        reason: h.reason,
+        tokens: h.tokens,
+        ctx: h.ctx,
+        text_len: text.len(),
+        tool_map,
+        payload: bytes[m_end..].to_vec(),
+    };
+    Ok((hit, text.to_string()))
+}
+
+fn build_header(identity: Identity, e: &NewEntry<'_>, last_used: u64) -> (Header, Vec<u8>) {
+    let map = encode_tool_map(e.tool_map);
+    let mut meta_crc = crc32fast::Hasher::new();
+    meta_crc.update(e.text.as_bytes());
+    meta_crc.update(&map);
+    let header = Header {
+        model: identity.model,
+        quant_bits: identity.quant_bits,
+        reason: e.reason,
+        tokens: e.tokens,
+        ctx: e.ctx,
+        hits: 0,
+        created: now_secs(),
+        last_used,
+        text_len: e.text.len() as u64,
+        map_len: map.len() as u64,
+        payload_len: e.payload.len() as u64,
+        meta_crc: meta_crc.finalize(),
+        payload_crc: crc32fast::hash(e.payload),
+    };
+    (header, map)
+}
+
+/// Writes one entry as a standalone file in the same format (the CLI's
+/// `/save`), atomically: tmp file, fsync, rename.
+pub fn write_file(path: &Path, identity: Identity, e: &NewEntry<'_>) -> Result<u64> {
+    let (header, map) = build_header(identity, e, 0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let parts: [&[u8]; 4] = [&header.encode(), e.text.as_bytes(), &map, e.payload];
+    let r = write_atomic(&tmp, path, &dir, &parts);
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r.map(|()| (HEADER_LEN + e.text.len() + map.len() + e.payload.len()) as u64)
+}
+
+/// Reads a file written by [`write_file`] (or a store file) for `identity`,
+/// verified in full; returns the entry and its key text.
+pub fn read_file(path: &Path, identity: Identity) -> Result<(Hit, String)> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    verify(&bytes, identity, &name)
+        .map_err(|why| StoreError::Bad(format!("{}: {why}", path.display())))
 }
 
 fn create_dir_private(dir: &Path) -> Result<()> {

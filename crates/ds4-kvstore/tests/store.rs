@@ -367,3 +367,45 @@ fn kill9_during_saves_leaves_no_loadable_half_file() {
         );
     }
 }
+
+#[test]
+fn standalone_files_round_trip_and_refuse_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("conv.kv");
+    let p = payload(5, 2000);
+    let map = vec![("call_1".to_string(), "<b>".to_string())];
+    let n = ds4_kvstore::write_file(
+        &path,
+        ID,
+        &NewEntry {
+            reason: Reason::Unknown,
+            tokens: 42,
+            ctx: 512,
+            text: "a saved conversation",
+            tool_map: &map,
+            payload: &p,
+        },
+    )
+    .unwrap();
+    assert_eq!(n, fs::metadata(&path).unwrap().len());
+    let (hit, text) = ds4_kvstore::read_file(&path, ID).unwrap();
+    assert_eq!(
+        (hit.tokens, hit.ctx, text.as_str()),
+        (42, 512, "a saved conversation")
+    );
+    assert_eq!((hit.payload, hit.tool_map), (p, map));
+    let other = Identity {
+        model: [9; 32],
+        quant_bits: 2,
+    };
+    assert!(ds4_kvstore::read_file(&path, other).is_err());
+    let good = fs::read(&path).unwrap();
+    for at in [3, 60, HEADER_LEN + 2, good.len() - 1] {
+        let mut b = good.clone();
+        b[at] ^= 0x10;
+        fs::write(&path, &b).unwrap();
+        assert!(ds4_kvstore::read_file(&path, ID).is_err(), "flip at {at}");
+    }
+    fs::write(&path, &good[..good.len() - 7]).unwrap();
+    assert!(ds4_kvstore::read_file(&path, ID).is_err());
+}

@@ -17,6 +17,10 @@ pub enum BackendError {
     NoLogits,
     #[error("prefill cancelled")]
     Cancelled,
+    #[error("this backend cannot save or load its state")]
+    Unsupported,
+    #[error("saved state does not fit this backend: {0}")]
+    BadState(String),
 }
 
 /// How a [`Backend::sync`] reached its tokens.
@@ -46,6 +50,16 @@ pub trait Backend: Send {
     fn decode(&mut self, token: u32) -> Result<(), BackendError>;
     /// Logits after the last token.
     fn logits(&self) -> Result<&[f32], BackendError>;
+    /// The whole live state (tokens, KV, logits) as bytes, for a parked session
+    /// or the disk cache.
+    fn save_state(&self) -> Result<Vec<u8>, BackendError> {
+        Err(BackendError::Unsupported)
+    }
+    /// Replace the live state by bytes from [`Backend::save_state`]. On error
+    /// the live state is unchanged.
+    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -121,6 +135,18 @@ impl Backend for EngineBackend {
 
     fn logits(&self) -> Result<&[f32], BackendError> {
         Ok(self.session.logits()?)
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, BackendError> {
+        let mut out = Vec::new();
+        self.session.save_payload_compact(&mut out)?;
+        Ok(out)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.session
+            .load_payload(&mut &bytes[..])
+            .map_err(|e| BackendError::BadState(e.to_string()))
     }
 }
 
@@ -282,5 +308,25 @@ impl Backend for ScriptedBackend {
 
     fn logits(&self) -> Result<&[f32], BackendError> {
         Ok(&self.logits)
+    }
+
+    /// The tokens (the scripted logits are recomputed from the script).
+    fn save_state(&self) -> Result<Vec<u8>, BackendError> {
+        Ok(self.tokens.iter().flat_map(|t| t.to_le_bytes()).collect())
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if !bytes.len().is_multiple_of(4) || bytes.len() / 4 > self.ctx {
+            return Err(BackendError::BadState("not a token list".into()));
+        }
+        self.tokens = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        // The next `sync` picks the script; nothing is consumed here.
+        self.current.clear();
+        self.pos = 0;
+        self.set_logits();
+        Ok(())
     }
 }

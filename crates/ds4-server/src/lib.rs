@@ -14,6 +14,7 @@ pub mod api;
 pub mod backend;
 pub mod error;
 pub mod format;
+pub mod kvdisk;
 pub mod metrics;
 pub mod net;
 pub mod prompt;
@@ -69,6 +70,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub exact_replay: bool,
     pub tool_memory_max_ids: usize,
+    /// Disk KV cache and parked sessions (`kvdisk`).
+    pub kv: kvdisk::KvConfig,
     /// Longest wait for request headers (from the first byte of a request, or
     /// on an idle connection) and between two pieces of a request body: a
     /// slowloris client is cut off after this (ds4: 10 s socket timeouts).
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             body_limit: 64 << 20,
             exact_replay: true,
             tool_memory_max_ids: 100_000,
+            kv: kvdisk::KvConfig::default(),
             read_timeout: Duration::from_secs(10),
             send_stall: Duration::from_millis(2000),
             trace: None,
@@ -105,6 +109,7 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     jobs: Mutex<Option<SyncSender<Job>>>,
     seq: AtomicU64,
+    worker_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AppState {
@@ -121,8 +126,9 @@ impl AppState {
         });
         // `sync_channel(n)` holds n waiting jobs; the running one is off the queue.
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_capacity);
-        let worker = Worker::new(backend, tokenizer.clone(), shared.clone());
-        std::thread::Builder::new()
+        let kv = kvdisk::KvState::open(cfg.kv.clone(), cfg.ctx, &shared.replay, &shared.metrics);
+        let worker = Worker::new(backend, tokenizer.clone(), shared.clone()).with_kv(kv);
+        let worker_thread = std::thread::Builder::new()
             .name("ds4-worker".into())
             .spawn(move || worker.run(rx))?;
         Ok(Arc::new(Self {
@@ -131,7 +137,17 @@ impl AppState {
             shared,
             jobs: Mutex::new(Some(tx)),
             seq: AtomicU64::new(0),
+            worker_thread: Mutex::new(Some(worker_thread)),
         }))
+    }
+
+    /// After [`AppState::shutdown`]: wait until the worker has finished the
+    /// queued jobs and its shutdown saves.
+    pub fn join_worker(&self) {
+        let h = self.worker_thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
     }
 
     /// Stop accepting jobs; the worker drains the queue and exits.

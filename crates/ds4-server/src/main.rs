@@ -59,6 +59,35 @@ struct Args {
     /// Worker threads for the CPU engine (default: all cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
+    /// Directory of the disk KV cache (created, mode 0700); off without it.
+    #[arg(long = "kv-disk-dir", value_name = "DIR")]
+    kv_disk_dir: Option<PathBuf>,
+    /// Disk KV cache budget in MB (least recently used files go first).
+    #[arg(long = "kv-disk-space-mb", default_value_t = 4096)]
+    kv_disk_space_mb: u64,
+    /// Smallest prefix, in tokens, saved to or loaded from disk.
+    #[arg(long = "kv-cache-min-tokens", default_value_t = 512)]
+    kv_cache_min_tokens: usize,
+    /// Cold-save fresh prompts of at most this many tokens (0: no cold saves).
+    #[arg(long = "kv-cache-cold-max-tokens", default_value_t = 30_000)]
+    kv_cache_cold_max_tokens: usize,
+    /// Save at every absolute multiple of this many tokens (rounded up to the
+    /// alignment; 0: off).
+    #[arg(long = "kv-cache-continued-interval-tokens", default_value_t = 10_000)]
+    kv_cache_continued_interval_tokens: usize,
+    /// Tail tokens left out of a cold save.
+    #[arg(long = "kv-cache-boundary-trim-tokens", default_value_t = 32)]
+    kv_cache_boundary_trim_tokens: usize,
+    /// Cold saves end on a multiple of this many tokens (0: anywhere).
+    #[arg(long = "kv-cache-boundary-align-tokens", default_value_t = 2048)]
+    kv_cache_boundary_align_tokens: usize,
+    /// Refuse cache files written with the other routed-expert quantization.
+    #[arg(long = "kv-cache-reject-different-quant")]
+    kv_cache_reject_different_quant: bool,
+    /// RAM for sessions parked besides the live one, in MB (0: one live
+    /// session, as ds4).
+    #[arg(long = "kv-ram-mb", default_value_t = 4096)]
+    kv_ram_mb: u64,
     /// Log every request, its rendered prompt and its output to FILE, one JSON
     /// object per line (truncated at start).
     #[arg(long = "trace", value_name = "FILE")]
@@ -131,6 +160,22 @@ fn main() -> anyhow::Result<()> {
     eprintln!("ds4-server: loading {}", args.model.display());
     let model = ds4_engine::Model::from_gguf(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let kv = ds4_server::kvdisk::KvConfig {
+        disk_dir: args.kv_disk_dir.clone(),
+        disk_space_mb: args.kv_disk_space_mb,
+        min_tokens: args.kv_cache_min_tokens,
+        cold_max_tokens: args.kv_cache_cold_max_tokens,
+        continued_interval_tokens: args.kv_cache_continued_interval_tokens,
+        boundary_trim_tokens: args.kv_cache_boundary_trim_tokens,
+        boundary_align_tokens: args.kv_cache_boundary_align_tokens,
+        reject_different_quant: args.kv_cache_reject_different_quant,
+        ram_mb: args.kv_ram_mb,
+        identity: ds4_server::kvdisk::model_identity(
+            &model,
+            ds4_server::kvdisk::quant_bits(&args.model),
+        ),
+    };
+    kv.validate().map_err(anyhow::Error::msg)?;
     let backend = EngineBackend::new(model, args.ctx);
     let cfg = ServerConfig {
         ctx: args.ctx,
@@ -141,6 +186,7 @@ fn main() -> anyhow::Result<()> {
         body_limit: args.max_body_bytes,
         exact_replay: !args.disable_exact_replay,
         tool_memory_max_ids: args.tool_memory_max_ids,
+        kv,
         read_timeout: Duration::from_millis(args.read_timeout_ms),
         send_stall: Duration::from_millis(args.send_stall_ms),
         trace,
@@ -151,11 +197,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let state = AppState::start(cfg, tokenizer, Box::new(backend))?;
+        let worker_state = state.clone();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         eprintln!("ds4-server: listening on http://{}", listener.local_addr()?);
         ds4_server::serve(listener, state, shutdown_signal()).await?;
+        // The worker finishes queued jobs and its shutdown KV saves first.
+        tokio::task::spawn_blocking(move || worker_state.join_worker()).await?;
         eprintln!("ds4-server: shut down");
         Ok(())
     })

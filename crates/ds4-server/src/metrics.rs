@@ -24,6 +24,14 @@ pub struct Metrics {
     pub invalid_requests: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Disk KV cache and parked sessions (issue #7).
+    pub kv_disk_hits: AtomicU64,
+    pub kv_parked_hits: AtomicU64,
+    pub kv_disk_saves: AtomicU64,
+    pub kv_disk_bytes: AtomicU64,
+    pub kv_disk_budget_bytes: AtomicU64,
+    pub kv_parked_sessions: AtomicU64,
+    pub kv_parked_bytes: AtomicU64,
 }
 
 pub const API_LABELS: [&str; 4] = ["chat", "completions", "responses", "messages"];
@@ -124,6 +132,54 @@ impl Metrics {
                 format!("{:.3}", rate(g(&self.generated_tokens), g(&self.decode_us))),
             ),
         ];
+        let kv = [
+            (
+                "ds4_kv_disk_hits_total",
+                "counter",
+                "Requests resumed from a disk KV cache file.",
+                &self.kv_disk_hits,
+            ),
+            (
+                "ds4_kv_parked_hits_total",
+                "counter",
+                "Requests resumed from a session parked in RAM.",
+                &self.kv_parked_hits,
+            ),
+            (
+                "ds4_kv_disk_saves_total",
+                "counter",
+                "Sessions written to the disk KV cache.",
+                &self.kv_disk_saves,
+            ),
+            (
+                "ds4_kv_disk_bytes",
+                "gauge",
+                "Bytes of the disk KV cache files.",
+                &self.kv_disk_bytes,
+            ),
+            (
+                "ds4_kv_disk_budget_bytes",
+                "gauge",
+                "The disk KV cache budget (--kv-disk-space-mb).",
+                &self.kv_disk_budget_bytes,
+            ),
+            (
+                "ds4_kv_parked_sessions",
+                "gauge",
+                "Sessions parked in RAM besides the live one.",
+                &self.kv_parked_sessions,
+            ),
+            (
+                "ds4_kv_parked_bytes",
+                "gauge",
+                "Bytes of the parked sessions (--kv-ram-mb).",
+                &self.kv_parked_bytes,
+            ),
+        ];
+        let rows: Vec<(&str, &str, &str, String)> = rows
+            .into_iter()
+            .chain(kv.map(|(n, k, h, v)| (n, k, h, g(v).to_string())))
+            .collect();
         for (name, kind, help, value) in rows {
             let _ = writeln!(
                 s,

@@ -60,6 +60,25 @@ impl ReplayMap {
         }
     }
 
+    /// Every (id, block) whose block occurs in `text`: the part of the map a
+    /// saved session with that text needs for exact replay.
+    pub fn entries_in(&self, text: &str) -> Vec<(String, String)> {
+        let mut seen: HashMap<*const u8, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for id in &self.order {
+            let Some(block) = self.map.get(id) else {
+                continue;
+            };
+            let found = *seen
+                .entry(block.as_ptr())
+                .or_insert_with(|| text.contains(&**block));
+            if found {
+                out.push((id.clone(), block.to_string()));
+            }
+        }
+        out
+    }
+
     /// The raw block shared by all `ids`, if every id is known and they agree.
     pub fn block_for(&self, ids: &[&str]) -> Option<Arc<str>> {
         let first = self.map.get(*ids.first()?)?;
@@ -90,5 +109,18 @@ mod tests {
         small.insert_block(&["y".into()], "123456");
         assert_eq!(small.block_for(&["x"]), None, "byte cap evicts");
         assert!(small.block_for(&["y"]).is_some());
+    }
+
+    #[test]
+    fn entries_in_text() {
+        let mut m = ReplayMap::new(10, 1 << 20);
+        m.insert_block(&["a".into(), "b".into()], "<B1>");
+        m.insert_block(&["c".into()], "<B2>");
+        let e = m.entries_in("x<B1>y");
+        assert_eq!(
+            e,
+            vec![("a".into(), "<B1>".into()), ("b".into(), "<B1>".into())]
+        );
+        assert!(m.entries_in("nothing").is_empty());
     }
 }

@@ -12,7 +12,8 @@ use ds4_chat::{DsmlParser, Event, ParserOptions, Prompt};
 use ds4_tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SyncStats};
+use crate::kvdisk::KvState;
 use crate::metrics::Metrics;
 use crate::prompt::tokenize_from;
 use crate::replay::ReplayMap;
@@ -140,6 +141,8 @@ pub struct Worker {
     /// renderer) and how many live tokens it stands for. A request extending it
     /// keeps the live KV, hidden reasoning included, instead of re-prefilling.
     thinking_visible: Option<(String, usize)>,
+    /// Parked sessions and the disk KV cache.
+    kv: Option<KvState>,
 }
 
 /// A fresh tool-call id: `call_`/`toolu_` + 32 hex digits.
@@ -160,10 +163,200 @@ impl Worker {
             shared,
             live_text: None,
             thinking_visible: None,
+            kv: None,
         }
     }
 
-    /// Run jobs until every sender is gone.
+    /// Adds parked sessions and the disk cache (see [`crate::kvdisk`]).
+    pub fn with_kv(mut self, kv: KvState) -> Self {
+        self.kv = Some(kv);
+        self
+    }
+
+    /// Whether the live session is worth keeping when it is replaced.
+    fn keeps_sessions(&self) -> bool {
+        self.kv
+            .as_ref()
+            .is_some_and(|k| k.cfg.ram_mb > 0 || k.store.is_some())
+    }
+
+    /// Parks the live session in RAM (or, with no RAM budget, saves it to disk
+    /// as `evict`) before something else replaces it.
+    fn park_live(&mut self) {
+        let n = self.backend.tokens().len();
+        if n == 0 || !self.keeps_sessions() {
+            return;
+        }
+        let Ok(text) = self.tokenizer.decode(self.backend.tokens()) else {
+            return;
+        };
+        let Ok(bytes) = self.backend.save_state() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let Some(kv) = self.kv.as_mut() else { return };
+        if kv.cfg.ram_mb > 0 {
+            kv.park(text, n, bytes, &shared.replay, &shared.metrics);
+        } else if n > kv.live_saved {
+            kv.save(
+                ds4_kvstore::Reason::Evict,
+                &text,
+                n,
+                &bytes,
+                &shared.replay,
+                &shared.metrics,
+            );
+        }
+    }
+
+    /// Saves the live session to disk when the store is on, it is long enough
+    /// and beyond what is already saved; with `prefix_of`, only if its text is a
+    /// byte prefix of that prompt (a key a later request can find).
+    fn save_live(&mut self, reason: ds4_kvstore::Reason, prefix_of: Option<&str>) {
+        let n = self.backend.tokens().len();
+        let Some(kv) = self.kv.as_ref() else { return };
+        if kv.store.is_none() || n < kv.cfg.min_tokens || n <= kv.live_saved {
+            return;
+        }
+        let Ok(text) = self.tokenizer.decode(self.backend.tokens()) else {
+            return;
+        };
+        if prefix_of.is_some_and(|p| !p.starts_with(text.as_str())) {
+            return;
+        }
+        let Ok(bytes) = self.backend.save_state() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        if let Some(kv) = self.kv.as_mut() {
+            kv.save(reason, &text, n, &bytes, &shared.replay, &shared.metrics);
+            kv.live_saved = n;
+        }
+    }
+
+    /// When a parked session or a disk file covers more of the prompt than the
+    /// live session, park the live one and load it: returns the tokens to sync
+    /// (its exact tokens, then the rest of the prompt tokenized from its byte
+    /// boundary).
+    fn resume(&mut self, req: &GenRequest, live_common: usize) -> Option<Vec<u32>> {
+        let ctx = self.backend.ctx();
+        let kv = self.kv.as_mut()?;
+        let parked = kv
+            .best_parked(&req.prompt_text)
+            .filter(|&(_, _, n)| n > live_common && n < ctx);
+        let floor = parked.map_or(live_common, |p| p.2);
+        let min = kv.cfg.min_tokens.max(floor + 1);
+        let disk = kv
+            .store
+            .as_mut()
+            .and_then(|s| s.lookup(&req.prompt_text, min as u32, ctx as u32));
+        let (text_len, bytes, source) = match (disk, parked) {
+            (Some(hit), _) => {
+                let cold_max = kv.cfg.cold_max_tokens;
+                if cold_max > 0
+                    && hit.tokens as usize > cold_max
+                    && let Some(s) = kv.store.as_mut()
+                {
+                    // Consumed: evict and shutdown saves write it back (ds4).
+                    s.remove(&hit.file);
+                }
+                (hit.text_len, hit.payload, Source::Disk)
+            }
+            (None, Some((i, text_len, _))) => {
+                let p = kv.take_parked(i);
+                (text_len, p.bytes, Source::Parked)
+            }
+            (None, None) => return None,
+        };
+        let suffix = tokenize_from(&self.tokenizer, &req.prompt, text_len).ok()??;
+        self.park_live();
+        if let Err(e) = self.backend.load_state(&bytes) {
+            eprintln!("ds4-server: warning: could not resume a saved session: {e}");
+            return None;
+        }
+        let m = &self.shared.metrics;
+        match source {
+            Source::Disk => m.kv_disk_hits.fetch_add(1, Ordering::Relaxed),
+            Source::Parked => m.kv_parked_hits.fetch_add(1, Ordering::Relaxed),
+        };
+        let loaded = self.backend.tokens().len();
+        if let Some(kv) = self.kv.as_mut() {
+            kv.live_saved = if source == Source::Disk { loaded } else { 0 };
+            kv.update_metrics(m);
+        }
+        self.live_text = None;
+        let mut t = self.backend.tokens().to_vec();
+        t.extend(suffix);
+        Some(t)
+    }
+
+    /// Syncs to `tokens`, stopping at the cold-save point and at continued-save
+    /// frontiers to write them to disk on the way.
+    fn sync_with_saves(
+        &mut self,
+        req: &GenRequest,
+        tokens: &[u32],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<SyncStats, BackendError> {
+        let live_common = common_prefix(self.backend.tokens(), tokens);
+        let mut cuts: Vec<(usize, ds4_kvstore::Reason)> = Vec::new();
+        // Nothing is reused when the live tokens are not a prefix (the engine
+        // then replays from scratch): a cold prompt, even if it shares a BOS.
+        let reuses = live_common > 0 && live_common == self.backend.tokens().len();
+        if let Some(kv) = self.kv.as_ref().filter(|k| k.store.is_some()) {
+            if !reuses {
+                let user = self.tokenizer.id_of(ds4_chat::SpecialToken::User.text());
+                let asst = self
+                    .tokenizer
+                    .id_of(ds4_chat::SpecialToken::Assistant.text());
+                if let Some(n) = kv.cfg.cold_store_len(tokens, user, asst) {
+                    cuts.push((n, ds4_kvstore::Reason::Cold));
+                }
+            }
+            let step = kv.cfg.continued_step();
+            let from = live_common.max(kv.live_saved);
+            if let Some(k) = from.checked_div(step) {
+                let mut b = (k + 1) * step;
+                while b <= tokens.len() {
+                    if b >= kv.cfg.min_tokens && !cuts.iter().any(|c| c.0 == b) {
+                        cuts.push((b, ds4_kvstore::Reason::Continued));
+                    }
+                    b += step;
+                }
+            }
+            cuts.sort_by_key(|c| c.0);
+        }
+        if live_common < self.backend.tokens().len()
+            && let Some(kv) = self.kv.as_mut()
+        {
+            kv.live_saved = kv.live_saved.min(live_common);
+        }
+        let mut stats: Option<SyncStats> = None;
+        let mut done_before = 0usize;
+        let total_guess = tokens.len() - live_common.min(tokens.len());
+        for (cut, reason) in cuts
+            .into_iter()
+            .chain([(tokens.len(), ds4_kvstore::Reason::Unknown)])
+        {
+            let mut seg = |d: usize, _t: usize| progress(done_before + d, total_guess);
+            let s = self.backend.sync(&tokens[..cut], &mut seg)?;
+            done_before += s.prefilled;
+            stats = Some(match stats {
+                None => s,
+                Some(first) => SyncStats {
+                    reused: first.reused,
+                    prefilled: first.prefilled + s.prefilled,
+                },
+            });
+            if reason != ds4_kvstore::Reason::Unknown {
+                self.save_live(reason, Some(&req.prompt_text));
+            }
+        }
+        stats.ok_or(BackendError::NoLogits)
+    }
+
+    /// Run jobs until every sender is gone, then save the live and parked
+    /// sessions to disk (`shutdown`).
     pub fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
             self.shared
@@ -183,6 +376,11 @@ impl Worker {
                     ended_in_reasoning: false,
                 });
             }
+        }
+        self.save_live(ds4_kvstore::Reason::Shutdown, None);
+        let shared = self.shared.clone();
+        if let Some(kv) = self.kv.as_mut() {
+            kv.shutdown(&shared.replay, &shared.metrics);
         }
     }
 
@@ -223,7 +421,14 @@ impl Worker {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         m.requests[req.api.index()].fetch_add(1, Ordering::Relaxed);
-        let tokens = self.choose_tokens(&req);
+        let mut tokens = self.choose_tokens(&req);
+        let live_common = common_prefix(self.backend.tokens(), &tokens);
+        if let Some(t) = self.resume(&req, live_common) {
+            tokens = t;
+        } else if live_common < self.backend.tokens().len() && tokens.len() < self.backend.ctx() {
+            // The live session is about to be replaced: keep it.
+            self.park_live();
+        }
         // Any request that did not continue the binding ends it (ds4's rule).
         self.thinking_visible = None;
         let ctx = self.backend.ctx();
@@ -249,7 +454,7 @@ impl Worker {
             let _ = tx.send(WorkerEvent::Prefill { done: d, total: t });
             !tx.is_closed()
         };
-        let stats = match self.backend.sync(&tokens, &mut progress) {
+        let stats = match self.sync_with_saves(&req, &tokens, &mut progress) {
             Ok(s) => s,
             Err(e) => {
                 self.live_text = None;
@@ -387,6 +592,13 @@ impl Worker {
                 finish = Finish::Error(e.to_string());
                 break;
             }
+            // Continued saves at absolute frontiers, never inside or after a
+            // tool block (its ids are not known yet).
+            let step = self.kv.as_ref().map_or(0, |k| k.cfg.continued_step());
+            let n = self.backend.tokens().len();
+            if step > 0 && n.is_multiple_of(step) && !(req.tools && raw.contains("tool_calls>")) {
+                self.save_live(ds4_kvstore::Reason::Continued, None);
+            }
         }
         if finish != Finish::Cancelled {
             let tail = decoder.finish();
@@ -430,6 +642,16 @@ impl Worker {
         let events = parser.feed(chunk);
         calls.forward(events, tx);
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Disk,
+    Parked,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Assigns ids to streamed calls and forwards parser events.
