@@ -336,7 +336,7 @@ async fn an_unusable_directory_leaves_the_server_serving() {
 }
 
 /// The binary on a GGUF of the same model: SIGKILL after the cold save, then a
-/// restart resumes from that file.
+/// restart resumes from that file; SIGTERM then saves the live session.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_resumes_after_kill_9_following_the_cold_save() {
@@ -415,8 +415,27 @@ async fn binary_resumes_after_kill_9_following_the_cold_save() {
     let resumed = chat_at(&http, &base, &next).await;
     assert_eq!(cached(&resumed), cold, "resumed from the cold save");
     assert_eq!(metric_at(&http, &base, "ds4_kv_disk_hits_total").await, 1.0);
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    // A clean stop (SIGTERM) writes the live session before the process exits.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let t0 = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let files = kv_files(&kvdir);
+    assert_eq!(files.len(), 2, "cold + shutdown save: {files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| file_tokens(f) > prompt_tokens(&resumed))
+    );
 
     // The same answer as an in-process server without any cache.
     let plain = Server::start(kv(None, 0, identity())).await;
