@@ -361,7 +361,14 @@ extern "C" __global__ void mv_q4_k(MvArgs a) {
 }
 
 // IQ2_XXS block (66 bytes): f16 d, then 8 groups of (u32 grid indices, u32 signs+scale).
+// The lookup tables are copied to shared memory first: lanes index them with
+// different values, which constant memory would serialize.
 extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
+    __shared__ u64 grid_s[256];
+    __shared__ u8 signs_s[128];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) signs_s[i] = KSIGNS[i];
+    __syncthreads();
     MV_PROLOGUE
     int nblk = a.cols / 256;
     const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 66;
@@ -377,8 +384,8 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
         int sumi = 0;
 #pragma unroll
         for (int l = 0; l < 4; l++) {
-            u64 grid = IQ2XXS_GRID[(a0 >> (8 * l)) & 0xff];
-            u32 signs = KSIGNS[(a1 >> (7 * l)) & 127];
+            u64 grid = grid_s[(a0 >> (8 * l)) & 0xff];
+            u32 signs = signs_s[(a1 >> (7 * l)) & 127];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
                 int v = (int)((grid >> (8 * j)) & 0xff) * (int)xb[8 * l + j];
