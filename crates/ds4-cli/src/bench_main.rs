@@ -34,7 +34,7 @@ struct BenchArgs {
         long = "prompt-file",
         value_name = "FILE",
         conflicts_with = "chat_prompt_file",
-        required_unless_present = "chat_prompt_file"
+        required_unless_present_any = ["chat_prompt_file", "plot_csv"]
     )]
     prompt_file: Option<PathBuf>,
     /// Text sent as one no-think user message after the system prompt.
@@ -85,6 +85,9 @@ struct BenchArgs {
     /// Also draw the CSV as an SVG chart.
     #[arg(long = "svg", value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Draw an existing CSV (needs --svg) instead of running.
+    #[arg(long = "plot-csv", value_name = "FILE", requires = "svg")]
+    plot_csv: Option<PathBuf>,
     /// Tokens per prefill batch.
     #[arg(long = "batch", default_value_t = 2048)]
     batch: usize,
@@ -125,7 +128,46 @@ fn frontiers(a: &BenchArgs) -> Result<Vec<usize>> {
     Ok(v)
 }
 
+/// Reads a CSV this program wrote.
+fn read_csv(text: &str) -> Result<Vec<Row>> {
+    let mut lines = text.lines();
+    let head = lines.next().unwrap_or_default();
+    if head.trim() != "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes" {
+        anyhow::bail!("not a ds4-bench CSV (header `{head}`)");
+    }
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split(',').collect();
+            let bad = || anyhow::anyhow!("line {}: `{l}`", i + 2);
+            if f.len() != 6 {
+                return Err(bad());
+            }
+            Ok(Row {
+                ctx: f[0].trim().parse().map_err(|_| bad())?,
+                prefill_tokens: f[1].trim().parse().map_err(|_| bad())?,
+                prefill_tps: f[2].trim().parse().map_err(|_| bad())?,
+                gen_tokens: f[3].trim().parse().map_err(|_| bad())?,
+                gen_tps: f[4].trim().parse().map_err(|_| bad())?,
+                kv_bytes: f[5].trim().parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
+}
+
 fn run(a: &BenchArgs) -> Result<()> {
+    if let (Some(csv), Some(out)) = (&a.plot_csv, &a.svg) {
+        let text =
+            std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+        let rows = read_csv(&text).with_context(|| format!("{}", csv.display()))?;
+        let title = csv
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("ds4-bench");
+        return std::fs::write(out, svg(&rows, title))
+            .with_context(|| format!("writing {}", out.display()));
+    }
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -374,6 +416,10 @@ mod tests {
                 kv_bytes: 1,
             })
             .collect();
+        let csv = "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes\n2048,2048,51.11,64,14.83,1\n";
+        assert_eq!(read_csv(csv).unwrap()[0].ctx, 2048);
+        assert!(read_csv("a,b\n1,2\n").is_err());
+        assert!(read_csv(&format!("{csv}1,2,3\n")).is_err());
         let s = svg(&rows, "a <b>");
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 2);
