@@ -443,3 +443,38 @@ async fn binary_resumes_after_kill_9_following_the_cold_save() {
     assert_eq!(content(&resumed), content(&reference));
     plain.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continued_saves_at_absolute_frontiers_and_one_server_per_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = identity();
+    // Interval 50 rounds up to the 32 alignment: saves at 64, 128, 192, ...
+    let s = Server::start(KvConfig {
+        continued_interval_tokens: 50,
+        ..kv(Some(dir.path()), 0, id)
+    })
+    .await;
+    let r = s.chat(&conversation("epsilon", 160)).await;
+    let n = prompt_tokens(&r)
+        + r["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("completion");
+    let mut saved: Vec<u64> = kv_files(dir.path())
+        .iter()
+        .map(|f| file_tokens(f))
+        .collect();
+    saved.sort();
+    let continued: Vec<u64> = (1..).map(|k| 64 * k).take_while(|&b| b < n).collect();
+    for b in &continued {
+        assert!(saved.contains(b), "no continued save at {b}: {saved:?}");
+    }
+    // Plus the cold save at the chat anchor, which is not a multiple of 64.
+    assert_eq!(saved.len(), continued.len() + 1, "{saved:?}");
+
+    // A second server on the same directory runs without the disk cache.
+    let other = Server::start(kv(Some(dir.path()), 0, id)).await;
+    assert_eq!(other.metric("ds4_kv_disk_budget_bytes").await, 0.0);
+    assert!(prompt_tokens(&other.chat(&conversation("zeta", 40)).await) > 0);
+    other.stop().await;
+    s.stop().await;
+}
