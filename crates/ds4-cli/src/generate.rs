@@ -97,18 +97,7 @@ pub fn prefill(session: &mut Session<'_>, tokens: &[u32], chunk: usize) -> Resul
         return Ok(session.sync(tokens)?);
     }
     let start = have.len();
-    let bar = if std::io::stderr().is_terminal() && tokens.len() - start > chunk {
-        let b = ProgressBar::new((tokens.len() - start) as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "processing {len} input tokens: {pos}/{len} ({percent}%) {per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = prefill_bar(tokens.len() - start, chunk);
     let mut evaluated = 0;
     let mut end = start;
     loop {
@@ -123,22 +112,27 @@ pub fn prefill(session: &mut Session<'_>, tokens: &[u32], chunk: usize) -> Resul
     Ok(evaluated)
 }
 
+/// A progress bar for a prefill of `n` tokens, on a terminal and when it takes more
+/// than one chunk.
+fn prefill_bar(n: usize, chunk: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() || n <= chunk {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(n as u64);
+    b.set_style(
+        ProgressStyle::with_template(
+            "processing {len} input tokens: {pos}/{len} ({percent}%) {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// Prefills `tokens` into a fresh backend state in runs of `chunk`, with a progress
 /// bar on a terminal; returns the logits after the last token.
 pub fn prefill_state(st: &mut dyn ForwardState, tokens: &[u32], chunk: usize) -> Result<Vec<f32>> {
     let chunk = chunk.clamp(1, st.max_batch());
-    let bar = if std::io::stderr().is_terminal() && tokens.len() > chunk {
-        let b = ProgressBar::new(tokens.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "processing {len} input tokens: {pos}/{len} ({percent}%) {per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = prefill_bar(tokens.len(), chunk);
     let mut last = None;
     for (i, c) in tokens.chunks(chunk).enumerate() {
         last = st.forward(c, LogitsFor::Last)?.pop();

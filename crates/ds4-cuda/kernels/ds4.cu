@@ -39,50 +39,35 @@ __device__ __forceinline__ u32 rd32(const u8* p) {
     return (u32)rd16(p) | ((u32)rd16(p + 2) << 16);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+struct SumOp {
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
-// Block-wide sums/maxima; every thread gets the result. `sh` holds 32 entries.
-__device__ double block_sum_d(double v, double* sh) {
+template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp()); }
+
+// Block-wide reduction; every thread gets the result (warp partials combined in warp
+// order). `sh` holds 32 entries; the leading barrier lets a block call it twice in a row.
+template <typename T, typename Op> __device__ T block_reduce(T v, T* sh, Op op) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum_d(v);
+    v = warp_reduce(v, op);
     __syncthreads();
     if (lane == 0) sh[w] = v;
     __syncthreads();
-    double r = 0.0;
-    for (int i = 0; i < nw; i++) r += sh[i];
+    T r = sh[0];
+    for (int i = 1; i < nw; i++) r = op(r, sh[i]);
     return r;
 }
-__device__ float block_sum(float v, float* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float r = 0.0f;
-    for (int i = 0; i < nw; i++) r += sh[i];
-    return r;
-}
-__device__ float block_max(float v, float* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float r = sh[0];
-    for (int i = 1; i < nw; i++) r = fmaxf(r, sh[i]);
-    return r;
-}
+__device__ double block_sum_d(double v, double* sh) { return block_reduce(v, sh, SumOp()); }
+__device__ float block_sum(float v, float* sh) { return block_reduce(v, sh, SumOp()); }
+__device__ float block_max(float v, float* sh) { return block_reduce(v, sh, MaxOp()); }
 
 __device__ __forceinline__ float sigmoidf_(float x) {
     if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
