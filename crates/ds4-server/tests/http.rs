@@ -1,31 +1,17 @@
 //! The full pipeline over real HTTP: real tokenizer, chat encoder and DSML parser,
 //! a scripted backend whose one-hot logits force the generated tokens.
 
-use std::io::Read;
+mod common;
+
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ds4_server::{AppState, ScriptControl, ScriptedBackend, ServerConfig};
-use ds4_tokenizer::{SpecialMode, Tokenizer};
+use ds4_tokenizer::SpecialMode;
 use serde_json::{Value, json};
 
-fn tokenizer() -> Arc<Tokenizer> {
-    static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../assets/tokenizer/deepseek-v4-tokenizer.json.gz"
-        );
-        let gz = std::fs::read(path).expect("bundled tokenizer");
-        let mut json = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut json)
-            .expect("gunzip");
-        Arc::new(Tokenizer::from_json_bytes(&json).expect("tokenizer"))
-    })
-    .clone()
-}
+use common::bundled_tokenizer as tokenizer;
 
 struct Server {
     base: String,

@@ -11,7 +11,8 @@
 //!   used going to disk, from where they resume;
 //! * a directory that cannot be used leaves the server serving.
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,27 +20,11 @@ use std::time::{Duration, Instant};
 use ds4_engine::{Model, ModelConfig, SyntheticSource};
 use ds4_server::kvdisk::{KvConfig, model_identity};
 use ds4_server::{AppState, EngineBackend, ServerConfig};
-use ds4_tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 const CTX: usize = 2048;
 
-fn tokenizer() -> Arc<Tokenizer> {
-    static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../assets/tokenizer/deepseek-v4-tokenizer.json.gz"
-        );
-        let gz = std::fs::read(path).expect("bundled tokenizer");
-        let mut json = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut json)
-            .expect("gunzip");
-        Arc::new(Tokenizer::from_json_bytes(&json).expect("tokenizer"))
-    })
-    .clone()
-}
+use common::bundled_tokenizer as tokenizer;
 
 fn config() -> ModelConfig {
     let text = std::fs::read_to_string(

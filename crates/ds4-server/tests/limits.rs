@@ -4,34 +4,20 @@
 //! is dropped after the send-stall limit, slow headers and bodies are cut off,
 //! oversized bodies get a JSON 413.
 
-use std::io::Read;
+mod common;
+
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ds4_server::trace::Trace;
 use ds4_server::{AppState, ScriptControl, ScriptedBackend, ServerConfig};
-use ds4_tokenizer::{SpecialMode, Tokenizer};
+use ds4_tokenizer::SpecialMode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn tokenizer() -> Arc<Tokenizer> {
-    static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../assets/tokenizer/deepseek-v4-tokenizer.json.gz"
-        );
-        let gz = std::fs::read(path).expect("bundled tokenizer");
-        let mut json = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut json)
-            .expect("gunzip");
-        Arc::new(Tokenizer::from_json_bytes(&json).expect("tokenizer"))
-    })
-    .clone()
-}
+use common::bundled_tokenizer as tokenizer;
 
 struct Server {
     addr: String,

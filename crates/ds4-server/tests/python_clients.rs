@@ -3,25 +3,15 @@
 //! `DS4_PYTHON` with the packages of tools/requirements-ci.txt; skipped (with the
 //! reason printed) otherwise.
 
-use std::io::Read;
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 
 use ds4_server::{AppState, ScriptControl, ScriptedBackend, ServerConfig};
 use ds4_tokenizer::{SpecialMode, Tokenizer};
 
-fn tokenizer() -> Arc<Tokenizer> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../assets/tokenizer/deepseek-v4-tokenizer.json.gz"
-    );
-    let gz = std::fs::read(path).expect("bundled tokenizer");
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut json)
-        .expect("gunzip");
-    Arc::new(Tokenizer::from_json_bytes(&json).expect("tokenizer"))
-}
+use common::bundled_tokenizer as tokenizer;
 
 const DSML: &str = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">Rome</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
 

@@ -14,6 +14,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+/// The tokenizer bundled with the repository (the real 129,280-token vocabulary),
+/// loaded once per test binary.
+pub fn bundled_tokenizer() -> Arc<ds4_tokenizer::Tokenizer> {
+    static TOK: OnceLock<Arc<ds4_tokenizer::Tokenizer>> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../assets/tokenizer/deepseek-v4-tokenizer.json.gz"
+        );
+        let gz = std::fs::read(path).expect("bundled tokenizer");
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut json)
+            .expect("gunzip");
+        Arc::new(ds4_tokenizer::Tokenizer::from_json_bytes(&json).expect("tokenizer"))
+    })
+    .clone()
+}
+
 /// The demo model (random weights, real tokenizer, published q2 layout), made by
 /// the same generator as `ds4`'s first run, into this target dir's temp space.
 pub fn demo_model() -> PathBuf {
