@@ -8,7 +8,7 @@ tool name whose arguments parse and fit the schema ("valid"), and those whose
 arguments are exactly the expected ones ("exact").
 
 Environment: DS4_SERVER_URL, DS4_API_KEY (optional), DS4_TOOL_N (prompts per API,
-default 12), DS4_TOOL_MIN_RATE (required valid rate per API, default 0.9),
+default 5), DS4_TOOL_MIN_RATE (required valid rate per API, default 0.9),
 DS4_TOOL_REPORT (optional path: the JSON summary is written there).
 Prints the summary as one JSON line; exits 1 when an API is below the rate.
 """
@@ -52,7 +52,7 @@ def judge(p, name, args_text, funcs):
 def main():
     base = os.environ["DS4_SERVER_URL"]
     key = os.environ.get("DS4_API_KEY", "none")
-    n = int(os.environ.get("DS4_TOOL_N", "12"))
+    n = int(os.environ.get("DS4_TOOL_N", "5"))
     min_rate = float(os.environ.get("DS4_TOOL_MIN_RATE", "0.9"))
     with open(PROMPTS, encoding="utf-8") as f:
         data = json.load(f)
@@ -64,6 +64,8 @@ def main():
     anth_tools = [{"name": f["name"], "description": f["description"], "input_schema": f["parameters"]}
                   for f in funcs]
     common = {"model": "deepseek-chat", "temperature": 0}
+    # the anthropic SDK has no `temperature` argument: a body field
+    a_common = {"model": "deepseek-chat", "extra_body": {"temperature": 0}}
 
     def chat(p):
         r = oa.chat.completions.create(messages=[{"role": "user", "content": p["user"]}], tools=chat_tools,
@@ -92,25 +94,30 @@ def main():
 
     def messages(p):
         r = an.messages.create(messages=[{"role": "user", "content": p["user"]}], tools=anth_tools,
-                               max_tokens=96, **common)
+                               max_tokens=96, **a_common)
         return [(b.name, b.input) for b in r.content if b.type == "tool_use"]
 
     summary, failed = {"n": len(prompts)}, False
     for api, fn in [("chat", chat), ("chat_stream", chat_stream), ("responses", responses),
                     ("messages", messages)]:
         valid = exact = 0
-        misses = []
+        misses, marks = [], ""
         for p in prompts:
             calls = fn(p)
             if not calls:
                 misses.append(f"{p['user']!r} -> no call")
+                marks += "-"
                 continue
             v, e, what = judge(p, calls[0][0], calls[0][1], funcs)
+            marks += "E" if e else ("V" if v else "x")
             valid += v
             exact += e
             if not e:
                 misses.append(f"{p['user']!r} -> {what}")
-        summary[api] = {"valid": valid / len(prompts), "exact": exact / len(prompts), "misses": misses[:8]}
+        # per prompt: E exact, V valid (right tool, schema-valid arguments), x wrong, - no call
+        summary[api] = {"valid": valid / len(prompts), "exact": exact / len(prompts), "per_prompt": marks,
+                        "misses": misses[:8]}
+        print(api, json.dumps(summary[api], ensure_ascii=False), file=sys.stderr, flush=True)
         failed |= valid / len(prompts) < min_rate
     line = json.dumps(summary, ensure_ascii=False)
     print(line)

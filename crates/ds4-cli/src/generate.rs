@@ -28,7 +28,7 @@ pub fn resolve_model_path(model: Option<&std::path::Path>) -> Result<PathBuf> {
         None => {
             let p = demo::ensure()?;
             eprintln!(
-                "ds4: {} not found; using the bundled demo model (tiny, random weights: it prints noise) {}",
+                "ds4: {} not found; using the bundled demo model (a tiny V4 trained on Manzoni and three toy tools) {}",
                 model_path::DEFAULT_MODEL,
                 p.display()
             );
