@@ -185,6 +185,8 @@ fn perplexity_prints_ds4s_line() {
     assert_eq!(fields["scored"], 10.0, "{s}");
     assert!((fields["avg_nll"] - fields["nll"] / 10.0).abs() < 1e-6);
     assert!((fields["ppl"] - fields["avg_nll"].exp()).abs() / fields["ppl"] < 1e-6);
-    // A random model is close to uniform over 129,280 tokens: ln(129280) ≈ 11.77.
-    assert!(fields["avg_nll"] > 5.0 && fields["avg_nll"] < 30.0, "{s}");
+    // The demo model was trained on this novel (the opening is in its training
+    // chapters): far below uniform over 129,280 tokens, ln(129280) ≈ 11.77
+    // (measured 3.62).
+    assert!(fields["avg_nll"] > 0.5 && fields["avg_nll"] < 6.0, "{s}");
 }
