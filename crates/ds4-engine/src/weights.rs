@@ -121,7 +121,10 @@ enum MatData {
 pub enum MatRaw<'a> {
     F32(&'a [f32]),
     /// `rows` rows of `ty` blocks, row-major.
-    Blocks { ty: GgmlType, bytes: &'a [u8] },
+    Blocks {
+        ty: GgmlType,
+        bytes: &'a [u8],
+    },
 }
 
 /// A weight matrix, `rows` outputs of `cols` inputs: `y[o] = Σ_i W[o][i]·x[i]`.
