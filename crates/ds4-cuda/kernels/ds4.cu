@@ -214,35 +214,29 @@ struct MvArgs {
     long long xoff = (long long)tok * a.x_stride +                                    \
                      (a.group_rows ? (long long)(r / a.group_rows) * a.group_stride : 0);
 
-extern "C" __global__ void mv_f32(MvArgs a) {
+// Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
+// `load` widens it.
+template <typename T, typename Load> __device__ void mv_float(const MvArgs& a, Load load) {
     MV_PROLOGUE
-    const float* w = (const float*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
+    const T* w = (const T*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
     const float* x = a.xf + xoff;
     float acc = 0.0f;
-    for (int i = lane; i < a.cols; i += 32) acc += w[i] * x[i];
+    for (int i = lane; i < a.cols; i += 32) acc += load(w[i]) * x[i];
     acc = warp_sum(acc);
     if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
 }
-
-extern "C" __global__ void mv_f16(MvArgs a) {
-    MV_PROLOGUE
-    const u16* w = (const u16*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
-    const float* x = a.xf + xoff;
-    float acc = 0.0f;
-    for (int i = lane; i < a.cols; i += 32) acc += h2f(w[i]) * x[i];
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
-}
-
-extern "C" __global__ void mv_bf16(MvArgs a) {
-    MV_PROLOGUE
-    const u16* w = (const u16*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
-    const float* x = a.xf + xoff;
-    float acc = 0.0f;
-    for (int i = lane; i < a.cols; i += 32) acc += bf2f(w[i]) * x[i];
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
-}
+struct LoadF32 {
+    __device__ float operator()(float v) const { return v; }
+};
+struct LoadF16 {
+    __device__ float operator()(u16 v) const { return h2f(v); }
+};
+struct LoadBf16 {
+    __device__ float operator()(u16 v) const { return bf2f(v); }
+};
+extern "C" __global__ void mv_f32(MvArgs a) { mv_float<float>(a, LoadF32()); }
+extern "C" __global__ void mv_f16(MvArgs a) { mv_float<u16>(a, LoadF16()); }
+extern "C" __global__ void mv_bf16(MvArgs a) { mv_float<u16>(a, LoadBf16()); }
 
 // Q8_0 block: f16 d, 32 int8.
 extern "C" __global__ void mv_q8_0(MvArgs a) {
