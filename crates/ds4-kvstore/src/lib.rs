@@ -321,6 +321,9 @@ fn warn(msg: &str) {
     eprintln!("ds4-kvstore: warning: {msg}");
 }
 
+/// How long [`KvStore::open`] waits for a held lock before reporting it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl KvStore {
     /// Opens (creating, mode 0700) `dir`, takes its lock, drops leftover
     /// temporary files, indexes every valid file (removing bad and foreign ones)
@@ -339,10 +342,23 @@ impl KvStore {
             .write(true)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        // A lock that was just released can still look held for a moment: a process
+        // forked by another thread of ours shares the lock file's open description
+        // until its exec closes it. Retry briefly before calling it another process.
+        let mut waited = std::time::Duration::ZERO;
+        let step = std::time::Duration::from_millis(20);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if waited < LOCK_WAIT => {
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked(dir.to_path_buf()));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+            }
         }
         let mut store = KvStore {
             dir: dir.to_path_buf(),
