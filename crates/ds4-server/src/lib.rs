@@ -547,24 +547,50 @@ fn reject(s: &AppState, path: &str, e: ApiError, body: &[u8]) -> Response {
 
 type Body = Result<Bytes, BytesRejection>;
 
+/// A request that was read, built and queued.
+struct Admitted {
+    rx: Events,
+    stream: bool,
+    model: String,
+    include_usage: bool,
+    reasoning_summary: bool,
+}
+
+/// The common front of every generation endpoint: read the body, build the request
+/// with the API's `build`, queue it. Any refusal is already the API's error response.
+fn admit(
+    s: &AppState,
+    api: Api,
+    path: &str,
+    body: Body,
+    build: fn(&ServerConfig, &AppState, &[u8]) -> Result<api::Built, ApiError>,
+) -> Result<Admitted, Box<Response>> {
+    let refuse = |e, body: &[u8]| Box::new(reject(s, path, e, body));
+    let body = read_body(s, api, body).map_err(|e| refuse(e, b""))?;
+    let built = build(&s.cfg, s, &body).map_err(|e| refuse(e.for_api(api), &body))?;
+    let stream = built.req.stream;
+    let rx = s
+        .submit(built.req, &built.model, &body)
+        .map_err(|e| refuse(e, &body))?;
+    Ok(Admitted {
+        rx,
+        stream,
+        model: built.model,
+        include_usage: built.include_usage,
+        reasoning_summary: built.reasoning_summary,
+    })
+}
+
 async fn chat(State(s): State<Arc<AppState>>, body: Body) -> Response {
     let path = "/v1/chat/completions";
-    let body = match read_body(&s, Api::Chat, body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, b""),
+    let a = match admit(&s, Api::Chat, path, body, api::chat) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let built = match api::chat(&s.cfg, &s, &body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, &body),
-    };
-    let stream = built.req.stream;
-    let rx = match s.submit(built.req, &built.model, &body) {
-        Ok(rx) => rx,
-        Err(e) => return reject(&s, path, e, &body),
-    };
-    let m = meta(&s, "chatcmpl-", &built.model);
+    let (rx, stream) = (a.rx, a.stream);
+    let m = meta(&s, "chatcmpl-", &a.model);
     if stream {
-        return sse_response(rx, format::ChatStream::new(m, built.include_usage, false));
+        return sse_response(rx, format::ChatStream::new(m, a.include_usage, false));
     }
     let c = collect(rx).await;
     early_error(&c, Api::Chat)
@@ -573,22 +599,14 @@ async fn chat(State(s): State<Arc<AppState>>, body: Body) -> Response {
 
 async fn completions(State(s): State<Arc<AppState>>, body: Body) -> Response {
     let path = "/v1/completions";
-    let body = match read_body(&s, Api::Completions, body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, b""),
+    let a = match admit(&s, Api::Completions, path, body, api::completions) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let built = match api::completions(&s.cfg, &s, &body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, &body),
-    };
-    let stream = built.req.stream;
-    let rx = match s.submit(built.req, &built.model, &body) {
-        Ok(rx) => rx,
-        Err(e) => return reject(&s, path, e, &body),
-    };
-    let m = meta(&s, "cmpl-", &built.model);
+    let (rx, stream) = (a.rx, a.stream);
+    let m = meta(&s, "cmpl-", &a.model);
     if stream {
-        return sse_response(rx, format::ChatStream::new(m, built.include_usage, true));
+        return sse_response(rx, format::ChatStream::new(m, a.include_usage, true));
     }
     let c = collect(rx).await;
     early_error(&c, Api::Completions)
@@ -597,20 +615,12 @@ async fn completions(State(s): State<Arc<AppState>>, body: Body) -> Response {
 
 async fn messages(State(s): State<Arc<AppState>>, body: Body) -> Response {
     let path = "/v1/messages";
-    let body = match read_body(&s, Api::Messages, body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, b""),
+    let a = match admit(&s, Api::Messages, path, body, api::messages) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let built = match api::messages(&s.cfg, &s, &body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e.for_api(Api::Messages), &body),
-    };
-    let stream = built.req.stream;
-    let rx = match s.submit(built.req, &built.model, &body) {
-        Ok(rx) => rx,
-        Err(e) => return reject(&s, path, e, &body),
-    };
-    let m = meta(&s, "msg_", &built.model);
+    let (rx, stream) = (a.rx, a.stream);
+    let m = meta(&s, "msg_", &a.model);
     if stream {
         return sse_response(rx, format::AnthropicStream::new(m));
     }
@@ -621,39 +631,25 @@ async fn messages(State(s): State<Arc<AppState>>, body: Body) -> Response {
 
 async fn responses(State(s): State<Arc<AppState>>, body: Body) -> Response {
     let path = "/v1/responses";
-    let body = match read_body(&s, Api::Responses, body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, b""),
+    let a = match admit(&s, Api::Responses, path, body, api::responses) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let built = match api::responses(&s.cfg, &s, &body) {
-        Ok(b) => b,
-        Err(e) => return reject(&s, path, e, &body),
-    };
-    let stream = built.req.stream;
-    let rx = match s.submit(built.req, &built.model, &body) {
-        Ok(rx) => rx,
-        Err(e) => return reject(&s, path, e, &body),
-    };
+    let (rx, stream) = (a.rx, a.stream);
     let m = Meta {
         id: format!("resp_{:024x}", rand::random::<u128>() >> 32),
-        model: built.model.clone(),
+        model: a.model.clone(),
         created: now(),
     };
     let ids = format::ResponsesIds::new();
     if stream {
         return sse_response(
             rx,
-            format::ResponsesStream::new(m, ids, built.reasoning_summary),
+            format::ResponsesStream::new(m, ids, a.reasoning_summary),
         );
     }
     let c = collect(rx).await;
     early_error(&c, Api::Responses).unwrap_or_else(|| {
-        axum::Json(format::responses_body(
-            &c,
-            &m,
-            &ids,
-            built.reasoning_summary,
-        ))
-        .into_response()
+        axum::Json(format::responses_body(&c, &m, &ids, a.reasoning_summary)).into_response()
     })
 }
