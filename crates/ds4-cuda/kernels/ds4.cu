@@ -6,7 +6,8 @@
 //
 // Layout conventions: a batch of T tokens is row-major [T, n]; a weight matrix is
 // `rows` rows of `cols` elements stored as ggml blocks along the row; positions are
-// absolute (pos0 + t).
+// absolute (pos0 + t), with pos0 read from device memory (`pos0p`) so that one captured
+// decode graph serves every position.
 //
 // Numerics follow the CPU reference (ds4-engine, ds4-quant) operation for operation:
 // activations are quantized to Q8_0 / Q8_K exactly as the CPU does before integer
@@ -187,7 +188,17 @@ extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bs
 //   W_b = W + (ids ? ids[b] : 0) * mat_bytes           (routed experts: one matrix each)
 //   x_b = activation of token b / act_div                (act_div = k for gate/up of experts)
 //         offset by (r / group_rows) * group_stride      (grouped output projection)
-// One warp per output row; lanes split the row into 32-element pieces.
+//
+// Decode reads every weight byte once per token, so these kernels are built to stream:
+// one warp per output row, each lane loading 16 contiguous bytes of the row per step
+// (a warp covers 512 contiguous bytes), integer dot products with dp4a on the Q8
+// activations. Q8_0 and IQ2_XXS arrive split (quants, then the f16 block scales: see
+// weights.rs), which makes those 16-byte loads aligned. Without expert ids, one warp
+// also serves up to `nt` items with the weights it loaded (blockIdx.y picks the group).
+// Per-block arithmetic is the CPU's (scale products in the same order); only the order
+// of the final float sums differs.
+
+#define MAXNT 8
 
 struct MvArgs {
     const u8* w;
@@ -201,29 +212,130 @@ struct MvArgs {
     int act_div, x_stride, group_rows, group_stride;
     float* y;
     int y_stride, nb;
+    const u8* sc;        // split layout: f16 block scales of matrix 0
+    long long sc_mat_bytes;
+    int nt;              // items per warp (1 with expert ids)
+    // Routed items grouped by expert (prefill): group g = blockIdx.y has expert
+    // grp[3g], items perm[grp[3g+1] ..][.. grp[3g+2]] (≤ MAXNT); *ngrp groups exist.
+    const int* perm;
+    const int* grp;
+    const int* ngrp;
+    // Warps per row (a power of two dividing the block's warps): matrices with few
+    // rows split each row's columns over several warps, summed in warp order.
+    int ksplit;
 };
 
-#define MV_PROLOGUE                                                                   \
+// The items of this block's group (`item[0..nt]`) and their expert `e`.
+#define MV_ITEMS                                                                      \
     int warps = blockDim.x >> 5;                                                      \
-    int r = blockIdx.x * warps + (threadIdx.x >> 5);                                  \
     int lane = threadIdx.x & 31;                                                      \
-    int b = blockIdx.y;                                                               \
-    if (r >= a.rows || b >= a.nb) return;                                             \
-    long long e = a.ids ? (long long)a.ids[b] : 0;                                    \
-    int tok = b / a.act_div;                                                          \
-    long long xoff = (long long)tok * a.x_stride +                                    \
-                     (a.group_rows ? (long long)(r / a.group_rows) * a.group_stride : 0);
+    int item[MAXNT];                                                                  \
+    int nt;                                                                           \
+    long long e;                                                                      \
+    if (a.grp) {                                                                      \
+        int g = blockIdx.y;                                                           \
+        if (g >= *a.ngrp) return;                                                     \
+        e = a.grp[3 * g];                                                             \
+        int first = a.grp[3 * g + 1];                                                 \
+        nt = a.grp[3 * g + 2];                                                        \
+        for (int j = 0; j < MAXNT; j++) item[j] = j < nt ? a.perm[first + j] : 0;     \
+    } else {                                                                          \
+        int b0 = blockIdx.y * a.nt;                                                   \
+        if (b0 >= a.nb) return;                                                       \
+        nt = min(a.nt, a.nb - b0);                                                    \
+        e = a.ids ? (long long)a.ids[b0] : 0;                                         \
+        for (int j = 0; j < MAXNT; j++) item[j] = b0 + j;                             \
+    }
+
+// Row loop. Every warp of a block runs the same number of rounds (the split sum
+// synchronises the block); a warp past the last row recomputes it and stores nothing.
+// `sub` is the warp's column share, `ks` the number of shares.
+#define MV_ROWS                                                                       \
+    int ks = a.ksplit, sub = (threadIdx.x >> 5) % ks, rpb = warps / ks;               \
+    for (int r0 = blockIdx.x * rpb; r0 < a.rows; r0 += gridDim.x * rpb)               \
+        for (int rr = r0 + (threadIdx.x >> 5) / ks, r = min(rr, a.rows - 1), once = 1; \
+             once; once = 0)
+#define MV_LIVE (rr < a.rows)
+
+__device__ __forceinline__ long long mv_xoff(const MvArgs& a, int b, int r) {
+    return (long long)(b / a.act_div) * a.x_stride +
+           (a.group_rows ? (long long)(r / a.group_rows) * a.group_stride : 0);
+}
+
+__device__ __forceinline__ void mv_store(const MvArgs& a, float* acc, const int* item, int nt, int r,
+                                         int lane, bool live) {
+    if (a.ksplit == 1) {
+#pragma unroll
+        for (int j = 0; j < MAXNT; j++) {
+            if (j < nt) {
+                float v = warp_sum(acc[j]);
+                if (lane == 0 && live) a.y[(size_t)item[j] * a.y_stride + r] = v;
+            }
+        }
+        return;
+    }
+    __shared__ float part[32][MAXNT];
+    int w = threadIdx.x >> 5, ks = a.ksplit;
+#pragma unroll
+    for (int j = 0; j < MAXNT; j++) {
+        if (j < nt) {
+            float v = warp_sum(acc[j]);
+            if (lane == 0) part[w][j] = v;
+        }
+    }
+    __syncthreads();
+    if (w % ks == 0 && lane == 0 && live) {
+        for (int j = 0; j < nt; j++) {
+            float v = 0.0f;
+            for (int q = 0; q < ks; q++) v += part[w + q][j];
+            a.y[(size_t)item[j] * a.y_stride + r] = v;
+        }
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ int dot16(int4 w, int4 x) {
+    int s = __dp4a(w.x, x.x, 0);
+    s = __dp4a(w.y, x.y, s);
+    s = __dp4a(w.z, x.z, s);
+    return __dp4a(w.w, x.w, s);
+}
+
+__device__ __forceinline__ int4 ldg4(const void* p) { return __ldg((const int4*)p); }
 
 // Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
-// `load` widens it.
+// `load` widens it. A lane takes 16 bytes of weights (16/sizeof(T) elements) per step.
 template <typename T, typename Load> __device__ void mv_float(const MvArgs& a, Load load) {
-    MV_PROLOGUE
-    const T* w = (const T*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
-    const float* x = a.xf + xoff;
-    float acc = 0.0f;
-    for (int i = lane; i < a.cols; i += 32) acc += load(w[i]) * x[i];
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
+    MV_ITEMS
+    const int per = 16 / (int)sizeof(T);
+    int nch = a.cols / per;
+    MV_ROWS {
+        const T* w = (const T*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
+        float acc[MAXNT];
+#pragma unroll
+        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int c = lane + 32 * sub; c < nch; c += 32 * ks) {
+            int4 raw = ldg4(w + (size_t)c * per);
+            const T* wv = (const T*)&raw;
+#pragma unroll
+            for (int j = 0; j < MAXNT; j++) {
+                if (j < nt) {
+                    const float* x = a.xf + mv_xoff(a, item[j], r) + c * per;
+                    float s = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < per; i++) s += load(wv[i]) * x[i];
+                    acc[j] += s;
+                }
+            }
+        }
+        // Columns past the last whole 16-byte piece (rows not a multiple of it).
+        for (int i = nch * per + lane + 32 * sub; i < a.cols; i += 32 * ks) {
+#pragma unroll
+            for (int j = 0; j < MAXNT; j++)
+                if (j < nt) acc[j] += load(w[i]) * a.xf[mv_xoff(a, item[j], r) + i];
+        }
+        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+    }
 }
 struct LoadF32 {
     __device__ float operator()(float v) const { return v; }
@@ -238,66 +350,101 @@ extern "C" __global__ void mv_f32(MvArgs a) { mv_float<float>(a, LoadF32()); }
 extern "C" __global__ void mv_f16(MvArgs a) { mv_float<u16>(a, LoadF16()); }
 extern "C" __global__ void mv_bf16(MvArgs a) { mv_float<u16>(a, LoadBf16()); }
 
-// Q8_0 block: f16 d, 32 int8.
+// Q8_0, split: 32 int8 per block in `w`, f16 scales in `sc`. A lane takes half a block;
+// the two halves' integer sums meet by a shuffle so each block is scaled once, as on
+// the CPU. Every lane runs the same number of steps (the shuffle needs the full warp).
 extern "C" __global__ void mv_q8_0(MvArgs a) {
-    MV_PROLOGUE
-    int nblk = a.cols / 32;
-    const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 34;
-    const i8* xq = a.xq + xoff;
-    const float* xd = a.xd + xoff / 32;
-    float acc = 0.0f;
-    for (int ib = lane; ib < nblk; ib += 32) {
-        const u8* blk = w + ib * 34;
-        const i8* qs = (const i8*)(blk + 2);
-        const i8* xb = xq + ib * 32;
-        int isum = 0;
+    MV_ITEMS
+    int nch = a.cols >> 4;
+    MV_ROWS {
+        const u8* wq = a.w + e * a.mat_bytes + (size_t)r * a.cols;
+        const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes) + (size_t)r * (a.cols >> 5);
+        float acc[MAXNT];
 #pragma unroll
-        for (int i = 0; i < 32; i++) isum += (int)qs[i] * (int)xb[i];
-        acc += h2f(rd16(blk)) * xd[ib] * (float)isum;
+        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int c0 = 64 * sub; c0 < nch; c0 += 64 * ks) {
+            int4 wv[2];
+            float dw[2];
+            bool ok[2];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int c = c0 + 32 * u + lane;
+                ok[u] = c < nch;
+                wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+                dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < MAXNT; j++) {
+                if (j < nt) {
+                    long long xo = mv_xoff(a, item[j], r);
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        int c = c0 + 32 * u + lane;
+                        int s = 0;
+                        float dx = 0.0f;
+                        if (ok[u]) {
+                            s = dot16(wv[u], *(const int4*)(a.xq + xo + 16 * c));
+                            dx = a.xd[(xo >> 5) + (c >> 1)];
+                        }
+                        s += __shfl_xor_sync(0xffffffffu, s, 1);
+                        if (ok[u] && (lane & 1) == 0) acc[j] += dw[u] * dx * (float)s;
+                    }
+                }
+            }
+        }
+        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
     }
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
 }
 
-// Q2_K block (84 bytes): scales[16], qs[64], f16 d, f16 dmin. Piece c (0..7) of a
-// block covers elements 32c..32c+32: half k = c/4 of the 128-element halves and
-// shift j = c%4 of the 2-bit planes.
+// Q2_K block (84 bytes): scales[16], qs[64], f16 d, f16 dmin. A lane takes a quarter
+// of a block's quants (16 bytes: half k = q/2 of the 128-element halves, 16-element
+// column h = q%2 of it), i.e. the four 16-element sub-blocks 8k+2j+h, j = 0..3.
 extern "C" __global__ void mv_q2_k(MvArgs a) {
-    MV_PROLOGUE
+    MV_ITEMS
     int nblk = a.cols / 256;
-    const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 84;
-    const i8* xq = a.xq + xoff;
-    const float* xd = a.xd + xoff / 256;
-    const short* xs = a.xs + xoff / 16;
-    float acc = 0.0f;
-    for (int it = lane; it < nblk * 8; it += 32) {
-        int ib = it >> 3, c = it & 7, k = c >> 2, j = c & 3;
-        const u8* blk = w + ib * 84;
-        const u8* sc = blk;
-        const u8* qs = blk + 16;
-        const i8* xb = xq + ib * 256 + 128 * k + 32 * j;
-        int isum = 0;
+    MV_ROWS {
+        const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 84;
+        float acc[MAXNT];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int s = sc[8 * k + 2 * j + h] & 0xf;
-            int part = 0;
+        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int it = lane + 32 * sub; it < nblk * 4; it += 32 * ks) {
+            int ib = it >> 2, q = it & 3, k = q >> 1, h = q & 1;
+            const u8* blk = w + ib * 84;
+            const u32* q32 = (const u32*)(blk + 16 + 16 * q);
+            u32 qw0 = __ldg(q32), qw1 = __ldg(q32 + 1), qw2 = __ldg(q32 + 2), qw3 = __ldg(q32 + 3);
+            u32 dd = __ldg((const u32*)(blk + 80));
+            u32 sc4 = __ldg((const u32*)(blk + 8 * k)) | 0;  // bytes 8k..8k+3
+            u32 sc4b = __ldg((const u32*)(blk + 8 * k + 4)); // bytes 8k+4..8k+7
+            float d = h2f((u16)(dd & 0xffff)), dmin = h2f((u16)(dd >> 16));
 #pragma unroll
-            for (int l = 0; l < 16; l++) {
-                int q = (qs[32 * k + 16 * h + l] >> (2 * j)) & 3;
-                part += q * (int)xb[16 * h + l];
+            for (int jt = 0; jt < MAXNT; jt++) {
+                if (jt < nt) {
+                    long long xo = mv_xoff(a, item[jt], r);
+                    const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
+                    const short* bs = a.xs + (xo >> 4) + 16 * ib + 8 * k + h;
+                    int sumsc = 0, summs = 0;
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        int4 xv = *(const int4*)(xb + 32 * j);
+                        u32 m = 0x03030303u;
+                        int s = __dp4a((int)((qw0 >> (2 * j)) & m), xv.x, 0);
+                        s = __dp4a((int)((qw1 >> (2 * j)) & m), xv.y, s);
+                        s = __dp4a((int)((qw2 >> (2 * j)) & m), xv.z, s);
+                        s = __dp4a((int)((qw3 >> (2 * j)) & m), xv.w, s);
+                        // scale byte 8k + 2j + h
+                        int sb = 2 * j + h;
+                        u32 byte = ((sb < 4 ? sc4 : sc4b) >> (8 * (sb & 3))) & 0xff;
+                        sumsc += (int)(byte & 0xf) * s;
+                        summs += (int)(byte >> 4) * (int)bs[2 * j];
+                    }
+                    float dx = a.xd[(xo >> 8) + ib];
+                    acc[jt] += dx * d * (float)sumsc;
+                    acc[jt] -= dx * dmin * (float)summs;
+                }
             }
-            isum += s * part;
         }
-        float dx = xd[ib];
-        acc += dx * h2f(rd16(blk + 80)) * (float)isum;
-        if (c == 0) {
-            int summs = 0;
-            for (int s = 0; s < 16; s++) summs += (sc[s] >> 4) * (int)xs[ib * 16 + s];
-            acc -= dx * h2f(rd16(blk + 82)) * (float)summs;
-        }
+        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
     }
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
 }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
@@ -311,70 +458,133 @@ __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* 
 }
 
 // Q4_K block (144 bytes): f16 d, f16 dmin, scales[12], qs[128]. Piece j = sub-block.
+// (The q4 recipe's routed experts; byte loads, one item per warp: not a decode target.)
 extern "C" __global__ void mv_q4_k(MvArgs a) {
-    MV_PROLOGUE
+    MV_ITEMS
     int nblk = a.cols / 256;
-    const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 144;
-    const i8* xq = a.xq + xoff;
-    const float* xd = a.xd + xoff / 256;
-    const short* xs = a.xs + xoff / 16;
-    float acc = 0.0f;
-    for (int it = lane; it < nblk * 8; it += 32) {
-        int ib = it >> 3, j = it & 7;
-        const u8* blk = w + ib * 144;
-        int sc, m;
-        q4k_scale_min(j, blk + 4, &sc, &m);
-        const u8* q = blk + 16 + 32 * (j / 2);
-        int shift = 4 * (j % 2);
-        const i8* xb = xq + ib * 256 + 32 * j;
-        int part = 0;
+    MV_ROWS {
+        const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 144;
+        float acc[MAXNT];
 #pragma unroll
-        for (int l = 0; l < 32; l++) part += ((q[l] >> shift) & 0xf) * (int)xb[l];
-        float dx = xd[ib];
-        acc += dx * h2f(rd16(blk)) * (float)(sc * part);
-        acc -= dx * h2f(rd16(blk + 2)) *
-               (float)(m * ((int)xs[ib * 16 + 2 * j] + (int)xs[ib * 16 + 2 * j + 1]));
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
-}
-
-// IQ2_XXS block (66 bytes): f16 d, then 8 groups of (u32 grid indices, u32 signs+scale).
-// The lookup tables are copied to shared memory first: lanes index them with
-// different values, which constant memory would serialize.
-extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
-    __shared__ u64 grid_s[256];
-    __shared__ u8 signs_s[128];
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) signs_s[i] = KSIGNS[i];
-    __syncthreads();
-    MV_PROLOGUE
-    int nblk = a.cols / 256;
-    const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 66;
-    const i8* xq = a.xq + xoff;
-    const float* xd = a.xd + xoff / 256;
-    float acc = 0.0f;
-    for (int it = lane; it < nblk * 8; it += 32) {
-        int ib = it >> 3, g = it & 7;
-        const u8* blk = w + ib * 66;
-        u32 a0 = rd32(blk + 2 + 8 * g), a1 = rd32(blk + 6 + 8 * g);
-        int ls = 2 * (int)(a1 >> 28) + 1;
-        const i8* xb = xq + ib * 256 + 32 * g;
-        int sumi = 0;
+        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int it = lane + 32 * sub; it < nblk * 8; it += 32 * ks) {
+            int ib = it >> 3, j = it & 7;
+            const u8* blk = w + ib * 144;
+            int sc, m;
+            q4k_scale_min(j, blk + 4, &sc, &m);
+            const u8* q = blk + 16 + 32 * (j / 2);
+            int shift = 4 * (j % 2);
 #pragma unroll
-        for (int l = 0; l < 4; l++) {
-            u64 grid = grid_s[(a0 >> (8 * l)) & 0xff];
-            u32 signs = signs_s[(a1 >> (7 * l)) & 127];
+            for (int jt = 0; jt < MAXNT; jt++) {
+                if (jt < nt) {
+                    long long xo = mv_xoff(a, item[jt], r);
+                    const i8* xb = a.xq + xo + ib * 256 + 32 * j;
+                    int part = 0;
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-                int v = (int)((grid >> (8 * j)) & 0xff) * (int)xb[8 * l + j];
-                sumi += ((signs >> j) & 1) ? -v : v;
+                    for (int l = 0; l < 32; l++) part += ((q[l] >> shift) & 0xf) * (int)xb[l];
+                    float dx = a.xd[(xo >> 8) + ib];
+                    const short* xs = a.xs + (xo >> 4);
+                    acc[jt] += dx * h2f(rd16(blk)) * (float)(sc * part);
+                    acc[jt] -= dx * h2f(rd16(blk + 2)) *
+                               (float)(m * ((int)xs[ib * 16 + 2 * j] + (int)xs[ib * 16 + 2 * j + 1]));
+                }
             }
         }
-        acc += 0.125f * (h2f(rd16(blk)) * xd[ib]) * (float)(sumi * ls);
+        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
     }
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[(size_t)b * a.y_stride + r] = acc;
+}
+
+// IQ2_XXS, split: per block 64 bytes of quants (8 groups of a u32 of grid indices and a
+// u32 of signs + scale) in `w`, the f16 scale in `sc`. A lane takes 16 bytes = two
+// groups. Grid and signs live in shared memory (lanes index them with different
+// values); the signs are expanded to byte masks so a signed grid word is
+// (g ^ s) - s, byte-wise, ready for dp4a.
+extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
+    __shared__ u64 grid_s[256];
+    __shared__ u64 sign_s[128];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+        u32 s = KSIGNS[i];
+        u64 m = 0;
+        for (int j = 0; j < 8; j++)
+            if ((s >> j) & 1) m |= (u64)0xff << (8 * j);
+        sign_s[i] = m;
+    }
+    __syncthreads();
+    MV_ITEMS
+    int nch = a.cols / 64;  // 16-byte pieces: 4 per block of 256
+    MV_ROWS {
+        const u8* wq = a.w + e * a.mat_bytes + (size_t)r * nch * 16;
+        const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes) + (size_t)r * (a.cols >> 8);
+        float acc[MAXNT];
+#pragma unroll
+        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int c = lane + 32 * sub; c < nch; c += 32 * ks) {
+            int4 wv = ldg4(wq + 16 * (size_t)c);
+            int ib = c >> 2, g0 = 2 * (c & 3);
+            float dw = h2f(__ldg(wd + ib));
+            u32 qw[4] = {(u32)wv.x, (u32)wv.y, (u32)wv.z, (u32)wv.w};
+#pragma unroll
+            for (int jt = 0; jt < MAXNT; jt++) {
+                if (jt < nt) {
+                    long long xo = mv_xoff(a, item[jt], r);
+                    float dx = a.xd[(xo >> 8) + ib];
+#pragma unroll
+                    for (int gg = 0; gg < 2; gg++) {
+                        u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
+                        int ls = 2 * (int)(a1 >> 28) + 1;
+                        const i8* xb = a.xq + xo + 256 * ib + 32 * (g0 + gg);
+                        int4 x0 = *(const int4*)xb, x1 = *(const int4*)(xb + 16);
+                        int xs8[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                        int sumi = 0;
+#pragma unroll
+                        for (int l = 0; l < 4; l++) {
+                            u64 gr = grid_s[(a0 >> (8 * l)) & 0xff];
+                            u64 sg = sign_s[(a1 >> (7 * l)) & 127];
+                            u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
+                            u32 slo = (u32)sg, shi = (u32)(sg >> 32);
+                            sumi = __dp4a((int)__vsub4(glo ^ slo, slo), xs8[2 * l], sumi);
+                            sumi = __dp4a((int)__vsub4(ghi ^ shi, shi), xs8[2 * l + 1], sumi);
+                        }
+                        acc[jt] += 0.125f * (dw * dx) * (float)(sumi * ls);
+                    }
+                }
+            }
+        }
+        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+    }
+}
+
+// Routed items grouped by expert for the prefill products: a counting sort of the
+// nb items by ids[b], then groups of ≤ MAXNT items of one expert (see MvArgs). One
+// block; shared memory holds 2 * n_expert ints. Order inside an expert does not
+// matter: every item's sums are computed alone, whichever warp shares its loads.
+extern "C" __global__ void group_by_expert(const int* ids, int nb, int n_expert, int* perm,
+                                           int* grp, int* ngrp) {
+    extern __shared__ int sh_i[];
+    int* count = sh_i;
+    int* cursor = sh_i + n_expert;
+    for (int i = threadIdx.x; i < n_expert; i += blockDim.x) count[i] = 0;
+    __syncthreads();
+    for (int b = threadIdx.x; b < nb; b += blockDim.x) atomicAdd(&count[ids[b]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0, g = 0;
+        for (int x = 0; x < n_expert; x++) {
+            int c = count[x];
+            cursor[x] = off;
+            for (int i = 0; i < c; i += MAXNT) {
+                grp[3 * g] = x;
+                grp[3 * g + 1] = off + i;
+                grp[3 * g + 2] = min(MAXNT, c - i);
+                g++;
+            }
+            off += c;
+        }
+        *ngrp = g;
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b < nb; b += blockDim.x) perm[atomicAdd(&cursor[ids[b]], 1)] = b;
 }
 
 // Row lookup (token embedding): out[t, :] = dequant(W[toks[t], :]), repeated `reps`
@@ -417,7 +627,8 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, in
 
 // Per-head weightless RMSNorm then RoPE at pos0 + token (queries). x: [T, heads*hd].
 extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps,
-                                          const float* freqs, int n_rot, int pos0) {
+                                          const float* freqs, int n_rot, const int* pos0p) {
+    int pos0 = *pos0p;
     __shared__ double sh[32];
     int v = blockIdx.x, t = v / heads;
     float* xv = x + (size_t)v * hd;
@@ -437,45 +648,83 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 
 // One block per token. z: [T, mix] control vectors; x: [T, hc*n]; y: [T, n] the
 // sublayer input; mixo: [T, hc + hc*hc] = post then comb, kept for hc_post.
+// Grid (ceil(n / blockDim), T): every block forms the token's pre weights (hc
+// sigmoids); block 0 also runs the Sinkhorn normalisation of the hc × hc mixing,
+// one lane per entry, each lane summing its row or column in the CPU's order.
 extern "C" __global__ void hc_pre(const float* z, const float* x, const float* scale,
                                   const float* base, float* y, float* mixo, int hc, int n,
                                   int mix, int iters, float hc_eps) {
     __shared__ float pre[16];
     __shared__ float c[256];
-    int t = blockIdx.x;
+    int t = blockIdx.y;
     const float* zt = z + (size_t)t * mix;
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < hc; i++) pre[i] = sigmoidf_(zt[i] * scale[0] + base[i]) + hc_eps;
+    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    if (blockIdx.x == 0 && threadIdx.x < 32) {
+        int lane = threadIdx.x, nn = hc * hc;
         float* mo = mixo + (size_t)t * (hc + hc * hc);
-        for (int i = 0; i < hc; i++) mo[i] = 2.0f * sigmoidf_(zt[hc + i] * scale[1] + base[hc + i]);
-        for (int i = 0; i < hc * hc; i++) c[i] = zt[2 * hc + i] * scale[2] + base[2 * hc + i];
-        for (int a = 0; a < hc; a++) {
-            float* row = c + a * hc;
-            float m = -INFINITY;
-            for (int b = 0; b < hc; b++) m = fmaxf(m, row[b]);
-            float s = 0.0f;
-            for (int b = 0; b < hc; b++) { row[b] = expf(row[b] - m); s += row[b]; }
-            for (int b = 0; b < hc; b++) row[b] = row[b] / s + hc_eps;
+        if (lane < hc) mo[lane] = 2.0f * sigmoidf_(zt[hc + lane] * scale[1] + base[hc + lane]);
+        for (int i = lane; i < nn; i += 32) c[i] = zt[2 * hc + i] * scale[2] + base[2 * hc + i];
+        __syncwarp();
+        // Row softmax plus eps.
+        float ex[8];
+        for (int q = 0; q < 8; q++) {
+            int i = lane + 32 * q;
+            if (i < nn) {
+                const float* row = c + (i / hc) * hc;
+                float m = -INFINITY;
+                for (int b = 0; b < hc; b++) m = fmaxf(m, row[b]);
+                ex[q] = expf(c[i] - m);
+            }
         }
+        __syncwarp();
+        for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
+        __syncwarp();
+        for (int q = 0; q < 8; q++) {
+            int i = lane + 32 * q;
+            if (i < nn) {
+                const float* row = c + (i / hc) * hc;
+                float s = 0.0f;
+                for (int b = 0; b < hc; b++) s += row[b];
+                ex[q] = c[i] / s + hc_eps;
+            }
+        }
+        __syncwarp();
+        for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
+        __syncwarp();
         for (int it = 0; it < iters; it++) {
             if (it > 0) {
-                for (int a = 0; a < hc; a++) {
+                for (int q = 0; q < 8; q++) {
+                    int i = lane + 32 * q;
+                    if (i < nn) {
+                        const float* row = c + (i / hc) * hc;
+                        float s = 0.0f;
+                        for (int b = 0; b < hc; b++) s += row[b];
+                        ex[q] = c[i] / (s + hc_eps);
+                    }
+                }
+                __syncwarp();
+                for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
+                __syncwarp();
+            }
+            for (int q = 0; q < 8; q++) {
+                int i = lane + 32 * q;
+                if (i < nn) {
+                    int b = i % hc;
                     float s = 0.0f;
-                    for (int b = 0; b < hc; b++) s += c[a * hc + b];
-                    for (int b = 0; b < hc; b++) c[a * hc + b] /= s + hc_eps;
+                    for (int a = 0; a < hc; a++) s += c[a * hc + b];
+                    ex[q] = c[i] / (s + hc_eps);
                 }
             }
-            for (int b = 0; b < hc; b++) {
-                float s = 0.0f;
-                for (int a = 0; a < hc; a++) s += c[a * hc + b];
-                for (int a = 0; a < hc; a++) c[a * hc + b] /= s + hc_eps;
-            }
+            __syncwarp();
+            for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
+            __syncwarp();
         }
-        for (int i = 0; i < hc * hc; i++) mo[hc + i] = c[i];
+        for (int i = lane; i < nn; i += 32) mo[hc + i] = c[i];
     }
     __syncthreads();
     const float* xt = x + (size_t)t * hc * n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
         float acc = 0.0f;
         for (int h = 0; h < hc; h++) acc += pre[h] * xt[h * n + i];
         y[(size_t)t * n + i] = acc;
@@ -483,13 +732,15 @@ extern "C" __global__ void hc_pre(const float* z, const float* x, const float* s
 }
 
 // X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]. One block per token.
+// Grid (ceil(hc * n / blockDim), T).
 extern "C" __global__ void hc_post(const float* f, const float* x, const float* mixi,
                                    float* out, int hc, int n) {
-    int t = blockIdx.x;
+    int t = blockIdx.y;
     const float* mo = mixi + (size_t)t * (hc + hc * hc);
     const float* xt = x + (size_t)t * hc * n;
     const float* ft = f + (size_t)t * n;
-    for (int i = threadIdx.x; i < hc * n; i += blockDim.x) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < hc * n) {
         int b = i / n, j = i % n;
         float acc = mo[b] * ft[j];
         for (int a = 0; a < hc; a++) acc += mo[hc + a * hc + b] * xt[a * n + j];
@@ -572,7 +823,8 @@ __device__ void qat_indexer_vec(float* v, int n, float* sh_amax) {
 // The raw K=V row of each token: RoPE at its position, the KV QAT, stored into the
 // ring of raw rows at slot pos % ring. One block per token; dynamic shared: hd floats.
 extern "C" __global__ void kv_store(const float* kv, float* ring, int ring_rows, int hd,
-                                    const float* freqs, int n_rot, int pos0, int sim) {
+                                    const float* freqs, int n_rot, const int* pos0p, int sim) {
+    int pos0 = *pos0p;
     extern __shared__ float row[];
     __shared__ float amax[64];
     int t = blockIdx.x, pos = pos0 + t;
@@ -596,8 +848,9 @@ extern "C" __global__ void kv_store(const float* kv, float* ring, int ring_rows,
 // Closed rows are written at index (pos + 1) / ratio − 1 of `rows`.
 extern "C" __global__ void compress_run(const float* kvp, const float* gate, const float* ape,
                                         const float* norm, float* front_kv, float* front_score,
-                                        float* rows, int T, int pos0, int ratio, int coff, int d,
+                                        float* rows, int T, const int* pos0p, int ratio, int coff, int d,
                                         float eps, const float* freqs, int n_rot, int sim) {
+    int pos0 = *pos0p;
     extern __shared__ float out[];  // d floats
     __shared__ double shd[32];
     __shared__ float amax[64];
@@ -675,7 +928,8 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, con
 // Indexer queries: RoPE at the token's position then the indexer QAT, per head; the
 // head weights get 1/sqrt(head_dim·heads) folded in. One block per (token, head).
 extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
-                                        const float* freqs, int n_rot, int pos0, int sim) {
+                                        const float* freqs, int n_rot, const int* pos0p, int sim) {
+    int pos0 = *pos0p;
     extern __shared__ float v[];
     __shared__ float amax[64];
     int t = blockIdx.x / heads, h = blockIdx.x % heads;
@@ -694,8 +948,9 @@ extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
 // score[t, r] = Σ_h w_h · relu(q_h · row_r) for every row visible to token t
 // (rows closed by positions ≤ pos). One warp per row; grid (row blocks, T).
 extern "C" __global__ void indexer_scores(const float* qi, const float* wi, const float* rows,
-                                          float* scores, int heads, int di, int pos0,
+                                          float* scores, int heads, int di, const int* pos0p,
                                           int ratio, int max_rows) {
+    int pos0 = *pos0p;
     int t = blockIdx.y;
     int n = (pos0 + t + 1) / ratio;
     int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -723,8 +978,9 @@ __device__ __forceinline__ u32 order_key(float f) {
 // k-th largest key then an in-order compaction. One block of 1024 threads per token.
 // sel[t, 0..k) gets the chosen rows in increasing row order; nsel[t] = k, or 0 when the
 // token sees k rows or fewer (it then attends to all of them).
-extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, int pos0,
+extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
                                        int ratio, int max_rows, int k) {
+    int pos0 = *pos0p;
     __shared__ u32 hist[256];
     __shared__ u32 prefix, prefix_mask, remaining;
     __shared__ u32 warp_cnt[32];
@@ -806,16 +1062,19 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
 extern "C" __global__ void attention(const float* q, const float* ring, int ring_rows,
                                      const float* comp, const int* sel, const int* nsel,
                                      int sel_k, const float* sinks, float* o, int heads, int hd,
-                                     int window, int pos0, int ratio, const float* freqs,
-                                     int n_rot, float scale) {
+                                     int window, const int* pos0p, int ratio, const float* freqs,
+                                     int n_rot, float scale, int rows_max) {
+    int pos0 = *pos0p;
+    // Shared: the query row, a weight per visible row, and each row's address (looked
+    // up once: raw rows through the ring, compressed rows through the selection).
     extern __shared__ float sm[];
     __shared__ float red[32];
     int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
     float* qs = sm;
     float* wts = sm + hd;
+    const float** rowp = (const float**)(sm + hd + rows_max + (rows_max & 1));
     const float* qv = q + ((size_t)t * heads + h) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qv[i];
-    __syncthreads();
     int first = pos + 1 > window ? pos + 1 - window : 0;
     int n_raw = pos + 1 - first;
     int n_comp = 0;
@@ -825,14 +1084,17 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
         else n_comp = (pos + 1) / ratio;
     }
     int n = n_raw + n_comp;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int r = w; r < n; r += nw) {
-        const float* row;
-        if (r < n_raw) row = ring + (size_t)((first + r) % ring_rows) * hd;
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
         else {
             int c = r - n_raw;
-            row = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
         }
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int r = w; r < n; r += nw) {
+        const float* row = rowp[r];
         float p = 0.0f;
         for (int i = lane; i < hd; i += 32) p += qs[i] * row[i];
         p = warp_sum(p);
@@ -853,16 +1115,17 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     __syncthreads();
     float* ov = o + ((size_t)t * heads + h) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        // Rows in order (the sum's order is the CPU's); loads run ahead of the adds.
         float acc = 0.0f;
-        for (int r = 0; r < n; r++) {
-            const float* row;
-            if (r < n_raw) row = ring + (size_t)((first + r) % ring_rows) * hd;
-            else {
-                int c = r - n_raw;
-                row = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
-            }
-            acc += wts[r] * row[i];
+        int r = 0;
+        for (; r + 8 <= n; r += 8) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = rowp[r + u][i];
+#pragma unroll
+            for (int u = 0; u < 8; u++) acc += wts[r + u] * v[u];
         }
+        for (; r < n; r++) acc += wts[r] * rowp[r][i];
         qs[i] = acc / den;
     }
     __syncthreads();
@@ -883,6 +1146,7 @@ extern "C" __global__ void route(const float* logits, const float* bias, const i
                                  const int* toks, int* ids, float* wts, int n_expert, int k,
                                  float scale, float floor_) {
     extern __shared__ float p[];  // 2 * n_expert
+    __shared__ int chosen[64];
     float* biased = p + n_expert;
     int t = blockIdx.x;
     for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
@@ -891,26 +1155,43 @@ extern "C" __global__ void route(const float* logits, const float* bias, const i
         biased[e] = bias ? v + bias[e] : v;
     }
     __syncthreads();
-    if (threadIdx.x != 0) return;
-    int* it = ids + (size_t)t * k;
+    if (threadIdx.x >= 32) return;
+    int lane = threadIdx.x;
     if (tid2eid) {
-        for (int j = 0; j < k; j++) it[j] = tid2eid[(size_t)toks[t] * k + j];
+        if (lane < k) chosen[lane] = tid2eid[(size_t)toks[t] * k + lane];
     } else {
+        // k rounds of a warp-wide argmax; ties go to the lower expert id, as the
+        // CPU's first-strictly-greater scan keeps the first maximum.
         for (int j = 0; j < k; j++) {
-            int best = -1;
-            for (int e = 0; e < n_expert; e++) {
+            float bv = -INFINITY;
+            int bi = 1 << 30;
+            for (int e = lane; e < n_expert; e += 32) {
                 bool used = false;
-                for (int x = 0; x < j; x++) used |= it[x] == e;
-                if (used) continue;
-                if (best < 0 || biased[e] > biased[best]) best = e;
+                for (int x = 0; x < j; x++) used |= chosen[x] == e;
+                if (!used && (bi == (1 << 30) || biased[e] > bv)) { bv = biased[e]; bi = e; }
             }
-            it[j] = best;
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (oi != (1 << 30) && (bi == (1 << 30) || ov > bv || (ov == bv && oi < bi))) {
+                    bv = ov;
+                    bi = oi;
+                }
+            }
+            if (lane == 0) chosen[j] = bi;
+            __syncwarp();
         }
     }
+    __syncwarp();
+    if (lane != 0) return;
+    int* it = ids + (size_t)t * k;
     float sum = 0.0f;
-    for (int j = 0; j < k; j++) sum += p[it[j]];
+    for (int j = 0; j < k; j++) {
+        it[j] = chosen[j];
+        sum += p[chosen[j]];
+    }
     float norm = scale / fmaxf(sum, floor_);
-    for (int j = 0; j < k; j++) wts[(size_t)t * k + j] = p[it[j]] * norm;
+    for (int j = 0; j < k; j++) wts[(size_t)t * k + j] = p[chosen[j]] * norm;
 }
 
 // mid = silu(min(g, c)) · clamp(u, −c, c) · weight, weight per row of the batch

@@ -62,23 +62,37 @@ pub fn cubin(program: &str, arch: &str, dir: &Path) -> Result<(Vec<u8>, bool), C
     Ok((bin, false))
 }
 
+/// Compiles `program` for `arch` with ptxas's verbose report and returns the log
+/// (registers, shared memory and spills of every kernel); needs NVRTC only, no GPU.
+pub fn ptxas_report(program: &str, arch: &str) -> Result<String, CudaError> {
+    let opts = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-default-device".to_string(),
+        "--ptxas-options=-v".to_string(),
+    ];
+    compile_with_log(program, &opts).map(|(_, log)| log)
+}
+
 fn compile(program: &str, opts: &[String]) -> Result<Vec<u8>, CudaError> {
+    compile_with_log(program, opts).map(|(bin, _)| bin)
+}
+
+fn compile_with_log(program: &str, opts: &[String]) -> Result<(Vec<u8>, String), CudaError> {
     let src = CString::new(program).map_err(|_| CudaError::Compile("NUL in source".into()))?;
     let name = c"ds4.cu";
     let prog = nvrtc::create_program(&src, Some(name))
         .map_err(|e| CudaError::Compile(format!("nvrtcCreateProgram: {e:?}")))?;
     let res = unsafe { nvrtc::compile_program(prog, opts) };
+    let log = unsafe { nvrtc::get_program_log(prog) }
+        .map(|l| {
+            unsafe { CStr::from_ptr(l.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
     let out = match res {
-        Err(e) => {
-            let log = unsafe { nvrtc::get_program_log(prog) }
-                .map(|l| {
-                    unsafe { CStr::from_ptr(l.as_ptr()) }
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .unwrap_or_default();
-            Err(CudaError::Compile(format!("{e:?}\n{log}")))
-        }
+        Err(e) => Err(CudaError::Compile(format!("{e:?}\n{log}"))),
         Ok(()) => {
             let mut size = 0usize;
             let r = unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) }.result();
@@ -88,7 +102,7 @@ fn compile(program: &str, opts: &[String]) -> Result<Vec<u8>, CudaError> {
                     let mut bin = vec![0u8; size];
                     unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut c_char) }
                         .result()
-                        .map(|_| bin)
+                        .map(|_| (bin, log))
                         .map_err(|e| CudaError::Compile(format!("nvrtcGetCUBIN: {e:?}")))
                 }
             }

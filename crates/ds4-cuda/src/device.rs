@@ -6,9 +6,9 @@
 //! synchronous copy back to the host waits for every launch before it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, result, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, result, sys};
 use cudarc::nvrtc::Ptx;
 
 use crate::CudaError;
@@ -44,6 +44,19 @@ pub struct Gpu {
     pub total_mem: usize,
     /// Whether the kernels came from the on-disk cache.
     pub kernels_cached: bool,
+    /// When set, every launch is bracketed by events (see [`Gpu::set_profiling`]).
+    prof: Option<Arc<Mutex<Vec<TimedLaunch>>>>,
+}
+
+/// A profiled launch: kernel name, events before and after.
+type TimedLaunch = (&'static str, CudaEvent, CudaEvent);
+
+/// GPU time of one kernel name over a profiled stretch.
+#[derive(Debug, Clone)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub launches: usize,
+    pub ms: f64,
 }
 
 impl Gpu {
@@ -88,7 +101,84 @@ impl Gpu {
             arch,
             total_mem,
             kernels_cached,
+            prof: None,
         })
+    }
+
+    /// The same kernels, launched on `stream` (graph capture needs a stream other than
+    /// the legacy default one).
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Gpu {
+        Gpu {
+            ctx: self.ctx.clone(),
+            stream,
+            funcs: self.funcs.clone(),
+            name: self.name.clone(),
+            arch: self.arch.clone(),
+            total_mem: self.total_mem,
+            kernels_cached: self.kernels_cached,
+            prof: self.prof.clone(),
+        }
+    }
+
+    /// Turns per-launch timing on (events around every launch; slows launches) or off.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.prof = on.then(Default::default);
+    }
+
+    pub fn profiling(&self) -> bool {
+        self.prof.is_some()
+    }
+
+    /// Event marking the start of a profiled launch (None when not profiling).
+    pub fn prof_begin(&self) -> Result<Option<CudaEvent>, CudaError> {
+        match &self.prof {
+            None => Ok(None),
+            Some(_) => self
+                .stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map(Some)
+                .map_err(drv("event")),
+        }
+    }
+
+    pub fn prof_end(&self, name: &'static str, start: Option<CudaEvent>) -> Result<(), CudaError> {
+        if let (Some(p), Some(start)) = (&self.prof, start) {
+            let end = self
+                .stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(drv("event"))?;
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name, start, end));
+        }
+        Ok(())
+    }
+
+    /// Per-kernel GPU time since the last call (waits for the queued work), largest
+    /// first.
+    pub fn take_profile(&self) -> Result<Vec<KernelTime>, CudaError> {
+        let Some(p) = &self.prof else {
+            return Ok(Vec::new());
+        };
+        self.sync()?;
+        let recs = std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut by: Vec<KernelTime> = Vec::new();
+        for (name, a, b) in recs {
+            let ms = a.elapsed_ms(&b).map_err(drv("elapsed"))? as f64;
+            match by.iter_mut().find(|k| k.name == name) {
+                Some(k) => {
+                    k.launches += 1;
+                    k.ms += ms;
+                }
+                None => by.push(KernelTime {
+                    name,
+                    launches: 1,
+                    ms,
+                }),
+            }
+        }
+        by.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(by)
     }
 
     pub fn func(&self, name: &str) -> &CudaFunction {
@@ -201,10 +291,12 @@ macro_rules! launch {
         let mut b = gpu.stream.launch_builder(gpu.func($name));
         $( let a = $arg; b.arg(&a); )*
         let cfg = $crate::device::Gpu::cfg($grid, $block, $shm);
+        let t0 = gpu.prof_begin()?;
         // SAFETY: every kernel takes exactly the arguments pushed here, in order, as
         // its extern "C" signature in ds4.cu declares them (device pointers as u64).
         unsafe { b.launch(cfg) }
             .map(|_| ())
-            .map_err(|e| $crate::CudaError::Driver(format!("launch {}: {e}", $name)))
+            .map_err(|e| $crate::CudaError::Driver(format!("launch {}: {e}", $name)))?;
+        gpu.prof_end($name, t0)
     }};
 }

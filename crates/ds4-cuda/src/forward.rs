@@ -40,6 +40,13 @@ struct MvArgs {
     pub y: u64,
     y_stride: i32,
     nb: i32,
+    sc: u64,
+    sc_mat_bytes: i64,
+    nt: i32,
+    perm: u64,
+    grp: u64,
+    ngrp: u64,
+    ksplit: i32,
 }
 unsafe impl cudarc::driver::DeviceRepr for MvArgs {}
 
@@ -113,6 +120,11 @@ pub struct Scratch {
     act_d: DevBuf,
     act_s: DevBuf,
     logits: DevBuf,
+    perm: DevBuf,
+    grp: DevBuf,
+    ngrp: DevBuf,
+    /// The run's first position (read by the kernels, so a captured graph can replay).
+    pub pos: DevBuf,
     /// Indexer rows one token can see at most (scores row stride).
     max_irows: usize,
 }
@@ -153,6 +165,12 @@ pub fn sizes(cfg: &ModelConfig, ctx: usize, t: usize) -> Sizes {
         max_irows,
         max_attn_rows,
     }
+}
+
+/// Most expert groups `group_by_expert` can form for a run of `t` tokens: groups of
+/// up to 8 (MAXNT), at most one partial group per expert.
+fn max_expert_groups(cfg: &ModelConfig, t: usize) -> usize {
+    (t * cfg.n_expert_used).div_ceil(8) + cfg.n_expert
 }
 
 fn f32s(n: usize) -> usize {
@@ -227,6 +245,10 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         f32s(act / 32 + 1),                    // act_d
         act / 16 * 2 + 2,                      // act_s (int16)
         f32s(HEAD_CHUNK * cfg.n_vocab),        // logits
+        t * k * 4,                             // perm
+        max_expert_groups(cfg, t) * 3 * 4,     // grp
+        16,                                    // ngrp
+        16,                                    // pos
     ]
 }
 
@@ -276,6 +298,10 @@ impl Scratch {
             act_d: a()?,
             act_s: a()?,
             logits: a()?,
+            perm: a()?,
+            grp: a()?,
+            ngrp: a()?,
+            pos: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
     }
@@ -402,6 +428,9 @@ pub struct Fwd<'a> {
     /// When set, the HC state of every token entering each layer and after its
     /// attention sublayer (then the final state) is copied back: the CPU's `Trace::hidden`, for locating a divergence.
     pub trace: Option<&'a std::cell::RefCell<GpuTrace>>,
+    /// Being captured into a graph that replays at later positions: launch shapes must
+    /// not depend on the position (kernels skip what the position excludes).
+    pub capture: bool,
 }
 
 /// What a traced forward call copies back (see [`Fwd::trace`]).
@@ -432,6 +461,9 @@ pub struct Mv {
     pub group: (usize, usize),
     pub y: u64,
     pub y_stride: usize,
+    /// Items grouped by expert (`perm`, `grp`, `ngrp` as `group_by_expert` writes
+    /// them, and the most groups there can be); None: items in order.
+    pub by_expert: Option<(u64, u64, u64, usize)>,
 }
 
 impl Mv {
@@ -446,6 +478,7 @@ impl Mv {
             group: (0, 0),
             y,
             y_stride,
+            by_expert: None,
         }
     }
 }
@@ -457,6 +490,26 @@ fn copy_dtod(gpu: &Gpu, dst: u64, src: u64, bytes: usize) -> Result<(), CudaErro
 
 fn ceil_div(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
+}
+
+/// Warps per row for `m` (see `MvArgs::ksplit` in ds4.cu): matrices with few rows (HC
+/// projections, router, compressors) would leave most of the GPU idle with one warp
+/// per row, so their rows are split while every warp keeps at least two steps of
+/// work and the grid stays under ~8k warps. Depends on the matrix only, so a token
+/// gets the same sums whatever run it is in.
+pub fn ksplit(m: &DevMat) -> usize {
+    // 16-byte pieces per row, and pieces a warp takes per step.
+    let (pieces, step) = match m.ty {
+        GgmlType::F32 => (m.cols / 4, 32),
+        GgmlType::F16 | GgmlType::Bf16 => (m.cols / 8, 32),
+        GgmlType::Q8_0 => (m.cols / 16, 64),
+        _ => return 1,
+    };
+    let mut ks = 1;
+    while ks < 16 && m.rows * ks * 2 <= 8192 && pieces >= step * ks * 2 * 2 {
+        ks *= 2;
+    }
+    ks
 }
 
 /// `y = W·x` with the activations prepared as the CPU prepares them (Q8_0 for Q8_0
@@ -479,6 +532,17 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 c.x, act[0].ptr, act[1].ptr, act[2].ptr, nblk as i32)?;
         }
     }
+    // Items sharing one matrix share a warp's weight loads (up to MAXNT = 8 in ds4.cu);
+    // routed items each have their own expert.
+    let nt = if c.ids == 0 { c.nb.clamp(1, 8) } else { 1 };
+    // IQ2_XXS blocks fill shared lookup tables first: 8 warps walking 4 rows each
+    // spread that over 32 rows.
+    let ks = ksplit(m);
+    let (threads, rows_per_block) = match m.ty {
+        GgmlType::Iq2Xxs => (256u32, 32usize),
+        _ => ((32 * ks).max(128) as u32, (4 / ks).max(1)),
+    };
+    let grid_x = ceil_div(m.rows, rows_per_block);
     let args = MvArgs {
         w: m.buf.ptr,
         mat_bytes: m.mat_bytes as i64,
@@ -496,8 +560,19 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         y: c.y,
         y_stride: c.y_stride as i32,
         nb: c.nb as i32,
+        sc: m.scales_ptr(),
+        sc_mat_bytes: m.split.map_or(0, |s| s.scale_mat_bytes as i64),
+        nt: nt as i32,
+        perm: c.by_expert.map_or(0, |b| b.0),
+        grp: c.by_expert.map_or(0, |b| b.1),
+        ngrp: c.by_expert.map_or(0, |b| b.2),
+        ksplit: ks as i32,
     };
-    launch!(g, mv_kernel(m.ty), (ceil_div(m.rows, 4), c.nb as u32, 1), 128, 0; args)
+    let grid_y = match c.by_expert {
+        Some((_, _, _, max_groups)) => max_groups,
+        None => c.nb.div_ceil(nt),
+    };
+    launch!(g, mv_kernel(m.ty), (grid_x, grid_y as u32, 1), threads, 0; args)
 }
 
 /// One matrix product on the GPU for a batch of f32 vectors (tests and tools): the
@@ -550,7 +625,9 @@ impl Fwd<'_> {
         n: usize,
         count: usize,
     ) -> Result<(), CudaError> {
-        launch!(self.gpu, "rms_norm", (count as u32, 1, 1), 256, 0;
+        // One block per row: a wide row (the HC state) gets a wide block.
+        let threads = if n >= 4096 { 1024 } else { 256 };
+        launch!(self.gpu, "rms_norm", (count as u32, 1, 1), threads, 0;
             x, w.map_or(0, |b| b.ptr), y, n as i32, n as i32, n as i32, self.eps())
     }
 
@@ -572,7 +649,7 @@ impl Fwd<'_> {
             &hw.fn_,
             Mv::plain(s.flat.ptr, t, he, s.z.ptr, cfg.hc_mix()),
         )?;
-        launch!(self.gpu, "hc_pre", (t as u32, 1, 1), 256, 0;
+        launch!(self.gpu, "hc_pre", (ceil_div(cfg.n_embd, 256), t as u32, 1), 256, 0;
             s.z.ptr, x, hw.scale.ptr, hw.base.ptr, s.y.ptr, s.mix.ptr, cfg.hc as i32,
             cfg.n_embd as i32, cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps)?;
         self.rms(s.y.ptr, Some(norm), s.xn.ptr, cfg.n_embd, t)
@@ -622,7 +699,7 @@ impl Fwd<'_> {
         let cfg = self.cfg;
         let g = self.gpu;
         let (hd, nh, e) = (cfg.head_dim, cfg.n_head, cfg.n_embd);
-        let (n_rot, p0) = (cfg.n_rot as i32, pos0 as i32);
+        let (n_rot, p0) = (cfg.n_rot as i32, s.pos.ptr);
         let sim = self.sim() as i32;
         let rope = self.rope(l);
         let x = s.x[0].ptr;
@@ -679,7 +756,11 @@ impl Fwd<'_> {
             self.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
             launch!(g, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
                 s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
-            let max_n = (pos0 + t) / ratio;
+            let max_n = if self.capture {
+                s.max_irows
+            } else {
+                (pos0 + t) / ratio
+            };
             if max_n > 0 {
                 launch!(g, "indexer_scores", (ceil_div(max_n, 4), t as u32, 1), 128, 0;
                     s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, nhi as i32, di as i32, p0,
@@ -695,14 +776,15 @@ impl Fwd<'_> {
         // Attention over the raw window and the compressed rows, with sinks, then the
         // inverse rotation (V = K carries each key's rotation).
         let rows_max = sizes(cfg, self.ctx, s.t).max_attn_rows;
-        let shm = (hd + rows_max) * 4;
+        // Query row, one weight per row (padded to 8-byte alignment), one address per row.
+        let shm = (hd + rows_max + (rows_max & 1)) * 4 + rows_max * 8;
         g.allow_shared("attention", shm)?;
         let comp_ptr = st.comp.as_ref().map_or(0, |c| c.0.ptr);
         let scale = 1.0f32 / (hd as f32).sqrt();
-        launch!(g, "attention", (nh as u32, t as u32, 1), 256, shm as u32;
+        launch!(g, "attention", (nh as u32, t as u32, 1), 512, shm as u32;
             s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
             w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
-            ratio as i32, rope, n_rot, scale)?;
+            ratio as i32, rope, n_rot, scale, rows_max as i32)?;
 
         // Grouped output: group g multiplies its heads by rows g·o_lora.. of out_a.
         let (r, gin) = (cfg.o_lora, cfg.o_group_in());
@@ -726,7 +808,7 @@ impl Fwd<'_> {
     /// always holds the current state.
     fn hc_post_swap(&self, s: &Scratch, t: usize) -> Result<(), CudaError> {
         let cfg = self.cfg;
-        launch!(self.gpu, "hc_post", (t as u32, 1, 1), 256, 0;
+        launch!(self.gpu, "hc_post", (ceil_div(cfg.hc_width(), 256), t as u32, 1), 256, 0;
             s.f.ptr, s.x[0].ptr, s.mix.ptr, s.x[1].ptr, cfg.hc as i32, cfg.n_embd as i32)?;
         let bytes = t * cfg.hc_width() * 4;
         unsafe {
@@ -758,8 +840,17 @@ impl Fwd<'_> {
             ne as i32, k as i32, cfg.expert_weight_scale, ROUTER_WEIGHT_FLOOR)?;
         self.record_experts(s, t)?;
 
-        // Routed experts: item b = token b/k, slot b%k, weights chosen by ids[b].
+        // Routed experts: item b = token b/k, slot b%k, weights chosen by ids[b]. A run
+        // of several tokens groups its items by expert, so each expert's weights are
+        // read once per group of up to 8 items instead of once per item.
         let nb = t * k;
+        let groups = if t > 1 {
+            launch!(g, "group_by_expert", (1, 1, 1), 1024, (2 * ne * 4) as u32;
+                s.ids.ptr, nb as i32, ne as i32, s.perm.ptr, s.grp.ptr, s.ngrp.ptr)?;
+            Some((s.perm.ptr, s.grp.ptr, s.ngrp.ptr, max_expert_groups(cfg, t)))
+        } else {
+            None
+        };
         let by_expert =
             |x: u64, n_act: usize, x_len: usize, act_div: usize, y: u64, y_stride: usize| Mv {
                 x,
@@ -771,6 +862,7 @@ impl Fwd<'_> {
                 group: (0, 0),
                 y,
                 y_stride,
+                by_expert: groups,
             };
         self.mv(s, &w.gate_exps, by_expert(s.xn.ptr, t, e, k, s.g.ptr, ff))?;
         self.mv(s, &w.up_exps, by_expert(s.xn.ptr, t, e, k, s.u.ptr, ff))?;
@@ -834,6 +926,68 @@ impl Fwd<'_> {
     // ---------------------------------------------------------------------------------
     // Whole model (§3.12)
 
+    /// Copies the run's tokens and first position to the device.
+    pub fn upload_inputs(&self, s: &Scratch, toks: &[u32], pos0: usize) -> Result<(), CudaError> {
+        let ids: Vec<i32> = toks.iter().map(|&x| x as i32).collect();
+        self.gpu.write(s.toks.ptr, &ids)?;
+        self.gpu.write(s.pos.ptr, &[pos0 as i32])
+    }
+
+    /// Embedding and every layer for `t` tokens at `pos0..` (inputs already uploaded):
+    /// launches only, unless tracing.
+    pub fn layers_pass(
+        &self,
+        s: &Scratch,
+        layers: &[LayerState],
+        t: usize,
+        pos0: usize,
+    ) -> Result<(), CudaError> {
+        let cfg = self.cfg;
+        let te = &self.w.token_embd;
+        let ty_code: i32 = match te.ty {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Bf16 => 30,
+            _ => 8,
+        };
+        launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
+            te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
+            s.x[0].ptr, cfg.hc as i32)?;
+        for (l, st) in layers.iter().enumerate() {
+            self.record(s, t)?;
+            self.layer(s, st, l, pos0, t)?;
+        }
+        self.record(s, t)
+    }
+
+    /// The output head (HC collapse, norm, vocabulary product) for tokens `a..a+n` of
+    /// the run into `s.logits` (`n` ≤ HEAD_CHUNK).
+    pub fn head(&self, s: &Scratch, a: usize, n: usize) -> Result<(), CudaError> {
+        let cfg = self.cfg;
+        let (he, e, v) = (cfg.hc_width(), cfg.n_embd, cfg.n_vocab);
+        let x = s.x[0].at::<f32>(a * he);
+        let oh = &self.w.output_hc;
+        self.rms(x, None, s.flat.ptr, he, n)?;
+        self.mv(s, &oh.fn_, Mv::plain(s.flat.ptr, n, he, s.z.ptr, cfg.hc))?;
+        launch!(self.gpu, "hc_head", (n as u32, 1, 1), 256, 0;
+            s.z.ptr, x, oh.scale.ptr, oh.base.ptr, s.y.ptr, cfg.hc as i32, e as i32,
+            cfg.hc as i32, cfg.hc_eps)?;
+        self.rms(s.y.ptr, Some(&self.w.output_norm), s.xn.ptr, e, n)?;
+        self.mv(
+            s,
+            &self.w.output,
+            Mv::plain(s.xn.ptr, n, e, s.logits.ptr, v),
+        )
+    }
+
+    /// Reads `n` rows of logits back.
+    pub fn read_logits(&self, s: &Scratch, n: usize) -> Result<Vec<Vec<f32>>, CudaError> {
+        let v = self.cfg.n_vocab;
+        let mut host = vec![0f32; n * v];
+        self.gpu.read(s.logits.ptr, &mut host)?;
+        Ok(host.chunks_exact(v).map(|c| c.to_vec()).collect())
+    }
+
     /// Runs `toks` at `pos0..`, returns the logits `which` asks for.
     pub fn run(
         &self,
@@ -843,51 +997,19 @@ impl Fwd<'_> {
         pos0: usize,
         which: LogitsFor,
     ) -> Result<Vec<Vec<f32>>, CudaError> {
-        let cfg = self.cfg;
-        let g = self.gpu;
         let t = toks.len();
-        let ids: Vec<i32> = toks.iter().map(|&x| x as i32).collect();
-        g.write(s.toks.ptr, &ids)?;
-        let te = &self.w.token_embd;
-        let ty_code: i32 = match te.ty {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Bf16 => 30,
-            _ => 8,
-        };
-        launch!(g, "embed_rows", (t as u32, 1, 1), 256, 0;
-            te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
-            s.x[0].ptr, cfg.hc as i32)?;
-        for (l, st) in layers.iter().enumerate() {
-            self.record(s, t)?;
-            self.layer(s, st, l, pos0, t)?;
-        }
-        self.record(s, t)?;
+        self.upload_inputs(s, toks, pos0)?;
+        self.layers_pass(s, layers, t, pos0)?;
         let first = match which {
             LogitsFor::All => 0,
             LogitsFor::Last => t.saturating_sub(1),
         };
-        let (he, e, v) = (cfg.hc_width(), cfg.n_embd, cfg.n_vocab);
         let mut out = Vec::with_capacity(t - first);
         let mut a = first;
         while a < t {
             let n = (t - a).min(HEAD_CHUNK);
-            let x = s.x[0].at::<f32>(a * he);
-            let oh = &self.w.output_hc;
-            self.rms(x, None, s.flat.ptr, he, n)?;
-            self.mv(s, &oh.fn_, Mv::plain(s.flat.ptr, n, he, s.z.ptr, cfg.hc))?;
-            launch!(g, "hc_head", (n as u32, 1, 1), 256, 0;
-                s.z.ptr, x, oh.scale.ptr, oh.base.ptr, s.y.ptr, cfg.hc as i32, e as i32,
-                cfg.hc as i32, cfg.hc_eps)?;
-            self.rms(s.y.ptr, Some(&self.w.output_norm), s.xn.ptr, e, n)?;
-            self.mv(
-                s,
-                &self.w.output,
-                Mv::plain(s.xn.ptr, n, e, s.logits.ptr, v),
-            )?;
-            let mut host = vec![0f32; n * v];
-            g.read(s.logits.ptr, &mut host)?;
-            out.extend(host.chunks_exact(v).map(|c| c.to_vec()));
+            self.head(s, a, n)?;
+            out.extend(self.read_logits(s, n)?);
             a += n;
         }
         Ok(out)

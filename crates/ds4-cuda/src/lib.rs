@@ -76,6 +76,11 @@ pub fn memory_estimate(model: &Model, ctx: usize, batch: usize) -> (usize, usize
     )
 }
 
+/// Weight bytes one decode step reads (see [`weights::decode_weight_bytes`]).
+pub fn decode_weight_bytes(model: &Model) -> usize {
+    weights::decode_weight_bytes(&model.weights, model.cfg.n_expert_used)
+}
+
 fn gib(b: usize) -> f64 {
     b as f64 / (1u64 << 30) as f64
 }
@@ -151,9 +156,88 @@ pub struct CudaState<'b> {
     ctx: usize,
     n_tokens: usize,
     trace: Option<std::cell::RefCell<GpuTrace>>,
+    /// Decode steps (one token, last logits) replay this graph once captured.
+    graph: Option<DecodeGraph>,
+    use_graph: bool,
 }
 
+/// One decode step captured as a CUDA graph: ~40 launches per layer become one. Valid
+/// for the life of the state: every buffer it touches belongs to the state or the
+/// backend, and the position is read from device memory.
+struct DecodeGraph {
+    graph: cudarc::driver::CudaGraph,
+    gpu: Gpu,
+}
+
+// SAFETY: the graph's handles belong to the backend's context and are only used through
+// `&mut CudaState`, one thread at a time; CUDA allows that from any thread.
+unsafe impl Send for DecodeGraph {}
+
 impl CudaState<'_> {
+    /// Whether decode steps replay a captured graph (default on; `DS4_CUDA_GRAPH=0`
+    /// turns it off). Either way the same kernels run with the same arguments.
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    fn fwd<'a>(&'a self, gpu: &'a Gpu, capture: bool) -> Fwd<'a> {
+        Fwd {
+            gpu,
+            cfg: &self.be.cfg,
+            w: &self.be.weights,
+            rope_main: &self.be.rope_main,
+            rope_comp: &self.be.rope_comp,
+            opts: self.opts,
+            ctx: self.ctx,
+            trace: self.trace.as_ref(),
+            capture,
+        }
+    }
+
+    fn capture_decode(&self) -> Result<DecodeGraph, CudaError> {
+        use cudarc::driver::sys;
+        let main = &self.be.gpu;
+        let stream = main
+            .ctx
+            .new_stream()
+            .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
+        let gpu = main.on_stream(stream.clone());
+        main.sync()?;
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
+        let f = self.fwd(&gpu, true);
+        let body = f
+            .layers_pass(&self.scratch, &self.layers, 1, self.n_tokens)
+            .and_then(|_| f.head(&self.scratch, 0, 1));
+        // The capture is ended whatever happened, so the stream is usable again.
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        body?;
+        let graph = graph
+            .map_err(|e| CudaError::Driver(format!("graph: {e}")))?
+            .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
+        Ok(DecodeGraph { graph, gpu })
+    }
+
+    fn decode_with_graph(&mut self, tok: u32) -> Result<Vec<Vec<f32>>, CudaError> {
+        if self.graph.is_none() {
+            self.graph = Some(self.capture_decode()?);
+        }
+        let f = self.fwd(&self.be.gpu, false);
+        // Synchronous copies on the legacy stream: they wait for work queued there
+        // (restores, resets) and are done before the graph starts.
+        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
+        let dg = self.graph.as_ref().expect("captured above");
+        dg.graph
+            .launch()
+            .map_err(|e| CudaError::Driver(format!("graph launch: {e}")))?;
+        dg.gpu.sync()?;
+        f.read_logits(&self.scratch, 1)
+    }
+
     /// Records HC states and discrete decisions on every later forward call
     /// (see [`CudaState::take_trace`]).
     pub fn enable_trace(&mut self) {
@@ -180,6 +264,8 @@ impl CudaBackend {
             ctx,
             n_tokens: 0,
             trace: None,
+            graph: None,
+            use_graph: std::env::var("DS4_CUDA_GRAPH").map_or(true, |v| v != "0"),
         })
     }
 }
@@ -234,17 +320,17 @@ impl ForwardState for CudaState<'_> {
                 ctx: self.ctx,
             });
         }
-        let f = Fwd {
-            gpu: &self.be.gpu,
-            cfg,
-            w: &self.be.weights,
-            rope_main: &self.be.rope_main,
-            rope_comp: &self.be.rope_comp,
-            opts: self.opts,
-            ctx: self.ctx,
-            trace: self.trace.as_ref(),
+        let graphable = toks.len() == 1
+            && which == LogitsFor::Last
+            && self.use_graph
+            && self.trace.is_none()
+            && !self.be.gpu.profiling();
+        let out = if graphable {
+            self.decode_with_graph(toks[0])?
+        } else {
+            let f = self.fwd(&self.be.gpu, false);
+            f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
         };
-        let out = f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?;
         self.n_tokens += toks.len();
         Ok(out)
     }

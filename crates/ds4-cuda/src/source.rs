@@ -33,6 +33,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "topk_select",
     "attention",
     "route",
+    "group_by_expert",
     "swiglu",
     "moe_sum",
     "fill_f32",

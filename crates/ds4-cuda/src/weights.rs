@@ -13,14 +13,52 @@ pub struct DevMat {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
-    /// Bytes of one matrix (the stride between experts).
+    /// Bytes of one matrix (the stride between experts); for a split matrix, of its
+    /// quant values alone.
     pub mat_bytes: usize,
+    /// Split layout (Q8_0, IQ2_XXS): the f16 block scales of all matrices live after
+    /// their quant values, at `buf.ptr + scales`, `scale_mat_bytes` per matrix.
+    pub split: Option<Split>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub scales: usize,
+    pub scale_mat_bytes: usize,
 }
 
 impl DevMat {
     pub fn row_bytes(&self) -> usize {
         self.mat_bytes / self.rows
     }
+    /// Device address of matrix 0's block scales (0 when not split).
+    pub fn scales_ptr(&self) -> u64 {
+        self.split.map_or(0, |s| self.buf.ptr + s.scales as u64)
+    }
+}
+
+/// Block size and the quant bytes of one block, for the types stored split on the GPU.
+/// Their ggml blocks (an f16 scale, then 32 or 64 bytes of quants) are 34 and 66 bytes,
+/// which leaves the quants only 2-byte aligned; split, a warp reads each row's quants
+/// with 16-byte loads and the scales with one 2-byte load per block. Values unchanged.
+pub fn split_geometry(ty: GgmlType) -> Option<(usize, usize)> {
+    match ty {
+        GgmlType::Q8_0 => Some((34, 32)),
+        GgmlType::Iq2Xxs => Some((66, 64)),
+        _ => None,
+    }
+}
+
+/// Splits ggml blocks of `block` bytes (2-byte scale first) into (quants, scales).
+pub fn split_blocks(bytes: &[u8], block: usize) -> (Vec<u8>, Vec<u8>) {
+    let n = bytes.len() / block;
+    let mut q = Vec::with_capacity(n * (block - 2));
+    let mut d = Vec::with_capacity(n * 2);
+    for b in bytes.chunks_exact(block) {
+        d.extend_from_slice(&b[..2]);
+        q.extend_from_slice(&b[2..]);
+    }
+    (q, d)
 }
 
 fn raw_bytes(m: &ds4_engine::Mat) -> (GgmlType, &[u8]) {
@@ -50,6 +88,15 @@ pub fn supported(ty: GgmlType) -> bool {
 }
 
 fn upload_mats(gpu: &Gpu, mats: &[ds4_engine::Mat], name: &str) -> Result<DevMat, CudaError> {
+    upload_mats_as(gpu, mats, name, true)
+}
+
+fn upload_mats_as(
+    gpu: &Gpu,
+    mats: &[ds4_engine::Mat],
+    name: &str,
+    allow_split: bool,
+) -> Result<DevMat, CudaError> {
     let first = mats
         .first()
         .ok_or_else(|| CudaError::Model(format!("{name}: no matrices")))?;
@@ -59,16 +106,36 @@ fn upload_mats(gpu: &Gpu, mats: &[ds4_engine::Mat], name: &str) -> Result<DevMat
             "{name}: weight type {ty} has no GPU kernel"
         )));
     }
-    let mat_bytes = b0.len();
-    let buf = gpu.alloc(mat_bytes * mats.len())?;
+    let raw_mat = b0.len();
+    let geometry = split_geometry(ty).filter(|_| allow_split);
+    let (mat_bytes, split) = match geometry {
+        Some((block, qb)) => {
+            let nblk = raw_mat / block;
+            let q = nblk * qb;
+            let split = Split {
+                scales: q * mats.len(),
+                scale_mat_bytes: nblk * 2,
+            };
+            (q, Some(split))
+        }
+        None => (raw_mat, None),
+    };
+    let buf = gpu.alloc(raw_mat * mats.len())?;
     for (i, m) in mats.iter().enumerate() {
         let (t, b) = raw_bytes(m);
-        if t != ty || b.len() != mat_bytes {
+        if t != ty || b.len() != raw_mat {
             return Err(CudaError::Model(format!(
                 "{name}: experts differ in type or size"
             )));
         }
-        gpu.write(buf.ptr + (i * mat_bytes) as u64, b)?;
+        match (geometry, split) {
+            (Some((block, _)), Some(sp)) => {
+                let (q, d) = split_blocks(b, block);
+                gpu.write(buf.ptr + (i * mat_bytes) as u64, &q)?;
+                gpu.write(buf.ptr + (sp.scales + i * sp.scale_mat_bytes) as u64, &d)?;
+            }
+            _ => gpu.write(buf.ptr + (i * mat_bytes) as u64, b)?,
+        }
     }
     Ok(DevMat {
         buf,
@@ -76,9 +143,11 @@ fn upload_mats(gpu: &Gpu, mats: &[ds4_engine::Mat], name: &str) -> Result<DevMat
         rows: first.rows,
         cols: first.cols,
         mat_bytes,
+        split,
     })
 }
 
+/// One matrix for the matrix-vector kernels (split layout where the type has one).
 pub fn upload_mat(gpu: &Gpu, m: &ds4_engine::Mat, name: &str) -> Result<DevMat, CudaError> {
     upload_mats(gpu, std::slice::from_ref(m), name)
 }
@@ -181,6 +250,24 @@ pub fn weight_bytes(w: &Weights) -> usize {
     total
 }
 
+/// Weight bytes one decode step reads: everything but the embedding table (one row of
+/// it) and, per layer, only `k` of the routed experts.
+pub fn decode_weight_bytes(w: &Weights, k: usize) -> usize {
+    let m = |m: &ds4_engine::Mat| raw_bytes(m).1.len();
+    let mut total = weight_bytes(w) - m(&w.token_embd) + m(&w.token_embd) / w.token_embd.rows;
+    for l in &w.layers {
+        for e in l.gate_exps.iter().chain(&l.up_exps).chain(&l.down_exps) {
+            total -= m(e);
+        }
+        if let (Some(g), Some(u), Some(d)) =
+            (l.gate_exps.first(), l.up_exps.first(), l.down_exps.first())
+        {
+            total += k * (m(g) + m(u) + m(d));
+        }
+    }
+    total
+}
+
 impl DevWeights {
     pub fn upload(
         gpu: &Gpu,
@@ -193,7 +280,13 @@ impl DevWeights {
             ety,
             GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0
         ) {
-            upload_mat(gpu, &w.token_embd, "token_embd")?
+            // Row lookups read whole ggml rows: kept in the stored layout.
+            upload_mats_as(
+                gpu,
+                std::slice::from_ref(&w.token_embd),
+                "token_embd",
+                false,
+            )?
         } else {
             let mut all = Vec::with_capacity(cfg.n_vocab * cfg.n_embd);
             for r in 0..cfg.n_vocab {
@@ -210,6 +303,7 @@ impl DevWeights {
                 rows: cfg.n_vocab,
                 cols: cfg.n_embd,
                 mat_bytes: cfg.n_vocab * cfg.n_embd * 4,
+                split: None,
             }
         };
         let mut layers = Vec::with_capacity(w.layers.len());
@@ -264,5 +358,23 @@ impl DevWeights {
             output_hc: upload_hc(gpu, &w.output_hc, "output_hc")?,
             layers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_byte_in_block_order() {
+        let block = 34;
+        let bytes: Vec<u8> = (0..block * 5).map(|i| (i * 7 % 251) as u8).collect();
+        let (q, d) = split_blocks(&bytes, block);
+        assert_eq!(q.len(), 5 * 32);
+        assert_eq!(d.len(), 5 * 2);
+        for (b, raw) in bytes.chunks_exact(block).enumerate() {
+            assert_eq!(&d[2 * b..2 * b + 2], &raw[..2]);
+            assert_eq!(&q[32 * b..32 * b + 32], &raw[2..]);
+        }
     }
 }
