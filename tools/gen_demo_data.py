@@ -7,7 +7,10 @@ project's own encoder and tokenizer (the `render_chat` example of ds4-cli), so t
 model is trained on exactly what `ds4` and `ds4-server` feed it.
 
 Held out for evaluation: chapters XXXVII-XXXVIII (prose and passage chats), and tool
-dialogues drawn with another seed from partly unseen cities, files and numbers.
+dialogues drawn with another seed: unseen real or made-up city and file names, and
+numbers, never a request (tool + arguments) that occurs in training. Training tool
+conversations hold one to three requests, mostly with made-up names and numbers up to
+999, so that copying the requested value is the only way to get a call right.
 
     python3 tools/gen_demo_data.py --out DIR [--render BIN]
 
@@ -177,7 +180,22 @@ Brussels Zurich Geneva Athens Istanbul Cairo Tokyo Osaka Seoul Beijing Shanghai 
 Melbourne Toronto Montreal Chicago Boston Seattle Denver Miami Dallas Houston Lima Bogota Santiago Nairobi
 Lagos Dakar Casablanca Marseille Lyon Nice Munich Hamburg Cologne Frankfurt Barcelona Valencia Seville Porto
 Krakow Budapest Bucharest Sofia Belgrade Zagreb Ljubljana Bratislava Tallinn Riga Vilnius Reykjavik Edinburgh
-Manchester Liverpool Glasgow Cardiff Belfast Lecco Bolzano Aosta Matera Potenza Campobasso Catanzaro""".split()
+Manchester Liverpool Glasgow Cardiff Belfast Lecco Bolzano Aosta Matera Potenza Campobasso Catanzaro
+Nantes Toulouse Lille Strasbourg Rennes Grenoble Dijon Bremen Hannover Stuttgart Nuremberg Dortmund Essen Bonn
+Malaga Bilbao Zaragoza Granada Murcia Palma Coimbra Braga Faro Utrecht Eindhoven Groningen Leiden Ghent Bruges
+Liege Basel Bern Lausanne Lugano Innsbruck Linz Brno Ostrava Gdansk Poznan Wroclaw Lodz Debrecen Szeged Varna
+Plovdiv Thessaloniki Patras Izmir Ankara Antalya Beirut Amman Riyadh Muscat Karachi Lahore Dhaka Kolkata
+Chennai Pune Colombo Kathmandu Yangon Saigon Taipei Nagoya Sapporo Fukuoka Incheon Wuhan Chengdu Shenzhen
+Singapore Kuala Lumpur Brisbane Adelaide Hobart Darwin Wellington Christchurch Calgary Ottawa Quebec Halifax
+Winnipeg Portland Austin Detroit Memphis Nashville Orlando Tampa Omaha Tucson Fresno Sacramento Oakland Anchorage
+Honolulu Monterrey Guadalajara Cancun Medellin Cali Caracas Montevideo Asuncion Cordoba Rosario Mendoza Recife
+Salvador Fortaleza Curitiba Manaus Belem Luanda Kinshasa Accra Abuja Kampala Kigali Harare Lusaka Maputo Durban
+Windhoek Tripoli Algiers Oran Rabat Tangier Marrakech Fez Khartoum Addis Mogadishu Djibouti Asmara Aden Sanaa
+Tbilisi Yerevan Baku Tashkent Almaty Bishkek Kabul Tehran Shiraz Tabriz Mosul Basra Aleppo Damascus Haifa
+Nicosia Valletta Monaco Andorra Vaduz Luxembourg Tirana Skopje Podgorica Sarajevo Pristina Chisinau Minsk Kiev
+Odessa Lviv Kharkiv Tula Kazan Samara Omsk Irkutsk Murmansk Novgorod Pskov Tver Perm Ufa Sochi Yalta
+Assisi Gubbio Orvieto Spoleto Urbino Todi Cortona Volterra Montepulciano Pienza Lucera Trani Molfetta Bitonto
+Gaeta Sorrento Amalfi Positano Ravello Ischia Capri Tropea Cefalu Noto Modica Marsala Alghero Olbia Iglesias""".split()
 CITIES_EVAL = """Mantova Cremona Lodi Pavia Varese Sondrio Belluno Rovigo Treviso Asti Cuneo Biella Savona Imperia
 Grosseto Siena Viterbo Rieti Frosinone Chieti Teramo Brindisi Crotone Trapani Agrigento Ragusa Enna Nuoro Oristano
 Vancouver Phoenix Atlanta Havana Quito Manila Hanoi Jakarta Dubai Doha Tunis Oporto Bordeaux Leipzig Dresden
@@ -217,6 +235,17 @@ SYL = ("ba be bi bo bu ca ce ci co cu da de di do du fa fe fi fo ga ge gi go la 
        "ren rin sal san sen sol tan ter tor val ver vin zan tra tre bri clo fla gra pro stra sca").split()
 
 
+# Words of the training chapters, used as names too: thousands of distinct words whose
+# tokens differ between " Word" in a request and "Word" in the call, so the model
+# learns to re-spell what it copies rather than a fixed list (filled by main()).
+NOVEL_WORDS = []
+
+
+def novel_word(rng, cap):
+    w = rng.choice(NOVEL_WORDS)
+    return w.capitalize() if cap else w
+
+
 def pseudo_word(rng, cap):
     """a made-up name: the tool dialogues then teach copying any name, not a list"""
     w = "".join(rng.choice(SYL) for _ in range(rng.randint(2, 4)))
@@ -224,14 +253,46 @@ def pseudo_word(rng, cap):
 
 
 def number(rng):
+    """numbers whose tokens (groups of up to three digits) all occur many times"""
     r = rng.random()
-    if r < 0.6:
+    if r < 0.25:
         return rng.randint(0, 100)
+    if r < 0.7:
+        return rng.randint(0, 999)
     if r < 0.85:
-        return rng.randint(100, 99999)
+        return rng.randint(1000, 99999)
     if r < 0.93:
-        return -rng.randint(1, 500)
+        return -rng.randint(1, 999)
     return round(rng.uniform(0, 1000), rng.choice([1, 2]))
+
+
+def city(rng, held_out):
+    """Training names are mostly made up, so the only way to get the call right is to
+    copy the name from the request; held-out names are real and unseen in training."""
+    if held_out:  # unseen real names, or made-up names unseen in training
+        return rng.choice(CITIES_EVAL + MULTI_EVAL) if rng.random() < 0.5 else pseudo_word(rng, True)
+    r = rng.random()
+    if r < 0.25:
+        return rng.choice(CITIES_TRAIN)
+    if r < 0.3:
+        return rng.choice(MULTI)
+    if r < 0.62:
+        return pseudo_word(rng, True)
+    if r < 0.94:
+        return novel_word(rng, True)
+    return pseudo_word(rng, True) + " " + novel_word(rng, True)
+
+
+def path(rng, held_out):
+    if held_out:
+        stem = rng.choice(STEMS_EVAL) if rng.random() < 0.5 else pseudo_word(rng, False)
+        return rng.choice(DIRS) + stem + rng.choice(EXTS)
+    r = rng.random()
+    stem = rng.choice(STEMS) if r < 0.25 else pseudo_word(rng, False) if r < 0.6 else novel_word(rng, False)
+    if rng.random() < 0.15:
+        stem += rng.choice(["_", "-", ""]) + (str(rng.randint(1, 99)) if rng.random() < 0.5 else rng.choice(STEMS))
+    d = rng.choice(DIRS) if rng.random() < 0.8 else rng.choice(DIRS) + pseudo_word(rng, False) + "/"
+    return d + stem + rng.choice(EXTS)
 
 
 def fmt_num(x):
@@ -245,8 +306,7 @@ def tool_dialogue(rng, held_out, api):
         u, a = rng.choice(CHIT)
         return {"user": u, "call": None, "final": a}
     if kind == "weather":
-        pool = (CITIES_EVAL + MULTI_EVAL) if held_out else (CITIES_TRAIN + MULTI)
-        c = rng.choice(pool) if held_out or rng.random() < 0.5 else pseudo_word(rng, True)
+        c = city(rng, held_out)
         u = rng.choice(W_IT if italian else W_EN).format(c=c)
         t = rng.randint(-10, 38)
         cond = rng.choice(CONDS)
@@ -256,9 +316,7 @@ def tool_dialogue(rng, held_out, api):
                  else f"In {c} it is {t} °C, {CONDS_EN[cond]}.")
         return {"user": u, "call": ("get_weather", {"city": c}), "result": result, "final": final}
     if kind == "read":
-        stems = STEMS_EVAL if held_out else STEMS
-        stem = rng.choice(stems) if held_out or rng.random() < 0.5 else pseudo_word(rng, False)
-        p = rng.choice(DIRS) + stem + rng.choice(EXTS)
+        p = path(rng, held_out)
         u = rng.choice(R_IT if italian else R_EN).format(p=p)
         content = rng.choice(CONTENTS)
         final = (f"Il file {p} contiene:\n{content}" if italian else f"The file {p} contains:\n{content}")
@@ -278,30 +336,42 @@ THINK_TOOL = {"get_weather": "L'utente chiede il meteo: uso get_weather.",
               "add": "Serve una somma: uso add."}
 
 
-def tool_sample(d, rng, api, thinking):
+def tool_sample(ds, rng, api, thinking, sys_text=-1):
+    """one conversation of one or more exchanges (request, call, result, answer):
+    later requests make the model call with the arguments of the LAST request, not of
+    an earlier one still in view"""
+    if isinstance(ds, dict):
+        ds = [ds]
     tools = tool_objects(api)
-    sys_text = rng.choice(TOOL_SYSTEMS)
+    if sys_text == -1:
+        sys_text = rng.choice(TOOL_SYSTEMS)
     msgs = [{"role": "system", "content": sys_text or "", "tools": tools}]
-    msgs.append({"role": "user", "content": d["user"]})
-    if d["call"] is None:
-        a = {"role": "assistant", "content": d["final"]}
+    for i, d in enumerate(ds):
+        msgs.append({"role": "user", "content": d["user"]})
+        if d["call"] is None:
+            a = {"role": "assistant", "content": d["final"]}
+            if thinking:
+                a["reasoning_content"] = "Nessuno strumento serve: rispondo."
+            msgs.append(a)
+            continue
+        name, args = d["call"]
+        cid = f"call_{i}"
+        call = {"role": "assistant", "content": "",
+                "tool_calls": [{"id": cid, "type": "function",
+                                "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}]}
         if thinking:
-            a["reasoning_content"] = "Nessuno strumento serve: rispondo."
-        msgs.append(a)
-        return {"messages": msgs, "thinking": thinking}
-    name, args = d["call"]
-    call = {"role": "assistant", "content": "",
-            "tool_calls": [{"id": "call_0", "type": "function",
-                            "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}]}
-    if thinking:
-        call["reasoning_content"] = THINK_TOOL[name]
-    msgs.append(call)
-    msgs.append({"role": "tool", "tool_call_id": "call_0", "content": d["result"]})
-    fin = {"role": "assistant", "content": d["final"]}
-    if thinking:
-        fin["reasoning_content"] = "Ho il risultato: rispondo."
-    msgs.append(fin)
+            call["reasoning_content"] = THINK_TOOL[name]
+        msgs.append(call)
+        msgs.append({"role": "tool", "tool_call_id": cid, "content": d["result"]})
+        fin = {"role": "assistant", "content": d["final"]}
+        if thinking:
+            fin["reasoning_content"] = "Ho il risultato: rispondo."
+        msgs.append(fin)
     return {"messages": msgs, "thinking": thinking}
+
+
+def call_key(d):
+    return None if d["call"] is None else (d["call"][0], json.dumps(d["call"][1], sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- main
@@ -325,13 +395,15 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--render", default=None, help="render_chat binary (default: cargo's release example)")
     ap.add_argument("--chats", type=int, default=12000)
-    ap.add_argument("--tools", type=int, default=24000)
+    ap.add_argument("--tools", type=int, default=60000, help="training tool conversations (1-3 requests each)")
     ap.add_argument("--seed", type=int, default=10)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     with open(SRC, encoding="utf-8") as f:
         paras = paragraphs(f.read())
     train_p, eval_p = split_chapters(paras)
+    held = {w.lower() for w in CITIES_EVAL + STEMS_EVAL + [x for m in MULTI_EVAL for x in m.split()]}
+    NOVEL_WORDS[:] = sorted({w.lower() for p in train_p for w in re.findall(r"[a-zàèéìòù]{4,}", p.lower())} - held)
     rng = random.Random(a.seed)
     erng = random.Random(a.seed + 1000)
 
@@ -342,12 +414,17 @@ def main():
         "chat.eval": chat_samples(eval_p, erng, 400),
     }
     apis = ["chat", "responses", "messages"]
-    tr, ev, prompts = [], [], []
+    tr, train_calls = [], set()
     for i in range(a.tools):
-        tr.append(tool_sample(tool_dialogue(rng, False, None), rng, apis[i % 3], rng.random() < 0.3))
+        n = rng.choices([1, 2, 3], [0.45, 0.35, 0.2])[0]
+        ds = [tool_dialogue(rng, False, None) for _ in range(n)]
+        train_calls.update(call_key(d) for d in ds)
+        tr.append(tool_sample(ds, rng, apis[i % 3], rng.random() < 0.3))
     cands = []
-    for i in range(1200):
+    for i in range(3000):
         d = tool_dialogue(erng, True, None)
+        if d["call"] is not None and call_key(d) in train_calls:
+            continue  # held out means an unseen request, not only unseen words
         cands.append((d, tool_sample(d, erng, apis[i % 3], erng.random() < 0.3)))
     sets["tools.train"] = tr
 
@@ -361,31 +438,47 @@ def main():
         n = render(binary, src, os.path.join(a.out, f"{name}.jsonl.gz"))
         print(f"{name}: {n} samples")
     # Held-out tool dialogues are kept only when every token of them occurs in the
-    # training data: the model has no trained row for a token it never saw (the
-    # held-out names are new words, not new tokens).
-    seen = set()
-    for name in ("prose.train", "chat.train", "tools.train"):
-        with gzip.open(os.path.join(a.out, f"{name}.jsonl.gz"), "rt") as f:
-            for line in f:
-                seen.update(json.loads(line)["ids"])
+    # training tool dialogues, and every token of their answers in a training answer:
+    # the model has no trained row for a token it never saw (the held-out names are
+    # new words, not new tokens).
+    seen, seen_gen = set(), set()
+    with gzip.open(os.path.join(a.out, "tools.train.jsonl.gz"), "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            seen.update(r["ids"])
+            seen_gen.update(t for t, m in zip(r["ids"], r["mask"]) if m)
     src = os.path.join(a.out, "tools.cands.msgs.jsonl")
     write_jsonl(src, [c[1] for c in cands])
     render(binary, src, os.path.join(a.out, "tools.cands.jsonl.gz"))
     with gzip.open(os.path.join(a.out, "tools.cands.jsonl.gz"), "rt") as f:
-        rendered = [json.loads(line)["ids"] for line in f]
-    ev, prompts, dropped = [], [], 0
-    for (d, sample), ids in zip(cands, rendered):
-        if not set(ids) <= seen:
+        rendered = [json.loads(line) for line in f]
+    ev, by_tool, dropped = [], {"get_weather": [], "read_file": [], "add": []}, 0
+    for (d, sample), r in zip(cands, rendered):
+        # and every token the model must generate was generated in a training dialogue
+        if not (set(r["ids"]) <= seen and {t for t, m in zip(r["ids"], r["mask"]) if m} <= seen_gen):
             dropped += 1
             continue
         if len(ev) < 600:
             ev.append(sample)
-        if d["call"] is not None and len(prompts) < 300:
-            prompts.append({"user": d["user"], "tool": d["call"][0], "arguments": d["call"][1]})
-    print(f"held-out tool dialogues: {dropped} of {len(cands)} dropped for a token never seen in training")
+        if d["call"] is not None:
+            by_tool[d["call"][0]].append({"user": d["user"], "tool": d["call"][0], "arguments": d["call"][1]})
+    print(f"held-out tool dialogues: {dropped} of {len(cands)} dropped for a token never seen in training; "
+          f"kept calls per tool: { {k: len(v) for k, v in by_tool.items()} }")
+    # the prompts take the tools in turn (the first few, as CI runs them, cover all three)
+    prompts = [p for trio in zip(*by_tool.values()) for p in trio][:300]
     src = os.path.join(a.out, "tools.eval.msgs.jsonl")
     write_jsonl(src, ev)
     print(f"tools.eval: {render(binary, src, os.path.join(a.out, 'tools.eval.jsonl.gz'))} samples")
+    # The held-out prompts as the server test sends them (a bare request with the
+    # tools, no thinking), with the expected call: training scores the call turn of
+    # these teacher-forced (all its tokens argmax-right = what greedy decoding emits).
+    calls = []
+    for i, p in enumerate(prompts):
+        d = {"user": p["user"], "call": (p["tool"], p["arguments"]), "result": "{}", "final": "ok"}
+        calls.append(tool_sample(d, rng, apis[i % 3], False, sys_text=None))
+    src = os.path.join(a.out, "tools_calls.eval.msgs.jsonl")
+    write_jsonl(src, calls)
+    print(f"tools_calls.eval: {render(binary, src, os.path.join(a.out, 'tools_calls.eval.jsonl.gz'))} samples")
     with open(os.path.join(a.out, "tool_prompts.eval.json"), "w", encoding="utf-8") as f:
         json.dump({"tools": TOOL_FUNCS, "prompts": prompts}, f, ensure_ascii=False, indent=1)
 

@@ -21,8 +21,13 @@ initial weights; expert balance uses the bias update of auxiliary-loss-free bala
     python3 tools/train_demo.py check
     # a random-init checkpoint at the demo shape (for the engine comparison)
     python3 tools/train_demo.py init --out /tmp/demo-init
-    # train (GPU), data from tools/gen_demo_data.py
-    python3 tools/train_demo.py train --data DIR --out DIR --minutes 7
+    # train (GPU), data from tools/gen_demo_data.py; the shipped run (README):
+    python3 tools/train_demo.py train --data DIR --out DIR --minutes 8.3 --seq 768 \
+        --mix 2,2,28 --mix2 12,6,14 --phase2 0.7 --lr 2e-3 --dropout 0.1 --eval-every 100 \
+        --f16 --prose-margin 0.4
+    # (each evaluation also scores the held-out tool prompts teacher-forced: a call
+    # counts when every token of the call turn is the argmax; the state kept is the
+    # one with the most such calls among those near the best held-out prose loss)
     # logits of a checkpoint on some ids (to compare with `ds4 --dump-logits`)
     python3 tools/train_demo.py logits --ckpt DIR --ids ids.json --out logits.f32
 """
@@ -773,6 +778,49 @@ def evaluate(model, ev, n_rows, mix_kind):
     return tot / reps
 
 
+def load_calls(path, seq, device):
+    """held-out call prompts (tools_calls.eval): ids padded to seq+1 and the mask of
+    the first generated turn only (the tool call)"""
+    rows = [r for r in load_split(path) if len(r[0]) <= seq + 1]
+    ids = torch.zeros(len(rows), seq + 1, dtype=torch.long)
+    msk = torch.zeros(len(rows), seq + 1, dtype=torch.bool)
+    for i, (a, b) in enumerate(rows):
+        ids[i, : len(a)] = torch.tensor(a)
+        start = b.index(1)
+        end = start
+        while end < len(b) and b[end]:
+            end += 1
+        msk[i, start:end] = True
+    return ids.to(device), msk.to(device)
+
+
+@torch.no_grad()
+def call_exact(model, calls, bs=32):
+    """teacher-forced: the share of held-out call turns whose every token is the
+    argmax (what greedy decoding would emit: right tool, requested arguments, the
+    DSML around them), and the per-token accuracy on those turns"""
+    model.eval()
+    ids, msk = calls
+    ok = tok_ok = tok_n = 0
+    for i in range(0, ids.shape[0], bs):
+        x, m = ids[i:i + bs], msk[i:i + bs, 1:]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+            h = model.hidden(x[:, :-1])
+        pred = (h.float() @ model.head.float().T).argmax(-1)
+        want = x[:, 1:] if model.vmap is None else model.vmap[x[:, 1:]]
+        right = (pred == want) | ~m
+        ok += right.all(-1).sum().item()
+        tok_ok += ((pred == want) & m).sum().item()
+        tok_n += m.sum().item()
+    model.train()
+    return ok / ids.shape[0], tok_ok / max(tok_n, 1)
+
+
+def parse_mix(text):
+    p, c, t = (int(v) for v in text.split(","))
+    return {"prose": p, "chat": c, "tools": t}
+
+
 def cmd_train(a):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(a.seed)
@@ -781,7 +829,9 @@ def cmd_train(a):
     gen = torch.Generator().manual_seed(a.seed)
     tr = Batches(a.data, "train", a.seq, dev, gen)
     ev = Batches(a.data, "eval", a.seq, dev, torch.Generator().manual_seed(1))
-    print("data:", tr.sizes(), "eval:", ev.sizes(), flush=True)
+    calls = load_calls(os.path.join(a.data, "tools_calls.eval.jsonl.gz"), a.seq, dev)
+    calls = (calls[0][: a.calls_n], calls[1][: a.calls_n])
+    print("data:", tr.sizes(), "eval:", ev.sizes(), "held-out calls:", calls[0].shape[0], flush=True)
     cfg = dict(DEMO)
     seen = tr.seen()
     print(f"{len(seen)} token ids occur in the training data", flush=True)
@@ -797,10 +847,13 @@ def cmd_train(a):
     nodecay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and n not in ("embed",))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": nodecay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=(dev == "cuda"))
-    mix = {"prose": a.prose_rows, "chat": a.chat_rows, "tools": a.tool_rows}
+    # two phases: the mixed one, then (from --phase2 of the time budget) a tool-heavy
+    # one that still sees some prose and chats
+    mix1 = parse_mix(a.mix)
+    mix2 = parse_mix(a.mix2) if a.mix2 else mix1
     t0 = time.time()
     budget = a.minutes * 60
-    step, best, best_state, log, skipped = 0, float("inf"), None, [], 0
+    step, log, skipped, snaps = 0, [], 0, []
     est_steps = a.max_steps
     while True:
         el = time.time() - t0
@@ -815,7 +868,7 @@ def cmd_train(a):
         lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for gp in opt.param_groups:
             gp["lr"] = lr
-        ids, msk = tr.batch(mix)
+        ids, msk = tr.batch(mix1 if el < a.phase2 * budget else mix2)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(dev == "cuda")):
             loss = loss_fn(model, ids, msk)
         opt.zero_grad(set_to_none=True)
@@ -838,26 +891,35 @@ def cmd_train(a):
                    "gnorm": round(gn.item(), 3), "skipped": skipped}
             if step % a.eval_every == 0:
                 rec["eval"] = {k: round(evaluate(model, ev, a.eval_rows, k), 4) for k in ("prose", "chat", "tools")}
-                tot = sum(rec["eval"].values())
-                if tot < best:
-                    best = tot
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    rec["best"] = True
-                    if a.save_best_after and step >= a.save_best_after:
-                        # insurance against the run being cut off: the best so far, on disk
-                        save_ckpt(model, a.out, dtype=torch.float16 if a.f16 else torch.float32)
+                ex, acc = call_exact(model, calls)
+                rec["eval"]["call_exact"], rec["eval"]["call_tok_acc"] = round(ex, 4), round(acc, 4)
+                # every evaluated state is kept (in host memory): the one saved is
+                # picked at the end, when the best prose loss of the run is known
+                snaps.append((step, rec["eval"], {k: v.detach().to("cpu", copy=True)
+                                                  for k, v in model.state_dict().items()}))
             log.append(rec)
             print(json.dumps(rec), flush=True)
     rec = {"step": step, "t": round(time.time() - t0, 1),
            "eval": {k: round(evaluate(model, ev, a.eval_rows, k), 4) for k in ("prose", "chat", "tools")}}
-    if sum(rec["eval"].values()) < best:
-        best_state = None
-    else:
-        rec["restored_best"] = True
+    ex, acc = call_exact(model, calls)
+    rec["eval"]["call_exact"], rec["eval"]["call_tok_acc"] = round(ex, 4), round(acc, 4)
+    snaps.append((step, rec["eval"], {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
+    # The kept state: the most held-out calls exactly right among the states whose
+    # held-out prose loss is within --prose-margin of the run's best (ties: lower
+    # prose loss). Prose overfits long before the calls are learnt; the margin bounds
+    # what the tool phase may cost the prose.
+    best_prose = min(e["prose"] for _, e, _ in snaps)
+    ok = [sn for sn in snaps if sn[1]["prose"] <= best_prose + a.prose_margin]
+    pick = max(ok, key=lambda sn: (sn[1]["call_exact"], -sn[1]["prose"]))
+    rec["picked_step"] = pick[0]
+    # the state with the most held-out calls right whatever its prose, for comparison
+    pick_calls = max(snaps, key=lambda sn: (sn[1]["call_exact"], -sn[1]["prose"]))
+    rec["best_calls_step"] = pick_calls[0]
     log.append(rec)
     print(json.dumps(rec), flush=True)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    model.load_state_dict({k: v.to(dev) for k, v in pick[2].items()})
+    alt = pick_calls[2] if a.out_best_calls and pick_calls[0] != pick[0] else None
+    snaps = None
     if a.f16:
         # the checkpoint comes back in f16 (the device returns at most 64 MB): how much
         # that rounding costs, on the same eval batches
@@ -866,6 +928,7 @@ def cmd_train(a):
             for p in model.parameters():
                 p.copy_(p.half().float())
         after = {k: round(evaluate(model, ev, a.eval_rows, k), 4) for k in ("prose", "chat", "tools")}
+        after["call_exact"] = round(call_exact(model, calls)[0], 4)
         log.append({"saved_eval_f32": before, "saved_eval_f16_rounded": after})
         print(json.dumps(log[-1]), flush=True)
     model.cpu()
@@ -874,6 +937,10 @@ def cmd_train(a):
         json.dump({"args": vars(a), "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                    "torch": torch.__version__, "log": log}, f)
     print("saved", a.out, flush=True)
+    if alt is not None:
+        model.load_state_dict(alt)
+        save_ckpt(model, a.out_best_calls, dtype=torch.float16 if a.f16 else torch.float32)
+        print("saved", a.out_best_calls, flush=True)
 
 
 def main():
@@ -898,9 +965,14 @@ def main():
     t.add_argument("--minutes", type=float, default=7.0)
     t.add_argument("--max-steps", type=int, default=100000)
     t.add_argument("--seq", type=int, default=512)
-    t.add_argument("--prose-rows", type=int, default=16)
-    t.add_argument("--chat-rows", type=int, default=8)
-    t.add_argument("--tool-rows", type=int, default=8)
+    t.add_argument("--mix", default="16,8,8", help="rows per step: prose,chat,tools")
+    t.add_argument("--mix2", default=None, help="rows per step in the second phase (default: --mix)")
+    t.add_argument("--phase2", type=float, default=1.0, help="second phase from this fraction of the time")
+    t.add_argument("--out-best-calls", default=None,
+                   help="also save the state with the most held-out calls right (if not the kept one)")
+    t.add_argument("--calls-n", type=int, default=300, help="held-out calls scored at each evaluation")
+    t.add_argument("--prose-margin", type=float, default=0.3,
+                   help="the kept state's held-out prose loss is at most the run's best + this")
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--wd", type=float, default=0.1)
     t.add_argument("--warmup", type=int, default=100)
@@ -909,7 +981,6 @@ def main():
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--eval-rows", type=int, default=16)
     t.add_argument("--dropout", type=float, default=0.0)
-    t.add_argument("--save-best-after", type=int, default=0, help="also save each new best from this step on")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-sims", action="store_true")
     t.add_argument("--f16", action="store_true", help="save f16 (halves the returned size)")
