@@ -314,17 +314,28 @@ template <typename T, typename Load> __device__ void mv_float(const MvArgs& a, L
         float acc[MAXNT];
 #pragma unroll
         for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
-        for (int c = lane + 32 * sub; c < nch; c += 32 * ks) {
-            int4 raw = ldg4(w + (size_t)c * per);
-            const T* wv = (const T*)&raw;
+        // Four pieces in flight per lane: one 16-byte load per step leaves HBM idle.
+        for (int c0 = lane + 32 * sub; c0 < nch; c0 += 4 * 32 * ks) {
+            int4 raw[4];
 #pragma unroll
-            for (int j = 0; j < MAXNT; j++) {
-                if (j < nt) {
-                    const float* x = a.xf + mv_xoff(a, item[j], r) + c * per;
-                    float s = 0.0f;
+            for (int u = 0; u < 4; u++) {
+                int c = c0 + u * 32 * ks;
+                raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
+            }
 #pragma unroll
-                    for (int i = 0; i < per; i++) s += load(wv[i]) * x[i];
-                    acc[j] += s;
+            for (int u = 0; u < 4; u++) {
+                int c = c0 + u * 32 * ks;
+                if (c >= nch) break;
+                const T* wv = (const T*)&raw[u];
+#pragma unroll
+                for (int j = 0; j < MAXNT; j++) {
+                    if (j < nt) {
+                        const float* x = a.xf + mv_xoff(a, item[j], r) + c * per;
+                        float s = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < per; i++) s += load(wv[i]) * x[i];
+                        acc[j] += s;
+                    }
                 }
             }
         }
@@ -396,6 +407,180 @@ extern "C" __global__ void mv_q8_0(MvArgs a) {
     }
 }
 
+// Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores:
+// a block computes a 64-row × 64-token tile; per Q8_0 block (32 columns) each warp
+// issues int8 mma.m16n8k32 for its 16 rows and the 8 token groups, then scales the
+// exact int32 sums by (weight scale × activation scale) and adds them in column order.
+// Tiles stage 4 Q8_0 blocks (128 columns) at a time in shared memory, rows padded to
+// 144 bytes so the fragment loads of a warp hit 32 different banks.
+#define MM_BM 64
+#define MM_BN 64
+#define MM_KB 4
+#define MM_LD 144
+
+__device__ __forceinline__ void mma_s8_16832(int* c, const int* a, int b0, int b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0), "r"(0), "r"(0),
+          "r"(0));
+}
+
+extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) {
+    __shared__ __align__(16) i8 as[MM_BM * MM_LD];
+    __shared__ __align__(16) i8 bs[MM_BN * MM_LD];
+    __shared__ float ad[MM_BM][MM_KB];
+    __shared__ float bd[MM_BN][MM_KB];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int r0 = blockIdx.x * MM_BM, t0 = blockIdx.y * MM_BN;
+    int nblk = a.cols >> 5;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    const u16* wd = (const u16*)a.sc;
+    for (int kb0 = 0; kb0 < nblk; kb0 += MM_KB) {
+        // Stage: 64 rows × 128 bytes of each operand, 8 int4 per row, 4 per thread.
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
+            int wr = r0 + row;
+            int4 wv = make_int4(0, 0, 0, 0);
+            if (wr < a.rows) wv = ldg4(a.w + (size_t)wr * a.cols + (size_t)kb0 * 32 + 16 * ch);
+            *(int4*)(as + row * MM_LD + 16 * ch) = wv;
+            int tk = t0 + row;
+            int4 xv = make_int4(0, 0, 0, 0);
+            if (tk < a.nb)
+                xv = *(const int4*)(a.xq + (long long)tk * a.x_stride + goff + (size_t)kb0 * 32 + 16 * ch);
+            *(int4*)(bs + row * MM_LD + 16 * ch) = xv;
+        }
+        for (int idx = threadIdx.x; idx < MM_BM * MM_KB; idx += 128) {
+            int row = idx / MM_KB, kb = idx % MM_KB;
+            int wr = r0 + row, tk = t0 + row;
+            ad[row][kb] = wr < a.rows ? h2f(wd[(size_t)wr * nblk + kb0 + kb]) : 0.0f;
+            bd[row][kb] = tk < a.nb ? a.xd[(((long long)tk * a.x_stride + goff) >> 5) + kb0 + kb] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kb = 0; kb < MM_KB; kb++) {
+            const i8* ab = as + (16 * warp) * MM_LD + 32 * kb;
+            int af[4];
+            af[0] = *(const int*)(ab + g * MM_LD + 4 * tq);
+            af[1] = *(const int*)(ab + (g + 8) * MM_LD + 4 * tq);
+            af[2] = *(const int*)(ab + g * MM_LD + 16 + 4 * tq);
+            af[3] = *(const int*)(ab + (g + 8) * MM_LD + 16 + 4 * tq);
+            float da0 = ad[16 * warp + g][kb], da1 = ad[16 * warp + g + 8][kb];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const i8* bb = bs + (8 * j + g) * MM_LD + 32 * kb;
+                int c[4];
+                mma_s8_16832(c, af, *(const int*)(bb + 4 * tq), *(const int*)(bb + 16 + 4 * tq));
+                float db0 = bd[8 * j + 2 * tq][kb], db1 = bd[8 * j + 2 * tq + 1][kb];
+                acc[j][0] += da0 * db0 * (float)c[0];
+                acc[j][1] += da0 * db1 * (float)c[1];
+                acc[j][2] += da1 * db0 * (float)c[2];
+                acc[j][3] += da1 * db1 * (float)c[3];
+            }
+        }
+        __syncthreads();
+    }
+    int ra = r0 + 16 * warp + g, rb = ra + 8;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        if (ra < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + rb] = acc[j][3];
+    }
+}
+
+__device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// F16 weights × f32 activations for a run of tokens (prefill) on the tensor cores.
+// The weights are exact in f16; each activation is split into f16 parts hi + lo (hi =
+// f16(x), lo = f16(x − hi)), which carry ~22 of its 24 significant bits, and both
+// products accumulate in f32 — accuracy at the level of f32 summation-order changes
+// (the CPU-comparison tests bound it). Tile and staging as mm_q8_0: 64 rows × 64
+// tokens, 64 columns per stage, rows padded to 144 bytes.
+extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) {
+    __shared__ __align__(16) u16 as[MM_BM * (MM_LD / 2)];
+    __shared__ __align__(16) u16 bh[MM_BN * (MM_LD / 2)];
+    __shared__ __align__(16) u16 bl[MM_BN * (MM_LD / 2)];
+    const int ld = MM_LD / 2;  // u16 per padded row
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int r0 = blockIdx.x * MM_BM, t0 = blockIdx.y * MM_BN;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* w = (const u16*)a.w;
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    for (int k0 = 0; k0 < a.cols; k0 += 64) {
+        // Weights: 64 rows × 64 halves = 8 int4 per row; activations: 64 tokens × 64
+        // floats, split while staging.
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
+            int wr = r0 + row;
+            int4 wv = make_int4(0, 0, 0, 0);
+            if (wr < a.rows) wv = ldg4(w + (size_t)wr * a.cols + k0 + 8 * ch);
+            *(int4*)(as + row * ld + 8 * ch) = wv;
+        }
+        for (int idx = threadIdx.x; idx < MM_BN * 16; idx += 128) {
+            int row = idx >> 4, ch = idx & 15;  // 4 floats per piece
+            int tk = t0 + row;
+            float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (tk < a.nb) xv = *(const float4*)(a.xf + (long long)tk * a.x_stride + goff + k0 + 4 * ch);
+            float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                u16 hi = f2h(xs[q]);
+                bh[row * ld + 4 * ch + q] = hi;
+                bl[row * ld + 4 * ch + q] = f2h(xs[q] - h2f(hi));
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < 64; kk += 16) {
+            const u16* ab = as + (16 * warp) * ld + kk;
+            u32 af[4];
+            af[0] = *(const u32*)(ab + g * ld + 2 * tq);
+            af[1] = *(const u32*)(ab + (g + 8) * ld + 2 * tq);
+            af[2] = *(const u32*)(ab + g * ld + 8 + 2 * tq);
+            af[3] = *(const u32*)(ab + (g + 8) * ld + 8 + 2 * tq);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int o = (8 * j + g) * ld + kk + 2 * tq;
+                mma_f16_16816(acc[j], af, *(const u32*)(bh + o), *(const u32*)(bh + o + 8));
+                mma_f16_16816(acc[j], af, *(const u32*)(bl + o), *(const u32*)(bl + o + 8));
+            }
+        }
+        __syncthreads();
+    }
+    int ra = r0 + 16 * warp + g, rb = ra + 8;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        if (ra < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + rb] = acc[j][3];
+    }
+}
+
 // Q2_K block (84 bytes): scales[16], qs[64], f16 d, f16 dmin. A lane takes a quarter
 // of a block's quants (16 bytes: half k = q/2 of the 128-element halves, 16-element
 // column h = q%2 of it), i.e. the four 16-element sub-blocks 8k+2j+h, j = 0..3.
@@ -416,6 +601,19 @@ extern "C" __global__ void mv_q2_k(MvArgs a) {
             u32 sc4 = __ldg((const u32*)(blk + 8 * k)) | 0;  // bytes 8k..8k+3
             u32 sc4b = __ldg((const u32*)(blk + 8 * k + 4)); // bytes 8k+4..8k+7
             float d = h2f((u16)(dd & 0xffff)), dmin = h2f((u16)(dd >> 16));
+            // The four 2-bit planes as int8x4 words and their scale bytes (8k + 2j + h),
+            // extracted once for all the items this warp serves.
+            int pl[16], scb[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 m = 0x03030303u;
+                pl[4 * j] = (int)((qw0 >> (2 * j)) & m);
+                pl[4 * j + 1] = (int)((qw1 >> (2 * j)) & m);
+                pl[4 * j + 2] = (int)((qw2 >> (2 * j)) & m);
+                pl[4 * j + 3] = (int)((qw3 >> (2 * j)) & m);
+                int sb = 2 * j + h;
+                scb[j] = (int)(((sb < 4 ? sc4 : sc4b) >> (8 * (sb & 3))) & 0xff);
+            }
 #pragma unroll
             for (int jt = 0; jt < MAXNT; jt++) {
                 if (jt < nt) {
@@ -426,16 +624,12 @@ extern "C" __global__ void mv_q2_k(MvArgs a) {
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
                         int4 xv = *(const int4*)(xb + 32 * j);
-                        u32 m = 0x03030303u;
-                        int s = __dp4a((int)((qw0 >> (2 * j)) & m), xv.x, 0);
-                        s = __dp4a((int)((qw1 >> (2 * j)) & m), xv.y, s);
-                        s = __dp4a((int)((qw2 >> (2 * j)) & m), xv.z, s);
-                        s = __dp4a((int)((qw3 >> (2 * j)) & m), xv.w, s);
-                        // scale byte 8k + 2j + h
-                        int sb = 2 * j + h;
-                        u32 byte = ((sb < 4 ? sc4 : sc4b) >> (8 * (sb & 3))) & 0xff;
-                        sumsc += (int)(byte & 0xf) * s;
-                        summs += (int)(byte >> 4) * (int)bs[2 * j];
+                        int s = __dp4a(pl[4 * j], xv.x, 0);
+                        s = __dp4a(pl[4 * j + 1], xv.y, s);
+                        s = __dp4a(pl[4 * j + 2], xv.z, s);
+                        s = __dp4a(pl[4 * j + 3], xv.w, s);
+                        sumsc += (scb[j] & 0xf) * s;
+                        summs += (scb[j] >> 4) * (int)bs[2 * j];
                     }
                     float dx = a.xd[(xo >> 8) + ib];
                     acc[jt] += dx * d * (float)sumsc;
@@ -524,6 +718,23 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
             int ib = c >> 2, g0 = 2 * (c & 3);
             float dw = h2f(__ldg(wd + ib));
             u32 qw[4] = {(u32)wv.x, (u32)wv.y, (u32)wv.z, (u32)wv.w};
+            // The two groups' 64 signed weights as int8x4 words, decoded once for all
+            // the items this warp serves.
+            int wq8[16], ls[2];
+#pragma unroll
+            for (int gg = 0; gg < 2; gg++) {
+                u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
+                ls[gg] = 2 * (int)(a1 >> 28) + 1;
+#pragma unroll
+                for (int l = 0; l < 4; l++) {
+                    u64 gr = grid_s[(a0 >> (8 * l)) & 0xff];
+                    u64 sg = sign_s[(a1 >> (7 * l)) & 127];
+                    u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
+                    u32 slo = (u32)sg, shi = (u32)(sg >> 32);
+                    wq8[8 * gg + 2 * l] = (int)__vsub4(glo ^ slo, slo);
+                    wq8[8 * gg + 2 * l + 1] = (int)__vsub4(ghi ^ shi, shi);
+                }
+            }
 #pragma unroll
             for (int jt = 0; jt < MAXNT; jt++) {
                 if (jt < nt) {
@@ -531,28 +742,187 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
                     float dx = a.xd[(xo >> 8) + ib];
 #pragma unroll
                     for (int gg = 0; gg < 2; gg++) {
-                        u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
-                        int ls = 2 * (int)(a1 >> 28) + 1;
                         const i8* xb = a.xq + xo + 256 * ib + 32 * (g0 + gg);
                         int4 x0 = *(const int4*)xb, x1 = *(const int4*)(xb + 16);
-                        int xs8[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-                        int sumi = 0;
-#pragma unroll
-                        for (int l = 0; l < 4; l++) {
-                            u64 gr = grid_s[(a0 >> (8 * l)) & 0xff];
-                            u64 sg = sign_s[(a1 >> (7 * l)) & 127];
-                            u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
-                            u32 slo = (u32)sg, shi = (u32)(sg >> 32);
-                            sumi = __dp4a((int)__vsub4(glo ^ slo, slo), xs8[2 * l], sumi);
-                            sumi = __dp4a((int)__vsub4(ghi ^ shi, shi), xs8[2 * l + 1], sumi);
-                        }
-                        acc[jt] += 0.125f * (dw * dx) * (float)(sumi * ls);
+                        int sumi = __dp4a(wq8[8 * gg], x0.x, 0);
+                        sumi = __dp4a(wq8[8 * gg + 1], x0.y, sumi);
+                        sumi = __dp4a(wq8[8 * gg + 2], x0.z, sumi);
+                        sumi = __dp4a(wq8[8 * gg + 3], x0.w, sumi);
+                        sumi = __dp4a(wq8[8 * gg + 4], x1.x, sumi);
+                        sumi = __dp4a(wq8[8 * gg + 5], x1.y, sumi);
+                        sumi = __dp4a(wq8[8 * gg + 6], x1.z, sumi);
+                        sumi = __dp4a(wq8[8 * gg + 7], x1.w, sumi);
+                        acc[jt] += 0.125f * (dw * dx) * (float)(sumi * ls[gg]);
                     }
                 }
             }
         }
         mv_store(a, acc, item, nt, r, lane, MV_LIVE);
     }
+}
+
+// IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
+// takes 64 rows of one expert group's matrix (4 warps × 16 rows) and the group's ≤ 8
+// items as the mma's 8 columns. Each lane decodes, per 32-column group, the int8x4
+// words of its fragment straight from the grid (lane quad q holds columns 4q..4q+3 and
+// 16+4q..), so the weights never pass through shared memory; the int32 group sums are
+// scaled exactly as in mv_iq2_xxs.
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
+    __shared__ u64 grid_s[256];
+    __shared__ u64 sign_s[128];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+        u32 sv = KSIGNS[i];
+        u64 m = 0;
+        for (int j = 0; j < 8; j++)
+            if ((sv >> j) & 1) m |= (u64)0xff << (8 * j);
+        sign_s[i] = m;
+    }
+    __syncthreads();
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
+    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
+    // This lane's B column is item g; its C columns are items 2tq and 2tq+1.
+    int item_b = g < nt ? a.perm[first + g] : -1;
+    int item_c0 = 2 * tq < nt ? a.perm[first + 2 * tq] : -1;
+    int item_c1 = 2 * tq + 1 < nt ? a.perm[first + 2 * tq + 1] : -1;
+    long long xb_off = item_b >= 0 ? (long long)(item_b / a.act_div) * a.x_stride : 0;
+    long long xc0 = item_c0 >= 0 ? (long long)(item_c0 / a.act_div) * a.x_stride : 0;
+    long long xc1 = item_c1 >= 0 ? (long long)(item_c1 / a.act_div) * a.x_stride : 0;
+    int nblk = a.cols >> 8;
+    const u8* wbase = a.w + e * a.mat_bytes;
+    const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes);
+    const u32* qa = (const u32*)(wbase + (size_t)rac * (a.cols >> 2));
+    const u32* qb = (const u32*)(wbase + (size_t)rbc * (a.cols >> 2));
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int l0 = tq >> 1, half = tq & 1;
+    for (int ib = 0; ib < nblk; ib++) {
+        float dwa = h2f(wd[(size_t)rac * nblk + ib]), dwb = h2f(wd[(size_t)rbc * nblk + ib]);
+        float dx0 = item_c0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
+        float dx1 = item_c1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
+        const i8* xb = a.xq + xb_off + 256 * ib;
+#pragma unroll 2
+        for (int gq = 0; gq < 8; gq++) {
+            u32 a0a = __ldg(qa + ib * 16 + 2 * gq), a1a = __ldg(qa + ib * 16 + 2 * gq + 1);
+            u32 a0b = __ldg(qb + ib * 16 + 2 * gq), a1b = __ldg(qb + ib * 16 + 2 * gq + 1);
+            int af[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                // q: 0 row a cols 4tq.., 1 row b, 2 row a cols 16+4tq.., 3 row b.
+                u32 g0 = (q & 1) ? a0b : a0a, g1 = (q & 1) ? a1b : a1a;
+                int l = l0 + ((q & 2) ? 2 : 0);
+                u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
+                u64 sg = sign_s[(g1 >> (7 * l)) & 127];
+                u32 gw = half ? (u32)(gr >> 32) : (u32)gr;
+                u32 sw = half ? (u32)(sg >> 32) : (u32)sg;
+                af[q] = (int)__vsub4(gw ^ sw, sw);
+            }
+            int b0 = 0, b1 = 0;
+            if (item_b >= 0) {
+                b0 = *(const int*)(xb + 32 * gq + 4 * tq);
+                b1 = *(const int*)(xb + 32 * gq + 16 + 4 * tq);
+            }
+            int c[4];
+            int afr[4] = {af[0], af[1], af[2], af[3]};
+            mma_s8_16832(c, afr, b0, b1);
+            int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
+            acc[0] += 0.125f * (dwa * dx0) * (float)(c[0] * lsa);
+            acc[1] += 0.125f * (dwa * dx1) * (float)(c[1] * lsa);
+            acc[2] += 0.125f * (dwb * dx0) * (float)(c[2] * lsb);
+            acc[3] += 0.125f * (dwb * dx1) * (float)(c[3] * lsb);
+        }
+    }
+    if (ra < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + ra] = acc[0];
+    if (ra < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + ra] = acc[1];
+    if (rb < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + rb] = acc[2];
+    if (rb < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + rb] = acc[3];
+}
+
+__device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%7,%8,%9,%10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
+}
+
+// Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
+// mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block (each has its own scale and
+// min), the 2-bit planes taken straight from the block's bytes; the sub-block sums
+// are combined in integers per block, then scaled as in mv_q2_k.
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) {
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
+    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
+    int item_b = g < nt ? a.perm[first + g] : -1;
+    int item_c0 = 2 * tq < nt ? a.perm[first + 2 * tq] : -1;
+    int item_c1 = 2 * tq + 1 < nt ? a.perm[first + 2 * tq + 1] : -1;
+    long long xb_off = item_b >= 0 ? (long long)(item_b / a.act_div) * a.x_stride : 0;
+    long long xc0 = item_c0 >= 0 ? (long long)(item_c0 / a.act_div) * a.x_stride : 0;
+    long long xc1 = item_c1 >= 0 ? (long long)(item_c1 / a.act_div) * a.x_stride : 0;
+    int nblk = a.cols >> 8;
+    const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
+    const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int ib = 0; ib < nblk; ib++) {
+        const u8* ba = wa + ib * 84;
+        const u8* bb = wb + ib * 84;
+        u32 sca[4], scb[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            sca[q] = __ldg((const u32*)ba + q);
+            scb[q] = __ldg((const u32*)bb + q);
+        }
+        int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
+        const i8* xb = a.xq + xb_off + 256 * ib;
+#pragma unroll 4
+        for (int sb = 0; sb < 16; sb++) {
+            int k = sb >> 3, j = (sb & 7) >> 1, lh = sb & 1;
+            int off = 16 + 32 * k + 16 * lh + 4 * tq;
+            u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+            int a0 = (int)((qa >> (2 * j)) & 0x03030303u), a1 = (int)((qb >> (2 * j)) & 0x03030303u);
+            int b0 = item_b >= 0 ? *(const int*)(xb + 128 * k + 32 * j + 16 * lh + 4 * tq) : 0;
+            int c[4];
+            mma_s8_16816(c, a0, a1, b0);
+            int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+            int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+            ssc[0] += (sA & 15) * c[0];
+            ssc[1] += (sA & 15) * c[1];
+            ssc[2] += (sB & 15) * c[2];
+            ssc[3] += (sB & 15) * c[3];
+            int bs0 = item_c0 >= 0 ? (int)a.xs[(xc0 >> 4) + 16 * ib + sb] : 0;
+            int bs1 = item_c1 >= 0 ? (int)a.xs[(xc1 >> 4) + 16 * ib + sb] : 0;
+            smn[0] += (sA >> 4) * bs0;
+            smn[1] += (sA >> 4) * bs1;
+            smn[2] += (sB >> 4) * bs0;
+            smn[3] += (sB >> 4) * bs1;
+        }
+        u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
+        float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
+        float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
+        float dx0 = item_c0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
+        float dx1 = item_c1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
+        acc[0] += dx0 * da * (float)ssc[0];
+        acc[0] -= dx0 * dma * (float)smn[0];
+        acc[1] += dx1 * da * (float)ssc[1];
+        acc[1] -= dx1 * dma * (float)smn[1];
+        acc[2] += dx0 * db * (float)ssc[2];
+        acc[2] -= dx0 * dmb * (float)smn[2];
+        acc[3] += dx1 * db * (float)ssc[3];
+        acc[3] -= dx1 * dmb * (float)smn[3];
+    }
+    if (ra < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + ra] = acc[0];
+    if (ra < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + ra] = acc[1];
+    if (rb < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + rb] = acc[2];
+    if (rb < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + rb] = acc[3];
 }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
@@ -655,71 +1025,34 @@ extern "C" __global__ void hc_pre(const float* z, const float* x, const float* s
                                   const float* base, float* y, float* mixo, int hc, int n,
                                   int mix, int iters, float hc_eps) {
     __shared__ float pre[16];
-    __shared__ float c[256];
     int t = blockIdx.y;
     const float* zt = z + (size_t)t * mix;
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     if (blockIdx.x == 0 && threadIdx.x < 32) {
+        // Lane i holds entry i of the hc × hc mixing (hc ≤ 5, checked on the host); a
+        // row or column sum gathers its entries by shuffles, in the CPU's order.
         int lane = threadIdx.x, nn = hc * hc;
         float* mo = mixo + (size_t)t * (hc + hc * hc);
         if (lane < hc) mo[lane] = 2.0f * sigmoidf_(zt[hc + lane] * scale[1] + base[hc + lane]);
-        for (int i = lane; i < nn; i += 32) c[i] = zt[2 * hc + i] * scale[2] + base[2 * hc + i];
-        __syncwarp();
-        // Row softmax plus eps.
-        float ex[8];
-        for (int q = 0; q < 8; q++) {
-            int i = lane + 32 * q;
-            if (i < nn) {
-                const float* row = c + (i / hc) * hc;
-                float m = -INFINITY;
-                for (int b = 0; b < hc; b++) m = fmaxf(m, row[b]);
-                ex[q] = expf(c[i] - m);
-            }
-        }
-        __syncwarp();
-        for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
-        __syncwarp();
-        for (int q = 0; q < 8; q++) {
-            int i = lane + 32 * q;
-            if (i < nn) {
-                const float* row = c + (i / hc) * hc;
-                float s = 0.0f;
-                for (int b = 0; b < hc; b++) s += row[b];
-                ex[q] = c[i] / s + hc_eps;
-            }
-        }
-        __syncwarp();
-        for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
-        __syncwarp();
+        int a_ = lane < nn ? lane / hc : 0, b_ = lane < nn ? lane % hc : 0;
+        float v = lane < nn ? zt[2 * hc + lane] * scale[2] + base[2 * hc + lane] : 0.0f;
+        float m = -INFINITY;
+        for (int b = 0; b < hc; b++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, a_ * hc + b));
+        v = expf(v - m);
+        float s = 0.0f;
+        for (int b = 0; b < hc; b++) s += __shfl_sync(0xffffffffu, v, a_ * hc + b);
+        v = v / s + hc_eps;
         for (int it = 0; it < iters; it++) {
             if (it > 0) {
-                for (int q = 0; q < 8; q++) {
-                    int i = lane + 32 * q;
-                    if (i < nn) {
-                        const float* row = c + (i / hc) * hc;
-                        float s = 0.0f;
-                        for (int b = 0; b < hc; b++) s += row[b];
-                        ex[q] = c[i] / (s + hc_eps);
-                    }
-                }
-                __syncwarp();
-                for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
-                __syncwarp();
+                s = 0.0f;
+                for (int b = 0; b < hc; b++) s += __shfl_sync(0xffffffffu, v, a_ * hc + b);
+                v = v / (s + hc_eps);
             }
-            for (int q = 0; q < 8; q++) {
-                int i = lane + 32 * q;
-                if (i < nn) {
-                    int b = i % hc;
-                    float s = 0.0f;
-                    for (int a = 0; a < hc; a++) s += c[a * hc + b];
-                    ex[q] = c[i] / (s + hc_eps);
-                }
-            }
-            __syncwarp();
-            for (int q = 0; q < 8; q++) if (lane + 32 * q < nn) c[lane + 32 * q] = ex[q];
-            __syncwarp();
+            s = 0.0f;
+            for (int a2 = 0; a2 < hc; a2++) s += __shfl_sync(0xffffffffu, v, a2 * hc + b_);
+            v = v / (s + hc_eps);
         }
-        for (int i = lane; i < nn; i += 32) mo[hc + i] = c[i];
+        if (lane < nn) mo[hc + lane] = v;
     }
     __syncthreads();
     const float* xt = x + (size_t)t * hc * n;

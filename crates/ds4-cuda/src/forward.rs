@@ -464,6 +464,14 @@ pub struct Mv {
     /// Items grouped by expert (`perm`, `grp`, `ngrp` as `group_by_expert` writes
     /// them, and the most groups there can be); None: items in order.
     pub by_expert: Option<(u64, u64, u64, usize)>,
+    /// The activations were quantized for this product's type by the product just
+    /// before (same input): skip quantizing them again.
+    pub act_ready: bool,
+}
+
+/// Whether `b` consumes the activations exactly as `a` does (so `b` can reuse them).
+fn same_act(a: &DevMat, b: &DevMat) -> bool {
+    act_kind(a.ty) == act_kind(b.ty)
 }
 
 impl Mv {
@@ -479,6 +487,7 @@ impl Mv {
             y,
             y_stride,
             by_expert: None,
+            act_ready: false,
         }
     }
 }
@@ -512,6 +521,28 @@ pub fn ksplit(m: &DevMat) -> usize {
     ks
 }
 
+/// Tensor-core kernels in use (`DS4_CUDA_MMA=0` turns them off, for comparisons).
+fn mma_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_MMA").map_or(true, |v| v != "0"))
+}
+
+/// Runs of at least this many tokens take the tensor-core product where there is one.
+const MMA_MIN_TOKENS: usize = 16;
+
+/// Whether this product goes to a tensor-core kernel (`mm_q8_0`, `mm_f16`): a Q8_0
+/// (split layout) or F16 matrix, no expert ids, a run of tokens, whole 128-column
+/// stages, and any column groups aligned to its 64-row tiles.
+fn use_tensor_cores(m: &DevMat, c: &Mv) -> bool {
+    mma_on()
+        && ((m.ty == GgmlType::Q8_0 && m.split.is_some()) || m.ty == GgmlType::F16)
+        && c.ids == 0
+        && c.act_div == 1
+        && c.nb >= MMA_MIN_TOKENS
+        && m.cols.is_multiple_of(128)
+        && (c.group.0 == 0 || c.group.0.is_multiple_of(64))
+}
+
 /// `y = W·x` with the activations prepared as the CPU prepares them (Q8_0 for Q8_0
 /// weights, Q8_K for the K-quants and IQ2_XXS, f32 for float weights) in `act`
 /// (int8 values, block scales, Q8_K block sums).
@@ -520,6 +551,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     let n = c.n_act * c.x_len;
     let kind = act_kind(m.ty);
     match kind {
+        _ if c.act_ready => {}
         ActKind::F32 => {}
         ActKind::Q8_0 => {
             let nblk = n / 32;
@@ -531,6 +563,39 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             launch!(g, "quant_q8_k", (ceil_div(nblk, 4), 1, 1), 128, 0;
                 c.x, act[0].ptr, act[1].ptr, act[2].ptr, nblk as i32)?;
         }
+    }
+    if use_tensor_cores(m, &c) {
+        let args = MvArgs {
+            w: m.buf.ptr,
+            mat_bytes: m.mat_bytes as i64,
+            ids: 0,
+            rows: m.rows as i32,
+            cols: m.cols as i32,
+            xf: c.x,
+            xq: act[0].ptr,
+            xd: act[1].ptr,
+            xs: act[2].ptr,
+            act_div: 1,
+            x_stride: c.x_len as i32,
+            group_rows: c.group.0 as i32,
+            group_stride: c.group.1 as i32,
+            y: c.y,
+            y_stride: c.y_stride as i32,
+            nb: c.nb as i32,
+            sc: m.scales_ptr(),
+            sc_mat_bytes: 0,
+            nt: 1,
+            perm: 0,
+            grp: 0,
+            ngrp: 0,
+            ksplit: 1,
+        };
+        let kernel = if m.ty == GgmlType::F16 {
+            "mm_f16"
+        } else {
+            "mm_q8_0"
+        };
+        return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
     }
     // Items sharing one matrix share a warp's weight loads (up to MAXNT = 8 in ds4.cu);
     // routed items each have their own expert.
@@ -572,6 +637,17 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         Some((_, _, _, max_groups)) => max_groups,
         None => c.nb.div_ceil(nt),
     };
+    if c.by_expert.is_some() && mma_on() {
+        // Grouped experts on the tensor cores: 64 rows × one group's items per block.
+        let kernel = match m.ty {
+            GgmlType::Iq2Xxs if m.split.is_some() => Some("mm_iq2_xxs"),
+            GgmlType::Q2K => Some("mm_q2_k"),
+            _ => None,
+        };
+        if let Some(k) = kernel {
+            return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, 0; args);
+        }
+    }
     launch!(g, mv_kernel(m.ty), (grid_x, grid_y as u32, 1), threads, 0; args)
 }
 
@@ -705,11 +781,20 @@ impl Fwd<'_> {
         let x = s.x[0].ptr;
         self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t)?;
 
-        // Low-rank Q with its norm, the shared K=V row with its norm.
+        // Low-rank Q with its norm, the shared K=V row with its norm. Both products
+        // read xn: the K=V one reuses its quantized copy.
         self.mv(
             s,
             &w.q_a,
             Mv::plain(s.xn.ptr, t, e, s.qa_raw.ptr, cfg.q_lora),
+        )?;
+        self.mv(
+            s,
+            &w.kv,
+            Mv {
+                act_ready: same_act(&w.q_a, &w.kv),
+                ..Mv::plain(s.xn.ptr, t, e, s.kv_raw.ptr, hd)
+            },
         )?;
         self.rms(s.qa_raw.ptr, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t)?;
         self.mv(
@@ -717,7 +802,6 @@ impl Fwd<'_> {
             &w.q_b,
             Mv::plain(s.qa.ptr, t, cfg.q_lora, s.q.ptr, nh * hd),
         )?;
-        self.mv(s, &w.kv, Mv::plain(s.xn.ptr, t, e, s.kv_raw.ptr, hd))?;
         self.rms(s.kv_raw.ptr, Some(&w.kv_norm), s.kv.ptr, hd, t)?;
 
         // Per-head weightless norm and RoPE of the queries; the K=V rows rotated,
@@ -863,9 +947,17 @@ impl Fwd<'_> {
                 y,
                 y_stride,
                 by_expert: groups,
+                act_ready: false,
             };
         self.mv(s, &w.gate_exps, by_expert(s.xn.ptr, t, e, k, s.g.ptr, ff))?;
-        self.mv(s, &w.up_exps, by_expert(s.xn.ptr, t, e, k, s.u.ptr, ff))?;
+        self.mv(
+            s,
+            &w.up_exps,
+            Mv {
+                act_ready: same_act(&w.gate_exps, &w.up_exps),
+                ..by_expert(s.xn.ptr, t, e, k, s.u.ptr, ff)
+            },
+        )?;
         launch!(g, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
             s.g.ptr, s.u.ptr, s.wts.ptr, s.mid.ptr, ff as i32, nb as i32, clamp)?;
         self.mv(
@@ -876,7 +968,14 @@ impl Fwd<'_> {
 
         // The shared expert, weight 1.
         self.mv(s, &w.gate_sh, Mv::plain(s.xn.ptr, t, e, s.sg.ptr, ff))?;
-        self.mv(s, &w.up_sh, Mv::plain(s.xn.ptr, t, e, s.su.ptr, ff))?;
+        self.mv(
+            s,
+            &w.up_sh,
+            Mv {
+                act_ready: same_act(&w.gate_sh, &w.up_sh),
+                ..Mv::plain(s.xn.ptr, t, e, s.su.ptr, ff)
+            },
+        )?;
         launch!(g, "swiglu", (ceil_div(t * ff, 256), 1, 1), 256, 0;
             s.sg.ptr, s.su.ptr, 0u64, s.smid.ptr, ff as i32, t as i32, clamp)?;
         self.mv(s, &w.down_sh, Mv::plain(s.smid.ptr, t, ff, s.sout.ptr, e))?;

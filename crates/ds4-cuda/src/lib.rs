@@ -107,6 +107,13 @@ impl CudaBackend {
         max_batch: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<CudaBackend, CudaError> {
+        if model.cfg.hc * model.cfg.hc > 32 {
+            // hc_pre keeps the hc × hc mixing in one warp, one entry per lane.
+            return Err(CudaError::Model(format!(
+                "{} hyper-connection streams: the CUDA kernels support at most 5",
+                model.cfg.hc
+            )));
+        }
         let gpu = Gpu::open(ordinal)?;
         let max_batch = max_batch.max(1);
         let (w, st, sc) = memory_estimate(model, ctx, max_batch);

@@ -15,11 +15,15 @@ pub const KERNEL_NAMES: &[&str] = &[
     "quant_q8_k",
     "mv_f32",
     "mv_f16",
+    "mm_f16",
     "mv_bf16",
     "mv_q8_0",
+    "mm_q8_0",
     "mv_q2_k",
+    "mm_q2_k",
     "mv_q4_k",
     "mv_iq2_xxs",
+    "mm_iq2_xxs",
     "embed_rows",
     "rms_norm",
     "head_norm_rope",
@@ -51,15 +55,18 @@ extern "C" __global__ void fill_f32(float* x, float v, long long n) {
 /// kernels, the extras.
 pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
+    // Global rather than __constant__ memory: each block copies the tables to shared
+    // memory with one thread per entry, and constant memory serves different
+    // addresses within a warp one at a time.
     s.push_str("// generated tables (ds4-quant)\n");
-    s.push_str("__constant__ unsigned long long IQ2XXS_GRID[256] = {\n");
+    s.push_str("__device__ unsigned long long IQ2XXS_GRID[256] = {\n");
     for (i, v) in ds4_quant::tables::IQ2XXS_GRID.iter().enumerate() {
         s.push_str(&format!("0x{v:016x}ull,"));
         if i % 4 == 3 {
             s.push('\n');
         }
     }
-    s.push_str("};\n__constant__ unsigned char KSIGNS[128] = {\n");
+    s.push_str("};\n__device__ unsigned char KSIGNS[128] = {\n");
     for (i, v) in ds4_quant::tables::KSIGNS.iter().enumerate() {
         s.push_str(&format!("{v},"));
         if i % 16 == 15 {

@@ -40,9 +40,18 @@ fn matvec_matches_cpu_for_every_weight_type() {
     let Some(gpu) = gpu_or_skip("matvec_matches_cpu_for_every_weight_type") else {
         return;
     };
+    // 96 rows: a partial 64-row tile for the tensor-core kernel. 3 tokens take the
+    // matrix-vector kernels; 70 take, for Q8_0, the tensor cores (a partial 64-token
+    // tile too) and, for the others, 8 tokens per warp with a remainder.
     let (rows, cols) = (96, 1024);
     let w = rand_vec(rows * cols, 1);
-    let xs: Vec<Vec<f32>> = (0..3).map(|t| rand_vec(cols, 10 + t)).collect();
+    for n_tok in [3, 70] {
+        check_types(&gpu, rows, cols, &w, n_tok);
+    }
+}
+
+fn check_types(gpu: &Gpu, rows: usize, cols: usize, w: &[f32], n_tok: u64) {
+    let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 10 + t)).collect();
     for ty in [
         GgmlType::F32,
         GgmlType::F16,
@@ -53,19 +62,21 @@ fn matvec_matches_cpu_for_every_weight_type() {
         GgmlType::Iq2Xxs,
     ] {
         let m = if ty == GgmlType::F32 {
-            Mat::from_f32(rows, cols, w.clone()).unwrap()
+            Mat::from_f32(rows, cols, w.to_vec()).unwrap()
         } else {
-            let bytes = ds4_quant::quantize(ty, &w, cols, None).unwrap();
+            let bytes = ds4_quant::quantize(ty, w, cols, None).unwrap();
             Mat::from_blocks(rows, cols, ty, Bytes::from_vec(bytes)).unwrap()
         };
         let cpu = m.matmul(&xs).unwrap();
-        let dm = upload_mat(&gpu, &m, "test").unwrap();
-        let got = matmul_once(&gpu, &dm, &xs).unwrap();
+        let dm = upload_mat(gpu, &m, "test").unwrap();
+        let got = matmul_once(gpu, &dm, &xs).unwrap();
+        let mut worst = 0f32;
         for (t, (a, b)) in cpu.iter().zip(&got).enumerate() {
             let e = rel_err(a, b);
-            println!("{ty}: token {t}: rel err {e:.3e}");
-            assert!(e < 1e-5, "{ty} token {t}: rel err {e}");
+            worst = worst.max(e);
+            assert!(e < 1e-5, "{ty} {n_tok} tokens, token {t}: rel err {e}");
         }
+        println!("{ty}: {n_tok} tokens: worst rel err {worst:.3e}");
     }
 }
 
@@ -94,7 +105,8 @@ fn tiny_model_logits_match_cpu() {
     // row can round it the other way, which moves later logits by up to a few 1e-3
     // (cuda_check attributes each such position). Most positions must agree to 1e-3,
     // none may be far off, greedy picks must agree wherever the margin is clear, and
-    // every run size must give the same bits.
+    // runs of 1 and 7 (the same matrix-vector kernels) must give the same bits; a run of
+    // 64 multiplies its Q8_0 matrices on the tensor cores, which sum in another order.
     let mut first: Option<Vec<Vec<f32>>> = None;
     for run in [1, 7, 64] {
         let mut st = be.new_state(512, opts).unwrap();
@@ -118,7 +130,8 @@ fn tiny_model_logits_match_cpu() {
         );
         match &first {
             None => first = Some(gpu),
-            Some(f) => assert_eq!(f, &gpu, "run {run} differs from run 1"),
+            Some(f) if run < 16 => assert_eq!(f, &gpu, "run {run} differs from run 1"),
+            Some(_) => {}
         }
     }
 }
