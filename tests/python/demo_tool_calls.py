@@ -9,8 +9,9 @@ arguments are exactly the expected ones ("exact").
 
 Environment: DS4_SERVER_URL, DS4_API_KEY (optional), DS4_TOOL_N (prompts per API,
 default 5), DS4_TOOL_MIN_RATE (required valid rate per API, default 0.9),
-DS4_TOOL_REPORT (optional path: the JSON summary is written there).
-Prints the summary as one JSON line; exits 1 when an API is below the rate.
+DS4_TOOL_MIN_EXACT (required exact rate per API, default 0.9), DS4_TOOL_REPORT
+(optional path: the JSON summary is written there).
+Prints the summary as one JSON line; exits 1 when an API is below either rate.
 """
 import json
 import os
@@ -54,6 +55,7 @@ def main():
     key = os.environ.get("DS4_API_KEY", "none")
     n = int(os.environ.get("DS4_TOOL_N", "5"))
     min_rate = float(os.environ.get("DS4_TOOL_MIN_RATE", "0.9"))
+    min_exact = float(os.environ.get("DS4_TOOL_MIN_EXACT", "0.9"))
     with open(PROMPTS, encoding="utf-8") as f:
         data = json.load(f)
     funcs, prompts = data["tools"], data["prompts"][:n]
@@ -118,7 +120,7 @@ def main():
         summary[api] = {"valid": valid / len(prompts), "exact": exact / len(prompts), "per_prompt": marks,
                         "misses": misses[:8]}
         print(api, json.dumps(summary[api], ensure_ascii=False), file=sys.stderr, flush=True)
-        failed |= valid / len(prompts) < min_rate
+        failed |= valid / len(prompts) < min_rate or exact / len(prompts) < min_exact
     line = json.dumps(summary, ensure_ascii=False)
     print(line)
     if os.environ.get("DS4_TOOL_REPORT"):

@@ -3,12 +3,13 @@
 //! (tools/demo_data/tool_prompts.eval.json) through /v1/chat/completions
 //! (streamed and not), /v1/responses and /v1/messages, greedy and without
 //! thinking, and tests/python/demo_tool_calls.py counts the answers whose first
-//! call names the right tool with arguments that parse and fit the schema.
+//! call names the right tool with arguments that parse and fit the schema
+//! ("valid"), and those whose arguments are exactly the requested ones ("exact").
 //! Skipped with the reason printed when `DS4_PYTHON` lacks the SDKs.
 //!
-//! The model does not yet meet the 90% goal, and does not copy arguments from the
-//! prompt (README, "The demo model"): this guards the path through every API and
-//! the rate measured, not the goal.
+//! The model copies the requested city, path or numbers in 82-83% of the first 60
+//! held-out prompts per API, short of the 90% goal (README, "The demo model"):
+//! this guards the path through every API and the rates measured.
 
 mod common;
 
@@ -17,9 +18,11 @@ use common::{ServerProcess, python_with_clients, run_python};
 /// Prompts per API here (CI has 2 cores); `DS4_TOOL_N` raises it (300 held-out
 /// prompts exist).
 const N: &str = "5";
-/// Measured: 0.77-0.80 on the first 60 prompts of each API and 0.8-1.0 on the
-/// first 5 (README); one more miss among the 5 still passes.
-const MIN_RATE: &str = "0.6";
+/// Measured on the first 60 prompts of each API: valid 1.0, exact 0.82-0.83; on the
+/// first 5, both 1.0 (README). One miss among the 5 still passes (another CPU's
+/// kernels may round a near tie the other way).
+const MIN_RATE: &str = "0.8";
+const MIN_EXACT: &str = "0.8";
 
 #[test]
 fn trained_demo_model_calls_tools_through_every_api() {
@@ -39,12 +42,13 @@ fn trained_demo_model_calls_tools_through_every_api() {
             ("DS4_SERVER_URL", server.base.as_str()),
             ("DS4_TOOL_N", n.as_str()),
             ("DS4_TOOL_MIN_RATE", MIN_RATE),
+            ("DS4_TOOL_MIN_EXACT", MIN_EXACT),
         ],
     );
     eprintln!("{}{}", r.stdout, r.stderr);
     assert!(
         r.ok,
-        "tool-call rate below {MIN_RATE} on some API:\n{}\n{}\nserver log:\n{}",
+        "tool-call rate below {MIN_RATE} (valid) or {MIN_EXACT} (exact) on some API:\n{}\n{}\nserver log:\n{}",
         r.stdout,
         r.stderr,
         server.log()
@@ -53,6 +57,10 @@ fn trained_demo_model_calls_tools_through_every_api() {
         serde_json::from_str(r.stdout.lines().last().unwrap_or("")).expect("summary JSON");
     for api in ["chat", "chat_stream", "responses", "messages"] {
         let valid = summary[api]["valid"].as_f64().expect("rate");
-        assert!(valid >= 0.6, "{api}: {valid}");
+        let exact = summary[api]["exact"].as_f64().expect("rate");
+        assert!(
+            valid >= 0.8 && exact >= 0.8,
+            "{api}: valid {valid}, exact {exact}"
+        );
     }
 }
