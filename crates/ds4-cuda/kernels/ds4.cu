@@ -229,7 +229,7 @@ struct MvArgs {
 #define MV_ITEMS                                                                      \
     int warps = blockDim.x >> 5;                                                      \
     int lane = threadIdx.x & 31;                                                      \
-    int item[MAXNT];                                                                  \
+    int item[NTM];                                                                  \
     int nt;                                                                           \
     long long e;                                                                      \
     if (a.grp) {                                                                      \
@@ -238,13 +238,13 @@ struct MvArgs {
         e = a.grp[3 * g];                                                             \
         int first = a.grp[3 * g + 1];                                                 \
         nt = a.grp[3 * g + 2];                                                        \
-        for (int j = 0; j < MAXNT; j++) item[j] = j < nt ? a.perm[first + j] : 0;     \
+        for (int j = 0; j < NTM; j++) item[j] = j < nt ? a.perm[first + j] : 0;     \
     } else {                                                                          \
         int b0 = blockIdx.y * a.nt;                                                   \
         if (b0 >= a.nb) return;                                                       \
         nt = min(a.nt, a.nb - b0);                                                    \
         e = a.ids ? (long long)a.ids[b0] : 0;                                         \
-        for (int j = 0; j < MAXNT; j++) item[j] = b0 + j;                             \
+        for (int j = 0; j < NTM; j++) item[j] = b0 + j;                             \
     }
 
 // Row loop. Every warp of a block runs the same number of rounds (the split sum
@@ -262,11 +262,12 @@ __device__ __forceinline__ long long mv_xoff(const MvArgs& a, int b, int r) {
            (a.group_rows ? (long long)(r / a.group_rows) * a.group_stride : 0);
 }
 
+template <int NTM>
 __device__ __forceinline__ void mv_store(const MvArgs& a, float* acc, const int* item, int nt, int r,
                                          int lane, bool live) {
     if (a.ksplit == 1) {
 #pragma unroll
-        for (int j = 0; j < MAXNT; j++) {
+        for (int j = 0; j < NTM; j++) {
             if (j < nt) {
                 float v = warp_sum(acc[j]);
                 if (lane == 0 && live) a.y[(size_t)item[j] * a.y_stride + r] = v;
@@ -274,10 +275,10 @@ __device__ __forceinline__ void mv_store(const MvArgs& a, float* acc, const int*
         }
         return;
     }
-    __shared__ float part[32][MAXNT];
+    __shared__ float part[32][NTM];
     int w = threadIdx.x >> 5, ks = a.ksplit;
 #pragma unroll
-    for (int j = 0; j < MAXNT; j++) {
+    for (int j = 0; j < NTM; j++) {
         if (j < nt) {
             float v = warp_sum(acc[j]);
             if (lane == 0) part[w][j] = v;
@@ -305,15 +306,15 @@ __device__ __forceinline__ int4 ldg4(const void* p) { return __ldg((const int4*)
 
 // Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
 // `load` widens it. A lane takes 16 bytes of weights (16/sizeof(T) elements) per step.
-template <typename T, typename Load> __device__ void mv_float(const MvArgs& a, Load load) {
+template <int NTM, typename T, typename Load> __device__ void mv_float(const MvArgs& a, Load load) {
     MV_ITEMS
     const int per = 16 / (int)sizeof(T);
     int nch = a.cols / per;
     MV_ROWS {
         const T* w = (const T*)(a.w + e * a.mat_bytes) + (size_t)r * a.cols;
-        float acc[MAXNT];
+        float acc[NTM];
 #pragma unroll
-        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         // Four pieces in flight per lane: one 16-byte load per step leaves HBM idle.
         for (int c0 = lane + 32 * sub; c0 < nch; c0 += 4 * 32 * ks) {
             int4 raw[4];
@@ -328,7 +329,7 @@ template <typename T, typename Load> __device__ void mv_float(const MvArgs& a, L
                 if (c >= nch) break;
                 const T* wv = (const T*)&raw[u];
 #pragma unroll
-                for (int j = 0; j < MAXNT; j++) {
+                for (int j = 0; j < NTM; j++) {
                     if (j < nt) {
                         const float* x = a.xf + mv_xoff(a, item[j], r) + c * per;
                         float s = 0.0f;
@@ -342,10 +343,10 @@ template <typename T, typename Load> __device__ void mv_float(const MvArgs& a, L
         // Columns past the last whole 16-byte piece (rows not a multiple of it).
         for (int i = nch * per + lane + 32 * sub; i < a.cols; i += 32 * ks) {
 #pragma unroll
-            for (int j = 0; j < MAXNT; j++)
+            for (int j = 0; j < NTM; j++)
                 if (j < nt) acc[j] += load(w[i]) * a.xf[mv_xoff(a, item[j], r) + i];
         }
-        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+        mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
 struct LoadF32 {
@@ -357,22 +358,27 @@ struct LoadF16 {
 struct LoadBf16 {
     __device__ float operator()(u16 v) const { return bf2f(v); }
 };
-extern "C" __global__ void mv_f32(MvArgs a) { mv_float<float>(a, LoadF32()); }
-extern "C" __global__ void mv_f16(MvArgs a) { mv_float<u16>(a, LoadF16()); }
-extern "C" __global__ void mv_bf16(MvArgs a) { mv_float<u16>(a, LoadBf16()); }
+// Each product has two entry points: up to MAXNT items per warp, and one item (decode:
+// no per-item arrays, fewer registers, more warps resident to keep loads in flight).
+extern "C" __global__ void mv_f32(MvArgs a) { mv_float<MAXNT, float>(a, LoadF32()); }
+extern "C" __global__ void mv_f16(MvArgs a) { mv_float<MAXNT, u16>(a, LoadF16()); }
+extern "C" __global__ void mv_bf16(MvArgs a) { mv_float<MAXNT, u16>(a, LoadBf16()); }
+extern "C" __global__ void mv_f32_1(MvArgs a) { mv_float<1, float>(a, LoadF32()); }
+extern "C" __global__ void mv_f16_1(MvArgs a) { mv_float<1, u16>(a, LoadF16()); }
+extern "C" __global__ void mv_bf16_1(MvArgs a) { mv_float<1, u16>(a, LoadBf16()); }
 
 // Q8_0, split: 32 int8 per block in `w`, f16 scales in `sc`. A lane takes half a block;
 // the two halves' integer sums meet by a shuffle so each block is scaled once, as on
 // the CPU. Every lane runs the same number of steps (the shuffle needs the full warp).
-extern "C" __global__ void mv_q8_0(MvArgs a) {
+template <int NTM> __device__ void mv_q8_0_body(const MvArgs& a) {
     MV_ITEMS
     int nch = a.cols >> 4;
     MV_ROWS {
         const u8* wq = a.w + e * a.mat_bytes + (size_t)r * a.cols;
         const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes) + (size_t)r * (a.cols >> 5);
-        float acc[MAXNT];
+        float acc[NTM];
 #pragma unroll
-        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         for (int c0 = 64 * sub; c0 < nch; c0 += 64 * ks) {
             int4 wv[2];
             float dw[2];
@@ -385,7 +391,7 @@ extern "C" __global__ void mv_q8_0(MvArgs a) {
                 dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
             }
 #pragma unroll
-            for (int j = 0; j < MAXNT; j++) {
+            for (int j = 0; j < NTM; j++) {
                 if (j < nt) {
                     long long xo = mv_xoff(a, item[j], r);
 #pragma unroll
@@ -403,9 +409,11 @@ extern "C" __global__ void mv_q8_0(MvArgs a) {
                 }
             }
         }
-        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+        mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
+extern "C" __global__ void mv_q8_0(MvArgs a) { mv_q8_0_body<MAXNT>(a); }
+extern "C" __global__ void mv_q8_0_1(MvArgs a) { mv_q8_0_body<1>(a); }
 
 // Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores:
 // a block computes a 64-row × 64-token tile; per Q8_0 block (32 columns) each warp
@@ -584,14 +592,14 @@ extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) {
 // Q2_K block (84 bytes): scales[16], qs[64], f16 d, f16 dmin. A lane takes a quarter
 // of a block's quants (16 bytes: half k = q/2 of the 128-element halves, 16-element
 // column h = q%2 of it), i.e. the four 16-element sub-blocks 8k+2j+h, j = 0..3.
-extern "C" __global__ void mv_q2_k(MvArgs a) {
+template <int NTM> __device__ void mv_q2_k_body(const MvArgs& a) {
     MV_ITEMS
     int nblk = a.cols / 256;
     MV_ROWS {
         const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 84;
-        float acc[MAXNT];
+        float acc[NTM];
 #pragma unroll
-        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         for (int it = lane + 32 * sub; it < nblk * 4; it += 32 * ks) {
             int ib = it >> 2, q = it & 3, k = q >> 1, h = q & 1;
             const u8* blk = w + ib * 84;
@@ -615,7 +623,7 @@ extern "C" __global__ void mv_q2_k(MvArgs a) {
                 scb[j] = (int)(((sb < 4 ? sc4 : sc4b) >> (8 * (sb & 3))) & 0xff);
             }
 #pragma unroll
-            for (int jt = 0; jt < MAXNT; jt++) {
+            for (int jt = 0; jt < NTM; jt++) {
                 if (jt < nt) {
                     long long xo = mv_xoff(a, item[jt], r);
                     const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
@@ -637,9 +645,11 @@ extern "C" __global__ void mv_q2_k(MvArgs a) {
                 }
             }
         }
-        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+        mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
+extern "C" __global__ void mv_q2_k(MvArgs a) { mv_q2_k_body<MAXNT>(a); }
+extern "C" __global__ void mv_q2_k_1(MvArgs a) { mv_q2_k_body<1>(a); }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
     if (j < 4) {
@@ -653,14 +663,14 @@ __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* 
 
 // Q4_K block (144 bytes): f16 d, f16 dmin, scales[12], qs[128]. Piece j = sub-block.
 // (The q4 recipe's routed experts; byte loads, one item per warp: not a decode target.)
-extern "C" __global__ void mv_q4_k(MvArgs a) {
+template <int NTM> __device__ void mv_q4_k_body(const MvArgs& a) {
     MV_ITEMS
     int nblk = a.cols / 256;
     MV_ROWS {
         const u8* w = a.w + e * a.mat_bytes + (size_t)r * nblk * 144;
-        float acc[MAXNT];
+        float acc[NTM];
 #pragma unroll
-        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         for (int it = lane + 32 * sub; it < nblk * 8; it += 32 * ks) {
             int ib = it >> 3, j = it & 7;
             const u8* blk = w + ib * 144;
@@ -669,7 +679,7 @@ extern "C" __global__ void mv_q4_k(MvArgs a) {
             const u8* q = blk + 16 + 32 * (j / 2);
             int shift = 4 * (j % 2);
 #pragma unroll
-            for (int jt = 0; jt < MAXNT; jt++) {
+            for (int jt = 0; jt < NTM; jt++) {
                 if (jt < nt) {
                     long long xo = mv_xoff(a, item[jt], r);
                     const i8* xb = a.xq + xo + ib * 256 + 32 * j;
@@ -684,16 +694,18 @@ extern "C" __global__ void mv_q4_k(MvArgs a) {
                 }
             }
         }
-        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+        mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
+extern "C" __global__ void mv_q4_k(MvArgs a) { mv_q4_k_body<MAXNT>(a); }
+extern "C" __global__ void mv_q4_k_1(MvArgs a) { mv_q4_k_body<1>(a); }
 
 // IQ2_XXS, split: per block 64 bytes of quants (8 groups of a u32 of grid indices and a
 // u32 of signs + scale) in `w`, the f16 scale in `sc`. A lane takes 16 bytes = two
 // groups. Grid and signs live in shared memory (lanes index them with different
 // values); the signs are expanded to byte masks so a signed grid word is
 // (g ^ s) - s, byte-wise, ready for dp4a.
-extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
+template <int NTM> __device__ void mv_iq2_xxs_body(const MvArgs& a) {
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
@@ -710,9 +722,9 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
     MV_ROWS {
         const u8* wq = a.w + e * a.mat_bytes + (size_t)r * nch * 16;
         const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes) + (size_t)r * (a.cols >> 8);
-        float acc[MAXNT];
+        float acc[NTM];
 #pragma unroll
-        for (int j = 0; j < MAXNT; j++) acc[j] = 0.0f;
+        for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         for (int c = lane + 32 * sub; c < nch; c += 32 * ks) {
             int4 wv = ldg4(wq + 16 * (size_t)c);
             int ib = c >> 2, g0 = 2 * (c & 3);
@@ -736,7 +748,7 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
                 }
             }
 #pragma unroll
-            for (int jt = 0; jt < MAXNT; jt++) {
+            for (int jt = 0; jt < NTM; jt++) {
                 if (jt < nt) {
                     long long xo = mv_xoff(a, item[jt], r);
                     float dx = a.xd[(xo >> 8) + ib];
@@ -757,9 +769,11 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) {
                 }
             }
         }
-        mv_store(a, acc, item, nt, r, lane, MV_LIVE);
+        mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
+extern "C" __global__ void mv_iq2_xxs(MvArgs a) { mv_iq2_xxs_body<MAXNT>(a); }
+extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { mv_iq2_xxs_body<1>(a); }
 
 // IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
 // takes 64 rows of one expert group's matrix (4 warps × 16 rows) and the group's ≤ 8
@@ -1475,6 +1489,114 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
 // Routing of one token per block (thread 0: 6 of 256 is tiny): sqrt(softplus) scores,
 // hash table or biased top-k (ties to the lower expert), weights normalized by their
 // sum (floored) and scaled. ids/wts: [T, k] in selection order.
+// Attention for a run of tokens (prefill): one block per (token, `hb` heads). All heads
+// read the same K=V rows, so a block loads each row once for its hb heads instead of
+// once per head. Per head the dot products and the weighted sum run in the order of
+// `attention`; the softmax denominators are summed per warp (another order).
+extern "C" __global__ void attention_mh(const float* q, const float* ring, int ring_rows,
+                                        const float* comp, const int* sel, const int* nsel,
+                                        int sel_k, const float* sinks, float* o, int heads,
+                                        int hd, int window, const int* pos0p, int ratio,
+                                        const float* freqs, int n_rot, float scale, int rows_max,
+                                        int hb) {
+    int pos0 = *pos0p;
+    extern __shared__ float sm[];
+    __shared__ float den_s[8];
+    int h0 = blockIdx.x * hb, t = blockIdx.y, pos = pos0 + t;
+    float* qs = sm;                       // [hb][hd]
+    float* wts = sm + hb * hd;            // [hb][rows_max]
+    int wend = hb * hd + hb * rows_max;
+    const float** rowp = (const float**)(sm + wend + (wend & 1));
+    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
+        qs[i] = q[((size_t)t * heads + h0) * hd + i];
+    int first = pos + 1 > window ? pos + 1 - window : 0;
+    int n_raw = pos + 1 - first;
+    int n_comp = 0;
+    bool selected = false;
+    if (ratio > 0) {
+        if (sel && nsel[t] > 0) { n_comp = nsel[t]; selected = true; }
+        else n_comp = (pos + 1) / ratio;
+    }
+    int n = n_raw + n_comp;
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
+        else {
+            int c = r - n_raw;
+            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+        }
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int r = w; r < n; r += nw) {
+        // The row in registers (hd ≤ 512, checked on the host), reused by every head.
+        const float* row = rowp[r];
+        float rv[16];
+#pragma unroll
+        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
+        for (int hh = 0; hh < hb; hh++) {
+            const float* qh = qs + hh * hd;
+            float p = 0.0f;
+#pragma unroll
+            for (int m = 0; m < 16; m++)
+                if (lane + 32 * m < hd) p += qh[lane + 32 * m] * rv[m];
+            p = warp_sum(p);
+            if (lane == 0) wts[hh * rows_max + r] = p * scale;
+        }
+    }
+    __syncthreads();
+    if (w < hb) {
+        float* wh = wts + w * rows_max;
+        float sink = sinks[h0 + w];
+        float mx = sink;
+        for (int r = lane; r < n; r += 32) mx = fmaxf(mx, wh[r]);
+        mx = warp_max(mx);
+        float d = 0.0f;
+        for (int r = lane; r < n; r += 32) {
+            float e = expf(wh[r] - mx);
+            wh[r] = e;
+            d += e;
+        }
+        d = warp_sum(d) + expf(sink - mx);
+        if (lane == 0) den_s[w] = d;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[8];
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
+        int r = 0;
+        for (; r + 4 <= n; r += 4) {
+            float v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = rowp[r + u][i];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+#pragma unroll
+                for (int hh = 0; hh < 8; hh++)
+                    if (hh < hb) acc[hh] += wts[hh * rows_max + r + u] * v[u];
+        }
+        for (; r < n; r++) {
+            float v = rowp[r][i];
+#pragma unroll
+            for (int hh = 0; hh < 8; hh++)
+                if (hh < hb) acc[hh] += wts[hh * rows_max + r] * v;
+        }
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++)
+            if (hh < hb) qs[hh * hd + i] = acc[hh] / den_s[hh];
+    }
+    __syncthreads();
+    int off = hd - n_rot;
+    for (int k = threadIdx.x; k < hb * (n_rot / 2); k += blockDim.x) {
+        int hh = k / (n_rot / 2), kk = k % (n_rot / 2);
+        float* qh = qs + hh * hd;
+        rope_pair(&qh[off + 2 * kk], &qh[off + 2 * kk + 1], pos, freqs[kk], 1);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
+        o[((size_t)t * heads + h0) * hd + i] = qs[i];
+}
+
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,
                                  const int* toks, int* ids, float* wts, int n_expert, int k,
                                  float scale, float floor_) {

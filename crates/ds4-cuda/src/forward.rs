@@ -66,15 +66,23 @@ pub fn act_kind(ty: GgmlType) -> ActKind {
     }
 }
 
-fn mv_kernel(ty: GgmlType) -> &'static str {
-    match ty {
-        GgmlType::F32 => "mv_f32",
-        GgmlType::F16 => "mv_f16",
-        GgmlType::Bf16 => "mv_bf16",
-        GgmlType::Q8_0 => "mv_q8_0",
-        GgmlType::Q2K => "mv_q2_k",
-        GgmlType::Q4K => "mv_q4_k",
-        _ => "mv_iq2_xxs",
+/// The matrix-vector kernel for a weight type; `single`: the one-item-per-warp entry.
+fn mv_kernel(ty: GgmlType, single: bool) -> &'static str {
+    match (ty, single) {
+        (GgmlType::F32, false) => "mv_f32",
+        (GgmlType::F32, true) => "mv_f32_1",
+        (GgmlType::F16, false) => "mv_f16",
+        (GgmlType::F16, true) => "mv_f16_1",
+        (GgmlType::Bf16, false) => "mv_bf16",
+        (GgmlType::Bf16, true) => "mv_bf16_1",
+        (GgmlType::Q8_0, false) => "mv_q8_0",
+        (GgmlType::Q8_0, true) => "mv_q8_0_1",
+        (GgmlType::Q2K, false) => "mv_q2_k",
+        (GgmlType::Q2K, true) => "mv_q2_k_1",
+        (GgmlType::Q4K, false) => "mv_q4_k",
+        (GgmlType::Q4K, true) => "mv_q4_k_1",
+        (_, false) => "mv_iq2_xxs",
+        (_, true) => "mv_iq2_xxs_1",
     }
 }
 
@@ -527,6 +535,24 @@ fn mma_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MMA").map_or(true, |v| v != "0"))
 }
 
+/// Heads per block of `attention_mh` for a run of `t` tokens: 8 (or the largest power
+/// of two dividing the head count) when the run is long enough to fill the GPU, the
+/// head has ≤ 512 dimensions (its row sits in registers) and the shared memory fits;
+/// 1 means the one-head kernel.
+fn attention_heads_per_block(cfg: &ModelConfig, rows_max: usize, t: usize) -> usize {
+    if t < MMA_MIN_TOKENS || cfg.head_dim > 512 {
+        return 1;
+    }
+    let mut hb = 8;
+    while hb > 1
+        && (!cfg.n_head.is_multiple_of(hb)
+            || (hb * cfg.head_dim + hb * rows_max + 1) * 4 + rows_max * 8 > 200 * 1024)
+    {
+        hb /= 2;
+    }
+    hb
+}
+
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 const MMA_MIN_TOKENS: usize = 16;
 
@@ -648,7 +674,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, 0; args);
         }
     }
-    launch!(g, mv_kernel(m.ty), (grid_x, grid_y as u32, 1), threads, 0; args)
+    launch!(g, mv_kernel(m.ty, nt == 1 && c.by_expert.is_none()), (grid_x, grid_y as u32, 1), threads, 0; args)
 }
 
 /// One matrix product on the GPU for a batch of f32 vectors (tests and tools): the
@@ -865,10 +891,22 @@ impl Fwd<'_> {
         g.allow_shared("attention", shm)?;
         let comp_ptr = st.comp.as_ref().map_or(0, |c| c.0.ptr);
         let scale = 1.0f32 / (hd as f32).sqrt();
-        launch!(g, "attention", (nh as u32, t as u32, 1), 512, shm as u32;
-            s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
-            w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
-            ratio as i32, rope, n_rot, scale, rows_max as i32)?;
+        // Runs of tokens take the multi-head kernel (each K=V row read once for `hb`
+        // heads); decode keeps one block per head for parallelism.
+        let hb = attention_heads_per_block(cfg, rows_max, t);
+        if hb > 1 {
+            let shm = (hb * hd + hb * rows_max + 1) * 4 + rows_max * 8;
+            g.allow_shared("attention_mh", shm)?;
+            launch!(g, "attention_mh", ((nh / hb) as u32, t as u32, 1), 512, shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
+                ratio as i32, rope, n_rot, scale, rows_max as i32, hb as i32)?;
+        } else {
+            launch!(g, "attention", (nh as u32, t as u32, 1), 512, shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
+                ratio as i32, rope, n_rot, scale, rows_max as i32)?;
+        }
 
         // Grouped output: group g multiplies its heads by rows g·o_lora.. of out_a.
         let (r, gin) = (cfg.o_lora, cfg.o_group_in());

@@ -40,12 +40,13 @@ fn matvec_matches_cpu_for_every_weight_type() {
     let Some(gpu) = gpu_or_skip("matvec_matches_cpu_for_every_weight_type") else {
         return;
     };
-    // 96 rows: a partial 64-row tile for the tensor-core kernel. 3 tokens take the
-    // matrix-vector kernels; 70 take, for Q8_0, the tensor cores (a partial 64-token
-    // tile too) and, for the others, 8 tokens per warp with a remainder.
+    // 96 rows: a partial 64-row tile for the tensor-core kernels. 1 token takes the
+    // one-item matrix-vector kernels, 3 tokens the several-item ones; 70 take, for
+    // Q8_0 and F16, the tensor cores (a partial 64-token tile too) and, for the others,
+    // 8 tokens per warp with a remainder.
     let (rows, cols) = (96, 1024);
     let w = rand_vec(rows * cols, 1);
-    for n_tok in [3, 70] {
+    for n_tok in [1, 3, 70] {
         check_types(&gpu, rows, cols, &w, n_tok);
     }
 }
