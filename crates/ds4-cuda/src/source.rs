@@ -110,6 +110,10 @@ pub fn defined_kernels(src: &str) -> Vec<String> {
     let mut rest = src;
     while let Some(i) = rest.find("__global__ void ") {
         rest = &rest[i + "__global__ void ".len()..];
+        // `__launch_bounds__(n)` may sit between the return type and the name.
+        if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
+            rest = after.split_once(") ").map_or(after, |(_, r)| r);
+        }
         let name: String = rest
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
