@@ -776,14 +776,20 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) { mv_iq2_xxs_body<MAXNT>(a); }
 extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { mv_iq2_xxs_body<1>(a); }
 
 // IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
-// takes 64 rows of one expert group's matrix (4 warps × 16 rows) and the group's ≤ 8
-// items as the mma's 8 columns. Each lane decodes, per 32-column group, the int8x4
-// words of its fragment straight from the grid (lane quad q holds columns 4q..4q+3 and
-// 16+4q..), so the weights never pass through shared memory; the int32 group sums are
-// scaled exactly as in mv_iq2_xxs.
+// takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ MM_NG
+// items, 8 per mma (n-tile). Each lane decodes, per 32-column group, the int8x4 words
+// of its A fragment straight from the grid (lane quad q holds columns 4q..4q+3 and
+// 16+4q..) once for all the n-tiles, so the weights never pass through shared memory;
+// the int32 group sums are scaled exactly as in mv_iq2_xxs.
+#define MM_NG 32
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
+    __shared__ int items[MM_NG];
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
     for (int i = threadIdx.x; i < 128; i += blockDim.x) {
         u32 sv = KSIGNS[i];
@@ -792,33 +798,32 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
             if ((sv >> j) & 1) m |= (u64)0xff << (8 * j);
         sign_s[i] = m;
     }
+    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
     __syncthreads();
-    int gi = blockIdx.y;
-    if (gi >= *a.ngrp) return;
-    long long e = a.grp[3 * gi];
-    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
     int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
-    // This lane's B column is item g; its C columns are items 2tq and 2tq+1.
-    int item_b = g < nt ? a.perm[first + g] : -1;
-    int item_c0 = 2 * tq < nt ? a.perm[first + 2 * tq] : -1;
-    int item_c1 = 2 * tq + 1 < nt ? a.perm[first + 2 * tq + 1] : -1;
-    long long xb_off = item_b >= 0 ? (long long)(item_b / a.act_div) * a.x_stride : 0;
-    long long xc0 = item_c0 >= 0 ? (long long)(item_c0 / a.act_div) * a.x_stride : 0;
-    long long xc1 = item_c1 >= 0 ? (long long)(item_c1 / a.act_div) * a.x_stride : 0;
+    int nj = (nt + 7) >> 3;
     int nblk = a.cols >> 8;
     const u8* wbase = a.w + e * a.mat_bytes;
     const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes);
     const u32* qa = (const u32*)(wbase + (size_t)rac * (a.cols >> 2));
     const u32* qb = (const u32*)(wbase + (size_t)rbc * (a.cols >> 2));
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[MM_NG / 8][4];
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     int l0 = tq >> 1, half = tq & 1;
     for (int ib = 0; ib < nblk; ib++) {
         float dwa = h2f(wd[(size_t)rac * nblk + ib]), dwb = h2f(wd[(size_t)rbc * nblk + ib]);
-        float dx0 = item_c0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
-        float dx1 = item_c1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
-        const i8* xb = a.xq + xb_off + 256 * ib;
+        float dx0[MM_NG / 8], dx1[MM_NG / 8];
+#pragma unroll
+        for (int j = 0; j < MM_NG / 8; j++) {
+            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+            dx0[j] = i0 >= 0 ? a.xd[(((long long)(i0 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
+            dx1[j] = i1 >= 0 ? a.xd[(((long long)(i1 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
+        }
 #pragma unroll 2
         for (int gq = 0; gq < 8; gq++) {
             u32 a0a = __ldg(qa + ib * 16 + 2 * gq), a1a = __ldg(qa + ib * 16 + 2 * gq + 1);
@@ -835,25 +840,36 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
                 u32 sw = half ? (u32)(sg >> 32) : (u32)sg;
                 af[q] = (int)__vsub4(gw ^ sw, sw);
             }
-            int b0 = 0, b1 = 0;
-            if (item_b >= 0) {
-                b0 = *(const int*)(xb + 32 * gq + 4 * tq);
-                b1 = *(const int*)(xb + 32 * gq + 16 + 4 * tq);
-            }
-            int c[4];
-            int afr[4] = {af[0], af[1], af[2], af[3]};
-            mma_s8_16832(c, afr, b0, b1);
             int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
-            acc[0] += 0.125f * (dwa * dx0) * (float)(c[0] * lsa);
-            acc[1] += 0.125f * (dwa * dx1) * (float)(c[1] * lsa);
-            acc[2] += 0.125f * (dwb * dx0) * (float)(c[2] * lsb);
-            acc[3] += 0.125f * (dwb * dx1) * (float)(c[3] * lsb);
+#pragma unroll
+            for (int j = 0; j < MM_NG / 8; j++) {
+                if (j < nj) {
+                    int ib_item = items[8 * j + g];
+                    int b0 = 0, b1 = 0;
+                    if (ib_item >= 0) {
+                        const i8* xb = a.xq + (long long)(ib_item / a.act_div) * a.x_stride +
+                                       256 * ib + 32 * gq;
+                        b0 = *(const int*)(xb + 4 * tq);
+                        b1 = *(const int*)(xb + 16 + 4 * tq);
+                    }
+                    int c[4];
+                    mma_s8_16832(c, af, b0, b1);
+                    acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
+                    acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
+                    acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
+                    acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
+                }
+            }
         }
     }
-    if (ra < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + ra] = acc[0];
-    if (ra < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + ra] = acc[1];
-    if (rb < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + rb] = acc[2];
-    if (rb < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + rb] = acc[3];
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++) {
+        int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+        if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = acc[j][3];
+    }
 }
 
 __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
@@ -865,27 +881,29 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
-// mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block (each has its own scale and
-// min), the 2-bit planes taken straight from the block's bytes; the sub-block sums
-// are combined in integers per block, then scaled as in mv_q2_k.
+// mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
+// its own scale and min), the 2-bit planes taken straight from the block's bytes; the
+// sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) {
+    __shared__ int items[MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+    __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
     int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
-    int item_b = g < nt ? a.perm[first + g] : -1;
-    int item_c0 = 2 * tq < nt ? a.perm[first + 2 * tq] : -1;
-    int item_c1 = 2 * tq + 1 < nt ? a.perm[first + 2 * tq + 1] : -1;
-    long long xb_off = item_b >= 0 ? (long long)(item_b / a.act_div) * a.x_stride : 0;
-    long long xc0 = item_c0 >= 0 ? (long long)(item_c0 / a.act_div) * a.x_stride : 0;
-    long long xc1 = item_c1 >= 0 ? (long long)(item_c1 / a.act_div) * a.x_stride : 0;
+    int nj = (nt + 7) >> 3;
     int nblk = a.cols >> 8;
     const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
     const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[MM_NG / 8][4];
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     for (int ib = 0; ib < nblk; ib++) {
         const u8* ba = wa + ib * 84;
         const u8* bb = wb + ib * 84;
@@ -895,56 +913,69 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) {
             sca[q] = __ldg((const u32*)ba + q);
             scb[q] = __ldg((const u32*)bb + q);
         }
-        int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
-        const i8* xb = a.xq + xb_off + 256 * ib;
-#pragma unroll 4
-        for (int sb = 0; sb < 16; sb++) {
-            int k = sb >> 3, j = (sb & 7) >> 1, lh = sb & 1;
-            int off = 16 + 32 * k + 16 * lh + 4 * tq;
-            u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
-            int a0 = (int)((qa >> (2 * j)) & 0x03030303u), a1 = (int)((qb >> (2 * j)) & 0x03030303u);
-            int b0 = item_b >= 0 ? *(const int*)(xb + 128 * k + 32 * j + 16 * lh + 4 * tq) : 0;
-            int c[4];
-            mma_s8_16816(c, a0, a1, b0);
-            int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-            int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-            ssc[0] += (sA & 15) * c[0];
-            ssc[1] += (sA & 15) * c[1];
-            ssc[2] += (sB & 15) * c[2];
-            ssc[3] += (sB & 15) * c[3];
-            int bs0 = item_c0 >= 0 ? (int)a.xs[(xc0 >> 4) + 16 * ib + sb] : 0;
-            int bs1 = item_c1 >= 0 ? (int)a.xs[(xc1 >> 4) + 16 * ib + sb] : 0;
-            smn[0] += (sA >> 4) * bs0;
-            smn[1] += (sA >> 4) * bs1;
-            smn[2] += (sB >> 4) * bs0;
-            smn[3] += (sB >> 4) * bs1;
-        }
         u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
         float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
         float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
-        float dx0 = item_c0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
-        float dx1 = item_c1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
-        acc[0] += dx0 * da * (float)ssc[0];
-        acc[0] -= dx0 * dma * (float)smn[0];
-        acc[1] += dx1 * da * (float)ssc[1];
-        acc[1] -= dx1 * dma * (float)smn[1];
-        acc[2] += dx0 * db * (float)ssc[2];
-        acc[2] -= dx0 * dmb * (float)smn[2];
-        acc[3] += dx1 * db * (float)ssc[3];
-        acc[3] -= dx1 * dmb * (float)smn[3];
+#pragma unroll
+        for (int j = 0; j < MM_NG / 8; j++) {
+            if (j >= nj) break;
+            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+            int ibx = items[8 * j + g];
+            long long xc0 = i0 >= 0 ? (long long)(i0 / a.act_div) * a.x_stride : 0;
+            long long xc1 = i1 >= 0 ? (long long)(i1 / a.act_div) * a.x_stride : 0;
+            const i8* xb = a.xq + (ibx >= 0 ? (long long)(ibx / a.act_div) * a.x_stride : 0) + 256 * ib;
+            int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
+#pragma unroll 4
+            for (int sb = 0; sb < 16; sb++) {
+                int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
+                int off = 16 + 32 * k + 16 * lh + 4 * tq;
+                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
+                int b0 = ibx >= 0 ? *(const int*)(xb + 128 * k + 32 * jj + 16 * lh + 4 * tq) : 0;
+                int c[4];
+                mma_s8_16816(c, a0, a1, b0);
+                int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+                int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+                ssc[0] += (sA & 15) * c[0];
+                ssc[1] += (sA & 15) * c[1];
+                ssc[2] += (sB & 15) * c[2];
+                ssc[3] += (sB & 15) * c[3];
+                int bs0 = i0 >= 0 ? (int)a.xs[(xc0 >> 4) + 16 * ib + sb] : 0;
+                int bs1 = i1 >= 0 ? (int)a.xs[(xc1 >> 4) + 16 * ib + sb] : 0;
+                smn[0] += (sA >> 4) * bs0;
+                smn[1] += (sA >> 4) * bs1;
+                smn[2] += (sB >> 4) * bs0;
+                smn[3] += (sB >> 4) * bs1;
+            }
+            float dx0 = i0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
+            float dx1 = i1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
+            acc[j][0] += dx0 * da * (float)ssc[0];
+            acc[j][0] -= dx0 * dma * (float)smn[0];
+            acc[j][1] += dx1 * da * (float)ssc[1];
+            acc[j][1] -= dx1 * dma * (float)smn[1];
+            acc[j][2] += dx0 * db * (float)ssc[2];
+            acc[j][2] -= dx0 * dmb * (float)smn[2];
+            acc[j][3] += dx1 * db * (float)ssc[3];
+            acc[j][3] -= dx1 * dmb * (float)smn[3];
+        }
     }
-    if (ra < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + ra] = acc[0];
-    if (ra < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + ra] = acc[1];
-    if (rb < a.rows && item_c0 >= 0) a.y[(size_t)item_c0 * a.y_stride + rb] = acc[2];
-    if (rb < a.rows && item_c1 >= 0) a.y[(size_t)item_c1 * a.y_stride + rb] = acc[3];
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++) {
+        int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+        if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = acc[j][3];
+    }
 }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
-// nb items by ids[b], then groups of ≤ MAXNT items of one expert (see MvArgs). One
+// nb items by ids[b], then groups of ≤ gsize items of one expert (see MvArgs; MAXNT
+// for the matrix-vector kernels, MM_NG for the tensor-core ones). One
 // block; shared memory holds 2 * n_expert ints. Order inside an expert does not
 // matter: every item's sums are computed alone, whichever warp shares its loads.
 extern "C" __global__ void group_by_expert(const int* ids, int nb, int n_expert, int* perm,
-                                           int* grp, int* ngrp) {
+                                           int* grp, int* ngrp, int gsize) {
     extern __shared__ int sh_i[];
     int* count = sh_i;
     int* cursor = sh_i + n_expert;
@@ -957,10 +988,10 @@ extern "C" __global__ void group_by_expert(const int* ids, int nb, int n_expert,
         for (int x = 0; x < n_expert; x++) {
             int c = count[x];
             cursor[x] = off;
-            for (int i = 0; i < c; i += MAXNT) {
+            for (int i = 0; i < c; i += gsize) {
                 grp[3 * g] = x;
                 grp[3 * g + 1] = off + i;
-                grp[3 * g + 2] = min(MAXNT, c - i);
+                grp[3 * g + 2] = min(gsize, c - i);
                 g++;
             }
             off += c;
@@ -1079,19 +1110,26 @@ extern "C" __global__ void hc_pre(const float* z, const float* x, const float* s
 }
 
 // X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]. One block per token.
-// Grid (ceil(hc * n / blockDim), T).
+// Grid (ceil(n / blockDim), T). One thread per column j reads the hc inputs of column j
+// before writing its hc outputs, so `out` may be `x` (the update is in place).
 extern "C" __global__ void hc_post(const float* f, const float* x, const float* mixi,
                                    float* out, int hc, int n) {
     int t = blockIdx.y;
     const float* mo = mixi + (size_t)t * (hc + hc * hc);
     const float* xt = x + (size_t)t * hc * n;
     const float* ft = f + (size_t)t * n;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < hc * n) {
-        int b = i / n, j = i % n;
-        float acc = mo[b] * ft[j];
-        for (int a = 0; a < hc; a++) acc += mo[hc + a * hc + b] * xt[a * n + j];
-        out[(size_t)t * hc * n + i] = acc;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float xs[8];  // hc ≤ 5 (checked on the host)
+#pragma unroll
+    for (int a = 0; a < 8; a++) xs[a] = a < hc ? xt[a * n + j] : 0.0f;
+    float fj = ft[j];
+    for (int b = 0; b < hc; b++) {
+        float acc = mo[b] * fj;
+#pragma unroll
+        for (int a = 0; a < 8; a++)
+            if (a < hc) acc += mo[hc + a * hc + b] * xs[a];
+        out[(size_t)t * hc * n + b * n + j] = acc;
     }
 }
 

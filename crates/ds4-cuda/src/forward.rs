@@ -90,7 +90,7 @@ fn mv_kernel(ty: GgmlType, single: bool) -> &'static str {
 pub struct Scratch {
     pub t: usize,
     toks: DevBuf,
-    x: [DevBuf; 2],
+    x: DevBuf,
     flat: DevBuf,
     z: DevBuf,
     mix: DevBuf,
@@ -176,9 +176,25 @@ pub fn sizes(cfg: &ModelConfig, ctx: usize, t: usize) -> Sizes {
 }
 
 /// Most expert groups `group_by_expert` can form for a run of `t` tokens: groups of
-/// up to 8 (MAXNT), at most one partial group per expert.
-fn max_expert_groups(cfg: &ModelConfig, t: usize) -> usize {
-    (t * cfg.n_expert_used).div_ceil(8) + cfg.n_expert
+/// up to `gsize`, at most one partial group per expert.
+fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
+    (t * cfg.n_expert_used).div_ceil(gsize) + cfg.n_expert
+}
+
+/// Items per expert group: MM_NG (32) when the gate, up and down products all have a
+/// tensor-core kernel (which take that many), else MAXNT (8, the matrix-vector
+/// kernels' limit).
+fn expert_group_size(w: &DevLayer) -> usize {
+    let mm = |m: &DevMat| match m.ty {
+        GgmlType::Iq2Xxs => m.split.is_some(),
+        GgmlType::Q2K => true,
+        _ => false,
+    };
+    if mma_on() && mm(&w.gate_exps) && mm(&w.up_exps) && mm(&w.down_exps) {
+        32
+    } else {
+        8
+    }
 }
 
 fn f32s(n: usize) -> usize {
@@ -214,8 +230,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     let hmax = t.max(HEAD_CHUNK);
     vec![
         t * 4,                                 // toks
-        f32s(t * he),                          // x0
-        f32s(t * he),                          // x1
+        f32s(t * he),                          // x
         f32s(hmax * he),                       // flat
         f32s(hmax * cfg.hc_mix().max(cfg.hc)), // z
         f32s(t * (cfg.hc + cfg.hc * cfg.hc)),  // mix
@@ -254,7 +269,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         act / 16 * 2 + 2,                      // act_s (int16)
         f32s(HEAD_CHUNK * cfg.n_vocab),        // logits
         t * k * 4,                             // perm
-        max_expert_groups(cfg, t) * 3 * 4,     // grp
+        max_expert_groups(cfg, t, 8) * 3 * 4,  // grp
         16,                                    // ngrp
         16,                                    // pos
     ]
@@ -268,7 +283,7 @@ impl Scratch {
         Ok(Scratch {
             t,
             toks: a()?,
-            x: [a()?, a()?],
+            x: a()?,
             flat: a()?,
             z: a()?,
             mix: a()?,
@@ -757,8 +772,8 @@ impl Fwd<'_> {
         self.rms(s.y.ptr, Some(norm), s.xn.ptr, cfg.n_embd, t)
     }
 
-    /// Layer `l` on the HC states in `s.x[cur]` of tokens at `pos0..pos0+t`; the result
-    /// goes to `s.x[cur]` again (through the other buffer).
+    /// Layer `l` on the HC states in `s.x` of tokens at `pos0..pos0+t`; the result
+    /// goes to `s.x` again (updated in place).
     pub fn layer(
         &self,
         s: &Scratch,
@@ -804,7 +819,7 @@ impl Fwd<'_> {
         let (n_rot, p0) = (cfg.n_rot as i32, s.pos.ptr);
         let sim = self.sim() as i32;
         let rope = self.rope(l);
-        let x = s.x[0].ptr;
+        let x = s.x.ptr;
         self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t)?;
 
         // Low-rank Q with its norm, the shared K=V row with its norm. Both products
@@ -926,22 +941,12 @@ impl Fwd<'_> {
         self.hc_post_swap(s, t)
     }
 
-    /// `X' = hc_post(F, X)` into the other HC buffer, then copied back so `x[0]`
-    /// always holds the current state.
+    /// `X' = hc_post(F, X)`, in place in `x[0]` (each thread reads its column's hc
+    /// inputs before writing).
     fn hc_post_swap(&self, s: &Scratch, t: usize) -> Result<(), CudaError> {
         let cfg = self.cfg;
-        launch!(self.gpu, "hc_post", (ceil_div(cfg.hc_width(), 256), t as u32, 1), 256, 0;
-            s.f.ptr, s.x[0].ptr, s.mix.ptr, s.x[1].ptr, cfg.hc as i32, cfg.n_embd as i32)?;
-        let bytes = t * cfg.hc_width() * 4;
-        unsafe {
-            cudarc::driver::result::memcpy_dtod_async(
-                s.x[0].ptr,
-                s.x[1].ptr,
-                bytes,
-                self.gpu.stream.cu_stream(),
-            )
-        }
-        .map_err(|e| CudaError::Driver(format!("copy: {e}")))
+        launch!(self.gpu, "hc_post", (ceil_div(cfg.n_embd, 256), t as u32, 1), 256, 0;
+            s.f.ptr, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32)
     }
 
     // ---------------------------------------------------------------------------------
@@ -952,7 +957,7 @@ impl Fwd<'_> {
         let g = self.gpu;
         let (e, ff, k, ne) = (cfg.n_embd, cfg.expert_ff, cfg.n_expert_used, cfg.n_expert);
         let clamp = cfg.swiglu_clamp[l];
-        self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x[0].ptr, t)?;
+        self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x.ptr, t)?;
 
         // Routing: sqrt(softplus) scores; hash layers take the experts from the table.
         self.mv(s, &w.router, Mv::plain(s.xn.ptr, t, e, s.rlog.ptr, ne))?;
@@ -964,12 +969,20 @@ impl Fwd<'_> {
 
         // Routed experts: item b = token b/k, slot b%k, weights chosen by ids[b]. A run
         // of several tokens groups its items by expert, so each expert's weights are
-        // read once per group of up to 8 items instead of once per item.
+        // read once per group (8 items for the matrix-vector kernels, 32 when all three
+        // products have tensor-core kernels) instead of once per item.
         let nb = t * k;
         let groups = if t > 1 {
+            let gsize = expert_group_size(w);
             launch!(g, "group_by_expert", (1, 1, 1), 1024, (2 * ne * 4) as u32;
-                s.ids.ptr, nb as i32, ne as i32, s.perm.ptr, s.grp.ptr, s.ngrp.ptr)?;
-            Some((s.perm.ptr, s.grp.ptr, s.ngrp.ptr, max_expert_groups(cfg, t)))
+                s.ids.ptr, nb as i32, ne as i32, s.perm.ptr, s.grp.ptr, s.ngrp.ptr,
+                gsize as i32)?;
+            Some((
+                s.perm.ptr,
+                s.grp.ptr,
+                s.ngrp.ptr,
+                max_expert_groups(cfg, t, gsize),
+            ))
         } else {
             None
         };
@@ -1027,7 +1040,7 @@ impl Fwd<'_> {
     fn record(&self, s: &Scratch, t: usize) -> Result<(), CudaError> {
         if let Some(tr) = self.trace {
             let mut h = vec![0f32; t * self.cfg.hc_width()];
-            self.gpu.read(s.x[0].ptr, &mut h)?;
+            self.gpu.read(s.x.ptr, &mut h)?;
             tr.borrow_mut().hidden.push(h);
         }
         Ok(())
@@ -1089,7 +1102,7 @@ impl Fwd<'_> {
         };
         launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
             te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
-            s.x[0].ptr, cfg.hc as i32)?;
+            s.x.ptr, cfg.hc as i32)?;
         for (l, st) in layers.iter().enumerate() {
             self.record(s, t)?;
             self.layer(s, st, l, pos0, t)?;
@@ -1102,7 +1115,7 @@ impl Fwd<'_> {
     pub fn head(&self, s: &Scratch, a: usize, n: usize) -> Result<(), CudaError> {
         let cfg = self.cfg;
         let (he, e, v) = (cfg.hc_width(), cfg.n_embd, cfg.n_vocab);
-        let x = s.x[0].at::<f32>(a * he);
+        let x = s.x.at::<f32>(a * he);
         let oh = &self.w.output_hc;
         self.rms(x, None, s.flat.ptr, he, n)?;
         self.mv(s, &oh.fn_, Mv::plain(s.flat.ptr, n, he, s.z.ptr, cfg.hc))?;
