@@ -59,12 +59,7 @@ fn main() {
         return;
     }
     let p = Path::new(path);
-    let model = if p.is_dir() {
-        Model::from_official_dir(p)
-    } else {
-        Model::from_gguf(p)
-    }
-    .unwrap_or_else(|e| {
+    let model = Model::open(p).unwrap_or_else(|e| {
         eprintln!("{path}: {e}");
         std::process::exit(1)
     });

@@ -57,12 +57,7 @@ fn main() {
     let chunk = arg(&args, "--chunk", 2048).max(1);
     let gen_n = arg(&args, "--gen", 32).max(2);
     let p = Path::new(path);
-    let model = if p.is_dir() {
-        Model::from_official_dir(p)
-    } else {
-        Model::from_gguf(p)
-    }
-    .unwrap_or_else(|e| {
+    let model = Model::open(p).unwrap_or_else(|e| {
         eprintln!("{path}: {e}");
         std::process::exit(1)
     });

@@ -67,6 +67,15 @@ impl Model {
         Model::new(cfg, &src)
     }
 
+    /// A GGUF file, or an official checkpoint directory (tools that take either).
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_official_dir(path)
+        } else {
+            Self::from_gguf(path)
+        }
+    }
+
     /// An empty cache that grows as needed (tests and one-off runs).
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(&self.cfg, 0)
