@@ -415,16 +415,6 @@ template <int NTM> __device__ void mv_q8_0_body(const MvArgs& a) {
 extern "C" __global__ void mv_q8_0(MvArgs a) { mv_q8_0_body<MAXNT>(a); }
 extern "C" __global__ void mv_q8_0_1(MvArgs a) { mv_q8_0_body<1>(a); }
 
-// Stores an mma accumulator tile's 4 values: rows ra and ra + 8, output items (tokens)
-// i0 and i1 (negative: none).
-__device__ __forceinline__ void mm_store(const MvArgs& a, const float* c, int ra, int i0, int i1) {
-    int rb = ra + 8;
-    if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = c[0];
-    if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = c[1];
-    if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = c[2];
-    if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = c[3];
-}
-
 // Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores:
 // a block computes a 64-row × 64-token tile; per Q8_0 block (32 columns) each warp
 // issues int8 mma.m16n8k32 for its 16 rows and the 8 token groups, then scales the
@@ -506,11 +496,14 @@ extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) {
         }
         __syncthreads();
     }
-    int ra = r0 + 16 * warp + g;
+    int ra = r0 + 16 * warp + g, rb = ra + 8;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-        int ta = t0 + 8 * j + 2 * tq;
-        mm_store(a, acc[j], ra, ta < a.nb ? ta : -1, ta + 1 < a.nb ? ta + 1 : -1);
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        if (ra < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + rb] = acc[j][3];
     }
 }
 
@@ -585,11 +578,14 @@ extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) {
         }
         __syncthreads();
     }
-    int ra = r0 + 16 * warp + g;
+    int ra = r0 + 16 * warp + g, rb = ra + 8;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-        int ta = t0 + 8 * j + 2 * tq;
-        mm_store(a, acc[j], ra, ta < a.nb ? ta : -1, ta + 1 < a.nb ? ta + 1 : -1);
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        if (ra < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + rb] = acc[j][3];
     }
 }
 
@@ -666,7 +662,7 @@ __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* 
 }
 
 // Q4_K block (144 bytes): f16 d, f16 dmin, scales[12], qs[128]. Piece j = sub-block.
-// (The q4 recipe's routed experts; byte loads: not a decode target.)
+// (The q4 recipe's routed experts; byte loads, one item per warp: not a decode target.)
 template <int NTM> __device__ void mv_q4_k_body(const MvArgs& a) {
     MV_ITEMS
     int nblk = a.cols / 256;
@@ -704,19 +700,6 @@ template <int NTM> __device__ void mv_q4_k_body(const MvArgs& a) {
 extern "C" __global__ void mv_q4_k(MvArgs a) { mv_q4_k_body<MAXNT>(a); }
 extern "C" __global__ void mv_q4_k_1(MvArgs a) { mv_q4_k_body<1>(a); }
 
-// The IQ2_XXS grid, and its sign patterns expanded to byte masks (0xff where the
-// element is negative), copied to shared memory by the whole block.
-__device__ void iq2_tables(u64* grid_s, u64* sign_s) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
-        u32 sv = KSIGNS[i];
-        u64 m = 0;
-        for (int j = 0; j < 8; j++)
-            if ((sv >> j) & 1) m |= (u64)0xff << (8 * j);
-        sign_s[i] = m;
-    }
-}
-
 // IQ2_XXS, split: per block 64 bytes of quants (8 groups of a u32 of grid indices and a
 // u32 of signs + scale) in `w`, the f16 scale in `sc`. A lane takes 16 bytes = two
 // groups. Grid and signs live in shared memory (lanes index them with different
@@ -725,7 +708,14 @@ __device__ void iq2_tables(u64* grid_s, u64* sign_s) {
 template <int NTM> __device__ void mv_iq2_xxs_body(const MvArgs& a) {
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
-    iq2_tables(grid_s, sign_s);
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+        u32 s = KSIGNS[i];
+        u64 m = 0;
+        for (int j = 0; j < 8; j++)
+            if ((s >> j) & 1) m |= (u64)0xff << (8 * j);
+        sign_s[i] = m;
+    }
     __syncthreads();
     MV_ITEMS
     int nch = a.cols / 64;  // 16-byte pieces: 4 per block of 256
@@ -800,7 +790,14 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    iq2_tables(grid_s, sign_s);
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+        u32 sv = KSIGNS[i];
+        u64 m = 0;
+        for (int j = 0; j < 8; j++)
+            if ((sv >> j) & 1) m |= (u64)0xff << (8 * j);
+        sign_s[i] = m;
+    }
     if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -867,7 +864,11 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
     }
 #pragma unroll
     for (int j = 0; j < MM_NG / 8; j++) {
-        mm_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+        int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+        if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = acc[j][3];
     }
 }
 
@@ -960,7 +961,11 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) {
     }
 #pragma unroll
     for (int j = 0; j < MM_NG / 8; j++) {
-        mm_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+        int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+        if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = acc[j][0];
+        if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = acc[j][1];
+        if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = acc[j][2];
+        if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = acc[j][3];
     }
 }
 
@@ -1434,32 +1439,6 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
     if (threadIdx.x == 0) nsel[t] = k;
 }
 
-// The rows token t (at `pos`) attends to, as addresses in `rowp` (filled by the whole
-// block; the caller synchronises): the raw window through the ring, then the compressed
-// rows — the indexer's selection where there is one, else all closed so far. Returns
-// how many.
-__device__ int attention_rows(const float** rowp, const float* ring, int ring_rows,
-                              const float* comp, const int* sel, const int* nsel, int sel_k,
-                              int t, int pos, int window, int ratio, int hd) {
-    int first = pos + 1 > window ? pos + 1 - window : 0;
-    int n_raw = pos + 1 - first;
-    int n_comp = 0;
-    bool selected = false;
-    if (ratio > 0) {
-        if (sel && nsel[t] > 0) { n_comp = nsel[t]; selected = true; }
-        else n_comp = (pos + 1) / ratio;
-    }
-    int n = n_raw + n_comp;
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
-        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
-        else {
-            int c = r - n_raw;
-            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
-        }
-    }
-    return n;
-}
-
 // ---------------------------------------------------------------------------------
 // Attention (spec §3.5): one block per (head, token) over the raw window (oldest
 // first), then the compressed rows (all visible ones, or the indexer's selection),
@@ -1481,7 +1460,22 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     const float** rowp = (const float**)(sm + hd + rows_max + (rows_max & 1));
     const float* qv = q + ((size_t)t * heads + h) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qv[i];
-    int n = attention_rows(rowp, ring, ring_rows, comp, sel, nsel, sel_k, t, pos, window, ratio, hd);
+    int first = pos + 1 > window ? pos + 1 - window : 0;
+    int n_raw = pos + 1 - first;
+    int n_comp = 0;
+    bool selected = false;
+    if (ratio > 0) {
+        if (sel && nsel[t] > 0) { n_comp = nsel[t]; selected = true; }
+        else n_comp = (pos + 1) / ratio;
+    }
+    int n = n_raw + n_comp;
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
+        else {
+            int c = r - n_raw;
+            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+        }
+    }
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int r = w; r < n; r += nw) {
@@ -1553,7 +1547,22 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
     const float** rowp = (const float**)(sm + wend + (wend & 1));
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         qs[i] = q[((size_t)t * heads + h0) * hd + i];
-    int n = attention_rows(rowp, ring, ring_rows, comp, sel, nsel, sel_k, t, pos, window, ratio, hd);
+    int first = pos + 1 > window ? pos + 1 - window : 0;
+    int n_raw = pos + 1 - first;
+    int n_comp = 0;
+    bool selected = false;
+    if (ratio > 0) {
+        if (sel && nsel[t] > 0) { n_comp = nsel[t]; selected = true; }
+        else n_comp = (pos + 1) / ratio;
+    }
+    int n = n_raw + n_comp;
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
+        else {
+            int c = r - n_raw;
+            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+        }
+    }
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int r = w; r < n; r += nw) {
