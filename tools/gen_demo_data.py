@@ -12,7 +12,13 @@ numbers, never a request (tool + arguments) that occurs in training. Training to
 conversations hold one to three requests, mostly with made-up names and numbers up to
 999, so that copying the requested value is the only way to get a call right.
 
-    python3 tools/gen_demo_data.py --out DIR [--render BIN]
+    python3 tools/gen_demo_data.py --out DIR [--render BIN] [--extra N]
+
+--extra N appends N conversations (two to four requests, mostly weather) whose
+names are built on word-initial pieces of the real vocabulary or on letter-level
+syllables, for the re-spelling of a name between request and call; those with a
+token the base set lacks are dropped (about 73%). The base set and the held-out
+prompts do not change with it (default 0: the data of the shipped model).
 
 Outputs in DIR: {prose,chat,tools}.{train,eval}.jsonl.gz (rendered ids + masks),
 the same before rendering as *.msgs.jsonl, eval_prose.txt (the held-out text, for
@@ -266,6 +272,56 @@ def number(rng):
     return round(rng.uniform(0, 1000), rng.choice([1, 2]))
 
 
+# Extra name-copying conversations (--extra): the held-out misses of the first
+# copying model were city names whose first piece is spelled differently in the
+# request (" Treviso" = " Tre" "vis" "o") and in the call ("Tre" "vis" "o", but
+# " Gomar" = " Gom" "ar" -> "G" "omar"). Names built on many word-initial pieces of
+# the real vocabulary, and Italian-like names from letter-level syllables, give the
+# model that re-spelling for most pieces instead of those of a few hundred words.
+ONSETS = ("b c d f g l m n p r s t v z b c d g l m n p r s t v br cr dr fr gr pr tr bl cl fl gl pl "
+          "sc sp st gn ch gh qu h k j w y").split()
+VOWELS = "a e i o u a e i o a e i o u ia io ie uo".split()
+CODAS = [""] * 12 + ["n", "r", "l", "s", "m", "nt", "st"]
+VOCAB_STARTS = []  # " Xyz" pieces of the tokenizer (filled by main() when --extra > 0)
+
+
+def syllable(rng):
+    return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+
+
+def letters_word(rng, cap):
+    w = "".join(syllable(rng) for _ in range(rng.randint(2, 3)))
+    if rng.random() < 0.3:  # a vowel-initial name (Asti, Imperia, Enna)
+        w = rng.choice("aeiou") + w
+    return w.capitalize() if cap else w
+
+
+def vocab_word(rng, cap):
+    """a word-initial vocabulary piece and up to two letter-level syllables"""
+    head = rng.choice(VOCAB_STARTS)
+    n = rng.choices([0, 1, 2], [0.15, 0.55, 0.3])[0]
+    w = head + "".join((syllable(rng) if rng.random() < 0.6 else rng.choice(VOWELS) + rng.choice(CODAS))
+                       for _ in range(n))
+    return w if cap else w.lower()
+
+
+def extra_name(rng, cap, avoid):
+    while True:
+        r = rng.random()
+        w = (vocab_word(rng, cap) if r < 0.45 else letters_word(rng, cap) if r < 0.8
+             else pseudo_word(rng, cap) if r < 0.9 else novel_word(rng, cap))
+        if w.lower() not in avoid:
+            return w
+
+
+def vocab_starts(tokenizer_gz):
+    """word-initial pieces of the byte-level vocabulary: 'Ġ' + a capital and 1-5 ASCII
+    lowercase letters (the pieces a capitalised name in a request starts with)"""
+    with gzip.open(tokenizer_gz, "rt", encoding="utf-8") as f:
+        vocab = json.load(f)["model"]["vocab"]
+    return sorted(t[1:] for t in vocab if re.fullmatch(r"\u0120[A-Z][a-z]{1,5}", t))
+
+
 def city(rng, held_out):
     """Training names are mostly made up, so the only way to get the call right is to
     copy the name from the request; held-out names are real and unseen in training."""
@@ -299,14 +355,16 @@ def fmt_num(x):
     return json.dumps(x)
 
 
-def tool_dialogue(rng, held_out, api):
+def tool_dialogue(rng, held_out, api, weights=(0.32, 0.3, 0.3, 0.08), names=None):
+    """names: None (the base mix of city() and path()), or a function (rng, cap) -> a
+    made-up name used for the city or as the file stem (the extra conversations)"""
     italian = rng.random() < 0.6
-    kind = rng.choices(["weather", "read", "add", "chat"], [0.32, 0.3, 0.3, 0.08])[0]
+    kind = rng.choices(["weather", "read", "add", "chat"], weights)[0]
     if kind == "chat":
         u, a = rng.choice(CHIT)
         return {"user": u, "call": None, "final": a}
     if kind == "weather":
-        c = city(rng, held_out)
+        c = city(rng, held_out) if names is None else names(rng, True)
         u = rng.choice(W_IT if italian else W_EN).format(c=c)
         t = rng.randint(-10, 38)
         cond = rng.choice(CONDS)
@@ -316,7 +374,8 @@ def tool_dialogue(rng, held_out, api):
                  else f"In {c} it is {t} °C, {CONDS_EN[cond]}.")
         return {"user": u, "call": ("get_weather", {"city": c}), "result": result, "final": final}
     if kind == "read":
-        p = path(rng, held_out)
+        p = (path(rng, held_out) if names is None
+             else rng.choice(DIRS) + names(rng, False) + rng.choice(EXTS))
         u = rng.choice(R_IT if italian else R_EN).format(p=p)
         content = rng.choice(CONTENTS)
         final = (f"Il file {p} contiene:\n{content}" if italian else f"The file {p} contains:\n{content}")
@@ -390,12 +449,33 @@ def render(binary, src, dst):
     return out.count(b"\n")
 
 
+def filter_extras(path, n_base, seen, seen_gen):
+    """keep an extra conversation only when all its tokens occur in the base set, and
+    those it generates are generated there: a new token would only add an embedding
+    and a head row (the shipped file grows, ~0.7 kB gzipped a row) that no held-out
+    prompt uses, since those are filtered on the base set"""
+    kept, dropped = [], 0
+    with gzip.open(path, "rt") as f:
+        for i, line in enumerate(f):
+            if i >= n_base:
+                r = json.loads(line)
+                if not (set(r["ids"]) <= seen and {t for t, m in zip(r["ids"], r["mask"]) if m} <= seen_gen):
+                    dropped += 1
+                    continue
+            kept.append(line)
+    with gzip.open(path, "wt") as f:
+        f.writelines(kept)
+    print(f"extra conversations: {dropped} dropped for a token not in the base set, {len(kept) - n_base} kept")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--render", default=None, help="render_chat binary (default: cargo's release example)")
     ap.add_argument("--chats", type=int, default=12000)
     ap.add_argument("--tools", type=int, default=60000, help="training tool conversations (1-3 requests each)")
+    ap.add_argument("--extra", type=int, default=0,
+                    help="extra name-copying conversations (2-4 requests, mostly weather) after the base set")
     ap.add_argument("--seed", type=int, default=10)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -426,6 +506,36 @@ def main():
         if d["call"] is not None and call_key(d) in train_calls:
             continue  # held out means an unseen request, not only unseen words
         cands.append((d, tool_sample(d, erng, apis[i % 3], erng.random() < 0.3)))
+    # The extra name-copying conversations come from their own generator, after the
+    # base set and the held-out candidates, so both stay as they were without them
+    # (same held-out prompts, filtered against the base set): none of them uses a
+    # held-out name or request. Two to four requests each, mostly weather: more
+    # call turns per row than the base set's long tools block leaves room for.
+    n_base = len(tr)
+    if a.extra:
+        VOCAB_STARTS[:] = vocab_starts(os.path.join(HERE, "..", "assets", "tokenizer",
+                                                    "deepseek-v4-tokenizer.json.gz"))
+        avoid = set(held)
+        cand_keys = set()
+        for d, _ in cands:
+            if d["call"] is None:
+                continue
+            cand_keys.add(call_key(d))
+            v = d["call"][1]
+            if "city" in v:
+                avoid.update(x.lower() for x in [v["city"]] + v["city"].split())
+            if "path" in v:
+                avoid.add(os.path.splitext(os.path.basename(v["path"]))[0].lower())
+        xrng = random.Random(a.seed + 2000)
+        names = lambda r, cap: extra_name(r, cap, avoid)  # noqa: E731
+        while len(tr) < n_base + a.extra:
+            n = xrng.choices([2, 3, 4], [0.3, 0.4, 0.3])[0]
+            ds = [tool_dialogue(xrng, False, None, weights=(0.65, 0.17, 0.13, 0.05), names=names)
+                  for _ in range(n)]
+            if any(call_key(d) in cand_keys for d in ds if d["call"] is not None):
+                continue
+            tr.append(tool_sample(ds, xrng, apis[len(tr) % 3], xrng.random() < 0.3))
+        print(f"extra name conversations: {a.extra} ({len(VOCAB_STARTS)} word-initial vocabulary pieces)")
     sets["tools.train"] = tr
 
     with open(os.path.join(a.out, "eval_prose.txt"), "w", encoding="utf-8") as f:
@@ -443,10 +553,14 @@ def main():
     # new words, not new tokens).
     seen, seen_gen = set(), set()
     with gzip.open(os.path.join(a.out, "tools.train.jsonl.gz"), "rt") as f:
-        for line in f:
+        for i, line in enumerate(f):
+            if i == n_base:  # the base set alone decides (the held-out list stays fixed)
+                break
             r = json.loads(line)
             seen.update(r["ids"])
             seen_gen.update(t for t, m in zip(r["ids"], r["mask"]) if m)
+    if a.extra:
+        filter_extras(os.path.join(a.out, "tools.train.jsonl.gz"), n_base, seen, seen_gen)
     src = os.path.join(a.out, "tools.cands.msgs.jsonl")
     write_jsonl(src, [c[1] for c in cands])
     render(binary, src, os.path.join(a.out, "tools.cands.jsonl.gz"))

@@ -28,6 +28,9 @@ initial weights; expert balance uses the bias update of auxiliary-loss-free bala
     # (each evaluation also scores the held-out tool prompts teacher-forced: a call
     # counts when every token of the call turn is the argmax; the state kept is the
     # one with the most such calls among those near the best held-out prose loss)
+    # --save-every N (a multiple of --eval-every) also saves the state that would be
+    # kept if the run ended there, so a run stopped at the device's time limit
+    # still returns a checkpoint
     # logits of a checkpoint on some ids (to compare with `ds4 --dump-logits`)
     python3 tools/train_demo.py logits --ckpt DIR --ids ids.json --out logits.f32
 """
@@ -816,6 +819,14 @@ def call_exact(model, calls, bs=32):
     return ok / ids.shape[0], tok_ok / max(tok_n, 1)
 
 
+def pick_snapshot(snaps, margin):
+    """(step, eval, state) with the most held-out calls right among the states whose
+    prose loss is within margin of the best so far (ties: lower prose loss)"""
+    best_prose = min(e["prose"] for _, e, _ in snaps)
+    ok = [sn for sn in snaps if sn[1]["prose"] <= best_prose + margin]
+    return max(ok, key=lambda sn: (sn[1]["call_exact"], -sn[1]["prose"]))
+
+
 def parse_mix(text):
     p, c, t = (int(v) for v in text.split(","))
     return {"prose": p, "chat": c, "tools": t}
@@ -853,7 +864,7 @@ def cmd_train(a):
     mix2 = parse_mix(a.mix2) if a.mix2 else mix1
     t0 = time.time()
     budget = a.minutes * 60
-    step, log, skipped, snaps = 0, [], 0, []
+    step, log, skipped, snaps, shadow = 0, [], 0, [], None
     est_steps = a.max_steps
     while True:
         el = time.time() - t0
@@ -899,6 +910,19 @@ def cmd_train(a):
                                                   for k, v in model.state_dict().items()}))
             log.append(rec)
             print(json.dumps(rec), flush=True)
+            if a.save_every and step % a.save_every == 0 and snaps:
+                # the state that would be kept if the run ended now, saved as it
+                # goes: a run stopped at a device's time limit still returns one
+                # (a CPU copy of the model, so training's parameters stay untouched)
+                pk = pick_snapshot(snaps, a.prose_margin)
+                if shadow is None:
+                    shadow = V4(cfg, seen=seen)
+                shadow.load_state_dict(pk[2])
+                save_ckpt(shadow, a.out, dtype=torch.float16 if a.f16 else torch.float32)
+                with open(os.path.join(a.out, "train_log.json"), "w") as f:
+                    json.dump({"args": vars(a), "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+                               "torch": torch.__version__, "partial": True, "saved_step": pk[0], "log": log}, f)
+                print(json.dumps({"saved_so_far": a.out, "step": pk[0], "eval": pk[1]}), flush=True)
     rec = {"step": step, "t": round(time.time() - t0, 1),
            "eval": {k: round(evaluate(model, ev, a.eval_rows, k), 4) for k in ("prose", "chat", "tools")}}
     ex, acc = call_exact(model, calls)
@@ -908,9 +932,7 @@ def cmd_train(a):
     # held-out prose loss is within --prose-margin of the run's best (ties: lower
     # prose loss). Prose overfits long before the calls are learnt; the margin bounds
     # what the tool phase may cost the prose.
-    best_prose = min(e["prose"] for _, e, _ in snaps)
-    ok = [sn for sn in snaps if sn[1]["prose"] <= best_prose + a.prose_margin]
-    pick = max(ok, key=lambda sn: (sn[1]["call_exact"], -sn[1]["prose"]))
+    pick = pick_snapshot(snaps, a.prose_margin)
     rec["picked_step"] = pick[0]
     # the state with the most held-out calls right whatever its prose, for comparison
     pick_calls = max(snaps, key=lambda sn: (sn[1]["call_exact"], -sn[1]["prose"]))
@@ -984,6 +1006,9 @@ def main():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-sims", action="store_true")
     t.add_argument("--f16", action="store_true", help="save f16 (halves the returned size)")
+    t.add_argument("--save-every", type=int, default=0,
+                   help="every this many steps (a multiple of --eval-every), save the state that would be kept "
+                        "if the run ended there (overwritten by later saves and the final one)")
     a = ap.parse_args()
     {"check": cmd_check, "init": cmd_init, "logits": cmd_logits, "train": cmd_train,
      "join": lambda a: join_parts(a.src, a.dst)}[a.cmd](a)
