@@ -734,6 +734,13 @@ impl Fwd<'_> {
         mv_launch(self.gpu, m, [&s.act_q, &s.act_d, &s.act_s], c)
     }
 
+    /// `m·x` right after `prev·x` on the same input: reuses the activations `prev`
+    /// quantized when both consume them the same way.
+    fn mv_after(&self, s: &Scratch, prev: &DevMat, m: &DevMat, c: Mv) -> Result<(), CudaError> {
+        let act_ready = same_act(prev, m);
+        self.mv(s, m, Mv { act_ready, ..c })
+    }
+
     fn rms(
         &self,
         x: u64,
@@ -829,13 +836,11 @@ impl Fwd<'_> {
             &w.q_a,
             Mv::plain(s.xn.ptr, t, e, s.qa_raw.ptr, cfg.q_lora),
         )?;
-        self.mv(
+        self.mv_after(
             s,
+            &w.q_a,
             &w.kv,
-            Mv {
-                act_ready: same_act(&w.q_a, &w.kv),
-                ..Mv::plain(s.xn.ptr, t, e, s.kv_raw.ptr, hd)
-            },
+            Mv::plain(s.xn.ptr, t, e, s.kv_raw.ptr, hd),
         )?;
         self.rms(s.qa_raw.ptr, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t)?;
         self.mv(
@@ -1001,13 +1006,11 @@ impl Fwd<'_> {
                 act_ready: false,
             };
         self.mv(s, &w.gate_exps, by_expert(s.xn.ptr, t, e, k, s.g.ptr, ff))?;
-        self.mv(
+        self.mv_after(
             s,
+            &w.gate_exps,
             &w.up_exps,
-            Mv {
-                act_ready: same_act(&w.gate_exps, &w.up_exps),
-                ..by_expert(s.xn.ptr, t, e, k, s.u.ptr, ff)
-            },
+            by_expert(s.xn.ptr, t, e, k, s.u.ptr, ff),
         )?;
         launch!(g, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
             s.g.ptr, s.u.ptr, s.wts.ptr, s.mid.ptr, ff as i32, nb as i32, clamp)?;
@@ -1019,13 +1022,11 @@ impl Fwd<'_> {
 
         // The shared expert, weight 1.
         self.mv(s, &w.gate_sh, Mv::plain(s.xn.ptr, t, e, s.sg.ptr, ff))?;
-        self.mv(
+        self.mv_after(
             s,
+            &w.gate_sh,
             &w.up_sh,
-            Mv {
-                act_ready: same_act(&w.gate_sh, &w.up_sh),
-                ..Mv::plain(s.xn.ptr, t, e, s.su.ptr, ff)
-            },
+            Mv::plain(s.xn.ptr, t, e, s.su.ptr, ff),
         )?;
         launch!(g, "swiglu", (ceil_div(t * ff, 256), 1, 1), 256, 0;
             s.sg.ptr, s.su.ptr, 0u64, s.smid.ptr, ff as i32, t as i32, clamp)?;
