@@ -605,39 +605,6 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 c.x, act[0].ptr, act[1].ptr, act[2].ptr, nblk as i32)?;
         }
     }
-    if use_tensor_cores(m, &c) {
-        let args = MvArgs {
-            w: m.buf.ptr,
-            mat_bytes: m.mat_bytes as i64,
-            ids: 0,
-            rows: m.rows as i32,
-            cols: m.cols as i32,
-            xf: c.x,
-            xq: act[0].ptr,
-            xd: act[1].ptr,
-            xs: act[2].ptr,
-            act_div: 1,
-            x_stride: c.x_len as i32,
-            group_rows: c.group.0 as i32,
-            group_stride: c.group.1 as i32,
-            y: c.y,
-            y_stride: c.y_stride as i32,
-            nb: c.nb as i32,
-            sc: m.scales_ptr(),
-            sc_mat_bytes: 0,
-            nt: 1,
-            perm: 0,
-            grp: 0,
-            ngrp: 0,
-            ksplit: 1,
-        };
-        let kernel = if m.ty == GgmlType::F16 {
-            "mm_f16"
-        } else {
-            "mm_q8_0"
-        };
-        return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
-    }
     // Items sharing one matrix share a warp's weight loads (up to MAXNT = 8 in ds4.cu);
     // routed items each have their own expert.
     let nt = if c.ids == 0 { c.nb.clamp(1, 8) } else { 1 };
@@ -674,6 +641,16 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         ngrp: c.by_expert.map_or(0, |b| b.2),
         ksplit: ks as i32,
     };
+    // The tensor-core kernels read the same arguments (those about items, experts and
+    // row splits do not concern them).
+    if use_tensor_cores(m, &c) {
+        let kernel = if m.ty == GgmlType::F16 {
+            "mm_f16"
+        } else {
+            "mm_q8_0"
+        };
+        return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
+    }
     let grid_y = match c.by_expert {
         Some((_, _, _, max_groups)) => max_groups,
         None => c.nb.div_ceil(nt),
