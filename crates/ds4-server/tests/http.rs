@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ds4_server::{AppState, ScriptControl, ScriptedBackend, ServerConfig};
+use ds4_server::{AppState, ScriptControl, ServerConfig};
 use ds4_tokenizer::SpecialMode;
 use serde_json::{Value, json};
 
@@ -22,19 +22,9 @@ struct Server {
 
 impl Server {
     async fn start(cfg: ServerConfig) -> Self {
-        let tok = tokenizer();
         let control = Arc::new(ScriptControl::default());
-        let backend = ScriptedBackend::new(tok.vocab_size(), cfg.ctx, tok.eos(), control.clone());
-        let state = AppState::start(cfg, tok, Box::new(backend)).expect("worker");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(ds4_server::serve(
-            listener,
-            state.clone(),
-            std::future::pending(),
-        ));
+        let (addr, state) = common::scripted_server(cfg, control.clone()).await;
+        let base = format!("http://{addr}");
         Self {
             base,
             control,

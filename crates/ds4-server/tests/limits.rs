@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ds4_server::trace::Trace;
-use ds4_server::{AppState, ScriptControl, ScriptedBackend, ServerConfig};
+use ds4_server::{AppState, ScriptControl, ServerConfig};
 use ds4_tokenizer::SpecialMode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,19 +27,8 @@ struct Server {
 
 impl Server {
     async fn start(cfg: ServerConfig) -> Self {
-        let tok = tokenizer();
         let control = Arc::new(ScriptControl::default());
-        let backend = ScriptedBackend::new(tok.vocab_size(), cfg.ctx, tok.eos(), control.clone());
-        let state = AppState::start(cfg, tok, Box::new(backend)).expect("worker");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(ds4_server::serve(
-            listener,
-            state.clone(),
-            std::future::pending(),
-        ));
+        let (addr, state) = common::scripted_server(cfg, control.clone()).await;
         Self {
             addr,
             control,

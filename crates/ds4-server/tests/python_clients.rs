@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::sync::Arc;
 
-use ds4_server::{AppState, ScriptControl, ScriptedBackend, ServerConfig};
+use ds4_server::{ScriptControl, ServerConfig};
 use ds4_tokenizer::{SpecialMode, Tokenizer};
 
 use common::bundled_tokenizer as tokenizer;
@@ -60,13 +60,8 @@ async fn official_python_clients() {
         api_key: Some("py-test-key".into()),
         ..ServerConfig::default()
     };
-    let backend = ScriptedBackend::new(tok.vocab_size(), cfg.ctx, tok.eos(), control);
-    let state = AppState::start(cfg, tok, Box::new(backend)).expect("worker");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(ds4_server::serve(listener, state, std::future::pending()));
+    let (addr, _state) = common::scripted_server(cfg, control).await;
+    let url = format!("http://{addr}");
 
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python");
     let out = tokio::task::spawn_blocking(move || {

@@ -14,6 +14,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+/// The server on a free local port over a scripted backend (`control` forces the
+/// generated tokens; tokenizer, chat encoder and DSML parser are the real ones), served
+/// on the calling test's tokio runtime. Returns its address (`host:port`) and state.
+pub async fn scripted_server(
+    cfg: ds4_server::ServerConfig,
+    control: Arc<ds4_server::ScriptControl>,
+) -> (String, Arc<ds4_server::AppState>) {
+    let tok = bundled_tokenizer();
+    let backend = ds4_server::ScriptedBackend::new(tok.vocab_size(), cfg.ctx, tok.eos(), control);
+    let state = ds4_server::AppState::start(cfg, tok, Box::new(backend)).expect("worker");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(ds4_server::serve(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    (addr, state)
+}
+
 /// The tokenizer bundled with the repository (the real 129,280-token vocabulary),
 /// loaded once per test binary.
 pub fn bundled_tokenizer() -> Arc<ds4_tokenizer::Tokenizer> {
