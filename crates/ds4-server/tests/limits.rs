@@ -61,6 +61,16 @@ impl Server {
     }
 
     /// A whole request on a fresh connection: (status, body).
+    /// A plain chat request answered by `reply` (scripted): the worker is free again.
+    async fn chat_scripted(&self, reply: &str) -> (u16, String) {
+        self.script(reply);
+        self.roundtrip(&self.request(
+            "/v1/chat/completions",
+            &json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]}),
+        ))
+        .await
+    }
+
     async fn roundtrip(&self, raw: &[u8]) -> (u16, String) {
         let mut s = TcpStream::connect(&self.addr).await.expect("connect");
         s.write_all(raw).await.expect("send");
@@ -192,13 +202,7 @@ async fn a_disconnect_stops_generation_within_one_token() {
 
     // The worker is free: a normal request goes through.
     s.control.decode_delay_ms.store(0, Ordering::SeqCst);
-    s.script("ok");
-    let (status, body) = s
-        .roundtrip(&s.request(
-            "/v1/chat/completions",
-            &json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]}),
-        ))
-        .await;
+    let (status, body) = s.chat_scripted("ok").await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["choices"][0]["message"]["content"], "ok");
@@ -247,13 +251,7 @@ async fn a_client_that_stops_reading_is_dropped_and_its_generation_stops() {
     let decoded = settled(&s.control, Duration::from_millis(300)).await;
     assert!(decoded < N / 2, "generation ran on: {decoded} of {N}");
     assert_eq!(s.metric("ds4_client_disconnects_total"), 1);
-    s.script("ok");
-    let (status, _) = s
-        .roundtrip(&s.request(
-            "/v1/chat/completions",
-            &json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]}),
-        ))
-        .await;
+    let (status, _) = s.chat_scripted("ok").await;
     assert_eq!(status, 200);
     drop(c);
 }
@@ -351,12 +349,6 @@ async fn slow_headers_and_stalled_bodies_are_cut_off_and_big_bodies_refused() {
 
     // Nothing reached the worker, and it still answers.
     assert_eq!(s.control.syncs.load(Ordering::SeqCst), 0);
-    s.script("fine");
-    let (status, body) = s
-        .roundtrip(&s.request(
-            "/v1/chat/completions",
-            &json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]}),
-        ))
-        .await;
+    let (status, body) = s.chat_scripted("fine").await;
     assert_eq!(status, 200, "{body}");
 }
