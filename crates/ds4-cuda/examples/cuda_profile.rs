@@ -71,7 +71,7 @@ fn main() {
         be.gpu.name, be.gpu.arch, be.upload_s
     );
     // The ceiling: device-to-device copy, bytes read plus bytes written.
-    {
+    let copy_gbs = {
         let n = 2usize << 30;
         let (a, b) = (
             be.gpu.alloc(n).expect("alloc"),
@@ -91,7 +91,8 @@ fn main() {
         be.gpu.sync().expect("sync");
         let bw = (2 * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
         println!("copy bandwidth (read + write): {bw:.0} GB/s");
-    }
+        bw
+    };
     let mut s = 12345u64;
     let mut rnd = || {
         s = s
@@ -142,12 +143,59 @@ fn main() {
         prefill + gen_n,
         tps_graph / tps_plain
     );
+    // The same graph captured without programmatic dependent launch.
+    let pdl = be.gpu.pdl();
+    let mut same_pdl = true;
+    if pdl {
+        be.gpu.set_pdl(false);
+        st.set_graph(false);
+        let (tps_nopdl, nopdl) = decode(&mut st, true);
+        be.gpu.set_pdl(true);
+        st.set_graph(false);
+        same_pdl = nopdl == with_graph;
+        println!(
+            "decode graph without programmatic dependent launch: {tps_nopdl:.2} tok/s (with: {tps_graph:.2}, {:.2}x); logits bit-identical: {same_pdl}",
+            tps_graph / tps_nopdl
+        );
+    } else {
+        println!("programmatic dependent launch: off (DS4_CUDA_PDL=0 or before Hopper)");
+    }
     let bytes = ds4_cuda::decode_weight_bytes(&model);
     println!(
         "decode reads {:.2} GB of weights per token: {:.0} GB/s with the graph",
         bytes as f64 / 1e9,
         bytes as f64 * tps_graph / 1e9
     );
+
+    // One layer's decode products alone, launched back to back (no profiler events).
+    let layer = (0..cfg.n_layer)
+        .find(|&l| cfg.attn_kind(l).ratio() == 4)
+        .unwrap_or(0);
+    let reps = 50;
+    match be.time_decode_products(layer, reps) {
+        Ok(times) => {
+            println!(
+                "decode products of layer {layer}, {reps} launches each (copy bandwidth {copy_gbs:.0} GB/s):"
+            );
+            println!(
+                "  {:<14} {:<8} {:>6} {:>6} {:>9} {:>8} {:>7}",
+                "product", "type", "rows", "cols", "MB", "us", "GB/s"
+            );
+            for t in times {
+                println!(
+                    "  {:<14} {:<8} {:>6} {:>6} {:>9.2} {:>8.2} {:>7.0}",
+                    t.name,
+                    format!("{:?}", t.ty),
+                    t.rows,
+                    t.cols,
+                    t.bytes as f64 / 1e6,
+                    t.us,
+                    t.bytes as f64 / t.us / 1e3
+                );
+            }
+        }
+        Err(e) => println!("decode products: {e}"),
+    }
 
     // One decode step and one prefill chunk with every launch timed.
     drop(st);
@@ -176,7 +224,7 @@ fn main() {
         &prof,
         1.0,
     );
-    if !same {
+    if !same || !same_pdl {
         std::process::exit(1);
     }
 }

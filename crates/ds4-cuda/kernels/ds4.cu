@@ -40,6 +40,18 @@ __device__ __forceinline__ u32 rd32(const u8* p) {
     return (u32)rd16(p) | ((u32)rd16(p + 2) << 16);
 }
 
+// Programmatic dependent launch (Hopper): the host may let this kernel's blocks start
+// while the previous kernel finishes. Waiting first keeps every read and write after
+// the previous kernel's (and so, transitively, every earlier kernel's) completion;
+// signalling at once lets the next kernel's blocks be scheduled during this one's
+// last wave. Both are no-ops when the launch did not ask for it.
+__device__ __forceinline__ void pdl_begin() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 struct SumOp {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
@@ -127,7 +139,7 @@ __device__ __forceinline__ float pow2_scale(float amax, float qmax) {
 // Activation quantization: Q8_0 (blocks of 32) and Q8_K (blocks of 256 with bsums).
 
 // One warp per block of 32. q: int8 [T*n], d: [T*n/32].
-extern "C" __global__ void quant_q8_0(const float* x, i8* q, float* d, int nblocks) {
+extern "C" __global__ void quant_q8_0(const float* x, i8* q, float* d, int nblocks) { pdl_begin();
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (b >= nblocks) return;
@@ -143,11 +155,8 @@ extern "C" __global__ void quant_q8_0(const float* x, i8* q, float* d, int nbloc
 
 // One warp per block of 256. The scale comes from the element of largest magnitude
 // (the first one on ties, as the CPU loop keeps it).
-extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bsums, int nblocks) {
-    int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (b >= nblocks) return;
-    const float* xb = x + (size_t)b * 256;
+// One block of 256 by one warp: xb (global or shared) to qb, *db, bsb[16].
+__device__ void q8_k_warp(const float* xb, i8* qb, float* db, short* bsb, int lane) {
     float amax = 0.0f, mx = 0.0f;
     int mi = 1 << 30;
     for (int i = lane; i < 256; i += 32) {
@@ -160,11 +169,10 @@ extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bs
         int oi = __shfl_xor_sync(0xffffffffu, mi, o);
         if (oa > amax || (oa == amax && oi < mi)) { amax = oa; mx = om; mi = oi; }
     }
-    i8* qb = q + (size_t)b * 256;
     if (amax == 0.0f) {
         for (int i = lane; i < 256; i += 32) qb[i] = 0;
-        if (lane < 16) bsums[(size_t)b * 16 + lane] = 0;
-        if (lane == 0) d[b] = 0.0f;
+        if (lane < 16) bsb[lane] = 0;
+        if (lane == 0) *db = 0.0f;
         return;
     }
     float iscale = -127.0f / mx;
@@ -176,9 +184,16 @@ extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bs
     if (lane < 16) {
         int s = 0;
         for (int i = 0; i < 16; i++) s += qb[lane * 16 + i];
-        bsums[(size_t)b * 16 + lane] = (short)s;
+        bsb[lane] = (short)s;
     }
-    if (lane == 0) d[b] = 1.0f / iscale;
+    if (lane == 0) *db = 1.0f / iscale;
+}
+
+extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bsums, int nblocks) { pdl_begin();
+    int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= nblocks) return;
+    q8_k_warp(x + (size_t)b * 256, q + (size_t)b * 256, d + b, bsums + (size_t)b * 16,
+              threadIdx.x & 31);
 }
 
 // ---------------------------------------------------------------------------------
@@ -360,12 +375,12 @@ struct LoadBf16 {
 };
 // Each product has two entry points: up to MAXNT items per warp, and one item (decode:
 // no per-item arrays, fewer registers, more warps resident to keep loads in flight).
-extern "C" __global__ void mv_f32(MvArgs a) { mv_float<MAXNT, float>(a, LoadF32()); }
-extern "C" __global__ void mv_f16(MvArgs a) { mv_float<MAXNT, u16>(a, LoadF16()); }
-extern "C" __global__ void mv_bf16(MvArgs a) { mv_float<MAXNT, u16>(a, LoadBf16()); }
-extern "C" __global__ void mv_f32_1(MvArgs a) { mv_float<1, float>(a, LoadF32()); }
-extern "C" __global__ void mv_f16_1(MvArgs a) { mv_float<1, u16>(a, LoadF16()); }
-extern "C" __global__ void mv_bf16_1(MvArgs a) { mv_float<1, u16>(a, LoadBf16()); }
+extern "C" __global__ void mv_f32(MvArgs a) { pdl_begin(); mv_float<MAXNT, float>(a, LoadF32()); }
+extern "C" __global__ void mv_f16(MvArgs a) { pdl_begin(); mv_float<MAXNT, u16>(a, LoadF16()); }
+extern "C" __global__ void mv_bf16(MvArgs a) { pdl_begin(); mv_float<MAXNT, u16>(a, LoadBf16()); }
+extern "C" __global__ void mv_f32_1(MvArgs a) { pdl_begin(); mv_float<1, float>(a, LoadF32()); }
+extern "C" __global__ void mv_f16_1(MvArgs a) { pdl_begin(); mv_float<1, u16>(a, LoadF16()); }
+extern "C" __global__ void mv_bf16_1(MvArgs a) { pdl_begin(); mv_float<1, u16>(a, LoadBf16()); }
 
 // Q8_0, split: 32 int8 per block in `w`, f16 scales in `sc`. A lane takes half a block;
 // the two halves' integer sums meet by a shuffle so each block is scaled once, as on
@@ -412,8 +427,8 @@ template <int NTM> __device__ void mv_q8_0_body(const MvArgs& a) {
         mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
-extern "C" __global__ void mv_q8_0(MvArgs a) { mv_q8_0_body<MAXNT>(a); }
-extern "C" __global__ void mv_q8_0_1(MvArgs a) { mv_q8_0_body<1>(a); }
+extern "C" __global__ void mv_q8_0(MvArgs a) { pdl_begin(); mv_q8_0_body<MAXNT>(a); }
+extern "C" __global__ void mv_q8_0_1(MvArgs a) { pdl_begin(); mv_q8_0_body<1>(a); }
 
 // Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores:
 // a block computes a 64-row × 64-token tile; per Q8_0 block (32 columns) each warp
@@ -435,7 +450,7 @@ __device__ __forceinline__ void mma_s8_16832(int* c, const int* a, int b0, int b
           "r"(0));
 }
 
-extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) {
+extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin();
     __shared__ __align__(16) i8 as[MM_BM * MM_LD];
     __shared__ __align__(16) i8 bs[MM_BN * MM_LD];
     __shared__ float ad[MM_BM][MM_KB];
@@ -521,7 +536,7 @@ __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u3
 // products accumulate in f32 — accuracy at the level of f32 summation-order changes
 // (the CPU-comparison tests bound it). Tile and staging as mm_q8_0: 64 rows × 64
 // tokens, 64 columns per stage, rows padded to 144 bytes.
-extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) {
+extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin();
     __shared__ __align__(16) u16 as[MM_BM * (MM_LD / 2)];
     __shared__ __align__(16) u16 bh[MM_BN * (MM_LD / 2)];
     __shared__ __align__(16) u16 bl[MM_BN * (MM_LD / 2)];
@@ -648,8 +663,8 @@ template <int NTM> __device__ void mv_q2_k_body(const MvArgs& a) {
         mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
-extern "C" __global__ void mv_q2_k(MvArgs a) { mv_q2_k_body<MAXNT>(a); }
-extern "C" __global__ void mv_q2_k_1(MvArgs a) { mv_q2_k_body<1>(a); }
+extern "C" __global__ void mv_q2_k(MvArgs a) { pdl_begin(); mv_q2_k_body<MAXNT>(a); }
+extern "C" __global__ void mv_q2_k_1(MvArgs a) { pdl_begin(); mv_q2_k_body<1>(a); }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
     if (j < 4) {
@@ -697,8 +712,8 @@ template <int NTM> __device__ void mv_q4_k_body(const MvArgs& a) {
         mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
-extern "C" __global__ void mv_q4_k(MvArgs a) { mv_q4_k_body<MAXNT>(a); }
-extern "C" __global__ void mv_q4_k_1(MvArgs a) { mv_q4_k_body<1>(a); }
+extern "C" __global__ void mv_q4_k(MvArgs a) { pdl_begin(); mv_q4_k_body<MAXNT>(a); }
+extern "C" __global__ void mv_q4_k_1(MvArgs a) { pdl_begin(); mv_q4_k_body<1>(a); }
 
 // IQ2_XXS, split: per block 64 bytes of quants (8 groups of a u32 of grid indices and a
 // u32 of signs + scale) in `w`, the f16 scale in `sc`. A lane takes 16 bytes = two
@@ -772,8 +787,8 @@ template <int NTM> __device__ void mv_iq2_xxs_body(const MvArgs& a) {
         mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
-extern "C" __global__ void mv_iq2_xxs(MvArgs a) { mv_iq2_xxs_body<MAXNT>(a); }
-extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { mv_iq2_xxs_body<1>(a); }
+extern "C" __global__ void mv_iq2_xxs(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<MAXNT>(a); }
+extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<1>(a); }
 
 // IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
 // takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ MM_NG
@@ -782,7 +797,7 @@ extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { mv_iq2_xxs_body<1>(a); }
 // 16+4q..) once for all the n-tiles, so the weights never pass through shared memory;
 // the int32 group sums are scaled exactly as in mv_iq2_xxs.
 #define MM_NG 32
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) {
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_begin();
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
     __shared__ int items[MM_NG];
@@ -884,7 +899,7 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 // mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
 // its own scale and min), the 2-bit planes taken straight from the block's bytes; the
 // sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) {
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin();
     __shared__ int items[MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
@@ -975,7 +990,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) {
 // block; shared memory holds 2 * n_expert ints. Order inside an expert does not
 // matter: every item's sums are computed alone, whichever warp shares its loads.
 extern "C" __global__ void group_by_expert(const int* ids, int nb, int n_expert, int* perm,
-                                           int* grp, int* ngrp, int gsize) {
+                                           int* grp, int* ngrp, int gsize) { pdl_begin();
     extern __shared__ int sh_i[];
     int* count = sh_i;
     int* cursor = sh_i + n_expert;
@@ -1005,7 +1020,7 @@ extern "C" __global__ void group_by_expert(const int* ids, int nb, int n_expert,
 // Row lookup (token embedding): out[t, :] = dequant(W[toks[t], :]), repeated `reps`
 // times (the HC streams start as copies of the embedding).
 extern "C" __global__ void embed_rows(const u8* w, int ty, int cols, long long row_bytes,
-                                      const int* toks, float* out, int reps) {
+                                      const int* toks, float* out, int reps) { pdl_begin();
     int t = blockIdx.x;
     const u8* row = w + (long long)toks[t] * row_bytes;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
@@ -1024,9 +1039,22 @@ extern "C" __global__ void embed_rows(const u8* w, int ty, int cols, long long r
 // ---------------------------------------------------------------------------------
 // Norms.
 
-// y[v, :] = x[v, :] * rsqrt(mean(x²) + eps) * (w ? w : 1), one block per vector.
+// Q8_0 of 32 consecutive values held one per lane (as quant_q8_0): the block's
+// scale to d[blk], the int8 values to q[32·blk + lane].
+__device__ __forceinline__ void q8_0_lanes(float v, int lane, i8* q, float* d, size_t blk) {
+    float amax = warp_max(fabsf(v));
+    float dd = amax / 127.0f;
+    float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    int qi = __float2int_rn(v * id);
+    q[blk * 32 + lane] = (i8)max(-127, min(127, qi));
+    if (lane == 0) d[blk] = dd;
+}
+
+// y[v, :] = x[v, :] * rsqrt(mean(x²) + eps) * (w ? w : 1), one block per vector. With
+// `q`, also the Q8_0 of y (q: int8 [count·n], d: [count·n/32]; n a multiple of 32)
+// for the product that reads it next, which then skips quant_q8_0.
 extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int n,
-                                    int x_stride, int y_stride, float eps) {
+                                    int x_stride, int y_stride, float eps, i8* q, float* d) { pdl_begin();
     __shared__ double sh[32];
     const float* xv = x + (size_t)blockIdx.x * x_stride;
     float* yv = y + (size_t)blockIdx.x * y_stride;
@@ -1034,15 +1062,19 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, in
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
     ss = block_sum_d(ss, sh);
     float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    // A warp's lanes take 32 consecutive values (blockDim is a multiple of 32), so
+    // the loop is warp-uniform when n is a multiple of 32.
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float v = xv[i] * r;
-        yv[i] = w ? v * w[i] : v;
+        v = w ? v * w[i] : v;
+        yv[i] = v;
+        if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)blockIdx.x * n + i) / 32);
     }
 }
 
 // Per-head weightless RMSNorm then RoPE at pos0 + token (queries). x: [T, heads*hd].
 extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps,
-                                          const float* freqs, int n_rot, const int* pos0p) {
+                                          const float* freqs, int n_rot, const int* pos0p) { pdl_begin();
     int pos0 = *pos0p;
     __shared__ double sh[32];
     int v = blockIdx.x, t = v / heads;
@@ -1061,21 +1093,26 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 // ---------------------------------------------------------------------------------
 // mHC (spec §3.3, §3.4, §3.11).
 
-// One block per token. z: [T, mix] control vectors; x: [T, hc*n]; y: [T, n] the
-// sublayer input; mixo: [T, hc + hc*hc] = post then comb, kept for hc_post.
-// Grid (ceil(n / blockDim), T): every block forms the token's pre weights (hc
-// sigmoids); block 0 also runs the Sinkhorn normalisation of the hc × hc mixing,
-// one lane per entry, each lane summing its row or column in the CPU's order.
-extern "C" __global__ void hc_pre(const float* z, const float* x, const float* scale,
-                                  const float* base, float* y, float* mixo, int hc, int n,
-                                  int mix, int iters, float hc_eps) {
+// HC pre-mix and the sublayer's RMSNorm, one block per token. z: [T, mix] control
+// vectors; x: [T, hc*n]; xn: [T, n] the sublayer input; mixo: [T, hc + hc*hc] = post
+// then comb, kept for hc_post. The pre weights are hc sigmoids; warp 0 also runs the
+// Sinkhorn normalisation of the hc × hc mixing, one lane per entry, each lane summing
+// its row or column in the CPU's order. y = Σ pre[h]·X[h] stays in shared memory (n
+// floats), then its norm with weight `nw` goes to xn and, with `q`, its Q8_0 (as
+// rms_norm). blockDim as the host picks it for rms_norm, so the sums of squares and
+// every value are those of the CPU's hc_pre followed by its RMSNorm, up to the order
+// of the parallel sum.
+extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const float* scale,
+                                       const float* base, const float* nw, float* xn,
+                                       float* mixo, int hc, int n, int mix, int iters,
+                                       float hc_eps, float eps, i8* q, float* d) { pdl_begin();
+    extern __shared__ float ys[];  // n
     __shared__ float pre[16];
-    int t = blockIdx.y;
+    __shared__ double sh[32];
+    int t = blockIdx.x;
     const float* zt = z + (size_t)t * mix;
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
-    if (blockIdx.x == 0 && threadIdx.x < 32) {
-        // Lane i holds entry i of the hc × hc mixing (hc ≤ 5, checked on the host); a
-        // row or column sum gathers its entries by shuffles, in the CPU's order.
+    if (threadIdx.x < 32) {
         int lane = threadIdx.x, nn = hc * hc;
         float* mo = mixo + (size_t)t * (hc + hc * hc);
         if (lane < hc) mo[lane] = 2.0f * sigmoidf_(zt[hc + lane] * scale[1] + base[hc + lane]);
@@ -1101,11 +1138,20 @@ extern "C" __global__ void hc_pre(const float* z, const float* x, const float* s
     }
     __syncthreads();
     const float* xt = x + (size_t)t * hc * n;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float acc = 0.0f;
         for (int h = 0; h < hc; h++) acc += pre[h] * xt[h * n + i];
-        y[(size_t)t * n + i] = acc;
+        ys[i] = acc;
+        ss += (double)acc * (double)acc;
+    }
+    ss = block_sum_d(ss, sh);
+    float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    float* xv = xn + (size_t)t * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = ys[i] * r * nw[i];
+        xv[i] = v;
+        if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)t * n + i) / 32);
     }
 }
 
@@ -1113,7 +1159,7 @@ extern "C" __global__ void hc_pre(const float* z, const float* x, const float* s
 // Grid (ceil(n / blockDim), T). One thread per column j reads the hc inputs of column j
 // before writing its hc outputs, so `out` may be `x` (the update is in place).
 extern "C" __global__ void hc_post(const float* f, const float* x, const float* mixi,
-                                   float* out, int hc, int n) {
+                                   float* out, int hc, int n) { pdl_begin();
     int t = blockIdx.y;
     const float* mo = mixi + (size_t)t * (hc + hc * hc);
     const float* xt = x + (size_t)t * hc * n;
@@ -1136,7 +1182,7 @@ extern "C" __global__ void hc_post(const float* f, const float* x, const float* 
 // Output collapse: y = Σ_h (σ(z_h·scale + base_h) + ε)·X[h].
 extern "C" __global__ void hc_head(const float* z, const float* x, const float* scale,
                                    const float* base, float* y, int hc, int n, int mix,
-                                   float hc_eps) {
+                                   float hc_eps) { pdl_begin();
     int t = blockIdx.x;
     const float* zt = z + (size_t)t * mix;
     const float* xt = x + (size_t)t * hc * n;
@@ -1208,7 +1254,7 @@ __device__ void qat_indexer_vec(float* v, int n, float* sh_amax) {
 // The raw K=V row of each token: RoPE at its position, the KV QAT, stored into the
 // ring of raw rows at slot pos % ring. One block per token; dynamic shared: hd floats.
 extern "C" __global__ void kv_store(const float* kv, float* ring, int ring_rows, int hd,
-                                    const float* freqs, int n_rot, const int* pos0p, int sim) {
+                                    const float* freqs, int n_rot, const int* pos0p, int sim) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float row[];
     __shared__ float amax[64];
@@ -1224,17 +1270,19 @@ extern "C" __global__ void kv_store(const float* kv, float* ring, int ring_rows,
     for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = row[i];
 }
 
-// KV compressor (spec §3.6) over a run of T tokens, strictly in order: the frontier
+// KV compressor (spec §3.6) over a run of T tokens, strictly in order (token t's
+// values at kvp + t·in_stride, its scores at gate + t·in_stride): the frontier
 // state lives in global memory (front_kv, front_score: coff·ratio slots of width
 // coff·d) and carries across runs. One block of d threads; thread j owns output dim j
 // and, for overlapping compressors (coff 2), the columns j (lane A) and d + j (lane B)
 // of every slot, so pooling needs no synchronization.
 // sim: 0 none, 1 attention row (fp8 on nope dims + f16), 2 indexer row (Hadamard+fp4, f16).
 // Closed rows are written at index (pos + 1) / ratio − 1 of `rows`.
-extern "C" __global__ void compress_run(const float* kvp, const float* gate, const float* ape,
+extern "C" __global__ void compress_run(const float* kvp, const float* gate, int in_stride,
+                                        const float* ape,
                                         const float* norm, float* front_kv, float* front_score,
                                         float* rows, int T, const int* pos0p, int ratio, int coff, int d,
-                                        float eps, const float* freqs, int n_rot, int sim) {
+                                        float eps, const float* freqs, int n_rot, int sim) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float out[];  // d floats
     __shared__ double shd[32];
@@ -1251,9 +1299,9 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, con
         if (act) {
             for (int c = 0; c < coff; c++) {
                 int col = j + c * d;
-                front_kv[(size_t)slot * width + col] = kvp[(size_t)t * width + col];
+                front_kv[(size_t)slot * width + col] = kvp[(size_t)t * in_stride + col];
                 front_score[(size_t)slot * width + col] =
-                    gate[(size_t)t * width + col] + ape[(size_t)r * width + col];
+                    gate[(size_t)t * in_stride + col] + ape[(size_t)r * width + col];
             }
         }
         if ((pos + 1) % ratio != 0) continue;
@@ -1313,7 +1361,7 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, con
 // Indexer queries: RoPE at the token's position then the indexer QAT, per head; the
 // head weights get 1/sqrt(head_dim·heads) folded in. One block per (token, head).
 extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
-                                        const float* freqs, int n_rot, const int* pos0p, int sim) {
+                                        const float* freqs, int n_rot, const int* pos0p, int sim) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float v[];
     __shared__ float amax[64];
@@ -1334,7 +1382,7 @@ extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
 // (rows closed by positions ≤ pos). One warp per row; grid (row blocks, T).
 extern "C" __global__ void indexer_scores(const float* qi, const float* wi, const float* rows,
                                           float* scores, int heads, int di, const int* pos0p,
-                                          int ratio, int max_rows) {
+                                          int ratio, int max_rows) { pdl_begin();
     int pos0 = *pos0p;
     int t = blockIdx.y;
     int n = (pos0 + t + 1) / ratio;
@@ -1364,7 +1412,7 @@ __device__ __forceinline__ u32 order_key(float f) {
 // sel[t, 0..k) gets the chosen rows in increasing row order; nsel[t] = k, or 0 when the
 // token sees k rows or fewer (it then attends to all of them).
 extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
-                                       int ratio, int max_rows, int k) {
+                                       int ratio, int max_rows, int k) { pdl_begin();
     int pos0 = *pos0p;
     __shared__ u32 hist[256];
     __shared__ u32 prefix, prefix_mask, remaining;
@@ -1448,7 +1496,7 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
                                      const float* comp, const int* sel, const int* nsel,
                                      int sel_k, const float* sinks, float* o, int heads, int hd,
                                      int window, const int* pos0p, int ratio, const float* freqs,
-                                     int n_rot, float scale, int rows_max) {
+                                     int n_rot, float scale, int rows_max) { pdl_begin();
     int pos0 = *pos0p;
     // Shared: the query row, a weight per visible row, and each row's address (looked
     // up once: raw rows through the ring, compressed rows through the selection).
@@ -1521,6 +1569,144 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     for (int i = threadIdx.x; i < hd; i += blockDim.x) ov[i] = qs[i];
 }
 
+// Rows one query at pos0 + t reads: the raw window (oldest first), then the compressed
+// rows (the indexer's selection when there is one, else every visible row).
+struct AttnRows {
+    int first, n_raw, n;
+    bool selected;
+};
+__device__ __forceinline__ AttnRows attn_rows(int pos, int t, int window, int ratio,
+                                             const int* sel, const int* nsel) {
+    AttnRows a;
+    a.first = pos + 1 > window ? pos + 1 - window : 0;
+    a.n_raw = pos + 1 - a.first;
+    int n_comp = 0;
+    a.selected = false;
+    if (ratio > 0) {
+        if (sel && nsel[t] > 0) { n_comp = nsel[t]; a.selected = true; }
+        else n_comp = (pos + 1) / ratio;
+    }
+    a.n = a.n_raw + n_comp;
+    return a;
+}
+
+// Decode attention split over row ranges (flash-decoding): one block per (hb heads,
+// token, range of `span` rows) instead of one per head over all rows, so a step's few
+// queries fill the GPU. Each warp holds a row in registers for the block's heads. The
+// block writes, per head, its range's score maximum m, Σ exp(s - m) and the
+// unnormalized Σ exp(s - m)·row to part[(t, head, z)] = [m, den, acc[hd]];
+// attention_combine merges the ranges with the sink. (Sums run in another order than
+// the CPU's: by range, then across ranges.)
+extern "C" __global__ void attention_split(const float* q, const float* ring, int ring_rows,
+                                           const float* comp, const int* sel, const int* nsel,
+                                           int sel_k, float* part, int heads, int hd, int window,
+                                           const int* pos0p, int ratio, float scale, int span,
+                                           int nsplit, int hb) { pdl_begin();
+    int pos0 = *pos0p;
+    extern __shared__ float sm[];
+    int h0 = blockIdx.x * hb, t = blockIdx.y, z = blockIdx.z, pos = pos0 + t;
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int r0 = z * span, r1 = min(ar.n, r0 + span);
+    if (r0 >= r1) return;  // attention_combine reads only the ranges below n
+    int nr = r1 - r0;
+    float* qs = sm;                 // [hb][hd]
+    float* wts = sm + hb * hd;      // [hb][span]
+    int wend = hb * hd + hb * span;
+    const float** rowp = (const float**)(sm + wend + (wend & 1));
+    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
+        qs[i] = q[((size_t)t * heads + h0) * hd + i];
+    for (int j = threadIdx.x; j < nr; j += blockDim.x) {
+        int r = r0 + j;
+        if (r < ar.n_raw) rowp[j] = ring + (size_t)((ar.first + r) % ring_rows) * hd;
+        else {
+            int c = r - ar.n_raw;
+            rowp[j] = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+        }
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int j = w; j < nr; j += nw) {
+        const float* row = rowp[j];
+        float rv[16];
+#pragma unroll
+        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
+        for (int hh = 0; hh < hb; hh++) {
+            const float* qh = qs + hh * hd;
+            float p = 0.0f;
+#pragma unroll
+            for (int m = 0; m < 16; m++)
+                if (lane + 32 * m < hd) p += qh[lane + 32 * m] * rv[m];
+            p = warp_sum(p);
+            if (lane == 0) wts[hh * span + j] = p * scale;
+        }
+    }
+    __syncthreads();
+    size_t stride = (size_t)hd + 2;
+    if (w < hb) {
+        float* wh = wts + w * span;
+        float mx = -INFINITY;
+        for (int j = lane; j < nr; j += 32) mx = fmaxf(mx, wh[j]);
+        mx = warp_max(mx);
+        float d = 0.0f;
+        for (int j = lane; j < nr; j += 32) {
+            float e = expf(wh[j] - mx);
+            wh[j] = e;
+            d += e;
+        }
+        d = warp_sum(d);
+        float* pp = part + (((size_t)t * heads + h0 + w) * nsplit + z) * stride;
+        if (lane == 0) { pp[0] = mx; pp[1] = d; }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[8];
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
+        for (int j = 0; j < nr; j++) {
+            float v = rowp[j][i];
+#pragma unroll
+            for (int hh = 0; hh < 8; hh++)
+                if (hh < hb) acc[hh] += wts[hh * span + j] * v;
+        }
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++)
+            if (hh < hb) part[(((size_t)t * heads + h0 + hh) * nsplit + z) * stride + 2 + i] = acc[hh];
+    }
+}
+
+// Merges attention_split's ranges for one (head, token): the softmax over all rows and
+// the sink, then the inverse rotation (V = K carries each key's rotation).
+extern "C" __global__ void attention_combine(const float* part, const int* sel, const int* nsel,
+                                             const float* sinks, float* o, int heads, int hd,
+                                             int window, const int* pos0p, int ratio,
+                                             const float* freqs, int n_rot, int span,
+                                             int nsplit) { pdl_begin();
+    int pos0 = *pos0p;
+    extern __shared__ float sm[];  // hd
+    int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int nz = (ar.n + span - 1) / span;
+    size_t stride = (size_t)hd + 2;
+    const float* pp = part + ((size_t)t * heads + h) * nsplit * stride;
+    float sink = sinks[h];
+    float mx = sink;
+    for (int z = 0; z < nz; z++) mx = fmaxf(mx, pp[z * stride]);
+    float den = expf(sink - mx);
+    for (int z = 0; z < nz; z++) den += pp[z * stride + 1] * expf(pp[z * stride] - mx);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int z = 0; z < nz; z++) acc += pp[z * stride + 2 + i] * expf(pp[z * stride] - mx);
+        sm[i] = acc / den;
+    }
+    __syncthreads();
+    int off = hd - n_rot;
+    for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
+        rope_pair(&sm[off + 2 * k], &sm[off + 2 * k + 1], pos, freqs[k], 1);
+    __syncthreads();
+    float* ov = o + ((size_t)t * heads + h) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) ov[i] = sm[i];
+}
+
 // ---------------------------------------------------------------------------------
 // MoE (spec §3.10).
 
@@ -1536,7 +1722,7 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
                                         int sel_k, const float* sinks, float* o, int heads,
                                         int hd, int window, const int* pos0p, int ratio,
                                         const float* freqs, int n_rot, float scale, int rows_max,
-                                        int hb) {
+                                        int hb) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float sm[];
     __shared__ float den_s[8];
@@ -1637,7 +1823,7 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
 
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,
                                  const int* toks, int* ids, float* wts, int n_expert, int k,
-                                 float scale, float floor_) {
+                                 float scale, float floor_) { pdl_begin();
     extern __shared__ float p[];  // 2 * n_expert
     __shared__ int chosen[64];
     float* biased = p + n_expert;
@@ -1689,20 +1875,35 @@ extern "C" __global__ void route(const float* logits, const float* bias, const i
 
 // mid = silu(min(g, c)) · clamp(u, −c, c) · weight, weight per row of the batch
 // (wts may be null for weight 1).
-extern "C" __global__ void swiglu(const float* g, const float* u, const float* wts, float* mid,
-                                  int ff, int nb, float clampv) {
+// Item b's gate and up values sit at g and u + b·in_stride. With qkind 1 or 2 the block (256 threads, nb·ff a multiple of 256) also writes the
+// Q8_0 (1) or Q8_K (2: the block is one Q8_K block) of its outputs, which the down
+// product then reads instead of quantizing `mid` itself.
+extern "C" __global__ void swiglu(const float* g, const float* u, int in_stride, const float* wts,
+                                  float* mid, int ff, int nb, float clampv, i8* q, float* d,
+                                  short* bs, int qkind) { pdl_begin();
+    __shared__ float sv[256];
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)nb * ff) return;
     int b = (int)(i / ff);
+    size_t gi = (size_t)b * in_stride + (i - (size_t)b * ff);
     float wt = wts ? wts[b] : 1.0f;
-    float gv = fminf(g[i], clampv);
-    float uv = fminf(fmaxf(u[i], -clampv), clampv);
-    mid[i] = siluf_(gv) * uv * wt;
+    float gv = fminf(g[gi], clampv);
+    float uv = fminf(fmaxf(u[gi], -clampv), clampv);
+    float v = siluf_(gv) * uv * wt;
+    mid[i] = v;
+    if (qkind == 1) q8_0_lanes(v, threadIdx.x & 31, q, d, i / 32);
+    if (qkind == 2) {
+        sv[threadIdx.x] = v;
+        __syncthreads();
+        if (threadIdx.x < 32)
+            q8_k_warp(sv, q + (size_t)blockIdx.x * 256, d + blockIdx.x,
+                      bs + (size_t)blockIdx.x * 16, threadIdx.x);
+    }
 }
 
 // out[t] = shared[t] + Σ_j routed[t·k + j], in routing order.
 extern "C" __global__ void moe_sum(const float* shared, const float* routed, float* out, int n,
-                                   int k, int T) {
+                                   int k, int T) { pdl_begin();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * n) return;
     int t = (int)(i / n), c = (int)(i % n);

@@ -6,9 +6,10 @@
 //! synchronous copy back to the host waits for every launch before it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, result, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream, result, sys};
 use cudarc::nvrtc::Ptx;
 
 use crate::CudaError;
@@ -46,6 +47,12 @@ pub struct Gpu {
     pub kernels_cached: bool,
     /// When set, every launch is bracketed by events (see [`Gpu::set_profiling`]).
     prof: Option<Arc<Mutex<Vec<TimedLaunch>>>>,
+    /// Programmatic dependent launch (Hopper on): a kernel's blocks may be scheduled
+    /// while the previous kernel's last blocks still run; every kernel waits
+    /// (`griddepcontrol.wait`) before it touches memory, so results are unchanged and
+    /// only the launch gap between dependent kernels shrinks. `DS4_CUDA_PDL=0` turns
+    /// it off.
+    pdl: AtomicBool,
 }
 
 /// A profiled launch: kernel name, events before and after.
@@ -86,6 +93,7 @@ impl Gpu {
         let name = ctx.name().map_err(drv("device name"))?;
         let total_mem = ctx.total_mem().map_err(drv("total memory"))?;
         let (bin, kernels_cached) = compile::cubin(&program(), &arch, &compile::cache_dir())?;
+        let pdl = maj >= 9 && std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0");
         let module = ctx
             .load_module(Ptx::from_binary(bin))
             .map_err(drv("load module"))?;
@@ -102,6 +110,7 @@ impl Gpu {
             total_mem,
             kernels_cached,
             prof: None,
+            pdl: AtomicBool::new(pdl),
         })
     }
 
@@ -117,7 +126,69 @@ impl Gpu {
             total_mem: self.total_mem,
             kernels_cached: self.kernels_cached,
             prof: self.prof.clone(),
+            pdl: AtomicBool::new(self.pdl()),
         }
+    }
+
+    /// Whether launches let the next kernel start early (see the `pdl` field).
+    pub fn pdl(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
+    }
+
+    /// Turns programmatic dependent launch on (where the GPU has it: compute
+    /// capability 9.0 and later) or off.
+    pub fn set_pdl(&self, on: bool) {
+        let major: u32 = self
+            .arch
+            .trim_start_matches("sm_")
+            .trim_end_matches('a')
+            .parse::<u32>()
+            .map_or(0, |v| v / 10);
+        self.pdl.store(on && major >= 9, Ordering::Relaxed);
+    }
+
+    /// Launches `name` with `params` (pointers to each argument, in the kernel's
+    /// order) on this GPU's stream.
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameter list in number, order and types, and
+    /// every pointer in it must stay valid for the duration of the call.
+    pub unsafe fn launch_raw(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shmem: u32,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("bind"))?;
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: shmem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: self.pdl() as u32,
+        };
+        let t0 = self.prof_begin()?;
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                self.func(name).cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| CudaError::Driver(format!("launch {name}: {e}")))?;
+        self.prof_end(name, t0)
     }
 
     /// Turns per-launch timing on (events around every launch; slows launches) or off.
@@ -236,14 +307,6 @@ impl Gpu {
         self.stream.synchronize().map_err(drv("synchronize"))
     }
 
-    pub fn cfg(grid: (u32, u32, u32), block: u32, shmem: u32) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: shmem,
-        }
-    }
-
     /// Lets `name` use up to `bytes` of dynamic shared memory (above the 48 KiB
     /// default needs an opt-in).
     pub fn allow_shared(&self, name: &str, bytes: usize) -> Result<(), CudaError> {
@@ -287,16 +350,14 @@ impl Drop for DevBuf {
 macro_rules! launch {
     ($gpu:expr, $name:expr, $grid:expr, $block:expr, $shm:expr; $($arg:expr),* $(,)?) => {{
         let gpu: &$crate::device::Gpu = $gpu;
-        use cudarc::driver::PushKernelArg as _;
-        let mut b = gpu.stream.launch_builder(gpu.func($name));
-        $( let a = $arg; b.arg(&a); )*
-        let cfg = $crate::device::Gpu::cfg($grid, $block, $shm);
-        let t0 = gpu.prof_begin()?;
+        let mut params: Vec<*mut std::ffi::c_void> = Vec::new();
+        // Each argument is bound to its own (shadowed, not dropped) local, which lives
+        // until the end of this block, past the launch that reads it.
+        $( let a = $arg; params.push(&a as *const _ as *mut std::ffi::c_void); )*
         // SAFETY: every kernel takes exactly the arguments pushed here, in order, as
         // its extern "C" signature in ds4.cu declares them (device pointers as u64).
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| $crate::CudaError::Driver(format!("launch {}: {e}", $name)))?;
-        gpu.prof_end($name, t0)
+        let (name, grid, block, shm): (&'static str, (u32, u32, u32), u32, u32) =
+            ($name, $grid, $block, $shm);
+        unsafe { gpu.launch_raw(name, grid, block, shm, &mut params) }
     }};
 }

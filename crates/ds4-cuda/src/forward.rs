@@ -13,7 +13,7 @@ use ds4_gguf::GgmlType;
 use crate::CudaError;
 use crate::device::{DevBuf, Gpu};
 use crate::launch;
-use crate::weights::{DevHc, DevLayer, DevMat, DevWeights};
+use crate::weights::{DevHc, DevLayer, DevMat, DevPair, DevWeights};
 
 /// ds4's router-weight floor (2^−14), as in the CPU reference.
 const ROUTER_WEIGHT_FLOOR: f32 = 6.103_515_6e-5;
@@ -96,37 +96,38 @@ pub struct Scratch {
     mix: DevBuf,
     y: DevBuf,
     xn: DevBuf,
-    qa_raw: DevBuf,
+    qkv_raw: DevBuf,
     qa: DevBuf,
     q: DevBuf,
-    kv_raw: DevBuf,
     kv: DevBuf,
     ckv: DevBuf,
-    cgate: DevBuf,
     ikv: DevBuf,
-    igate: DevBuf,
     qi: DevBuf,
     wi: DevBuf,
     scores: DevBuf,
     sel: DevBuf,
     nsel: DevBuf,
     o: DevBuf,
+    /// attention_split partials (decode).
+    apart: DevBuf,
     low: DevBuf,
     f: DevBuf,
     rlog: DevBuf,
     ids: DevBuf,
     wts: DevBuf,
-    g: DevBuf,
-    u: DevBuf,
+    gu: DevBuf,
     mid: DevBuf,
     routed: DevBuf,
-    sg: DevBuf,
-    su: DevBuf,
+    sgu: DevBuf,
     smid: DevBuf,
     sout: DevBuf,
     act_q: DevBuf,
     act_d: DevBuf,
     act_s: DevBuf,
+    /// A second Q8_0 activation (qa for q_b, the FFN input for the shared expert),
+    /// written by the norm before it while `act_*` holds another product's input.
+    act2_q: DevBuf,
+    act2_d: DevBuf,
     logits: DevBuf,
     perm: DevBuf,
     grp: DevBuf,
@@ -190,7 +191,7 @@ fn expert_group_size(w: &DevLayer) -> usize {
         GgmlType::Q2K => true,
         _ => false,
     };
-    if mma_on() && mm(&w.gate_exps) && mm(&w.up_exps) && mm(&w.down_exps) {
+    if mma_on() && w.gate_up_exps.mats().into_iter().all(mm) && mm(&w.down_exps) {
         32
     } else {
         8
@@ -229,49 +230,47 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     .unwrap_or(e);
     let hmax = t.max(HEAD_CHUNK);
     vec![
-        t * 4,                                 // toks
-        f32s(t * he),                          // x
-        f32s(hmax * he),                       // flat
-        f32s(hmax * cfg.hc_mix().max(cfg.hc)), // z
-        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),  // mix
-        f32s(hmax * e),                        // y
-        f32s(hmax * e),                        // xn
-        f32s(t * cfg.q_lora),                  // qa_raw
-        f32s(t * cfg.q_lora),                  // qa
-        f32s(t * qh),                          // q
-        f32s(t * cfg.head_dim),                // kv_raw
-        f32s(t * cfg.head_dim),                // kv
-        f32s(t * 2 * cfg.head_dim),            // ckv
-        f32s(t * 2 * cfg.head_dim),            // cgate
-        f32s(t * 2 * di),                      // ikv
-        f32s(t * 2 * di),                      // igate
-        f32s(t * nhi * di),                    // qi
-        f32s(t * nhi),                         // wi
-        f32s(t * s.max_irows.max(1)),          // scores
-        t * cfg.indexer_top_k.max(1) * 4,      // sel
-        t * 4,                                 // nsel
-        f32s(t * qh),                          // o
-        f32s(t * cfg.o_groups * cfg.o_lora),   // low
-        f32s(t * e),                           // f
-        f32s(t * cfg.n_expert),                // rlog
-        t * k * 4,                             // ids
-        f32s(t * k),                           // wts
-        f32s(t * k * ff),                      // g
-        f32s(t * k * ff),                      // u
-        f32s(t * k * ff),                      // mid
-        f32s(t * k * e),                       // routed
-        f32s(t * ff),                          // sg
-        f32s(t * ff),                          // su
-        f32s(t * ff),                          // smid
-        f32s(t * e),                           // sout
-        act,                                   // act_q (int8)
-        f32s(act / 32 + 1),                    // act_d
-        act / 16 * 2 + 2,                      // act_s (int16)
-        f32s(HEAD_CHUNK * cfg.n_vocab),        // logits
-        t * k * 4,                             // perm
-        max_expert_groups(cfg, t, 8) * 3 * 4,  // grp
-        16,                                    // ngrp
-        16,                                    // pos
+        t * 4,                                     // toks
+        f32s(t * he),                              // x
+        f32s(hmax * he),                           // flat
+        f32s(hmax * cfg.hc_mix().max(cfg.hc)),     // z
+        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),      // mix
+        f32s(hmax * e),                            // y
+        f32s(hmax * e),                            // xn
+        f32s(t * (cfg.q_lora + cfg.head_dim)),     // qkv_raw: [q_a; kv] outputs
+        f32s(t * cfg.q_lora),                      // qa
+        f32s(t * qh),                              // q
+        f32s(t * cfg.head_dim),                    // kv
+        f32s(t * 4 * cfg.head_dim),                // ckv: [kv; gate], coff·hd each
+        f32s(t * 4 * di),                          // ikv: [kv; gate], 2·di each
+        f32s(t * nhi * di),                        // qi
+        f32s(t * nhi),                             // wi
+        f32s(t * s.max_irows.max(1)),              // scores
+        t * cfg.indexer_top_k.max(1) * 4,          // sel
+        t * 4,                                     // nsel
+        f32s(t * qh),                              // o
+        split_part_bytes(cfg, s.max_attn_rows, t), // apart
+        f32s(t * cfg.o_groups * cfg.o_lora),       // low
+        f32s(t * e),                               // f
+        f32s(t * cfg.n_expert),                    // rlog
+        t * k * 4,                                 // ids
+        f32s(t * k),                               // wts
+        f32s(t * k * 2 * ff),                      // gu: [gate; up] per item
+        f32s(t * k * ff),                          // mid
+        f32s(t * k * e),                           // routed
+        f32s(t * 2 * ff),                          // sgu: [gate; up]
+        f32s(t * ff),                              // smid
+        f32s(t * e),                               // sout
+        act,                                       // act_q (int8)
+        f32s(act / 32 + 1),                        // act_d
+        act / 16 * 2 + 2,                          // act_s (int16)
+        hmax * e.max(cfg.q_lora),                  // act2_q (int8)
+        f32s(hmax * e.max(cfg.q_lora) / 32 + 1),   // act2_d
+        f32s(HEAD_CHUNK * cfg.n_vocab),            // logits
+        t * k * 4,                                 // perm
+        max_expert_groups(cfg, t, 8) * 3 * 4,      // grp
+        16,                                        // ngrp
+        16,                                        // pos
     ]
 }
 
@@ -289,37 +288,35 @@ impl Scratch {
             mix: a()?,
             y: a()?,
             xn: a()?,
-            qa_raw: a()?,
+            qkv_raw: a()?,
             qa: a()?,
             q: a()?,
-            kv_raw: a()?,
             kv: a()?,
             ckv: a()?,
-            cgate: a()?,
             ikv: a()?,
-            igate: a()?,
             qi: a()?,
             wi: a()?,
             scores: a()?,
             sel: a()?,
             nsel: a()?,
             o: a()?,
+            apart: a()?,
             low: a()?,
             f: a()?,
             rlog: a()?,
             ids: a()?,
             wts: a()?,
-            g: a()?,
-            u: a()?,
+            gu: a()?,
             mid: a()?,
             routed: a()?,
-            sg: a()?,
-            su: a()?,
+            sgu: a()?,
             smid: a()?,
             sout: a()?,
             act_q: a()?,
             act_d: a()?,
             act_s: a()?,
+            act2_q: a()?,
+            act2_d: a()?,
             logits: a()?,
             perm: a()?,
             grp: a()?,
@@ -474,6 +471,7 @@ pub struct GpuTrace {
 
 /// A matrix product request: `nb` outputs of `m` over activations `x` (`n_act`
 /// vectors of `x_len`), optionally indirect through expert ids and grouped.
+#[derive(Clone, Copy, Debug)]
 pub struct Mv {
     pub x: u64,
     pub n_act: usize,
@@ -566,6 +564,52 @@ fn attention_heads_per_block(cfg: &ModelConfig, rows_max: usize, t: usize) -> us
         hb /= 2;
     }
     hb
+}
+
+/// Decode attention over row ranges (`attention_split`): rows per range and number
+/// of ranges for queries reading up to `rows_max` rows, or None where the one-head
+/// kernel stays (the split kernel holds a row of ≤ 512 floats in registers).
+fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usize, usize)> {
+    let off = std::env::var("DS4_CUDA_ATTN_SPLIT").is_ok_and(|v| v == "0");
+    if off || t >= MMA_MIN_TOKENS || cfg.head_dim > 512 {
+        return None;
+    }
+    // Ranges of 64 rows (a 2k-token decode step's 640 rows of a ratio-4 layer become
+    // 10 ranges), at most 32 of them so the partials stay small for long contexts.
+    let nsplit = rows_max.div_ceil(64).clamp(1, 32);
+    let span = rows_max.div_ceil(nsplit).next_multiple_of(16);
+    Some((span, rows_max.div_ceil(span)))
+}
+
+/// Heads per `attention_split` block: each warp's row serves this many heads.
+fn split_heads_per_block(cfg: &ModelConfig) -> usize {
+    [4, 2, 1]
+        .into_iter()
+        .find(|h| cfg.n_head.is_multiple_of(*h))
+        .unwrap_or(1)
+}
+
+/// Bytes of `attention_split`'s partials ([m, den, acc[hd]] per token, head, range)
+/// for the runs of up to `t` tokens that take it (those shorter than
+/// MMA_MIN_TOKENS: a scratch for long runs still serves decode steps).
+fn split_part_bytes(cfg: &ModelConfig, rows_max: usize, t: usize) -> usize {
+    let runs = t.min(MMA_MIN_TOKENS - 1);
+    attention_split(cfg, rows_max, runs).map_or(16, |(_, nsplit)| {
+        f32s(runs * cfg.n_head * nsplit * (cfg.head_dim + 2))
+    })
+}
+
+/// Threads of a norm block: a wide row (the HC state) gets a wide block. The fused
+/// norms use the same count so their sums match `rms_norm`'s.
+fn norm_threads(n: usize) -> u32 {
+    if n >= 4096 { 1024 } else { 256 }
+}
+
+/// Where a norm writes the Q8_0 of its `n`-wide output for a product of type `ty`
+/// to read next: the given buffers when that type takes Q8_0 activations and `n` is
+/// whole Q8_0 blocks.
+fn q8_target(ty: GgmlType, n: usize, act: (&DevBuf, &DevBuf)) -> Option<(u64, u64)> {
+    (act_kind(ty) == ActKind::Q8_0 && n.is_multiple_of(32)).then_some((act.0.ptr, act.1.ptr))
 }
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
@@ -711,13 +755,6 @@ impl Fwd<'_> {
         mv_launch(self.gpu, m, [&s.act_q, &s.act_d, &s.act_s], c)
     }
 
-    /// `m·x` right after `prev·x` on the same input: reuses the activations `prev`
-    /// quantized when both consume them the same way.
-    fn mv_after(&self, s: &Scratch, prev: &DevMat, m: &DevMat, c: Mv) -> Result<(), CudaError> {
-        let act_ready = same_act(prev, m);
-        self.mv(s, m, Mv { act_ready, ..c })
-    }
-
     fn rms(
         &self,
         x: u64,
@@ -726,14 +763,71 @@ impl Fwd<'_> {
         n: usize,
         count: usize,
     ) -> Result<(), CudaError> {
-        // One block per row: a wide row (the HC state) gets a wide block.
-        let threads = if n >= 4096 { 1024 } else { 256 };
-        launch!(self.gpu, "rms_norm", (count as u32, 1, 1), threads, 0;
-            x, w.map_or(0, |b| b.ptr), y, n as i32, n as i32, n as i32, self.eps())
+        self.rms_q((x, n), w, y, n, count, None)
+    }
+
+    /// RMSNorm of `count` vectors of `n` at `x.0` (`x.1` apart) into `y` (packed);
+    /// with `q` (int8 values, block scales) also the Q8_0 of the result.
+    fn rms_q(
+        &self,
+        x: (u64, usize),
+        w: Option<&DevBuf>,
+        y: u64,
+        n: usize,
+        count: usize,
+        q: Option<(u64, u64)>,
+    ) -> Result<(), CudaError> {
+        let (qp, dp) = q.unwrap_or((0, 0));
+        launch!(self.gpu, "rms_norm", (count as u32, 1, 1), norm_threads(n), 0;
+            x.0, w.map_or(0, |b| b.ptr), y, n as i32, x.1 as i32, n as i32, self.eps(), qp, dp)
+    }
+
+    /// Both products of `p` over one input, each item's outputs side by side (A's
+    /// rows, then B's) at `c.y`, `c.y_stride` apart; the activations in `act`
+    /// (already prepared for A's type when `ready`).
+    fn mv_pair(
+        &self,
+        s: &Scratch,
+        p: &DevPair,
+        act: (&DevBuf, &DevBuf),
+        ready: bool,
+        c: Mv,
+    ) -> Result<(), CudaError> {
+        match p {
+            DevPair::Fused { mat, .. } => self.mv_act(s, act, ready, mat, c),
+            DevPair::Separate(a, b) => {
+                self.mv_act(s, act, ready, a, c)?;
+                let c = Mv {
+                    y: c.y + (a.rows * 4) as u64,
+                    ..c
+                };
+                self.mv_act(s, act, same_act(a, b), b, c)
+            }
+        }
+    }
+
+    /// `m·x` with the activations in `act` (already prepared when `ready`).
+    fn mv_act(
+        &self,
+        s: &Scratch,
+        act: (&DevBuf, &DevBuf),
+        ready: bool,
+        m: &DevMat,
+        c: Mv,
+    ) -> Result<(), CudaError> {
+        mv_launch(
+            self.gpu,
+            m,
+            [act.0, act.1, &s.act_s],
+            Mv {
+                act_ready: ready,
+                ..c
+            },
+        )
     }
 
     /// `hc_pre` then the sublayer's RMSNorm: `s.xn` gets the sublayer input, `s.mix`
-    /// the mixing for `hc_post`.
+    /// the mixing for `hc_post`; with `q`, the Q8_0 of `s.xn` too (see [`q8_target`]).
     fn hc_pre_norm(
         &self,
         s: &Scratch,
@@ -741,6 +835,7 @@ impl Fwd<'_> {
         norm: &DevBuf,
         x: u64,
         t: usize,
+        q: Option<(u64, u64)>,
     ) -> Result<(), CudaError> {
         let cfg = self.cfg;
         let he = cfg.hc_width();
@@ -750,10 +845,13 @@ impl Fwd<'_> {
             &hw.fn_,
             Mv::plain(s.flat.ptr, t, he, s.z.ptr, cfg.hc_mix()),
         )?;
-        launch!(self.gpu, "hc_pre", (ceil_div(cfg.n_embd, 256), t as u32, 1), 256, 0;
-            s.z.ptr, x, hw.scale.ptr, hw.base.ptr, s.y.ptr, s.mix.ptr, cfg.hc as i32,
-            cfg.n_embd as i32, cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps)?;
-        self.rms(s.y.ptr, Some(norm), s.xn.ptr, cfg.n_embd, t)
+        let (qp, dp) = q.unwrap_or((0, 0));
+        let shm = cfg.n_embd * 4;
+        self.gpu.allow_shared("hc_pre_norm", shm)?;
+        launch!(self.gpu, "hc_pre_norm", (t as u32, 1, 1), norm_threads(cfg.n_embd), shm as u32;
+            s.z.ptr, x, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32,
+            cfg.n_embd as i32, cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps,
+            self.eps(), qp, dp)
     }
 
     /// Layer `l` on the HC states in `s.x` of tokens at `pos0..pos0+t`; the result
@@ -804,28 +902,33 @@ impl Fwd<'_> {
         let sim = self.sim() as i32;
         let rope = self.rope(l);
         let x = s.x.ptr;
-        self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t)?;
+        // The norm writes xn's Q8_0 where q_a takes it (no quant_q8_0 launch).
+        let xq = q8_target(w.q_a_kv.a_type(), e, (&s.act_q, &s.act_d));
+        self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t, xq)?;
 
-        // Low-rank Q with its norm, the shared K=V row with its norm. Both products
-        // read xn: the K=V one reuses its quantized copy.
-        self.mv(
+        // Low-rank Q and the shared K=V row, one product [q_a; kv] of xn, then their
+        // norms. qa's Q8_0 goes to the second activation buffer: the indexer's q_b
+        // reads it too, after the compressors' products.
+        let qkv = cfg.q_lora + hd;
+        self.mv_pair(
             s,
-            &w.q_a,
-            Mv::plain(s.xn.ptr, t, e, s.qa_raw.ptr, cfg.q_lora),
+            &w.q_a_kv,
+            (&s.act_q, &s.act_d),
+            xq.is_some(),
+            Mv::plain(s.xn.ptr, t, e, s.qkv_raw.ptr, qkv),
         )?;
-        self.mv_after(
+        let qaq = q8_target(w.q_b.ty, cfg.q_lora, (&s.act2_q, &s.act2_d));
+        let qa_in = (s.qkv_raw.ptr, qkv);
+        self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
+        self.mv_act(
             s,
-            &w.q_a,
-            &w.kv,
-            Mv::plain(s.xn.ptr, t, e, s.kv_raw.ptr, hd),
-        )?;
-        self.rms(s.qa_raw.ptr, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t)?;
-        self.mv(
-            s,
+            (&s.act2_q, &s.act2_d),
+            qaq.is_some(),
             &w.q_b,
             Mv::plain(s.qa.ptr, t, cfg.q_lora, s.q.ptr, nh * hd),
         )?;
-        self.rms(s.kv_raw.ptr, Some(&w.kv_norm), s.kv.ptr, hd, t)?;
+        let kv_in = (s.qkv_raw.at::<f32>(cfg.q_lora), qkv);
+        self.rms_q(kv_in, Some(&w.kv_norm), s.kv.ptr, hd, t, None)?;
 
         // Per-head weightless norm and RoPE of the queries; the K=V rows rotated,
         // simulated and stored before attention (a token attends to itself).
@@ -839,24 +942,29 @@ impl Fwd<'_> {
         let kind = cfg.attn_kind(l);
         let ratio = kind.ratio();
         if let (Some(cw), Some((rows, fkv, fsc))) = (&w.compressor, &st.comp) {
+            // One product [kv; gate] of xn: a token's values then its scores.
             let width = kind.coff() * hd;
-            self.mv(s, &cw.kv, Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, width))?;
-            self.mv(s, &cw.gate, Mv::plain(s.xn.ptr, t, e, s.cgate.ptr, width))?;
+            let c = Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, 2 * width);
+            self.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
             launch!(g, "compress_run", (1, 1, 1), hd.next_multiple_of(32) as u32, (hd * 4) as u32;
-                s.ckv.ptr, s.cgate.ptr, cw.ape.ptr, cw.norm.ptr, fkv.ptr, fsc.ptr, rows.ptr,
-                t as i32, p0, ratio as i32, kind.coff() as i32, hd as i32, self.eps(), rope, n_rot, sim)?;
+                s.ckv.ptr, s.ckv.at::<f32>(width), (2 * width) as i32, cw.ape.ptr, cw.norm.ptr,
+                fkv.ptr, fsc.ptr, rows.ptr, t as i32, p0, ratio as i32, kind.coff() as i32,
+                hd as i32, self.eps(), rope, n_rot, sim)?;
         }
         let mut sel = (0u64, 0u64);
         if let (Some(iw), Some((irows, fkv, fsc))) = (&w.indexer, &st.icomp) {
             let (nhi, di) = (cfg.indexer_heads, cfg.indexer_head_dim);
             let ic = &iw.compressor;
-            self.mv(s, &ic.kv, Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 2 * di))?;
-            self.mv(s, &ic.gate, Mv::plain(s.xn.ptr, t, e, s.igate.ptr, 2 * di))?;
+            let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
+            self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
             launch!(g, "compress_run", (1, 1, 1), di.next_multiple_of(32) as u32, (di * 4) as u32;
-                s.ikv.ptr, s.igate.ptr, ic.ape.ptr, ic.norm.ptr, fkv.ptr, fsc.ptr, irows.ptr,
-                t as i32, p0, ratio as i32, 2i32, di as i32, self.eps(), rope, n_rot, 2 * sim)?;
-            self.mv(
+                s.ikv.ptr, s.ikv.at::<f32>(2 * di), (4 * di) as i32, ic.ape.ptr, ic.norm.ptr,
+                fkv.ptr, fsc.ptr, irows.ptr, t as i32, p0, ratio as i32, 2i32, di as i32,
+                self.eps(), rope, n_rot, 2 * sim)?;
+            self.mv_act(
                 s,
+                (&s.act2_q, &s.act2_d),
+                qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
                 &iw.q_b,
                 Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
             )?;
@@ -898,6 +1006,19 @@ impl Fwd<'_> {
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32, hb as i32)?;
+        } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
+            let hbs = split_heads_per_block(cfg);
+            let wend = hbs * hd + hbs * span;
+            let shm = (wend + (wend & 1)) * 4 + span * 8;
+            g.allow_shared("attention_split", shm)?;
+            launch!(g, "attention_split", ((nh / hbs) as u32, t as u32, nsplit as u32), 512, shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                s.apart.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0, ratio as i32,
+                scale, span as i32, nsplit as i32, hbs as i32)?;
+            launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, (hd * 4) as u32;
+                s.apart.ptr, sel.0, sel.1, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
+                cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
+                nsplit as i32)?;
         } else {
             launch!(g, "attention", (nh as u32, t as u32, 1), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
@@ -939,7 +1060,10 @@ impl Fwd<'_> {
         let g = self.gpu;
         let (e, ff, k, ne) = (cfg.n_embd, cfg.expert_ff, cfg.n_expert_used, cfg.n_expert);
         let clamp = cfg.swiglu_clamp[l];
-        self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x.ptr, t)?;
+        // xn's Q8_0 for the shared expert goes to the second buffer (the routed experts
+        // quantize xn to Q8_K in the first one before it).
+        let xq = q8_target(w.gate_up_sh.a_type(), e, (&s.act2_q, &s.act2_d));
+        self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x.ptr, t, xq)?;
 
         // Routing: sqrt(softplus) scores; hash layers take the experts from the table.
         self.mv(s, &w.router, Mv::plain(s.xn.ptr, t, e, s.rlog.ptr, ne))?;
@@ -982,37 +1106,74 @@ impl Fwd<'_> {
                 by_expert: groups,
                 act_ready: false,
             };
-        self.mv(s, &w.gate_exps, by_expert(s.xn.ptr, t, e, k, s.g.ptr, ff))?;
-        self.mv_after(
+        // Gate and up of each item in one product ([gate; up] per expert).
+        self.mv_pair(
             s,
-            &w.gate_exps,
-            &w.up_exps,
-            by_expert(s.xn.ptr, t, e, k, s.u.ptr, ff),
+            &w.gate_up_exps,
+            (&s.act_q, &s.act_d),
+            false,
+            by_expert(s.xn.ptr, t, e, k, s.gu.ptr, 2 * ff),
         )?;
-        launch!(g, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
-            s.g.ptr, s.u.ptr, s.wts.ptr, s.mid.ptr, ff as i32, nb as i32, clamp)?;
+        let gu = (s.gu.ptr, s.gu.at::<f32>(ff), 2 * ff);
+        let qk = self.swiglu(s, gu, (s.wts.ptr, s.mid.ptr), nb, clamp, &w.down_exps)?;
         self.mv(
             s,
             &w.down_exps,
-            by_expert(s.mid.ptr, nb, ff, 1, s.routed.ptr, e),
+            Mv {
+                act_ready: qk,
+                ..by_expert(s.mid.ptr, nb, ff, 1, s.routed.ptr, e)
+            },
         )?;
 
         // The shared expert, weight 1.
-        self.mv(s, &w.gate_sh, Mv::plain(s.xn.ptr, t, e, s.sg.ptr, ff))?;
-        self.mv_after(
+        self.mv_pair(
             s,
-            &w.gate_sh,
-            &w.up_sh,
-            Mv::plain(s.xn.ptr, t, e, s.su.ptr, ff),
+            &w.gate_up_sh,
+            (&s.act2_q, &s.act2_d),
+            xq.is_some(),
+            Mv::plain(s.xn.ptr, t, e, s.sgu.ptr, 2 * ff),
         )?;
-        launch!(g, "swiglu", (ceil_div(t * ff, 256), 1, 1), 256, 0;
-            s.sg.ptr, s.su.ptr, 0u64, s.smid.ptr, ff as i32, t as i32, clamp)?;
-        self.mv(s, &w.down_sh, Mv::plain(s.smid.ptr, t, ff, s.sout.ptr, e))?;
+        let sgu = (s.sgu.ptr, s.sgu.at::<f32>(ff), 2 * ff);
+        let qk = self.swiglu(s, sgu, (0, s.smid.ptr), t, clamp, &w.down_sh)?;
+        self.mv(
+            s,
+            &w.down_sh,
+            Mv {
+                act_ready: qk,
+                ..Mv::plain(s.smid.ptr, t, ff, s.sout.ptr, e)
+            },
+        )?;
 
         // shared + routed in routing order, as the CPU adds them.
         launch!(g, "moe_sum", (ceil_div(t * e, 256), 1, 1), 256, 0;
             s.sout.ptr, s.routed.ptr, s.f.ptr, e as i32, k as i32, t as i32)?;
         self.hc_post_swap(s, t)
+    }
+
+    /// `mid = silu(g)·u·wt` (clamped) for `nb` items of `expert_ff` (item b's gate
+    /// and up at `g`, `u` + b·stride), quantized on the way for `down` into the
+    /// activation buffers where whole blocks allow; returns whether it did (then
+    /// `down` reads them as they are).
+    fn swiglu(
+        &self,
+        s: &Scratch,
+        (g, u, stride): (u64, u64, usize),
+        (wts, mid): (u64, u64),
+        nb: usize,
+        clamp: f32,
+        down: &DevMat,
+    ) -> Result<bool, CudaError> {
+        let ff = self.cfg.expert_ff;
+        let qkind = match act_kind(down.ty) {
+            _ if !ff.is_multiple_of(256) => 0,
+            ActKind::F32 => 0,
+            ActKind::Q8_0 => 1,
+            ActKind::Q8K => 2,
+        };
+        launch!(self.gpu, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
+            g, u, stride as i32, wts, mid, ff as i32, nb as i32, clamp, s.act_q.ptr, s.act_d.ptr,
+            s.act_s.ptr, qkind)?;
+        Ok(qkind != 0)
     }
 
     fn record(&self, s: &Scratch, t: usize) -> Result<(), CudaError> {

@@ -9,6 +9,7 @@
 //! * [`CudaBackend`] implements ds4-engine's [`Backend`] trait, so every caller that
 //!   runs the CPU reference runs this too, and tests compare the two.
 
+pub mod bench;
 pub mod compile;
 pub mod device;
 pub mod forward;
@@ -107,6 +108,22 @@ impl CudaBackend {
         max_batch: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<CudaBackend, CudaError> {
+        // DS4_CUDA_FUSE=0 keeps every matrix its own launch (for comparisons).
+        let fuse = std::env::var("DS4_CUDA_FUSE").map_or(true, |v| v != "0");
+        Self::load_with(model, ordinal, ctx, max_batch, fuse, progress)
+    }
+
+    /// [`CudaBackend::load`] choosing whether products over the same input (q_a and
+    /// kv, a compressor's values and scores, gate and up) are fused into one matrix
+    /// each. Either way every output value is the same row dot product.
+    pub fn load_with(
+        model: &Model,
+        ordinal: usize,
+        ctx: usize,
+        max_batch: usize,
+        fuse_pairs: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<CudaBackend, CudaError> {
         if model.cfg.hc * model.cfg.hc > 32 {
             // hc_pre keeps the hc × hc mixing in one warp, one entry per lane.
             return Err(CudaError::Model(format!(
@@ -134,7 +151,7 @@ impl CudaBackend {
             )));
         }
         let t0 = Instant::now();
-        let weights = DevWeights::upload(&gpu, &model.cfg, &model.weights, progress)?;
+        let weights = DevWeights::upload(&gpu, &model.cfg, &model.weights, fuse_pairs, progress)?;
         gpu.sync()?;
         let upload_s = t0.elapsed().as_secs_f64();
         let n_layer = model.cfg.n_layer;

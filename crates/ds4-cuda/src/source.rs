@@ -34,7 +34,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "embed_rows",
     "rms_norm",
     "head_norm_rope",
-    "hc_pre",
+    "hc_pre_norm",
     "hc_post",
     "hc_head",
     "kv_store",
@@ -44,6 +44,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "topk_select",
     "attention",
     "attention_mh",
+    "attention_split",
+    "attention_combine",
     "route",
     "group_by_expert",
     "swiglu",
@@ -54,6 +56,7 @@ pub const KERNEL_NAMES: &[&str] = &[
 /// A fill kernel (frontier scores start at the empty-slot score).
 const EXTRA: &str = r#"
 extern "C" __global__ void fill_f32(float* x, float v, long long n) {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = v;
 }

@@ -147,6 +147,117 @@ fn upload_mats_as(
     })
 }
 
+/// Two products over the same input, `[A; B]`: their outputs land side by side, A's
+/// `a_rows` values then B's, in one row of `a_rows + b_rows` per item. Fused, one
+/// launch computes both (matrix i of the stack is A_i's rows followed by B_i's);
+/// where the two differ in type or width they stay two launches writing the same
+/// layout, so the consumers never know which.
+pub enum DevPair {
+    Fused { mat: DevMat, a_rows: usize },
+    Separate(DevMat, DevMat),
+}
+
+impl DevPair {
+    /// Output values per item (both products).
+    pub fn rows(&self) -> usize {
+        match self {
+            DevPair::Fused { mat, .. } => mat.rows,
+            DevPair::Separate(a, b) => a.rows + b.rows,
+        }
+    }
+    /// The matrices the launches read (one when fused).
+    pub fn mats(&self) -> Vec<&DevMat> {
+        match self {
+            DevPair::Fused { mat, .. } => vec![mat],
+            DevPair::Separate(a, b) => vec![a, b],
+        }
+    }
+    /// The weight type of the A part (B's is the same when fused).
+    pub fn a_type(&self) -> GgmlType {
+        match self {
+            DevPair::Fused { mat, .. } => mat.ty,
+            DevPair::Separate(a, _) => a.ty,
+        }
+    }
+    pub fn b_type(&self) -> GgmlType {
+        match self {
+            DevPair::Fused { mat, .. } => mat.ty,
+            DevPair::Separate(_, b) => b.ty,
+        }
+    }
+}
+
+/// `[A_i; B_i]` for each matrix i of two stacks (experts) or two single matrices.
+fn upload_pair(
+    gpu: &Gpu,
+    a: &[ds4_engine::Mat],
+    b: &[ds4_engine::Mat],
+    name: &str,
+    fuse: bool,
+) -> Result<DevPair, CudaError> {
+    let (Some(a0), Some(b0)) = (a.first(), b.first()) else {
+        return Err(CudaError::Model(format!("{name}: no matrices")));
+    };
+    let (ta, ra) = raw_bytes(a0);
+    let (tb, rb) = raw_bytes(b0);
+    let alike = ta == tb && a0.cols == b0.cols && a.len() == b.len();
+    if !fuse || !alike || !supported(ta) {
+        return Ok(DevPair::Separate(
+            upload_mats(gpu, a, name)?,
+            upload_mats(gpu, b, name)?,
+        ));
+    }
+    let (ra, rb) = (ra.len(), rb.len());
+    let n = a.len();
+    // Per matrix of the stack: quant bytes (all bytes when not split) and scale bytes
+    // of A and of B.
+    let geometry = split_geometry(ta);
+    let parts = |raw: usize| match geometry {
+        Some((block, qb)) => (raw / block * qb, raw / block * 2),
+        None => (raw, 0),
+    };
+    let ((qa, sa), (qb, sb)) = (parts(ra), parts(rb));
+    let mat_bytes = qa + qb;
+    let split = geometry.map(|_| Split {
+        scales: mat_bytes * n,
+        scale_mat_bytes: sa + sb,
+    });
+    let buf = gpu.alloc((ra + rb) * n)?;
+    for (i, (ma, mb)) in a.iter().zip(b).enumerate() {
+        for (m, want, q_off, s_off) in [(ma, ra, 0, 0), (mb, rb, qa, sa)] {
+            let (t, bytes) = raw_bytes(m);
+            if t != ta || bytes.len() != want {
+                return Err(CudaError::Model(format!(
+                    "{name}: experts differ in type or size"
+                )));
+            }
+            let at = buf.ptr + (i * mat_bytes + q_off) as u64;
+            match (geometry, split) {
+                (Some((block, _)), Some(sp)) => {
+                    let (q, d) = split_blocks(bytes, block);
+                    gpu.write(at, &q)?;
+                    gpu.write(
+                        buf.ptr + (sp.scales + i * sp.scale_mat_bytes + s_off) as u64,
+                        &d,
+                    )?;
+                }
+                _ => gpu.write(at, bytes)?,
+            }
+        }
+    }
+    Ok(DevPair::Fused {
+        mat: DevMat {
+            buf,
+            ty: ta,
+            rows: a0.rows + b0.rows,
+            cols: a0.cols,
+            mat_bytes,
+            split,
+        },
+        a_rows: a0.rows,
+    })
+}
+
 /// One matrix for the matrix-vector kernels (split layout where the type has one).
 pub fn upload_mat(gpu: &Gpu, m: &ds4_engine::Mat, name: &str) -> Result<DevMat, CudaError> {
     upload_mats(gpu, std::slice::from_ref(m), name)
@@ -168,16 +279,26 @@ fn upload_hc(gpu: &Gpu, h: &HcWeights, name: &str) -> Result<DevHc, CudaError> {
 
 pub struct DevCompressor {
     pub ape: DevBuf,
-    pub kv: DevMat,
-    pub gate: DevMat,
+    /// The pooled values and their scores, `[kv; gate]`.
+    pub kv_gate: DevPair,
     pub norm: DevBuf,
 }
 
-fn upload_comp(gpu: &Gpu, c: &CompressorWeights, name: &str) -> Result<DevCompressor, CudaError> {
+fn upload_comp(
+    gpu: &Gpu,
+    c: &CompressorWeights,
+    name: &str,
+    fuse: bool,
+) -> Result<DevCompressor, CudaError> {
     Ok(DevCompressor {
         ape: gpu.upload(&c.ape)?,
-        kv: upload_mat(gpu, &c.kv, name)?,
-        gate: upload_mat(gpu, &c.gate, name)?,
+        kv_gate: upload_pair(
+            gpu,
+            std::slice::from_ref(&c.kv),
+            std::slice::from_ref(&c.gate),
+            name,
+            fuse,
+        )?,
         norm: gpu.upload(&c.norm)?,
     })
 }
@@ -191,10 +312,11 @@ pub struct DevIndexer {
 pub struct DevLayer {
     pub hc_attn: DevHc,
     pub attn_norm: DevBuf,
-    pub q_a: DevMat,
+    /// The low-rank query and the shared K=V row, `[q_a; kv]` (both read the
+    /// sublayer input).
+    pub q_a_kv: DevPair,
     pub q_a_norm: DevBuf,
     pub q_b: DevMat,
-    pub kv: DevMat,
     pub kv_norm: DevBuf,
     pub sinks: DevBuf,
     pub out_a: DevMat,
@@ -206,11 +328,10 @@ pub struct DevLayer {
     pub router: DevMat,
     pub router_bias: Option<DevBuf>,
     pub tid2eid: Option<DevBuf>,
-    pub gate_exps: DevMat,
-    pub up_exps: DevMat,
+    /// Per expert `[gate; up]`.
+    pub gate_up_exps: DevPair,
     pub down_exps: DevMat,
-    pub gate_sh: DevMat,
-    pub up_sh: DevMat,
+    pub gate_up_sh: DevPair,
     pub down_sh: DevMat,
 }
 
@@ -269,10 +390,12 @@ pub fn decode_weight_bytes(w: &Weights, k: usize) -> usize {
 }
 
 impl DevWeights {
+    /// With `fuse`, products over the same input share one matrix ([`DevPair`]).
     pub fn upload(
         gpu: &Gpu,
         cfg: &ModelConfig,
         w: &Weights,
+        fuse: bool,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, CudaError> {
         let (ety, _) = raw_bytes(&w.token_embd);
@@ -313,10 +436,15 @@ impl DevWeights {
             layers.push(DevLayer {
                 hc_attn: upload_hc(gpu, &l.hc_attn, &n("hc_attn"))?,
                 attn_norm: gpu.upload(&l.attn_norm)?,
-                q_a: upload_mat(gpu, &l.q_a, &n("attn_q_a"))?,
+                q_a_kv: upload_pair(
+                    gpu,
+                    std::slice::from_ref(&l.q_a),
+                    std::slice::from_ref(&l.kv),
+                    &n("attn_q_a+attn_kv"),
+                    fuse,
+                )?,
                 q_a_norm: gpu.upload(&l.q_a_norm)?,
                 q_b: upload_mat(gpu, &l.q_b, &n("attn_q_b"))?,
-                kv: upload_mat(gpu, &l.kv, &n("attn_kv"))?,
                 kv_norm: gpu.upload(&l.kv_norm)?,
                 sinks: gpu.upload(&l.sinks)?,
                 out_a: upload_mat(gpu, &l.out_a, &n("attn_output_a"))?,
@@ -324,7 +452,7 @@ impl DevWeights {
                 compressor: l
                     .compressor
                     .as_ref()
-                    .map(|c| upload_comp(gpu, c, &n("attn_compressor")))
+                    .map(|c| upload_comp(gpu, c, &n("attn_compressor"), fuse))
                     .transpose()?,
                 indexer: l
                     .indexer
@@ -333,7 +461,12 @@ impl DevWeights {
                         Ok(DevIndexer {
                             q_b: upload_mat(gpu, &x.q_b, &n("indexer.attn_q_b"))?,
                             proj: upload_mat(gpu, &x.proj, &n("indexer.proj"))?,
-                            compressor: upload_comp(gpu, &x.compressor, &n("indexer_compressor"))?,
+                            compressor: upload_comp(
+                                gpu,
+                                &x.compressor,
+                                &n("indexer_compressor"),
+                                fuse,
+                            )?,
                         })
                     })
                     .transpose()?,
@@ -342,11 +475,21 @@ impl DevWeights {
                 router: upload_mat(gpu, &l.router, &n("ffn_gate_inp"))?,
                 router_bias: l.router_bias.as_ref().map(|b| gpu.upload(b)).transpose()?,
                 tid2eid: l.tid2eid.as_ref().map(|t| gpu.upload(t)).transpose()?,
-                gate_exps: upload_mats(gpu, &l.gate_exps, &n("ffn_gate_exps"))?,
-                up_exps: upload_mats(gpu, &l.up_exps, &n("ffn_up_exps"))?,
+                gate_up_exps: upload_pair(
+                    gpu,
+                    &l.gate_exps,
+                    &l.up_exps,
+                    &n("ffn_gate_exps+ffn_up_exps"),
+                    fuse,
+                )?,
                 down_exps: upload_mats(gpu, &l.down_exps, &n("ffn_down_exps"))?,
-                gate_sh: upload_mat(gpu, &l.gate_sh, &n("ffn_gate_shexp"))?,
-                up_sh: upload_mat(gpu, &l.up_sh, &n("ffn_up_shexp"))?,
+                gate_up_sh: upload_pair(
+                    gpu,
+                    std::slice::from_ref(&l.gate_sh),
+                    std::slice::from_ref(&l.up_sh),
+                    &n("ffn_gate_shexp+ffn_up_shexp"),
+                    fuse,
+                )?,
                 down_sh: upload_mat(gpu, &l.down_sh, &n("ffn_down_shexp"))?,
             });
         }

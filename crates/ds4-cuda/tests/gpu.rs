@@ -173,3 +173,35 @@ fn decode_graph_replays_the_plain_launches_bit_for_bit() {
         assert!(e < 5e-2, "decode step {i}: rel err {e} against the CPU");
     }
 }
+
+#[test]
+fn fused_pairs_match_separate_products() {
+    if gpu_or_skip("fused_pairs_match_separate_products").is_none() {
+        return;
+    }
+    use ds4_engine::{ForwardState, LogitsFor};
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
+    let model = Model::from_official_dir(&dir).unwrap();
+    let toks: Vec<u32> = (0..120u32).map(|i| (i * 53 + 5) % 256).collect();
+    let opts = ForwardOptions::default();
+    // q_a+kv, the compressors' kv+gate and gate+up as one product each, or as two
+    // launches writing the same layout: the same row dot products (a matrix with more
+    // rows may split its columns over fewer warps, so the sums may differ in order).
+    let run = |fuse: bool| -> Vec<Vec<f32>> {
+        let be =
+            ds4_cuda::CudaBackend::load_with(&model, 0, 256, 64, fuse, &mut |_, _| {}).unwrap();
+        let mut st = be.state(256, opts).unwrap();
+        let mut out = st.forward(&toks[..64], LogitsFor::All).unwrap();
+        for &t in &toks[64..] {
+            out.push(st.forward(&[t], LogitsFor::Last).unwrap().remove(0));
+        }
+        out
+    };
+    let (fused, separate) = (run(true), run(false));
+    assert_eq!(fused.len(), separate.len());
+    for (i, (a, b)) in fused.iter().zip(&separate).enumerate() {
+        let e = rel_err(a, b);
+        assert!(e < 1e-3, "position {i}: fused and separate differ by {e}");
+    }
+}
