@@ -788,7 +788,98 @@ template <int NTM> __device__ void mv_iq2_xxs_body(const MvArgs& a) {
     }
 }
 extern "C" __global__ void mv_iq2_xxs(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<MAXNT>(a); }
-extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<1>(a); }
+
+// IQ2_XXS for one item per warp (decode): the same per-row arithmetic in the same
+// order as mv_iq2_xxs_body, built to keep loads in flight. The lookup tables are read
+// through L1 (no per-block copy to shared memory and barrier before the first load),
+// and a warp loads two 16-byte pieces of each of its (up to) four rows before decoding
+// any, eight loads in flight per lane instead of one.
+extern "C" __global__ void __launch_bounds__(256) mv_iq2_xxs_1(MvArgs a) { pdl_begin();
+    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
+        mv_iq2_xxs_body<1>(a);
+        return;
+    }
+    const int NTM = 1;
+    MV_ITEMS
+    int nch = a.cols / 64;
+    int rstep = gridDim.x * warps;
+    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
+    long long xo0 = mv_xoff(a, item[0], 0);
+    for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
+        const u8* wq[4];
+        const u16* wd[4];
+        float acc[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = min(rb + j * rstep, a.rows - 1);
+            wq[j] = a.w + e * a.mat_bytes + (size_t)r * nch * 16;
+            wd[j] = (const u16*)(a.sc + e * a.sc_mat_bytes) + (size_t)r * (a.cols >> 8);
+            acc[j] = 0.0f;
+        }
+        for (int c0 = lane; c0 < nch; c0 += 64) {
+            int4 wv[4][2];
+            float dw[4][2];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    int c = c0 + 32 * u;
+                    bool ok = c < nch;
+                    wv[j][u] = ok ? ldg4(wq[j] + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+                    dw[j][u] = ok ? h2f(__ldg(wd[j] + (c >> 2))) : 0.0f;
+                }
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int c = c0 + 32 * u;
+                if (c >= nch) break;
+                int ib = c >> 2, g0 = 2 * (c & 3);
+                float dx = a.xd[(xo0 >> 8) + ib];
+                int4 xv[2][2];
+#pragma unroll
+                for (int gg = 0; gg < 2; gg++) {
+                    const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
+                    xv[gg][0] = *(const int4*)xb;
+                    xv[gg][1] = *(const int4*)(xb + 16);
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 qw[4] = {(u32)wv[j][u].x, (u32)wv[j][u].y, (u32)wv[j][u].z, (u32)wv[j][u].w};
+#pragma unroll
+                    for (int gg = 0; gg < 2; gg++) {
+                        u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
+                        int ls = 2 * (int)(a1 >> 28) + 1;
+                        int w8[8];
+#pragma unroll
+                        for (int l = 0; l < 4; l++) {
+                            u64 gr = __ldg(&IQ2XXS_GRID[(a0 >> (8 * l)) & 0xff]);
+                            u64 sg = __ldg(&KSIGN_MASK[(a1 >> (7 * l)) & 127]);
+                            u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
+                            u32 slo = (u32)sg, shi = (u32)(sg >> 32);
+                            w8[2 * l] = (int)__vsub4(glo ^ slo, slo);
+                            w8[2 * l + 1] = (int)__vsub4(ghi ^ shi, shi);
+                        }
+                        int4 x0 = xv[gg][0], x1 = xv[gg][1];
+                        int sumi = __dp4a(w8[0], x0.x, 0);
+                        sumi = __dp4a(w8[1], x0.y, sumi);
+                        sumi = __dp4a(w8[2], x0.z, sumi);
+                        sumi = __dp4a(w8[3], x0.w, sumi);
+                        sumi = __dp4a(w8[4], x1.x, sumi);
+                        sumi = __dp4a(w8[5], x1.y, sumi);
+                        sumi = __dp4a(w8[6], x1.z, sumi);
+                        sumi = __dp4a(w8[7], x1.w, sumi);
+                        acc[j] += 0.125f * (dw[j][u] * dx) * (float)(sumi * ls);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = rb + j * rstep;
+            float v = warp_sum(acc[j]);
+            if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
+        }
+    }
+}
 
 // IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
 // takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ MM_NG
@@ -1093,7 +1184,7 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 // ---------------------------------------------------------------------------------
 // mHC (spec §3.3, §3.4, §3.11).
 
-// HC pre-mix and the sublayer's RMSNorm, one block per token. z: [T, mix] control
+// HC pre-mix and the sublayer's RMSNorm, one block per token (of at least 64 threads). z: [T, mix] control
 // vectors; x: [T, hc*n]; xn: [T, n] the sublayer input; mixo: [T, hc + hc*hc] = post
 // then comb, kept for hc_post. The pre weights are hc sigmoids; warp 0 also runs the
 // Sinkhorn normalisation of the hc × hc mixing, one lane per entry, each lane summing
@@ -1112,7 +1203,18 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
     int t = blockIdx.x;
     const float* zt = z + (size_t)t * mix;
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
-    if (threadIdx.x < 32) {
+    __syncthreads();
+    // Warp 0 runs the (serial) Sinkhorn iterations while the other warps form y.
+    double ss = 0.0;
+    const float* xt = x + (size_t)t * hc * n;
+    if (threadIdx.x >= 32) {
+        for (int i = threadIdx.x - 32; i < n; i += blockDim.x - 32) {
+            float acc = 0.0f;
+            for (int h = 0; h < hc; h++) acc += pre[h] * xt[h * n + i];
+            ys[i] = acc;
+            ss += (double)acc * (double)acc;
+        }
+    } else {
         int lane = threadIdx.x, nn = hc * hc;
         float* mo = mixo + (size_t)t * (hc + hc * hc);
         if (lane < hc) mo[lane] = 2.0f * sigmoidf_(zt[hc + lane] * scale[1] + base[hc + lane]);
@@ -1135,15 +1237,6 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
             v = v / (s + hc_eps);
         }
         if (lane < nn) mo[hc + lane] = v;
-    }
-    __syncthreads();
-    const float* xt = x + (size_t)t * hc * n;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < hc; h++) acc += pre[h] * xt[h * n + i];
-        ys[i] = acc;
-        ss += (double)acc * (double)acc;
     }
     ss = block_sum_d(ss, sh);
     float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));

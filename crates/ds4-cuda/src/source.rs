@@ -84,6 +84,18 @@ pub fn program() -> String {
             s.push('\n');
         }
     }
+    // Each 7-bit sign index as a mask of 0xff bytes (negated positions), for the
+    // decode kernel's xor-subtract sign flip.
+    s.push_str("};\n__device__ unsigned long long KSIGN_MASK[128] = {\n");
+    for (i, v) in ds4_quant::tables::KSIGNS.iter().enumerate() {
+        let m = (0..8)
+            .filter(|j| (v >> j) & 1 == 1)
+            .fold(0u64, |m, j| m | 0xffu64 << (8 * j));
+        s.push_str(&format!("0x{m:016x}ull,"));
+        if i % 4 == 3 {
+            s.push('\n');
+        }
+    }
     s.push_str("};\n");
     s.push_str(KERNELS_CU);
     s.push_str(EXTRA);
