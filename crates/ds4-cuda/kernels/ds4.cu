@@ -1581,6 +1581,122 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
 }
 
 // ---------------------------------------------------------------------------------
+// Rows one query at pos0 + t reads: the raw window (oldest first), then the compressed
+// rows (the indexer's selection when there is one, else every visible row).
+struct AttnRows {
+    int first, n_raw, n;
+    bool selected;
+};
+__device__ __forceinline__ AttnRows attn_rows(int pos, int t, int window, int ratio,
+                                             const int* sel, const int* nsel) {
+    AttnRows a;
+    a.first = pos + 1 > window ? pos + 1 - window : 0;
+    a.n_raw = pos + 1 - a.first;
+    int n_comp = 0;
+    a.selected = false;
+    if (ratio > 0) {
+        if (sel && nsel[t] > 0) { n_comp = nsel[t]; a.selected = true; }
+        else n_comp = (pos + 1) / ratio;
+    }
+    a.n = a.n_raw + n_comp;
+    return a;
+}
+
+// Rows r0 .. r0+nr of those into rowp[0..nr): raw rows through the ring, compressed rows
+// through the selection (each address looked up once per block).
+__device__ __forceinline__ void attn_row_table(const AttnRows& ar, int r0, int nr,
+                                               const float* ring, int ring_rows,
+                                               const float* comp, const int* sel, int sel_k,
+                                               int t, int hd, const float** rowp) {
+    for (int j = threadIdx.x; j < nr; j += blockDim.x) {
+        int r = r0 + j;
+        if (r < ar.n_raw) rowp[j] = ring + (size_t)((ar.first + r) % ring_rows) * hd;
+        else {
+            int c = r - ar.n_raw;
+            rowp[j] = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+        }
+    }
+}
+
+// Scores of rows rowp[0..nr) against hb query rows qs[hb][hd] (hd ≤ 512, checked on the
+// host): a warp holds a row in registers and scores it for every head;
+// wts[hh·wstride + j] = scale · (q_hh · row_j).
+__device__ __forceinline__ void attn_scores_rows(const float** rowp, int nr, const float* qs,
+                                                 int hb, int hd, float scale, float* wts,
+                                                 int wstride) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int j = w; j < nr; j += nw) {
+        const float* row = rowp[j];
+        float rv[16];
+#pragma unroll
+        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
+        for (int hh = 0; hh < hb; hh++) {
+            const float* qh = qs + hh * hd;
+            float p = 0.0f;
+#pragma unroll
+            for (int m = 0; m < 16; m++)
+                if (lane + 32 * m < hd) p += qh[lane + 32 * m] * rv[m];
+            p = warp_sum(p);
+            if (lane == 0) wts[hh * wstride + j] = p * scale;
+        }
+    }
+}
+
+// One warp's softmax numerators over one head's scores: wh[0..n) becomes exp(wh - m)
+// with m = max(m0, wh[..]); returns m, and the warp's Σ exp in *sum (every lane).
+__device__ __forceinline__ float warp_exp_scores(float* wh, int n, float m0, float* sum) {
+    int lane = threadIdx.x & 31;
+    float mx = m0;
+    for (int r = lane; r < n; r += 32) mx = fmaxf(mx, wh[r]);
+    mx = warp_max(mx);
+    float d = 0.0f;
+    for (int r = lane; r < n; r += 32) {
+        float e = expf(wh[r] - mx);
+        wh[r] = e;
+        d += e;
+    }
+    *sum = warp_sum(d);
+    return mx;
+}
+
+// Column i of the weighted sums of rows rowp[0..n) for hb ≤ 8 heads:
+// acc[hh] = Σ_j wts[hh·wstride + j] · rowp[j][i], the rows added in order (loads four
+// rows ahead of the adds).
+__device__ __forceinline__ void attn_weighted_col(const float** rowp, int n, const float* wts,
+                                                  int wstride, int hb, int i, float* acc) {
+#pragma unroll
+    for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
+    int r = 0;
+    for (; r + 4 <= n; r += 4) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = rowp[r + u][i];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int hh = 0; hh < 8; hh++)
+                if (hh < hb) acc[hh] += wts[hh * wstride + r + u] * v[u];
+    }
+    for (; r < n; r++) {
+        float v = rowp[r][i];
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++)
+            if (hh < hb) acc[hh] += wts[hh * wstride + r] * v;
+    }
+}
+
+// One head's attention output row in shared memory (written before a barrier): the
+// inverse rotation of its rotated dims (V = K carries each key's rotation), then the
+// store to ov.
+__device__ __forceinline__ void attn_unrotate_store(float* row, int hd, int n_rot, int pos,
+                                                    const float* freqs, float* ov) {
+    int off = hd - n_rot;
+    for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
+        rope_pair(&row[off + 2 * k], &row[off + 2 * k + 1], pos, freqs[k], 1);
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) ov[i] = row[i];
+}
+
 // Attention (spec §3.5): one block per (head, token) over the raw window (oldest
 // first), then the compressed rows (all visible ones, or the indexer's selection),
 // softmax with the sink in the denominator, then inverse RoPE on the output.
@@ -1601,22 +1717,9 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     const float** rowp = (const float**)(sm + hd + rows_max + (rows_max & 1));
     const float* qv = q + ((size_t)t * heads + h) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qv[i];
-    int first = pos + 1 > window ? pos + 1 - window : 0;
-    int n_raw = pos + 1 - first;
-    int n_comp = 0;
-    bool selected = false;
-    if (ratio > 0) {
-        if (sel && nsel[t] > 0) { n_comp = nsel[t]; selected = true; }
-        else n_comp = (pos + 1) / ratio;
-    }
-    int n = n_raw + n_comp;
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
-        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
-        else {
-            int c = r - n_raw;
-            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
-        }
-    }
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int n = ar.n;
+    attn_row_table(ar, 0, n, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int r = w; r < n; r += nw) {
@@ -1655,32 +1758,7 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
         qs[i] = acc / den;
     }
     __syncthreads();
-    int off = hd - n_rot;
-    for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
-        rope_pair(&qs[off + 2 * k], &qs[off + 2 * k + 1], pos, freqs[k], 1);
-    __syncthreads();
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) ov[i] = qs[i];
-}
-
-// Rows one query at pos0 + t reads: the raw window (oldest first), then the compressed
-// rows (the indexer's selection when there is one, else every visible row).
-struct AttnRows {
-    int first, n_raw, n;
-    bool selected;
-};
-__device__ __forceinline__ AttnRows attn_rows(int pos, int t, int window, int ratio,
-                                             const int* sel, const int* nsel) {
-    AttnRows a;
-    a.first = pos + 1 > window ? pos + 1 - window : 0;
-    a.n_raw = pos + 1 - a.first;
-    int n_comp = 0;
-    a.selected = false;
-    if (ratio > 0) {
-        if (sel && nsel[t] > 0) { n_comp = nsel[t]; a.selected = true; }
-        else n_comp = (pos + 1) / ratio;
-    }
-    a.n = a.n_raw + n_comp;
-    return a;
+    attn_unrotate_store(qs, hd, n_rot, pos, freqs, ov);
 }
 
 // Decode attention split over row ranges (flash-decoding): one block per (hb heads,
@@ -1708,59 +1786,22 @@ extern "C" __global__ void attention_split(const float* q, const float* ring, in
     const float** rowp = (const float**)(sm + wend + (wend & 1));
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         qs[i] = q[((size_t)t * heads + h0) * hd + i];
-    for (int j = threadIdx.x; j < nr; j += blockDim.x) {
-        int r = r0 + j;
-        if (r < ar.n_raw) rowp[j] = ring + (size_t)((ar.first + r) % ring_rows) * hd;
-        else {
-            int c = r - ar.n_raw;
-            rowp[j] = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * hd;
-        }
-    }
+    attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int j = w; j < nr; j += nw) {
-        const float* row = rowp[j];
-        float rv[16];
-#pragma unroll
-        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
-        for (int hh = 0; hh < hb; hh++) {
-            const float* qh = qs + hh * hd;
-            float p = 0.0f;
-#pragma unroll
-            for (int m = 0; m < 16; m++)
-                if (lane + 32 * m < hd) p += qh[lane + 32 * m] * rv[m];
-            p = warp_sum(p);
-            if (lane == 0) wts[hh * span + j] = p * scale;
-        }
-    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    attn_scores_rows(rowp, nr, qs, hb, hd, scale, wts, span);
     __syncthreads();
     size_t stride = (size_t)hd + 2;
     if (w < hb) {
-        float* wh = wts + w * span;
-        float mx = -INFINITY;
-        for (int j = lane; j < nr; j += 32) mx = fmaxf(mx, wh[j]);
-        mx = warp_max(mx);
-        float d = 0.0f;
-        for (int j = lane; j < nr; j += 32) {
-            float e = expf(wh[j] - mx);
-            wh[j] = e;
-            d += e;
-        }
-        d = warp_sum(d);
+        float d;
+        float mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
         float* pp = part + (((size_t)t * heads + h0 + w) * nsplit + z) * stride;
         if (lane == 0) { pp[0] = mx; pp[1] = d; }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float acc[8];
-#pragma unroll
-        for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
-        for (int j = 0; j < nr; j++) {
-            float v = rowp[j][i];
-#pragma unroll
-            for (int hh = 0; hh < 8; hh++)
-                if (hh < hb) acc[hh] += wts[hh * span + j] * v;
-        }
+        attn_weighted_col(rowp, nr, wts, span, hb, i, acc);
 #pragma unroll
         for (int hh = 0; hh < 8; hh++)
             if (hh < hb) part[(((size_t)t * heads + h0 + hh) * nsplit + z) * stride + 2 + i] = acc[hh];
@@ -1792,12 +1833,7 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
         sm[i] = acc / den;
     }
     __syncthreads();
-    int off = hd - n_rot;
-    for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
-        rope_pair(&sm[off + 2 * k], &sm[off + 2 * k + 1], pos, freqs[k], 1);
-    __syncthreads();
-    float* ov = o + ((size_t)t * heads + h) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) ov[i] = sm[i];
+    attn_unrotate_store(sm, hd, n_rot, pos, freqs, o + ((size_t)t * heads + h) * hd);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1826,78 +1862,23 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
     const float** rowp = (const float**)(sm + wend + (wend & 1));
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         qs[i] = q[((size_t)t * heads + h0) * hd + i];
-    int first = pos + 1 > window ? pos + 1 - window : 0;
-    int n_raw = pos + 1 - first;
-    int n_comp = 0;
-    bool selected = false;
-    if (ratio > 0) {
-        if (sel && nsel[t] > 0) { n_comp = nsel[t]; selected = true; }
-        else n_comp = (pos + 1) / ratio;
-    }
-    int n = n_raw + n_comp;
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
-        if (r < n_raw) rowp[r] = ring + (size_t)((first + r) % ring_rows) * hd;
-        else {
-            int c = r - n_raw;
-            rowp[r] = comp + (size_t)(selected ? sel[(size_t)t * sel_k + c] : c) * hd;
-        }
-    }
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int n = ar.n;
+    attn_row_table(ar, 0, n, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int r = w; r < n; r += nw) {
-        // The row in registers (hd ≤ 512, checked on the host), reused by every head.
-        const float* row = rowp[r];
-        float rv[16];
-#pragma unroll
-        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
-        for (int hh = 0; hh < hb; hh++) {
-            const float* qh = qs + hh * hd;
-            float p = 0.0f;
-#pragma unroll
-            for (int m = 0; m < 16; m++)
-                if (lane + 32 * m < hd) p += qh[lane + 32 * m] * rv[m];
-            p = warp_sum(p);
-            if (lane == 0) wts[hh * rows_max + r] = p * scale;
-        }
-    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    attn_scores_rows(rowp, n, qs, hb, hd, scale, wts, rows_max);
     __syncthreads();
     if (w < hb) {
-        float* wh = wts + w * rows_max;
-        float sink = sinks[h0 + w];
-        float mx = sink;
-        for (int r = lane; r < n; r += 32) mx = fmaxf(mx, wh[r]);
-        mx = warp_max(mx);
-        float d = 0.0f;
-        for (int r = lane; r < n; r += 32) {
-            float e = expf(wh[r] - mx);
-            wh[r] = e;
-            d += e;
-        }
-        d = warp_sum(d) + expf(sink - mx);
+        float sink = sinks[h0 + w], d;
+        float mx = warp_exp_scores(wts + w * rows_max, n, sink, &d);
+        d += expf(sink - mx);
         if (lane == 0) den_s[w] = d;
     }
     __syncthreads();
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float acc[8];
-#pragma unroll
-        for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
-        int r = 0;
-        for (; r + 4 <= n; r += 4) {
-            float v[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) v[u] = rowp[r + u][i];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-#pragma unroll
-                for (int hh = 0; hh < 8; hh++)
-                    if (hh < hb) acc[hh] += wts[hh * rows_max + r + u] * v[u];
-        }
-        for (; r < n; r++) {
-            float v = rowp[r][i];
-#pragma unroll
-            for (int hh = 0; hh < 8; hh++)
-                if (hh < hb) acc[hh] += wts[hh * rows_max + r] * v;
-        }
+        attn_weighted_col(rowp, n, wts, rows_max, hb, i, acc);
 #pragma unroll
         for (int hh = 0; hh < 8; hh++)
             if (hh < hb) qs[hh * hd + i] = acc[hh] / den_s[hh];

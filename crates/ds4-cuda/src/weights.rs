@@ -258,6 +258,23 @@ fn upload_pair(
     })
 }
 
+/// [`upload_pair`] of two single matrices.
+fn upload_pair1(
+    gpu: &Gpu,
+    a: &ds4_engine::Mat,
+    b: &ds4_engine::Mat,
+    name: &str,
+    fuse: bool,
+) -> Result<DevPair, CudaError> {
+    upload_pair(
+        gpu,
+        std::slice::from_ref(a),
+        std::slice::from_ref(b),
+        name,
+        fuse,
+    )
+}
+
 /// One matrix for the matrix-vector kernels (split layout where the type has one).
 pub fn upload_mat(gpu: &Gpu, m: &ds4_engine::Mat, name: &str) -> Result<DevMat, CudaError> {
     upload_mats(gpu, std::slice::from_ref(m), name)
@@ -292,13 +309,7 @@ fn upload_comp(
 ) -> Result<DevCompressor, CudaError> {
     Ok(DevCompressor {
         ape: gpu.upload(&c.ape)?,
-        kv_gate: upload_pair(
-            gpu,
-            std::slice::from_ref(&c.kv),
-            std::slice::from_ref(&c.gate),
-            name,
-            fuse,
-        )?,
+        kv_gate: upload_pair1(gpu, &c.kv, &c.gate, name, fuse)?,
         norm: gpu.upload(&c.norm)?,
     })
 }
@@ -436,13 +447,7 @@ impl DevWeights {
             layers.push(DevLayer {
                 hc_attn: upload_hc(gpu, &l.hc_attn, &n("hc_attn"))?,
                 attn_norm: gpu.upload(&l.attn_norm)?,
-                q_a_kv: upload_pair(
-                    gpu,
-                    std::slice::from_ref(&l.q_a),
-                    std::slice::from_ref(&l.kv),
-                    &n("attn_q_a+attn_kv"),
-                    fuse,
-                )?,
+                q_a_kv: upload_pair1(gpu, &l.q_a, &l.kv, &n("attn_q_a+attn_kv"), fuse)?,
                 q_a_norm: gpu.upload(&l.q_a_norm)?,
                 q_b: upload_mat(gpu, &l.q_b, &n("attn_q_b"))?,
                 kv_norm: gpu.upload(&l.kv_norm)?,
@@ -483,10 +488,10 @@ impl DevWeights {
                     fuse,
                 )?,
                 down_exps: upload_mats(gpu, &l.down_exps, &n("ffn_down_exps"))?,
-                gate_up_sh: upload_pair(
+                gate_up_sh: upload_pair1(
                     gpu,
-                    std::slice::from_ref(&l.gate_sh),
-                    std::slice::from_ref(&l.up_sh),
+                    &l.gate_sh,
+                    &l.up_sh,
                     &n("ffn_gate_shexp+ffn_up_shexp"),
                     fuse,
                 )?,

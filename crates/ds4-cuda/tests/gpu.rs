@@ -35,6 +35,13 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// The engine's tiny V4 fixture (F32, windows 48, ratios 4 and 32, an indexer).
+fn tiny_model() -> Model {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
+    Model::from_official_dir(&dir).unwrap()
+}
+
 #[test]
 fn matvec_matches_cpu_for_every_weight_type() {
     let Some(gpu) = gpu_or_skip("matvec_matches_cpu_for_every_weight_type") else {
@@ -86,9 +93,7 @@ fn tiny_model_logits_match_cpu() {
     if gpu_or_skip("tiny_model_logits_match_cpu").is_none() {
         return;
     }
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
-    let model = Model::from_official_dir(&dir).unwrap();
+    let model = tiny_model();
     // cuda_check's prompt for this model (seed 7), 400 tokens.
     let mut s = 7u64;
     let toks: Vec<u32> = (0..400)
@@ -143,9 +148,7 @@ fn decode_graph_replays_the_plain_launches_bit_for_bit() {
         return;
     }
     use ds4_engine::{ForwardState, LogitsFor};
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
-    let model = Model::from_official_dir(&dir).unwrap();
+    let model = tiny_model();
     let toks: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 256).collect();
     let opts = ForwardOptions::default();
     let be = ds4_cuda::CudaBackend::load(&model, 0, 512, 64, &mut |_, _| {}).unwrap();
@@ -180,9 +183,7 @@ fn fused_pairs_match_separate_products() {
         return;
     }
     use ds4_engine::{ForwardState, LogitsFor};
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
-    let model = Model::from_official_dir(&dir).unwrap();
+    let model = tiny_model();
     let toks: Vec<u32> = (0..120u32).map(|i| (i * 53 + 5) % 256).collect();
     let opts = ForwardOptions::default();
     // q_a+kv, the compressors' kv+gate and gate+up as one product each, or as two
