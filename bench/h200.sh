@@ -1,0 +1,50 @@
+#!/bin/bash
+# The checks and speed runs behind bench/CUDA-SPEED.md, in one call on a GPU machine.
+#
+#   bench/h200.sh BIN OUT
+#
+# BIN holds release builds of ds4-bench, ds4-quantize, cuda_check, cuda_profile (examples of
+# ds4-cuda) and gpu_test (the tests/gpu.rs binary of `cargo test --release -p ds4-cuda --no-run`),
+# and promessi_sposi.txt; OUT receives checks.log, profile.log, bench.csv and bench.svg. The
+# speed part needs an H200 (the 86.7 GB synthetic q2 file is built in a 110 GB tmpfs) and root
+# for the mount; compute-sanitizer is used where the machine has it.
+set -u
+B=$(cd "$1" && pwd)
+OUT=$2
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
+L=$OUT/checks.log
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$L"
+# GPU against CPU: products of every type, the tiny model, graph replay, fused pairs.
+(cd crates/ds4-cuda && timeout 120 "$B/gpu_test" --test-threads 1 --nocapture 2>&1 |
+    grep -E "test |result|panicked|worst|differ") | tee -a "$L"
+timeout 60 "$B/cuda_check" crates/ds4-engine/tests/data/tiny-v4 --tokens 400 --runs 1,7,64 \
+    --cpu-run 16 2>&1 | grep -E "PASS|FAIL|run " | cut -c1-200 | tee -a "$L"
+echo '{"n_layer":6,"n_embd":256,"n_head":4,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}' > /tmp/small.json
+"$B/ds4-quantize" --synthetic --config /tmp/small.json --recipe q2 -o /tmp/small.gguf --quiet
+if command -v compute-sanitizer > /dev/null; then
+    timeout 100 compute-sanitizer --tool memcheck --print-limit 5 "$B/cuda_check" /tmp/small.gguf \
+        --tokens 300 --runs 1,64 --cpu-run 64 2>&1 | grep -E "ERROR SUMMARY|Invalid|PASS|FAIL" |
+        head -12 | sed 's/^/[memcheck small q2] /' | tee -a "$L"
+fi
+timeout 100 "$B/cuda_check" /tmp/small.gguf --tokens 1000 --runs 1,64,512 --cpu-run 64 2>&1 |
+    grep -E "layer [0-9] \(|PASS|FAIL|run " | cut -c1-200 | tee -a "$L"
+echo '{"n_layer":4,"n_expert":16,"indexer_top_k":128,"compress_ratios":[0,4,128,4],"n_hash_layer":1}' > /tmp/fw16.json
+"$B/ds4-quantize" --synthetic --config /tmp/fw16.json --recipe f16 -o /tmp/fw16.gguf --quiet
+timeout 150 "$B/cuda_check" /tmp/fw16.gguf --tokens 300 --runs 1,64 --cpu-run 300 2>&1 |
+    grep -E "layer [0-9] \(|PASS|FAIL|run " | cut -c1-200 | tee -a "$L"
+rm -f /tmp/fw16.gguf
+grep -q H200 "$L" || { echo "not an H200: no speed run"; exit 3; }
+# Speed: the full-size synthetic q2 file in a tmpfs (bench/CUDA-SPEED.md, perf-anchor).
+mkdir -p /mnt/ds4 && mount -t tmpfs -o size=110G,huge=always tmpfs /mnt/ds4
+"$B/ds4-quantize" --synthetic --recipe q2 -o /mnt/ds4/flash-q2.gguf --quiet 2>&1 | tail -1
+timeout 120 "$B/cuda_profile" /mnt/ds4/flash-q2.gguf --ctx 8192 --prefill 2048 --chunk 2048 \
+    --gen 32 > "$OUT/profile.log" 2>&1
+head -30 "$OUT/profile.log"
+timeout 200 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf --prompt-file "$B/promessi_sposi.txt" \
+    --ctx-start 2048 --ctx-max 16384 --step-incr 2048 --gen-tokens 64 --csv "$OUT/bench.csv" \
+    --svg "$OUT/bench.svg" 2>&1 | tail -9
+DS4_CUDA_PDL=0 timeout 60 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf \
+    --prompt-file "$B/promessi_sposi.txt" --ctx-start 2048 --ctx-max 2048 --step-incr 2048 \
+    --gen-tokens 32 2>&1 | tail -1 | sed 's/^/[no PDL] /'
