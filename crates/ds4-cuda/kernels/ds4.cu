@@ -430,6 +430,17 @@ template <int NTM> __device__ void mv_q8_0_body(const MvArgs& a) {
 extern "C" __global__ void mv_q8_0(MvArgs a) { pdl_begin(); mv_q8_0_body<MAXNT>(a); }
 extern "C" __global__ void mv_q8_0_1(MvArgs a) { pdl_begin(); mv_q8_0_body<1>(a); }
 
+// One 16×8 mma accumulator fragment into y: rows ra and ra + 8 of the lane's group,
+// items i0 and i1 of its thread quad (an item < 0 is absent; rows past a.rows too).
+__device__ __forceinline__ void mma_store(const MvArgs& a, const float* c, int ra, int i0,
+                                          int i1) {
+    int rb = ra + 8;
+    if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = c[0];
+    if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = c[1];
+    if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = c[2];
+    if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = c[3];
+}
+
 // Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores:
 // a block computes a 64-row × 64-token tile; per Q8_0 block (32 columns) each warp
 // issues int8 mma.m16n8k32 for its 16 rows and the 8 token groups, then scales the
@@ -511,14 +522,11 @@ extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin(
         }
         __syncthreads();
     }
-    int ra = r0 + 16 * warp + g, rb = ra + 8;
+    int ra = r0 + 16 * warp + g;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
-        if (ra < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + ra] = acc[j][0];
-        if (ra < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + ra] = acc[j][1];
-        if (rb < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + rb] = acc[j][2];
-        if (rb < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + rb] = acc[j][3];
+        mma_store(a, acc[j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
     }
 }
 
@@ -593,14 +601,11 @@ extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin()
         }
         __syncthreads();
     }
-    int ra = r0 + 16 * warp + g, rb = ra + 8;
+    int ra = r0 + 16 * warp + g;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
-        if (ra < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + ra] = acc[j][0];
-        if (ra < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + ra] = acc[j][1];
-        if (rb < a.rows && ta < a.nb) a.y[(size_t)ta * a.y_stride + rb] = acc[j][2];
-        if (rb < a.rows && tb < a.nb) a.y[(size_t)tb * a.y_stride + rb] = acc[j][3];
+        mma_store(a, acc[j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
     }
 }
 
@@ -969,13 +974,8 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_beg
         }
     }
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++) {
-        int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
-        if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = acc[j][0];
-        if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = acc[j][1];
-        if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = acc[j][2];
-        if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = acc[j][3];
-    }
+    for (int j = 0; j < MM_NG / 8; j++)
+        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
 
 __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
@@ -1066,13 +1066,8 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin(
         }
     }
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++) {
-        int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
-        if (ra < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + ra] = acc[j][0];
-        if (ra < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + ra] = acc[j][1];
-        if (rb < a.rows && i0 >= 0) a.y[(size_t)i0 * a.y_stride + rb] = acc[j][2];
-        if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = acc[j][3];
-    }
+    for (int j = 0; j < MM_NG / 8; j++)
+        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
