@@ -720,6 +720,13 @@ template <int NTM> __device__ void mv_q4_k_body(const MvArgs& a) {
 extern "C" __global__ void mv_q4_k(MvArgs a) { pdl_begin(); mv_q4_k_body<MAXNT>(a); }
 extern "C" __global__ void mv_q4_k_1(MvArgs a) { pdl_begin(); mv_q4_k_body<1>(a); }
 
+// The block's copy of the IQ2_XXS grid and of the sign byte masks (the caller waits at
+// a barrier before reading them).
+__device__ __forceinline__ void iq2_tables_to_shared(u64* grid_s, u64* sign_s) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) sign_s[i] = KSIGN_MASK[i];
+}
+
 // IQ2_XXS, split: per block 64 bytes of quants (8 groups of a u32 of grid indices and a
 // u32 of signs + scale) in `w`, the f16 scale in `sc`. A lane takes 16 bytes = two
 // groups. Grid and signs live in shared memory (lanes index them with different
@@ -728,14 +735,7 @@ extern "C" __global__ void mv_q4_k_1(MvArgs a) { pdl_begin(); mv_q4_k_body<1>(a)
 template <int NTM> __device__ void mv_iq2_xxs_body(const MvArgs& a) {
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
-        u32 s = KSIGNS[i];
-        u64 m = 0;
-        for (int j = 0; j < 8; j++)
-            if ((s >> j) & 1) m |= (u64)0xff << (8 * j);
-        sign_s[i] = m;
-    }
+    iq2_tables_to_shared(grid_s, sign_s);
     __syncthreads();
     MV_ITEMS
     int nch = a.cols / 64;  // 16-byte pieces: 4 per block of 256
@@ -901,14 +901,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_beg
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
-        u32 sv = KSIGNS[i];
-        u64 m = 0;
-        for (int j = 0; j < 8; j++)
-            if ((sv >> j) & 1) m |= (u64)0xff << (8 * j);
-        sign_s[i] = m;
-    }
+    iq2_tables_to_shared(grid_s, sign_s);
     if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;

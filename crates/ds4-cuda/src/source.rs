@@ -64,6 +64,16 @@ extern "C" __global__ void fill_f32(float* x, float v, long long n) {
 
 /// The full program: IQ2_XXS tables (from ds4-quant, the one copy of them), the
 /// kernels, the extras.
+/// KSIGNS as byte masks: byte j of entry i is 0xff where bit j of KSIGNS[i] is set.
+fn ksign_masks() -> [u64; 128] {
+    std::array::from_fn(|i| {
+        let v = ds4_quant::tables::KSIGNS[i];
+        (0..8)
+            .filter(|j| (v >> j) & 1 == 1)
+            .fold(0u64, |m, j| m | 0xffu64 << (8 * j))
+    })
+}
+
 pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
     // Global rather than __constant__ memory: each block copies the tables to shared
@@ -77,20 +87,10 @@ pub fn program() -> String {
             s.push('\n');
         }
     }
-    s.push_str("};\n__device__ unsigned char KSIGNS[128] = {\n");
-    for (i, v) in ds4_quant::tables::KSIGNS.iter().enumerate() {
-        s.push_str(&format!("{v},"));
-        if i % 16 == 15 {
-            s.push('\n');
-        }
-    }
-    // Each 7-bit sign index as a mask of 0xff bytes (negated positions), for the
-    // decode kernel's xor-subtract sign flip.
+    // Each 7-bit sign index's KSIGNS byte as a mask of 0xff bytes (the negated
+    // positions), for the kernels' xor-subtract sign flip.
     s.push_str("};\n__device__ unsigned long long KSIGN_MASK[128] = {\n");
-    for (i, v) in ds4_quant::tables::KSIGNS.iter().enumerate() {
-        let m = (0..8)
-            .filter(|j| (v >> j) & 1 == 1)
-            .fold(0u64, |m, j| m | 0xffu64 << (8 * j));
+    for (i, m) in ksign_masks().iter().enumerate() {
         s.push_str(&format!("0x{m:016x}ull,"));
         if i % 4 == 3 {
             s.push('\n');
@@ -154,6 +154,25 @@ mod tests {
                 KERNEL_NAMES.contains(&d.as_str()),
                 "kernel {d} is never loaded"
             );
+        }
+    }
+
+    #[test]
+    fn sign_masks_negate_the_bytes_ksigns_marks() {
+        // Applied as in the kernels, (g ^ m) - m byte-wise, a mask negates exactly the
+        // grid bytes whose KSIGNS bit is set (grid magnitudes are below 128).
+        let masks = ksign_masks();
+        let p = program();
+        for (i, &m) in masks.iter().enumerate() {
+            assert!(p.contains(&format!("0x{m:016x}ull")), "entry {i} missing");
+            let signs = ds4_quant::tables::KSIGNS[i];
+            for j in 0..8 {
+                let g: i8 = 8 + j as i8;
+                let mb = (m >> (8 * j)) as u8;
+                let flipped = ((g as u8 ^ mb).wrapping_sub(mb)) as i8;
+                let want = if (signs >> j) & 1 == 1 { -g } else { g };
+                assert_eq!(flipped, want, "entry {i} byte {j}");
+            }
         }
     }
 
