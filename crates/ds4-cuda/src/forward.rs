@@ -570,8 +570,10 @@ fn attention_heads_per_block(cfg: &ModelConfig, rows_max: usize, t: usize) -> us
 /// of ranges for queries reading up to `rows_max` rows, or None where the one-head
 /// kernel stays (the split kernel holds a row of ≤ 512 floats in registers).
 fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usize, usize)> {
-    let off = std::env::var("DS4_CUDA_ATTN_SPLIT").is_ok_and(|v| v == "0");
-    if off || t >= MMA_MIN_TOKENS || cfg.head_dim > 512 {
+    // DS4_CUDA_ATTN_SPLIT=0 keeps the one-head kernel (for comparisons); read once.
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_SPLIT").map_or(true, |v| v != "0"));
+    if !on || t >= MMA_MIN_TOKENS || cfg.head_dim > 512 {
         return None;
     }
     // Ranges of 64 rows (a 2k-token decode step's 640 rows of a ratio-4 layer become
