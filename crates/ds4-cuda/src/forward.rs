@@ -796,7 +796,7 @@ impl Fwd<'_> {
         c: Mv,
     ) -> Result<(), CudaError> {
         match p {
-            DevPair::Fused { mat, .. } => self.mv_act(s, act, ready, mat, c),
+            DevPair::Fused(mat) => self.mv_act(s, act, ready, mat, c),
             DevPair::Separate(a, b) => {
                 self.mv_act(s, act, ready, a, c)?;
                 let c = Mv {

@@ -148,41 +148,27 @@ fn upload_mats_as(
 }
 
 /// Two products over the same input, `[A; B]`: their outputs land side by side, A's
-/// `a_rows` values then B's, in one row of `a_rows + b_rows` per item. Fused, one
-/// launch computes both (matrix i of the stack is A_i's rows followed by B_i's);
-/// where the two differ in type or width they stay two launches writing the same
-/// layout, so the consumers never know which.
+/// values then B's, in one row per item. Fused, one launch computes both (matrix i of
+/// the stack is A_i's rows followed by B_i's); where the two differ in type or width
+/// they stay two launches writing the same layout, so the consumers never know which.
 pub enum DevPair {
-    Fused { mat: DevMat, a_rows: usize },
+    Fused(DevMat),
     Separate(DevMat, DevMat),
 }
 
 impl DevPair {
-    /// Output values per item (both products).
-    pub fn rows(&self) -> usize {
-        match self {
-            DevPair::Fused { mat, .. } => mat.rows,
-            DevPair::Separate(a, b) => a.rows + b.rows,
-        }
-    }
     /// The matrices the launches read (one when fused).
     pub fn mats(&self) -> Vec<&DevMat> {
         match self {
-            DevPair::Fused { mat, .. } => vec![mat],
+            DevPair::Fused(mat) => vec![mat],
             DevPair::Separate(a, b) => vec![a, b],
         }
     }
     /// The weight type of the A part (B's is the same when fused).
     pub fn a_type(&self) -> GgmlType {
         match self {
-            DevPair::Fused { mat, .. } => mat.ty,
+            DevPair::Fused(mat) => mat.ty,
             DevPair::Separate(a, _) => a.ty,
-        }
-    }
-    pub fn b_type(&self) -> GgmlType {
-        match self {
-            DevPair::Fused { mat, .. } => mat.ty,
-            DevPair::Separate(_, b) => b.ty,
         }
     }
 }
@@ -245,17 +231,14 @@ fn upload_pair(
             }
         }
     }
-    Ok(DevPair::Fused {
-        mat: DevMat {
-            buf,
-            ty: ta,
-            rows: a0.rows + b0.rows,
-            cols: a0.cols,
-            mat_bytes,
-            split,
-        },
-        a_rows: a0.rows,
-    })
+    Ok(DevPair::Fused(DevMat {
+        buf,
+        ty: ta,
+        rows: a0.rows + b0.rows,
+        cols: a0.cols,
+        mat_bytes,
+        split,
+    }))
 }
 
 /// [`upload_pair`] of two single matrices.
