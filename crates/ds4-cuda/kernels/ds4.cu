@@ -1351,6 +1351,32 @@ extern "C" __global__ void kv_store(const float* kv, float* ring, int ring_rows,
     for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = row[i];
 }
 
+// The end of one compressed row, thread j holding its pooled value j (threads ≥ d hold
+// 0 and only join the block-wide steps): RMSNorm with weight `norm`, RoPE at `rpos`, the
+// row's quantization simulation (sim as in compress_run), then the store to `row`.
+// `out` is d floats of shared memory.
+__device__ void compress_finish(float pooled, const float* norm, int d, float eps,
+                                const float* freqs, int n_rot, int rpos, int sim, float* out,
+                                double* shd, float* amax, float* row) {
+    int j = threadIdx.x;
+    bool act = j < d;
+    double ss = block_sum_d((double)pooled * (double)pooled, shd);
+    float rs = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+    if (act) out[j] = pooled * rs * norm[j];
+    __syncthreads();
+    int off = d - n_rot;
+    if (j < n_rot / 2) rope_pair(&out[off + 2 * j], &out[off + 2 * j + 1], rpos, freqs[j], 0);
+    __syncthreads();
+    if (sim == 1) {
+        qat_kv_row(out, d, d - n_rot, amax);
+    } else if (sim == 2) {
+        qat_indexer_vec(out, d, amax);
+        if (act) out[j] = f16_round(out[j]);
+        __syncthreads();
+    }
+    if (act) row[j] = out[j];
+}
+
 // KV compressor (spec §3.6) over a run of T tokens, strictly in order (token t's
 // values at kvp + t·in_stride, its scores at gate + t·in_stride): the frontier
 // state lives in global memory (front_kv, front_score: coff·ratio slots of width
@@ -1405,22 +1431,9 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, int
                 pooled = num / den;
             }
         }
-        double ss = block_sum_d((double)pooled * (double)pooled, shd);
-        float rs = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
-        if (act) out[j] = pooled * rs * norm[j];
-        __syncthreads();
-        int off = d - n_rot;
-        if (j < n_rot / 2) rope_pair(&out[off + 2 * j], &out[off + 2 * j + 1], pos + 1 - ratio, freqs[j], 0);
-        __syncthreads();
-        if (sim == 1) {
-            qat_kv_row(out, d, d - n_rot, amax);
-        } else if (sim == 2) {
-            qat_indexer_vec(out, d, amax);
-            if (act) out[j] = f16_round(out[j]);
-            __syncthreads();
-        }
+        compress_finish(pooled, norm, d, eps, freqs, n_rot, pos + 1 - ratio, sim, out, shd,
+                        amax, rows + (size_t)((pos + 1) / ratio - 1) * d);
         if (act) {
-            rows[(size_t)((pos + 1) / ratio - 1) * d + j] = out[j];
             if (coff == 2) {
                 for (int s = 0; s < ratio; s++) {
                     for (int c = 0; c < 2; c++) {
@@ -1433,6 +1446,133 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, int
             }
         }
         __syncthreads();
+    }
+}
+
+// The compressor for a run of tokens (prefill), its rows in parallel: one block per row
+// closed in the run, the same pooling as compress_run. A row's window (and, for
+// overlapping compressors, the window before it) takes each token's values from the run
+// when the token is in it, else from the frontier state as the run found it (tokens
+// before pos0; tokens before 0 are empty slots). Slots pool in compress_run's order
+// (previous window, then current, each in position order), so rows are the same.
+// compress_state then brings the frontier to the run's end.
+__device__ __forceinline__ void compress_token(const float* kvp, const float* gate, int in_stride,
+                                               const float* ape, const float* front_kv,
+                                               const float* front_score, int pos0, int ratio,
+                                               int coff, int width, int q, int col, float* kv,
+                                               float* score) {
+    int r = q % ratio;
+    if (q >= pos0) {
+        *kv = kvp[(size_t)(q - pos0) * in_stride + col];
+        *score = gate[(size_t)(q - pos0) * in_stride + col] + ape[(size_t)r * width + col];
+        return;
+    }
+    if (q < 0) {
+        *kv = 0.0f;
+        *score = EMPTY_SCORE;
+        return;
+    }
+    // Before the run: the state's current window holds the tokens from the window
+    // containing pos0 (W0) up to pos0, its previous-window slots the window before W0.
+    int w0 = pos0 / ratio * ratio;
+    int slot = (coff == 2 && q >= w0) ? ratio + r : r;
+    *kv = front_kv[(size_t)slot * width + col];
+    *score = front_score[(size_t)slot * width + col];
+}
+
+extern "C" __global__ void compress_rows(const float* kvp, const float* gate, int in_stride,
+                                         const float* ape, const float* norm,
+                                         const float* front_kv, const float* front_score,
+                                         float* rows, const int* pos0p, int ratio, int coff, int d,
+                                         float eps, const float* freqs, int n_rot, int sim) { pdl_begin();
+    int pos0 = *pos0p;
+    extern __shared__ float out[];  // d floats
+    __shared__ double shd[32];
+    __shared__ float amax[64];
+    int j = threadIdx.x;
+    bool act = j < d;
+    int width = coff * d;
+    // Row pos0 / ratio + blockIdx.x closes at p (its window starts at ws).
+    int p = (pos0 / ratio + 1 + blockIdx.x) * ratio - 1;
+    int ws = p + 1 - ratio;
+    float pooled = 0.0f;
+    if (act) {
+        // Slot s < ratio (overlapping compressors only): token ws - ratio + s, column j;
+        // then the current window: token ws + s, column d + j (overlapping) or j.
+        int n_slots = coff * ratio;
+        float m = -INFINITY;
+        for (int s2 = 0; s2 < n_slots; s2++) {
+            bool prev = coff == 2 && s2 < ratio;
+            int q = prev ? ws - ratio + s2 : ws + (s2 - (coff == 2 ? ratio : 0));
+            int col = (coff == 2 && !prev) ? d + j : j;
+            float kv, sc;
+            compress_token(kvp, gate, in_stride, ape, front_kv, front_score, pos0, ratio, coff,
+                           width, q, col, &kv, &sc);
+            m = fmaxf(m, sc);
+        }
+        if (m > EMPTY_SCORE / 2.0f) {
+            float num = 0.0f, den = 0.0f;
+            for (int s2 = 0; s2 < n_slots; s2++) {
+                bool prev = coff == 2 && s2 < ratio;
+                int q = prev ? ws - ratio + s2 : ws + (s2 - (coff == 2 ? ratio : 0));
+                int col = (coff == 2 && !prev) ? d + j : j;
+                float kv, sc;
+                compress_token(kvp, gate, in_stride, ape, front_kv, front_score, pos0, ratio,
+                               coff, width, q, col, &kv, &sc);
+                float e = expf(sc - m);
+                num += e * kv;
+                den += e;
+            }
+            pooled = num / den;
+        }
+    }
+    compress_finish(pooled, norm, d, eps, freqs, n_rot, ws, sim, out, shd, amax,
+                    rows + (size_t)((p + 1) / ratio - 1) * d);
+}
+
+// The frontier after a run of T tokens from pos0, as compress_run leaves it for every
+// slot a later row reads: the current window's slots hold the tokens of the window still
+// open at the run's end (from We = end / ratio · ratio up to the end), and (overlapping
+// compressors, when a row closed in the run) the previous-window slots the window before
+// We. One block; thread j owns columns j and d + j of every slot (as in compress_run), so
+// reading the old state and writing the new one need no barrier.
+extern "C" __global__ void compress_state(const float* kvp, const float* gate, int in_stride,
+                                          const float* ape, float* front_kv,
+                                          float* front_score, int T, const int* pos0p, int ratio,
+                                          int coff, int d) { pdl_begin();
+    int pos0 = *pos0p;
+    int j = threadIdx.x;
+    if (j >= d) return;
+    int width = coff * d;
+    int end = pos0 + T;
+    int we = end / ratio * ratio;  // the window open after the run
+    int w0 = pos0 / ratio * ratio;
+    for (int c = 0; c < coff; c++) {
+        int col = j + c * d;
+        if (coff == 2 && we > w0) {
+            // Previous window = [we - ratio, we): from the run, or (the window that held
+            // pos0, when it closed in this run) from the old current-window slots.
+            for (int q = we - ratio; q < we; q++) {
+                int r = q % ratio;
+                float kv, sc;
+                if (q >= pos0) {
+                    kv = kvp[(size_t)(q - pos0) * in_stride + col];
+                    sc = gate[(size_t)(q - pos0) * in_stride + col] + ape[(size_t)r * width + col];
+                } else {
+                    kv = front_kv[(size_t)(ratio + r) * width + col];
+                    sc = front_score[(size_t)(ratio + r) * width + col];
+                }
+                front_kv[(size_t)r * width + col] = kv;
+                front_score[(size_t)r * width + col] = sc;
+            }
+        }
+        for (int q = max(we, pos0); q < end; q++) {
+            int r = q % ratio;
+            int slot = coff == 2 ? ratio + r : r;
+            front_kv[(size_t)slot * width + col] = kvp[(size_t)(q - pos0) * in_stride + col];
+            front_score[(size_t)slot * width + col] =
+                gate[(size_t)(q - pos0) * in_stride + col] + ape[(size_t)r * width + col];
+        }
     }
 }
 

@@ -614,6 +614,26 @@ fn q8_target(ty: GgmlType, n: usize, act: (&DevBuf, &DevBuf)) -> Option<(u64, u6
     (act_kind(ty) == ActKind::Q8_0 && n.is_multiple_of(32)).then_some((act.0.ptr, act.1.ptr))
 }
 
+/// One compressor's launch arguments: the run's values and scores (`input`: values,
+/// scores, floats per token), its weights, frontier (values, scores) and rows.
+struct Compress {
+    input: (u64, u64, usize),
+    ape: u64,
+    norm: u64,
+    front: (u64, u64),
+    rows: u64,
+    coff: usize,
+    d: usize,
+    sim: i32,
+}
+
+/// Parallel compressor rows for runs (`DS4_CUDA_COMPRESS_ROWS=0` keeps the in-order
+/// kernel, for comparisons).
+fn compress_rows_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_COMPRESS_ROWS").map_or(true, |v| v != "0"))
+}
+
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 const MMA_MIN_TOKENS: usize = 16;
 
@@ -948,10 +968,17 @@ impl Fwd<'_> {
             let width = kind.coff() * hd;
             let c = Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, 2 * width);
             self.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
-            launch!(g, "compress_run", (1, 1, 1), hd.next_multiple_of(32) as u32, (hd * 4) as u32;
-                s.ckv.ptr, s.ckv.at::<f32>(width), (2 * width) as i32, cw.ape.ptr, cw.norm.ptr,
-                fkv.ptr, fsc.ptr, rows.ptr, t as i32, p0, ratio as i32, kind.coff() as i32,
-                hd as i32, self.eps(), rope, n_rot, sim)?;
+            let c = Compress {
+                input: (s.ckv.ptr, s.ckv.at::<f32>(width), 2 * width),
+                ape: cw.ape.ptr,
+                norm: cw.norm.ptr,
+                front: (fkv.ptr, fsc.ptr),
+                rows: rows.ptr,
+                coff: kind.coff(),
+                d: hd,
+                sim,
+            };
+            self.compress(s, &c, l, pos0, t)?;
         }
         let mut sel = (0u64, 0u64);
         if let (Some(iw), Some((irows, fkv, fsc))) = (&w.indexer, &st.icomp) {
@@ -959,10 +986,17 @@ impl Fwd<'_> {
             let ic = &iw.compressor;
             let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
             self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
-            launch!(g, "compress_run", (1, 1, 1), di.next_multiple_of(32) as u32, (di * 4) as u32;
-                s.ikv.ptr, s.ikv.at::<f32>(2 * di), (4 * di) as i32, ic.ape.ptr, ic.norm.ptr,
-                fkv.ptr, fsc.ptr, irows.ptr, t as i32, p0, ratio as i32, 2i32, di as i32,
-                self.eps(), rope, n_rot, 2 * sim)?;
+            let c = Compress {
+                input: (s.ikv.ptr, s.ikv.at::<f32>(2 * di), 4 * di),
+                ape: ic.ape.ptr,
+                norm: ic.norm.ptr,
+                front: (fkv.ptr, fsc.ptr),
+                rows: irows.ptr,
+                coff: 2,
+                d: di,
+                sim: 2 * sim,
+            };
+            self.compress(s, &c, l, pos0, t)?;
             self.mv_act(
                 s,
                 (&s.act2_q, &s.act2_d),
@@ -1044,6 +1078,41 @@ impl Fwd<'_> {
             Mv::plain(s.low.ptr, t, cfg.o_groups * r, s.f.ptr, e),
         )?;
         self.hc_post_swap(s, t)
+    }
+
+    /// A compressor over the run's tokens at `pos0..pos0+t` (§3.6): closed rows to
+    /// `c.rows`, the frontier carried in `c.front`. Decode steps (and short runs) walk
+    /// the tokens in order in one block (`compress_run`); a run of at least
+    /// MMA_MIN_TOKENS computes its closed rows in parallel (`compress_rows`, one block
+    /// each) and then the frontier (`compress_state`), with the same values.
+    fn compress(
+        &self,
+        s: &Scratch,
+        c: &Compress,
+        l: usize,
+        pos0: usize,
+        t: usize,
+    ) -> Result<(), CudaError> {
+        let g = self.gpu;
+        let s_pos = s.pos.ptr;
+        let ratio = self.cfg.attn_kind(l).ratio();
+        let (rope, n_rot) = (self.rope(l), self.cfg.n_rot as i32);
+        let threads = c.d.next_multiple_of(32) as u32;
+        let (kv, gate, stride) = c.input;
+        if t < MMA_MIN_TOKENS || self.capture || !compress_rows_on() {
+            return launch!(g, "compress_run", (1, 1, 1), threads, (c.d * 4) as u32;
+                kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, t as i32,
+                s_pos, ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim);
+        }
+        let n_rows = (pos0 + t) / ratio - pos0 / ratio;
+        if n_rows > 0 {
+            launch!(g, "compress_rows", (n_rows as u32, 1, 1), threads, (c.d * 4) as u32;
+                kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, s_pos,
+                ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim)?;
+        }
+        launch!(g, "compress_state", (1, 1, 1), threads, 0;
+            kv, gate, stride as i32, c.ape, c.front.0, c.front.1, t as i32, s_pos, ratio as i32,
+            c.coff as i32, c.d as i32)
     }
 
     /// `X' = hc_post(F, X)`, in place in `x[0]` (each thread reads its column's hc

@@ -39,6 +39,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_head",
     "kv_store",
     "compress_run",
+    "compress_rows",
+    "compress_state",
     "indexer_prep",
     "indexer_scores",
     "topk_select",
