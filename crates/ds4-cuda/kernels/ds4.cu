@@ -1239,8 +1239,10 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 // X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]. One block per token.
 // Grid (ceil(n / blockDim), T). One thread per column j reads the hc inputs of column j
 // before writing its hc outputs, so `out` may be `x` (the update is in place).
-extern "C" __global__ void hc_post(const float* f, const float* x, const float* mixi,
-                                   float* out, int hc, int n) { pdl_begin();
+// With `routed` (the MoE sublayer), F is f + Σ_r routed[t·k + r] (the shared expert's
+// output plus the routed ones, in routing order, as the CPU adds them).
+extern "C" __global__ void hc_post(const float* f, const float* routed, int k, const float* x,
+                                   const float* mixi, float* out, int hc, int n) { pdl_begin();
     int t = blockIdx.y;
     const float* mo = mixi + (size_t)t * (hc + hc * hc);
     const float* xt = x + (size_t)t * hc * n;
@@ -1251,6 +1253,8 @@ extern "C" __global__ void hc_post(const float* f, const float* x, const float* 
 #pragma unroll
     for (int a = 0; a < 8; a++) xs[a] = a < hc ? xt[a * n + j] : 0.0f;
     float fj = ft[j];
+    if (routed)
+        for (int r = 0; r < k; r++) fj += routed[((size_t)t * k + r) * n + j];
     for (int b = 0; b < hc; b++) {
         float acc = mo[b] * fj;
 #pragma unroll
@@ -1332,15 +1336,24 @@ __device__ void qat_indexer_vec(float* v, int n, float* sh_amax) {
     __syncthreads();
 }
 
-// The raw K=V row of each token: RoPE at its position, the KV QAT, stored into the
-// ring of raw rows at slot pos % ring. One block per token; dynamic shared: hd floats.
-extern "C" __global__ void kv_store(const float* kv, float* ring, int ring_rows, int hd,
-                                    const float* freqs, int n_rot, const int* pos0p, int sim) { pdl_begin();
+// The raw K=V row of each token: its RMSNorm (weight nw; blockDim as rms_norm would
+// take, so the same sums), RoPE at its position, the KV QAT, stored into the ring of raw
+// rows at slot pos % ring. One block per token, its row at kv + t·kv_stride; dynamic
+// shared: hd floats.
+extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float* nw, float eps,
+                                    float* ring, int ring_rows, int hd, const float* freqs,
+                                    int n_rot, const int* pos0p, int sim) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float row[];
     __shared__ float amax[64];
+    __shared__ double sh[32];
     int t = blockIdx.x, pos = pos0 + t;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = kv[(size_t)t * hd + i];
+    const float* xv = kv + (size_t)t * kv_stride;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
+    ss = block_sum_d(ss, sh);
+    float rs = (float)(1.0 / sqrt(ss / (double)hd + (double)eps));
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = xv[i] * rs * nw[i];
     __syncthreads();
     int off = hd - n_rot;
     for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
@@ -1938,11 +1951,13 @@ extern "C" __global__ void attention_split(const float* q, const float* ring, in
 
 // Merges attention_split's ranges for one (head, token): the softmax over all rows and
 // the sink, then the inverse rotation (V = K carries each key's rotation).
+// With `q`, also the Q8_0 of the output row (blocks of 32 within the head: hd is a
+// multiple of 32) for the output projection, which then skips quant_q8_0.
 extern "C" __global__ void attention_combine(const float* part, const int* sel, const int* nsel,
                                              const float* sinks, float* o, int heads, int hd,
                                              int window, const int* pos0p, int ratio,
                                              const float* freqs, int n_rot, int span,
-                                             int nsplit) { pdl_begin();
+                                             int nsplit, i8* q, float* qd) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float sm[];  // hd
     int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
@@ -1961,7 +1976,11 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
         sm[i] = acc / den;
     }
     __syncthreads();
-    attn_unrotate_store(sm, hd, n_rot, pos, freqs, o + ((size_t)t * heads + h) * hd);
+    size_t base = ((size_t)t * heads + h) * hd;
+    attn_unrotate_store(sm, hd, n_rot, pos, freqs, o + base);
+    if (q)
+        for (int i = threadIdx.x; i < hd; i += blockDim.x)
+            q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
 }
 
 // ---------------------------------------------------------------------------------
@@ -2103,13 +2122,3 @@ extern "C" __global__ void swiglu(const float* g, const float* u, int in_stride,
     }
 }
 
-// out[t] = shared[t] + Σ_j routed[t·k + j], in routing order.
-extern "C" __global__ void moe_sum(const float* shared, const float* routed, float* out, int n,
-                                   int k, int T) { pdl_begin();
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)T * n) return;
-    int t = (int)(i / n), c = (int)(i % n);
-    float acc = shared[i];
-    for (int j = 0; j < k; j++) acc += routed[((size_t)t * k + j) * n + c];
-    out[i] = acc;
-}

@@ -99,7 +99,6 @@ pub struct Scratch {
     qkv_raw: DevBuf,
     qa: DevBuf,
     q: DevBuf,
-    kv: DevBuf,
     ckv: DevBuf,
     ikv: DevBuf,
     qi: DevBuf,
@@ -240,7 +239,6 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         f32s(t * (cfg.q_lora + cfg.head_dim)),     // qkv_raw: [q_a; kv] outputs
         f32s(t * cfg.q_lora),                      // qa
         f32s(t * qh),                              // q
-        f32s(t * cfg.head_dim),                    // kv
         f32s(t * 4 * cfg.head_dim),                // ckv: [kv; gate], coff·hd each
         f32s(t * 4 * di),                          // ikv: [kv; gate], 2·di each
         f32s(t * nhi * di),                        // qi
@@ -291,7 +289,6 @@ impl Scratch {
             qkv_raw: a()?,
             qa: a()?,
             q: a()?,
-            kv: a()?,
             ckv: a()?,
             ikv: a()?,
             qi: a()?,
@@ -949,16 +946,16 @@ impl Fwd<'_> {
             &w.q_b,
             Mv::plain(s.qa.ptr, t, cfg.q_lora, s.q.ptr, nh * hd),
         )?;
-        let kv_in = (s.qkv_raw.at::<f32>(cfg.q_lora), qkv);
-        self.rms_q(kv_in, Some(&w.kv_norm), s.kv.ptr, hd, t, None)?;
 
         // Per-head weightless norm and RoPE of the queries; the K=V rows rotated,
         // simulated and stored before attention (a token attends to itself).
         launch!(g, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
             s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
         let ring_rows = (st.ring.bytes / 4 / hd) as i32;
-        launch!(g, "kv_store", (t as u32, 1, 1), 128, (hd * 4) as u32;
-            s.kv.ptr, st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
+        // kv_store normalizes the K=V row itself (kv_norm), from the [q_a; kv] output.
+        launch!(g, "kv_store", (t as u32, 1, 1), norm_threads(hd), (hd * 4) as u32;
+            s.qkv_raw.at::<f32>(cfg.q_lora), qkv as i32, w.kv_norm.ptr, self.eps(), st.ring.ptr,
+            ring_rows, hd as i32, rope, n_rot, p0, sim)?;
 
         // Compressors, then the indexer's selection (§3.6, §3.7).
         let kind = cfg.attn_kind(l);
@@ -1035,6 +1032,7 @@ impl Fwd<'_> {
         // Runs of tokens take the multi-head kernel (each K=V row read once for `hb`
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
+        let mut oq = None;
         if hb > 1 {
             let shm = (hb * hd + hb * rows_max + 1) * 4 + rows_max * 8;
             g.allow_shared("attention_mh", shm)?;
@@ -1051,10 +1049,13 @@ impl Fwd<'_> {
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 s.apart.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0, ratio as i32,
                 scale, span as i32, nsplit as i32, hbs as i32)?;
+            // The combine writes o's Q8_0 for out_a where out_a takes it.
+            oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
+            let (qp, dp) = oq.unwrap_or((0, 0));
             launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, (hd * 4) as u32;
                 s.apart.ptr, sel.0, sel.1, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
                 cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
-                nsplit as i32)?;
+                nsplit as i32, qp, dp)?;
         } else {
             launch!(g, "attention", (nh as u32, t as u32, 1), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
@@ -1069,6 +1070,7 @@ impl Fwd<'_> {
             &w.out_a,
             Mv {
                 group: (r, gin),
+                act_ready: oq.is_some(),
                 ..Mv::plain(s.o.ptr, t, nh * hd, s.low.ptr, cfg.o_groups * r)
             },
         )?;
@@ -1077,7 +1079,7 @@ impl Fwd<'_> {
             &w.out_b,
             Mv::plain(s.low.ptr, t, cfg.o_groups * r, s.f.ptr, e),
         )?;
-        self.hc_post_swap(s, t)
+        self.hc_post_swap(s, t, s.f.ptr, None)
     }
 
     /// A compressor over the run's tokens at `pos0..pos0+t` (§3.6): closed rows to
@@ -1117,10 +1119,18 @@ impl Fwd<'_> {
 
     /// `X' = hc_post(F, X)`, in place in `x[0]` (each thread reads its column's hc
     /// inputs before writing).
-    fn hc_post_swap(&self, s: &Scratch, t: usize) -> Result<(), CudaError> {
+    /// F is `f`, plus (the MoE sublayer) the `k` routed outputs of each token at `routed`.
+    fn hc_post_swap(
+        &self,
+        s: &Scratch,
+        t: usize,
+        f: u64,
+        routed: Option<(u64, usize)>,
+    ) -> Result<(), CudaError> {
         let cfg = self.cfg;
+        let (rp, k) = routed.unwrap_or((0, 0));
         launch!(self.gpu, "hc_post", (ceil_div(cfg.n_embd, 256), t as u32, 1), 256, 0;
-            s.f.ptr, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32)
+            f, rp, k as i32, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32)
     }
 
     // ---------------------------------------------------------------------------------
@@ -1215,10 +1225,8 @@ impl Fwd<'_> {
             },
         )?;
 
-        // shared + routed in routing order, as the CPU adds them.
-        launch!(g, "moe_sum", (ceil_div(t * e, 256), 1, 1), 256, 0;
-            s.sout.ptr, s.routed.ptr, s.f.ptr, e as i32, k as i32, t as i32)?;
-        self.hc_post_swap(s, t)
+        // hc_post adds shared + routed in routing order, as the CPU does.
+        self.hc_post_swap(s, t, s.sout.ptr, Some((s.routed.ptr, k)))
     }
 
     /// `mid = silu(g)·u·wt` (clamped) for `nb` items of `expert_ff` (item b's gate

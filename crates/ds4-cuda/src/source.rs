@@ -51,7 +51,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "route",
     "group_by_expert",
     "swiglu",
-    "moe_sum",
     "fill_f32",
 ];
 
