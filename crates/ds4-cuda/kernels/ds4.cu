@@ -1172,6 +1172,38 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 // ---------------------------------------------------------------------------------
 // mHC (spec §3.3, §3.4, §3.11).
 
+// The HC mixing logits of a short run (decode): z[t, row] = W[row, :] · (x_t · r_t) with
+// r_t the weightless RMSNorm factor of the token's whole HC state (n = hc·n_embd values),
+// in place of an rms_norm launch and a product launch. One block of 1024 threads per
+// (row, token), each recomputing the token's sum of squares (the same partial sums and
+// reduction as rms_norm with 1024 threads, so the same r); the normalized values x·r
+// are formed as rms_norm forms them, then multiplied in another order than mv_*.
+template <typename T, typename Load>
+__device__ void hc_fn_rms_body(const T* w, const float* x, float* z, int n, int mix,
+                               float eps, Load load) {
+    __shared__ double sh[32];
+    __shared__ float shf[32];
+    int row = blockIdx.x, t = blockIdx.y;
+    const float* xv = x + (size_t)t * n;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
+    ss = block_sum_d(ss, sh);
+    float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    const T* wr = w + (size_t)row * n;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += load(wr[i]) * (xv[i] * r);
+    acc = block_sum(acc, shf);
+    if (threadIdx.x == 0) z[(size_t)t * mix + row] = acc;
+}
+extern "C" __global__ void hc_fn_rms_f32(const float* w, const float* x, float* z, int n, int mix,
+                                         float eps) { pdl_begin();
+    hc_fn_rms_body<float>(w, x, z, n, mix, eps, LoadF32());
+}
+extern "C" __global__ void hc_fn_rms_f16(const u16* w, const float* x, float* z, int n, int mix,
+                                         float eps) { pdl_begin();
+    hc_fn_rms_body<u16>(w, x, z, n, mix, eps, LoadF16());
+}
+
 // HC pre-mix and the sublayer's RMSNorm, one block per token (of at least 64 threads). z: [T, mix] control
 // vectors; x: [T, hc*n]; xn: [T, n] the sublayer input; mixo: [T, hc + hc*hc] = post
 // then comb, kept for hc_post. The pre weights are hc sigmoids; warp 0 also runs the

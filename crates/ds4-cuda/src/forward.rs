@@ -858,12 +858,24 @@ impl Fwd<'_> {
     ) -> Result<(), CudaError> {
         let cfg = self.cfg;
         let he = cfg.hc_width();
-        self.rms(x, None, s.flat.ptr, he, t)?;
-        self.mv(
-            s,
-            &hw.fn_,
-            Mv::plain(s.flat.ptr, t, he, s.z.ptr, cfg.hc_mix()),
-        )?;
+        // Short runs: the norm of the HC state folded into the mixing product.
+        let fused = match hw.fn_.ty {
+            GgmlType::F32 => Some("hc_fn_rms_f32"),
+            GgmlType::F16 => Some("hc_fn_rms_f16"),
+            _ => None,
+        }
+        .filter(|_| t < MMA_MIN_TOKENS && hw.fn_.cols == he);
+        if let Some(kernel) = fused {
+            launch!(self.gpu, kernel, (hw.fn_.rows as u32, t as u32, 1), 1024, 0;
+                hw.fn_.buf.ptr, x, s.z.ptr, he as i32, cfg.hc_mix() as i32, self.eps())?;
+        } else {
+            self.rms(x, None, s.flat.ptr, he, t)?;
+            self.mv(
+                s,
+                &hw.fn_,
+                Mv::plain(s.flat.ptr, t, he, s.z.ptr, cfg.hc_mix()),
+            )?;
+        }
         let (qp, dp) = q.unwrap_or((0, 0));
         let shm = cfg.n_embd * 4;
         self.gpu.allow_shared("hc_pre_norm", shm)?;

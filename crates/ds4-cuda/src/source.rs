@@ -35,6 +35,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "rms_norm",
     "head_norm_rope",
     "hc_pre_norm",
+    "hc_fn_rms_f32",
+    "hc_fn_rms_f16",
     "hc_post",
     "hc_head",
     "kv_store",
