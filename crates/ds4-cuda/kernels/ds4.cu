@@ -891,18 +891,24 @@ extern "C" __global__ void __launch_bounds__(256) mv_iq2_xxs_1(MvArgs a) { pdl_b
 // items, 8 per mma (n-tile). Each lane decodes, per 32-column group, the int8x4 words
 // of its A fragment straight from the grid (lane quad q holds columns 4q..4q+3 and
 // 16+4q..) once for all the n-tiles, so the weights never pass through shared memory;
-// the int32 group sums are scaled exactly as in mv_iq2_xxs.
-#define MM_NG 32
+// the int32 group sums times 2·ls+1 add up per 256-column block in integers, then
+// scale as the CPU's dot does (d_w·d_x·bsum, summed over blocks in order, × 1/8).
+#define MM_NG 64
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_begin();
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
     __shared__ int items[MM_NG];
+    __shared__ long long xoff[MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     iq2_tables_to_shared(grid_s, sign_s);
-    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+    if (threadIdx.x < MM_NG) {
+        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+        items[threadIdx.x] = it;
+        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
@@ -921,13 +927,13 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_beg
     int l0 = tq >> 1, half = tq & 1;
     for (int ib = 0; ib < nblk; ib++) {
         float dwa = h2f(wd[(size_t)rac * nblk + ib]), dwb = h2f(wd[(size_t)rbc * nblk + ib]);
-        float dx0[MM_NG / 8], dx1[MM_NG / 8];
+        // The block's sum stays an integer (Σ group sum × (2·ls+1), as the CPU's bsum):
+        // one float step per block instead of one per group and n-tile.
+        int ci[MM_NG / 8][4];
 #pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++) {
-            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
-            dx0[j] = i0 >= 0 ? a.xd[(((long long)(i0 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
-            dx1[j] = i1 >= 0 ? a.xd[(((long long)(i1 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
-        }
+        for (int j = 0; j < MM_NG / 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) ci[j][q] = 0;
 #pragma unroll 2
         for (int gq = 0; gq < 8; gq++) {
             u32 a0a = __ldg(qa + ib * 16 + 2 * gq), a1a = __ldg(qa + ib * 16 + 2 * gq + 1);
@@ -948,27 +954,41 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_beg
 #pragma unroll
             for (int j = 0; j < MM_NG / 8; j++) {
                 if (j < nj) {
-                    int ib_item = items[8 * j + g];
+                    long long xo = xoff[8 * j + g];
                     int b0 = 0, b1 = 0;
-                    if (ib_item >= 0) {
-                        const i8* xb = a.xq + (long long)(ib_item / a.act_div) * a.x_stride +
-                                       256 * ib + 32 * gq;
+                    if (xo >= 0) {
+                        const i8* xb = a.xq + xo + 256 * ib + 32 * gq;
                         b0 = *(const int*)(xb + 4 * tq);
                         b1 = *(const int*)(xb + 16 + 4 * tq);
                     }
                     int c[4];
                     mma_s8_16832(c, af, b0, b1);
-                    acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
-                    acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
-                    acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
-                    acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
+                    ci[j][0] += c[0] * lsa;
+                    ci[j][1] += c[1] * lsa;
+                    ci[j][2] += c[2] * lsb;
+                    ci[j][3] += c[3] * lsb;
                 }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MM_NG / 8; j++) {
+            if (j < nj) {
+                long long x0 = xoff[8 * j + 2 * tq], x1 = xoff[8 * j + 2 * tq + 1];
+                float dx0 = x0 >= 0 ? a.xd[(x0 >> 8) + ib] : 0.0f;
+                float dx1 = x1 >= 0 ? a.xd[(x1 >> 8) + ib] : 0.0f;
+                acc[j][0] += (dwa * dx0) * (float)ci[j][0];
+                acc[j][1] += (dwa * dx1) * (float)ci[j][1];
+                acc[j][2] += (dwb * dx0) * (float)ci[j][2];
+                acc[j][3] += (dwb * dx1) * (float)ci[j][3];
             }
         }
     }
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
+    for (int j = 0; j < MM_NG / 8; j++) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] *= 0.125f;
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+    }
 }
 
 __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
@@ -981,15 +1001,22 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
-// its own scale and min), the 2-bit planes taken straight from the block's bytes; the
-// sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
+// its own scale and min), the 2-bit planes taken straight from the block's bytes and
+// unpacked once for all the n-tiles; the sub-block sums are combined in integers per
+// block, then scaled as in mv_q2_k. Each item's activation offset (its token row, by
+// act_div) is worked out once per block, not per load.
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin();
     __shared__ int items[MM_NG];
+    __shared__ long long xoff[MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+    if (threadIdx.x < MM_NG) {
+        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+        items[threadIdx.x] = it;
+        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
@@ -1006,56 +1033,58 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin(
     for (int ib = 0; ib < nblk; ib++) {
         const u8* ba = wa + ib * 84;
         const u8* bb = wb + ib * 84;
-        u32 sca[4], scb[4];
+        int ssc[MM_NG / 8][4], smn[MM_NG / 8][4];
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            sca[q] = __ldg((const u32*)ba + q);
-            scb[q] = __ldg((const u32*)bb + q);
+        for (int j = 0; j < MM_NG / 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) ssc[j][q] = smn[j][q] = 0;
+#pragma unroll 2
+        for (int sb = 0; sb < 16; sb++) {
+            int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
+            int off = 16 + 32 * k + 16 * lh + 4 * tq;
+            u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+            int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
+            int sA = __ldg(ba + sb), sB = __ldg(bb + sb);
+            int xcol = 256 * ib + 128 * k + 32 * jj + 16 * lh + 4 * tq;
+#pragma unroll
+            for (int j = 0; j < MM_NG / 8; j++) {
+                if (j < nj) {
+                    long long xb = xoff[8 * j + g];
+                    long long x0 = xoff[8 * j + 2 * tq], x1 = xoff[8 * j + 2 * tq + 1];
+                    int b0 = xb >= 0 ? *(const int*)(a.xq + xb + xcol) : 0;
+                    int c[4];
+                    mma_s8_16816(c, a0, a1, b0);
+                    ssc[j][0] += (sA & 15) * c[0];
+                    ssc[j][1] += (sA & 15) * c[1];
+                    ssc[j][2] += (sB & 15) * c[2];
+                    ssc[j][3] += (sB & 15) * c[3];
+                    int bs0 = x0 >= 0 ? (int)a.xs[(x0 >> 4) + 16 * ib + sb] : 0;
+                    int bs1 = x1 >= 0 ? (int)a.xs[(x1 >> 4) + 16 * ib + sb] : 0;
+                    smn[j][0] += (sA >> 4) * bs0;
+                    smn[j][1] += (sA >> 4) * bs1;
+                    smn[j][2] += (sB >> 4) * bs0;
+                    smn[j][3] += (sB >> 4) * bs1;
+                }
+            }
         }
         u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
         float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
         float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
 #pragma unroll
         for (int j = 0; j < MM_NG / 8; j++) {
-            if (j >= nj) break;
-            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
-            int ibx = items[8 * j + g];
-            long long xc0 = i0 >= 0 ? (long long)(i0 / a.act_div) * a.x_stride : 0;
-            long long xc1 = i1 >= 0 ? (long long)(i1 / a.act_div) * a.x_stride : 0;
-            const i8* xb = a.xq + (ibx >= 0 ? (long long)(ibx / a.act_div) * a.x_stride : 0) + 256 * ib;
-            int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
-#pragma unroll 4
-            for (int sb = 0; sb < 16; sb++) {
-                int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
-                int off = 16 + 32 * k + 16 * lh + 4 * tq;
-                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
-                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
-                int b0 = ibx >= 0 ? *(const int*)(xb + 128 * k + 32 * jj + 16 * lh + 4 * tq) : 0;
-                int c[4];
-                mma_s8_16816(c, a0, a1, b0);
-                int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-                int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-                ssc[0] += (sA & 15) * c[0];
-                ssc[1] += (sA & 15) * c[1];
-                ssc[2] += (sB & 15) * c[2];
-                ssc[3] += (sB & 15) * c[3];
-                int bs0 = i0 >= 0 ? (int)a.xs[(xc0 >> 4) + 16 * ib + sb] : 0;
-                int bs1 = i1 >= 0 ? (int)a.xs[(xc1 >> 4) + 16 * ib + sb] : 0;
-                smn[0] += (sA >> 4) * bs0;
-                smn[1] += (sA >> 4) * bs1;
-                smn[2] += (sB >> 4) * bs0;
-                smn[3] += (sB >> 4) * bs1;
+            if (j < nj) {
+                long long x0 = xoff[8 * j + 2 * tq], x1 = xoff[8 * j + 2 * tq + 1];
+                float dx0 = x0 >= 0 ? a.xd[(x0 >> 8) + ib] : 0.0f;
+                float dx1 = x1 >= 0 ? a.xd[(x1 >> 8) + ib] : 0.0f;
+                acc[j][0] += dx0 * da * (float)ssc[j][0];
+                acc[j][0] -= dx0 * dma * (float)smn[j][0];
+                acc[j][1] += dx1 * da * (float)ssc[j][1];
+                acc[j][1] -= dx1 * dma * (float)smn[j][1];
+                acc[j][2] += dx0 * db * (float)ssc[j][2];
+                acc[j][2] -= dx0 * dmb * (float)smn[j][2];
+                acc[j][3] += dx1 * db * (float)ssc[j][3];
+                acc[j][3] -= dx1 * dmb * (float)smn[j][3];
             }
-            float dx0 = i0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
-            float dx1 = i1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
-            acc[j][0] += dx0 * da * (float)ssc[0];
-            acc[j][0] -= dx0 * dma * (float)smn[0];
-            acc[j][1] += dx1 * da * (float)ssc[1];
-            acc[j][1] -= dx1 * dma * (float)smn[1];
-            acc[j][2] += dx0 * db * (float)ssc[2];
-            acc[j][2] -= dx0 * dmb * (float)smn[2];
-            acc[j][3] += dx1 * db * (float)ssc[3];
-            acc[j][3] -= dx1 * dmb * (float)smn[3];
         }
     }
 #pragma unroll
@@ -1666,6 +1695,99 @@ extern "C" __global__ void indexer_scores(const float* qi, const float* wi, cons
         acc += w[h] * fmaxf(p, 0.0f);
     }
     if (lane == 0) scores[(size_t)t * max_rows + r] = acc;
+}
+
+// The same scores on the tensor cores (heads a multiple of 16 up to 64 after padding,
+// di a multiple of 16 up to 128): per 8 rows, each warp multiplies its 16 heads' queries
+// by the rows with mma.m16n8k16, f16 parts hi + lo of both sides (hi·hi + lo·hi + hi·lo:
+// ~22 significant bits each side, f32 accumulation — summation-order accuracy; the QAT
+// rows and queries lie on the fp4 grid and are exact in f16 already). The ReLU'd, head-
+// weighted products are summed over the warp's heads by shuffles, then over the warps
+// in warp order: each score's order depends on neither the run nor `rpb`, so a token
+// gets the same scores in any run. Grid (ceil(rows / rpb), T), 32 · ceil(heads / 16)
+// threads; rpb a multiple of 8, at most 256.
+#define IDX_MAX_KS 8
+__device__ __forceinline__ u32 pack_h2(u16 lo_half, u16 hi_half) {
+    return (u32)lo_half | ((u32)hi_half << 16);
+}
+__device__ __forceinline__ void split_h2(float a, float b, u32& hi, u32& lo) {
+    u16 ha = f2h(a), hb = f2h(b);
+    hi = pack_h2(ha, hb);
+    lo = pack_h2(f2h(a - h2f(ha)), f2h(b - h2f(hb)));
+}
+extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, const float* rows,
+                                              float* scores, int heads, int di, const int* pos0p,
+                                              int ratio, int max_rows, int rpb) { pdl_begin();
+    __shared__ float part[4][256];
+    int pos0 = *pos0p;
+    int t = blockIdx.y;
+    int n = (pos0 + t + 1) / ratio;
+    int r0 = blockIdx.x * rpb;
+    if (r0 >= n) return;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int ks_n = di >> 4;
+    // A fragments (row = head, column = dim) of this warp's 16 heads, hi and lo.
+    u32 ah[IDX_MAX_KS][4], al[IDX_MAX_KS][4];
+    int h0 = 16 * warp + g, h1 = h0 + 8;
+    const float* q0 = qi + ((size_t)t * heads + h0) * di;
+    const float* q1 = qi + ((size_t)t * heads + h1) * di;
+#pragma unroll
+    for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+        if (ks < ks_n) {
+            int c = 16 * ks + 2 * tq;
+            float2 x00 = h0 < heads ? *(const float2*)(q0 + c) : make_float2(0.0f, 0.0f);
+            float2 x10 = h1 < heads ? *(const float2*)(q1 + c) : make_float2(0.0f, 0.0f);
+            float2 x01 = h0 < heads ? *(const float2*)(q0 + c + 8) : make_float2(0.0f, 0.0f);
+            float2 x11 = h1 < heads ? *(const float2*)(q1 + c + 8) : make_float2(0.0f, 0.0f);
+            split_h2(x00.x, x00.y, ah[ks][0], al[ks][0]);
+            split_h2(x10.x, x10.y, ah[ks][1], al[ks][1]);
+            split_h2(x01.x, x01.y, ah[ks][2], al[ks][2]);
+            split_h2(x11.x, x11.y, ah[ks][3], al[ks][3]);
+        }
+    }
+    float w0 = h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
+    float w1 = h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
+    int r_end = min(r0 + rpb, n);
+    for (int nb = r0; nb < r_end; nb += 8) {
+        // B fragment: column = row nb + g, k = 2tq, 2tq+1 and 2tq+8, 2tq+9.
+        int rb = nb + g;
+        const float* rp = rows + (size_t)rb * di;
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+            if (ks < ks_n) {
+                int k = 16 * ks + 2 * tq;
+                float2 y0 = rb < n ? *(const float2*)(rp + k) : make_float2(0.0f, 0.0f);
+                float2 y1 = rb < n ? *(const float2*)(rp + k + 8) : make_float2(0.0f, 0.0f);
+                u32 bh0, bl0, bh1, bl1;
+                split_h2(y0.x, y0.y, bh0, bl0);
+                split_h2(y1.x, y1.y, bh1, bl1);
+                mma_f16_16816(c, ah[ks], bh0, bh1);
+                mma_f16_16816(c, al[ks], bh0, bh1);
+                mma_f16_16816(c, ah[ks], bl0, bl1);
+            }
+        }
+        // c: (head h0, rows nb+2tq, +1), (head h1, same rows).
+        float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
+        float s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+            s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        }
+        if (g == 0) {
+            part[warp][nb - r0 + 2 * tq] = s0;
+            part[warp][nb - r0 + 2 * tq + 1] = s1;
+        }
+    }
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    for (int i = threadIdx.x; i < r_end - r0; i += blockDim.x) {
+        float acc = part[0][i];
+        for (int x = 1; x < nw; x++) acc += part[x][i];
+        scores[(size_t)t * max_rows + r0 + i] = acc;
+    }
 }
 
 __device__ __forceinline__ u32 order_key(float f) {

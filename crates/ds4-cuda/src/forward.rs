@@ -181,7 +181,7 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
     (t * cfg.n_expert_used).div_ceil(gsize) + cfg.n_expert
 }
 
-/// Items per expert group: MM_NG (32) when the gate, up and down products all have a
+/// Items per expert group: MM_NG (64) when the gate, up and down products all have a
 /// tensor-core kernel (which take that many), else MAXNT (8, the matrix-vector
 /// kernels' limit).
 fn expert_group_size(w: &DevLayer) -> usize {
@@ -191,7 +191,7 @@ fn expert_group_size(w: &DevLayer) -> usize {
         _ => false,
     };
     if mma_on() && w.gate_up_exps.mats().into_iter().all(mm) && mm(&w.down_exps) {
-        32
+        64
     } else {
         8
     }
@@ -624,6 +624,15 @@ struct Compress {
     sim: i32,
 }
 
+/// Whether the indexer's scores take the tensor-core kernel: its warps hold 16 heads'
+/// queries (at most 4 warps) over at most 128 dimensions in steps of 16.
+/// `DS4_CUDA_IDX_MMA=0` keeps the one-warp-per-row kernel, for comparisons.
+fn indexer_mma_fits(heads: usize, di: usize) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_IDX_MMA").map_or(true, |v| v != "0"));
+    on && heads <= 64 && di.is_multiple_of(16) && di <= 128
+}
+
 /// Parallel compressor rows for runs (`DS4_CUDA_COMPRESS_ROWS=0` keeps the in-order
 /// kernel, for comparisons).
 fn compress_rows_on() -> bool {
@@ -1021,7 +1030,16 @@ impl Fwd<'_> {
             } else {
                 (pos0 + t) / ratio
             };
-            if max_n > 0 {
+            if max_n > 0 && indexer_mma_fits(nhi, di) {
+                // Short runs (decode) take 16 rows a block so that a 2k context's 512
+                // rows still spread over 32 blocks; long runs 128, which keeps the
+                // per-block reload of the queries (64 heads × 128) a small share.
+                let rpb = if t < MMA_MIN_TOKENS { 16 } else { 128 };
+                launch!(g, "indexer_scores_mma", (ceil_div(max_n, rpb), t as u32, 1),
+                    (32 * nhi.div_ceil(16)) as u32, 0;
+                    s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, nhi as i32, di as i32, p0,
+                    ratio as i32, s.max_irows as i32, rpb as i32)?;
+            } else if max_n > 0 {
                 launch!(g, "indexer_scores", (ceil_div(max_n, 4), t as u32, 1), 128, 0;
                     s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, nhi as i32, di as i32, p0,
                     ratio as i32, s.max_irows as i32)?;
@@ -1168,7 +1186,7 @@ impl Fwd<'_> {
 
         // Routed experts: item b = token b/k, slot b%k, weights chosen by ids[b]. A run
         // of several tokens groups its items by expert, so each expert's weights are
-        // read once per group (8 items for the matrix-vector kernels, 32 when all three
+        // read once per group (8 items for the matrix-vector kernels, 64 when all three
         // products have tensor-core kernels) instead of once per item.
         let nb = t * k;
         let groups = if t > 1 {

@@ -45,6 +45,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "compress_state",
     "indexer_prep",
     "indexer_scores",
+    "indexer_scores_mma",
     "topk_select",
     "attention",
     "attention_mh",
