@@ -891,24 +891,18 @@ extern "C" __global__ void __launch_bounds__(256) mv_iq2_xxs_1(MvArgs a) { pdl_b
 // items, 8 per mma (n-tile). Each lane decodes, per 32-column group, the int8x4 words
 // of its A fragment straight from the grid (lane quad q holds columns 4q..4q+3 and
 // 16+4q..) once for all the n-tiles, so the weights never pass through shared memory;
-// the int32 group sums times 2·ls+1 add up per 256-column block in integers, then
-// scale as the CPU's dot does (d_w·d_x·bsum, summed over blocks in order, × 1/8).
-#define MM_NG 64
+// the int32 group sums are scaled exactly as in mv_iq2_xxs.
+#define MM_NG 32
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_begin();
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
     __shared__ int items[MM_NG];
-    __shared__ long long xoff[MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     iq2_tables_to_shared(grid_s, sign_s);
-    if (threadIdx.x < MM_NG) {
-        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
-        items[threadIdx.x] = it;
-        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
-    }
+    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
@@ -927,13 +921,13 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_beg
     int l0 = tq >> 1, half = tq & 1;
     for (int ib = 0; ib < nblk; ib++) {
         float dwa = h2f(wd[(size_t)rac * nblk + ib]), dwb = h2f(wd[(size_t)rbc * nblk + ib]);
-        // The block's sum stays an integer (Σ group sum × (2·ls+1), as the CPU's bsum):
-        // one float step per block instead of one per group and n-tile.
-        int ci[MM_NG / 8][4];
+        float dx0[MM_NG / 8], dx1[MM_NG / 8];
 #pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) ci[j][q] = 0;
+        for (int j = 0; j < MM_NG / 8; j++) {
+            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+            dx0[j] = i0 >= 0 ? a.xd[(((long long)(i0 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
+            dx1[j] = i1 >= 0 ? a.xd[(((long long)(i1 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
+        }
 #pragma unroll 2
         for (int gq = 0; gq < 8; gq++) {
             u32 a0a = __ldg(qa + ib * 16 + 2 * gq), a1a = __ldg(qa + ib * 16 + 2 * gq + 1);
@@ -954,41 +948,27 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_beg
 #pragma unroll
             for (int j = 0; j < MM_NG / 8; j++) {
                 if (j < nj) {
-                    long long xo = xoff[8 * j + g];
+                    int ib_item = items[8 * j + g];
                     int b0 = 0, b1 = 0;
-                    if (xo >= 0) {
-                        const i8* xb = a.xq + xo + 256 * ib + 32 * gq;
+                    if (ib_item >= 0) {
+                        const i8* xb = a.xq + (long long)(ib_item / a.act_div) * a.x_stride +
+                                       256 * ib + 32 * gq;
                         b0 = *(const int*)(xb + 4 * tq);
                         b1 = *(const int*)(xb + 16 + 4 * tq);
                     }
                     int c[4];
                     mma_s8_16832(c, af, b0, b1);
-                    ci[j][0] += c[0] * lsa;
-                    ci[j][1] += c[1] * lsa;
-                    ci[j][2] += c[2] * lsb;
-                    ci[j][3] += c[3] * lsb;
+                    acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
+                    acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
+                    acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
+                    acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
                 }
             }
         }
-#pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++) {
-            if (j < nj) {
-                long long x0 = xoff[8 * j + 2 * tq], x1 = xoff[8 * j + 2 * tq + 1];
-                float dx0 = x0 >= 0 ? a.xd[(x0 >> 8) + ib] : 0.0f;
-                float dx1 = x1 >= 0 ? a.xd[(x1 >> 8) + ib] : 0.0f;
-                acc[j][0] += (dwa * dx0) * (float)ci[j][0];
-                acc[j][1] += (dwa * dx1) * (float)ci[j][1];
-                acc[j][2] += (dwb * dx0) * (float)ci[j][2];
-                acc[j][3] += (dwb * dx1) * (float)ci[j][3];
-            }
-        }
     }
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++) {
-#pragma unroll
-        for (int q = 0; q < 4; q++) acc[j][q] *= 0.125f;
+    for (int j = 0; j < MM_NG / 8; j++)
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
-    }
 }
 
 __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
@@ -1001,22 +981,15 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
-// its own scale and min), the 2-bit planes taken straight from the block's bytes and
-// unpacked once for all the n-tiles; the sub-block sums are combined in integers per
-// block, then scaled as in mv_q2_k. Each item's activation offset (its token row, by
-// act_div) is worked out once per block, not per load.
+// its own scale and min), the 2-bit planes taken straight from the block's bytes; the
+// sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin();
     __shared__ int items[MM_NG];
-    __shared__ long long xoff[MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    if (threadIdx.x < MM_NG) {
-        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
-        items[threadIdx.x] = it;
-        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
-    }
+    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
@@ -1033,58 +1006,56 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin(
     for (int ib = 0; ib < nblk; ib++) {
         const u8* ba = wa + ib * 84;
         const u8* bb = wb + ib * 84;
-        int ssc[MM_NG / 8][4], smn[MM_NG / 8][4];
+        u32 sca[4], scb[4];
 #pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) ssc[j][q] = smn[j][q] = 0;
-#pragma unroll 2
-        for (int sb = 0; sb < 16; sb++) {
-            int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
-            int off = 16 + 32 * k + 16 * lh + 4 * tq;
-            u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
-            int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
-            int sA = __ldg(ba + sb), sB = __ldg(bb + sb);
-            int xcol = 256 * ib + 128 * k + 32 * jj + 16 * lh + 4 * tq;
-#pragma unroll
-            for (int j = 0; j < MM_NG / 8; j++) {
-                if (j < nj) {
-                    long long xb = xoff[8 * j + g];
-                    long long x0 = xoff[8 * j + 2 * tq], x1 = xoff[8 * j + 2 * tq + 1];
-                    int b0 = xb >= 0 ? *(const int*)(a.xq + xb + xcol) : 0;
-                    int c[4];
-                    mma_s8_16816(c, a0, a1, b0);
-                    ssc[j][0] += (sA & 15) * c[0];
-                    ssc[j][1] += (sA & 15) * c[1];
-                    ssc[j][2] += (sB & 15) * c[2];
-                    ssc[j][3] += (sB & 15) * c[3];
-                    int bs0 = x0 >= 0 ? (int)a.xs[(x0 >> 4) + 16 * ib + sb] : 0;
-                    int bs1 = x1 >= 0 ? (int)a.xs[(x1 >> 4) + 16 * ib + sb] : 0;
-                    smn[j][0] += (sA >> 4) * bs0;
-                    smn[j][1] += (sA >> 4) * bs1;
-                    smn[j][2] += (sB >> 4) * bs0;
-                    smn[j][3] += (sB >> 4) * bs1;
-                }
-            }
+        for (int q = 0; q < 4; q++) {
+            sca[q] = __ldg((const u32*)ba + q);
+            scb[q] = __ldg((const u32*)bb + q);
         }
         u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
         float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
         float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
 #pragma unroll
         for (int j = 0; j < MM_NG / 8; j++) {
-            if (j < nj) {
-                long long x0 = xoff[8 * j + 2 * tq], x1 = xoff[8 * j + 2 * tq + 1];
-                float dx0 = x0 >= 0 ? a.xd[(x0 >> 8) + ib] : 0.0f;
-                float dx1 = x1 >= 0 ? a.xd[(x1 >> 8) + ib] : 0.0f;
-                acc[j][0] += dx0 * da * (float)ssc[j][0];
-                acc[j][0] -= dx0 * dma * (float)smn[j][0];
-                acc[j][1] += dx1 * da * (float)ssc[j][1];
-                acc[j][1] -= dx1 * dma * (float)smn[j][1];
-                acc[j][2] += dx0 * db * (float)ssc[j][2];
-                acc[j][2] -= dx0 * dmb * (float)smn[j][2];
-                acc[j][3] += dx1 * db * (float)ssc[j][3];
-                acc[j][3] -= dx1 * dmb * (float)smn[j][3];
+            if (j >= nj) break;
+            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
+            int ibx = items[8 * j + g];
+            long long xc0 = i0 >= 0 ? (long long)(i0 / a.act_div) * a.x_stride : 0;
+            long long xc1 = i1 >= 0 ? (long long)(i1 / a.act_div) * a.x_stride : 0;
+            const i8* xb = a.xq + (ibx >= 0 ? (long long)(ibx / a.act_div) * a.x_stride : 0) + 256 * ib;
+            int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
+#pragma unroll 4
+            for (int sb = 0; sb < 16; sb++) {
+                int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
+                int off = 16 + 32 * k + 16 * lh + 4 * tq;
+                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
+                int b0 = ibx >= 0 ? *(const int*)(xb + 128 * k + 32 * jj + 16 * lh + 4 * tq) : 0;
+                int c[4];
+                mma_s8_16816(c, a0, a1, b0);
+                int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+                int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+                ssc[0] += (sA & 15) * c[0];
+                ssc[1] += (sA & 15) * c[1];
+                ssc[2] += (sB & 15) * c[2];
+                ssc[3] += (sB & 15) * c[3];
+                int bs0 = i0 >= 0 ? (int)a.xs[(xc0 >> 4) + 16 * ib + sb] : 0;
+                int bs1 = i1 >= 0 ? (int)a.xs[(xc1 >> 4) + 16 * ib + sb] : 0;
+                smn[0] += (sA >> 4) * bs0;
+                smn[1] += (sA >> 4) * bs1;
+                smn[2] += (sB >> 4) * bs0;
+                smn[3] += (sB >> 4) * bs1;
             }
+            float dx0 = i0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
+            float dx1 = i1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
+            acc[j][0] += dx0 * da * (float)ssc[0];
+            acc[j][0] -= dx0 * dma * (float)smn[0];
+            acc[j][1] += dx1 * da * (float)ssc[1];
+            acc[j][1] -= dx1 * dma * (float)smn[1];
+            acc[j][2] += dx0 * db * (float)ssc[2];
+            acc[j][2] -= dx0 * dmb * (float)smn[2];
+            acc[j][3] += dx1 * db * (float)ssc[3];
+            acc[j][3] -= dx1 * dmb * (float)smn[3];
         }
     }
 #pragma unroll
@@ -2194,6 +2165,247 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
     __syncthreads();
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         o[((size_t)t * heads + h0) * hd + i] = qs[i];
+}
+
+// Attention for a run of tokens on the tensor cores (rows exact in f16, as the QAT
+// simulation stores them; hd a multiple of 64 up to 512). One block per (16·mt heads,
+// token), 4·mt warps (mt = blockDim.x / 128: 1 or 2), over the query's rows in tiles
+// of 32 staged in shared memory as f16: warp w scores 8 rows (w % 4) of the tile for
+// its 16 heads (w / 4) with mma m16n8k16, the queries as f16 hi + lo (~22 significant
+// bits); the tile's softmax numerators update a running maximum per head (flash-style:
+// the sums so far are rescaled when it grows; it starts at the sink), and warp w adds
+// P·V for a quarter (w % 4) of the dimensions of its heads (P as f16 hi + lo, V through
+// ldmatrix.trans). More heads per block stage each row for more of them. Sums run in
+// another order than the CPU's and carry the rescaling roundings, as attention_split's.
+// With `part` (decode), block z takes rows z·span .. of the query's and writes
+// attention_split's partials instead ([max, Σexp, Σexp·row] per head, no sink, not
+// normalized or unrotated) for attention_combine.
+// Dynamic shared memory: attention_mma_shared(hd, 16·mt, rows) bytes (rows: rows_max,
+// or span with `part`).
+#define ATT_TR 32
+__device__ __forceinline__ void ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(a));
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
+    const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
+    const int* nsel, int sel_k, const float* sinks, float* o, int heads, int hd, int window,
+    const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max,
+    float* part, int span, int nsplit) {
+    pdl_begin();
+    int pos0 = *pos0p;
+    int h0 = blockIdx.x * (blockDim.x >> 3), t = blockIdx.y, z = blockIdx.z, pos = pos0 + t;
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int rbeg = part ? z * span : 0, n = part ? min(ar.n, rbeg + span) : ar.n;
+    if (rbeg >= n) return;  // attention_combine reads only the ranges below n
+    extern __shared__ __align__(16) u8 smb[];
+    const int hpb = blockDim.x >> 3;  // 16 heads per 4 warps
+    const int ld = hd + 8;  // halves per staged row: rows 16 bytes apart in the banks
+    const int pld = ATT_TR + 8;
+    const float** rowp = (const float**)smb;              // [rows_max]: rows rbeg..
+    u16* qh = (u16*)(smb + (size_t)rows_max * 8);         // [hpb][ld]
+    u16* ql = qh + hpb * ld;                              // [hpb][ld]
+    u16* rs = ql + hpb * ld;                              // [ATT_TR][ld]
+    float* ss = (float*)(rs + ATT_TR * ld);               // [hpb][ATT_TR]
+    u16* ph = (u16*)(ss + hpb * ATT_TR);                  // [hpb][pld]
+    u16* pl = ph + hpb * pld;                             // [hpb][pld]
+    float* m_run = (float*)(pl + hpb * pld);              // [hpb]
+    float* den = m_run + hpb;
+    float* alpha = den + hpb;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int mw = warp >> 2, nw = warp & 3;  // the warp's 16 heads; its rows / dimensions share
+    for (int i = threadIdx.x; i < hpb * hd; i += blockDim.x) {
+        int hh = i / hd, c = i % hd;
+        float x = q[((size_t)t * heads + h0 + hh) * hd + c];
+        u16 hi = f2h(x);
+        qh[hh * ld + c] = hi;
+        ql[hh * ld + c] = f2h(x - h2f(hi));
+    }
+    if (threadIdx.x < hpb) {
+        // The sink enters as a row with score `sink` (exp(sink − m) at m = sink); a
+        // range's partial has none (attention_combine adds it).
+        m_run[threadIdx.x] = part ? -INFINITY : sinks[h0 + threadIdx.x];
+        den[threadIdx.x] = part ? 0.0f : 1.0f;
+    }
+    attn_row_table(ar, rbeg, n - rbeg, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
+    __syncthreads();
+    int ntw = hd >> 5;  // n-tiles of 8 dimensions in a quarter of hd
+    int dw0 = nw * (hd >> 2);
+    float acc[16][4];
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) acc[i][k] = 0.0f;
+    int q4 = hd >> 2, total = ATT_TR * q4;
+    for (int r0 = rbeg; r0 < n; r0 += ATT_TR) {
+        // Stage the tile's rows as f16 (exact); rows past n are zeros (0 · row, not NaN).
+        // Four loads in flight per thread before any conversion (the accumulators
+        // leave no registers for more at two blocks per SM).
+        for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
+            float4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = base + u * blockDim.x, j = i / q4;
+                v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (i < total && r0 + j < n) v[u] = __ldg((const float4*)(rowp[r0 - rbeg + j] + 4 * (i % q4)));
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = base + u * blockDim.x;
+                if (i < total) {
+                    u32 lo = pack_h2(f2h(v[u].x), f2h(v[u].y)), hi = pack_h2(f2h(v[u].z), f2h(v[u].w));
+                    *(uint2*)(rs + (i / q4) * ld + 4 * (i % q4)) = make_uint2(lo, hi);
+                }
+            }
+        }
+        __syncthreads();
+        // Scores of rows 8·nw.. for heads 16·mw..
+        {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const u16* rb = rs + (8 * nw + g) * ld + 2 * tq;
+            const u16* qa = qh + (16 * mw + g) * ld + 2 * tq;
+            const u16* qb = ql + (16 * mw + g) * ld + 2 * tq;
+            for (int k0 = 0; k0 < hd; k0 += 16) {
+                u32 b0 = *(const u32*)(rb + k0), b1 = *(const u32*)(rb + k0 + 8);
+                u32 ah[4], al[4];
+                ah[0] = *(const u32*)(qa + k0);
+                ah[1] = *(const u32*)(qa + 8 * ld + k0);
+                ah[2] = *(const u32*)(qa + k0 + 8);
+                ah[3] = *(const u32*)(qa + 8 * ld + k0 + 8);
+                al[0] = *(const u32*)(qb + k0);
+                al[1] = *(const u32*)(qb + 8 * ld + k0);
+                al[2] = *(const u32*)(qb + k0 + 8);
+                al[3] = *(const u32*)(qb + 8 * ld + k0 + 8);
+                mma_f16_16816(c, ah, b0, b1);
+                mma_f16_16816(c, al, b0, b1);
+            }
+            int ja = 8 * nw + 2 * tq, ha = 16 * mw + g;
+            bool va = r0 + ja < n, vb = r0 + ja + 1 < n;
+            ss[ha * ATT_TR + ja] = va ? c[0] * scale : -INFINITY;
+            ss[ha * ATT_TR + ja + 1] = vb ? c[1] * scale : -INFINITY;
+            ss[(ha + 8) * ATT_TR + ja] = va ? c[2] * scale : -INFINITY;
+            ss[(ha + 8) * ATT_TR + ja + 1] = vb ? c[3] * scale : -INFINITY;
+        }
+        __syncthreads();
+        // Softmax numerators: 8 threads (lanes of one warp) per head, 4 rows each.
+        {
+            int hh = threadIdx.x >> 3, sub = threadIdx.x & 7;
+            float sv[4], mx = -INFINITY;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                sv[k] = ss[hh * ATT_TR + 4 * sub + k];
+                mx = fmaxf(mx, sv[k]);
+            }
+#pragma unroll
+            for (int o2 = 1; o2 < 8; o2 <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
+            float m_old = m_run[hh];
+            float m_new = fmaxf(m_old, mx);
+            float psum = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float e = expf(sv[k] - m_new);
+                psum += e;
+                u16 hi = f2h(e);
+                ph[hh * pld + 4 * sub + k] = hi;
+                pl[hh * pld + 4 * sub + k] = f2h(e - h2f(hi));
+            }
+#pragma unroll
+            for (int o2 = 1; o2 < 8; o2 <<= 1) psum += __shfl_xor_sync(0xffffffffu, psum, o2);
+            __syncwarp();
+            if (sub == 0) {
+                float al_ = expf(m_old - m_new);
+                alpha[hh] = al_;
+                den[hh] = den[hh] * al_ + psum;
+                m_run[hh] = m_new;
+            }
+        }
+        __syncthreads();
+        // P·V for this warp's heads and dimensions.
+        {
+            int ha = 16 * mw + g;
+            float a0 = alpha[ha], a1 = alpha[ha + 8];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                acc[i][0] *= a0;
+                acc[i][1] *= a0;
+                acc[i][2] *= a1;
+                acc[i][3] *= a1;
+            }
+#pragma unroll
+            for (int k0 = 0; k0 < ATT_TR; k0 += 16) {
+                u32 pa[4], pb[4];
+                const u16* pp = ph + ha * pld + k0 + 2 * tq;
+                const u16* pq = pl + ha * pld + k0 + 2 * tq;
+                pa[0] = *(const u32*)pp;
+                pa[1] = *(const u32*)(pp + 8 * pld);
+                pa[2] = *(const u32*)(pp + 8);
+                pa[3] = *(const u32*)(pp + 8 * pld + 8);
+                pb[0] = *(const u32*)pq;
+                pb[1] = *(const u32*)(pq + 8 * pld);
+                pb[2] = *(const u32*)(pq + 8);
+                pb[3] = *(const u32*)(pq + 8 * pld + 8);
+                // ldmatrix: lanes 0-7 give rows k0.., 8-15 rows k0+8.., at dimension d;
+                // lanes 16-31 the same at d + 8.
+                int mi = lane >> 3, ri = lane & 7;
+                const u16* vb = rs + (k0 + ri + 8 * (mi & 1)) * ld + dw0 + 8 * (mi >> 1);
+#pragma unroll
+                for (int i = 0; i < 16; i += 2) {
+                    if (i < ntw) {
+                        u32 b0, b1, b2, b3;
+                        ldsm_x4_trans(b0, b1, b2, b3, vb + 8 * i);
+                        mma_f16_16816(acc[i], pa, b0, b1);
+                        mma_f16_16816(acc[i], pb, b0, b1);
+                        mma_f16_16816(acc[i + 1], pa, b2, b3);
+                        mma_f16_16816(acc[i + 1], pb, b2, b3);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    int ha = 16 * mw + g;
+    if (part) {
+        size_t stride = (size_t)hd + 2;
+        float* pa = part + (((size_t)t * heads + h0 + ha) * nsplit + z) * stride;
+        float* pb = pa + 8 * (size_t)nsplit * stride;
+        if (nw == 0 && tq == 0) {
+            pa[0] = m_run[ha];
+            pa[1] = den[ha];
+            pb[0] = m_run[ha + 8];
+            pb[1] = den[ha + 8];
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            if (i < ntw) {
+                int d = dw0 + 8 * i + 2 * tq;
+                *(float2*)(pa + 2 + d) = make_float2(acc[i][0], acc[i][1]);
+                *(float2*)(pb + 2 + d) = make_float2(acc[i][2], acc[i][3]);
+            }
+        }
+        return;
+    }
+    // Normalize, undo the rotation of the rotated dims (pairs sit in one lane), store.
+    float da = den[ha], db = den[ha + 8];
+    int off = hd - n_rot;
+    float* oa = o + ((size_t)t * heads + h0 + ha) * hd;
+    float* ob = oa + 8 * (size_t)hd;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (i < ntw) {
+            int d = dw0 + 8 * i + 2 * tq;
+            float x0 = acc[i][0] / da, x1 = acc[i][1] / da;
+            float y0 = acc[i][2] / db, y1 = acc[i][3] / db;
+            if (d >= off) {
+                float f = freqs[(d - off) >> 1];
+                rope_pair(&x0, &x1, pos, f, 1);
+                rope_pair(&y0, &y1, pos, f, 1);
+            }
+            *(float2*)(oa + d) = make_float2(x0, x1);
+            *(float2*)(ob + d) = make_float2(y0, y1);
+        }
+    }
 }
 
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,

@@ -181,7 +181,7 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
     (t * cfg.n_expert_used).div_ceil(gsize) + cfg.n_expert
 }
 
-/// Items per expert group: MM_NG (64) when the gate, up and down products all have a
+/// Items per expert group: MM_NG (32) when the gate, up and down products all have a
 /// tensor-core kernel (which take that many), else MAXNT (8, the matrix-vector
 /// kernels' limit).
 fn expert_group_size(w: &DevLayer) -> usize {
@@ -191,7 +191,7 @@ fn expert_group_size(w: &DevLayer) -> usize {
         _ => false,
     };
     if mma_on() && w.gate_up_exps.mats().into_iter().all(mm) && mm(&w.down_exps) {
-        64
+        32
     } else {
         8
     }
@@ -543,6 +543,30 @@ pub fn ksplit(m: &DevMat) -> usize {
 fn mma_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MMA").map_or(true, |v| v != "0"))
+}
+
+/// Whether attention takes the tensor-core kernel (whole rows for runs, ranges of rows
+/// for decode): rows exact in f16 (the QAT simulation rounds every stored row to f16;
+/// without it the rows carry f32 bits), 16 heads per block, the head's dimensions in
+/// four warp shares of whole n-tiles (a multiple of 64, at most 512).
+/// `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh` / `attention_split`, for comparisons.
+fn attention_mma_fits(cfg: &ModelConfig, sim: bool) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_MMA").map_or(true, |v| v != "0"));
+    on && mma_on()
+        && sim
+        && cfg.n_head.is_multiple_of(16)
+        && cfg.head_dim.is_multiple_of(64)
+        && cfg.head_dim <= 512
+        && cfg.n_rot.is_multiple_of(2)
+}
+
+/// Dynamic shared memory of `attention_mma` (its layout in ds4.cu): an address per row;
+/// the `hpb` heads' queries as f16 hi and lo and a tile of 32 rows, each row padded by 8
+/// halves; the tile's scores (hpb × 32 f32) and numerators (hi, lo: hpb × 40 halves);
+/// maximum, denominator and rescale factor per head.
+pub fn attention_mma_shared(hd: usize, hpb: usize, rows_max: usize) -> usize {
+    rows_max * 8 + (2 * hpb + 32) * (hd + 8) * 2 + hpb * 32 * 4 + 2 * hpb * 40 * 2 + 3 * hpb * 4
 }
 
 /// Heads per block of `attention_mh` for a run of `t` tokens: 8 (or the largest power
@@ -1063,22 +1087,48 @@ impl Fwd<'_> {
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
-        if hb > 1 {
+        let split = attention_split(cfg, rows_max, t);
+        if attention_mma_fits(cfg, self.sim()) && t >= MMA_MIN_TOKENS {
+            // 32 heads a block where the head count allows: each staged row serves more.
+            let hpb = if nh.is_multiple_of(32) { 32 } else { 16 };
+            let shm = attention_mma_shared(hd, hpb, rows_max);
+            g.allow_shared("attention_mma", shm)?;
+            launch!(g, "attention_mma", ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
+                shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
+                ratio as i32, rope, n_rot, scale, rows_max as i32, 0u64, 0i32, 0i32)?;
+        } else if hb > 1 {
             let shm = (hb * hd + hb * rows_max + 1) * 4 + rows_max * 8;
             g.allow_shared("attention_mh", shm)?;
             launch!(g, "attention_mh", ((nh / hb) as u32, t as u32, 1), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32, hb as i32)?;
-        } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
-            let hbs = split_heads_per_block(cfg);
-            let wend = hbs * hd + hbs * span;
-            let shm = (wend + (wend & 1)) * 4 + span * 8;
-            g.allow_shared("attention_split", shm)?;
-            launch!(g, "attention_split", ((nh / hbs) as u32, t as u32, nsplit as u32), 512, shm as u32;
-                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
-                s.apart.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0, ratio as i32,
-                scale, span as i32, nsplit as i32, hbs as i32)?;
+        } else if let Some((span, nsplit)) = split {
+            if attention_mma_fits(cfg, self.sim()) {
+                // Decode on the tensor cores: 16 heads a block (more blocks for the few
+                // ranges of a step), each range's partials as attention_split writes them.
+                let shm = attention_mma_shared(hd, 16, span);
+                g.allow_shared("attention_mma", shm)?;
+                launch!(g, "attention_mma", ((nh / 16) as u32, t as u32, nsplit as u32), 128,
+                    shm as u32;
+                    s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1,
+                    cfg.indexer_top_k as i32, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
+                    cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, scale,
+                    span as i32, s.apart.ptr, span as i32, nsplit as i32)?;
+            } else {
+                let hbs = split_heads_per_block(cfg);
+                let wend = hbs * hd + hbs * span;
+                let shm = (wend + (wend & 1)) * 4 + span * 8;
+                g.allow_shared("attention_split", shm)?;
+                launch!(g, "attention_split", ((nh / hbs) as u32, t as u32, nsplit as u32), 512,
+                    shm as u32;
+                    s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1,
+                    cfg.indexer_top_k as i32, s.apart.ptr, nh as i32, hd as i32,
+                    cfg.sliding_window as i32, p0, ratio as i32, scale, span as i32,
+                    nsplit as i32, hbs as i32)?;
+            }
             // The combine writes o's Q8_0 for out_a where out_a takes it.
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
             let (qp, dp) = oq.unwrap_or((0, 0));
@@ -1186,7 +1236,7 @@ impl Fwd<'_> {
 
         // Routed experts: item b = token b/k, slot b%k, weights chosen by ids[b]. A run
         // of several tokens groups its items by expert, so each expert's weights are
-        // read once per group (8 items for the matrix-vector kernels, 64 when all three
+        // read once per group (8 items for the matrix-vector kernels, 32 when all three
         // products have tensor-core kernels) instead of once per item.
         let nb = t * k;
         let groups = if t > 1 {

@@ -49,6 +49,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "topk_select",
     "attention",
     "attention_mh",
+    "attention_mma",
     "attention_split",
     "attention_combine",
     "route",
