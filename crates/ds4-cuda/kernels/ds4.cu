@@ -461,7 +461,9 @@ __device__ __forceinline__ void mma_s8_16832(int* c, const int* a, int b0, int b
           "r"(0));
 }
 
-extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin();
+// PF: read the next stage into registers while this one's products run (more registers,
+// fewer resident blocks: both variants exist so a run can compare them).
+template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a) {
     __shared__ __align__(16) i8 as[MM_BM * MM_LD];
     __shared__ __align__(16) i8 bs[MM_BN * MM_LD];
     __shared__ float ad[MM_BM][MM_KB];
@@ -477,28 +479,47 @@ extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin(
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     const u16* wd = (const u16*)a.sc;
-    for (int kb0 = 0; kb0 < nblk; kb0 += MM_KB) {
-        // Stage: 64 rows × 128 bytes of each operand, 8 int4 per row, 4 per thread.
+    // Stage: 64 rows × 128 bytes of each operand (8 int4 per row, 4 per thread) and the
+    // rows' block scales (2 each per thread), through registers; with PF read one stage
+    // ahead so that the next stage's loads are in flight while this one's products run.
+    int4 wv[4], xv[4];
+    float adv[2], bdv[2];
+    auto load = [&](int kb0) {
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
-            int wr = r0 + row;
-            int4 wv = make_int4(0, 0, 0, 0);
-            if (wr < a.rows) wv = ldg4(a.w + (size_t)wr * a.cols + (size_t)kb0 * 32 + 16 * ch);
-            *(int4*)(as + row * MM_LD + 16 * ch) = wv;
-            int tk = t0 + row;
-            int4 xv = make_int4(0, 0, 0, 0);
-            if (tk < a.nb)
-                xv = *(const int4*)(a.xq + (long long)tk * a.x_stride + goff + (size_t)kb0 * 32 + 16 * ch);
-            *(int4*)(bs + row * MM_LD + 16 * ch) = xv;
-        }
-        for (int idx = threadIdx.x; idx < MM_BM * MM_KB; idx += 128) {
-            int row = idx / MM_KB, kb = idx % MM_KB;
             int wr = r0 + row, tk = t0 + row;
-            ad[row][kb] = wr < a.rows ? h2f(wd[(size_t)wr * nblk + kb0 + kb]) : 0.0f;
-            bd[row][kb] = tk < a.nb ? a.xd[(((long long)tk * a.x_stride + goff) >> 5) + kb0 + kb] : 0.0f;
+            wv[u] = make_int4(0, 0, 0, 0);
+            xv[u] = make_int4(0, 0, 0, 0);
+            if (wr < a.rows) wv[u] = ldg4(a.w + (size_t)wr * a.cols + (size_t)kb0 * 32 + 16 * ch);
+            if (tk < a.nb)
+                xv[u] = *(const int4*)(a.xq + (long long)tk * a.x_stride + goff + (size_t)kb0 * 32 + 16 * ch);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx / MM_KB, kb = idx % MM_KB;
+            int wr = r0 + row, tk = t0 + row;
+            adv[u] = wr < a.rows ? h2f(wd[(size_t)wr * nblk + kb0 + kb]) : 0.0f;
+            bdv[u] = tk < a.nb ? a.xd[(((long long)tk * a.x_stride + goff) >> 5) + kb0 + kb] : 0.0f;
+        }
+    };
+    if (PF) load(0);
+    for (int kb0 = 0; kb0 < nblk; kb0 += MM_KB) {
+        if (!PF) load(kb0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
+            *(int4*)(as + row * MM_LD + 16 * ch) = wv[u];
+            *(int4*)(bs + row * MM_LD + 16 * ch) = xv[u];
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx / MM_KB, kb = idx % MM_KB;
+            ad[row][kb] = adv[u];
+            bd[row][kb] = bdv[u];
         }
         __syncthreads();
+        if (PF && kb0 + MM_KB < nblk) load(kb0 + MM_KB);
 #pragma unroll
         for (int kb = 0; kb < MM_KB; kb++) {
             const i8* ab = as + (16 * warp) * MM_LD + 32 * kb;
@@ -530,6 +551,9 @@ extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin(
     }
 }
 
+extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin(); mm_q8_0_body<false>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_q8_0_pf(MvArgs a) { pdl_begin(); mm_q8_0_body<true>(a); }
+
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -544,7 +568,7 @@ __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u3
 // products accumulate in f32 — accuracy at the level of f32 summation-order changes
 // (the CPU-comparison tests bound it). Tile and staging as mm_q8_0: 64 rows × 64
 // tokens, 64 columns per stage, rows padded to 144 bytes.
-extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin();
+template <bool PF> __device__ __forceinline__ void mm_f16_body(const MvArgs& a) {
     __shared__ __align__(16) u16 as[MM_BM * (MM_LD / 2)];
     __shared__ __align__(16) u16 bh[MM_BN * (MM_LD / 2)];
     __shared__ __align__(16) u16 bl[MM_BN * (MM_LD / 2)];
@@ -559,23 +583,39 @@ extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin()
     for (int j = 0; j < 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
-    for (int k0 = 0; k0 < a.cols; k0 += 64) {
-        // Weights: 64 rows × 64 halves = 8 int4 per row; activations: 64 tokens × 64
-        // floats, split while staging.
+    // Weights: 64 rows × 64 halves = 8 int4 per row (4 per thread); activations: 64
+    // tokens × 64 floats (8 float4 per thread), split while staging. Read into registers
+    // one stage ahead with PF, as in mm_q8_0.
+    int4 wv[4];
+    float4 xv[8];
+    auto load = [&](int k0) {
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
             int wr = r0 + row;
-            int4 wv = make_int4(0, 0, 0, 0);
-            if (wr < a.rows) wv = ldg4(w + (size_t)wr * a.cols + k0 + 8 * ch);
-            *(int4*)(as + row * ld + 8 * ch) = wv;
+            wv[u] = make_int4(0, 0, 0, 0);
+            if (wr < a.rows) wv[u] = ldg4(w + (size_t)wr * a.cols + k0 + 8 * ch);
         }
-        for (int idx = threadIdx.x; idx < MM_BN * 16; idx += 128) {
-            int row = idx >> 4, ch = idx & 15;  // 4 floats per piece
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 4, ch = idx & 15;  // 4 floats a piece
             int tk = t0 + row;
-            float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (tk < a.nb) xv = *(const float4*)(a.xf + (long long)tk * a.x_stride + goff + k0 + 4 * ch);
-            float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+            xv[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (tk < a.nb) xv[u] = *(const float4*)(a.xf + (long long)tk * a.x_stride + goff + k0 + 4 * ch);
+        }
+    };
+    if (PF) load(0);
+    for (int k0 = 0; k0 < a.cols; k0 += 64) {
+        if (!PF) load(k0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
+            *(int4*)(as + row * ld + 8 * ch) = wv[u];
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 4, ch = idx & 15;
+            float xs[4] = {xv[u].x, xv[u].y, xv[u].z, xv[u].w};
 #pragma unroll
             for (int q = 0; q < 4; q++) {
                 u16 hi = f2h(xs[q]);
@@ -584,6 +624,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin()
             }
         }
         __syncthreads();
+        if (PF && k0 + 64 < a.cols) load(k0 + 64);
 #pragma unroll
         for (int kk = 0; kk < 64; kk += 16) {
             const u16* ab = as + (16 * warp) * ld + kk;
@@ -608,6 +649,9 @@ extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin()
         mma_store(a, acc[j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
     }
 }
+
+extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin(); mm_f16_body<false>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_f16_pf(MvArgs a) { pdl_begin(); mm_f16_body<true>(a); }
 
 // Q2_K block (84 bytes): scales[16], qs[64], f16 d, f16 dmin. A lane takes a quarter
 // of a block's quants (16 bytes: half k = q/2 of the 128-element halves, 16-element
@@ -2177,11 +2221,8 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
 // P·V for a quarter (w % 4) of the dimensions of its heads (P as f16 hi + lo, V through
 // ldmatrix.trans). More heads per block stage each row for more of them. Sums run in
 // another order than the CPU's and carry the rescaling roundings, as attention_split's.
-// With `part` (decode), block z takes rows z·span .. of the query's and writes
-// attention_split's partials instead ([max, Σexp, Σexp·row] per head, no sink, not
-// normalized or unrotated) for attention_combine.
-// Dynamic shared memory: attention_mma_shared(hd, 16·mt, rows) bytes (rows: rows_max,
-// or span with `part`).
+// (Decode keeps attention_split: a step's few queries give this kernel too few blocks.)
+// Dynamic shared memory: attention_mma_shared(hd, 16·mt, rows_max) bytes.
 #define ATT_TR 32
 __device__ __forceinline__ void ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
     u32 a = (u32)__cvta_generic_to_shared(p);
@@ -2192,19 +2233,17 @@ __device__ __forceinline__ void ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3
 extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
     const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
     const int* nsel, int sel_k, const float* sinks, float* o, int heads, int hd, int window,
-    const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max,
-    float* part, int span, int nsplit) {
+    const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max) {
     pdl_begin();
     int pos0 = *pos0p;
-    int h0 = blockIdx.x * (blockDim.x >> 3), t = blockIdx.y, z = blockIdx.z, pos = pos0 + t;
+    int h0 = blockIdx.x * (blockDim.x >> 3), t = blockIdx.y, pos = pos0 + t;
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
-    int rbeg = part ? z * span : 0, n = part ? min(ar.n, rbeg + span) : ar.n;
-    if (rbeg >= n) return;  // attention_combine reads only the ranges below n
+    int n = ar.n;
     extern __shared__ __align__(16) u8 smb[];
     const int hpb = blockDim.x >> 3;  // 16 heads per 4 warps
     const int ld = hd + 8;  // halves per staged row: rows 16 bytes apart in the banks
     const int pld = ATT_TR + 8;
-    const float** rowp = (const float**)smb;              // [rows_max]: rows rbeg..
+    const float** rowp = (const float**)smb;              // [rows_max]
     u16* qh = (u16*)(smb + (size_t)rows_max * 8);         // [hpb][ld]
     u16* ql = qh + hpb * ld;                              // [hpb][ld]
     u16* rs = ql + hpb * ld;                              // [ATT_TR][ld]
@@ -2224,12 +2263,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
         ql[hh * ld + c] = f2h(x - h2f(hi));
     }
     if (threadIdx.x < hpb) {
-        // The sink enters as a row with score `sink` (exp(sink − m) at m = sink); a
-        // range's partial has none (attention_combine adds it).
-        m_run[threadIdx.x] = part ? -INFINITY : sinks[h0 + threadIdx.x];
-        den[threadIdx.x] = part ? 0.0f : 1.0f;
+        // The sink enters as a row with score `sink`: exp(sink − m) at m = sink.
+        m_run[threadIdx.x] = sinks[h0 + threadIdx.x];
+        den[threadIdx.x] = 1.0f;
     }
-    attn_row_table(ar, rbeg, n - rbeg, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
+    attn_row_table(ar, 0, n, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
     int ntw = hd >> 5;  // n-tiles of 8 dimensions in a quarter of hd
     int dw0 = nw * (hd >> 2);
@@ -2239,7 +2277,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
 #pragma unroll
         for (int k = 0; k < 4; k++) acc[i][k] = 0.0f;
     int q4 = hd >> 2, total = ATT_TR * q4;
-    for (int r0 = rbeg; r0 < n; r0 += ATT_TR) {
+    for (int r0 = 0; r0 < n; r0 += ATT_TR) {
         // Stage the tile's rows as f16 (exact); rows past n are zeros (0 · row, not NaN).
         // Four loads in flight per thread before any conversion (the accumulators
         // leave no registers for more at two blocks per SM).
@@ -2249,7 +2287,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
             for (int u = 0; u < 4; u++) {
                 int i = base + u * blockDim.x, j = i / q4;
                 v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (i < total && r0 + j < n) v[u] = __ldg((const float4*)(rowp[r0 - rbeg + j] + 4 * (i % q4)));
+                if (i < total && r0 + j < n) v[u] = __ldg((const float4*)(rowp[r0 + j] + 4 * (i % q4)));
             }
 #pragma unroll
             for (int u = 0; u < 4; u++) {
@@ -2366,26 +2404,6 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
         __syncthreads();
     }
     int ha = 16 * mw + g;
-    if (part) {
-        size_t stride = (size_t)hd + 2;
-        float* pa = part + (((size_t)t * heads + h0 + ha) * nsplit + z) * stride;
-        float* pb = pa + 8 * (size_t)nsplit * stride;
-        if (nw == 0 && tq == 0) {
-            pa[0] = m_run[ha];
-            pa[1] = den[ha];
-            pb[0] = m_run[ha + 8];
-            pb[1] = den[ha + 8];
-        }
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            if (i < ntw) {
-                int d = dw0 + 8 * i + 2 * tq;
-                *(float2*)(pa + 2 + d) = make_float2(acc[i][0], acc[i][1]);
-                *(float2*)(pb + 2 + d) = make_float2(acc[i][2], acc[i][3]);
-            }
-        }
-        return;
-    }
     // Normalize, undo the rotation of the rotated dims (pairs sit in one lane), store.
     float da = den[ha], db = den[ha + 8];
     int off = hd - n_rot;

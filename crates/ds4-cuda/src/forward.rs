@@ -545,11 +545,12 @@ fn mma_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MMA").map_or(true, |v| v != "0"))
 }
 
-/// Whether attention takes the tensor-core kernel (whole rows for runs, ranges of rows
-/// for decode): rows exact in f16 (the QAT simulation rounds every stored row to f16;
-/// without it the rows carry f32 bits), 16 heads per block, the head's dimensions in
-/// four warp shares of whole n-tiles (a multiple of 64, at most 512).
-/// `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh` / `attention_split`, for comparisons.
+/// Whether a run's attention takes the tensor-core kernel (decode keeps
+/// `attention_split`: a step's few queries would give it too few blocks): rows exact in
+/// f16 (the QAT simulation rounds every stored row to f16; without it the rows carry f32
+/// bits), 16 heads per block, the head's dimensions in four warp shares of whole n-tiles
+/// (a multiple of 64, at most 512). `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh`, for
+/// comparisons.
 fn attention_mma_fits(cfg: &ModelConfig, sim: bool) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_MMA").map_or(true, |v| v != "0"));
@@ -664,6 +665,14 @@ fn compress_rows_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_COMPRESS_ROWS").map_or(true, |v| v != "0"))
 }
 
+/// Whether the dense tensor-core products read each stage one ahead (`mm_q8_0_pf`,
+/// `mm_f16_pf`: the loads overlap the products, at more registers and fewer resident
+/// blocks). `DS4_CUDA_MM_PF=0` keeps the one-stage kernels, for comparisons.
+fn mm_prefetch_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
+}
+
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 const MMA_MIN_TOKENS: usize = 16;
 
@@ -740,10 +749,11 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     // The tensor-core kernels read the same arguments (those about items, experts and
     // row splits do not concern them).
     if use_tensor_cores(m, &c) {
-        let kernel = if m.ty == GgmlType::F16 {
-            "mm_f16"
-        } else {
-            "mm_q8_0"
+        let kernel = match (m.ty == GgmlType::F16, mm_prefetch_on()) {
+            (true, false) => "mm_f16",
+            (true, true) => "mm_f16_pf",
+            (false, false) => "mm_q8_0",
+            (false, true) => "mm_q8_0_pf",
         };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
     }
@@ -1087,7 +1097,6 @@ impl Fwd<'_> {
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
-        let split = attention_split(cfg, rows_max, t);
         if attention_mma_fits(cfg, self.sim()) && t >= MMA_MIN_TOKENS {
             // 32 heads a block where the head count allows: each staged row serves more.
             let hpb = if nh.is_multiple_of(32) { 32 } else { 16 };
@@ -1097,7 +1106,7 @@ impl Fwd<'_> {
                 shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
-                ratio as i32, rope, n_rot, scale, rows_max as i32, 0u64, 0i32, 0i32)?;
+                ratio as i32, rope, n_rot, scale, rows_max as i32)?;
         } else if hb > 1 {
             let shm = (hb * hd + hb * rows_max + 1) * 4 + rows_max * 8;
             g.allow_shared("attention_mh", shm)?;
@@ -1105,30 +1114,15 @@ impl Fwd<'_> {
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32, hb as i32)?;
-        } else if let Some((span, nsplit)) = split {
-            if attention_mma_fits(cfg, self.sim()) {
-                // Decode on the tensor cores: 16 heads a block (more blocks for the few
-                // ranges of a step), each range's partials as attention_split writes them.
-                let shm = attention_mma_shared(hd, 16, span);
-                g.allow_shared("attention_mma", shm)?;
-                launch!(g, "attention_mma", ((nh / 16) as u32, t as u32, nsplit as u32), 128,
-                    shm as u32;
-                    s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1,
-                    cfg.indexer_top_k as i32, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
-                    cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, scale,
-                    span as i32, s.apart.ptr, span as i32, nsplit as i32)?;
-            } else {
-                let hbs = split_heads_per_block(cfg);
-                let wend = hbs * hd + hbs * span;
-                let shm = (wend + (wend & 1)) * 4 + span * 8;
-                g.allow_shared("attention_split", shm)?;
-                launch!(g, "attention_split", ((nh / hbs) as u32, t as u32, nsplit as u32), 512,
-                    shm as u32;
-                    s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1,
-                    cfg.indexer_top_k as i32, s.apart.ptr, nh as i32, hd as i32,
-                    cfg.sliding_window as i32, p0, ratio as i32, scale, span as i32,
-                    nsplit as i32, hbs as i32)?;
-            }
+        } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
+            let hbs = split_heads_per_block(cfg);
+            let wend = hbs * hd + hbs * span;
+            let shm = (wend + (wend & 1)) * 4 + span * 8;
+            g.allow_shared("attention_split", shm)?;
+            launch!(g, "attention_split", ((nh / hbs) as u32, t as u32, nsplit as u32), 512, shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                s.apart.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0, ratio as i32,
+                scale, span as i32, nsplit as i32, hbs as i32)?;
             // The combine writes o's Q8_0 for out_a where out_a takes it.
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
             let (qp, dp) = oq.unwrap_or((0, 0));
