@@ -1023,6 +1023,136 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
         : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
 }
 
+// Asynchronous 16-byte copies global → shared (Ampere+); src_bytes 0 fills zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+// mm_iq2_xxs with the operands staged in shared memory: per 256-column block, the 64
+// rows' quants (64 bytes each) and the group's activations (256 bytes per item) arrive
+// by cp.async one block ahead (double-buffered), so the 4 warps read them from shared
+// memory instead of each issuing its own scattered global loads (the activations were
+// read by every warp; a lane's weight words by its whole quad). Rows padded to 80 and
+// 272 bytes: a quad's words and the B fragments of a warp fall in distinct banks. The
+// arithmetic is mm_iq2_xxs's, in the same order.
+#define IQ_LDW 80
+#define IQ_LDB 272
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin();
+    __shared__ u64 grid_s[256];
+    __shared__ u64 sign_s[128];
+    __shared__ int items[MM_NG];
+    __shared__ long long xoff[MM_NG];
+    __shared__ __align__(16) u8 ws[2][64 * IQ_LDW];
+    __shared__ __align__(16) i8 xs[2][MM_NG * IQ_LDB];
+    __shared__ float wds[2][64];
+    __shared__ float dxs[2][MM_NG];
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    iq2_tables_to_shared(grid_s, sign_s);
+    if (threadIdx.x < MM_NG) {
+        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+        items[threadIdx.x] = it;
+        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int r0 = blockIdx.x * 64;
+    int ra = r0 + 16 * warp + g;
+    int nj = (nt + 7) >> 3;
+    int nblk = a.cols >> 8;
+    const u8* wbase = a.w + e * a.mat_bytes;
+    const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes);
+    size_t row_bytes = (size_t)(a.cols >> 2);
+    auto stage = [&](int ib, int buf) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 2, ch = idx & 3;
+            int wr = min(r0 + row, a.rows - 1);
+            cp_async16(&ws[buf][row * IQ_LDW + 16 * ch], wbase + wr * row_bytes + 64 * ib + 16 * ch, 16);
+        }
+#pragma unroll
+        for (int u = 0; u < MM_NG * 16 / 128; u++) {
+            int idx = threadIdx.x + 128 * u, sl = idx >> 4, ch = idx & 15;
+            long long xo = xoff[sl];
+            const i8* src = xo >= 0 ? a.xq + xo + 256 * ib + 16 * ch : a.xq;
+            cp_async16(&xs[buf][sl * IQ_LDB + 16 * ch], src, xo >= 0 ? 16 : 0);
+        }
+        if (threadIdx.x < 64) {
+            int wr = min(r0 + threadIdx.x, a.rows - 1);
+            wds[buf][threadIdx.x] = h2f(wd[(size_t)wr * nblk + ib]);
+        } else if (threadIdx.x < 64 + MM_NG) {
+            long long xo = xoff[threadIdx.x - 64];
+            dxs[buf][threadIdx.x - 64] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        }
+    };
+    float acc[MM_NG / 8][4];
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    int l0 = tq >> 1, half = tq & 1;
+    stage(0, 0);
+    cp_async_commit();
+    for (int ib = 0; ib < nblk; ib++) {
+        int buf = ib & 1;
+        // The other buffer was last read before the previous iteration's closing barrier.
+        if (ib + 1 < nblk) stage(ib + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncthreads();
+        const u8* wa = ws[buf] + (16 * warp + g) * IQ_LDW;
+        const u8* wb = wa + 8 * IQ_LDW;
+        const i8* xb = xs[buf];
+        float dwa = wds[buf][16 * warp + g], dwb = wds[buf][16 * warp + g + 8];
+        float dx0[MM_NG / 8], dx1[MM_NG / 8];
+#pragma unroll
+        for (int j = 0; j < MM_NG / 8; j++) {
+            dx0[j] = dxs[buf][8 * j + 2 * tq];
+            dx1[j] = dxs[buf][8 * j + 2 * tq + 1];
+        }
+#pragma unroll 2
+        for (int gq = 0; gq < 8; gq++) {
+            uint2 wva = *(const uint2*)(wa + 8 * gq), wvb = *(const uint2*)(wb + 8 * gq);
+            u32 a0a = wva.x, a1a = wva.y, a0b = wvb.x, a1b = wvb.y;
+            int af[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                // q: 0 row a cols 4tq.., 1 row b, 2 row a cols 16+4tq.., 3 row b.
+                u32 g0 = (q & 1) ? a0b : a0a, g1 = (q & 1) ? a1b : a1a;
+                int l = l0 + ((q & 2) ? 2 : 0);
+                u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
+                u64 sg = sign_s[(g1 >> (7 * l)) & 127];
+                u32 gw = half ? (u32)(gr >> 32) : (u32)gr;
+                u32 sw = half ? (u32)(sg >> 32) : (u32)sg;
+                af[q] = (int)__vsub4(gw ^ sw, sw);
+            }
+            int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
+#pragma unroll
+            for (int j = 0; j < MM_NG / 8; j++) {
+                if (j < nj) {
+                    const i8* bp = xb + (8 * j + g) * IQ_LDB + 32 * gq + 4 * tq;
+                    int c[4];
+                    mma_s8_16832(c, af, *(const int*)bp, *(const int*)(bp + 16));
+                    acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
+                    acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
+                    acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
+                    acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++)
+        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+}
+
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
 // its own scale and min), the 2-bit planes taken straight from the block's bytes; the
@@ -1101,6 +1231,122 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin(
             acc[j][3] += dx1 * db * (float)ssc[3];
             acc[j][3] -= dx1 * dmb * (float)smn[3];
         }
+    }
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++)
+        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+}
+
+// mm_q2_k with the group's activations staged in shared memory: per 256-column block,
+// each item's 256 Q8_K values and 16 block sums arrive by cp.async one block ahead
+// (double-buffered) and the four warps read their B fragments and sums from there
+// instead of each loading them from global memory. Rows of 304 bytes put a warp's B
+// fragment in distinct banks. The weights are still read per lane (__ldg), and the
+// arithmetic is mm_q2_k's, in the same order.
+#define Q2_LDB 304
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin();
+    __shared__ int items[MM_NG];
+    __shared__ long long xoff[MM_NG];
+    __shared__ __align__(16) i8 xs[2][MM_NG * Q2_LDB];
+    __shared__ float dxs[2][MM_NG];
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    if (threadIdx.x < MM_NG) {
+        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+        items[threadIdx.x] = it;
+        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
+    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
+    int nj = (nt + 7) >> 3;
+    int nblk = a.cols >> 8;
+    const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
+    const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
+    // Per item: 16 pieces of quants, then 2 pieces of block sums (16 shorts).
+    auto stage = [&](int ib, int buf) {
+        for (int idx = threadIdx.x; idx < MM_NG * 18; idx += 128) {
+            int sl = idx / 18, ch = idx % 18;
+            long long xo = xoff[sl];
+            const void* src = a.xq;
+            if (xo >= 0)
+                src = ch < 16 ? (const void*)(a.xq + xo + 256 * ib + 16 * ch)
+                              : (const void*)(a.xs + (xo >> 4) + 16 * ib + 8 * (ch - 16));
+            cp_async16(&xs[buf][sl * Q2_LDB + 16 * ch], src, xo >= 0 ? 16 : 0);
+        }
+        if (threadIdx.x < MM_NG) {
+            long long xo = xoff[threadIdx.x];
+            dxs[buf][threadIdx.x] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        }
+    };
+    float acc[MM_NG / 8][4];
+#pragma unroll
+    for (int j = 0; j < MM_NG / 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    stage(0, 0);
+    cp_async_commit();
+    for (int ib = 0; ib < nblk; ib++) {
+        int buf = ib & 1;
+        if (ib + 1 < nblk) stage(ib + 1, buf ^ 1);
+        cp_async_commit();
+        const u8* ba = wa + ib * 84;
+        const u8* bb = wb + ib * 84;
+        u32 sca[4], scb[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            sca[q] = __ldg((const u32*)ba + q);
+            scb[q] = __ldg((const u32*)bb + q);
+        }
+        u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
+        float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
+        float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
+        cp_async_wait1();
+        __syncthreads();
+        const i8* xsb = xs[buf];
+#pragma unroll
+        for (int j = 0; j < MM_NG / 8; j++) {
+            if (j >= nj) break;
+            int s0 = 8 * j + 2 * tq, s1 = s0 + 1;
+            const i8* xrow = xsb + (8 * j + g) * Q2_LDB;
+            const short* bs0p = (const short*)(xsb + s0 * Q2_LDB + 256);
+            const short* bs1p = (const short*)(xsb + s1 * Q2_LDB + 256);
+            int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
+#pragma unroll 4
+            for (int sb = 0; sb < 16; sb++) {
+                int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
+                int off = 16 + 32 * k + 16 * lh + 4 * tq;
+                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
+                int b0 = *(const int*)(xrow + 128 * k + 32 * jj + 16 * lh + 4 * tq);
+                int c[4];
+                mma_s8_16816(c, a0, a1, b0);
+                int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+                int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
+                ssc[0] += (sA & 15) * c[0];
+                ssc[1] += (sA & 15) * c[1];
+                ssc[2] += (sB & 15) * c[2];
+                ssc[3] += (sB & 15) * c[3];
+                int bs0 = (int)bs0p[sb], bs1 = (int)bs1p[sb];
+                smn[0] += (sA >> 4) * bs0;
+                smn[1] += (sA >> 4) * bs1;
+                smn[2] += (sB >> 4) * bs0;
+                smn[3] += (sB >> 4) * bs1;
+            }
+            float dx0 = dxs[buf][s0], dx1 = dxs[buf][s1];
+            acc[j][0] += dx0 * da * (float)ssc[0];
+            acc[j][0] -= dx0 * dma * (float)smn[0];
+            acc[j][1] += dx1 * da * (float)ssc[1];
+            acc[j][1] -= dx1 * dma * (float)smn[1];
+            acc[j][2] += dx0 * db * (float)ssc[2];
+            acc[j][2] -= dx0 * dmb * (float)smn[2];
+            acc[j][3] += dx1 * db * (float)ssc[3];
+            acc[j][3] -= dx1 * dmb * (float)smn[3];
+        }
+        __syncthreads();
     }
 #pragma unroll
     for (int j = 0; j < MM_NG / 8; j++)
