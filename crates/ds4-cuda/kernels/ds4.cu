@@ -138,19 +138,40 @@ __device__ __forceinline__ float pow2_scale(float amax, float qmax) {
 // ---------------------------------------------------------------------------------
 // Activation quantization: Q8_0 (blocks of 32) and Q8_K (blocks of 256 with bsums).
 
-// One warp per block of 32. q: int8 [T*n], d: [T*n/32].
+// Eight lanes per block of 32, four values each (16-byte loads when x is aligned for
+// them); a warp covers four blocks. q: int8 [T*n], d: [T*n/32]. Per value the same
+// arithmetic as the CPU's (the block maximum is exact whatever the order).
 extern "C" __global__ void quant_q8_0(const float* x, i8* q, float* d, int nblocks) { pdl_begin();
-    int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (b >= nblocks) return;
-    float v = x[(size_t)b * 32 + lane];
-    float amax = warp_max(fabsf(v));
+    int gt = blockIdx.x * blockDim.x + threadIdx.x;
+    int b = gt >> 3, sub = gt & 7;
+    bool ok = b < nblocks;
+    const float* xp = x + (size_t)b * 32 + 4 * sub;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (ok) {
+        if (((size_t)x & 15) == 0) {
+            float4 f = *(const float4*)xp;
+            v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] = xp[k];
+        }
+    }
+    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     float dd = amax / 127.0f;
     float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    int qi = __float2int_rn(v * id);
-    qi = max(-127, min(127, qi));
-    q[(size_t)b * 32 + lane] = (i8)qi;
-    if (lane == 0) d[b] = dd;
+    u32 packed = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int qi = __float2int_rn(v[k] * id);
+        qi = max(-127, min(127, qi));
+        packed |= ((u32)qi & 0xffu) << (8 * k);
+    }
+    if (ok) {
+        *(u32*)(q + (size_t)b * 32 + 4 * sub) = packed;
+        if (sub == 0) d[b] = dd;
+    }
 }
 
 // One warp per block of 256. The scale comes from the element of largest magnitude
@@ -461,6 +482,20 @@ __device__ __forceinline__ void mma_s8_16832(int* c, const int* a, int b0, int b
           "r"(0));
 }
 
+// Asynchronous copies global → shared (Ampere+); src_bytes 0 fills zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_bytes) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
 // PF: read the next stage into registers while this one's products run (more registers,
 // fewer resident blocks: both variants exist so a run can compare them).
 template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a) {
@@ -552,6 +587,90 @@ template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a)
 }
 
 extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin(); mm_q8_0_body<false>(a); }
+
+// mm_q8_0 with each stage's operands copied by cp.async one stage ahead into a second
+// buffer (no staging registers, so as many blocks stay resident as for the one-stage
+// kernel); the weight scales arrive as f16 and widen when read. Same arithmetic.
+extern "C" __global__ void __launch_bounds__(128, 4) mm_q8_0_cp(MvArgs a) { pdl_begin();
+    __shared__ __align__(16) i8 as[2][MM_BM * MM_LD];
+    __shared__ __align__(16) i8 bs[2][MM_BN * MM_LD];
+    __shared__ __align__(16) u16 adh[2][MM_BM][MM_KB];
+    __shared__ __align__(16) float bd[2][MM_BN][MM_KB];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int r0 = blockIdx.x * MM_BM, t0 = blockIdx.y * MM_BN;
+    int nblk = a.cols >> 5;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* wd = (const u16*)a.sc;
+    auto stage = [&](int kb0, int buf) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
+            int wr = r0 + row, tk = t0 + row;
+            bool wok = wr < a.rows, xok = tk < a.nb;
+            cp_async16(&as[buf][row * MM_LD + 16 * ch],
+                       wok ? a.w + (size_t)wr * a.cols + (size_t)kb0 * 32 + 16 * ch : a.w, wok ? 16 : 0);
+            cp_async16(&bs[buf][row * MM_LD + 16 * ch],
+                       xok ? a.xq + (long long)tk * a.x_stride + goff + (size_t)kb0 * 32 + 16 * ch : a.xq,
+                       xok ? 16 : 0);
+        }
+        if (threadIdx.x < MM_BM) {
+            int wr = r0 + threadIdx.x;
+            bool ok = wr < a.rows;
+            cp_async8(&adh[buf][threadIdx.x][0], ok ? wd + (size_t)wr * nblk + kb0 : wd, ok ? 8 : 0);
+        } else {
+            int row = threadIdx.x - MM_BM, tk = t0 + row;
+            bool ok = tk < a.nb;
+            cp_async16(&bd[buf][row][0],
+                       ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd, ok ? 16 : 0);
+        }
+    };
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    stage(0, 0);
+    cp_async_commit();
+    for (int kb0 = 0, it = 0; kb0 < nblk; kb0 += MM_KB, it++) {
+        int buf = it & 1;
+        // The other buffer was last read before the previous iteration's closing barrier.
+        if (kb0 + MM_KB < nblk) stage(kb0 + MM_KB, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncthreads();
+        // One Q8_0 block at a time: unrolling the four lets the compiler hoist their
+        // loads past the 128 registers that keep four blocks resident.
+#pragma unroll 1
+        for (int kb = 0; kb < MM_KB; kb++) {
+            const i8* ab = as[buf] + (16 * warp) * MM_LD + 32 * kb;
+            int af[4];
+            af[0] = *(const int*)(ab + g * MM_LD + 4 * tq);
+            af[1] = *(const int*)(ab + (g + 8) * MM_LD + 4 * tq);
+            af[2] = *(const int*)(ab + g * MM_LD + 16 + 4 * tq);
+            af[3] = *(const int*)(ab + (g + 8) * MM_LD + 16 + 4 * tq);
+            float da0 = h2f(adh[buf][16 * warp + g][kb]), da1 = h2f(adh[buf][16 * warp + g + 8][kb]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const i8* bb = bs[buf] + (8 * j + g) * MM_LD + 32 * kb;
+                int c[4];
+                mma_s8_16832(c, af, *(const int*)(bb + 4 * tq), *(const int*)(bb + 16 + 4 * tq));
+                float db0 = bd[buf][8 * j + 2 * tq][kb], db1 = bd[buf][8 * j + 2 * tq + 1][kb];
+                acc[j][0] += da0 * db0 * (float)c[0];
+                acc[j][1] += da0 * db1 * (float)c[1];
+                acc[j][2] += da1 * db0 * (float)c[2];
+                acc[j][3] += da1 * db1 * (float)c[3];
+            }
+        }
+        __syncthreads();
+    }
+    int ra = r0 + 16 * warp + g;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        mma_store(a, acc[j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+}
 extern "C" __global__ void __launch_bounds__(128) mm_q8_0_pf(MvArgs a) { pdl_begin(); mm_q8_0_body<true>(a); }
 
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
@@ -1022,15 +1141,6 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
         : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
         : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
 }
-
-// Asynchronous 16-byte copies global → shared (Ampere+); src_bytes 0 fills zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 // mm_iq2_xxs with the operands staged in shared memory: per 256-column block, the 64
 // rows' quants (64 bytes each) and the group's activations (256 bytes per item) arrive

@@ -130,6 +130,14 @@ impl Gpu {
         }
     }
 
+    /// The same GPU and stream with programmatic dependent launch on or off for the
+    /// launches made through the copy (the original keeps its setting).
+    pub fn with_pdl(&self, on: bool) -> Gpu {
+        let g = self.on_stream(self.stream.clone());
+        g.set_pdl(on);
+        g
+    }
+
     /// Whether launches let the next kernel start early (see the `pdl` field).
     pub fn pdl(&self) -> bool {
         self.pdl.load(Ordering::Relaxed)

@@ -673,6 +673,14 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
+/// Whether the Q8_0 tensor-core product's stage ahead comes by cp.async into a second
+/// shared buffer (`mm_q8_0_cp`) rather than through registers (`mm_q8_0_pf`, which keeps
+/// fewer blocks resident). `DS4_CUDA_MM_CP=0` takes the register one, for comparisons.
+fn mm_cp_async_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_CP").map_or(true, |v| v != "0"))
+}
+
 /// Whether the routed experts' tensor-core products stage their operands in shared
 /// memory by cp.async (`mm_iq2_xxs_st`, `mm_q2_k_st`; same arithmetic).
 /// `DS4_CUDA_EXP_STAGE=0` keeps the kernels that load them per lane, for comparisons.
@@ -682,7 +690,7 @@ fn experts_staged_on() -> bool {
 }
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
-const MMA_MIN_TOKENS: usize = 16;
+pub(crate) const MMA_MIN_TOKENS: usize = 16;
 
 /// Whether this product goes to a tensor-core kernel (`mm_q8_0`, `mm_f16`): a Q8_0
 /// (split layout) or F16 matrix, no expert ids, a run of tokens, whole 128-column
@@ -709,7 +717,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         ActKind::F32 => {}
         ActKind::Q8_0 => {
             let nblk = n / 32;
-            launch!(g, "quant_q8_0", (ceil_div(nblk, 4), 1, 1), 128, 0;
+            // Eight lanes per block of 32: 16 blocks per 128 threads.
+            launch!(g, "quant_q8_0", (ceil_div(nblk, 16), 1, 1), 128, 0;
                 c.x, act[0].ptr, act[1].ptr, nblk as i32)?;
         }
         ActKind::Q8K => {
@@ -761,6 +770,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             (true, false) => "mm_f16",
             (true, true) => "mm_f16_pf",
             (false, false) => "mm_q8_0",
+            (false, true) if mm_cp_async_on() => "mm_q8_0_cp",
             (false, true) => "mm_q8_0_pf",
         };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);

@@ -185,6 +185,14 @@ pub struct CudaState<'b> {
     use_graph: bool,
 }
 
+/// Whether runs of tensor-core length keep programmatic dependent launch
+/// (`DS4_CUDA_PDL_RUNS=1`, for comparisons; decode steps always use it where the GPU
+/// has it, unless `DS4_CUDA_PDL=0`).
+fn pdl_for_runs() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_PDL_RUNS").is_ok_and(|v| v == "1"))
+}
+
 /// One decode step captured as a CUDA graph: ~40 launches per layer become one. Valid
 /// for the life of the state: every buffer it touches belongs to the state or the
 /// backend, and the position is read from device memory.
@@ -351,6 +359,13 @@ impl ForwardState for CudaState<'_> {
             && !self.be.gpu.profiling();
         let out = if graphable {
             self.decode_with_graph(toks[0])?
+        } else if toks.len() >= forward::MMA_MIN_TOKENS && !pdl_for_runs() {
+            // Long runs launch without programmatic dependent launch: their kernels fill
+            // the GPU, and a next kernel's blocks resident early, waiting, only take
+            // room from the current one's last waves (prefill measured 5% faster).
+            let gpu = self.be.gpu.with_pdl(false);
+            let f = self.fwd(&gpu, false);
+            f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
         } else {
             let f = self.fwd(&self.be.gpu, false);
             f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
