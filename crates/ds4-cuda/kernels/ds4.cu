@@ -1144,34 +1144,31 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 
 // mm_iq2_xxs with the operands staged in shared memory: per 256-column block, the 64
 // rows' quants (64 bytes each) and the group's activations (256 bytes per item) arrive
-// by cp.async one block ahead (double-buffered; groups of 32 or 64 items), so the 4 warps read them from shared
+// by cp.async one block ahead (double-buffered), so the 4 warps read them from shared
 // memory instead of each issuing its own scattered global loads (the activations were
 // read by every warp; a lane's weight words by its whole quad). Rows padded to 80 and
 // 272 bytes: a quad's words and the B fragments of a warp fall in distinct banks. The
 // arithmetic is mm_iq2_xxs's, in the same order.
 #define IQ_LDW 80
 #define IQ_LDB 272
-template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin();
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
-    __shared__ int items[NG];
-    __shared__ long long xoff[NG];
+    __shared__ int items[MM_NG];
+    __shared__ long long xoff[MM_NG];
     __shared__ __align__(16) u8 ws[2][64 * IQ_LDW];
-    // The activations' two buffers are dynamic shared memory (2 · NG · IQ_LDB bytes):
-    // at 64 items the whole would pass the 48 KB a kernel may declare statically.
-    extern __shared__ __align__(16) i8 xs_dyn[];
-    i8 (*xs)[NG * IQ_LDB] = reinterpret_cast<i8 (*)[NG * IQ_LDB]>(xs_dyn);
+    __shared__ __align__(16) i8 xs[2][MM_NG * IQ_LDB];
     __shared__ float wds[2][64];
-    __shared__ float dxs[2][NG];
+    __shared__ float dxs[2][MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     iq2_tables_to_shared(grid_s, sign_s);
-    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-        int it = sl < nt ? a.perm[first + sl] : -1;
-        items[sl] = it;
-        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    if (threadIdx.x < MM_NG) {
+        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+        items[threadIdx.x] = it;
+        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -1190,7 +1187,7 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
             cp_async16(&ws[buf][row * IQ_LDW + 16 * ch], wbase + wr * row_bytes + 64 * ib + 16 * ch, 16);
         }
 #pragma unroll
-        for (int u = 0; u < NG * 16 / 128; u++) {
+        for (int u = 0; u < MM_NG * 16 / 128; u++) {
             int idx = threadIdx.x + 128 * u, sl = idx >> 4, ch = idx & 15;
             long long xo = xoff[sl];
             const i8* src = xo >= 0 ? a.xq + xo + 256 * ib + 16 * ch : a.xq;
@@ -1199,15 +1196,14 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
         if (threadIdx.x < 64) {
             int wr = min(r0 + threadIdx.x, a.rows - 1);
             wds[buf][threadIdx.x] = h2f(wd[(size_t)wr * nblk + ib]);
-        }
-        for (int sl = threadIdx.x - 64; sl >= 0 && sl < NG; sl += 64) {
-            long long xo = xoff[sl];
-            dxs[buf][sl] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        } else if (threadIdx.x < 64 + MM_NG) {
+            long long xo = xoff[threadIdx.x - 64];
+            dxs[buf][threadIdx.x - 64] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
         }
     };
-    float acc[NG / 8][4];
+    float acc[MM_NG / 8][4];
 #pragma unroll
-    for (int j = 0; j < NG / 8; j++)
+    for (int j = 0; j < MM_NG / 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     int l0 = tq >> 1, half = tq & 1;
@@ -1224,9 +1220,9 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
         const u8* wb = wa + 8 * IQ_LDW;
         const i8* xb = xs[buf];
         float dwa = wds[buf][16 * warp + g], dwb = wds[buf][16 * warp + g + 8];
-        float dx0[NG / 8], dx1[NG / 8];
+        float dx0[MM_NG / 8], dx1[MM_NG / 8];
 #pragma unroll
-        for (int j = 0; j < NG / 8; j++) {
+        for (int j = 0; j < MM_NG / 8; j++) {
             dx0[j] = dxs[buf][8 * j + 2 * tq];
             dx1[j] = dxs[buf][8 * j + 2 * tq + 1];
         }
@@ -1248,7 +1244,7 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
             }
             int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
 #pragma unroll
-            for (int j = 0; j < NG / 8; j++) {
+            for (int j = 0; j < MM_NG / 8; j++) {
                 if (j < nj) {
                     const i8* bp = xb + (8 * j + g) * IQ_LDB + 32 * gq + 4 * tq;
                     int c[4];
@@ -1263,12 +1259,9 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
         __syncthreads();
     }
 #pragma unroll
-    for (int j = 0; j < NG / 8; j++)
+    for (int j = 0; j < MM_NG / 8; j++)
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
-
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64>(a); }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
@@ -1361,19 +1354,19 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin(
 // fragment in distinct banks. The weights are still read per lane (__ldg), and the
 // arithmetic is mm_q2_k's, in the same order.
 #define Q2_LDB 304
-template <int NG> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& a) {
-    __shared__ int items[NG];
-    __shared__ long long xoff[NG];
-    __shared__ __align__(16) i8 xs[2][NG * Q2_LDB];
-    __shared__ float dxs[2][NG];
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin();
+    __shared__ int items[MM_NG];
+    __shared__ long long xoff[MM_NG];
+    __shared__ __align__(16) i8 xs[2][MM_NG * Q2_LDB];
+    __shared__ float dxs[2][MM_NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-        int it = sl < nt ? a.perm[first + sl] : -1;
-        items[sl] = it;
-        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    if (threadIdx.x < MM_NG) {
+        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
+        items[threadIdx.x] = it;
+        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -1385,7 +1378,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& 
     const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
     // Per item: 16 pieces of quants, then 2 pieces of block sums (16 shorts).
     auto stage = [&](int ib, int buf) {
-        for (int idx = threadIdx.x; idx < NG * 18; idx += 128) {
+        for (int idx = threadIdx.x; idx < MM_NG * 18; idx += 128) {
             int sl = idx / 18, ch = idx % 18;
             long long xo = xoff[sl];
             const void* src = a.xq;
@@ -1394,14 +1387,14 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& 
                               : (const void*)(a.xs + (xo >> 4) + 16 * ib + 8 * (ch - 16));
             cp_async16(&xs[buf][sl * Q2_LDB + 16 * ch], src, xo >= 0 ? 16 : 0);
         }
-        for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-            long long xo = xoff[sl];
-            dxs[buf][sl] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        if (threadIdx.x < MM_NG) {
+            long long xo = xoff[threadIdx.x];
+            dxs[buf][threadIdx.x] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
         }
     };
-    float acc[NG / 8][4];
+    float acc[MM_NG / 8][4];
 #pragma unroll
-    for (int j = 0; j < NG / 8; j++)
+    for (int j = 0; j < MM_NG / 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     stage(0, 0);
@@ -1425,7 +1418,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& 
         __syncthreads();
         const i8* xsb = xs[buf];
 #pragma unroll
-        for (int j = 0; j < NG / 8; j++) {
+        for (int j = 0; j < MM_NG / 8; j++) {
             if (j >= nj) break;
             int s0 = 8 * j + 2 * tq, s1 = s0 + 1;
             const i8* xrow = xsb + (8 * j + g) * Q2_LDB;
@@ -1466,11 +1459,9 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& 
         __syncthreads();
     }
 #pragma unroll
-    for (int j = 0; j < NG / 8; j++)
+    for (int j = 0; j < MM_NG / 8; j++)
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st64(MvArgs a) { pdl_begin(); mm_q2_k_st_body<64>(a); }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
 // nb items by ids[b], then groups of ≤ gsize items of one expert (see MvArgs; MAXNT

@@ -181,9 +181,9 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
     (t * cfg.n_expert_used).div_ceil(gsize) + cfg.n_expert
 }
 
-/// Items per expert group: 64 (the staged tensor-core kernels' `_st64` variants) or
-/// MM_NG (32) when the gate, up and down products all have a tensor-core kernel, else
-/// MAXNT (8, the matrix-vector kernels' limit).
+/// Items per expert group: MM_NG (32) when the gate, up and down products all have a
+/// tensor-core kernel (which take that many), else MAXNT (8, the matrix-vector
+/// kernels' limit).
 fn expert_group_size(w: &DevLayer) -> usize {
     let mm = |m: &DevMat| match m.ty {
         GgmlType::Iq2Xxs => m.split.is_some(),
@@ -191,7 +191,7 @@ fn expert_group_size(w: &DevLayer) -> usize {
         _ => false,
     };
     if mma_on() && w.gate_up_exps.mats().into_iter().all(mm) && mm(&w.down_exps) {
-        if expert_groups_of_64() { 64 } else { 32 }
+        32
     } else {
         8
     }
@@ -689,15 +689,6 @@ fn experts_staged_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_STAGE").map_or(true, |v| v != "0"))
 }
 
-/// Whether the staged expert kernels take groups of 64 items (`_st64`): a 2,048-token
-/// chunk gives each expert ~48 items, which groups of 32 split in two, decoding the
-/// expert's weights twice. `DS4_CUDA_EXP_NG64=0` keeps groups of 32, for comparisons.
-fn expert_groups_of_64() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    experts_staged_on()
-        && *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").map_or(true, |v| v != "0"))
-}
-
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
 
@@ -791,31 +782,17 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
         let staged = experts_staged_on();
-        let big = expert_groups_of_64();
         let kernel = match m.ty {
-            GgmlType::Iq2Xxs if m.split.is_some() => Some(match (staged, big) {
-                (true, true) => "mm_iq2_xxs_st64",
-                (true, false) => "mm_iq2_xxs_st",
-                _ => "mm_iq2_xxs",
+            GgmlType::Iq2Xxs if m.split.is_some() => Some(if staged {
+                "mm_iq2_xxs_st"
+            } else {
+                "mm_iq2_xxs"
             }),
-            GgmlType::Q2K => Some(match (staged, big) {
-                (true, true) => "mm_q2_k_st64",
-                (true, false) => "mm_q2_k_st",
-                _ => "mm_q2_k",
-            }),
+            GgmlType::Q2K => Some(if staged { "mm_q2_k_st" } else { "mm_q2_k" }),
             _ => None,
         };
         if let Some(k) = kernel {
-            // mm_iq2_xxs_st*: the activations' two buffers of 272 bytes per item.
-            let shm = if staged && m.ty == GgmlType::Iq2Xxs {
-                2 * (if big { 64 } else { 32 }) * 272
-            } else {
-                0
-            };
-            if shm > 0 {
-                g.allow_shared(k, shm)?;
-            }
-            return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, shm as u32; args);
+            return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, 0; args);
         }
     }
     launch!(g, mv_kernel(m.ty, nt == 1 && c.by_expert.is_none()), (grid_x, grid_y as u32, 1), threads, 0; args)
