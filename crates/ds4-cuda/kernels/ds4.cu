@@ -496,9 +496,41 @@ __device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_by
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
-// PF: read the next stage into registers while this one's products run (more registers,
-// fewer resident blocks: both variants exist so a run can compare them).
-template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a) {
+// One stage's products of a 64-row × 64-token tile: MM_KB Q8_0 blocks of each operand in
+// shared memory (rows padded to MM_LD bytes); per block each warp issues int8
+// mma.m16n8k32 for its 16 rows and the 8 token groups, then scales the exact int32 sums
+// by (weight scale × activation scale) and adds them in column order. `da(row, kb)` is
+// a weight row's block scale; UNROLL how many blocks the compiler may overlap.
+template <int UNROLL, typename DA>
+__device__ __forceinline__ void mm_q8_0_stage(const i8* as, const i8* bs, DA da,
+                                              const float (*bd)[MM_KB], float (*acc)[4]) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll UNROLL
+    for (int kb = 0; kb < MM_KB; kb++) {
+        const i8* ab = as + (16 * warp) * MM_LD + 32 * kb;
+        int af[4];
+        af[0] = *(const int*)(ab + g * MM_LD + 4 * tq);
+        af[1] = *(const int*)(ab + (g + 8) * MM_LD + 4 * tq);
+        af[2] = *(const int*)(ab + g * MM_LD + 16 + 4 * tq);
+        af[3] = *(const int*)(ab + (g + 8) * MM_LD + 16 + 4 * tq);
+        float da0 = da(16 * warp + g, kb), da1 = da(16 * warp + g + 8, kb);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const i8* bb = bs + (8 * j + g) * MM_LD + 32 * kb;
+            int c[4];
+            mma_s8_16832(c, af, *(const int*)(bb + 4 * tq), *(const int*)(bb + 16 + 4 * tq));
+            float db0 = bd[8 * j + 2 * tq][kb], db1 = bd[8 * j + 2 * tq + 1][kb];
+            acc[j][0] += da0 * db0 * (float)c[0];
+            acc[j][1] += da0 * db1 * (float)c[1];
+            acc[j][2] += da1 * db0 * (float)c[2];
+            acc[j][3] += da1 * db1 * (float)c[3];
+        }
+    }
+}
+
+// Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores, one
+// stage at a time (`mm_q8_0_cp` overlaps the next stage's loads with this one's products).
+extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin();
     __shared__ __align__(16) i8 as[MM_BM * MM_LD];
     __shared__ __align__(16) i8 bs[MM_BN * MM_LD];
     __shared__ float ad[MM_BM][MM_KB];
@@ -515,8 +547,7 @@ template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a)
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     const u16* wd = (const u16*)a.sc;
     // Stage: 64 rows × 128 bytes of each operand (8 int4 per row, 4 per thread) and the
-    // rows' block scales (2 each per thread), through registers; with PF read one stage
-    // ahead so that the next stage's loads are in flight while this one's products run.
+    // rows' block scales (2 each per thread), all loads issued before any store.
     int4 wv[4], xv[4];
     float adv[2], bdv[2];
     auto load = [&](int kb0) {
@@ -538,9 +569,8 @@ template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a)
             bdv[u] = tk < a.nb ? a.xd[(((long long)tk * a.x_stride + goff) >> 5) + kb0 + kb] : 0.0f;
         }
     };
-    if (PF) load(0);
     for (int kb0 = 0; kb0 < nblk; kb0 += MM_KB) {
-        if (!PF) load(kb0);
+        load(kb0);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
@@ -554,28 +584,7 @@ template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a)
             bd[row][kb] = bdv[u];
         }
         __syncthreads();
-        if (PF && kb0 + MM_KB < nblk) load(kb0 + MM_KB);
-#pragma unroll
-        for (int kb = 0; kb < MM_KB; kb++) {
-            const i8* ab = as + (16 * warp) * MM_LD + 32 * kb;
-            int af[4];
-            af[0] = *(const int*)(ab + g * MM_LD + 4 * tq);
-            af[1] = *(const int*)(ab + (g + 8) * MM_LD + 4 * tq);
-            af[2] = *(const int*)(ab + g * MM_LD + 16 + 4 * tq);
-            af[3] = *(const int*)(ab + (g + 8) * MM_LD + 16 + 4 * tq);
-            float da0 = ad[16 * warp + g][kb], da1 = ad[16 * warp + g + 8][kb];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const i8* bb = bs + (8 * j + g) * MM_LD + 32 * kb;
-                int c[4];
-                mma_s8_16832(c, af, *(const int*)(bb + 4 * tq), *(const int*)(bb + 16 + 4 * tq));
-                float db0 = bd[8 * j + 2 * tq][kb], db1 = bd[8 * j + 2 * tq + 1][kb];
-                acc[j][0] += da0 * db0 * (float)c[0];
-                acc[j][1] += da0 * db1 * (float)c[1];
-                acc[j][2] += da1 * db0 * (float)c[2];
-                acc[j][3] += da1 * db1 * (float)c[3];
-            }
-        }
+        mm_q8_0_stage<MM_KB>(as, bs, [&](int row, int kb) { return ad[row][kb]; }, bd, acc);
         __syncthreads();
     }
     int ra = r0 + 16 * warp + g;
@@ -586,7 +595,6 @@ template <bool PF> __device__ __forceinline__ void mm_q8_0_body(const MvArgs& a)
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) mm_q8_0(MvArgs a) { pdl_begin(); mm_q8_0_body<false>(a); }
 
 // mm_q8_0 with each stage's operands copied by cp.async one stage ahead into a second
 // buffer (no staging registers, so as many blocks stay resident as for the one-stage
@@ -641,27 +649,8 @@ extern "C" __global__ void __launch_bounds__(128, 4) mm_q8_0_cp(MvArgs a) { pdl_
         __syncthreads();
         // One Q8_0 block at a time: unrolling the four lets the compiler hoist their
         // loads past the 128 registers that keep four blocks resident.
-#pragma unroll 1
-        for (int kb = 0; kb < MM_KB; kb++) {
-            const i8* ab = as[buf] + (16 * warp) * MM_LD + 32 * kb;
-            int af[4];
-            af[0] = *(const int*)(ab + g * MM_LD + 4 * tq);
-            af[1] = *(const int*)(ab + (g + 8) * MM_LD + 4 * tq);
-            af[2] = *(const int*)(ab + g * MM_LD + 16 + 4 * tq);
-            af[3] = *(const int*)(ab + (g + 8) * MM_LD + 16 + 4 * tq);
-            float da0 = h2f(adh[buf][16 * warp + g][kb]), da1 = h2f(adh[buf][16 * warp + g + 8][kb]);
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const i8* bb = bs[buf] + (8 * j + g) * MM_LD + 32 * kb;
-                int c[4];
-                mma_s8_16832(c, af, *(const int*)(bb + 4 * tq), *(const int*)(bb + 16 + 4 * tq));
-                float db0 = bd[buf][8 * j + 2 * tq][kb], db1 = bd[buf][8 * j + 2 * tq + 1][kb];
-                acc[j][0] += da0 * db0 * (float)c[0];
-                acc[j][1] += da0 * db1 * (float)c[1];
-                acc[j][2] += da1 * db0 * (float)c[2];
-                acc[j][3] += da1 * db1 * (float)c[3];
-            }
-        }
+        mm_q8_0_stage<1>(as[buf], bs[buf],
+                         [&](int row, int kb) { return h2f(adh[buf][row][kb]); }, bd[buf], acc);
         __syncthreads();
     }
     int ra = r0 + 16 * warp + g;
@@ -671,7 +660,6 @@ extern "C" __global__ void __launch_bounds__(128, 4) mm_q8_0_cp(MvArgs a) { pdl_
         mma_store(a, acc[j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
     }
 }
-extern "C" __global__ void __launch_bounds__(128) mm_q8_0_pf(MvArgs a) { pdl_begin(); mm_q8_0_body<true>(a); }
 
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
@@ -704,7 +692,7 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(const MvArgs& a) 
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     // Weights: 64 rows × 64 halves = 8 int4 per row (4 per thread); activations: 64
     // tokens × 64 floats (8 float4 per thread), split while staging. Read into registers
-    // one stage ahead with PF, as in mm_q8_0.
+    // one stage ahead with PF.
     int4 wv[4];
     float4 xv[8];
     auto load = [&](int k0) {

@@ -665,20 +665,13 @@ fn compress_rows_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_COMPRESS_ROWS").map_or(true, |v| v != "0"))
 }
 
-/// Whether the dense tensor-core products read each stage one ahead (`mm_q8_0_pf`,
-/// `mm_f16_pf`: the loads overlap the products, at more registers and fewer resident
-/// blocks). `DS4_CUDA_MM_PF=0` keeps the one-stage kernels, for comparisons.
+/// Whether the dense tensor-core products read each stage one ahead, so that its loads
+/// overlap the current stage's products: `mm_q8_0_cp` by cp.async into a second shared
+/// buffer, `mm_f16_pf` through registers (its activations are split into f16 hi + lo on
+/// the way). `DS4_CUDA_MM_PF=0` keeps the one-stage kernels, for comparisons.
 fn mm_prefetch_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
-}
-
-/// Whether the Q8_0 tensor-core product's stage ahead comes by cp.async into a second
-/// shared buffer (`mm_q8_0_cp`) rather than through registers (`mm_q8_0_pf`, which keeps
-/// fewer blocks resident). `DS4_CUDA_MM_CP=0` takes the register one, for comparisons.
-fn mm_cp_async_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_CP").map_or(true, |v| v != "0"))
 }
 
 /// Whether the routed experts' tensor-core products stage their operands in shared
@@ -770,8 +763,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             (true, false) => "mm_f16",
             (true, true) => "mm_f16_pf",
             (false, false) => "mm_q8_0",
-            (false, true) if mm_cp_async_on() => "mm_q8_0_cp",
-            (false, true) => "mm_q8_0_pf",
+            (false, true) => "mm_q8_0_cp",
         };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
     }

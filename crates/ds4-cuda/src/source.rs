@@ -24,7 +24,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q8_0",
     "mv_q8_0_1",
     "mm_q8_0",
-    "mm_q8_0_pf",
     "mm_q8_0_cp",
     "mv_q2_k",
     "mv_q2_k_1",
