@@ -1037,90 +1037,7 @@ extern "C" __global__ void __launch_bounds__(256) mv_iq2_xxs_1(MvArgs a) { pdl_b
     }
 }
 
-// IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
-// takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ MM_NG
-// items, 8 per mma (n-tile). Each lane decodes, per 32-column group, the int8x4 words
-// of its A fragment straight from the grid (lane quad q holds columns 4q..4q+3 and
-// 16+4q..) once for all the n-tiles, so the weights never pass through shared memory;
-// the int32 group sums are scaled exactly as in mv_iq2_xxs.
 #define MM_NG 32
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs(MvArgs a) { pdl_begin();
-    __shared__ u64 grid_s[256];
-    __shared__ u64 sign_s[128];
-    __shared__ int items[MM_NG];
-    int gi = blockIdx.y;
-    if (gi >= *a.ngrp) return;
-    long long e = a.grp[3 * gi];
-    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    iq2_tables_to_shared(grid_s, sign_s);
-    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
-    __syncthreads();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
-    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
-    int nj = (nt + 7) >> 3;
-    int nblk = a.cols >> 8;
-    const u8* wbase = a.w + e * a.mat_bytes;
-    const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes);
-    const u32* qa = (const u32*)(wbase + (size_t)rac * (a.cols >> 2));
-    const u32* qb = (const u32*)(wbase + (size_t)rbc * (a.cols >> 2));
-    float acc[MM_NG / 8][4];
-#pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
-    int l0 = tq >> 1, half = tq & 1;
-    for (int ib = 0; ib < nblk; ib++) {
-        float dwa = h2f(wd[(size_t)rac * nblk + ib]), dwb = h2f(wd[(size_t)rbc * nblk + ib]);
-        float dx0[MM_NG / 8], dx1[MM_NG / 8];
-#pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++) {
-            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
-            dx0[j] = i0 >= 0 ? a.xd[(((long long)(i0 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
-            dx1[j] = i1 >= 0 ? a.xd[(((long long)(i1 / a.act_div) * a.x_stride) >> 8) + ib] : 0.0f;
-        }
-#pragma unroll 2
-        for (int gq = 0; gq < 8; gq++) {
-            u32 a0a = __ldg(qa + ib * 16 + 2 * gq), a1a = __ldg(qa + ib * 16 + 2 * gq + 1);
-            u32 a0b = __ldg(qb + ib * 16 + 2 * gq), a1b = __ldg(qb + ib * 16 + 2 * gq + 1);
-            int af[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                // q: 0 row a cols 4tq.., 1 row b, 2 row a cols 16+4tq.., 3 row b.
-                u32 g0 = (q & 1) ? a0b : a0a, g1 = (q & 1) ? a1b : a1a;
-                int l = l0 + ((q & 2) ? 2 : 0);
-                u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
-                u64 sg = sign_s[(g1 >> (7 * l)) & 127];
-                u32 gw = half ? (u32)(gr >> 32) : (u32)gr;
-                u32 sw = half ? (u32)(sg >> 32) : (u32)sg;
-                af[q] = (int)__vsub4(gw ^ sw, sw);
-            }
-            int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
-#pragma unroll
-            for (int j = 0; j < MM_NG / 8; j++) {
-                if (j < nj) {
-                    int ib_item = items[8 * j + g];
-                    int b0 = 0, b1 = 0;
-                    if (ib_item >= 0) {
-                        const i8* xb = a.xq + (long long)(ib_item / a.act_div) * a.x_stride +
-                                       256 * ib + 32 * gq;
-                        b0 = *(const int*)(xb + 4 * tq);
-                        b1 = *(const int*)(xb + 16 + 4 * tq);
-                    }
-                    int c[4];
-                    mma_s8_16832(c, af, b0, b1);
-                    acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
-                    acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
-                    acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
-                    acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
-        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
-}
 
 __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
     asm volatile(
@@ -1130,13 +1047,16 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
         : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
 }
 
-// mm_iq2_xxs with the operands staged in shared memory: per 256-column block, the 64
-// rows' quants (64 bytes each) and the group's activations (256 bytes per item) arrive
-// by cp.async one block ahead (double-buffered), so the 4 warps read them from shared
-// memory instead of each issuing its own scattered global loads (the activations were
-// read by every warp; a lane's weight words by its whole quad). Rows padded to 80 and
-// 272 bytes: a quad's words and the B fragments of a warp fall in distinct banks. The
-// arithmetic is mm_iq2_xxs's, in the same order.
+// IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
+// takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ MM_NG
+// items, 8 per mma (n-tile). Per 256-column block, the 64 rows' quants (64 bytes each)
+// and the group's activations (256 bytes per item) arrive by cp.async one block ahead
+// (double-buffered), so the 4 warps read them from shared memory rather than each
+// loading its own scattered words from global memory. Each lane decodes, per 32-column
+// group, the int8x4 words of its A fragment from the grid (lane quad q holds columns
+// 4q..4q+3 and 16+4q..) once for all the n-tiles; the int32 group sums are scaled as
+// in mv_iq2_xxs. Rows padded to 80 and 272 bytes: a quad's words and the B fragments of
+// a warp fall in distinct banks.
 #define IQ_LDW 80
 #define IQ_LDB 272
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin();
@@ -1252,95 +1172,13 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
 }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
-// mm_iq2_xxs: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block has
-// its own scale and min), the 2-bit planes taken straight from the block's bytes; the
-// sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k(MvArgs a) { pdl_begin();
-    __shared__ int items[MM_NG];
-    int gi = blockIdx.y;
-    if (gi >= *a.ngrp) return;
-    long long e = a.grp[3 * gi];
-    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    if (threadIdx.x < MM_NG) items[threadIdx.x] = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
-    __syncthreads();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
-    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
-    int nj = (nt + 7) >> 3;
-    int nblk = a.cols >> 8;
-    const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
-    const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
-    float acc[MM_NG / 8][4];
-#pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
-    for (int ib = 0; ib < nblk; ib++) {
-        const u8* ba = wa + ib * 84;
-        const u8* bb = wb + ib * 84;
-        u32 sca[4], scb[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            sca[q] = __ldg((const u32*)ba + q);
-            scb[q] = __ldg((const u32*)bb + q);
-        }
-        u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
-        float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
-        float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
-#pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++) {
-            if (j >= nj) break;
-            int i0 = items[8 * j + 2 * tq], i1 = items[8 * j + 2 * tq + 1];
-            int ibx = items[8 * j + g];
-            long long xc0 = i0 >= 0 ? (long long)(i0 / a.act_div) * a.x_stride : 0;
-            long long xc1 = i1 >= 0 ? (long long)(i1 / a.act_div) * a.x_stride : 0;
-            const i8* xb = a.xq + (ibx >= 0 ? (long long)(ibx / a.act_div) * a.x_stride : 0) + 256 * ib;
-            int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
-#pragma unroll 4
-            for (int sb = 0; sb < 16; sb++) {
-                int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
-                int off = 16 + 32 * k + 16 * lh + 4 * tq;
-                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
-                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
-                int b0 = ibx >= 0 ? *(const int*)(xb + 128 * k + 32 * jj + 16 * lh + 4 * tq) : 0;
-                int c[4];
-                mma_s8_16816(c, a0, a1, b0);
-                int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-                int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-                ssc[0] += (sA & 15) * c[0];
-                ssc[1] += (sA & 15) * c[1];
-                ssc[2] += (sB & 15) * c[2];
-                ssc[3] += (sB & 15) * c[3];
-                int bs0 = i0 >= 0 ? (int)a.xs[(xc0 >> 4) + 16 * ib + sb] : 0;
-                int bs1 = i1 >= 0 ? (int)a.xs[(xc1 >> 4) + 16 * ib + sb] : 0;
-                smn[0] += (sA >> 4) * bs0;
-                smn[1] += (sA >> 4) * bs1;
-                smn[2] += (sB >> 4) * bs0;
-                smn[3] += (sB >> 4) * bs1;
-            }
-            float dx0 = i0 >= 0 ? a.xd[(xc0 >> 8) + ib] : 0.0f;
-            float dx1 = i1 >= 0 ? a.xd[(xc1 >> 8) + ib] : 0.0f;
-            acc[j][0] += dx0 * da * (float)ssc[0];
-            acc[j][0] -= dx0 * dma * (float)smn[0];
-            acc[j][1] += dx1 * da * (float)ssc[1];
-            acc[j][1] -= dx1 * dma * (float)smn[1];
-            acc[j][2] += dx0 * db * (float)ssc[2];
-            acc[j][2] -= dx0 * dmb * (float)smn[2];
-            acc[j][3] += dx1 * db * (float)ssc[3];
-            acc[j][3] -= dx1 * dmb * (float)smn[3];
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
-        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
-}
-
-// mm_q2_k with the group's activations staged in shared memory: per 256-column block,
-// each item's 256 Q8_K values and 16 block sums arrive by cp.async one block ahead
-// (double-buffered) and the four warps read their B fragments and sums from there
-// instead of each loading them from global memory. Rows of 304 bytes put a warp's B
-// fragment in distinct banks. The weights are still read per lane (__ldg), and the
-// arithmetic is mm_q2_k's, in the same order.
+// mm_iq2_xxs_st: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block
+// has its own scale and min), the 2-bit planes taken straight from the block's bytes;
+// the sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
+// Per 256-column block each item's 256 Q8_K values and 16 block sums arrive by cp.async
+// one block ahead (double-buffered) and the four warps read their B fragments and sums
+// from there; the weights are read per lane (__ldg). Rows of 304 bytes put a warp's B
+// fragment in distinct banks.
 #define Q2_LDB 304
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin();
     __shared__ int items[MM_NG];

@@ -674,14 +674,6 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
-/// Whether the routed experts' tensor-core products stage their operands in shared
-/// memory by cp.async (`mm_iq2_xxs_st`, `mm_q2_k_st`; same arithmetic).
-/// `DS4_CUDA_EXP_STAGE=0` keeps the kernels that load them per lane, for comparisons.
-fn experts_staged_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_STAGE").map_or(true, |v| v != "0"))
-}
-
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
 
@@ -773,14 +765,10 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     };
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
-        let staged = experts_staged_on();
+        // Operands staged in shared memory by cp.async (see ds4.cu).
         let kernel = match m.ty {
-            GgmlType::Iq2Xxs if m.split.is_some() => Some(if staged {
-                "mm_iq2_xxs_st"
-            } else {
-                "mm_iq2_xxs"
-            }),
-            GgmlType::Q2K => Some(if staged { "mm_q2_k_st" } else { "mm_q2_k" }),
+            GgmlType::Iq2Xxs if m.split.is_some() => Some("mm_iq2_xxs_st"),
+            GgmlType::Q2K => Some("mm_q2_k_st"),
             _ => None,
         };
         if let Some(k) = kernel {
