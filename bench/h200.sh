@@ -21,25 +21,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
     grep -E "test |result|panicked|worst|differ") | tee -a "$L"
 timeout 60 "$B/cuda_check" crates/ds4-engine/tests/data/tiny-v4 --tokens 400 --runs 1,7,64 \
     --cpu-run 16 2>&1 | grep -E "PASS|FAIL|run " | cut -c1-200 | tee -a "$L"
-echo '{"n_layer":6,"n_embd":256,"n_head":4,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}' > /tmp/small.json
-"$B/ds4-quantize" --synthetic --config /tmp/small.json --recipe q2 -o /tmp/small.gguf --quiet
-if command -v compute-sanitizer > /dev/null; then
-    timeout 100 compute-sanitizer --tool memcheck --print-limit 5 "$B/cuda_check" /tmp/small.gguf \
-        --tokens 300 --runs 1,64 --cpu-run 64 2>&1 | grep -E "ERROR SUMMARY|Invalid|PASS|FAIL" |
-        head -12 | sed 's/^/[memcheck small q2] /' | tee -a "$L"
-fi
-timeout 100 "$B/cuda_check" /tmp/small.gguf --tokens 1000 --runs 1,64,512 --cpu-run 64 2>&1 |
-    grep -E "layer [0-9] \(|PASS|FAIL|run " | cut -c1-200 | tee -a "$L"
+# A small synthetic q2 model under memcheck (300 tokens) then checked over TOKENS tokens:
+#   small_q2 NAME TOKENS LABEL CONFIG_JSON
+small_q2() {
+    echo "$4" > "/tmp/$1.json"
+    "$B/ds4-quantize" --synthetic --config "/tmp/$1.json" --recipe q2 -o "/tmp/$1.gguf" --quiet
+    if command -v compute-sanitizer > /dev/null; then
+        timeout 100 compute-sanitizer --tool memcheck --print-limit 5 "$B/cuda_check" "/tmp/$1.gguf" \
+            --tokens 300 --runs 1,64 --cpu-run 64 2>&1 | grep -E "ERROR SUMMARY|Invalid|PASS|FAIL" |
+            head -12 | sed "s/^/[memcheck $1 q2] /" | tee -a "$L"
+    fi
+    timeout 100 "$B/cuda_check" "/tmp/$1.gguf" --tokens "$2" --runs 1,64,512 --cpu-run 64 2>&1 |
+        grep -E "layer [0-9] \(|PASS|FAIL|run " | cut -c1-200 | sed "s/^/$3/" | tee -a "$L"
+}
+small_q2 small 1000 "" '{"n_layer":6,"n_embd":256,"n_head":4,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 # 16 heads of 128: the shapes the tensor-core attention takes (the small model's 4 heads don't).
-echo '{"n_layer":4,"n_embd":256,"n_head":16,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":64,"indexer_dim":128,"indexer_top_k":32,"sliding_window":64}' > /tmp/small16.json
-"$B/ds4-quantize" --synthetic --config /tmp/small16.json --recipe q2 -o /tmp/small16.gguf --quiet
-if command -v compute-sanitizer > /dev/null; then
-    timeout 100 compute-sanitizer --tool memcheck --print-limit 5 "$B/cuda_check" /tmp/small16.gguf \
-        --tokens 300 --runs 1,64 --cpu-run 64 2>&1 | grep -E "ERROR SUMMARY|Invalid|PASS|FAIL" |
-        head -12 | sed 's/^/[memcheck small16 q2] /' | tee -a "$L"
-fi
-timeout 100 "$B/cuda_check" /tmp/small16.gguf --tokens 600 --runs 1,64,512 --cpu-run 64 2>&1 |
-    grep -E "layer [0-9] \(|PASS|FAIL|run " | cut -c1-200 | sed 's/^/[small16] /' | tee -a "$L"
+small_q2 small16 600 "[small16] " '{"n_layer":4,"n_embd":256,"n_head":16,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":64,"indexer_dim":128,"indexer_top_k":32,"sliding_window":64}'
 echo '{"n_layer":4,"n_expert":16,"indexer_top_k":128,"compress_ratios":[0,4,128,4],"n_hash_layer":1}' > /tmp/fw16.json
 "$B/ds4-quantize" --synthetic --config /tmp/fw16.json --recipe f16 -o /tmp/fw16.gguf --quiet
 timeout 150 "$B/cuda_check" /tmp/fw16.gguf --tokens 300 --runs 1,64 --cpu-run 300 2>&1 |
