@@ -25,7 +25,7 @@ timeout 60 "$B/cuda_check" crates/ds4-engine/tests/data/tiny-v4 --tokens 400 --r
 #   small_q2 NAME TOKENS LABEL CONFIG_JSON
 small_q2() {
     echo "$4" > "/tmp/$1.json"
-    "$B/ds4-quantize" --synthetic --config "/tmp/$1.json" --recipe q2 -o "/tmp/$1.gguf" --quiet
+    "$B/ds4-quantize" --synthetic --config "/tmp/$1.json" --recipe q2 -o "/tmp/$1.gguf" --quiet --overwrite
     if command -v compute-sanitizer > /dev/null; then
         timeout 100 compute-sanitizer --tool memcheck --print-limit 5 "$B/cuda_check" "/tmp/$1.gguf" \
             --tokens 300 --runs 1,64 --cpu-run 64 2>&1 | grep -E "ERROR SUMMARY|Invalid|PASS|FAIL" |
