@@ -549,9 +549,10 @@ fn mma_on() -> bool {
 /// `attention_split`: a step's few queries would give it too few blocks): rows exact in
 /// f16 (the QAT simulation rounds every stored row to f16; without it the rows carry f32
 /// bits), 16 heads per block, the head's dimensions in four warp shares of whole n-tiles
-/// (a multiple of 64, at most 512). `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh`, for
-/// comparisons.
-fn attention_mma_fits(cfg: &ModelConfig, sim: bool) -> bool {
+/// (a multiple of 64, at most 512), and its shared memory within the 200 KiB that
+/// `attention_mh` also keeps to (the row table grows with the context).
+/// `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh`, for comparisons.
+fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_MMA").map_or(true, |v| v != "0"));
     on && mma_on()
@@ -560,13 +561,24 @@ fn attention_mma_fits(cfg: &ModelConfig, sim: bool) -> bool {
         && cfg.head_dim.is_multiple_of(64)
         && cfg.head_dim <= 512
         && cfg.n_rot.is_multiple_of(2)
+        && attention_mma_shared(cfg.head_dim, attention_mma_heads(cfg), rows_max) <= 200 * 1024
+}
+
+/// Heads per `attention_mma` block: 32 where the head count allows (each staged row
+/// serves more heads), else 16.
+fn attention_mma_heads(cfg: &ModelConfig) -> usize {
+    if cfg.n_head.is_multiple_of(32) {
+        32
+    } else {
+        16
+    }
 }
 
 /// Dynamic shared memory of `attention_mma` (its layout in ds4.cu): an address per row;
 /// the `hpb` heads' queries as f16 hi and lo and a tile of 32 rows, each row padded by 8
 /// halves; the tile's scores (hpb × 32 f32) and numerators (hi, lo: hpb × 40 halves);
 /// maximum, denominator and rescale factor per head.
-pub fn attention_mma_shared(hd: usize, hpb: usize, rows_max: usize) -> usize {
+fn attention_mma_shared(hd: usize, hpb: usize, rows_max: usize) -> usize {
     rows_max * 8 + (2 * hpb + 32) * (hd + 8) * 2 + hpb * 32 * 4 + 2 * hpb * 40 * 2 + 3 * hpb * 4
 }
 
@@ -1100,9 +1112,8 @@ impl Fwd<'_> {
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
-        if attention_mma_fits(cfg, self.sim()) && t >= MMA_MIN_TOKENS {
-            // 32 heads a block where the head count allows: each staged row serves more.
-            let hpb = if nh.is_multiple_of(32) { 32 } else { 16 };
+        if t >= MMA_MIN_TOKENS && attention_mma_fits(cfg, self.sim(), rows_max) {
+            let hpb = attention_mma_heads(cfg);
             let shm = attention_mma_shared(hd, hpb, rows_max);
             g.allow_shared("attention_mma", shm)?;
             launch!(g, "attention_mma", ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
@@ -1458,5 +1469,27 @@ impl Fwd<'_> {
             a += n;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Flash shapes take the tensor-core attention with 32 heads a block at every
+    /// context up to 1M tokens (its row table grows with the compressed rows), in the
+    /// shared memory a Hopper SM has; without the QAT simulation (rows not f16) they don't.
+    #[test]
+    fn flash_attention_takes_the_tensor_core_kernel_up_to_1m() {
+        let cfg = ModelConfig::flash();
+        assert_eq!(attention_mma_heads(&cfg), 32);
+        for ctx in [2048, 65_536, 1 << 20] {
+            let rows = sizes(&cfg, ctx, 2048).max_attn_rows;
+            assert!(attention_mma_fits(&cfg, true, rows), "ctx {ctx}: {rows} rows");
+            assert!(attention_mma_shared(cfg.head_dim, 32, rows) <= 227 * 1024);
+        }
+        assert!(!attention_mma_fits(&cfg, false, 640));
+        // A table of rows past the budget falls back to attention_mh.
+        assert!(!attention_mma_fits(&cfg, true, 1 << 20));
     }
 }
