@@ -1485,7 +1485,10 @@ mod tests {
         assert_eq!(attention_mma_heads(&cfg), 32);
         for ctx in [2048, 65_536, 1 << 20] {
             let rows = sizes(&cfg, ctx, 2048).max_attn_rows;
-            assert!(attention_mma_fits(&cfg, true, rows), "ctx {ctx}: {rows} rows");
+            assert!(
+                attention_mma_fits(&cfg, true, rows),
+                "ctx {ctx}: {rows} rows"
+            );
             assert!(attention_mma_shared(cfg.head_dim, 32, rows) <= 227 * 1024);
         }
         assert!(!attention_mma_fits(&cfg, false, 640));
