@@ -1,7 +1,10 @@
 #!/bin/bash
 # The checks and speed runs behind bench/CUDA-SPEED.md, in one call on a GPU machine.
 #
-#   bench/h200.sh BIN OUT
+#   bench/h200.sh BIN OUT [SWITCH ...]
+#
+# Each SWITCH (e.g. DS4_CUDA_EXP_NG64=0) is one more ds4-bench at 2k and 8k with that
+# variable set, in the same call as the full run, into OUT/ab.log (the A/B of a change).
 #
 # BIN holds release builds of ds4-bench, ds4-quantize, cuda_check, cuda_profile (examples of
 # ds4-cuda) and gpu_test (the tests/gpu.rs binary of `cargo test --release -p ds4-cuda --no-run`),
@@ -55,3 +58,17 @@ timeout 200 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf --prompt-file "$B/pr
 DS4_CUDA_PDL=0 timeout 60 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf \
     --prompt-file "$B/promessi_sposi.txt" --ctx-start 2048 --ctx-max 2048 --step-incr 2048 \
     --gen-tokens 32 2>&1 | tail -1 | sed 's/^/[no PDL] /'
+# The A/B runs: the default once more beside each switch, so every ratio is same-call.
+if [ $# -gt 2 ]; then
+    ab() {
+        timeout 90 env "$@" "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf \
+            --prompt-file "$B/promessi_sposi.txt" --ctx-start 2048 --ctx-max 8192 --step-incr 6144 \
+            --gen-tokens 32 2>&1 | grep "ctx "
+    }
+    for sw in "${@:3}"; do
+        echo "== $sw" | tee -a "$OUT/ab.log"
+        ab "$sw" | tee -a "$OUT/ab.log"
+    done
+    echo "== defaults" | tee -a "$OUT/ab.log"
+    ab DS4_AB=none | tee -a "$OUT/ab.log"
+fi
