@@ -1648,6 +1648,29 @@ __device__ void compress_finish(float pooled, const float* norm, int d, float ep
     if (act) row[j] = out[j];
 }
 
+// The compressor's pooling of one output column over its n slots: a softmax of the slot
+// scores weighting the slot values, slots in order (compress_run and compress_rows call
+// this with their own slot lookup, so their rows agree); 0 when every slot is empty.
+// `slot(s, &kv, &score)` gives slot s.
+template <typename Slot> __device__ __forceinline__ float compress_pool(int n_slots, Slot slot) {
+    float m = -INFINITY;
+    for (int s = 0; s < n_slots; s++) {
+        float kv, sc;
+        slot(s, &kv, &sc);
+        m = fmaxf(m, sc);
+    }
+    if (!(m > EMPTY_SCORE / 2.0f)) return 0.0f;
+    float num = 0.0f, den = 0.0f;
+    for (int s = 0; s < n_slots; s++) {
+        float kv, sc;
+        slot(s, &kv, &sc);
+        float e = expf(sc - m);
+        num += e * kv;
+        den += e;
+    }
+    return num / den;
+}
+
 // KV compressor (spec §3.6) over a run of T tokens, strictly in order (token t's
 // values at kvp + t·in_stride, its scores at gate + t·in_stride): the frontier
 // state lives in global memory (front_kv, front_score: coff·ratio slots of width
@@ -1685,23 +1708,12 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, int
         if ((pos + 1) % ratio != 0) continue;
         int n_slots = coff * ratio;
         float pooled = 0.0f;
-        if (act) {
-            float m = -INFINITY;
-            for (int s = 0; s < n_slots; s++) {
+        if (act)
+            pooled = compress_pool(n_slots, [&](int s, float* kv, float* sc) {
                 size_t li = (coff == 2 && s >= ratio) ? (size_t)s * width + d + j : (size_t)s * width + j;
-                m = fmaxf(m, front_score[li]);
-            }
-            if (m > EMPTY_SCORE / 2.0f) {
-                float num = 0.0f, den = 0.0f;
-                for (int s = 0; s < n_slots; s++) {
-                    size_t li = (coff == 2 && s >= ratio) ? (size_t)s * width + d + j : (size_t)s * width + j;
-                    float e = expf(front_score[li] - m);
-                    num += e * front_kv[li];
-                    den += e;
-                }
-                pooled = num / den;
-            }
-        }
+                *kv = front_kv[li];
+                *sc = front_score[li];
+            });
         compress_finish(pooled, norm, d, eps, freqs, n_rot, pos + 1 - ratio, sim, out, shd,
                         amax, rows + (size_t)((pos + 1) / ratio - 1) * d);
         if (act) {
@@ -1767,36 +1779,16 @@ extern "C" __global__ void compress_rows(const float* kvp, const float* gate, in
     int p = (pos0 / ratio + 1 + blockIdx.x) * ratio - 1;
     int ws = p + 1 - ratio;
     float pooled = 0.0f;
-    if (act) {
+    if (act)
         // Slot s < ratio (overlapping compressors only): token ws - ratio + s, column j;
         // then the current window: token ws + s, column d + j (overlapping) or j.
-        int n_slots = coff * ratio;
-        float m = -INFINITY;
-        for (int s2 = 0; s2 < n_slots; s2++) {
+        pooled = compress_pool(coff * ratio, [&](int s2, float* kv, float* sc) {
             bool prev = coff == 2 && s2 < ratio;
             int q = prev ? ws - ratio + s2 : ws + (s2 - (coff == 2 ? ratio : 0));
             int col = (coff == 2 && !prev) ? d + j : j;
-            float kv, sc;
             compress_token(kvp, gate, in_stride, ape, front_kv, front_score, pos0, ratio, coff,
-                           width, q, col, &kv, &sc);
-            m = fmaxf(m, sc);
-        }
-        if (m > EMPTY_SCORE / 2.0f) {
-            float num = 0.0f, den = 0.0f;
-            for (int s2 = 0; s2 < n_slots; s2++) {
-                bool prev = coff == 2 && s2 < ratio;
-                int q = prev ? ws - ratio + s2 : ws + (s2 - (coff == 2 ? ratio : 0));
-                int col = (coff == 2 && !prev) ? d + j : j;
-                float kv, sc;
-                compress_token(kvp, gate, in_stride, ape, front_kv, front_score, pos0, ratio,
-                               coff, width, q, col, &kv, &sc);
-                float e = expf(sc - m);
-                num += e * kv;
-                den += e;
-            }
-            pooled = num / den;
-        }
-    }
+                           width, q, col, kv, sc);
+        });
     compress_finish(pooled, norm, d, eps, freqs, n_rot, ws, sim, out, shd, amax,
                     rows + (size_t)((p + 1) / ratio - 1) * d);
 }
