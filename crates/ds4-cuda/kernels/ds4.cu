@@ -488,6 +488,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
                  : "memory");
 }
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src) : "memory");
+}
 __device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_bytes) {
     u32 d = (u32)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
@@ -1048,8 +1052,8 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 }
 
 // IQ2_XXS routed experts for a run of tokens (prefill), on the tensor cores: a block
-// takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ MM_NG
-// items, 8 per mma (n-tile). Per 256-column block, the 64 rows' quants (64 bytes each)
+// takes 64 rows (4 warps × 16) of one expert group's matrix and the group's ≤ NG (32 or
+// 64) items, 8 per mma (n-tile). Per 256-column block, the 64 rows' quants (64 bytes each)
 // and the group's activations (256 bytes per item) arrive by cp.async one block ahead
 // (double-buffered), so the 4 warps read them from shared memory rather than each
 // loading its own scattered words from global memory. Each lane decodes, per 32-column
@@ -1059,24 +1063,27 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 // a warp fall in distinct banks.
 #define IQ_LDW 80
 #define IQ_LDB 272
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin();
+template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
     __shared__ u64 grid_s[256];
     __shared__ u64 sign_s[128];
-    __shared__ int items[MM_NG];
-    __shared__ long long xoff[MM_NG];
+    __shared__ int items[NG];
+    __shared__ long long xoff[NG];
     __shared__ __align__(16) u8 ws[2][64 * IQ_LDW];
-    __shared__ __align__(16) i8 xs[2][MM_NG * IQ_LDB];
+    // The activations' two buffers are dynamic shared memory (2 · NG · IQ_LDB bytes):
+    // at 64 items the whole would pass the 48 KB a kernel may declare statically.
+    extern __shared__ __align__(16) i8 xs_dyn[];
+    i8 (*xs)[NG * IQ_LDB] = reinterpret_cast<i8 (*)[NG * IQ_LDB]>(xs_dyn);
     __shared__ float wds[2][64];
-    __shared__ float dxs[2][MM_NG];
+    __shared__ float dxs[2][NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     iq2_tables_to_shared(grid_s, sign_s);
-    if (threadIdx.x < MM_NG) {
-        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
-        items[threadIdx.x] = it;
-        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+        int it = sl < nt ? a.perm[first + sl] : -1;
+        items[sl] = it;
+        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -1095,7 +1102,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
             cp_async16(&ws[buf][row * IQ_LDW + 16 * ch], wbase + wr * row_bytes + 64 * ib + 16 * ch, 16);
         }
 #pragma unroll
-        for (int u = 0; u < MM_NG * 16 / 128; u++) {
+        for (int u = 0; u < NG * 16 / 128; u++) {
             int idx = threadIdx.x + 128 * u, sl = idx >> 4, ch = idx & 15;
             long long xo = xoff[sl];
             const i8* src = xo >= 0 ? a.xq + xo + 256 * ib + 16 * ch : a.xq;
@@ -1104,14 +1111,15 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
         if (threadIdx.x < 64) {
             int wr = min(r0 + threadIdx.x, a.rows - 1);
             wds[buf][threadIdx.x] = h2f(wd[(size_t)wr * nblk + ib]);
-        } else if (threadIdx.x < 64 + MM_NG) {
-            long long xo = xoff[threadIdx.x - 64];
-            dxs[buf][threadIdx.x - 64] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        }
+        for (int sl = threadIdx.x - 64; sl >= 0 && sl < NG; sl += 64) {
+            long long xo = xoff[sl];
+            dxs[buf][sl] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
         }
     };
-    float acc[MM_NG / 8][4];
+    float acc[NG / 8][4];
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
+    for (int j = 0; j < NG / 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     int l0 = tq >> 1, half = tq & 1;
@@ -1128,9 +1136,9 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
         const u8* wb = wa + 8 * IQ_LDW;
         const i8* xb = xs[buf];
         float dwa = wds[buf][16 * warp + g], dwb = wds[buf][16 * warp + g + 8];
-        float dx0[MM_NG / 8], dx1[MM_NG / 8];
+        float dx0[NG / 8], dx1[NG / 8];
 #pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++) {
+        for (int j = 0; j < NG / 8; j++) {
             dx0[j] = dxs[buf][8 * j + 2 * tq];
             dx1[j] = dxs[buf][8 * j + 2 * tq + 1];
         }
@@ -1152,7 +1160,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
             }
             int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
 #pragma unroll
-            for (int j = 0; j < MM_NG / 8; j++) {
+            for (int j = 0; j < NG / 8; j++) {
                 if (j < nj) {
                     const i8* bp = xb + (8 * j + g) * IQ_LDB + 32 * gq + 4 * tq;
                     int c[4];
@@ -1167,9 +1175,12 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
         __syncthreads();
     }
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
+    for (int j = 0; j < NG / 8; j++)
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
+
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64>(a); }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs_st: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block
@@ -1177,22 +1188,28 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
 // the sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
 // Per 256-column block each item's 256 Q8_K values and 16 block sums arrive by cp.async
 // one block ahead (double-buffered) and the four warps read their B fragments and sums
-// from there; the weights are read per lane (__ldg). Rows of 304 bytes put a warp's B
-// fragment in distinct banks.
+// from there; the weights are read per lane (__ldg), or with SW staged too. Rows of 304
+// bytes put a warp's B fragment in distinct banks.
 #define Q2_LDB 304
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin();
-    __shared__ int items[MM_NG];
-    __shared__ long long xoff[MM_NG];
-    __shared__ __align__(16) i8 xs[2][MM_NG * Q2_LDB];
-    __shared__ float dxs[2][MM_NG];
+// SW: the 64 rows' weight blocks (84 bytes) staged too, by 4-byte cp.async, in rows of
+// 112 bytes (28 words: a quad's words of the 8 rows of a fragment fall in distinct banks).
+#define Q2_LDW 112
+template <int NG, bool SW> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& a) {
+    __shared__ __align__(16) u8 ws[SW ? 2 : 1][SW ? 64 * Q2_LDW : 16];
+    __shared__ int items[NG];
+    __shared__ long long xoff[NG];
+    // The activations' two buffers: dynamic shared memory, 2 · NG · Q2_LDB bytes.
+    extern __shared__ __align__(16) i8 xs_dyn[];
+    i8 (*xs)[NG * Q2_LDB] = reinterpret_cast<i8 (*)[NG * Q2_LDB]>(xs_dyn);
+    __shared__ float dxs[2][NG];
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    if (threadIdx.x < MM_NG) {
-        int it = threadIdx.x < nt ? a.perm[first + threadIdx.x] : -1;
-        items[threadIdx.x] = it;
-        xoff[threadIdx.x] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+        int it = sl < nt ? a.perm[first + sl] : -1;
+        items[sl] = it;
+        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -1202,9 +1219,10 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_beg
     int nblk = a.cols >> 8;
     const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
     const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
+    const u8* wblk = a.w + e * a.mat_bytes;
     // Per item: 16 pieces of quants, then 2 pieces of block sums (16 shorts).
     auto stage = [&](int ib, int buf) {
-        for (int idx = threadIdx.x; idx < MM_NG * 18; idx += 128) {
+        for (int idx = threadIdx.x; idx < NG * 18; idx += 128) {
             int sl = idx / 18, ch = idx % 18;
             long long xo = xoff[sl];
             const void* src = a.xq;
@@ -1213,14 +1231,23 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_beg
                               : (const void*)(a.xs + (xo >> 4) + 16 * ib + 8 * (ch - 16));
             cp_async16(&xs[buf][sl * Q2_LDB + 16 * ch], src, xo >= 0 ? 16 : 0);
         }
-        if (threadIdx.x < MM_NG) {
-            long long xo = xoff[threadIdx.x];
-            dxs[buf][threadIdx.x] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+            long long xo = xoff[sl];
+            dxs[buf][sl] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        }
+        if (SW) {
+            int r0 = blockIdx.x * 64;
+            for (int idx = threadIdx.x; idx < 64 * 21; idx += blockDim.x) {
+                int row = idx / 21, wq = idx % 21;
+                int wr = min(r0 + row, a.rows - 1);
+                cp_async4(&ws[buf][row * Q2_LDW + 4 * wq],
+                          wblk + ((size_t)wr * nblk + ib) * 84 + 4 * wq);
+            }
         }
     };
-    float acc[MM_NG / 8][4];
+    float acc[NG / 8][4];
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
+    for (int j = 0; j < NG / 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     stage(0, 0);
@@ -1229,22 +1256,26 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_beg
         int buf = ib & 1;
         if (ib + 1 < nblk) stage(ib + 1, buf ^ 1);
         cp_async_commit();
-        const u8* ba = wa + ib * 84;
-        const u8* bb = wb + ib * 84;
+        // Where this block's weight bytes are read (the staged copy waits for the
+        // barrier below before its first read).
+        const u8* ba = SW ? ws[buf] + (16 * warp + g) * Q2_LDW : wa + ib * 84;
+        const u8* bb = SW ? ba + 8 * Q2_LDW : wb + ib * 84;
+        // Shared copies are read plainly, global ones through the read-only path.
+        auto ldw = [&](const u8* p) -> u32 { return SW ? *(const u32*)p : __ldg((const u32*)p); };
+        cp_async_wait1();
+        __syncthreads();
         u32 sca[4], scb[4];
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            sca[q] = __ldg((const u32*)ba + q);
-            scb[q] = __ldg((const u32*)bb + q);
+            sca[q] = ldw(ba + 4 * q);
+            scb[q] = ldw(bb + 4 * q);
         }
-        u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
+        u32 dda = ldw(ba + 80), ddb = ldw(bb + 80);
         float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
         float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
-        cp_async_wait1();
-        __syncthreads();
         const i8* xsb = xs[buf];
 #pragma unroll
-        for (int j = 0; j < MM_NG / 8; j++) {
+        for (int j = 0; j < NG / 8; j++) {
             if (j >= nj) break;
             int s0 = 8 * j + 2 * tq, s1 = s0 + 1;
             const i8* xrow = xsb + (8 * j + g) * Q2_LDB;
@@ -1255,7 +1286,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_beg
             for (int sb = 0; sb < 16; sb++) {
                 int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
                 int off = 16 + 32 * k + 16 * lh + 4 * tq;
-                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+                u32 qa = ldw(ba + off), qb = ldw(bb + off);
                 int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
                 int b0 = *(const int*)(xrow + 128 * k + 32 * jj + 16 * lh + 4 * tq);
                 int c[4];
@@ -1285,9 +1316,13 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_beg
         __syncthreads();
     }
 #pragma unroll
-    for (int j = 0; j < MM_NG / 8; j++)
+    for (int j = 0; j < NG / 8; j++)
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32, false>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st64(MvArgs a) { pdl_begin(); mm_q2_k_st_body<64, false>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_stw(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32, true>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_stw64(MvArgs a) { pdl_begin(); mm_q2_k_st_body<64, true>(a); }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
 // nb items by ids[b], then groups of ≤ gsize items of one expert (see MvArgs; MAXNT

@@ -315,18 +315,25 @@ impl Gpu {
         self.stream.synchronize().map_err(drv("synchronize"))
     }
 
-    /// Lets `name` use up to `bytes` of dynamic shared memory (above the 48 KiB
-    /// default needs an opt-in).
+    /// Lets `name` use up to `bytes` of dynamic shared memory. Past 48 KiB in all —
+    /// the kernel's static shared memory counts too — a launch needs the opt-in.
     pub fn allow_shared(&self, name: &str, bytes: usize) -> Result<(), CudaError> {
-        if bytes <= 48 * 1024 {
+        if bytes == 0 {
             return Ok(());
         }
-        self.func(name)
-            .set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
-            )
-            .map_err(drv("shared memory attribute"))
+        let f = self.func(name);
+        let fixed = f
+            .shared_size_bytes()
+            .map_err(drv("shared memory size"))?
+            .max(0) as usize;
+        if bytes + fixed <= 48 * 1024 {
+            return Ok(());
+        }
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(drv("shared memory attribute"))
     }
 }
 

@@ -181,8 +181,8 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
     (t * cfg.n_expert_used).div_ceil(gsize) + cfg.n_expert
 }
 
-/// Items per expert group: MM_NG (32) when the gate, up and down products all have a
-/// tensor-core kernel (which take that many), else MAXNT (8, the matrix-vector
+/// Items per expert group: 64 (the `_st64` kernels) or MM_NG (32) when the gate, up and
+/// down products all have a tensor-core kernel, else MAXNT (8, the matrix-vector
 /// kernels' limit).
 fn expert_group_size(w: &DevLayer) -> usize {
     let mm = |m: &DevMat| match m.ty {
@@ -191,7 +191,7 @@ fn expert_group_size(w: &DevLayer) -> usize {
         _ => false,
     };
     if mma_on() && w.gate_up_exps.mats().into_iter().all(mm) && mm(&w.down_exps) {
-        32
+        if expert_groups_of_64() { 64 } else { 32 }
     } else {
         8
     }
@@ -686,6 +686,21 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
+/// Whether the expert kernels take groups of 64 items (`_st64`): a 2,048-token chunk gives
+/// each expert ~48 items, which groups of 32 split in two, decoding the expert's
+/// weights twice. `DS4_CUDA_EXP_NG64=0` keeps groups of 32, for comparisons.
+fn expert_groups_of_64() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").map_or(true, |v| v != "0"))
+}
+
+/// Whether the Q2_K expert kernel stages the weight blocks as well as the activations
+/// (`mm_q2_k_stw*`). `DS4_CUDA_Q2K_STW=0` reads them per lane, for comparisons.
+fn q2k_weights_staged() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").map_or(true, |v| v != "0"))
+}
+
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
 
@@ -778,13 +793,28 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
         // Operands staged in shared memory by cp.async (see ds4.cu).
+        let big = expert_groups_of_64();
         let kernel = match m.ty {
-            GgmlType::Iq2Xxs if m.split.is_some() => Some("mm_iq2_xxs_st"),
-            GgmlType::Q2K => Some("mm_q2_k_st"),
+            GgmlType::Iq2Xxs if m.split.is_some() => Some(if big {
+                "mm_iq2_xxs_st64"
+            } else {
+                "mm_iq2_xxs_st"
+            }),
+            GgmlType::Q2K => Some(match (big, q2k_weights_staged()) {
+                (true, true) => "mm_q2_k_stw64",
+                (true, false) => "mm_q2_k_st64",
+                (false, true) => "mm_q2_k_stw",
+                (false, false) => "mm_q2_k_st",
+            }),
             _ => None,
         };
         if let Some(k) = kernel {
-            return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, 0; args);
+            // The activations' two buffers in dynamic shared memory: 272 bytes per item
+            // for IQ2_XXS, 304 (quants and block sums) for Q2_K.
+            let per_item = if m.ty == GgmlType::Iq2Xxs { 272 } else { 304 };
+            let shm = 2 * (if big { 64 } else { 32 }) * per_item;
+            g.allow_shared(k, shm)?;
+            return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, shm as u32; args);
         }
     }
     launch!(g, mv_kernel(m.ty, nt == 1 && c.by_expert.is_none()), (grid_x, grid_y as u32, 1), threads, 0; args)
