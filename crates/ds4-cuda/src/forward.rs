@@ -686,12 +686,14 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
-/// Whether the expert kernels take groups of 64 items (`_st64`): a 2,048-token chunk gives
-/// each expert ~48 items, which groups of 32 split in two, decoding the expert's
-/// weights twice. `DS4_CUDA_EXP_NG64=0` keeps groups of 32, for comparisons.
+/// Whether the expert kernels take groups of 64 items (`_st64`, `DS4_CUDA_EXP_NG64=1`): a
+/// 2,048-token chunk gives each expert ~48 items, which groups of 32 split in two, decoding
+/// the expert's weights twice. Off by default: measured slower on the H200 (v12 in
+/// bench/CUDA-SPEED.md: 3,022 against 3,083 t/s at 8k, the Q2_K kernel 145 against 127 ms
+/// a chunk); likely cause, not measured: half as many blocks, each twice as long.
 fn expert_groups_of_64() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").is_ok_and(|v| v == "1"))
 }
 
 /// Whether the Q2_K expert kernel stages the weight blocks as well as the activations
