@@ -41,15 +41,33 @@ __device__ __forceinline__ u32 rd32(const u8* p) {
 }
 
 // Programmatic dependent launch (Hopper): the host may let this kernel's blocks start
-// while the previous kernel finishes. Waiting first keeps every read and write after
-// the previous kernel's (and so, transitively, every earlier kernel's) completion;
-// signalling at once lets the next kernel's blocks be scheduled during this one's
-// last wave. Both are no-ops when the launch did not ask for it.
-__device__ __forceinline__ void pdl_begin() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+// while the previous kernel runs. Every read and write of step data comes after the
+// wait, i.e. after the previous kernel's (and so, transitively, every earlier kernel's)
+// completion. The signal lets the next kernel's blocks be scheduled: with DS4_PDL_EARLY
+// (the host's switch, DS4_CUDA_PDL_EARLY) before this kernel's wait, so that a chain of
+// short kernels is resident ahead of time and may load what does not depend on the step
+// (hc_pre_fused's weights) before their turn; otherwise after it. Early signalling cannot deadlock: the next kernel is launched only once all
+// of this one's blocks have started, so a waiting block never holds a slot that an
+// earlier kernel still needs. Both are no-ops when the launch did not ask for PDL.
+#ifndef DS4_PDL_EARLY
+#define DS4_PDL_EARLY 0
+#endif
+__device__ __forceinline__ void pdl_signal_early() {
+#if __CUDA_ARCH__ >= 900 && DS4_PDL_EARLY
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#if !DS4_PDL_EARLY
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+#endif
+}
+__device__ __forceinline__ void pdl_begin() {
+    pdl_signal_early();
+    pdl_wait();
 }
 
 struct SumOp {
@@ -1474,14 +1492,42 @@ extern "C" __global__ void hc_fn_rms_f16(const u16* w, const float* x, float* z,
 // rms_norm). blockDim as the host picks it for rms_norm, so the sums of squares and
 // every value are those of the CPU's hc_pre followed by its RMSNorm, up to the order
 // of the parallel sum.
-extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const float* scale,
-                                       const float* base, const float* nw, float* xn,
-                                       float* mixo, int hc, int n, int mix, int iters,
-                                       float hc_eps, float eps, i8* q, float* d) { pdl_begin();
+// The post weights and the Sinkhorn-normalised comb of one token's mixing logits `zt`,
+// by one warp (one lane per comb entry, each summing its row or column in the CPU's
+// order), into mo = [post (hc), comb (hc·hc)].
+__device__ __forceinline__ void hc_mix_warp(const float* zt, const float* scale,
+                                            const float* base, float* mo, int hc, int iters,
+                                            float hc_eps) {
+    int lane = threadIdx.x & 31, nn = hc * hc;
+    if (lane < hc) mo[lane] = 2.0f * sigmoidf_(zt[hc + lane] * scale[1] + base[hc + lane]);
+    int a_ = lane < nn ? lane / hc : 0, b_ = lane < nn ? lane % hc : 0;
+    float v = lane < nn ? zt[2 * hc + lane] * scale[2] + base[2 * hc + lane] : 0.0f;
+    float m = -INFINITY;
+    for (int b = 0; b < hc; b++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, a_ * hc + b));
+    v = expf(v - m);
+    float s = 0.0f;
+    for (int b = 0; b < hc; b++) s += __shfl_sync(0xffffffffu, v, a_ * hc + b);
+    v = v / s + hc_eps;
+    for (int it = 0; it < iters; it++) {
+        if (it > 0) {
+            s = 0.0f;
+            for (int b = 0; b < hc; b++) s += __shfl_sync(0xffffffffu, v, a_ * hc + b);
+            v = v / (s + hc_eps);
+        }
+        s = 0.0f;
+        for (int a2 = 0; a2 < hc; a2++) s += __shfl_sync(0xffffffffu, v, a2 * hc + b_);
+        v = v / (s + hc_eps);
+    }
+    if (lane < nn) mo[hc + lane] = v;
+}
+
+__device__ void hc_pre_norm_body(int t, const float* z, const float* x, const float* scale,
+                                 const float* base, const float* nw, float* xn, float* mixo,
+                                 int hc, int n, int mix, int iters, float hc_eps, float eps,
+                                 i8* q, float* d) {
     extern __shared__ float ys[];  // n
     __shared__ float pre[16];
     __shared__ double sh[32];
-    int t = blockIdx.x;
     const float* zt = z + (size_t)t * mix;
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
@@ -1496,28 +1542,7 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
             ss += (double)acc * (double)acc;
         }
     } else {
-        int lane = threadIdx.x, nn = hc * hc;
-        float* mo = mixo + (size_t)t * (hc + hc * hc);
-        if (lane < hc) mo[lane] = 2.0f * sigmoidf_(zt[hc + lane] * scale[1] + base[hc + lane]);
-        int a_ = lane < nn ? lane / hc : 0, b_ = lane < nn ? lane % hc : 0;
-        float v = lane < nn ? zt[2 * hc + lane] * scale[2] + base[2 * hc + lane] : 0.0f;
-        float m = -INFINITY;
-        for (int b = 0; b < hc; b++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, a_ * hc + b));
-        v = expf(v - m);
-        float s = 0.0f;
-        for (int b = 0; b < hc; b++) s += __shfl_sync(0xffffffffu, v, a_ * hc + b);
-        v = v / s + hc_eps;
-        for (int it = 0; it < iters; it++) {
-            if (it > 0) {
-                s = 0.0f;
-                for (int b = 0; b < hc; b++) s += __shfl_sync(0xffffffffu, v, a_ * hc + b);
-                v = v / (s + hc_eps);
-            }
-            s = 0.0f;
-            for (int a2 = 0; a2 < hc; a2++) s += __shfl_sync(0xffffffffu, v, a2 * hc + b_);
-            v = v / (s + hc_eps);
-        }
-        if (lane < nn) mo[hc + lane] = v;
+        hc_mix_warp(zt, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
     }
     ss = block_sum_d(ss, sh);
     float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
@@ -1527,6 +1552,132 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
         xv[i] = v;
         if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)t * n + i) / 32);
     }
+}
+extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const float* scale,
+                                       const float* base, const float* nw, float* xn,
+                                       float* mixo, int hc, int n, int mix, int iters,
+                                       float hc_eps, float eps, i8* q, float* d) { pdl_begin();
+    hc_pre_norm_body(blockIdx.x, z, x, scale, base, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps,
+                     q, d);
+}
+
+// Decode's whole HC pre-step in one launch (hc_fn_rms then hc_pre_norm were two, each one
+// or a few blocks whose strided loads wait on memory one after another). Grid (he / 1024,
+// T), 1024 threads: block c forms the token's sum of squares as rms_norm with 1024
+// threads does (so the same r), then its 1024 columns' share of the `mix` products
+// W·(x·r) into part[t][c][:]; the token's last block to finish (count[t], reset for
+// the next step and graph replay) adds the shares in column order into z and runs
+// hc_pre_norm's step (its values; the sums of squares in another order). The product's
+// sum order differs from hc_fn_rms (float rounding).
+// The weight rows are read before the dependency wait: they do not depend on the step.
+#define HC_MAX_MIX 24  // hc = 4: 2·4 + 4·4 (the host checks these bounds)
+#define HC_MAX 4
+#define HC_COLS 4      // n ≤ 4096
+template <typename T, typename Load>
+__device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* count,
+                                  float* z, const float* scale, const float* base,
+                                  const float* nw, float* xn, float* mixo, int hc, int n,
+                                  int mix, int iters, float hc_eps, float eps, i8* q, float* d,
+                                  Load load) {
+    __shared__ double shd[32];
+    __shared__ float shm[32][HC_MAX_MIX];  // [warp][row]
+    __shared__ int last;
+    int he = hc * n, t = blockIdx.y, nblk = gridDim.x;
+    int c = blockIdx.x * 1024 + threadIdx.x;
+    pdl_signal_early();
+    float wv[HC_MAX_MIX];
+#pragma unroll
+    for (int m = 0; m < HC_MAX_MIX; m++) wv[m] = m < mix ? load(w[(size_t)m * he + c]) : 0.0f;
+    pdl_wait();
+    const float* xv = x + (size_t)t * he;
+    double ss = 0.0;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < he; i += 1024) ss += (double)xv[i] * (double)xv[i];
+    ss = block_sum_d(ss, shd);
+    float r = (float)(1.0 / sqrt(ss / (double)he + (double)eps));
+    float v = xv[c] * r;
+    int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+#pragma unroll
+    for (int m = 0; m < HC_MAX_MIX; m++) {
+        if (m < mix) {
+            float a = warp_sum(wv[m] * v);
+            if (lane == 0) shm[wp][m] = a;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < mix) {
+        float a = 0.0f;
+        for (int k = 0; k < 32; k++) a += shm[k][threadIdx.x];
+        part[((size_t)t * nblk + blockIdx.x) * mix + threadIdx.x] = a;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&count[t], 1) == nblk - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // hc_pre_norm's step, with this thread's columns (i = threadIdx.x + 1024·k), their
+    // hc inputs and norm weights loaded at once rather than one strided step at a time.
+    __shared__ float zs[HC_MAX_MIX];
+    __shared__ float pre[HC_MAX];
+    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
+#pragma unroll
+    for (int k = 0; k < HC_COLS; k++) {
+        int i = threadIdx.x + 1024 * k;
+#pragma unroll
+        for (int h = 0; h < HC_MAX; h++) xr[k][h] = i < n && h < hc ? xv[(size_t)h * n + i] : 0.0f;
+        wn[k] = i < n ? nw[i] : 0.0f;
+    }
+    if (threadIdx.x < mix) {
+        float a = 0.0f;
+#pragma unroll 4
+        for (int k = 0; k < nblk; k++) a += __ldcg(&part[((size_t)t * nblk + k) * mix + threadIdx.x]);
+        zs[threadIdx.x] = a;
+        z[(size_t)t * mix + threadIdx.x] = a;
+    }
+    if (threadIdx.x == 0) count[t] = 0;
+    __syncthreads();
+    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zs[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    double ss2 = 0.0;
+    float y[HC_COLS];
+#pragma unroll
+    for (int k = 0; k < HC_COLS; k++) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int h = 0; h < HC_MAX; h++)
+            if (h < hc) acc += pre[h] * xr[k][h];
+        y[k] = acc;
+        if (threadIdx.x + 1024 * k < n) ss2 += (double)acc * (double)acc;
+    }
+    // Warp 0 then runs the Sinkhorn normalisation (only hc_post reads its result).
+    if (threadIdx.x < 32) hc_mix_warp(zs, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
+    ss2 = block_sum_d(ss2, shd);
+    float r2 = (float)(1.0 / sqrt(ss2 / (double)n + (double)eps));
+    float* xo = xn + (size_t)t * n;
+#pragma unroll
+    for (int k = 0; k < HC_COLS; k++) {
+        int i = threadIdx.x + 1024 * k;
+        if (i < n) {  // warp-uniform: n is a multiple of 32
+            float v = y[k] * r2 * wn[k];
+            xo[i] = v;
+            if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)t * n + i) / 32);
+        }
+    }
+}
+extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f16(
+    const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
+    const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
+    float hc_eps, float eps, i8* q, float* d) {
+    hc_pre_fused_body<u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
+                           hc_eps, eps, q, d, LoadF16());
+}
+extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f32(
+    const float* w, const float* x, float* part, int* count, float* z, const float* scale,
+    const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
+    float hc_eps, float eps, i8* q, float* d) {
+    hc_pre_fused_body<float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
+                             hc_eps, eps, q, d, LoadF32());
 }
 
 // X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]. One block per token.
@@ -2185,13 +2336,14 @@ __device__ __forceinline__ void attn_weighted_col(const float** rowp, int n, con
                                                   int wstride, int hb, int i, float* acc) {
 #pragma unroll
     for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
+    // 8 rows' loads in flight per thread: decode's blocks are latency-bound here.
     int r = 0;
-    for (; r + 4 <= n; r += 4) {
-        float v[4];
+    for (; r + 8 <= n; r += 8) {
+        float v[8];
 #pragma unroll
-        for (int u = 0; u < 4; u++) v[u] = rowp[r + u][i];
+        for (int u = 0; u < 8; u++) v[u] = rowp[r + u][i];
 #pragma unroll
-        for (int u = 0; u < 4; u++)
+        for (int u = 0; u < 8; u++)
 #pragma unroll
             for (int hh = 0; hh < 8; hh++)
                 if (hh < hb) acc[hh] += wts[hh * wstride + r + u] * v[u];

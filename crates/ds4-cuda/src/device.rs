@@ -48,10 +48,9 @@ pub struct Gpu {
     /// When set, every launch is bracketed by events (see [`Gpu::set_profiling`]).
     prof: Option<Arc<Mutex<Vec<TimedLaunch>>>>,
     /// Programmatic dependent launch (Hopper on): a kernel's blocks may be scheduled
-    /// while the previous kernel's last blocks still run; every kernel waits
-    /// (`griddepcontrol.wait`) before it touches memory, so results are unchanged and
-    /// only the launch gap between dependent kernels shrinks. `DS4_CUDA_PDL=0` turns
-    /// it off.
+    /// while the previous kernel still runs; every kernel waits (`griddepcontrol.wait`)
+    /// before it touches step data, so results are unchanged and only the gaps between
+    /// dependent kernels shrink (see pdl_begin in ds4.cu). `DS4_CUDA_PDL=0` turns it off.
     pdl: AtomicBool,
 }
 

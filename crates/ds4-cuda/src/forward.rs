@@ -131,6 +131,8 @@ pub struct Scratch {
     perm: DevBuf,
     grp: DevBuf,
     ngrp: DevBuf,
+    /// hc_pre_fused's per-token block counters (zero between launches).
+    hc_count: DevBuf,
     /// The run's first position (read by the kernels, so a captured graph can replay).
     pub pos: DevBuf,
     /// Indexer rows one token can see at most (scores row stride).
@@ -268,6 +270,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         t * k * 4,                                 // perm
         max_expert_groups(cfg, t, 8) * 3 * 4,      // grp
         16,                                        // ngrp
+        MMA_MIN_TOKENS * 4,                        // hc_count
         16,                                        // pos
     ]
 }
@@ -318,6 +321,7 @@ impl Scratch {
             perm: a()?,
             grp: a()?,
             ngrp: a()?,
+            hc_count: a()?,
             pos: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
@@ -610,9 +614,10 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
     if !on || t >= MMA_MIN_TOKENS || cfg.head_dim > 512 {
         return None;
     }
-    // Ranges of 64 rows (a 2k-token decode step's 640 rows of a ratio-4 layer become
-    // 10 ranges), at most 32 of them so the partials stay small for long contexts.
-    let nsplit = rows_max.div_ceil(64).clamp(1, 32);
+    // Ranges of 32 rows (a 2k-token decode step's 640 rows of a ratio-4 layer become
+    // 20 ranges: 320 blocks, each a short chain of dependent loads), at most 64 of them
+    // so the partials stay small for long contexts.
+    let nsplit = rows_max.div_ceil(32).clamp(1, 64);
     let span = rows_max.div_ceil(nsplit).next_multiple_of(16);
     Some((span, rows_max.div_ceil(span)))
 }
@@ -702,6 +707,17 @@ fn q2k_weights_staged() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").map_or(true, |v| v != "0"))
 }
+
+/// Whether decode's HC pre-step is one launch (`hc_pre_fused_*`). `DS4_CUDA_HC_FUSED=0`
+/// keeps hc_fn_rms then hc_pre_norm, for comparisons.
+fn hc_fused_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// The most HC mixing logits `hc_pre_fused_*` takes (its HC_MAX_MIX: hc = 4; it also
+/// takes hc ≤ 4 and n_embd ≤ 4096, HC_MAX and HC_COLS there).
+const HC_MAX_MIX: usize = 24;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -955,6 +971,23 @@ impl Fwd<'_> {
             _ => None,
         }
         .filter(|_| t < MMA_MIN_TOKENS && hw.fn_.cols == he);
+        let (qp, dp) = q.unwrap_or((0, 0));
+        let shm = cfg.n_embd * 4;
+        // Decode: the whole step in one launch (see hc_pre_fused_body in ds4.cu).
+        let one = fused
+            .filter(|_| hc_fused_on() && he.is_multiple_of(1024) && cfg.hc_mix() <= HC_MAX_MIX)
+            .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32));
+        if let Some(kernel) = one {
+            let kernel = if kernel == "hc_fn_rms_f16" {
+                "hc_pre_fused_f16"
+            } else {
+                "hc_pre_fused_f32"
+            };
+            return launch!(self.gpu, kernel, ((he / 1024) as u32, t as u32, 1), 1024, 0;
+                hw.fn_.buf.ptr, x, s.flat.ptr, s.hc_count.ptr, s.z.ptr, hw.scale.ptr, hw.base.ptr,
+                norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32,
+                cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp);
+        }
         if let Some(kernel) = fused {
             launch!(self.gpu, kernel, (hw.fn_.rows as u32, t as u32, 1), 1024, 0;
                 hw.fn_.buf.ptr, x, s.z.ptr, he as i32, cfg.hc_mix() as i32, self.eps())?;
@@ -966,8 +999,6 @@ impl Fwd<'_> {
                 Mv::plain(s.flat.ptr, t, he, s.z.ptr, cfg.hc_mix()),
             )?;
         }
-        let (qp, dp) = q.unwrap_or((0, 0));
-        let shm = cfg.n_embd * 4;
         self.gpu.allow_shared("hc_pre_norm", shm)?;
         launch!(self.gpu, "hc_pre_norm", (t as u32, 1, 1), norm_threads(cfg.n_embd), shm as u32;
             s.z.ptr, x, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32,

@@ -43,6 +43,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_pre_norm",
     "hc_fn_rms_f32",
     "hc_fn_rms_f16",
+    "hc_pre_fused_f32",
+    "hc_pre_fused_f16",
     "hc_post",
     "hc_head",
     "kv_store",
@@ -87,9 +89,13 @@ fn ksign_masks() -> [u64; 128] {
 
 pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
-    // Global rather than __constant__ memory: each block copies the tables to shared
-    // memory with one thread per entry, and constant memory serves different
-    // addresses within a warp one at a time.
+    // A decode-time switch of ds4.cu (on unless the variable is 0), compiled in so that
+    // a comparison run builds its own kernels: early PDL signalling.
+    let on = |v: &str| std::env::var(v).map_or(1, |v| u8::from(v != "0"));
+    s.push_str(&format!(
+        "#define DS4_PDL_EARLY {}\n",
+        on("DS4_CUDA_PDL_EARLY")
+    ));
     s.push_str("// generated tables (ds4-quant)\n");
     s.push_str("__device__ unsigned long long IQ2XXS_GRID[256] = {\n");
     for (i, v) in ds4_quant::tables::IQ2XXS_GRID.iter().enumerate() {
