@@ -3,8 +3,9 @@
 #
 #   bench/h200.sh BIN OUT [SWITCH ...]
 #
-# Each SWITCH (e.g. DS4_CUDA_EXP_NG64=0) is one more ds4-bench at 2k and 8k with that
-# variable set, in the same call as the full run, into OUT/ab.log (the A/B of a change).
+# Each SWITCH (e.g. DS4_CUDA_EXP_NG64=1, or "A=0 B=0" for two variables) is one more
+# ds4-bench at 2k and 8k with it set, in the same call as the full run, into OUT/ab.log
+# (the A/B of a change).
 #
 # BIN holds release builds of ds4-bench, ds4-quantize, cuda_check, cuda_profile (examples of
 # ds4-cuda) and gpu_test (the tests/gpu.rs binary of `cargo test --release -p ds4-cuda --no-run`),
@@ -67,7 +68,7 @@ if [ $# -gt 2 ]; then
     }
     for sw in "${@:3}"; do
         echo "== $sw" | tee -a "$OUT/ab.log"
-        ab "$sw" | tee -a "$OUT/ab.log"
+        ab $sw | tee -a "$OUT/ab.log"  # several VAR=value words: one run
     done
     echo "== defaults" | tee -a "$OUT/ab.log"
     ab DS4_AB=none | tee -a "$OUT/ab.log"

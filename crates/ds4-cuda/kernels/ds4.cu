@@ -1573,6 +1573,58 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 #define HC_MAX_MIX 24  // hc = 4: 2·4 + 4·4 (the host checks these bounds)
 #define HC_MAX 4
 #define HC_COLS 4      // n ≤ 4096
+// The last block's part of the fused HC pre-steps: with the token's mixing logits in
+// `zs` (shared, written by threads < mix before the call), hc_pre_norm's step — the
+// pre-mix y = Σ pre[h]·X[h], its RMSNorm with `nw` into xn (and its Q8_0 with `q`), and
+// warp 0's post weights and Sinkhorn into mixo — with this thread's columns (i =
+// threadIdx.x + 1024·k), their hc inputs and norm weights loaded at once. blockDim 1024.
+// X is read past L1: other blocks of the same launch may have just written it.
+__device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float* xv,
+                                            const float* scale, const float* base,
+                                            const float* nw, float* xn, float* mixo, int hc,
+                                            int n, int mix, int iters, float hc_eps, float eps,
+                                            i8* q, float* d) {
+    __shared__ double shd[32];
+    __shared__ float pre[HC_MAX];
+    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
+#pragma unroll
+    for (int k = 0; k < HC_COLS; k++) {
+        int i = threadIdx.x + 1024 * k;
+#pragma unroll
+        for (int h = 0; h < HC_MAX; h++)
+            xr[k][h] = i < n && h < hc ? __ldcg(&xv[(size_t)h * n + i]) : 0.0f;
+        wn[k] = i < n ? nw[i] : 0.0f;
+    }
+    __syncthreads();
+    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zs[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    double ss2 = 0.0;
+    float y[HC_COLS];
+#pragma unroll
+    for (int k = 0; k < HC_COLS; k++) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int h = 0; h < HC_MAX; h++)
+            if (h < hc) acc += pre[h] * xr[k][h];
+        y[k] = acc;
+        if (threadIdx.x + 1024 * k < n) ss2 += (double)acc * (double)acc;
+    }
+    // Warp 0 then runs the Sinkhorn normalisation (only hc_post reads its result).
+    if (threadIdx.x < 32) hc_mix_warp(zs, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
+    ss2 = block_sum_d(ss2, shd);
+    float r2 = (float)(1.0 / sqrt(ss2 / (double)n + (double)eps));
+    float* xo = xn + (size_t)t * n;
+#pragma unroll
+    for (int k = 0; k < HC_COLS; k++) {
+        int i = threadIdx.x + 1024 * k;
+        if (i < n) {  // warp-uniform: n is a multiple of 32
+            float v = y[k] * r2 * wn[k];
+            xo[i] = v;
+            if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)t * n + i) / 32);
+        }
+    }
+}
+
 template <typename T, typename Load>
 __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* count,
                                   float* z, const float* scale, const float* base,
@@ -1616,18 +1668,7 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
     __syncthreads();
     if (!last) return;
     __threadfence();
-    // hc_pre_norm's step, with this thread's columns (i = threadIdx.x + 1024·k), their
-    // hc inputs and norm weights loaded at once rather than one strided step at a time.
     __shared__ float zs[HC_MAX_MIX];
-    __shared__ float pre[HC_MAX];
-    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
-#pragma unroll
-    for (int k = 0; k < HC_COLS; k++) {
-        int i = threadIdx.x + 1024 * k;
-#pragma unroll
-        for (int h = 0; h < HC_MAX; h++) xr[k][h] = i < n && h < hc ? xv[(size_t)h * n + i] : 0.0f;
-        wn[k] = i < n ? nw[i] : 0.0f;
-    }
     if (threadIdx.x < mix) {
         float a = 0.0f;
 #pragma unroll 4
@@ -1636,34 +1677,7 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
         z[(size_t)t * mix + threadIdx.x] = a;
     }
     if (threadIdx.x == 0) count[t] = 0;
-    __syncthreads();
-    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zs[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
-    __syncthreads();
-    double ss2 = 0.0;
-    float y[HC_COLS];
-#pragma unroll
-    for (int k = 0; k < HC_COLS; k++) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int h = 0; h < HC_MAX; h++)
-            if (h < hc) acc += pre[h] * xr[k][h];
-        y[k] = acc;
-        if (threadIdx.x + 1024 * k < n) ss2 += (double)acc * (double)acc;
-    }
-    // Warp 0 then runs the Sinkhorn normalisation (only hc_post reads its result).
-    if (threadIdx.x < 32) hc_mix_warp(zs, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
-    ss2 = block_sum_d(ss2, shd);
-    float r2 = (float)(1.0 / sqrt(ss2 / (double)n + (double)eps));
-    float* xo = xn + (size_t)t * n;
-#pragma unroll
-    for (int k = 0; k < HC_COLS; k++) {
-        int i = threadIdx.x + 1024 * k;
-        if (i < n) {  // warp-uniform: n is a multiple of 32
-            float v = y[k] * r2 * wn[k];
-            xo[i] = v;
-            if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)t * n + i) / 32);
-        }
-    }
+    hc_pre_last(t, zs, xv, scale, base, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d);
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f16(
     const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
