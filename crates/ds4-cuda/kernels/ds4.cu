@@ -466,6 +466,71 @@ template <int NTM> __device__ void mv_q8_0_body(const MvArgs& a) {
         mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
+// Decode's Q8_0 products with R rows per warp (rows w, w + step, ..: neighbouring warps
+// read neighbouring rows): each lane has R × 2 16-byte pieces in flight per step rather
+// than 2, and a 1,024-column row (q_b: 32,768 of them) no longer makes a warp whose whole
+// life is one load. Per row the same lane sums, shuffle and warp sum as mv_q8_0_body, so
+// the values are identical. One item (NTM 1), ksplit 1. Row addresses are recomputed
+// from 32-bit row numbers: kept as R 64-bit pointers each, R = 4 took 147 registers.
+template <int R> __device__ __forceinline__ void mv_q8_0_rows(const MvArgs& a) {
+    const int NTM = 1;
+    MV_ITEMS
+    int nch = a.cols >> 4;
+    int rstep = gridDim.x * warps;
+    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
+    const u8* wq0 = a.w + e * a.mat_bytes;
+    const u16* wd0 = (const u16*)(a.sc + e * a.sc_mat_bytes);
+    for (int rb = rbase; rb < a.rows; rb += R * rstep) {
+        float acc[R];
+#pragma unroll
+        for (int j = 0; j < R; j++) acc[j] = 0.0f;
+        for (int c0 = 0; c0 < nch; c0 += 64) {
+            int4 wv[R][2];
+            float dw[R][2];
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                int r = min(rb + j * rstep, a.rows - 1);
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    int c = c0 + 32 * u + lane;
+                    bool ok = c < nch;
+                    wv[j][u] = ok ? ldg4(wq0 + (size_t)r * a.cols + 16 * c) : make_int4(0, 0, 0, 0);
+                    dw[j][u] = ok ? h2f(__ldg(wd0 + (size_t)r * (a.cols >> 5) + (c >> 1))) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                int r = min(rb + j * rstep, a.rows - 1);
+                long long xo = mv_xoff(a, item[0], r);
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    int c = c0 + 32 * u + lane;
+                    bool ok = c < nch;
+                    int s_ = 0;
+                    float dx = 0.0f;
+                    if (ok) {
+                        s_ = dot16(wv[j][u], *(const int4*)(a.xq + xo + 16 * c));
+                        dx = a.xd[(xo >> 5) + (c >> 1)];
+                    }
+                    s_ += __shfl_xor_sync(0xffffffffu, s_, 1);
+                    if (ok && (lane & 1) == 0) acc[j] += dw[j][u] * dx * (float)s_;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            int r = rb + j * rstep;
+            float v = warp_sum(acc[j]);
+            if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
+        }
+    }
+}
+extern "C" __global__ void __launch_bounds__(128, 8) mv_q8_0_r2(MvArgs a) { pdl_begin();
+    mv_q8_0_rows<2>(a);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) mv_q8_0_r4(MvArgs a) { pdl_begin();
+    mv_q8_0_rows<4>(a);
+}
 extern "C" __global__ void mv_q8_0(MvArgs a) { pdl_begin(); mv_q8_0_body<MAXNT>(a); }
 extern "C" __global__ void mv_q8_0_1(MvArgs a) { pdl_begin(); mv_q8_0_body<1>(a); }
 

@@ -452,6 +452,16 @@ pub struct Fwd<'a> {
     /// Being captured into a graph that replays at later positions: launch shapes must
     /// not depend on the position (kernels skip what the position excludes).
     pub capture: bool,
+    /// A second stream for independent chains of a captured decode step (see
+    /// [`Fwd::fork`]); None runs everything in order on `gpu`.
+    pub side: Option<&'a Gpu>,
+}
+
+/// Whether a captured decode step runs independent chains as parallel graph branches
+/// (`DS4_CUDA_BRANCHES=0` keeps one chain, for comparisons).
+pub fn branches_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_BRANCHES").map_or(true, |v| v != "0"))
 }
 
 /// What a traced forward call copies back (see [`Fwd::trace`]).
@@ -702,10 +712,12 @@ fn expert_groups_of_64() -> bool {
 }
 
 /// Whether the Q2_K expert kernel stages the weight blocks as well as the activations
-/// (`mm_q2_k_stw*`). `DS4_CUDA_Q2K_STW=0` reads them per lane, for comparisons.
+/// (`mm_q2_k_stw*`, `DS4_CUDA_Q2K_STW=1`). Off by default: with groups of 32 it measured
+/// slower on the H200 than reading them per lane (v12: 3,081 against 3,138 t/s prefill
+/// at 8k in the same call); it only helped the groups of 64, which lose more.
 fn q2k_weights_staged() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").is_ok_and(|v| v == "1"))
 }
 
 /// Whether decode's HC pre-step is one launch (`hc_pre_fused_*`). `DS4_CUDA_HC_FUSED=0`
@@ -718,6 +730,19 @@ fn hc_fused_on() -> bool {
 /// The most HC mixing logits `hc_pre_fused_*` takes (its HC_MAX_MIX: hc = 4; it also
 /// takes hc ≤ 4 and n_embd ≤ 4096, HC_MAX and HC_COLS there).
 const HC_MAX_MIX: usize = 24;
+
+/// Rows per warp of all of decode's Q8_0 products when `DS4_CUDA_Q8_R` is 1
+/// (`mv_q8_0_1`), 2 (`mv_q8_0_r2`) or 4 (`mv_q8_0_r4`), for comparisons; unset, the
+/// rule in mv_launch.
+fn q8_rows_per_warp() -> Option<usize> {
+    static R: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *R.get_or_init(|| match std::env::var("DS4_CUDA_Q8_R").as_deref() {
+        Ok("1") => Some(1),
+        Ok("2") => Some(2),
+        Ok("4") => Some(4),
+        _ => None,
+    })
+}
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -835,7 +860,20 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, shm as u32; args);
         }
     }
-    launch!(g, mv_kernel(m.ty, nt == 1 && c.by_expert.is_none()), (grid_x, grid_y as u32, 1), threads, 0; args)
+    let single = nt == 1 && c.by_expert.is_none();
+    // Measured on the H200 (v12): q_b's 1,024-column rows 15.3 → 10.5 µs with two rows a
+    // warp, the 2,048-column down_sh 5.1 → 6.0 µs, the wider ones unchanged.
+    let rows_per_warp = q8_rows_per_warp().unwrap_or(if m.cols <= 1024 { 2 } else { 1 });
+    if single && m.ty == GgmlType::Q8_0 && m.split.is_some() && ks == 1 && rows_per_warp > 1 {
+        // R rows per warp, four warps per block.
+        let (k, r) = if rows_per_warp == 4 {
+            ("mv_q8_0_r4", 4)
+        } else {
+            ("mv_q8_0_r2", 2)
+        };
+        return launch!(g, k, (ceil_div(m.rows, 4 * r), grid_y as u32, 1), 128, 0; args);
+    }
+    launch!(g, mv_kernel(m.ty, single), (grid_x, grid_y as u32, 1), threads, 0; args)
 }
 
 /// One matrix product on the GPU for a batch of f32 vectors (tests and tools): the
@@ -862,7 +900,7 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
     Ok(out.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
 }
 
-impl Fwd<'_> {
+impl<'a> Fwd<'a> {
     fn eps(&self) -> f32 {
         self.cfg.rms_eps
     }
@@ -874,6 +912,40 @@ impl Fwd<'_> {
             AttnKind::Window => self.rope_main.ptr,
             _ => self.rope_comp.ptr,
         }
+    }
+
+    /// The side branch: a forward on the side stream that starts after the work queued
+    /// so far on this one (an event edge in the captured graph). Decode's chains of
+    /// small latency-bound kernels then overlap: a short run's kernels leave most SMs
+    /// idle. Only while capturing with a side stream; otherwise None (run in order).
+    fn fork(&self) -> Result<Option<Fwd<'a>>, CudaError> {
+        let Some(side) = self.side.filter(|_| self.capture) else {
+            return Ok(None);
+        };
+        let ev = self
+            .gpu
+            .stream
+            .record_event(None)
+            .map_err(|e| CudaError::Driver(format!("event: {e}")))?;
+        side.stream
+            .wait(&ev)
+            .map_err(|e| CudaError::Driver(format!("stream wait: {e}")))?;
+        Ok(Some(Fwd {
+            gpu: side,
+            side: None,
+            ..*self
+        }))
+    }
+
+    /// Joins a branch from [`Fwd::fork`]: what is queued next here waits for it.
+    fn join(&self, branch: Option<Fwd>) -> Result<(), CudaError> {
+        if let Some(b) = branch {
+            self.gpu
+                .stream
+                .join(&b.gpu.stream)
+                .map_err(|e| CudaError::Driver(format!("join: {e}")))?;
+        }
+        Ok(())
     }
 
     fn mv(&self, s: &Scratch, m: &DevMat, c: Mv) -> Result<(), CudaError> {
@@ -1072,7 +1144,12 @@ impl Fwd<'_> {
         let qaq = q8_target(w.q_b.ty, cfg.q_lora, (&s.act2_q, &s.act2_d));
         let qa_in = (s.qkv_raw.ptr, qkv);
         self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
-        self.mv_act(
+        // The queries (q_b, their norm and RoPE) beside the K=V row, compressors and
+        // indexer, which do not read them, when q_b reads qa's Q8_0 as it is (else it
+        // would quantize into the buffer the indexer's q_b may read).
+        let qbranch = if qaq.is_some() { self.fork()? } else { None };
+        let fq = qbranch.as_ref().unwrap_or(self);
+        fq.mv_act(
             s,
             (&s.act2_q, &s.act2_d),
             qaq.is_some(),
@@ -1082,7 +1159,7 @@ impl Fwd<'_> {
 
         // Per-head weightless norm and RoPE of the queries; the K=V rows rotated,
         // simulated and stored before attention (a token attends to itself).
-        launch!(g, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
+        launch!(fq.gpu, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
             s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
         let ring_rows = (st.ring.bytes / 4 / hd) as i32;
         // kv_store normalizes the K=V row itself (kv_norm), from the [q_a; kv] output.
@@ -1162,6 +1239,7 @@ impl Fwd<'_> {
             sel = (s.sel.ptr, s.nsel.ptr);
         }
         self.record_selection(s, t, sel.0 != 0)?;
+        self.join(qbranch)?;
 
         // Attention over the raw window and the compressed rows, with sinks, then the
         // inverse rotation (V = K carries each key's rotation).
@@ -1297,6 +1375,40 @@ impl Fwd<'_> {
         let xq = q8_target(w.gate_up_sh.a_type(), e, (&s.act2_q, &s.act2_d));
         self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x.ptr, t, xq)?;
 
+        // The shared expert, weight 1, entirely in the second activation buffers (its
+        // input's Q8_0, then its hidden values' quantization), so that it may run as a
+        // branch beside the routed experts, which use the first ones. A Q8_K product
+        // would also write the shared block sums: then it stays in line.
+        let own_acts = [w.gate_up_sh.a_type(), w.down_sh.ty]
+            .into_iter()
+            .all(|ty| act_kind(ty) != ActKind::Q8K);
+        let shared = if own_acts { self.fork()? } else { None };
+        let fs = shared.as_ref().unwrap_or(self);
+        fs.mv_pair(
+            s,
+            &w.gate_up_sh,
+            (&s.act2_q, &s.act2_d),
+            xq.is_some(),
+            Mv::plain(s.xn.ptr, t, e, s.sgu.ptr, 2 * ff),
+        )?;
+        let sgu = (s.sgu.ptr, s.sgu.at::<f32>(ff), 2 * ff);
+        let qk = fs.swiglu(
+            s,
+            sgu,
+            (0, s.smid.ptr),
+            t,
+            clamp,
+            &w.down_sh,
+            (&s.act2_q, &s.act2_d),
+        )?;
+        fs.mv_act(
+            s,
+            (&s.act2_q, &s.act2_d),
+            qk,
+            &w.down_sh,
+            Mv::plain(s.smid.ptr, t, ff, s.sout.ptr, e),
+        )?;
+
         // Routing: sqrt(softplus) scores; hash layers take the experts from the table.
         self.mv(s, &w.router, Mv::plain(s.xn.ptr, t, e, s.rlog.ptr, ne))?;
         launch!(g, "route", (t as u32, 1, 1), 256, (2 * ne * 4) as u32;
@@ -1347,7 +1459,15 @@ impl Fwd<'_> {
             by_expert(s.xn.ptr, t, e, k, s.gu.ptr, 2 * ff),
         )?;
         let gu = (s.gu.ptr, s.gu.at::<f32>(ff), 2 * ff);
-        let qk = self.swiglu(s, gu, (s.wts.ptr, s.mid.ptr), nb, clamp, &w.down_exps)?;
+        let qk = self.swiglu(
+            s,
+            gu,
+            (s.wts.ptr, s.mid.ptr),
+            nb,
+            clamp,
+            &w.down_exps,
+            (&s.act_q, &s.act_d),
+        )?;
         self.mv(
             s,
             &w.down_exps,
@@ -1357,33 +1477,15 @@ impl Fwd<'_> {
             },
         )?;
 
-        // The shared expert, weight 1.
-        self.mv_pair(
-            s,
-            &w.gate_up_sh,
-            (&s.act2_q, &s.act2_d),
-            xq.is_some(),
-            Mv::plain(s.xn.ptr, t, e, s.sgu.ptr, 2 * ff),
-        )?;
-        let sgu = (s.sgu.ptr, s.sgu.at::<f32>(ff), 2 * ff);
-        let qk = self.swiglu(s, sgu, (0, s.smid.ptr), t, clamp, &w.down_sh)?;
-        self.mv(
-            s,
-            &w.down_sh,
-            Mv {
-                act_ready: qk,
-                ..Mv::plain(s.smid.ptr, t, ff, s.sout.ptr, e)
-            },
-        )?;
-
         // hc_post adds shared + routed in routing order, as the CPU does.
+        self.join(shared)?;
         self.hc_post_swap(s, t, s.sout.ptr, Some((s.routed.ptr, k)))
     }
 
     /// `mid = silu(g)·u·wt` (clamped) for `nb` items of `expert_ff` (item b's gate
     /// and up at `g`, `u` + b·stride), quantized on the way for `down` into the
-    /// activation buffers where whole blocks allow; returns whether it did (then
-    /// `down` reads them as they are).
+    /// activation buffers `act` (and `act_s`) where whole blocks allow; returns whether
+    /// it did (then `down` reads them as they are).
     fn swiglu(
         &self,
         s: &Scratch,
@@ -1392,6 +1494,7 @@ impl Fwd<'_> {
         nb: usize,
         clamp: f32,
         down: &DevMat,
+        act: (&DevBuf, &DevBuf),
     ) -> Result<bool, CudaError> {
         let ff = self.cfg.expert_ff;
         let qkind = match act_kind(down.ty) {
@@ -1401,7 +1504,7 @@ impl Fwd<'_> {
             ActKind::Q8K => 2,
         };
         launch!(self.gpu, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
-            g, u, stride as i32, wts, mid, ff as i32, nb as i32, clamp, s.act_q.ptr, s.act_d.ptr,
+            g, u, stride as i32, wts, mid, ff as i32, nb as i32, clamp, act.0.ptr, act.1.ptr,
             s.act_s.ptr, qkind)?;
         Ok(qkind != 0)
     }

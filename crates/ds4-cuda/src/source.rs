@@ -23,6 +23,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_bf16_1",
     "mv_q8_0",
     "mv_q8_0_1",
+    "mv_q8_0_r2",
+    "mv_q8_0_r4",
     "mm_q8_0",
     "mm_q8_0_cp",
     "mv_q2_k",
