@@ -452,9 +452,9 @@ pub struct Fwd<'a> {
     /// Being captured into a graph that replays at later positions: launch shapes must
     /// not depend on the position (kernels skip what the position excludes).
     pub capture: bool,
-    /// A second stream for independent chains of a captured decode step (see
-    /// [`Fwd::fork`]); None runs everything in order on `gpu`.
-    pub side: Option<&'a Gpu>,
+    /// Further streams for independent chains of a captured decode step (see
+    /// [`Fwd::fork`]); empty runs everything in order on `gpu`.
+    pub side: &'a [Gpu],
 }
 
 /// Whether a captured decode step runs independent chains as parallel graph branches
@@ -763,24 +763,37 @@ fn use_tensor_cores(m: &DevMat, c: &Mv) -> bool {
 /// `y = W·x` with the activations prepared as the CPU prepares them (Q8_0 for Q8_0
 /// weights, Q8_K for the K-quants and IQ2_XXS, f32 for float weights) in `act`
 /// (int8 values, block scales, Q8_K block sums).
-pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), CudaError> {
-    let g = gpu;
-    let n = c.n_act * c.x_len;
-    let kind = act_kind(m.ty);
+/// The activations of `n` floats at `x` quantized as a product of `kind` reads them,
+/// into `act` (quants, scales, Q8_K block sums).
+fn quant_launch(
+    g: &Gpu,
+    kind: ActKind,
+    x: u64,
+    n: usize,
+    act: [&DevBuf; 3],
+) -> Result<(), CudaError> {
     match kind {
-        _ if c.act_ready => {}
-        ActKind::F32 => {}
+        ActKind::F32 => Ok(()),
         ActKind::Q8_0 => {
             let nblk = n / 32;
             // Eight lanes per block of 32: 16 blocks per 128 threads.
             launch!(g, "quant_q8_0", (ceil_div(nblk, 16), 1, 1), 128, 0;
-                c.x, act[0].ptr, act[1].ptr, nblk as i32)?;
+                x, act[0].ptr, act[1].ptr, nblk as i32)
         }
         ActKind::Q8K => {
             let nblk = n / 256;
             launch!(g, "quant_q8_k", (ceil_div(nblk, 4), 1, 1), 128, 0;
-                c.x, act[0].ptr, act[1].ptr, act[2].ptr, nblk as i32)?;
+                x, act[0].ptr, act[1].ptr, act[2].ptr, nblk as i32)
         }
+    }
+}
+
+pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), CudaError> {
+    let g = gpu;
+    let n = c.n_act * c.x_len;
+    let kind = act_kind(m.ty);
+    if !c.act_ready {
+        quant_launch(g, kind, c.x, n, act)?;
     }
     // Items sharing one matrix share a warp's weight loads (up to MAXNT = 8 in ds4.cu);
     // routed items each have their own expert.
@@ -914,12 +927,12 @@ impl<'a> Fwd<'a> {
         }
     }
 
-    /// The side branch: a forward on the side stream that starts after the work queued
+    /// Side branch `i`: a forward on side stream `i` that starts after the work queued
     /// so far on this one (an event edge in the captured graph). Decode's chains of
     /// small latency-bound kernels then overlap: a short run's kernels leave most SMs
     /// idle. Only while capturing with a side stream; otherwise None (run in order).
-    fn fork(&self) -> Result<Option<Fwd<'a>>, CudaError> {
-        let Some(side) = self.side.filter(|_| self.capture) else {
+    fn fork(&self, i: usize) -> Result<Option<Fwd<'a>>, CudaError> {
+        let Some(side) = self.side.get(i).filter(|_| self.capture) else {
             return Ok(None);
         };
         let ev = self
@@ -932,7 +945,7 @@ impl<'a> Fwd<'a> {
             .map_err(|e| CudaError::Driver(format!("stream wait: {e}")))?;
         Ok(Some(Fwd {
             gpu: side,
-            side: None,
+            side: &[],
             ..*self
         }))
     }
@@ -1147,7 +1160,7 @@ impl<'a> Fwd<'a> {
         // The queries (q_b, their norm and RoPE) beside the K=V row, compressors and
         // indexer, which do not read them, when q_b reads qa's Q8_0 as it is (else it
         // would quantize into the buffer the indexer's q_b may read).
-        let qbranch = if qaq.is_some() { self.fork()? } else { None };
+        let qbranch = if qaq.is_some() { self.fork(0)? } else { None };
         let fq = qbranch.as_ref().unwrap_or(self);
         fq.mv_act(
             s,
@@ -1170,11 +1183,19 @@ impl<'a> Fwd<'a> {
         // Compressors, then the indexer's selection (§3.6, §3.7).
         let kind = cfg.attn_kind(l);
         let ratio = kind.ratio();
+        let mut cbranch = None;
         if let (Some(cw), Some((rows, fkv, fsc))) = (&w.compressor, &st.comp) {
+            // The attention compressor beside the indexer when its product reads xn as
+            // floats (else it would quantize xn into the buffer the indexer's product
+            // also fills).
+            if act_kind(cw.kv_gate.a_type()) == ActKind::F32 {
+                cbranch = self.fork(1)?;
+            }
+            let fc = cbranch.as_ref().unwrap_or(self);
             // One product [kv; gate] of xn: a token's values then its scores.
             let width = kind.coff() * hd;
             let c = Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, 2 * width);
-            self.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
+            fc.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
             let c = Compress {
                 input: (s.ckv.ptr, s.ckv.at::<f32>(width), 2 * width),
                 ape: cw.ape.ptr,
@@ -1185,7 +1206,7 @@ impl<'a> Fwd<'a> {
                 d: hd,
                 sim,
             };
-            self.compress(s, &c, l, pos0, t)?;
+            fc.compress(s, &c, l, pos0, t)?;
         }
         let mut sel = (0u64, 0u64);
         if let (Some(iw), Some((irows, fkv, fsc))) = (&w.indexer, &st.icomp) {
@@ -1240,6 +1261,7 @@ impl<'a> Fwd<'a> {
         }
         self.record_selection(s, t, sel.0 != 0)?;
         self.join(qbranch)?;
+        self.join(cbranch)?;
 
         // Attention over the raw window and the compressed rows, with sinks, then the
         // inverse rotation (V = K carries each key's rotation).
@@ -1382,7 +1404,7 @@ impl<'a> Fwd<'a> {
         let own_acts = [w.gate_up_sh.a_type(), w.down_sh.ty]
             .into_iter()
             .all(|ty| act_kind(ty) != ActKind::Q8K);
-        let shared = if own_acts { self.fork()? } else { None };
+        let shared = if own_acts { self.fork(0)? } else { None };
         let fs = shared.as_ref().unwrap_or(self);
         fs.mv_pair(
             s,
@@ -1408,6 +1430,23 @@ impl<'a> Fwd<'a> {
             &w.down_sh,
             Mv::plain(s.smid.ptr, t, ff, s.sout.ptr, e),
         )?;
+
+        // The routed experts' quantization of xn does not wait for the routing: a branch
+        // beside it (the router reads xn as floats, so nothing else touches act_*).
+        let gkind = act_kind(w.gate_up_exps.a_type());
+        let xquant = match (gkind, act_kind(w.router.ty)) {
+            (ActKind::F32, _) | (_, ActKind::Q8_0 | ActKind::Q8K) => None,
+            _ => self.fork(1)?,
+        };
+        if let Some(b) = &xquant {
+            quant_launch(
+                b.gpu,
+                gkind,
+                s.xn.ptr,
+                t * e,
+                [&s.act_q, &s.act_d, &s.act_s],
+            )?;
+        }
 
         // Routing: sqrt(softplus) scores; hash layers take the experts from the table.
         self.mv(s, &w.router, Mv::plain(s.xn.ptr, t, e, s.rlog.ptr, ne))?;
@@ -1451,11 +1490,13 @@ impl<'a> Fwd<'a> {
                 act_ready: false,
             };
         // Gate and up of each item in one product ([gate; up] per expert).
+        let ready = xquant.is_some();
+        self.join(xquant)?;
         self.mv_pair(
             s,
             &w.gate_up_exps,
             (&s.act_q, &s.act_d),
-            false,
+            ready,
             by_expert(s.xn.ptr, t, e, k, s.gu.ptr, 2 * ff),
         )?;
         let gu = (s.gu.ptr, s.gu.at::<f32>(ff), 2 * ff);

@@ -215,7 +215,7 @@ impl CudaState<'_> {
         }
     }
 
-    fn fwd<'a>(&'a self, gpu: &'a Gpu, capture: bool, side: Option<&'a Gpu>) -> Fwd<'a> {
+    fn fwd<'a>(&'a self, gpu: &'a Gpu, capture: bool, side: &'a [Gpu]) -> Fwd<'a> {
         Fwd {
             gpu,
             cfg: &self.be.cfg,
@@ -238,20 +238,17 @@ impl CudaState<'_> {
             .new_stream()
             .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
         let gpu = main.on_stream(stream.clone());
-        // The side stream of the step's parallel branches (see Fwd::fork).
-        let side = if forward::branches_on() {
-            let st = stream
-                .fork()
-                .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
-            Some(main.on_stream(st))
-        } else {
-            None
-        };
+        // The side streams of the step's parallel branches (see Fwd::fork).
+        let n_side = if forward::branches_on() { 2 } else { 0 };
+        let side = (0..n_side)
+            .map(|_| stream.fork().map(|st| main.on_stream(st)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
         main.sync()?;
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
-        let f = self.fwd(&gpu, true, side.as_ref());
+        let f = self.fwd(&gpu, true, &side);
         let body = f
             .layers_pass(&self.scratch, &self.layers, 1, self.n_tokens)
             .and_then(|_| f.head(&self.scratch, 0, 1));
@@ -268,7 +265,7 @@ impl CudaState<'_> {
         if self.graph.is_none() {
             self.graph = Some(self.capture_decode()?);
         }
-        let f = self.fwd(&self.be.gpu, false, None);
+        let f = self.fwd(&self.be.gpu, false, &[]);
         // Synchronous copies on the legacy stream: they wait for work queued there
         // (restores, resets) and are done before the graph starts.
         f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
@@ -374,10 +371,10 @@ impl ForwardState for CudaState<'_> {
             // the GPU, and a next kernel's blocks resident early, waiting, only take
             // room from the current one's last waves (prefill measured 5% faster).
             let gpu = self.be.gpu.with_pdl(false);
-            let f = self.fwd(&gpu, false, None);
+            let f = self.fwd(&gpu, false, &[]);
             f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
         } else {
-            let f = self.fwd(&self.be.gpu, false, None);
+            let f = self.fwd(&self.be.gpu, false, &[]);
             f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
         };
         self.n_tokens += toks.len();
