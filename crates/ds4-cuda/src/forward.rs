@@ -1212,6 +1212,23 @@ impl<'a> Fwd<'a> {
         if let (Some(iw), Some((irows, fkv, fsc))) = (&w.indexer, &st.icomp) {
             let (nhi, di) = (cfg.indexer_heads, cfg.indexer_head_dim);
             let ic = &iw.compressor;
+            // The indexer's queries and weights (q_b, proj, prep) beside its compressor,
+            // when its three products read their inputs as floats (no act_* writes).
+            let floats = [ic.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
+                .into_iter()
+                .all(|ty| act_kind(ty) == ActKind::F32);
+            let ibranch = if floats { self.fork(2)? } else { None };
+            let fi = ibranch.as_ref().unwrap_or(self);
+            fi.mv_act(
+                s,
+                (&s.act2_q, &s.act2_d),
+                qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
+                &iw.q_b,
+                Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
+            )?;
+            fi.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
+            launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
+                s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
             let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
             self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
             let c = Compress {
@@ -1225,16 +1242,7 @@ impl<'a> Fwd<'a> {
                 sim: 2 * sim,
             };
             self.compress(s, &c, l, pos0, t)?;
-            self.mv_act(
-                s,
-                (&s.act2_q, &s.act2_d),
-                qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
-                &iw.q_b,
-                Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
-            )?;
-            self.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
-            launch!(g, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
-                s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
+            self.join(ibranch)?;
             let max_n = if self.capture {
                 s.max_irows
             } else {
