@@ -1638,6 +1638,7 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 #define HC_MAX_MIX 24  // hc = 4: 2·4 + 4·4 (the host checks these bounds)
 #define HC_MAX 4
 #define HC_COLS 4      // n ≤ 4096
+#define HC_MAX_BLK 32  // hc·n ≤ 32,768
 // The last block's part of the fused HC pre-steps: with the token's mixing logits in
 // `zs` (shared, written by threads < mix before the call), hc_pre_norm's step — the
 // pre-mix y = Σ pre[h]·X[h], its RMSNorm with `nw` into xn (and its Q8_0 with `q`), and
@@ -1698,17 +1699,23 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
                                   Load load) {
     __shared__ double shd[32];
     __shared__ float shm[32][HC_MAX_MIX];  // [warp][row]
+    __shared__ float ps[HC_MAX_BLK][HC_MAX_MIX];
+    __shared__ float sc_s[3], base_s[HC_MAX_MIX];
     __shared__ int last;
     int he = hc * n, t = blockIdx.y, nblk = gridDim.x;
     int c = blockIdx.x * 1024 + threadIdx.x;
     pdl_signal_early();
+    // Model weights, not step data: all loaded before the wait (the last block's pre-step
+    // reads scale and base from shared memory rather than one more round trip each).
     float wv[HC_MAX_MIX];
 #pragma unroll
     for (int m = 0; m < HC_MAX_MIX; m++) wv[m] = m < mix ? load(w[(size_t)m * he + c]) : 0.0f;
+    if (threadIdx.x < 3) sc_s[threadIdx.x] = scale[threadIdx.x];
+    if (threadIdx.x < mix) base_s[threadIdx.x] = base[threadIdx.x];
     pdl_wait();
     const float* xv = x + (size_t)t * he;
     double ss = 0.0;
-#pragma unroll 8
+#pragma unroll 16
     for (int i = threadIdx.x; i < he; i += 1024) ss += (double)xv[i] * (double)xv[i];
     ss = block_sum_d(ss, shd);
     float r = (float)(1.0 / sqrt(ss / (double)he + (double)eps));
@@ -1733,16 +1740,19 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
     __syncthreads();
     if (!last) return;
     __threadfence();
+    // Every block's shares in one round of loads, then added in block order.
     __shared__ float zs[HC_MAX_MIX];
+    for (int i = threadIdx.x; i < nblk * mix; i += 1024)
+        ps[i / mix][i % mix] = __ldcg(&part[(size_t)t * nblk * mix + i]);
+    __syncthreads();
     if (threadIdx.x < mix) {
         float a = 0.0f;
-#pragma unroll 4
-        for (int k = 0; k < nblk; k++) a += __ldcg(&part[((size_t)t * nblk + k) * mix + threadIdx.x]);
+        for (int k = 0; k < nblk; k++) a += ps[k][threadIdx.x];
         zs[threadIdx.x] = a;
         z[(size_t)t * mix + threadIdx.x] = a;
     }
     if (threadIdx.x == 0) count[t] = 0;
-    hc_pre_last(t, zs, xv, scale, base, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d);
+    hc_pre_last(t, zs, xv, sc_s, base_s, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d);
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f16(
     const u16* w, const float* x, float* part, int* count, float* z, const float* scale,

@@ -728,7 +728,7 @@ fn hc_fused_on() -> bool {
 }
 
 /// The most HC mixing logits `hc_pre_fused_*` takes (its HC_MAX_MIX: hc = 4; it also
-/// takes hc ≤ 4 and n_embd ≤ 4096, HC_MAX and HC_COLS there).
+/// takes hc ≤ 4, n_embd ≤ 4096 and hc·n_embd ≤ 32,768: HC_MAX, HC_COLS and HC_MAX_BLK).
 const HC_MAX_MIX: usize = 24;
 
 /// Rows per warp of all of decode's Q8_0 products when `DS4_CUDA_Q8_R` is 1
@@ -1061,7 +1061,8 @@ impl<'a> Fwd<'a> {
         // Decode: the whole step in one launch (see hc_pre_fused_body in ds4.cu).
         let one = fused
             .filter(|_| hc_fused_on() && he.is_multiple_of(1024) && cfg.hc_mix() <= HC_MAX_MIX)
-            .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32));
+            .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32))
+            .filter(|_| he <= 32 * 1024);
         if let Some(kernel) = one {
             let kernel = if kernel == "hc_fn_rms_f16" {
                 "hc_pre_fused_f16"
