@@ -1429,8 +1429,7 @@ impl<'a> Fwd<'a> {
             (0, s.smid.ptr),
             t,
             clamp,
-            &w.down_sh,
-            (&s.act2_q, &s.act2_d),
+            (&w.down_sh, (&s.act2_q, &s.act2_d)),
         )?;
         fs.mv_act(
             s,
@@ -1515,8 +1514,7 @@ impl<'a> Fwd<'a> {
             (s.wts.ptr, s.mid.ptr),
             nb,
             clamp,
-            &w.down_exps,
-            (&s.act_q, &s.act_d),
+            (&w.down_exps, (&s.act_q, &s.act_d)),
         )?;
         self.mv(
             s,
@@ -1543,8 +1541,7 @@ impl<'a> Fwd<'a> {
         (wts, mid): (u64, u64),
         nb: usize,
         clamp: f32,
-        down: &DevMat,
-        act: (&DevBuf, &DevBuf),
+        (down, act): (&DevMat, (&DevBuf, &DevBuf)),
     ) -> Result<bool, CudaError> {
         let ff = self.cfg.expert_ff;
         let qkind = match act_kind(down.ty) {
