@@ -46,9 +46,10 @@ __device__ __forceinline__ u32 rd32(const u8* p) {
 // completion. The signal lets the next kernel's blocks be scheduled: with DS4_PDL_EARLY
 // (the host's switch, DS4_CUDA_PDL_EARLY) before this kernel's wait, so that a chain of
 // short kernels is resident ahead of time and may load what does not depend on the step
-// (hc_pre_fused's weights) before their turn; otherwise after it. Early signalling cannot deadlock: the next kernel is launched only once all
-// of this one's blocks have started, so a waiting block never holds a slot that an
-// earlier kernel still needs. Both are no-ops when the launch did not ask for PDL.
+// (hc_pre_fused's weights) before their turn; otherwise after it. Early signalling
+// cannot deadlock: the next kernel is launched only once all of this one's blocks have
+// started, so a waiting block never holds a slot that an earlier kernel still needs.
+// Both are no-ops when the launch did not ask for PDL.
 #ifndef DS4_PDL_EARLY
 #define DS4_PDL_EARLY 0
 #endif

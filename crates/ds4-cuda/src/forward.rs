@@ -760,9 +760,6 @@ fn use_tensor_cores(m: &DevMat, c: &Mv) -> bool {
         && (c.group.0 == 0 || c.group.0.is_multiple_of(64))
 }
 
-/// `y = W·x` with the activations prepared as the CPU prepares them (Q8_0 for Q8_0
-/// weights, Q8_K for the K-quants and IQ2_XXS, f32 for float weights) in `act`
-/// (int8 values, block scales, Q8_K block sums).
 /// The activations of `n` floats at `x` quantized as a product of `kind` reads them,
 /// into `act` (quants, scales, Q8_K block sums).
 fn quant_launch(
@@ -788,6 +785,9 @@ fn quant_launch(
     }
 }
 
+/// `y = W·x` with the activations prepared as the CPU prepares them (Q8_0 for Q8_0
+/// weights, Q8_K for the K-quants and IQ2_XXS, f32 for float weights) in `act`
+/// (int8 values, block scales, Q8_K block sums).
 pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), CudaError> {
     let g = gpu;
     let n = c.n_act * c.x_len;
@@ -1159,9 +1159,18 @@ impl<'a> Fwd<'a> {
         let qa_in = (s.qkv_raw.ptr, qkv);
         self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
         // The queries (q_b, their norm and RoPE) beside the K=V row, compressors and
-        // indexer, which do not read them, when q_b reads qa's Q8_0 as it is (else it
-        // would quantize into the buffer the indexer's q_b may read).
-        let qbranch = if qaq.is_some() { self.fork(0)? } else { None };
+        // indexer, which do not read them, when nothing writes qa's Q8_0 meanwhile: q_b
+        // reads it as it is, and the indexer's q_b reads it too or takes floats (a Q8_K
+        // one would quantize qa into the same buffer).
+        let idx_qb_reads = w
+            .indexer
+            .as_ref()
+            .is_none_or(|iw| matches!(act_kind(iw.q_b.ty), ActKind::F32 | ActKind::Q8_0));
+        let qbranch = if qaq.is_some() && idx_qb_reads {
+            self.fork(0)?
+        } else {
+            None
+        };
         let fq = qbranch.as_ref().unwrap_or(self);
         fq.mv_act(
             s,
