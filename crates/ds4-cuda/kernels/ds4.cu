@@ -910,6 +910,83 @@ template <int NTM> __device__ void mv_q2_k_body(const MvArgs& a) {
 extern "C" __global__ void mv_q2_k(MvArgs a) { pdl_begin(); mv_q2_k_body<MAXNT>(a); }
 extern "C" __global__ void mv_q2_k_1(MvArgs a) { pdl_begin(); mv_q2_k_body<1>(a); }
 
+// Q2_K for one item per warp (decode), four rows a warp: mv_q2_k_body<1>'s per-lane
+// arithmetic in the same order (bit-identical), with every row's quants, scales and
+// d/dmin loaded before any is used — 28 loads in flight per lane where the general body
+// has 7 and a warp then waits a whole memory round trip per row (the routed down
+// product: 1,254 GB/s in v12). The activations are loaded once for the four rows.
+extern "C" __global__ void __launch_bounds__(128) mv_q2_k_1r(MvArgs a) { pdl_begin();
+    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
+        mv_q2_k_body<1>(a);
+        return;
+    }
+    const int NTM = 1;
+    MV_ITEMS
+    int nblk = a.cols / 256;
+    int rstep = gridDim.x * warps;
+    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
+    long long xo = mv_xoff(a, item[0], 0);
+    for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
+        const u8* w[4];
+        float acc[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = min(rb + j * rstep, a.rows - 1);
+            w[j] = a.w + e * a.mat_bytes + (size_t)r * nblk * 84;
+            acc[j] = 0.0f;
+        }
+        for (int it = lane; it < nblk * 4; it += 32) {
+            int ib = it >> 2, q = it & 3, k = q >> 1, h = q & 1;
+            u32 qw[4][4], dd[4], sc4[4], sc4b[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u8* blk = w[j] + ib * 84;
+                const u32* q32 = (const u32*)(blk + 16 + 16 * q);
+#pragma unroll
+                for (int v = 0; v < 4; v++) qw[j][v] = __ldg(q32 + v);
+                dd[j] = __ldg((const u32*)(blk + 80));
+                sc4[j] = __ldg((const u32*)(blk + 8 * k));
+                sc4b[j] = __ldg((const u32*)(blk + 8 * k + 4));
+            }
+            const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
+            const short* bs = a.xs + (xo >> 4) + 16 * ib + 8 * k + h;
+            int4 xv[4];
+            int bsv[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                xv[j] = *(const int4*)(xb + 32 * j);
+                bsv[j] = (int)bs[2 * j];
+            }
+            float dx = a.xd[(xo >> 8) + ib];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float d = h2f((u16)(dd[j] & 0xffff)), dmin = h2f((u16)(dd[j] >> 16));
+                int sumsc = 0, summs = 0;
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    u32 m = 0x03030303u;
+                    int s = __dp4a((int)((qw[j][0] >> (2 * p)) & m), xv[p].x, 0);
+                    s = __dp4a((int)((qw[j][1] >> (2 * p)) & m), xv[p].y, s);
+                    s = __dp4a((int)((qw[j][2] >> (2 * p)) & m), xv[p].z, s);
+                    s = __dp4a((int)((qw[j][3] >> (2 * p)) & m), xv[p].w, s);
+                    int sb = 2 * p + h;
+                    int scb = (int)(((sb < 4 ? sc4[j] : sc4b[j]) >> (8 * (sb & 3))) & 0xff);
+                    sumsc += (scb & 0xf) * s;
+                    summs += (scb >> 4) * bsv[p];
+                }
+                acc[j] += dx * d * (float)sumsc;
+                acc[j] -= dx * dmin * (float)summs;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = rb + j * rstep;
+            float v = warp_sum(acc[j]);
+            if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
+        }
+    }
+}
+
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
     if (j < 4) {
         *sc = s[j] & 63;
@@ -964,6 +1041,55 @@ extern "C" __global__ void mv_q4_k_1(MvArgs a) { pdl_begin(); mv_q4_k_body<1>(a)
 __device__ __forceinline__ void iq2_tables_to_shared(u64* grid_s, u64* sign_s) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
     for (int i = threadIdx.x; i < 128; i += blockDim.x) sign_s[i] = KSIGN_MASK[i];
+}
+
+// The IQ2_XXS grid replicated C times in shared memory, copy c of entry i at tab[C·i + c]:
+// lanes index the grid with unrelated values, and one shared copy makes a warp's loads
+// conflict (≈3 wavefronts per half-warp's 8-byte loads, ≈3 per warp's 4-byte ones);
+// with a copy per bank pair they cannot. A lane reading a whole entry takes copy
+// lane & 15 (C = 16: a half-warp's 16 lanes in 16 distinct bank pairs); a tensor-core
+// lane wanting one half h = lane & 1 of an entry reads 32-bit word 2·(C·i + c) + h with
+// c = (lane >> 1) % C (C = 16: 32 distinct banks). Each thread writes its entries'
+// copies rotated by the entry so that a warp's stores fall in distinct bank pairs.
+// Model constants: the kernels fill it before their dependency wait.
+template <int C> __device__ __forceinline__ void iq2_grid_replicas(u64* tab) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        u64 v = IQ2XXS_GRID[i];
+#pragma unroll
+        for (int c = 0; c < C; c++) tab[C * i + ((c + i) & (C - 1))] = v;
+    }
+}
+
+// KSIGN_MASK replicated C times likewise (sgn[C·s + c]), for kernels whose integer
+// pipeline is the bottleneck: one conflict-free load per 8 weights instead of about ten
+// instructions of iq2_sign_word.
+template <int C> __device__ __forceinline__ void iq2_sign_replicas(u64* sgn) {
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+        u64 v = KSIGN_MASK[i];
+#pragma unroll
+        for (int c = 0; c < C; c++) sgn[C * i + ((c + i) & (C - 1))] = v;
+    }
+}
+
+// The sign byte masks of a 7-bit KSIGNS index, computed rather than looked up (one
+// shared-memory or L1 gather fewer per 8 weights): KSIGNS[s] is s with bit 7 set to
+// its parity (an even count of negated weights), so its bits are spread one per byte
+// (s · 0x01010101 masked to bit j of byte j; the parity lands as bit 31, popc << 31)
+// and each byte widened to 0x00 / 0xff: adding 0x7f sets a byte's top bit exactly
+// where the byte is non-zero (no carry out: a byte is 0 or a power of two), and prmt's
+// sign-replicate selectors (8 + byte) spread that bit over the byte — PTX prmt itself:
+// the __byte_perm intrinsic keeps only the selectors' low three bits. `sel` picks bits
+// 0-3 (0x08040201, the entry's low word) or 4-7 (0x80402010, its high word).
+__device__ __forceinline__ u32 iq2_sign_word(u32 s7, u32 sel) {
+    u32 t = (((s7 * 0x01010101u) | (__popc(s7) << 31)) & sel) + 0x7f7f7f7fu, m;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(m) : "r"(t), "r"(0u), "r"(0xBA98u));
+    return m;
+}
+// A grid word with its signs applied: bytes under a 0xff mask negated, (g ^ m) + 1
+// byte-wise. No byte carries into the next: grid bytes are 8, 25 or 43, so a negated
+// byte is at most 0xf8. Equal to __vsub4(g ^ m, m), in three instructions.
+__device__ __forceinline__ int iq2_signed(u32 g, u32 m) {
+    return (int)((g ^ m) + (m & 0x01010101u));
 }
 
 // IQ2_XXS, split: per block 64 bytes of quants (8 groups of a u32 of grid indices and a
@@ -1125,6 +1251,140 @@ extern "C" __global__ void __launch_bounds__(256) mv_iq2_xxs_1(MvArgs a) { pdl_b
     }
 }
 
+// mv_iq2_xxs_1 with the grid from a per-block replica in shared memory (conflict-free
+// loads, filled before the dependency wait) and the signs computed: two L1 gathers per 8
+// weights become one conflict-free shared load. The same arithmetic in the same order
+// (bit-identical results). Launched with at most one block per two rows' worth of
+// resident slots (the host sizes the grid to one wave), so each block fills its 32 KB
+// replica once and walks several rounds of rows.
+template <int U, bool ST>
+__device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* tab, const u64* sgn) {
+    const int NTM = 1;
+    MV_ITEMS
+    int nch = a.cols / 64;
+    int rstep = gridDim.x * warps;
+    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
+    long long xo0 = mv_xoff(a, item[0], 0);
+    const u64* tl = tab + (lane & 15);
+    const u8* wq0 = a.w + e * a.mat_bytes;
+    const u16* wd0 = (const u16*)(a.sc + e * a.sc_mat_bytes);
+    for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
+        // Row indices rather than eight 64-bit pointers: the registers go to loads in flight.
+        int rr[4];
+        float acc[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            rr[j] = min(rb + j * rstep, a.rows - 1);
+            acc[j] = 0.0f;
+        }
+        for (int c0 = lane; c0 < nch; c0 += 32 * U) {
+            int4 wv[4][U];
+            float dw[4][U];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    int c = c0 + 32 * u;
+                    bool ok = c < nch;
+                    wv[j][u] = ok ? ldg4(wq0 + ((size_t)rr[j] * nch + c) * 16) : make_int4(0, 0, 0, 0);
+                    dw[j][u] = ok ? h2f(__ldg(wd0 + (size_t)rr[j] * (nch >> 2) + (c >> 2))) : 0.0f;
+                }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int c = c0 + 32 * u;
+                if (c >= nch) break;
+                int ib = c >> 2, g0 = 2 * (c & 3);
+                float dx = a.xd[(xo0 >> 8) + ib];
+                int4 xv[2][2];
+#pragma unroll
+                for (int gg = 0; gg < 2; gg++) {
+                    const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
+                    xv[gg][0] = *(const int4*)xb;
+                    xv[gg][1] = *(const int4*)(xb + 16);
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 qw[4] = {(u32)wv[j][u].x, (u32)wv[j][u].y, (u32)wv[j][u].z, (u32)wv[j][u].w};
+                    // The two groups' sums times their scales, in integers (as the CPU's
+                    // block sum), then one float step per piece; the 1/8 at the end.
+                    int bsum = 0;
+#pragma unroll
+                    for (int gg = 0; gg < 2; gg++) {
+                        u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
+                        int ls = 2 * (int)(a1 >> 28) + 1;
+                        int w8[8];
+#pragma unroll
+                        for (int l = 0; l < 4; l++) {
+                            u64 gr = tl[16 * ((a0 >> (8 * l)) & 0xff)];
+                            u32 s7 = (a1 >> (7 * l)) & 127;
+                            u32 slo, shi;
+                            if (ST) {
+                                u64 sg = sgn[16 * s7 + (lane & 15)];
+                                slo = (u32)sg;
+                                shi = (u32)(sg >> 32);
+                            } else {
+                                slo = iq2_sign_word(s7, 0x08040201u);
+                                shi = iq2_sign_word(s7, 0x80402010u);
+                            }
+                            w8[2 * l] = iq2_signed((u32)gr, slo);
+                            w8[2 * l + 1] = iq2_signed((u32)(gr >> 32), shi);
+                        }
+                        int4 x0 = xv[gg][0], x1 = xv[gg][1];
+                        int sumi = __dp4a(w8[0], x0.x, 0);
+                        sumi = __dp4a(w8[1], x0.y, sumi);
+                        sumi = __dp4a(w8[2], x0.z, sumi);
+                        sumi = __dp4a(w8[3], x0.w, sumi);
+                        sumi = __dp4a(w8[4], x1.x, sumi);
+                        sumi = __dp4a(w8[5], x1.y, sumi);
+                        sumi = __dp4a(w8[6], x1.z, sumi);
+                        sumi = __dp4a(w8[7], x1.w, sumi);
+                        bsum += sumi * ls;
+                    }
+                    acc[j] += (dw[j][u] * dx) * (float)bsum;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = rb + j * rstep;
+            float v = 0.125f * warp_sum(acc[j]);
+            if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
+        }
+    }
+}
+
+// U: 16-byte pieces a lane loads per row per round (4·U loads in flight). U = 1 fits 80
+// registers (three blocks an SM: 24 warps, 48 KB in flight); U = 2 takes 236 (one block:
+// 8 warps, 32 KB) — ptxas hoists the table loads of all four rows.
+extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1t(MvArgs a) {
+    __shared__ u64 tab[16 * 256];
+    pdl_signal_early();
+    iq2_grid_replicas<16>(tab);
+    pdl_wait();
+    __syncthreads();
+    mv_iq2_xxs_1t_body<1, false>(a, tab, nullptr);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) mv_iq2_xxs_1t2(MvArgs a) {
+    __shared__ u64 tab[16 * 256];
+    pdl_signal_early();
+    iq2_grid_replicas<16>(tab);
+    pdl_wait();
+    __syncthreads();
+    mv_iq2_xxs_1t_body<2, false>(a, tab, nullptr);
+}
+// The sign masks from 16 replicas of KSIGN_MASK as well (16 KB more shared memory, one
+// conflict-free load per 8 weights instead of about a dozen integer instructions).
+extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1ts(MvArgs a) {
+    __shared__ u64 tab[16 * 256];
+    __shared__ u64 sgn[16 * 128];
+    pdl_signal_early();
+    iq2_grid_replicas<16>(tab);
+    iq2_sign_replicas<16>(sgn);
+    pdl_wait();
+    __syncthreads();
+    mv_iq2_xxs_1t_body<1, true>(a, tab, sgn);
+}
+
 #define MM_NG 32
 
 __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
@@ -1147,9 +1407,15 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 // a warp fall in distinct banks.
 #define IQ_LDW 80
 #define IQ_LDB 272
-template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
-    __shared__ u64 grid_s[256];
-    __shared__ u64 sign_s[128];
+// C > 0: the grid from C replicas (iq2_grid_replicas) and the signs computed, or with ST
+// taken from C replicas of the sign masks (iq2_sign_replicas); C = 0: one copy of the
+// grid and the sign masks looked up (v11).
+template <int NG, int C, bool ST = false>
+__device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
+    __shared__ u64 tabs[C > 0 ? C * 256 : 384];
+    __shared__ u64 sgn[ST ? C * 128 : 1];
+    u64* grid_s = tabs;
+    u64* sign_s = tabs + 256;
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     __shared__ __align__(16) u8 ws[2][64 * IQ_LDW];
@@ -1163,7 +1429,11 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    iq2_tables_to_shared(grid_s, sign_s);
+    if (C > 0)
+        iq2_grid_replicas<(C > 0 ? C : 1)>(tabs);
+    if (ST) iq2_sign_replicas<(C > 0 ? C : 1)>(sgn);
+    if (C == 0)
+        iq2_tables_to_shared(grid_s, sign_s);
     for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
         int it = sl < nt ? a.perm[first + sl] : -1;
         items[sl] = it;
@@ -1226,6 +1496,15 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
             dx0[j] = dxs[buf][8 * j + 2 * tq];
             dx1[j] = dxs[buf][8 * j + 2 * tq + 1];
         }
+        // C > 0: each group's mma sums times its scale added in integers over the
+        // 256-column block (as the CPU's block sum; |sum| < 8·31·32·43·128), then one
+        // float step per block — four integer multiply-adds per mma where v12 spent
+        // four conversions and float steps per mma (the kernel is issue-bound).
+        int ci[NG / 8][4];
+#pragma unroll
+        for (int j = 0; j < NG / 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) ci[j][q] = 0;
 #pragma unroll 2
         for (int gq = 0; gq < 8; gq++) {
             uint2 wva = *(const uint2*)(wa + 8 * gq), wvb = *(const uint2*)(wb + 8 * gq);
@@ -1236,11 +1515,20 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
                 // q: 0 row a cols 4tq.., 1 row b, 2 row a cols 16+4tq.., 3 row b.
                 u32 g0 = (q & 1) ? a0b : a0a, g1 = (q & 1) ? a1b : a1a;
                 int l = l0 + ((q & 2) ? 2 : 0);
-                u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
-                u64 sg = sign_s[(g1 >> (7 * l)) & 127];
-                u32 gw = half ? (u32)(gr >> 32) : (u32)gr;
-                u32 sw = half ? (u32)(sg >> 32) : (u32)sg;
-                af[q] = (int)__vsub4(gw ^ sw, sw);
+                if (C > 0) {
+                    u32 idx = (g0 >> (8 * l)) & 0xff;
+                    u32 gw = ((const u32*)tabs)[2 * (C * idx + ((lane >> 1) & (C - 1))) + half];
+                    u32 s7 = (g1 >> (7 * l)) & 127;
+                    u32 sw = ST ? ((const u32*)sgn)[2 * (C * s7 + ((lane >> 1) & (C - 1))) + half]
+                                : iq2_sign_word(s7, half ? 0x80402010u : 0x08040201u);
+                    af[q] = iq2_signed(gw, sw);
+                } else {
+                    u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
+                    u64 sg = sign_s[(g1 >> (7 * l)) & 127];
+                    u32 gw = half ? (u32)(gr >> 32) : (u32)gr;
+                    u32 sw = half ? (u32)(sg >> 32) : (u32)sg;
+                    af[q] = (int)__vsub4(gw ^ sw, sw);
+                }
             }
             int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
 #pragma unroll
@@ -1249,22 +1537,50 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArg
                     const i8* bp = xb + (8 * j + g) * IQ_LDB + 32 * gq + 4 * tq;
                     int c[4];
                     mma_s8_16832(c, af, *(const int*)bp, *(const int*)(bp + 16));
-                    acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
-                    acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
-                    acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
-                    acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
+                    if (C > 0) {
+                        ci[j][0] += c[0] * lsa;
+                        ci[j][1] += c[1] * lsa;
+                        ci[j][2] += c[2] * lsb;
+                        ci[j][3] += c[3] * lsb;
+                    } else {
+                        acc[j][0] += 0.125f * (dwa * dx0[j]) * (float)(c[0] * lsa);
+                        acc[j][1] += 0.125f * (dwa * dx1[j]) * (float)(c[1] * lsa);
+                        acc[j][2] += 0.125f * (dwb * dx0[j]) * (float)(c[2] * lsb);
+                        acc[j][3] += 0.125f * (dwb * dx1[j]) * (float)(c[3] * lsb);
+                    }
+                }
+            }
+        }
+        // The CPU's block step exactly (sumf += d·bsum, d = dw·dx, two roundings: no
+        // fused multiply-add) and its 1/8 at the end: each output is the CPU's dot
+        // product bit for bit, given the same Q8_K activations.
+        if (C > 0) {
+#pragma unroll
+            for (int j = 0; j < NG / 8; j++) {
+                if (j < nj) {
+                    acc[j][0] = __fadd_rn(acc[j][0], __fmul_rn(dwa * dx0[j], (float)ci[j][0]));
+                    acc[j][1] = __fadd_rn(acc[j][1], __fmul_rn(dwa * dx1[j], (float)ci[j][1]));
+                    acc[j][2] = __fadd_rn(acc[j][2], __fmul_rn(dwb * dx0[j], (float)ci[j][2]));
+                    acc[j][3] = __fadd_rn(acc[j][3], __fmul_rn(dwb * dx1[j], (float)ci[j][3]));
                 }
             }
         }
         __syncthreads();
     }
 #pragma unroll
-    for (int j = 0; j < NG / 8; j++)
+    for (int j = 0; j < NG / 8; j++) {
+        if (C > 0)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[j][q] *= 0.125f;
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 0>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t16(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 16>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8s(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8, true>(a); }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs_st: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block
@@ -1396,6 +1712,149 @@ template <int NG, bool SW> __device__ __forceinline__ void mm_q2_k_st_body(const
             acc[j][2] -= dx0 * dmb * (float)smn[2];
             acc[j][3] += dx1 * db * (float)ssc[3];
             acc[j][3] -= dx1 * dmb * (float)smn[3];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < NG / 8; j++)
+        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+}
+// mm_q2_k_st with the loops turned over and the mins on the tensor cores (same integer
+// sums, so the same outputs bit for bit; the float steps are unchanged). Per 256-column
+// block: each 16-column sub-block's A fragment (the 2-bit planes of rows g and g + 8) is
+// extracted once for all n-tiles (mm_q2_k_st re-reads and re-extracts it per n-tile),
+// and the min term Σ_sb min[row][sb] · bsums[item][sb] is two mma.m16n8k16 per n-tile
+// — mins (u8, 0..15) times the block sums split into their low bytes (u8) and high
+// bytes (s8), lo + 256·hi — instead of 16 × 4 integer multiply-adds.
+__device__ __forceinline__ void mma_u8_16816(int* c, int a0, int a1, int b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%7,%8,%9,%10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
+}
+__device__ __forceinline__ void mma_u8s8_16816(int* c, int a0, int a1, int b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%7,%8,%9,%10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
+}
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm(MvArgs a) { pdl_begin();
+    const int NG = 32;
+    __shared__ int items[NG];
+    __shared__ long long xoff[NG];
+    extern __shared__ __align__(16) i8 xs_dyn[];
+    i8 (*xs)[NG * Q2_LDB] = reinterpret_cast<i8 (*)[NG * Q2_LDB]>(xs_dyn);
+    __shared__ float dxs[2][NG];
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+        int it = sl < nt ? a.perm[first + sl] : -1;
+        items[sl] = it;
+        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
+    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
+    int nj = (nt + 7) >> 3;
+    int nblk = a.cols >> 8;
+    const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
+    const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
+    auto stage = [&](int ib, int buf) {
+        for (int idx = threadIdx.x; idx < NG * 18; idx += 128) {
+            int sl = idx / 18, ch = idx % 18;
+            long long xo = xoff[sl];
+            const void* src = a.xq;
+            if (xo >= 0)
+                src = ch < 16 ? (const void*)(a.xq + xo + 256 * ib + 16 * ch)
+                              : (const void*)(a.xs + (xo >> 4) + 16 * ib + 8 * (ch - 16));
+            cp_async16(&xs[buf][sl * Q2_LDB + 16 * ch], src, xo >= 0 ? 16 : 0);
+        }
+        for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+            long long xo = xoff[sl];
+            dxs[buf][sl] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
+        }
+    };
+    float acc[NG / 8][4];
+#pragma unroll
+    for (int j = 0; j < NG / 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    stage(0, 0);
+    cp_async_commit();
+    for (int ib = 0; ib < nblk; ib++) {
+        int buf = ib & 1;
+        if (ib + 1 < nblk) stage(ib + 1, buf ^ 1);
+        cp_async_commit();
+        const u8* ba = wa + ib * 84;
+        const u8* bb = wb + ib * 84;
+        cp_async_wait1();
+        __syncthreads();
+        // The mins of sub-blocks 4tq..4tq+3 (A fragment of the min products).
+        int mina = (int)((__ldg((const u32*)(ba + 4 * tq)) >> 4) & 0x0f0f0f0fu);
+        int minb = (int)((__ldg((const u32*)(bb + 4 * tq)) >> 4) & 0x0f0f0f0fu);
+        u32 dda = __ldg((const u32*)(ba + 80)), ddb = __ldg((const u32*)(bb + 80));
+        float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
+        float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
+        const i8* xsb = xs[buf];
+        int ssc[NG / 8][4];
+#pragma unroll
+        for (int j = 0; j < NG / 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) ssc[j][q] = 0;
+        // Sub-blocks in fours (one scale word each), the four unrolled: scale bytes
+        // indexed by constants (a runtime index into a register array goes to memory).
+        for (int q4 = 0; q4 < 4; q4++) {
+            u32 swa = __ldg((const u32*)(ba + 4 * q4)), swb = __ldg((const u32*)(bb + 4 * q4));
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int k = q4 >> 1, jj = 2 * (q4 & 1) + (u >> 1), lh = u & 1;
+                int off = 16 + 32 * k + 16 * lh + 4 * tq;
+                u32 qa = __ldg((const u32*)(ba + off)), qb = __ldg((const u32*)(bb + off));
+                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
+                int sA = (int)((swa >> (8 * u)) & 0xf);
+                int sB = (int)((swb >> (8 * u)) & 0xf);
+#pragma unroll
+                for (int j = 0; j < NG / 8; j++) {
+                    if (j < nj) {
+                        const i8* xrow = xsb + (8 * j + g) * Q2_LDB;
+                        int b0 = *(const int*)(xrow + 128 * k + 32 * jj + 16 * lh + 4 * tq);
+                        int c[4];
+                        mma_s8_16816(c, a0, a1, b0);
+                        ssc[j][0] += sA * c[0];
+                        ssc[j][1] += sA * c[1];
+                        ssc[j][2] += sB * c[2];
+                        ssc[j][3] += sB * c[3];
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NG / 8; j++) {
+            if (j >= nj) break;
+            // Block sums of item 8j + g, sub-blocks 4tq..4tq+3 (B fragment), split.
+            uint2 bsw = *(const uint2*)(xsb + (8 * j + g) * Q2_LDB + 256 + 8 * tq);
+            int blo = (int)__byte_perm(bsw.x, bsw.y, 0x6420);
+            int bhi = (int)__byte_perm(bsw.x, bsw.y, 0x7531);
+            int clo[4], chi[4];
+            mma_u8_16816(clo, mina, minb, blo);
+            mma_u8s8_16816(chi, mina, minb, bhi);
+            int s0 = 8 * j + 2 * tq, s1 = s0 + 1;
+            float dx0 = dxs[buf][s0], dx1 = dxs[buf][s1];
+            int smn0 = clo[0] + 256 * chi[0], smn1 = clo[1] + 256 * chi[1];
+            int smn2 = clo[2] + 256 * chi[2], smn3 = clo[3] + 256 * chi[3];
+            acc[j][0] += dx0 * da * (float)ssc[j][0];
+            acc[j][0] -= dx0 * dma * (float)smn0;
+            acc[j][1] += dx1 * da * (float)ssc[j][1];
+            acc[j][1] -= dx1 * dma * (float)smn1;
+            acc[j][2] += dx0 * db * (float)ssc[j][2];
+            acc[j][2] -= dx0 * dmb * (float)smn2;
+            acc[j][3] += dx1 * db * (float)ssc[j][3];
+            acc[j][3] -= dx1 * dmb * (float)smn3;
         }
         __syncthreads();
     }

@@ -43,6 +43,8 @@ pub struct Gpu {
     pub name: String,
     pub arch: String,
     pub total_mem: usize,
+    /// Streaming multiprocessors (grids sized to one wave of resident blocks).
+    pub sms: u32,
     /// Whether the kernels came from the on-disk cache.
     pub kernels_cached: bool,
     /// When set, every launch is bracketed by events (see [`Gpu::set_profiling`]).
@@ -91,6 +93,10 @@ impl Gpu {
         };
         let name = ctx.name().map_err(drv("device name"))?;
         let total_mem = ctx.total_mem().map_err(drv("total memory"))?;
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(drv("multiprocessor count"))?
+            .max(1) as u32;
         let (bin, kernels_cached) = compile::cubin(&program(), &arch, &compile::cache_dir())?;
         let pdl = maj >= 9 && std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0");
         let module = ctx
@@ -107,6 +113,7 @@ impl Gpu {
             name,
             arch,
             total_mem,
+            sms,
             kernels_cached,
             prof: None,
             pdl: AtomicBool::new(pdl),
@@ -123,6 +130,7 @@ impl Gpu {
             name: self.name.clone(),
             arch: self.arch.clone(),
             total_mem: self.total_mem,
+            sms: self.sms,
             kernels_cached: self.kernels_cached,
             prof: self.prof.clone(),
             pdl: AtomicBool::new(self.pdl()),
@@ -312,6 +320,16 @@ impl Gpu {
 
     pub fn sync(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    /// Blocks of `name` (with `threads` threads and `shm` bytes of dynamic shared memory)
+    /// the whole GPU holds at once: one wave.
+    pub fn resident_blocks(&self, name: &str, threads: u32, shm: usize) -> Result<u32, CudaError> {
+        let per_sm = self
+            .func(name)
+            .occupancy_max_active_blocks_per_multiprocessor(threads, shm, None)
+            .map_err(drv("occupancy"))?;
+        Ok(per_sm.max(1) * self.sms)
     }
 
     /// Lets `name` use up to `bytes` of dynamic shared memory. Past 48 KiB in all —

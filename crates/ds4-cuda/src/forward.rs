@@ -720,6 +720,39 @@ fn q2k_weights_staged() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").is_ok_and(|v| v == "1"))
 }
 
+/// The IQ2_XXS grid's replicas in shared memory (`iq2_grid_replicas` in ds4.cu) with the
+/// signs computed: decode's `mv_iq2_xxs_1t` (`DS4_CUDA_IQ2_TAB=0`: v12's `mv_iq2_xxs_1`,
+/// lookups through L1, and v12's prefill kernel) and the prefill expert kernel's copies,
+/// 8 (default) or 16 (`DS4_CUDA_IQ2_TAB=16`: no bank conflicts, but 32 KB of shared
+/// memory a block; measured slower, fewer blocks resident). Decode's kernel takes the
+/// sign masks from shared replicas too (`mv_iq2_xxs_1ts`; measured +1.3% decode over
+/// computing them): `DS4_CUDA_IQ2_U=1` computes them, `=2` as well with two pieces a
+/// lane per round (one block an SM; slower).
+fn iq2_grid_copies() -> usize {
+    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *C.get_or_init(|| match std::env::var("DS4_CUDA_IQ2_TAB").as_deref() {
+        Ok("0") => 0,
+        Ok("16") => 16,
+        Ok("8s") => 9, // 8 copies, the sign masks from replicas too
+        _ => 8,
+    })
+}
+
+/// Whether the prefill Q2_K expert product is `mm_q2_k_sm` (each sub-block's weights
+/// decoded once for all n-tiles, the min term on the tensor cores; same outputs bit for
+/// bit) rather than v12's `mm_q2_k_st` (`DS4_CUDA_Q2K_MM=0`).
+fn q2k_mins_mma() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_MM").map_or(true, |v| v != "0"))
+}
+
+/// Whether decode's Q2_K product walks four rows a warp with all loads in flight
+/// (`mv_q2_k_1r`; `DS4_CUDA_Q2K_R4=0`: v12's one row a warp).
+fn q2k_four_rows() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_R4").map_or(true, |v| v != "0"))
+}
+
 /// Whether decode's HC pre-step is one launch (`hc_pre_fused_*`). `DS4_CUDA_HC_FUSED=0`
 /// keeps hc_fn_rms then hc_pre_norm, for comparisons.
 fn hc_fused_on() -> bool {
@@ -851,15 +884,18 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         // Operands staged in shared memory by cp.async (see ds4.cu).
         let big = expert_groups_of_64();
         let kernel = match m.ty {
-            GgmlType::Iq2Xxs if m.split.is_some() => Some(if big {
-                "mm_iq2_xxs_st64"
-            } else {
-                "mm_iq2_xxs_st"
+            GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_grid_copies()) {
+                (true, _) => "mm_iq2_xxs_st64",
+                (false, 16) => "mm_iq2_xxs_st_t16",
+                (false, 9) => "mm_iq2_xxs_st_t8s",
+                (false, 8) => "mm_iq2_xxs_st_t8",
+                (false, _) => "mm_iq2_xxs_st",
             }),
             GgmlType::Q2K => Some(match (big, q2k_weights_staged()) {
                 (true, true) => "mm_q2_k_stw64",
                 (true, false) => "mm_q2_k_st64",
                 (false, true) => "mm_q2_k_stw",
+                (false, false) if q2k_mins_mma() => "mm_q2_k_sm",
                 (false, false) => "mm_q2_k_st",
             }),
             _ => None,
@@ -874,6 +910,25 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         }
     }
     let single = nt == 1 && c.by_expert.is_none();
+    // Decode's routed products (one item per warp, whole rows): grids of one wave, each
+    // warp walking rounds of four rows (the IQ2_XXS blocks fill their grid replica once).
+    let whole_rows = single && ks == 1 && c.group.0 == 0;
+    let one_wave = |k: &str, threads: u32, rows_per_block: usize| -> Result<u32, CudaError> {
+        let wave = g.resident_blocks(k, threads, 0)? / (grid_y as u32).max(1);
+        Ok(ceil_div(m.rows, rows_per_block).min(wave.max(1)))
+    };
+    if whole_rows && m.ty == GgmlType::Iq2Xxs && m.split.is_some() && iq2_grid_copies() > 0 {
+        let k = match std::env::var("DS4_CUDA_IQ2_U").as_deref() {
+            Ok("2") => "mv_iq2_xxs_1t2",
+            Ok("1") => "mv_iq2_xxs_1t",
+            _ => "mv_iq2_xxs_1ts",
+        };
+        return launch!(g, k, (one_wave(k, 256, 32)?, grid_y as u32, 1), 256, 0; args);
+    }
+    if whole_rows && m.ty == GgmlType::Q2K && q2k_four_rows() {
+        let k = "mv_q2_k_1r";
+        return launch!(g, k, (one_wave(k, 128, 16)?, grid_y as u32, 1), 128, 0; args);
+    }
     // Measured on the H200 (v12): q_b's 1,024-column rows 15.3 → 10.5 µs with two rows a
     // warp, the 2,048-column down_sh 5.1 → 6.0 µs, the wider ones unchanged.
     let rows_per_warp = q8_rows_per_warp().unwrap_or(if m.cols <= 1024 { 2 } else { 1 });
@@ -909,6 +964,78 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         Mv::plain(x.ptr, t, m.cols, y.ptr, m.rows),
     )?;
     let mut out = vec![0f32; t * m.rows];
+    gpu.read(y.ptr, &mut out)?;
+    Ok(out.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
+}
+
+/// Routed-expert products on the GPU as the forward pass runs them (tests): `m` holds
+/// the experts' matrices back to back, item b is token b / k times expert `ids[b]`. One
+/// token takes decode's one-item kernels; a run of several groups its items by expert
+/// (`group_by_expert`) for the grouped (tensor-core) kernels. Returns one row of
+/// `m.rows` outputs per item.
+pub fn experts_once(
+    gpu: &Gpu,
+    m: &DevMat,
+    xs: &[Vec<f32>],
+    ids: &[i32],
+    n_expert: usize,
+) -> Result<Vec<Vec<f32>>, CudaError> {
+    let t = xs.len();
+    let nb = ids.len();
+    let k = nb / t.max(1);
+    if t == 0 || nb != t * k || ids.iter().any(|&e| e < 0 || e as usize >= n_expert) {
+        return Err(CudaError::Driver("experts_once: bad item ids".into()));
+    }
+    let flat: Vec<f32> = xs.iter().flatten().copied().collect();
+    let n = flat.len();
+    let x = gpu.upload(&flat)?;
+    let idb = gpu.upload(ids)?;
+    let y = gpu.alloc(nb * m.rows * 4)?;
+    let (q, d, bs) = (
+        gpu.alloc(n)?,
+        gpu.alloc(n / 32 * 4 + 4)?,
+        gpu.alloc(n / 16 * 2 + 2)?,
+    );
+    // The group size the forward pass uses for these kernels (expert_group_size).
+    let mm = mma_on()
+        && match m.ty {
+            GgmlType::Iq2Xxs => m.split.is_some(),
+            GgmlType::Q2K => true,
+            _ => false,
+        };
+    let gsize = match (mm, expert_groups_of_64()) {
+        (true, true) => 64,
+        (true, false) => 32,
+        (false, _) => 8,
+    };
+    let max_groups = nb.div_ceil(gsize) + n_expert;
+    let (perm, grp, ngrp) = (
+        gpu.alloc(nb * 4)?,
+        gpu.alloc(3 * max_groups * 4)?,
+        gpu.alloc(4)?,
+    );
+    let by_expert = if t > 1 {
+        launch!(gpu, "group_by_expert", (1, 1, 1), 1024, (2 * n_expert * 4) as u32;
+            idb.ptr, nb as i32, n_expert as i32, perm.ptr, grp.ptr, ngrp.ptr, gsize as i32)?;
+        Some((perm.ptr, grp.ptr, ngrp.ptr, max_groups))
+    } else {
+        None
+    };
+    let mv = Mv {
+        x: x.ptr,
+        n_act: t,
+        x_len: m.cols,
+        nb,
+        act_div: k,
+        ids: idb.ptr,
+        group: (0, 0),
+        y: y.ptr,
+        y_stride: m.rows,
+        by_expert,
+        act_ready: false,
+    };
+    mv_launch(gpu, m, [&q, &d, &bs], mv)?;
+    let mut out = vec![0f32; nb * m.rows];
     gpu.read(y.ptr, &mut out)?;
     Ok(out.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
 }

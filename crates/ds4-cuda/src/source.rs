@@ -29,7 +29,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_cp",
     "mv_q2_k",
     "mv_q2_k_1",
+    "mv_q2_k_1r",
     "mm_q2_k_st",
+    "mm_q2_k_sm",
     "mm_q2_k_st64",
     "mm_q2_k_stw",
     "mm_q2_k_stw64",
@@ -37,8 +39,14 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q4_k_1",
     "mv_iq2_xxs",
     "mv_iq2_xxs_1",
+    "mv_iq2_xxs_1t",
+    "mv_iq2_xxs_1t2",
+    "mv_iq2_xxs_1ts",
     "mm_iq2_xxs_st",
     "mm_iq2_xxs_st64",
+    "mm_iq2_xxs_st_t8",
+    "mm_iq2_xxs_st_t16",
+    "mm_iq2_xxs_st_t8s",
     "embed_rows",
     "rms_norm",
     "head_norm_rope",
@@ -191,6 +199,47 @@ mod tests {
                 let flipped = ((g as u8 ^ mb).wrapping_sub(mb)) as i8;
                 let want = if (signs >> j) & 1 == 1 { -g } else { g };
                 assert_eq!(flipped, want, "entry {i} byte {j}");
+            }
+        }
+    }
+
+    /// ds4.cu's iq2_sign_word, bit for bit (prmt's sign-replicate selectors included).
+    fn sign_word(s7: u32, sel: u32) -> u32 {
+        let t = ((s7.wrapping_mul(0x0101_0101) | (s7.count_ones() << 31)) & sel)
+            .wrapping_add(0x7f7f_7f7f);
+        (0..4).fold(0, |m, j| {
+            m | if (t >> (8 * j + 7)) & 1 == 1 {
+                0xff << (8 * j)
+            } else {
+                0
+            }
+        })
+    }
+
+    #[test]
+    fn computed_sign_words_match_the_table_and_negate_like_vsub4() {
+        // The kernels that compute the sign masks (iq2_sign_word) rather than load
+        // KSIGN_MASK must produce the same masks, and iq2_signed's (g ^ m) + (m & 0x01..)
+        // must equal the byte-wise (g ^ m) - m on every grid word.
+        let masks = ksign_masks();
+        let grid = ds4_quant::tables::IQ2XXS_GRID;
+        for s7 in 0..128u32 {
+            let lo = sign_word(s7, 0x0804_0201);
+            let hi = sign_word(s7, 0x8040_2010);
+            assert_eq!(
+                ((hi as u64) << 32) | lo as u64,
+                masks[s7 as usize],
+                "index {s7}"
+            );
+            for &g in grid.iter() {
+                for (gw, m) in [(g as u32, lo), ((g >> 32) as u32, hi)] {
+                    let fast = (gw ^ m).wrapping_add(m & 0x0101_0101);
+                    let bytewise = (0..4).fold(0u32, |acc, j| {
+                        let (gb, mb) = ((gw >> (8 * j)) as u8, (m >> (8 * j)) as u8);
+                        acc | ((gb ^ mb).wrapping_sub(mb) as u32) << (8 * j)
+                    });
+                    assert_eq!(fast, bytewise, "index {s7}, grid word {gw:08x}");
+                }
             }
         }
     }

@@ -87,7 +87,8 @@ pub fn supported(ty: GgmlType) -> bool {
     )
 }
 
-fn upload_mats(gpu: &Gpu, mats: &[ds4_engine::Mat], name: &str) -> Result<DevMat, CudaError> {
+/// Matrices of one shape back to back (routed experts), split where the type has a layout.
+pub fn upload_mats(gpu: &Gpu, mats: &[ds4_engine::Mat], name: &str) -> Result<DevMat, CudaError> {
     upload_mats_as(gpu, mats, name, true)
 }
 

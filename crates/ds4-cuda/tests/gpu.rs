@@ -3,8 +3,8 @@
 //! checking (CI has no GPU; these run on the GPU machine, see the crate README).
 
 use ds4_cuda::device::Gpu;
-use ds4_cuda::forward::matmul_once;
-use ds4_cuda::weights::upload_mat;
+use ds4_cuda::forward::{experts_once, matmul_once};
+use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
 use ds4_engine::weights::Bytes;
 use ds4_engine::{Backend, ForwardOptions, Mat, Model};
@@ -85,6 +85,47 @@ fn check_types(gpu: &Gpu, rows: usize, cols: usize, w: &[f32], n_tok: u64) {
             assert!(e < 1e-5, "{ty} {n_tok} tokens, token {t}: rel err {e}");
         }
         println!("{ty}: {n_tok} tokens: worst rel err {worst:.3e}");
+    }
+}
+
+#[test]
+fn routed_experts_match_cpu() {
+    let Some(gpu) = gpu_or_skip("routed_experts_match_cpu") else {
+        return;
+    };
+    // The routed types of the q2 recipe, 4 experts of 96 rows (a partial 64-row tile),
+    // 2 items a token. 1 token: decode's one-item kernels with expert ids; 3 and 70:
+    // items grouped by expert, for the tensor-core kernels (70 tokens: 35 items an
+    // expert, a full group and a partial one). The products sum each 256-column block
+    // in integers as the CPU does, so they agree to float rounding.
+    let (rows, cols, n_expert, k) = (96, 1024, 4usize, 2usize);
+    for ty in [GgmlType::Iq2Xxs, GgmlType::Q2K] {
+        let mats: Vec<Mat> = (0..n_expert)
+            .map(|e| {
+                let w = rand_vec(rows * cols, 100 + e as u64);
+                let bytes = ds4_quant::quantize(ty, &w, cols, None).unwrap();
+                Mat::from_blocks(rows, cols, ty, Bytes::from_vec(bytes)).unwrap()
+            })
+            .collect();
+        let dm = upload_mats(&gpu, &mats, "experts").unwrap();
+        for n_tok in [1usize, 3, 70] {
+            let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 200 + t as u64)).collect();
+            let ids: Vec<i32> = (0..n_tok * k)
+                .map(|b| ((b / k) * 3 + (b % k) * 2 + b / 7) as i32 % n_expert as i32)
+                .collect();
+            let got = experts_once(&gpu, &dm, &xs, &ids, n_expert).unwrap();
+            let (mut worst, mut same) = (0f32, true);
+            for (b, row) in got.iter().enumerate() {
+                let cpu = mats[ids[b] as usize].matmul(&xs[b / k..b / k + 1]).unwrap();
+                let e = rel_err(&cpu[0], row);
+                worst = worst.max(e);
+                same &= cpu[0] == *row;
+                assert!(e < 1e-5, "{ty} {n_tok} tokens, item {b}: rel err {e}");
+            }
+            println!(
+                "{ty} experts: {n_tok} tokens: worst rel err {worst:.3e}, bit-identical: {same}"
+            );
+        }
     }
 }
 
