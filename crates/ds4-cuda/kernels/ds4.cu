@@ -1580,6 +1580,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t16(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 16>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 8>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8s(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8, true>(a); }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
@@ -1740,8 +1741,7 @@ __device__ __forceinline__ void mma_u8s8_16816(int* c, int a0, int a1, int b0) {
         : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
         : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
 }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm(MvArgs a) { pdl_begin();
-    const int NG = 32;
+template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& a) {
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) i8 xs_dyn[];
@@ -1862,6 +1862,8 @@ extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm(MvArgs a) { pdl_beg
     for (int j = 0; j < NG / 8; j++)
         mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<32>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm64(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<64>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32, false>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st64(MvArgs a) { pdl_begin(); mm_q2_k_st_body<64, false>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_stw(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32, true>(a); }
@@ -2109,7 +2111,7 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float*
                                             const float* scale, const float* base,
                                             const float* nw, float* xn, float* mixo, int hc,
                                             int n, int mix, int iters, float hc_eps, float eps,
-                                            i8* q, float* d) {
+                                            i8* q, float* d, int mix_out) {
     __shared__ double shd[32];
     __shared__ float pre[HC_MAX];
     float xr[HC_COLS][HC_MAX], wn[HC_COLS];
@@ -2135,8 +2137,10 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float*
         y[k] = acc;
         if (threadIdx.x + 1024 * k < n) ss2 += (double)acc * (double)acc;
     }
-    // Warp 0 then runs the Sinkhorn normalisation (only hc_post reads its result).
-    if (threadIdx.x < 32) hc_mix_warp(zs, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
+    // Warp 0 then runs the Sinkhorn normalisation (only hc_post reads its result), unless
+    // a separate hc_mix launch does (mix_out = 0: a graph branch, off the critical path).
+    if (mix_out && threadIdx.x < 32)
+        hc_mix_warp(zs, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
     ss2 = block_sum_d(ss2, shd);
     float r2 = (float)(1.0 / sqrt(ss2 / (double)n + (double)eps));
     float* xo = xn + (size_t)t * n;
@@ -2156,7 +2160,7 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
                                   float* z, const float* scale, const float* base,
                                   const float* nw, float* xn, float* mixo, int hc, int n,
                                   int mix, int iters, float hc_eps, float eps, i8* q, float* d,
-                                  Load load) {
+                                  int mix_out, Load load) {
     __shared__ double shd[32];
     __shared__ float shm[32][HC_MAX_MIX];  // [warp][row]
     __shared__ float ps[HC_MAX_BLK][HC_MAX_MIX];
@@ -2212,21 +2216,34 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
         z[(size_t)t * mix + threadIdx.x] = a;
     }
     if (threadIdx.x == 0) count[t] = 0;
-    hc_pre_last(t, zs, xv, sc_s, base_s, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d);
+    hc_pre_last(t, zs, xv, sc_s, base_s, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d,
+                mix_out);
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f16(
     const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
-    float hc_eps, float eps, i8* q, float* d) {
+    float hc_eps, float eps, i8* q, float* d, int mix_out) {
     hc_pre_fused_body<u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
-                           hc_eps, eps, q, d, LoadF16());
+                           hc_eps, eps, q, d, mix_out, LoadF16());
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f32(
     const float* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
-    float hc_eps, float eps, i8* q, float* d) {
+    float hc_eps, float eps, i8* q, float* d, int mix_out) {
     hc_pre_fused_body<float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
-                             hc_eps, eps, q, d, LoadF32());
+                             hc_eps, eps, q, d, mix_out, LoadF32());
+}
+
+// hc_pre_fused's Sinkhorn step on its own (mix_out = 0 there): the post weights and
+// comb of token blockIdx.x from its mixing logits z, by one warp — the same values.
+// Queued on a graph branch beside the sublayer, so its ~2 µs of serial shuffles and
+// divisions leave the chain between the HC pre-step and the next product.
+extern "C" __global__ void hc_mix(const float* z, const float* scale, const float* base,
+                                  float* mixo, int hc, int mix, int iters, float hc_eps) {
+    pdl_begin();
+    int t = blockIdx.x;
+    hc_mix_warp(z + (size_t)t * mix, scale, base, mixo + (size_t)t * (hc + hc * hc), hc, iters,
+                hc_eps);
 }
 
 // X'[b] = post[b]·F + Σ_a comb[a][b]·X[a]. One block per token.

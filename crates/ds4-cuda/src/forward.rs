@@ -753,6 +753,18 @@ fn q2k_four_rows() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_R4").map_or(true, |v| v != "0"))
 }
 
+/// The side stream of the HC Sinkhorn branch: the sublayers' own branches use 0 (query,
+/// shared expert) and 1 (compressor, routed Q8_K) first; the indexer's, on 2, forks
+/// after q_a, when the short hc_mix has long finished.
+const HC_MIX_SIDE: usize = 2;
+
+/// Whether the HC Sinkhorn step runs as a graph branch (`hc_mix`) rather than in
+/// hc_pre_fused's last block (`DS4_CUDA_HC_MIX_BRANCH=0`).
+fn hc_mix_branch_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_MIX_BRANCH").map_or(true, |v| v != "0"))
+}
+
 /// Whether decode's HC pre-step is one launch (`hc_pre_fused_*`). `DS4_CUDA_HC_FUSED=0`
 /// keeps hc_fn_rms then hc_pre_norm, for comparisons.
 fn hc_fused_on() -> bool {
@@ -885,7 +897,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         let big = expert_groups_of_64();
         let kernel = match m.ty {
             GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_grid_copies()) {
-                (true, _) => "mm_iq2_xxs_st64",
+                (true, 0) => "mm_iq2_xxs_st64",
+                (true, _) => "mm_iq2_xxs_st64_t8",
                 (false, 16) => "mm_iq2_xxs_st_t16",
                 (false, 9) => "mm_iq2_xxs_st_t8s",
                 (false, 8) => "mm_iq2_xxs_st_t8",
@@ -893,6 +906,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             }),
             GgmlType::Q2K => Some(match (big, q2k_weights_staged()) {
                 (true, true) => "mm_q2_k_stw64",
+                (true, false) if q2k_mins_mma() => "mm_q2_k_sm64",
                 (true, false) => "mm_q2_k_st64",
                 (false, true) => "mm_q2_k_stw",
                 (false, false) if q2k_mins_mma() => "mm_q2_k_sm",
@@ -1077,6 +1091,11 @@ impl<'a> Fwd<'a> {
         }))
     }
 
+    /// Whether [`Fwd::fork`] gives side branch `i` (capturing, with that side stream).
+    fn can_fork(&self, i: usize) -> bool {
+        self.capture && self.side.len() > i
+    }
+
     /// Joins a branch from [`Fwd::fork`]: what is queued next here waits for it.
     fn join(&self, branch: Option<Fwd>) -> Result<(), CudaError> {
         if let Some(b) = branch {
@@ -1165,6 +1184,8 @@ impl<'a> Fwd<'a> {
 
     /// `hc_pre` then the sublayer's RMSNorm: `s.xn` gets the sublayer input, `s.mix`
     /// the mixing for `hc_post`; with `q`, the Q8_0 of `s.xn` too (see [`q8_target`]).
+    /// Returns the graph branch that computes `s.mix` where there is one: join it
+    /// before `hc_post`.
     fn hc_pre_norm(
         &self,
         s: &Scratch,
@@ -1173,7 +1194,7 @@ impl<'a> Fwd<'a> {
         x: u64,
         t: usize,
         q: Option<(u64, u64)>,
-    ) -> Result<(), CudaError> {
+    ) -> Result<Option<Fwd<'a>>, CudaError> {
         let cfg = self.cfg;
         let he = cfg.hc_width();
         // Short runs: the norm of the HC state folded into the mixing product.
@@ -1196,10 +1217,23 @@ impl<'a> Fwd<'a> {
             } else {
                 "hc_pre_fused_f32"
             };
-            return launch!(self.gpu, kernel, ((he / 1024) as u32, t as u32, 1), 1024, 0;
+            // The Sinkhorn step (only hc_post reads it) on a side branch of the graph.
+            let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
+            launch!(self.gpu, kernel, ((he / 1024) as u32, t as u32, 1), 1024, 0;
                 hw.fn_.buf.ptr, x, s.flat.ptr, s.hc_count.ptr, s.z.ptr, hw.scale.ptr, hw.base.ptr,
                 norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32,
-                cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp);
+                cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp,
+                i32::from(!branch))?;
+            if !branch {
+                return Ok(None);
+            }
+            let b = self.fork(HC_MIX_SIDE)?;
+            if let Some(b) = &b {
+                launch!(b.gpu, "hc_mix", (t as u32, 1, 1), 32, 0;
+                    s.z.ptr, hw.scale.ptr, hw.base.ptr, s.mix.ptr, cfg.hc as i32,
+                    cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps)?;
+            }
+            return Ok(b);
         }
         if let Some(kernel) = fused {
             launch!(self.gpu, kernel, (hw.fn_.rows as u32, t as u32, 1), 1024, 0;
@@ -1216,7 +1250,8 @@ impl<'a> Fwd<'a> {
         launch!(self.gpu, "hc_pre_norm", (t as u32, 1, 1), norm_threads(cfg.n_embd), shm as u32;
             s.z.ptr, x, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32,
             cfg.n_embd as i32, cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps,
-            self.eps(), qp, dp)
+            self.eps(), qp, dp)?;
+        Ok(None)
     }
 
     /// Layer `l` on the HC states in `s.x` of tokens at `pos0..pos0+t`; the result
@@ -1269,7 +1304,7 @@ impl<'a> Fwd<'a> {
         let x = s.x.ptr;
         // The norm writes xn's Q8_0 where q_a takes it (no quant_q8_0 launch).
         let xq = q8_target(w.q_a_kv.a_type(), e, (&s.act_q, &s.act_d));
-        self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t, xq)?;
+        let mix_branch = self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t, xq)?;
 
         // Low-rank Q and the shared K=V row, one product [q_a; kv] of xn, then their
         // norms. qa's Q8_0 goes to the second activation buffer: the indexer's q_b
@@ -1475,6 +1510,7 @@ impl<'a> Fwd<'a> {
             &w.out_b,
             Mv::plain(s.low.ptr, t, cfg.o_groups * r, s.f.ptr, e),
         )?;
+        self.join(mix_branch)?;
         self.hc_post_swap(s, t, s.f.ptr, None)
     }
 
@@ -1540,7 +1576,7 @@ impl<'a> Fwd<'a> {
         // xn's Q8_0 for the shared expert goes to the second buffer (the routed experts
         // quantize xn to Q8_K in the first one before it).
         let xq = q8_target(w.gate_up_sh.a_type(), e, (&s.act2_q, &s.act2_d));
-        self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x.ptr, t, xq)?;
+        let mix_branch = self.hc_pre_norm(s, &w.hc_ffn, &w.ffn_norm, s.x.ptr, t, xq)?;
 
         // The shared expert, weight 1, entirely in the second activation buffers (its
         // input's Q8_0, then its hidden values' quantization), so that it may run as a
@@ -1663,6 +1699,7 @@ impl<'a> Fwd<'a> {
 
         // hc_post adds shared + routed in routing order, as the CPU does.
         self.join(shared)?;
+        self.join(mix_branch)?;
         self.hc_post_swap(s, t, s.sout.ptr, Some((s.routed.ptr, k)))
     }
 
