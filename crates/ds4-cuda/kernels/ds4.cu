@@ -3405,6 +3405,64 @@ extern "C" __global__ void route(const float* logits, const float* bias, const i
     for (int j = 0; j < k; j++) wts[(size_t)t * k + j] = p[chosen[j]] * norm;
 }
 
+// route for learned routing with at most 256 experts, by one warp per token with every
+// value in registers (lane l holds experts l, l + 32, ...): the same scores and the same
+// choices and weights as route, without its shared-memory rounds — each of the k
+// rounds is a register scan and a five-step shuffle argmax. The winner's unbiased score
+// travels with it through the argmax, so the weights need no second lookup. Ties go to
+// the lower expert id; a lane's first unused expert is taken even at -inf (route's rule).
+#define ROUTE_PER_LANE 8
+extern "C" __global__ void route_warp(const float* logits, const float* bias, int* ids,
+                                      float* wts, int n_expert, int k, float scale,
+                                      float floor_) { pdl_begin();
+    int t = blockIdx.x, lane = threadIdx.x;
+    float pv[ROUTE_PER_LANE], bv8[ROUTE_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ROUTE_PER_LANE; i++) {
+        int e = lane + 32 * i;
+        float v = e < n_expert ? sqrtf(softplusf_(logits[(size_t)t * n_expert + e])) : 0.0f;
+        pv[i] = v;
+        bv8[i] = e < n_expert ? (bias ? v + bias[e] : v) : -INFINITY;
+    }
+    const int NONE = 1 << 30;
+    unsigned used = 0;  // bit i: expert lane + 32 i taken
+    int* it = ids + (size_t)t * k;
+    __shared__ float chosen_p[64];  // the chosen experts' scores, for lane 0's weights
+    float sum = 0.0f;
+    for (int j = 0; j < k; j++) {
+        float bv = -INFINITY, bp = 0.0f;
+        int bi = NONE;
+#pragma unroll
+        for (int i = 0; i < ROUTE_PER_LANE; i++) {
+            int e = lane + 32 * i;
+            if (e < n_expert && !((used >> i) & 1) && (bi == NONE || bv8[i] > bv)) {
+                bv = bv8[i];
+                bi = e;
+                bp = pv[i];
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            float op = __shfl_xor_sync(0xffffffffu, bp, o);
+            if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi))) {
+                bv = ov;
+                bi = oi;
+                bp = op;
+            }
+        }
+        if ((bi & 31) == lane) used |= 1u << (bi >> 5);
+        if (lane == 0) {
+            it[j] = bi;
+            chosen_p[j] = bp;
+        }
+        sum += bp;
+    }
+    if (lane != 0) return;
+    float norm = scale / fmaxf(sum, floor_);
+    for (int j = 0; j < k; j++) wts[(size_t)t * k + j] = chosen_p[j] * norm;
+}
+
 // mid = silu(min(g, c)) · clamp(u, −c, c) · weight, weight per row of the batch
 // (wts may be null for weight 1).
 // Item b's gate and up values sit at g and u + b·in_stride. With qkind 1 or 2 the block (256 threads, nb·ff a multiple of 256) also writes the

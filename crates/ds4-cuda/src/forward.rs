@@ -753,6 +753,13 @@ fn q2k_four_rows() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_R4").map_or(true, |v| v != "0"))
 }
 
+/// Whether learned routing over at most 256 experts takes `route_warp` (registers, one
+/// warp a token) rather than `route` (`DS4_CUDA_ROUTE_WARP=0`); same results.
+fn route_warp_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_ROUTE_WARP").map_or(true, |v| v != "0"))
+}
+
 /// The side stream of the HC Sinkhorn branch: the sublayers' own branches use 0 (query,
 /// shared expert) and 1 (compressor, routed Q8_K) first; the indexer's, on 2, forks
 /// after q_a, when the short hc_mix has long finished.
@@ -1630,10 +1637,16 @@ impl<'a> Fwd<'a> {
 
         // Routing: sqrt(softplus) scores; hash layers take the experts from the table.
         self.mv(s, &w.router, Mv::plain(s.xn.ptr, t, e, s.rlog.ptr, ne))?;
-        launch!(g, "route", (t as u32, 1, 1), 256, (2 * ne * 4) as u32;
-            s.rlog.ptr, w.router_bias.as_ref().map_or(0, |b| b.ptr),
-            w.tid2eid.as_ref().map_or(0, |b| b.ptr), s.toks.ptr, s.ids.ptr, s.wts.ptr,
-            ne as i32, k as i32, cfg.expert_weight_scale, ROUTER_WEIGHT_FLOOR)?;
+        if w.tid2eid.is_none() && ne <= 256 && k <= 64 && route_warp_on() {
+            launch!(g, "route_warp", (t as u32, 1, 1), 32, 0;
+                s.rlog.ptr, w.router_bias.as_ref().map_or(0, |b| b.ptr), s.ids.ptr, s.wts.ptr,
+                ne as i32, k as i32, cfg.expert_weight_scale, ROUTER_WEIGHT_FLOOR)?;
+        } else {
+            launch!(g, "route", (t as u32, 1, 1), 256, (2 * ne * 4) as u32;
+                s.rlog.ptr, w.router_bias.as_ref().map_or(0, |b| b.ptr),
+                w.tid2eid.as_ref().map_or(0, |b| b.ptr), s.toks.ptr, s.ids.ptr, s.wts.ptr,
+                ne as i32, k as i32, cfg.expert_weight_scale, ROUTER_WEIGHT_FLOOR)?;
+        }
         self.record_experts(s, t)?;
 
         // Routed experts: item b = token b/k, slot b%k, weights chosen by ids[b]. A run

@@ -74,6 +74,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention_split",
     "attention_combine",
     "route",
+    "route_warp",
     "group_by_expert",
     "swiglu",
     "fill_f32",
