@@ -1354,8 +1354,8 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
 }
 
 // U: 16-byte pieces a lane loads per row per round (4·U loads in flight). U = 1 fits 80
-// registers (three blocks an SM: 24 warps, 48 KB in flight); U = 2 takes 236 (one block:
-// 8 warps, 32 KB) — ptxas hoists the table loads of all four rows.
+// registers (three blocks an SM: 24 warps, 48 KB in flight); U = 2 took 236 (one block:
+// 8 warps, 32 KB; ptxas hoists the table loads of all four rows) and measured slower.
 extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1t(MvArgs a) {
     __shared__ u64 tab[16 * 256];
     pdl_signal_early();
@@ -1363,14 +1363,6 @@ extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1t(MvArgs a) {
     pdl_wait();
     __syncthreads();
     mv_iq2_xxs_1t_body<1, false>(a, tab, nullptr);
-}
-extern "C" __global__ void __launch_bounds__(256, 1) mv_iq2_xxs_1t2(MvArgs a) {
-    __shared__ u64 tab[16 * 256];
-    pdl_signal_early();
-    iq2_grid_replicas<16>(tab);
-    pdl_wait();
-    __syncthreads();
-    mv_iq2_xxs_1t_body<2, false>(a, tab, nullptr);
 }
 // The sign masks from 16 replicas of KSIGN_MASK as well (16 KB more shared memory, one
 // conflict-free load per 8 weights instead of about a dozen integer instructions).
@@ -1579,9 +1571,8 @@ __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t16(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 16>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 8>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8s(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8, true>(a); }
+
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs_st: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block

@@ -720,20 +720,16 @@ fn q2k_weights_staged() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").is_ok_and(|v| v == "1"))
 }
 
-/// The IQ2_XXS grid's replicas in shared memory (`iq2_grid_replicas` in ds4.cu) with the
-/// signs computed: decode's `mv_iq2_xxs_1t` (`DS4_CUDA_IQ2_TAB=0`: v12's `mv_iq2_xxs_1`,
-/// lookups through L1, and v12's prefill kernel) and the prefill expert kernel's copies,
-/// 8 (default) or 16 (`DS4_CUDA_IQ2_TAB=16`: no bank conflicts, but 32 KB of shared
-/// memory a block; measured slower, fewer blocks resident). Decode's kernel takes the
-/// sign masks from shared replicas too (`mv_iq2_xxs_1ts`; measured +1.3% decode over
-/// computing them): `DS4_CUDA_IQ2_U=1` computes them, `=2` as well with two pieces a
-/// lane per round (one block an SM; slower).
+/// The IQ2_XXS grid from replicas in shared memory (`iq2_grid_replicas` in ds4.cu): 16 in
+/// decode's `mv_iq2_xxs_1ts`, 8 in the prefill kernel `mm_iq2_xxs_st_t8` (16 measured
+/// slower there: 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: v12's
+/// kernels (`mv_iq2_xxs_1`, lookups through L1; `mm_iq2_xxs_st`). Decode's kernel takes
+/// the sign masks from shared replicas too (measured +1.3% decode over computing them,
+/// which `DS4_CUDA_IQ2_U=1` does: `mv_iq2_xxs_1t`).
 fn iq2_grid_copies() -> usize {
     static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *C.get_or_init(|| match std::env::var("DS4_CUDA_IQ2_TAB").as_deref() {
         Ok("0") => 0,
-        Ok("16") => 16,
-        Ok("8s") => 9, // 8 copies, the sign masks from replicas too
         _ => 8,
     })
 }
@@ -906,8 +902,6 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_grid_copies()) {
                 (true, 0) => "mm_iq2_xxs_st64",
                 (true, _) => "mm_iq2_xxs_st64_t8",
-                (false, 16) => "mm_iq2_xxs_st_t16",
-                (false, 9) => "mm_iq2_xxs_st_t8s",
                 (false, 8) => "mm_iq2_xxs_st_t8",
                 (false, _) => "mm_iq2_xxs_st",
             }),
@@ -940,7 +934,6 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     };
     if whole_rows && m.ty == GgmlType::Iq2Xxs && m.split.is_some() && iq2_grid_copies() > 0 {
         let k = match std::env::var("DS4_CUDA_IQ2_U").as_deref() {
-            Ok("2") => "mv_iq2_xxs_1t2",
             Ok("1") => "mv_iq2_xxs_1t",
             _ => "mv_iq2_xxs_1ts",
         };
