@@ -1575,149 +1575,19 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t8(MvArgs a) {
 
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
-// mm_iq2_xxs_st: one mma.m16n8k16 per 16-element sub-block and n-tile (each sub-block
-// has its own scale and min), the 2-bit planes taken straight from the block's bytes;
-// the sub-block sums are combined in integers per block, then scaled as in mv_q2_k.
-// Per 256-column block each item's 256 Q8_K values and 16 block sums arrive by cp.async
-// one block ahead (double-buffered) and the four warps read their B fragments and sums
-// from there; the weights are read per lane (__ldg), or with SW staged too. Rows of 304
-// bytes put a warp's B fragment in distinct banks.
+// mm_iq2_xxs_st: a block takes 64 rows of one expert group's matrix and the group's ≤ NG
+// items. Per 256-column block each item's 256 Q8_K values and 16 block sums arrive by
+// cp.async one block ahead (double-buffered) and the four warps read their B fragments
+// and sums from there; the weights are read per lane (__ldg). Rows of 304 bytes put a
+// warp's B fragment in distinct banks. Each 16-column sub-block (its own scale and min)
+// is one mma.m16n8k16 per n-tile on its 2-bit planes, taken straight from the block's
+// bytes and extracted once for all n-tiles (v12's mm_q2_k_st re-read and re-extracted
+// them per n-tile); the sub-block sums are combined in integers per block, then scaled as
+// in mv_q2_k. The min term Σ_sb min[row][sb] · bsums[item][sb] is two mma.m16n8k16 per
+// n-tile — mins (u8, 0..15) times the block sums split into their low bytes (u8) and high
+// bytes (s8), lo + 256·hi — instead of 16 × 4 integer multiply-adds. The same integers as
+// mm_q2_k_st, so the same outputs bit for bit (v13: 128 → 77 ms a 2,048-token chunk).
 #define Q2_LDB 304
-// SW: the 64 rows' weight blocks (84 bytes) staged too, by 4-byte cp.async, in rows of
-// 112 bytes (28 words: a quad's words of the 8 rows of a fragment fall in distinct banks).
-#define Q2_LDW 112
-template <int NG, bool SW> __device__ __forceinline__ void mm_q2_k_st_body(const MvArgs& a) {
-    __shared__ __align__(16) u8 ws[SW ? 2 : 1][SW ? 64 * Q2_LDW : 16];
-    __shared__ int items[NG];
-    __shared__ long long xoff[NG];
-    // The activations' two buffers: dynamic shared memory, 2 · NG · Q2_LDB bytes.
-    extern __shared__ __align__(16) i8 xs_dyn[];
-    i8 (*xs)[NG * Q2_LDB] = reinterpret_cast<i8 (*)[NG * Q2_LDB]>(xs_dyn);
-    __shared__ float dxs[2][NG];
-    int gi = blockIdx.y;
-    if (gi >= *a.ngrp) return;
-    long long e = a.grp[3 * gi];
-    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-        int it = sl < nt ? a.perm[first + sl] : -1;
-        items[sl] = it;
-        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
-    }
-    __syncthreads();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    int ra = blockIdx.x * 64 + 16 * warp + g, rb = ra + 8;
-    int rac = min(ra, a.rows - 1), rbc = min(rb, a.rows - 1);
-    int nj = (nt + 7) >> 3;
-    int nblk = a.cols >> 8;
-    const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
-    const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
-    const u8* wblk = a.w + e * a.mat_bytes;
-    // Per item: 16 pieces of quants, then 2 pieces of block sums (16 shorts).
-    auto stage = [&](int ib, int buf) {
-        for (int idx = threadIdx.x; idx < NG * 18; idx += 128) {
-            int sl = idx / 18, ch = idx % 18;
-            long long xo = xoff[sl];
-            const void* src = a.xq;
-            if (xo >= 0)
-                src = ch < 16 ? (const void*)(a.xq + xo + 256 * ib + 16 * ch)
-                              : (const void*)(a.xs + (xo >> 4) + 16 * ib + 8 * (ch - 16));
-            cp_async16(&xs[buf][sl * Q2_LDB + 16 * ch], src, xo >= 0 ? 16 : 0);
-        }
-        for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-            long long xo = xoff[sl];
-            dxs[buf][sl] = xo >= 0 ? a.xd[(xo >> 8) + ib] : 0.0f;
-        }
-        if (SW) {
-            int r0 = blockIdx.x * 64;
-            for (int idx = threadIdx.x; idx < 64 * 21; idx += blockDim.x) {
-                int row = idx / 21, wq = idx % 21;
-                int wr = min(r0 + row, a.rows - 1);
-                cp_async4(&ws[buf][row * Q2_LDW + 4 * wq],
-                          wblk + ((size_t)wr * nblk + ib) * 84 + 4 * wq);
-            }
-        }
-    };
-    float acc[NG / 8][4];
-#pragma unroll
-    for (int j = 0; j < NG / 8; j++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
-    stage(0, 0);
-    cp_async_commit();
-    for (int ib = 0; ib < nblk; ib++) {
-        int buf = ib & 1;
-        if (ib + 1 < nblk) stage(ib + 1, buf ^ 1);
-        cp_async_commit();
-        // Where this block's weight bytes are read (the staged copy waits for the
-        // barrier below before its first read).
-        const u8* ba = SW ? ws[buf] + (16 * warp + g) * Q2_LDW : wa + ib * 84;
-        const u8* bb = SW ? ba + 8 * Q2_LDW : wb + ib * 84;
-        // Shared copies are read plainly, global ones through the read-only path.
-        auto ldw = [&](const u8* p) -> u32 { return SW ? *(const u32*)p : __ldg((const u32*)p); };
-        cp_async_wait1();
-        __syncthreads();
-        u32 sca[4], scb[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            sca[q] = ldw(ba + 4 * q);
-            scb[q] = ldw(bb + 4 * q);
-        }
-        u32 dda = ldw(ba + 80), ddb = ldw(bb + 80);
-        float da = h2f((u16)(dda & 0xffff)), dma = h2f((u16)(dda >> 16));
-        float db = h2f((u16)(ddb & 0xffff)), dmb = h2f((u16)(ddb >> 16));
-        const i8* xsb = xs[buf];
-#pragma unroll
-        for (int j = 0; j < NG / 8; j++) {
-            if (j >= nj) break;
-            int s0 = 8 * j + 2 * tq, s1 = s0 + 1;
-            const i8* xrow = xsb + (8 * j + g) * Q2_LDB;
-            const short* bs0p = (const short*)(xsb + s0 * Q2_LDB + 256);
-            const short* bs1p = (const short*)(xsb + s1 * Q2_LDB + 256);
-            int ssc[4] = {0, 0, 0, 0}, smn[4] = {0, 0, 0, 0};
-#pragma unroll 4
-            for (int sb = 0; sb < 16; sb++) {
-                int k = sb >> 3, jj = (sb & 7) >> 1, lh = sb & 1;
-                int off = 16 + 32 * k + 16 * lh + 4 * tq;
-                u32 qa = ldw(ba + off), qb = ldw(bb + off);
-                int a0 = (int)((qa >> (2 * jj)) & 0x03030303u), a1 = (int)((qb >> (2 * jj)) & 0x03030303u);
-                int b0 = *(const int*)(xrow + 128 * k + 32 * jj + 16 * lh + 4 * tq);
-                int c[4];
-                mma_s8_16816(c, a0, a1, b0);
-                int sA = (int)((sca[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-                int sB = (int)((scb[sb >> 2] >> (8 * (sb & 3))) & 0xff);
-                ssc[0] += (sA & 15) * c[0];
-                ssc[1] += (sA & 15) * c[1];
-                ssc[2] += (sB & 15) * c[2];
-                ssc[3] += (sB & 15) * c[3];
-                int bs0 = (int)bs0p[sb], bs1 = (int)bs1p[sb];
-                smn[0] += (sA >> 4) * bs0;
-                smn[1] += (sA >> 4) * bs1;
-                smn[2] += (sB >> 4) * bs0;
-                smn[3] += (sB >> 4) * bs1;
-            }
-            float dx0 = dxs[buf][s0], dx1 = dxs[buf][s1];
-            acc[j][0] += dx0 * da * (float)ssc[0];
-            acc[j][0] -= dx0 * dma * (float)smn[0];
-            acc[j][1] += dx1 * da * (float)ssc[1];
-            acc[j][1] -= dx1 * dma * (float)smn[1];
-            acc[j][2] += dx0 * db * (float)ssc[2];
-            acc[j][2] -= dx0 * dmb * (float)smn[2];
-            acc[j][3] += dx1 * db * (float)ssc[3];
-            acc[j][3] -= dx1 * dmb * (float)smn[3];
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int j = 0; j < NG / 8; j++)
-        mma_store(a, acc[j], ra, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
-}
-// mm_q2_k_st with the loops turned over and the mins on the tensor cores (same integer
-// sums, so the same outputs bit for bit; the float steps are unchanged). Per 256-column
-// block: each 16-column sub-block's A fragment (the 2-bit planes of rows g and g + 8) is
-// extracted once for all n-tiles (mm_q2_k_st re-reads and re-extracts it per n-tile),
-// and the min term Σ_sb min[row][sb] · bsums[item][sb] is two mma.m16n8k16 per n-tile
-// — mins (u8, 0..15) times the block sums split into their low bytes (u8) and high
-// bytes (s8), lo + 256·hi — instead of 16 × 4 integer multiply-adds.
 __device__ __forceinline__ void mma_u8_16816(int* c, int a0, int a1, int b0) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
@@ -1855,10 +1725,6 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& 
 }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<32>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm64(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<64>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32, false>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_st64(MvArgs a) { pdl_begin(); mm_q2_k_st_body<64, false>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_stw(MvArgs a) { pdl_begin(); mm_q2_k_st_body<32, true>(a); }
-extern "C" __global__ void __launch_bounds__(128) mm_q2_k_stw64(MvArgs a) { pdl_begin(); mm_q2_k_st_body<64, true>(a); }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
 // nb items by ids[b], then groups of ≤ gsize items of one expert (see MvArgs; MAXNT

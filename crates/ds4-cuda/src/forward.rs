@@ -701,23 +701,15 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
-/// Whether the expert kernels take groups of 64 items (`_st64`, `DS4_CUDA_EXP_NG64=1`): a
+/// Whether the expert kernels take groups of 64 items (`*64`, `DS4_CUDA_EXP_NG64=1`): a
 /// 2,048-token chunk gives each expert ~48 items, which groups of 32 split in two, decoding
 /// the expert's weights twice. Off by default: measured slower on the H200 (v12 in
-/// bench/CUDA-SPEED.md: 3,022 against 3,083 t/s at 8k, the Q2_K kernel 145 against 127 ms
-/// a chunk); likely cause, not measured: half as many blocks, each twice as long.
+/// bench/CUDA-SPEED.md: 3,022 against 3,083 t/s at 8k; v13 with its kernels: 3,338
+/// against 3,498); likely cause, not measured: half as many blocks, each twice as long
+/// (and fewer resident: 119–126 registers).
 fn expert_groups_of_64() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").is_ok_and(|v| v == "1"))
-}
-
-/// Whether the Q2_K expert kernel stages the weight blocks as well as the activations
-/// (`mm_q2_k_stw*`, `DS4_CUDA_Q2K_STW=1`). Off by default: with groups of 32 it measured
-/// slower on the H200 than reading them per lane (v12: 3,081 against 3,138 t/s prefill
-/// at 8k in the same call); it only helped the groups of 64, which lose more.
-fn q2k_weights_staged() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_STW").is_ok_and(|v| v == "1"))
 }
 
 /// The IQ2_XXS grid from replicas in shared memory (`iq2_grid_replicas` in ds4.cu): 16 in
@@ -732,14 +724,6 @@ fn iq2_grid_copies() -> usize {
         Ok("0") => 0,
         _ => 8,
     })
-}
-
-/// Whether the prefill Q2_K expert product is `mm_q2_k_sm` (each sub-block's weights
-/// decoded once for all n-tiles, the min term on the tensor cores; same outputs bit for
-/// bit) rather than v12's `mm_q2_k_st` (`DS4_CUDA_Q2K_MM=0`).
-fn q2k_mins_mma() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_Q2K_MM").map_or(true, |v| v != "0"))
 }
 
 /// Whether decode's Q2_K product walks four rows a warp with all loads in flight
@@ -905,14 +889,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 (false, 8) => "mm_iq2_xxs_st_t8",
                 (false, _) => "mm_iq2_xxs_st",
             }),
-            GgmlType::Q2K => Some(match (big, q2k_weights_staged()) {
-                (true, true) => "mm_q2_k_stw64",
-                (true, false) if q2k_mins_mma() => "mm_q2_k_sm64",
-                (true, false) => "mm_q2_k_st64",
-                (false, true) => "mm_q2_k_stw",
-                (false, false) if q2k_mins_mma() => "mm_q2_k_sm",
-                (false, false) => "mm_q2_k_st",
-            }),
+            GgmlType::Q2K => Some(if big { "mm_q2_k_sm64" } else { "mm_q2_k_sm" }),
             _ => None,
         };
         if let Some(k) = kernel {
