@@ -1159,104 +1159,18 @@ template <int NTM> __device__ void mv_iq2_xxs_body(const MvArgs& a) {
 }
 extern "C" __global__ void mv_iq2_xxs(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<MAXNT>(a); }
 
-// IQ2_XXS for one item per warp (decode): the same per-row arithmetic in the same
-// order as mv_iq2_xxs_body, built to keep loads in flight. The lookup tables are read
-// through L1 (no per-block copy to shared memory and barrier before the first load),
-// and a warp loads two 16-byte pieces of each of its (up to) four rows before decoding
-// any, eight loads in flight per lane instead of one.
-extern "C" __global__ void __launch_bounds__(256) mv_iq2_xxs_1(MvArgs a) { pdl_begin();
-    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
-        mv_iq2_xxs_body<1>(a);
-        return;
-    }
-    const int NTM = 1;
-    MV_ITEMS
-    int nch = a.cols / 64;
-    int rstep = gridDim.x * warps;
-    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
-    long long xo0 = mv_xoff(a, item[0], 0);
-    for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
-        const u8* wq[4];
-        const u16* wd[4];
-        float acc[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int r = min(rb + j * rstep, a.rows - 1);
-            wq[j] = a.w + e * a.mat_bytes + (size_t)r * nch * 16;
-            wd[j] = (const u16*)(a.sc + e * a.sc_mat_bytes) + (size_t)r * (a.cols >> 8);
-            acc[j] = 0.0f;
-        }
-        for (int c0 = lane; c0 < nch; c0 += 64) {
-            int4 wv[4][2];
-            float dw[4][2];
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int u = 0; u < 2; u++) {
-                    int c = c0 + 32 * u;
-                    bool ok = c < nch;
-                    wv[j][u] = ok ? ldg4(wq[j] + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
-                    dw[j][u] = ok ? h2f(__ldg(wd[j] + (c >> 2))) : 0.0f;
-                }
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int c = c0 + 32 * u;
-                if (c >= nch) break;
-                int ib = c >> 2, g0 = 2 * (c & 3);
-                float dx = a.xd[(xo0 >> 8) + ib];
-                int4 xv[2][2];
-#pragma unroll
-                for (int gg = 0; gg < 2; gg++) {
-                    const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
-                    xv[gg][0] = *(const int4*)xb;
-                    xv[gg][1] = *(const int4*)(xb + 16);
-                }
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 qw[4] = {(u32)wv[j][u].x, (u32)wv[j][u].y, (u32)wv[j][u].z, (u32)wv[j][u].w};
-#pragma unroll
-                    for (int gg = 0; gg < 2; gg++) {
-                        u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
-                        int ls = 2 * (int)(a1 >> 28) + 1;
-                        int w8[8];
-#pragma unroll
-                        for (int l = 0; l < 4; l++) {
-                            u64 gr = __ldg(&IQ2XXS_GRID[(a0 >> (8 * l)) & 0xff]);
-                            u64 sg = __ldg(&KSIGN_MASK[(a1 >> (7 * l)) & 127]);
-                            u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
-                            u32 slo = (u32)sg, shi = (u32)(sg >> 32);
-                            w8[2 * l] = (int)__vsub4(glo ^ slo, slo);
-                            w8[2 * l + 1] = (int)__vsub4(ghi ^ shi, shi);
-                        }
-                        int4 x0 = xv[gg][0], x1 = xv[gg][1];
-                        int sumi = __dp4a(w8[0], x0.x, 0);
-                        sumi = __dp4a(w8[1], x0.y, sumi);
-                        sumi = __dp4a(w8[2], x0.z, sumi);
-                        sumi = __dp4a(w8[3], x0.w, sumi);
-                        sumi = __dp4a(w8[4], x1.x, sumi);
-                        sumi = __dp4a(w8[5], x1.y, sumi);
-                        sumi = __dp4a(w8[6], x1.z, sumi);
-                        sumi = __dp4a(w8[7], x1.w, sumi);
-                        acc[j] += 0.125f * (dw[j][u] * dx) * (float)(sumi * ls);
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int r = rb + j * rstep;
-            float v = warp_sum(acc[j]);
-            if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
-        }
-    }
-}
+// IQ2_XXS for one item, the general body: decode takes mv_iq2_xxs_1ts (whole rows, the
+// host's case for every IQ2_XXS matrix); this serves split columns or column groups.
+// (v12's tuned mv_iq2_xxs_1, lookups through L1, is in bench/CUDA-SPEED.md's logs.)
+extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<1>(a); }
 
-// mv_iq2_xxs_1 with the grid from a per-block replica in shared memory (conflict-free
-// loads, filled before the dependency wait) and the signs computed: two L1 gathers per 8
-// weights become one conflict-free shared load. The same arithmetic in the same order
-// (bit-identical results). Launched with at most one block per two rows' worth of
-// resident slots (the host sizes the grid to one wave), so each block fills its 32 KB
-// replica once and walks several rounds of rows.
+// IQ2_XXS for one item per warp (decode), whole rows, four rows a warp with their loads in
+// flight before any is decoded: the grid from a per-block replica in shared memory
+// (conflict-free loads, filled before the dependency wait) and the sign masks from
+// replicas too (ST) or computed — v12's two L1 gathers per 8 weights become one or two
+// conflict-free shared loads — and each piece's two group sums added in integers. The
+// host sizes the grid to one wave of resident blocks, so each block fills its replicas
+// once and walks several rounds of rows.
 template <int U, bool ST>
 __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* tab, const u64* sgn) {
     const int NTM = 1;

@@ -714,10 +714,11 @@ fn expert_groups_of_64() -> bool {
 
 /// The IQ2_XXS grid from replicas in shared memory (`iq2_grid_replicas` in ds4.cu): 16 in
 /// decode's `mv_iq2_xxs_1ts`, 8 in the prefill kernel `mm_iq2_xxs_st_t8` (16 measured
-/// slower there: 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: v12's
-/// kernels (`mv_iq2_xxs_1`, lookups through L1; `mm_iq2_xxs_st`). Decode's kernel takes
-/// the sign masks from shared replicas too (measured +1.3% decode over computing them,
-/// which `DS4_CUDA_IQ2_U=1` does: `mv_iq2_xxs_1t`).
+/// slower there: 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: one copy
+/// and a float step per mma in prefill (v12's `mm_iq2_xxs_st`), decode on the general
+/// one-item body (`mv_iq2_xxs_1`). Decode's kernel takes the sign masks from shared
+/// replicas too (measured +1.3% decode over computing them, which `DS4_CUDA_IQ2_U=1`
+/// does: `mv_iq2_xxs_1t`).
 fn iq2_grid_copies() -> usize {
     static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *C.get_or_init(|| match std::env::var("DS4_CUDA_IQ2_TAB").as_deref() {
