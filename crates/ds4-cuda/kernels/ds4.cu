@@ -1313,13 +1313,10 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 // a warp fall in distinct banks.
 #define IQ_LDW 80
 #define IQ_LDB 272
-// C > 0: the grid from C replicas (iq2_grid_replicas) and the signs computed, or with ST
-// taken from C replicas of the sign masks (iq2_sign_replicas); C = 0: one copy of the
-// grid and the sign masks looked up (v11).
-template <int NG, int C, bool ST = false>
-__device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
+// C > 0: the grid from C replicas (iq2_grid_replicas) and the signs computed; C = 0: one
+// copy of the grid and the sign masks looked up (v11).
+template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
     __shared__ u64 tabs[C > 0 ? C * 256 : 384];
-    __shared__ u64 sgn[ST ? C * 128 : 1];
     u64* grid_s = tabs;
     u64* sign_s = tabs + 256;
     __shared__ int items[NG];
@@ -1337,7 +1334,6 @@ __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     if (C > 0)
         iq2_grid_replicas<(C > 0 ? C : 1)>(tabs);
-    if (ST) iq2_sign_replicas<(C > 0 ? C : 1)>(sgn);
     if (C == 0)
         iq2_tables_to_shared(grid_s, sign_s);
     for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
@@ -1424,9 +1420,7 @@ __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
                 if (C > 0) {
                     u32 idx = (g0 >> (8 * l)) & 0xff;
                     u32 gw = ((const u32*)tabs)[2 * (C * idx + ((lane >> 1) & (C - 1))) + half];
-                    u32 s7 = (g1 >> (7 * l)) & 127;
-                    u32 sw = ST ? ((const u32*)sgn)[2 * (C * s7 + ((lane >> 1) & (C - 1))) + half]
-                                : iq2_sign_word(s7, half ? 0x80402010u : 0x08040201u);
+                    u32 sw = iq2_sign_word((g1 >> (7 * l)) & 127, half ? 0x80402010u : 0x08040201u);
                     af[q] = iq2_signed(gw, sw);
                 } else {
                     u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];

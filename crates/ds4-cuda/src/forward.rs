@@ -187,15 +187,26 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
 /// down products all have a tensor-core kernel, else MAXNT (8, the matrix-vector
 /// kernels' limit).
 fn expert_group_size(w: &DevLayer) -> usize {
-    let mm = |m: &DevMat| match m.ty {
-        GgmlType::Iq2Xxs => m.split.is_some(),
-        GgmlType::Q2K => true,
-        _ => false,
-    };
-    if mma_on() && w.gate_up_exps.mats().into_iter().all(mm) && mm(&w.down_exps) {
-        if expert_groups_of_64() { 64 } else { 32 }
-    } else {
-        8
+    let mats = w.gate_up_exps.mats().into_iter().chain([&w.down_exps]);
+    group_size(mats.into_iter().all(expert_mm))
+}
+
+/// Whether routed experts of `m`'s type have a grouped tensor-core kernel.
+fn expert_mm(m: &DevMat) -> bool {
+    mma_on()
+        && match m.ty {
+            GgmlType::Iq2Xxs => m.split.is_some(),
+            GgmlType::Q2K => true,
+            _ => false,
+        }
+}
+
+/// Items per expert group: the tensor-core kernels' 32 (or 64), else MAXNT.
+fn group_size(mm: bool) -> usize {
+    match (mm, expert_groups_of_64()) {
+        (true, true) => 64,
+        (true, false) => 32,
+        (false, _) => 8,
     }
 }
 
@@ -712,18 +723,24 @@ fn expert_groups_of_64() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").is_ok_and(|v| v == "1"))
 }
 
-/// The IQ2_XXS grid from replicas in shared memory (`iq2_grid_replicas` in ds4.cu): 16 in
-/// decode's `mv_iq2_xxs_1ts`, 8 in the prefill kernel `mm_iq2_xxs_st_t8` (16 measured
-/// slower there: 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: one copy
-/// and a float step per mma in prefill (v12's `mm_iq2_xxs_st`), decode on the general
-/// one-item body (`mv_iq2_xxs_1`). Decode's kernel takes the sign masks from shared
-/// replicas too (measured +1.3% decode over computing them, which `DS4_CUDA_IQ2_U=1`
-/// does: `mv_iq2_xxs_1t`).
-fn iq2_grid_copies() -> usize {
-    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *C.get_or_init(|| match std::env::var("DS4_CUDA_IQ2_TAB").as_deref() {
-        Ok("0") => 0,
-        _ => 8,
+/// Whether the IQ2_XXS kernels take the grid from replicas in shared memory
+/// (`iq2_grid_replicas` in ds4.cu): 16 in decode's `mv_iq2_xxs_1ts`, 8 in the prefill
+/// kernel `mm_iq2_xxs_st_t8` (16 measured slower there: 32 KB a block, fewer blocks
+/// resident). `DS4_CUDA_IQ2_TAB=0`: one copy and a float step per mma in prefill (v12's
+/// `mm_iq2_xxs_st`), decode on the general one-item body (`mv_iq2_xxs_1`).
+fn iq2_replicas_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_TAB").map_or(true, |v| v != "0"))
+}
+
+/// Decode's IQ2_XXS kernel: the sign masks from shared replicas too (`mv_iq2_xxs_1ts`,
+/// measured +1.3% decode over computing them), or computed (`DS4_CUDA_IQ2_U=1`:
+/// `mv_iq2_xxs_1t`).
+fn iq2_decode_kernel() -> &'static str {
+    static K: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    K.get_or_init(|| match std::env::var("DS4_CUDA_IQ2_U").as_deref() {
+        Ok("1") => "mv_iq2_xxs_1t",
+        _ => "mv_iq2_xxs_1ts",
     })
 }
 
@@ -884,11 +901,11 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         // Operands staged in shared memory by cp.async (see ds4.cu).
         let big = expert_groups_of_64();
         let kernel = match m.ty {
-            GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_grid_copies()) {
-                (true, 0) => "mm_iq2_xxs_st64",
-                (true, _) => "mm_iq2_xxs_st64_t8",
-                (false, 8) => "mm_iq2_xxs_st_t8",
-                (false, _) => "mm_iq2_xxs_st",
+            GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_replicas_on()) {
+                (true, false) => "mm_iq2_xxs_st64",
+                (true, true) => "mm_iq2_xxs_st64_t8",
+                (false, true) => "mm_iq2_xxs_st_t8",
+                (false, false) => "mm_iq2_xxs_st",
             }),
             GgmlType::Q2K => Some(if big { "mm_q2_k_sm64" } else { "mm_q2_k_sm" }),
             _ => None,
@@ -910,11 +927,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         let wave = g.resident_blocks(k, threads, 0)? / (grid_y as u32).max(1);
         Ok(ceil_div(m.rows, rows_per_block).min(wave.max(1)))
     };
-    if whole_rows && m.ty == GgmlType::Iq2Xxs && m.split.is_some() && iq2_grid_copies() > 0 {
-        let k = match std::env::var("DS4_CUDA_IQ2_U").as_deref() {
-            Ok("1") => "mv_iq2_xxs_1t",
-            _ => "mv_iq2_xxs_1ts",
-        };
+    if whole_rows && m.ty == GgmlType::Iq2Xxs && m.split.is_some() && iq2_replicas_on() {
+        let k = iq2_decode_kernel();
         return launch!(g, k, (one_wave(k, 256, 32)?, grid_y as u32, 1), 256, 0; args);
     }
     if whole_rows && m.ty == GgmlType::Q2K && q2k_four_rows() {
@@ -988,18 +1002,7 @@ pub fn experts_once(
         gpu.alloc(n / 32 * 4 + 4)?,
         gpu.alloc(n / 16 * 2 + 2)?,
     );
-    // The group size the forward pass uses for these kernels (expert_group_size).
-    let mm = mma_on()
-        && match m.ty {
-            GgmlType::Iq2Xxs => m.split.is_some(),
-            GgmlType::Q2K => true,
-            _ => false,
-        };
-    let gsize = match (mm, expert_groups_of_64()) {
-        (true, true) => 64,
-        (true, false) => 32,
-        (false, _) => 8,
-    };
+    let gsize = group_size(expert_mm(m));
     let max_groups = nb.div_ceil(gsize) + n_expert;
     let (perm, grp, ngrp) = (
         gpu.alloc(nb * 4)?,
