@@ -749,6 +749,150 @@ extern "C" __global__ void __launch_bounds__(128, 4) mm_q8_0_cp(MvArgs a) { pdl_
     }
 }
 
+__device__ __forceinline__ void ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(a));
+}
+__device__ __forceinline__ void cp_async4z(void* dst, const void* src, int src_bytes) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+
+// Q8_0 × Q8_0 on 128-row × 128-token tiles, 8 warps (warp w: rows 32·(w % 4).., tokens
+// 64·(w / 4)..), two stages by cp.async as mm_q8_0_cp. The 64×64 tiles of mm_q8_0_cp read
+// every weight byte from L2 once per 64 tokens and every activation byte once per 64
+// rows: a 2,048-token chunk's dense products pull ≈ 400 GB through L2 in ≈ 0.11 s, at
+// the L2's bandwidth rather than the tensor cores' rate; these tiles halve that. Both
+// operands' fragments come by ldmatrix (rows of 16 bytes: lane 4g+tq receives bytes
+// 4tq.. of row g), the activation scales are stored [block][token] so that a thread's
+// two tokens are one 8-byte load. Each Q8_0 block's int32 sums are scaled and added in
+// column order as in mm_q8_0 (outputs bit for bit). Dynamic shared memory: MMB_SHARED
+// bytes. (ncu, bench/results/h200-v14d-ncu-mm.log: issue 2.2–2.3 a cycle, a warp
+// eligible in 56–58% of cycles — latency-bound with 16 warps an SM, as mm_q8_0_cp.)
+#define MMB_BM 128
+#define MMB_BN 128
+#define MMB_SHARED (2 * (MMB_BM + MMB_BN) * MM_LD + 2 * MMB_BM * MM_KB * 2 + 2 * MM_KB * MMB_BN * 4)
+extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_big(MvArgs a) { pdl_begin();
+    extern __shared__ __align__(16) u8 dsm[];
+    i8* as = (i8*)dsm;                                      // [2][MMB_BM · MM_LD]
+    i8* bs = as + 2 * MMB_BM * MM_LD;                       // [2][MMB_BN · MM_LD]
+    u16* adh = (u16*)(bs + 2 * MMB_BN * MM_LD);             // [2][MMB_BM][MM_KB]
+    float* bdt = (float*)(adh + 2 * MMB_BM * MM_KB);        // [2][MM_KB][MMB_BN]
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int r0 = blockIdx.x * MMB_BM, t0 = blockIdx.y * MMB_BN;
+    int wr = 32 * (warp & 3), wt = 64 * (warp >> 2);
+    int nblk = a.cols >> 5;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* wd = (const u16*)a.sc;
+    // A thread copies 16 bytes of rows tid/8 + 32u (u < 4) of each operand. Rows past
+    // the matrix or the run read the last one instead (their products are never
+    // stored): no predicates, and only 32-bit row offsets stay live across the loop
+    // beside the 64 accumulators (SASS: ~90 instructions a stage with the scales, not ~210).
+    int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
+    u32 woff[4], xoff[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int wrow = min(r0 + srow + 32 * u, a.rows - 1), tk = min(t0 + srow + 32 * u, a.nb - 1);
+        woff[u] = (u32)wrow * (u32)a.cols + 16 * sch;
+        xoff[u] = (u32)((long long)tk * a.x_stride + goff) + 16 * sch;
+    }
+    auto stage = [&](int kb0, int buf) {
+        i8* ad = as + buf * MMB_BM * MM_LD + srow * MM_LD + 16 * sch;
+        i8* bd = bs + buf * MMB_BN * MM_LD + srow * MM_LD + 16 * sch;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            cp_async16(ad + 32 * u * MM_LD, a.w + woff[u] + kb0 * 32, 16);
+            cp_async16(bd + 32 * u * MM_LD, a.xq + xoff[u] + kb0 * 32, 16);
+        }
+        if (threadIdx.x < MMB_BM) {
+            int wrow = r0 + threadIdx.x;
+            bool ok = wrow < a.rows;
+            cp_async8(adh + (buf * MMB_BM + threadIdx.x) * MM_KB, ok ? wd + (size_t)wrow * nblk + kb0 : wd,
+                      ok ? 8 : 0);
+        } else {
+            int row = threadIdx.x - MMB_BM, tk = t0 + row;
+            bool ok = tk < a.nb;
+            const float* src = ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd;
+#pragma unroll
+            for (int kb = 0; kb < MM_KB; kb++)
+                cp_async4z(bdt + (buf * MM_KB + kb) * MMB_BN + row, src + (ok ? kb : 0), ok ? 4 : 0);
+        }
+    };
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+    // ldmatrix row addresses. A (16 rows × 32 bytes): lanes 0-7 rows 0-7 bytes 0-15 (a0),
+    // 8-15 rows 8-15 (a1), 16-23 rows 0-7 bytes 16-31 (a2), 24-31 rows 8-15 (a3). B (two
+    // 8-token groups): lanes 0-7 group 2p bytes 0-15 (b0), 8-15 its bytes 16-31 (b1),
+    // 16-31 the same for group 2p + 1.
+    int arow = (lane & 7) + 8 * ((lane >> 3) & 1), acol = 16 * (lane >> 4);
+    int lrow = (lane & 7) + 8 * (lane >> 4), lcol = 16 * ((lane >> 3) & 1);
+    stage(0, 0);
+    cp_async_commit();
+    for (int kb0 = 0, it = 0; kb0 < nblk; kb0 += MM_KB, it++) {
+        int buf = it & 1;
+        // The other buffer was last read before the previous iteration's closing barrier.
+        if (kb0 + MM_KB < nblk) stage(kb0 + MM_KB, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncthreads();
+        const i8* asb = as + buf * MMB_BM * MM_LD;
+        const i8* bsb = bs + buf * MMB_BN * MM_LD;
+        const u16* adb = adh + buf * MMB_BM * MM_KB;
+        const float* bdb = bdt + buf * MM_KB * MMB_BN;
+#pragma unroll 1
+        for (int kb = 0; kb < MM_KB; kb++) {
+            u32 af[2][4];
+            float da[2][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                ldsm_x4(af[i][0], af[i][1], af[i][2], af[i][3],
+                        asb + (wr + 16 * i + arow) * MM_LD + 32 * kb + acol);
+                da[i][0] = h2f(adb[(wr + 16 * i + g) * MM_KB + kb]);
+                da[i][1] = h2f(adb[(wr + 16 * i + g + 8) * MM_KB + kb]);
+            }
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                u32 b[4];
+                ldsm_x4(b[0], b[1], b[2], b[3], bsb + (wt + 16 * p + lrow) * MM_LD + 32 * kb + lcol);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int j = 2 * p + h;
+                    float2 db = *(const float2*)&bdb[kb * MMB_BN + wt + 8 * j + 2 * tq];
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        int c[4];
+                        mma_s8_16832(c, (const int*)af[i], (int)b[2 * h], (int)b[2 * h + 1]);
+                        float f[4] = {(float)c[0], (float)c[1], (float)c[2], (float)c[3]};
+                        acc[i][j][0] += da[i][0] * db.x * f[0];
+                        acc[i][j][1] += da[i][0] * db.y * f[1];
+                        acc[i][j][2] += da[i][1] * db.x * f[2];
+                        acc[i][j][3] += da[i][1] * db.y * f[3];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int ra = r0 + wr + 16 * i + g;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int ta = t0 + wt + 8 * j + 2 * tq, tb = ta + 1;
+            mma_store(a, acc[i][j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+        }
+    }
+}
+
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -763,7 +907,9 @@ __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u3
 // products accumulate in f32 — accuracy at the level of f32 summation-order changes
 // (the CPU-comparison tests bound it). Tile and staging as mm_q8_0: 64 rows × 64
 // tokens, 64 columns per stage, rows padded to 144 bytes.
-template <bool PF> __device__ __forceinline__ void mm_f16_body(const MvArgs& a) {
+// A grid of several z splits the columns in gridDim.z equal ranges of whole 64-column
+// stages: split z writes its partial sums to y + z·nb·y_stride (summed by sum_parts).
+template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
     __shared__ __align__(16) u16 as[MM_BM * (MM_LD / 2)];
     __shared__ __align__(16) u16 bh[MM_BN * (MM_LD / 2)];
     __shared__ __align__(16) u16 bl[MM_BN * (MM_LD / 2)];
@@ -799,8 +945,10 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(const MvArgs& a) 
             if (tk < a.nb) xv[u] = *(const float4*)(a.xf + (long long)tk * a.x_stride + goff + k0 + 4 * ch);
         }
     };
-    if (PF) load(0);
-    for (int k0 = 0; k0 < a.cols; k0 += 64) {
+    int kspan = a.cols / gridDim.z, kbeg = blockIdx.z * kspan, kend = kbeg + kspan;
+    a.y += (size_t)blockIdx.z * a.nb * a.y_stride;
+    if (PF) load(kbeg);
+    for (int k0 = kbeg; k0 < kend; k0 += 64) {
         if (!PF) load(k0);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
@@ -819,7 +967,7 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(const MvArgs& a) 
             }
         }
         __syncthreads();
-        if (PF && k0 + 64 < a.cols) load(k0 + 64);
+        if (PF && k0 + 64 < kend) load(k0 + 64);
 #pragma unroll
         for (int kk = 0; kk < 64; kk += 16) {
             const u16* ab = as + (16 * warp) * ld + kk;
@@ -843,6 +991,18 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(const MvArgs& a) 
         int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
         mma_store(a, acc[j], ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
     }
+}
+
+// y[t·y_stride + r] = Σ_z part[z·n + t·rows + r] in z order, n = nb·rows (the column
+// splits of a tensor-core product).
+extern "C" __global__ void sum_parts(const float* part, int ks, int n, int rows, float* y,
+                                     int y_stride) {
+    pdl_begin();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = part[i];
+    for (int z = 1; z < ks; z++) s += part[(size_t)z * n + i];
+    y[(size_t)(i / rows) * y_stride + i % rows] = s;
 }
 
 extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin(); mm_f16_body<false>(a); }

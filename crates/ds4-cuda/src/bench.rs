@@ -104,6 +104,7 @@ impl CudaBackend {
                     y_stride: m.rows,
                     by_expert: None,
                     act_ready: false,
+                    part: (0, 0),
                 }
             } else {
                 Mv {

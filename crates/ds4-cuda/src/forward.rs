@@ -133,6 +133,8 @@ pub struct Scratch {
     ngrp: DevBuf,
     /// hc_pre_fused's per-token block counters (zero between launches).
     hc_count: DevBuf,
+    /// Partial sums of the column-split tensor-core products (runs only).
+    part: DevBuf,
     /// The run's first position (read by the kernels, so a captured graph can replay).
     pub pos: DevBuf,
     /// Indexer rows one token can see at most (scores row stride).
@@ -214,6 +216,46 @@ fn f32s(n: usize) -> usize {
     n * 4
 }
 
+/// Most column splits of a tensor-core product, and most rows of a split one.
+const MM_MAX_SPLITS: usize = 8;
+const MM_SPLIT_ROWS: usize = 64;
+
+/// Bytes of the split products' partial sums for runs of `t` tokens (none for decode).
+pub fn part_bytes(t: usize) -> usize {
+    if t < MMA_MIN_TOKENS {
+        16
+    } else {
+        f32s(MM_MAX_SPLITS * t * MM_SPLIT_ROWS)
+    }
+}
+
+/// Column splits for a tensor-core F16 product of `m` over `nb` tokens: a matrix of one
+/// 64-row tile (the HC mixing's 24 rows over 16,384 columns, the indexer's 64 weights)
+/// gives only nb/64 blocks — 32 of 132 SMs for a 2,048-token chunk, each walking all
+/// the columns. Split in a power of two that divides its 64-column stages (each split
+/// keeps at least four) until the blocks fill two per SM; the partial sums are added in
+/// split order (`sum_parts`), so the result does not depend on timing. 1: no split.
+/// `DS4_CUDA_MM_SPLIT=0` turns the splits off, for comparisons.
+pub fn mm_col_splits(gpu: &Gpu, m: &DevMat, nb: usize, part_cap: usize) -> usize {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_SPLIT").map_or(true, |v| v != "0"));
+    if !on || m.ty != GgmlType::F16 || m.rows > MM_SPLIT_ROWS {
+        return 1;
+    }
+    let blocks = nb.div_ceil(64);
+    let stages = m.cols / 64;
+    let mut ks = 1;
+    while ks < MM_MAX_SPLITS
+        && blocks * ks < 2 * gpu.sms as usize
+        && stages.is_multiple_of(2 * ks)
+        && stages / (2 * ks) >= 4
+        && f32s(2 * ks * nb * m.rows) <= part_cap
+    {
+        ks *= 2;
+    }
+    ks
+}
+
 /// Bytes of the per-run scratch for runs of `t` tokens.
 pub fn scratch_bytes(cfg: &ModelConfig, ctx: usize, t: usize) -> usize {
     scratch_plan(cfg, ctx, t).iter().sum()
@@ -282,6 +324,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         max_expert_groups(cfg, t, 8) * 3 * 4,      // grp
         16,                                        // ngrp
         MMA_MIN_TOKENS * 4,                        // hc_count
+        part_bytes(t),                             // part
         16,                                        // pos
     ]
 }
@@ -333,6 +376,7 @@ impl Scratch {
             grp: a()?,
             ngrp: a()?,
             hc_count: a()?,
+            part: a()?,
             pos: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
@@ -510,6 +554,10 @@ pub struct Mv {
     /// The activations were quantized for this product's type by the product just
     /// before (same input): skip quantizing them again.
     pub act_ready: bool,
+    /// A buffer (address, bytes) for the partial sums of a tensor-core product split
+    /// over its columns (see [`mm_col_splits`]); (0, 0): no split. Only one product at a
+    /// time may use it (runs are not captured, so they have no parallel branches).
+    pub part: (u64, usize),
 }
 
 /// Whether `b` consumes the activations exactly as `a` does (so `b` can reuse them).
@@ -531,6 +579,7 @@ impl Mv {
             y_stride,
             by_expert: None,
             act_ready: false,
+            part: (0, 0),
         }
     }
 }
@@ -712,6 +761,18 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
+/// The two-stage Q8_0 tensor-core product: `mm_q8_0_big` (128×128 tiles, half the L2
+/// traffic of the 64×64 ones; +1–1.5% prefill on the H200, bench/CUDA-SPEED.md v14) or
+/// `mm_q8_0_cp` (64×64), with the same outputs bit for bit. `DS4_CUDA_MMQ8=cp` keeps
+/// the latter, for comparisons.
+fn mm_q8_0_kernel() -> &'static str {
+    static K: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    K.get_or_init(|| match std::env::var("DS4_CUDA_MMQ8").as_deref() {
+        Ok("cp") => "mm_q8_0_cp",
+        _ => "mm_q8_0_big",
+    })
+}
+
 /// Whether the expert kernels take groups of 64 items (`*64`, `DS4_CUDA_EXP_NG64=1`): a
 /// 2,048-token chunk gives each expert ~48 items, which groups of 32 split in two, decoding
 /// the expert's weights twice. Off by default: measured slower on the H200 (v12 in
@@ -793,6 +854,10 @@ fn q8_rows_per_warp() -> Option<usize> {
         _ => None,
     })
 }
+
+/// Dynamic shared memory of `mm_q8_0_big` (MMB_SHARED in ds4.cu): two stages of 128
+/// weight rows and 128 tokens of 144 bytes, their f16 and f32 block scales.
+const MMB_SHARED: usize = 2 * (128 + 128) * 144 + 2 * 128 * 4 * 2 + 2 * 4 * 128 * 4;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -888,8 +953,32 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             (true, false) => "mm_f16",
             (true, true) => "mm_f16_pf",
             (false, false) => "mm_q8_0",
-            (false, true) => "mm_q8_0_cp",
+            (false, true) => mm_q8_0_kernel(),
         };
+        let ks = mm_col_splits(g, m, c.nb, c.part.1);
+        if m.ty == GgmlType::F16 && ks > 1 && c.group.0 == 0 {
+            // Partials [split][token][row] then their sum in split order.
+            let args = MvArgs {
+                y: c.part.0,
+                y_stride: m.rows as i32,
+                ksplit: ks as i32,
+                ..args
+            };
+            launch!(g, kernel, (1, ceil_div(c.nb, 64), ks as u32), 128, 0; args)?;
+            let n = c.nb * m.rows;
+            return launch!(g, "sum_parts", (ceil_div(n, 256), 1, 1), 256, 0;
+                c.part.0, ks as i32, n as i32, m.rows as i32, c.y, c.y_stride as i32);
+        }
+        // The 128-row tiles need column groups aligned to them (one group per tile), and
+        // their staging takes 32-bit offsets into the weights and the activations.
+        let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
+        let big = kernel == "mm_q8_0_big";
+        if big && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
+            g.allow_shared(kernel, MMB_SHARED)?;
+            return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), 256,
+                MMB_SHARED as u32; args);
+        }
+        let kernel = if big { "mm_q8_0_cp" } else { kernel };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
     }
     let grid_y = match c.by_expert {
@@ -963,11 +1052,15 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         gpu.alloc(n / 32 * 4 + 4)?,
         gpu.alloc(n / 16 * 2 + 2)?,
     );
+    let part = gpu.alloc(part_bytes(t))?;
     mv_launch(
         gpu,
         m,
         [&q, &d, &bs],
-        Mv::plain(x.ptr, t, m.cols, y.ptr, m.rows),
+        Mv {
+            part: (part.ptr, part.bytes),
+            ..Mv::plain(x.ptr, t, m.cols, y.ptr, m.rows)
+        },
     )?;
     let mut out = vec![0f32; t * m.rows];
     gpu.read(y.ptr, &mut out)?;
@@ -1028,6 +1121,7 @@ pub fn experts_once(
         y_stride: m.rows,
         by_expert,
         act_ready: false,
+        part: (0, 0),
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
     let mut out = vec![0f32; nb * m.rows];
@@ -1089,7 +1183,17 @@ impl<'a> Fwd<'a> {
     }
 
     fn mv(&self, s: &Scratch, m: &DevMat, c: Mv) -> Result<(), CudaError> {
-        mv_launch(self.gpu, m, [&s.act_q, &s.act_d, &s.act_s], c)
+        let part = if self.capture {
+            (0, 0)
+        } else {
+            (s.part.ptr, s.part.bytes)
+        };
+        mv_launch(
+            self.gpu,
+            m,
+            [&s.act_q, &s.act_d, &s.act_s],
+            Mv { part, ..c },
+        )
     }
 
     fn rms(
@@ -1655,6 +1759,7 @@ impl<'a> Fwd<'a> {
                 y_stride,
                 by_expert: groups,
                 act_ready: false,
+                part: (0, 0),
             };
         // Gate and up of each item in one product ([gate; up] per expert).
         let ready = xquant.is_some();

@@ -3,7 +3,7 @@
 //! checking (CI has no GPU; these run on the GPU machine, see the crate README).
 
 use ds4_cuda::device::Gpu;
-use ds4_cuda::forward::{experts_once, matmul_once};
+use ds4_cuda::forward::{experts_once, matmul_once, mm_col_splits, part_bytes};
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
 use ds4_engine::weights::Bytes;
@@ -55,6 +55,35 @@ fn matvec_matches_cpu_for_every_weight_type() {
     let w = rand_vec(rows * cols, 1);
     for n_tok in [1, 3, 70] {
         check_types(&gpu, rows, cols, &w, n_tok);
+    }
+}
+
+#[test]
+fn narrow_f16_products_split_over_columns_match_cpu() {
+    let Some(gpu) = gpu_or_skip("narrow_f16_products_split_over_columns_match_cpu") else {
+        return;
+    };
+    // The HC mixing's shape (24 rows of 16,384) and the indexer weights' (64 of 4,096):
+    // one 64-row tile, so a run's tensor-core product splits its columns (sum_parts).
+    for (rows, cols) in [(24, 16384), (64, 4096)] {
+        let w = rand_vec(rows * cols, 3);
+        let bytes = ds4_quant::quantize(GgmlType::F16, &w, cols, None).unwrap();
+        let m = Mat::from_blocks(rows, cols, GgmlType::F16, Bytes::from_vec(bytes)).unwrap();
+        let xs: Vec<Vec<f32>> = (0..200).map(|t| rand_vec(cols, 40 + t)).collect();
+        let cpu = m.matmul(&xs).unwrap();
+        let dm = upload_mat(&gpu, &m, "test").unwrap();
+        let splits = mm_col_splits(&gpu, &dm, xs.len(), part_bytes(xs.len()));
+        assert!(splits > 1, "{rows}x{cols}: not split");
+        let got = matmul_once(&gpu, &dm, &xs).unwrap();
+        let mut worst = 0f32;
+        for (t, (a, b)) in cpu.iter().zip(&got).enumerate() {
+            let e = rel_err(a, b);
+            worst = worst.max(e);
+            assert!(e < 1e-5, "{rows}x{cols} token {t}: rel err {e}");
+        }
+        println!(
+            "F16 {rows}x{cols}, 200 tokens in {splits} column splits: worst rel err {worst:.3e}"
+        );
     }
 }
 

@@ -28,5 +28,11 @@ fn kernels_compile_for_hopper_without_spills() {
     if std::env::var_os("DS4_PTXAS_LOG").is_some() {
         println!("{log}");
     }
+    // For reading the machine code (nvdisasm / cuobjdump -sass) without a GPU.
+    if let Some(dir) = std::env::var_os("DS4_CUBIN_DIR") {
+        let dir = std::path::Path::new(&dir);
+        compile::cubin(&prog, "sm_90a", dir).expect("cubin");
+        println!("cubin written under {}", dir.display());
+    }
     assert!(spills.is_empty(), "register spills:\n{}", spills.join("\n"));
 }
