@@ -56,6 +56,10 @@ fn matvec_matches_cpu_for_every_weight_type() {
     for n_tok in [1, 3, 70] {
         check_types(&gpu, rows, cols, &w, n_tok);
     }
+    // Decode's wide rows (a multiple of 2,048 columns: four Q8_0 pieces a lane).
+    let cols = 2048;
+    let w = rand_vec(rows * cols, 2);
+    check_types(&gpu, rows, cols, &w, 1);
 }
 
 #[test]
