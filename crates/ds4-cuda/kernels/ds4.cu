@@ -2054,14 +2054,8 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 // warp 0's post weights and Sinkhorn into mixo — with this thread's columns (i =
 // threadIdx.x + 1024·k), their hc inputs and norm weights loaded at once. blockDim 1024.
 // X is read past L1: other blocks of the same launch may have just written it.
-__device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float* xv,
-                                            const float* scale, const float* base,
-                                            const float* nw, float* xn, float* mixo, int hc,
-                                            int n, int mix, int iters, float hc_eps, float eps,
-                                            i8* q, float* d, int mix_out) {
-    __shared__ double shd[32];
-    __shared__ float pre[HC_MAX];
-    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
+__device__ __forceinline__ void hc_pre_last_load(const float* xv, const float* nw, int hc, int n,
+                                                 float (&xr)[HC_COLS][HC_MAX], float (&wn)[HC_COLS]) {
 #pragma unroll
     for (int k = 0; k < HC_COLS; k++) {
         int i = threadIdx.x + 1024 * k;
@@ -2070,6 +2064,14 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float*
             xr[k][h] = i < n && h < hc ? __ldcg(&xv[(size_t)h * n + i]) : 0.0f;
         wn[k] = i < n ? nw[i] : 0.0f;
     }
+}
+__device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float (&xr)[HC_COLS][HC_MAX],
+                                            const float (&wn)[HC_COLS], const float* scale,
+                                            const float* base, float* xn, float* mixo, int hc,
+                                            int n, int mix, int iters, float hc_eps, float eps,
+                                            i8* q, float* d, int mix_out) {
+    __shared__ double shd[32];
+    __shared__ float pre[HC_MAX];
     __syncthreads();
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zs[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
@@ -2102,19 +2104,28 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float*
     }
 }
 
-template <typename T, typename Load>
+// LATE (hc_pre_late_*): the product first and the norm's factor after, z = r·(W·x)
+// rather than W·(x·r): a block reads only its own 1,024 columns and sums only their
+// squares (no block-wide sum of all 16,384 before the product); the last block adds
+// the shares of both in block order, and loads the hc inputs for the pre-mix in the
+// same round trip as the shares. The same values up to float rounding (r is applied
+// to the sum rather than to each input).
+template <bool LATE, typename T, typename Load>
 __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* count,
                                   float* z, const float* scale, const float* base,
                                   const float* nw, float* xn, float* mixo, int hc, int n,
                                   int mix, int iters, float hc_eps, float eps, i8* q, float* d,
                                   int mix_out, Load load) {
     __shared__ double shd[32];
+    __shared__ double pss_s[HC_MAX_BLK];
     __shared__ float shm[32][HC_MAX_MIX];  // [warp][row]
     __shared__ float ps[HC_MAX_BLK][HC_MAX_MIX];
     __shared__ float sc_s[3], base_s[HC_MAX_MIX];
     __shared__ int last;
     int he = hc * n, t = blockIdx.y, nblk = gridDim.x;
     int c = blockIdx.x * 1024 + threadIdx.x;
+    // LATE: the blocks' sums of squares after the shares, 8-byte aligned.
+    double* pss = (double*)(part + ((size_t)gridDim.y * nblk * mix + 1) / 2 * 2);
     pdl_signal_early();
     // Model weights, not step data: all loaded before the wait (the last block's pre-step
     // reads scale and base from shared memory rather than one more round trip each).
@@ -2125,13 +2136,20 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
     if (threadIdx.x < mix) base_s[threadIdx.x] = base[threadIdx.x];
     pdl_wait();
     const float* xv = x + (size_t)t * he;
-    double ss = 0.0;
-#pragma unroll 16
-    for (int i = threadIdx.x; i < he; i += 1024) ss += (double)xv[i] * (double)xv[i];
-    ss = block_sum_d(ss, shd);
-    float r = (float)(1.0 / sqrt(ss / (double)he + (double)eps));
-    float v = xv[c] * r;
     int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    float v;
+    if (LATE) {
+        v = xv[c];
+        double sq = warp_reduce((double)v * (double)v, SumOp());
+        if (lane == 0) shd[wp] = sq;
+    } else {
+        double ss = 0.0;
+#pragma unroll 16
+        for (int i = threadIdx.x; i < he; i += 1024) ss += (double)xv[i] * (double)xv[i];
+        ss = block_sum_d(ss, shd);
+        float r = (float)(1.0 / sqrt(ss / (double)he + (double)eps));
+        v = xv[c] * r;
+    }
 #pragma unroll
     for (int m = 0; m < HC_MAX_MIX; m++) {
         if (m < mix) {
@@ -2145,40 +2163,68 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
         for (int k = 0; k < 32; k++) a += shm[k][threadIdx.x];
         part[((size_t)t * nblk + blockIdx.x) * mix + threadIdx.x] = a;
     }
+    if (LATE && threadIdx.x == HC_MAX_MIX) {
+        double a = 0.0;
+        for (int k = 0; k < 32; k++) a += shd[k];
+        pss[(size_t)t * nblk + blockIdx.x] = a;
+    }
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&count[t], 1) == nblk - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
+    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
+    if (LATE) hc_pre_last_load(xv, nw, hc, n, xr, wn);
     // Every block's shares in one round of loads, then added in block order.
     __shared__ float zs[HC_MAX_MIX];
     for (int i = threadIdx.x; i < nblk * mix; i += 1024)
         ps[i / mix][i % mix] = __ldcg(&part[(size_t)t * nblk * mix + i]);
+    if (LATE && threadIdx.x < nblk) pss_s[threadIdx.x] = __ldcg(&pss[(size_t)t * nblk + threadIdx.x]);
     __syncthreads();
     if (threadIdx.x < mix) {
         float a = 0.0f;
         for (int k = 0; k < nblk; k++) a += ps[k][threadIdx.x];
+        if (LATE) {
+            double ss = 0.0;
+            for (int k = 0; k < nblk; k++) ss += pss_s[k];
+            a *= (float)(1.0 / sqrt(ss / (double)he + (double)eps));
+        }
         zs[threadIdx.x] = a;
         z[(size_t)t * mix + threadIdx.x] = a;
     }
     if (threadIdx.x == 0) count[t] = 0;
-    hc_pre_last(t, zs, xv, sc_s, base_s, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d,
+    if (!LATE) hc_pre_last_load(xv, nw, hc, n, xr, wn);
+    hc_pre_last(t, zs, xr, wn, sc_s, base_s, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d,
                 mix_out);
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f16(
     const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
     float hc_eps, float eps, i8* q, float* d, int mix_out) {
-    hc_pre_fused_body<u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
-                           hc_eps, eps, q, d, mix_out, LoadF16());
+    hc_pre_fused_body<false, u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
+                                   iters, hc_eps, eps, q, d, mix_out, LoadF16());
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f32(
     const float* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
     float hc_eps, float eps, i8* q, float* d, int mix_out) {
-    hc_pre_fused_body<float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
-                             hc_eps, eps, q, d, mix_out, LoadF32());
+    hc_pre_fused_body<false, float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
+                                   iters, hc_eps, eps, q, d, mix_out, LoadF32());
+}
+extern "C" __global__ void __launch_bounds__(1024) hc_pre_late_f16(
+    const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
+    const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
+    float hc_eps, float eps, i8* q, float* d, int mix_out) {
+    hc_pre_fused_body<true, u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
+                                   iters, hc_eps, eps, q, d, mix_out, LoadF16());
+}
+extern "C" __global__ void __launch_bounds__(1024) hc_pre_late_f32(
+    const float* w, const float* x, float* part, int* count, float* z, const float* scale,
+    const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
+    float hc_eps, float eps, i8* q, float* d, int mix_out) {
+    hc_pre_fused_body<true, float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
+                                   iters, hc_eps, eps, q, d, mix_out, LoadF32());
 }
 
 // hc_pre_fused's Sinkhorn step on its own (mix_out = 0 there): the post weights and
@@ -3002,7 +3048,8 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
                                              const float* freqs, int n_rot, int span,
                                              int nsplit, i8* q, float* qd) { pdl_begin();
     int pos0 = *pos0p;
-    extern __shared__ float sm[];  // hd
+    extern __shared__ float sm[];  // hd, then nsplit range factors
+    float* ez = sm + hd;
     int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
     int nz = (ar.n + span - 1) / span;
@@ -3011,11 +3058,14 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
     float sink = sinks[h];
     float mx = sink;
     for (int z = 0; z < nz; z++) mx = fmaxf(mx, pp[z * stride]);
+    // Each range's factor once (threads z), not once per dimension: the same values.
+    for (int z = threadIdx.x; z < nz; z += blockDim.x) ez[z] = expf(pp[z * stride] - mx);
+    __syncthreads();
     float den = expf(sink - mx);
-    for (int z = 0; z < nz; z++) den += pp[z * stride + 1] * expf(pp[z * stride] - mx);
+    for (int z = 0; z < nz; z++) den += pp[z * stride + 1] * ez[z];
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float acc = 0.0f;
-        for (int z = 0; z < nz; z++) acc += pp[z * stride + 2 + i] * expf(pp[z * stride] - mx);
+        for (int z = 0; z < nz; z++) acc += pp[z * stride + 2 + i] * ez[z];
         sm[i] = acc / den;
     }
     __syncthreads();

@@ -831,6 +831,14 @@ fn hc_mix_branch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_MIX_BRANCH").map_or(true, |v| v != "0"))
 }
 
+/// Whether the one-launch HC pre-step applies the norm's factor after the product
+/// (`hc_pre_late_*`: no block-wide sum of squares before it) rather than to its inputs
+/// (`hc_pre_fused_*`, `DS4_CUDA_HC_LATE=0`, for comparisons).
+fn hc_late_r() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_LATE").map_or(true, |v| v != "0"))
+}
+
 /// Whether decode's HC pre-step is one launch (`hc_pre_fused_*`). `DS4_CUDA_HC_FUSED=0`
 /// keeps hc_fn_rms then hc_pre_norm, for comparisons.
 fn hc_fused_on() -> bool {
@@ -1297,10 +1305,11 @@ impl<'a> Fwd<'a> {
             .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32))
             .filter(|_| he <= 32 * 1024);
         if let Some(kernel) = one {
-            let kernel = if kernel == "hc_fn_rms_f16" {
-                "hc_pre_fused_f16"
-            } else {
-                "hc_pre_fused_f32"
+            let kernel = match (kernel == "hc_fn_rms_f16", hc_late_r()) {
+                (true, true) => "hc_pre_late_f16",
+                (true, false) => "hc_pre_fused_f16",
+                (false, true) => "hc_pre_late_f32",
+                (false, false) => "hc_pre_fused_f32",
             };
             // The Sinkhorn step (only hc_post reads it) on a side branch of the graph.
             let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
@@ -1568,7 +1577,7 @@ impl<'a> Fwd<'a> {
             // The combine writes o's Q8_0 for out_a where out_a takes it.
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
             let (qp, dp) = oq.unwrap_or((0, 0));
-            launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, (hd * 4) as u32;
+            launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, ((hd + nsplit) * 4) as u32;
                 s.apart.ptr, sel.0, sel.1, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
                 cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
                 nsplit as i32, qp, dp)?;

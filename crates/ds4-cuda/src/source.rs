@@ -51,6 +51,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_fn_rms_f32",
     "hc_fn_rms_f16",
     "hc_pre_fused_f32",
+    "hc_pre_late_f16",
+    "hc_pre_late_f32",
     "hc_pre_fused_f16",
     "hc_mix",
     "hc_post",
