@@ -1922,6 +1922,48 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
         rope_pair(&xv[off + 2 * k], &xv[off + 2 * k + 1], pos0 + t, freqs[k], 0);
 }
 
+// head_norm_rope with one warp per (token, head), 8 a block, for hd a multiple of 128 up
+// to 512: lane l holds dimensions 4l + 128j in registers, the sum of squares (double) is
+// a warp sum, and the rotated pairs (whole float4s: (hd − n_rot) a multiple of 4) are
+// the lane's own. No barriers; r as the block version's up to the order of its double
+// sum of float squares. rows = T·heads.
+extern "C" __global__ void head_norm_rope_w(float* x, int heads, int hd, float eps,
+                                            const float* freqs, int n_rot, const int* pos0p,
+                                            int rows) { pdl_begin();
+    int pos0 = *pos0p;
+    int lane = threadIdx.x & 31;
+    int v = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (v >= rows) return;
+    int t = v / heads, nj = hd >> 7;
+    float* xv = x + (size_t)v * hd;
+    float4 e[4];
+    double ss = 0.0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (j < nj) {
+            e[j] = *(const float4*)(xv + 128 * j + 4 * lane);
+            ss += (double)e[j].x * (double)e[j].x + (double)e[j].y * (double)e[j].y +
+                  (double)e[j].z * (double)e[j].z + (double)e[j].w * (double)e[j].w;
+        }
+    }
+    ss = warp_reduce(ss, SumOp());
+    float r = (float)(1.0 / sqrt(ss / (double)hd + (double)eps));
+    int off = hd - n_rot;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (j < nj) {
+            float a[4] = {e[j].x * r, e[j].y * r, e[j].z * r, e[j].w * r};
+            int d0 = 128 * j + 4 * lane;
+            if (d0 >= off) {
+                int k0 = (d0 - off) / 2;
+                rope_pair(&a[0], &a[1], pos0 + t, freqs[k0], 0);
+                rope_pair(&a[2], &a[3], pos0 + t, freqs[k0 + 1], 0);
+            }
+            *(float4*)(xv + d0) = make_float4(a[0], a[1], a[2], a[3]);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // mHC (spec §3.3, §3.4, §3.11).
 
@@ -2605,6 +2647,70 @@ extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
     if (sim) qat_indexer_vec(v, di, amax);
     for (int i = threadIdx.x; i < di; i += blockDim.x) q[i] = v[i];
     if (threadIdx.x == 0) wi[(size_t)t * heads + h] *= 1.0f / sqrtf((float)(di * heads));
+}
+
+// indexer_prep with one warp per (token, head), 8 a block, for 128-dimension heads: lane
+// l holds dimensions 4l..4l+3 in registers; the Walsh-Hadamard stages h = 1, 2 run in
+// the lane and h = 4..64 across lanes (shfl_xor h/4: the lower lane keeps a + b, the upper
+// a − b), a 32-block's maximum over its 8 lanes. No barriers, where the block version
+// waits on ~12 (a 2,048-token run has 131k such blocks). The same operations on the same
+// values: bit for bit. Rows: nrows = T·heads.
+extern "C" __global__ void indexer_prep_w(float* qi, float* wi, int heads, int di,
+                                          const float* freqs, int n_rot, const int* pos0p,
+                                          int sim, int nrows) { pdl_begin();
+    int pos0 = *pos0p;
+    int lane = threadIdx.x & 31;
+    int idx = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (idx >= nrows) return;
+    int t = idx / heads;
+    float* q = qi + (size_t)idx * di;
+    float4 v4 = *(const float4*)(q + 4 * lane);
+    float v[4] = {v4.x, v4.y, v4.z, v4.w};
+    int off = di - n_rot, d0 = 4 * lane;
+    if (d0 >= off) {
+        int k0 = (d0 - off) / 2;
+        rope_pair(&v[0], &v[1], pos0 + t, freqs[k0], 0);
+        rope_pair(&v[2], &v[3], pos0 + t, freqs[k0 + 1], 0);
+    }
+    if (sim) {
+        float a = v[0], b = v[1];
+        v[0] = a + b;
+        v[1] = a - b;
+        a = v[2], b = v[3];
+        v[2] = a + b;
+        v[3] = a - b;
+        a = v[0], b = v[2];
+        v[0] = a + b;
+        v[2] = a - b;
+        a = v[1], b = v[3];
+        v[1] = a + b;
+        v[3] = a - b;
+#pragma unroll
+        for (int sx = 1; sx < 32; sx <<= 1) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float o = __shfl_xor_sync(0xffffffffu, v[k], sx);
+                v[k] = (lane & sx) ? o - v[k] : v[k] + o;
+            }
+        }
+        float sc = 1.0f / sqrtf((float)di);
+        float m = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            v[k] *= sc;
+            m = fmaxf(m, fabsf(v[k]));
+        }
+#pragma unroll
+        for (int sx = 1; sx < 8; sx <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, sx));
+        float s = pow2_scale(fmaxf(m, 7.052966e-38f), 6.0f);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float x = fminf(fmaxf(v[k] / s, -6.0f), 6.0f);
+            v[k] = e2m1_round(x) * s;
+        }
+    }
+    *(float4*)(q + 4 * lane) = make_float4(v[0], v[1], v[2], v[3]);
+    if (lane == 0) wi[idx] *= 1.0f / sqrtf((float)(di * heads));
 }
 
 // score[t, r] = Σ_h w_h · relu(q_h · row_r) for every row visible to token t

@@ -831,6 +831,15 @@ fn hc_mix_branch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_MIX_BRANCH").map_or(true, |v| v != "0"))
 }
 
+/// Whether the indexer's queries of 128 dimensions are prepared one warp per head
+/// (`indexer_prep_w`, the same values) and the attention queries normalized and rotated
+/// one warp per head (`head_norm_rope_w`) rather than one block each
+/// (`DS4_CUDA_IPREP_WARP=0`, for comparisons).
+fn iprep_warp_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IPREP_WARP").map_or(true, |v| v != "0"))
+}
+
 /// Whether the one-launch HC pre-step applies the norm's factor after the product
 /// (`hc_pre_late_*`: no block-wide sum of squares before it) rather than to its inputs
 /// (`hc_pre_fused_*`, `DS4_CUDA_HC_LATE=0`, for comparisons).
@@ -1438,8 +1447,17 @@ impl<'a> Fwd<'a> {
 
         // Per-head weightless norm and RoPE of the queries; the K=V rows rotated,
         // simulated and stored before attention (a token attends to itself).
-        launch!(fq.gpu, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
-            s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
+        if hd.is_multiple_of(128)
+            && hd <= 512
+            && (hd - cfg.n_rot).is_multiple_of(4)
+            && iprep_warp_on()
+        {
+            launch!(fq.gpu, "head_norm_rope_w", (ceil_div(t * nh, 8), 1, 1), 256, 0;
+                s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0, (t * nh) as i32)?;
+        } else {
+            launch!(fq.gpu, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
+                s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
+        }
         let ring_rows = (st.ring.bytes / 4 / hd) as i32;
         // kv_store normalizes the K=V row itself (kv_norm), from the [q_a; kv] output.
         launch!(g, "kv_store", (t as u32, 1, 1), norm_threads(hd), (hd * 4) as u32;
@@ -1493,8 +1511,14 @@ impl<'a> Fwd<'a> {
                 Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
             )?;
             fi.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
-            launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
-                s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
+            if di == 128 && (di - cfg.n_rot).is_multiple_of(4) && iprep_warp_on() {
+                launch!(fi.gpu, "indexer_prep_w", (ceil_div(t * nhi, 8), 1, 1), 256, 0;
+                    s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim,
+                    (t * nhi) as i32)?;
+            } else {
+                launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
+                    s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
+            }
             let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
             self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
             let c = Compress {
