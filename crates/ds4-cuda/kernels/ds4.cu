@@ -46,7 +46,7 @@ __device__ __forceinline__ u32 rd32(const u8* p) {
 // completion. The signal lets the next kernel's blocks be scheduled: with DS4_PDL_EARLY
 // (the host's switch, DS4_CUDA_PDL_EARLY) before this kernel's wait, so that a chain of
 // short kernels is resident ahead of time and may load what does not depend on the step
-// (hc_pre_fused's weights) before their turn; otherwise after it. Early signalling
+// (hc_pre_late's weights) before their turn; otherwise after it. Early signalling
 // cannot deadlock: the next kernel is launched only once all of this one's blocks have
 // started, so a waiting block never holds a slot that an earlier kernel still needs.
 // Both are no-ops when the launch did not ask for PDL.
@@ -2079,12 +2079,11 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 
 // Decode's whole HC pre-step in one launch (hc_fn_rms then hc_pre_norm were two, each one
 // or a few blocks whose strided loads wait on memory one after another). Grid (he / 1024,
-// T), 1024 threads: block c forms the token's sum of squares as rms_norm with 1024
-// threads does (so the same r), then its 1024 columns' share of the `mix` products
-// W·(x·r) into part[t][c][:]; the token's last block to finish (count[t], reset for
-// the next step and graph replay) adds the shares in column order into z and runs
-// hc_pre_norm's step (its values; the sums of squares in another order). The product's
-// sum order differs from hc_fn_rms (float rounding).
+// T), 1024 threads: block c writes its 1024 columns' share of the `mix` products W·x and
+// of the sum of squares into part[t][c]; the token's last block to finish (count[t],
+// reset for the next step and graph replay) adds the shares in column order, scales the
+// products by the norm's factor into z and runs hc_pre_norm's step (its values; the sums
+// in another order). The product's rounding differs from hc_fn_rms (see hc_pre_late_body).
 // The weight rows are read before the dependency wait: they do not depend on the step.
 #define HC_MAX_MIX 24  // hc = 4: 2·4 + 4·4 (the host checks these bounds)
 #define HC_MAX 4
@@ -2146,18 +2145,18 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float 
     }
 }
 
-// LATE (hc_pre_late_*): the product first and the norm's factor after, z = r·(W·x)
-// rather than W·(x·r): a block reads only its own 1,024 columns and sums only their
-// squares (no block-wide sum of all 16,384 before the product); the last block adds
-// the shares of both in block order, and loads the hc inputs for the pre-mix in the
-// same round trip as the shares. The same values up to float rounding (r is applied
-// to the sum rather than to each input).
-template <bool LATE, typename T, typename Load>
-__device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* count,
-                                  float* z, const float* scale, const float* base,
-                                  const float* nw, float* xn, float* mixo, int hc, int n,
-                                  int mix, int iters, float hc_eps, float eps, i8* q, float* d,
-                                  int mix_out, Load load) {
+// The product first and the norm's factor after, z = r·(W·x) rather than W·(x·r) (v13's
+// hc_pre_fused, measured slower in v14): a block reads only its own 1,024 columns and
+// sums only their squares (no block-wide sum of all 16,384 before the product); the last
+// block adds the shares of both in block order, and loads the hc inputs for the pre-mix
+// in the same round trip as the shares. The same values up to float rounding (r is
+// applied to the sum rather than to each input).
+template <typename T, typename Load>
+__device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* count,
+                                 float* z, const float* scale, const float* base,
+                                 const float* nw, float* xn, float* mixo, int hc, int n,
+                                 int mix, int iters, float hc_eps, float eps, i8* q, float* d,
+                                 int mix_out, Load load) {
     __shared__ double shd[32];
     __shared__ double pss_s[HC_MAX_BLK];
     __shared__ float shm[32][HC_MAX_MIX];  // [warp][row]
@@ -2166,7 +2165,7 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
     __shared__ int last;
     int he = hc * n, t = blockIdx.y, nblk = gridDim.x;
     int c = blockIdx.x * 1024 + threadIdx.x;
-    // LATE: the blocks' sums of squares after the shares, 8-byte aligned.
+    // The blocks' sums of squares after the shares, 8-byte aligned.
     double* pss = (double*)(part + ((size_t)gridDim.y * nblk * mix + 1) / 2 * 2);
     pdl_signal_early();
     // Model weights, not step data: all loaded before the wait (the last block's pre-step
@@ -2179,19 +2178,9 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
     pdl_wait();
     const float* xv = x + (size_t)t * he;
     int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
-    float v;
-    if (LATE) {
-        v = xv[c];
-        double sq = warp_reduce((double)v * (double)v, SumOp());
-        if (lane == 0) shd[wp] = sq;
-    } else {
-        double ss = 0.0;
-#pragma unroll 16
-        for (int i = threadIdx.x; i < he; i += 1024) ss += (double)xv[i] * (double)xv[i];
-        ss = block_sum_d(ss, shd);
-        float r = (float)(1.0 / sqrt(ss / (double)he + (double)eps));
-        v = xv[c] * r;
-    }
+    float v = xv[c];
+    double sq = warp_reduce((double)v * (double)v, SumOp());
+    if (lane == 0) shd[wp] = sq;
 #pragma unroll
     for (int m = 0; m < HC_MAX_MIX; m++) {
         if (m < mix) {
@@ -2205,7 +2194,7 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
         for (int k = 0; k < 32; k++) a += shm[k][threadIdx.x];
         part[((size_t)t * nblk + blockIdx.x) * mix + threadIdx.x] = a;
     }
-    if (LATE && threadIdx.x == HC_MAX_MIX) {
+    if (threadIdx.x == HC_MAX_MIX) {
         double a = 0.0;
         for (int k = 0; k < 32; k++) a += shd[k];
         pss[(size_t)t * nblk + blockIdx.x] = a;
@@ -2217,59 +2206,42 @@ __device__ void hc_pre_fused_body(const T* w, const float* x, float* part, int* 
     if (!last) return;
     __threadfence();
     float xr[HC_COLS][HC_MAX], wn[HC_COLS];
-    if (LATE) hc_pre_last_load(xv, nw, hc, n, xr, wn);
+    hc_pre_last_load(xv, nw, hc, n, xr, wn);
     // Every block's shares in one round of loads, then added in block order.
     __shared__ float zs[HC_MAX_MIX];
     for (int i = threadIdx.x; i < nblk * mix; i += 1024)
         ps[i / mix][i % mix] = __ldcg(&part[(size_t)t * nblk * mix + i]);
-    if (LATE && threadIdx.x < nblk) pss_s[threadIdx.x] = __ldcg(&pss[(size_t)t * nblk + threadIdx.x]);
+    if (threadIdx.x < nblk) pss_s[threadIdx.x] = __ldcg(&pss[(size_t)t * nblk + threadIdx.x]);
     __syncthreads();
     if (threadIdx.x < mix) {
         float a = 0.0f;
         for (int k = 0; k < nblk; k++) a += ps[k][threadIdx.x];
-        if (LATE) {
-            double ss = 0.0;
-            for (int k = 0; k < nblk; k++) ss += pss_s[k];
-            a *= (float)(1.0 / sqrt(ss / (double)he + (double)eps));
-        }
+        double ss = 0.0;
+        for (int k = 0; k < nblk; k++) ss += pss_s[k];
+        a *= (float)(1.0 / sqrt(ss / (double)he + (double)eps));
         zs[threadIdx.x] = a;
         z[(size_t)t * mix + threadIdx.x] = a;
     }
     if (threadIdx.x == 0) count[t] = 0;
-    if (!LATE) hc_pre_last_load(xv, nw, hc, n, xr, wn);
     hc_pre_last(t, zs, xr, wn, sc_s, base_s, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d,
                 mix_out);
-}
-extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f16(
-    const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
-    const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
-    float hc_eps, float eps, i8* q, float* d, int mix_out) {
-    hc_pre_fused_body<false, u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
-                                   iters, hc_eps, eps, q, d, mix_out, LoadF16());
-}
-extern "C" __global__ void __launch_bounds__(1024) hc_pre_fused_f32(
-    const float* w, const float* x, float* part, int* count, float* z, const float* scale,
-    const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
-    float hc_eps, float eps, i8* q, float* d, int mix_out) {
-    hc_pre_fused_body<false, float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
-                                   iters, hc_eps, eps, q, d, mix_out, LoadF32());
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_late_f16(
     const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
     float hc_eps, float eps, i8* q, float* d, int mix_out) {
-    hc_pre_fused_body<true, u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
-                                   iters, hc_eps, eps, q, d, mix_out, LoadF16());
+    hc_pre_late_body<u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
+                          hc_eps, eps, q, d, mix_out, LoadF16());
 }
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_late_f32(
     const float* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
     float hc_eps, float eps, i8* q, float* d, int mix_out) {
-    hc_pre_fused_body<true, float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix,
-                                   iters, hc_eps, eps, q, d, mix_out, LoadF32());
+    hc_pre_late_body<float>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
+                            hc_eps, eps, q, d, mix_out, LoadF32());
 }
 
-// hc_pre_fused's Sinkhorn step on its own (mix_out = 0 there): the post weights and
+// hc_pre_late's Sinkhorn step on its own (mix_out = 0 there): the post weights and
 // comb of token blockIdx.x from its mixing logits z, by one warp — the same values.
 // Queued on a graph branch beside the sublayer, so its ~2 µs of serial shuffles and
 // divisions leave the chain between the HC pre-step and the next product.

@@ -131,7 +131,7 @@ pub struct Scratch {
     perm: DevBuf,
     grp: DevBuf,
     ngrp: DevBuf,
-    /// hc_pre_fused's per-token block counters (zero between launches).
+    /// hc_pre_late's per-token block counters (zero between launches).
     hc_count: DevBuf,
     /// Partial sums of the column-split tensor-core products (runs only).
     part: DevBuf,
@@ -825,7 +825,7 @@ fn route_warp_on() -> bool {
 const HC_MIX_SIDE: usize = 2;
 
 /// Whether the HC Sinkhorn step runs as a graph branch (`hc_mix`) rather than in
-/// hc_pre_fused's last block (`DS4_CUDA_HC_MIX_BRANCH=0`).
+/// hc_pre_late's last block (`DS4_CUDA_HC_MIX_BRANCH=0`).
 fn hc_mix_branch_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_MIX_BRANCH").map_or(true, |v| v != "0"))
@@ -840,22 +840,14 @@ fn iprep_warp_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IPREP_WARP").map_or(true, |v| v != "0"))
 }
 
-/// Whether the one-launch HC pre-step applies the norm's factor after the product
-/// (`hc_pre_late_*`: no block-wide sum of squares before it) rather than to its inputs
-/// (`hc_pre_fused_*`, `DS4_CUDA_HC_LATE=0`, for comparisons).
-fn hc_late_r() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_LATE").map_or(true, |v| v != "0"))
-}
-
-/// Whether decode's HC pre-step is one launch (`hc_pre_fused_*`). `DS4_CUDA_HC_FUSED=0`
+/// Whether decode's HC pre-step is one launch (`hc_pre_late_*`). `DS4_CUDA_HC_FUSED=0`
 /// keeps hc_fn_rms then hc_pre_norm, for comparisons.
 fn hc_fused_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_FUSED").map_or(true, |v| v != "0"))
 }
 
-/// The most HC mixing logits `hc_pre_fused_*` takes (its HC_MAX_MIX: hc = 4; it also
+/// The most HC mixing logits `hc_pre_late_*` takes (its HC_MAX_MIX: hc = 4; it also
 /// takes hc ≤ 4, n_embd ≤ 4096 and hc·n_embd ≤ 32,768: HC_MAX, HC_COLS and HC_MAX_BLK).
 const HC_MAX_MIX: usize = 24;
 
@@ -1308,17 +1300,16 @@ impl<'a> Fwd<'a> {
         .filter(|_| t < MMA_MIN_TOKENS && hw.fn_.cols == he);
         let (qp, dp) = q.unwrap_or((0, 0));
         let shm = cfg.n_embd * 4;
-        // Decode: the whole step in one launch (see hc_pre_fused_body in ds4.cu).
+        // Decode: the whole step in one launch (see hc_pre_late_body in ds4.cu).
         let one = fused
             .filter(|_| hc_fused_on() && he.is_multiple_of(1024) && cfg.hc_mix() <= HC_MAX_MIX)
             .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32))
             .filter(|_| he <= 32 * 1024);
         if let Some(kernel) = one {
-            let kernel = match (kernel == "hc_fn_rms_f16", hc_late_r()) {
-                (true, true) => "hc_pre_late_f16",
-                (true, false) => "hc_pre_fused_f16",
-                (false, true) => "hc_pre_late_f32",
-                (false, false) => "hc_pre_fused_f32",
+            let kernel = if kernel == "hc_fn_rms_f16" {
+                "hc_pre_late_f16"
+            } else {
+                "hc_pre_late_f32"
             };
             // The Sinkhorn step (only hc_post reads it) on a side branch of the graph.
             let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
