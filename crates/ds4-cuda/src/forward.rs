@@ -965,12 +965,12 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             (false, true) => mm_q8_0_kernel(),
         };
         let ks = mm_col_splits(g, m, c.nb, c.part.1);
-        if m.ty == GgmlType::F16 && ks > 1 && c.group.0 == 0 {
-            // Partials [split][token][row] then their sum in split order.
+        if ks > 1 && c.group.0 == 0 {
+            // Partials [split][token][row] (the kernel splits by gridDim.z) then their sum
+            // in split order.
             let args = MvArgs {
                 y: c.part.0,
                 y_stride: m.rows as i32,
-                ksplit: ks as i32,
                 ..args
             };
             launch!(g, kernel, (1, ceil_div(c.nb, 64), ks as u32), 128, 0; args)?;
