@@ -791,12 +791,11 @@ __device__ __forceinline__ void cp_async4z(void* dst, const void* src, int src_b
 // operands' fragments come by ldmatrix (rows of 16 bytes: lane 4g+tq receives bytes
 // 4tq.. of row g), the activation scales are stored [block][token] so that a thread's
 // two tokens are one 8-byte load. Each Q8_0 block's int32 sums are scaled and added in
-// column order as in mm_q8_0 (outputs bit for bit). Dynamic shared memory: MMB_SHARED
-// bytes. (ncu, bench/results/h200-v14d-ncu-mm.log: issue 2.2–2.3 a cycle, a warp
-// eligible in 56–58% of cycles — latency-bound with 16 warps an SM, as mm_q8_0_cp.)
+// column order as in mm_q8_0 (outputs bit for bit). Dynamic shared memory: the host's
+// MMB_SHARED bytes. (ncu, bench/results/h200-v14d-ncu-mm.log: issue 2.0–2.3 a cycle, a
+// warp eligible in 51–58% of cycles — latency-bound with 16 warps an SM.)
 #define MMB_BM 128
 #define MMB_BN 128
-#define MMB_SHARED (2 * (MMB_BM + MMB_BN) * MM_LD + 2 * MMB_BM * MM_KB * 2 + 2 * MM_KB * MMB_BN * 4)
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_big(MvArgs a) { pdl_begin();
     extern __shared__ __align__(16) u8 dsm[];
     i8* as = (i8*)dsm;                                      // [2][MMB_BM · MM_LD]

@@ -864,8 +864,8 @@ fn q8_rows_per_warp() -> Option<usize> {
     })
 }
 
-/// Dynamic shared memory of `mm_q8_0_big` (MMB_SHARED in ds4.cu): two stages of 128
-/// weight rows and 128 tokens of 144 bytes, their f16 and f32 block scales.
+/// Dynamic shared memory of `mm_q8_0_big` (the layout at the top of its body in ds4.cu):
+/// two stages of 128 weight rows and 128 tokens of 144 bytes, their f16 and f32 block scales.
 const MMB_SHARED: usize = 2 * (128 + 128) * 144 + 2 * 128 * 4 * 2 + 2 * 4 * 128 * 4;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
