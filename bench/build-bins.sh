@@ -16,7 +16,7 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="gpu" and m.get("executable"): print(m["executable"])')
 R=$CARGO_TARGET_DIR/release
 for b in ds4-bench ds4-quantize; do strip -o "$DIR/$b" "$R/$b"; done
-for e in cuda_check cuda_profile; do strip -o "$DIR/$e" "$R/examples/$e"; done
+for e in cuda_check cuda_profile cuda_step; do strip -o "$DIR/$e" "$R/examples/$e"; done
 strip -o "$DIR/gpu_test" "$gpu_test"
 cp -f tools/demo_data/promessi_sposi.txt "$DIR/"
 ls -la "$DIR"

@@ -2927,6 +2927,7 @@ __device__ __forceinline__ void attn_row_table(const AttnRows& ar, int r0, int n
 // Scores of rows rowp[0..nr) against hb query rows qs[hb][hd] (hd ≤ 512, checked on the
 // host): a warp holds a row in registers and scores it for every head;
 // wts[hh·wstride + j] = scale · (q_hh · row_j).
+template <int MAXH = 8>
 __device__ __forceinline__ void attn_scores_rows(const float** rowp, int nr, const float* qs,
                                                  int hb, int hd, float scale, float* wts,
                                                  int wstride) {
@@ -2936,7 +2937,9 @@ __device__ __forceinline__ void attn_scores_rows(const float** rowp, int nr, con
         float rv[16];
 #pragma unroll
         for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
-        for (int hh = 0; hh < hb; hh++) {
+#pragma unroll
+        for (int hh = 0; hh < MAXH; hh++) {
+            if (hh >= hb) break;
             const float* qh = qs + hh * hd;
             float p = 0.0f;
 #pragma unroll
@@ -2968,10 +2971,11 @@ __device__ __forceinline__ float warp_exp_scores(float* wh, int n, float m0, flo
 // Column i of the weighted sums of rows rowp[0..n) for hb ≤ 8 heads:
 // acc[hh] = Σ_j wts[hh·wstride + j] · rowp[j][i], the rows added in order (loads four
 // rows ahead of the adds).
+template <int MAXH = 8>
 __device__ __forceinline__ void attn_weighted_col(const float** rowp, int n, const float* wts,
                                                   int wstride, int hb, int i, float* acc) {
 #pragma unroll
-    for (int hh = 0; hh < 8; hh++) acc[hh] = 0.0f;
+    for (int hh = 0; hh < MAXH; hh++) acc[hh] = 0.0f;
     // 8 rows' loads in flight per thread: decode's blocks are latency-bound here.
     int r = 0;
     for (; r + 8 <= n; r += 8) {
@@ -2981,13 +2985,13 @@ __device__ __forceinline__ void attn_weighted_col(const float** rowp, int n, con
 #pragma unroll
         for (int u = 0; u < 8; u++)
 #pragma unroll
-            for (int hh = 0; hh < 8; hh++)
+            for (int hh = 0; hh < MAXH; hh++)
                 if (hh < hb) acc[hh] += wts[hh * wstride + r + u] * v[u];
     }
     for (; r < n; r++) {
         float v = rowp[r][i];
 #pragma unroll
-        for (int hh = 0; hh < 8; hh++)
+        for (int hh = 0; hh < MAXH; hh++)
             if (hh < hb) acc[hh] += wts[hh * wstride + r] * v;
     }
 }
@@ -3075,11 +3079,14 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
 // unnormalized Σ exp(s - m)·row to part[(t, head, z)] = [m, den, acc[hd]];
 // attention_combine merges the ranges with the sink. (Sums run in another order than
 // the CPU's: by range, then across ranges.)
-extern "C" __global__ void attention_split(const float* q, const float* ring, int ring_rows,
-                                           const float* comp, const int* sel, const int* nsel,
-                                           int sel_k, float* part, int heads, int hd, int window,
-                                           const int* pos0p, int ratio, float scale, int span,
-                                           int nsplit, int hb) { pdl_begin();
+template <int HB>
+__device__ __forceinline__ void attention_split_body(const float* q, const float* ring,
+                                                     int ring_rows, const float* comp,
+                                                     const int* sel, const int* nsel, int sel_k,
+                                                     float* part, int heads, int hd, int window,
+                                                     const int* pos0p, int ratio, float scale,
+                                                     int span, int nsplit) {
+    const int hb = HB;
     int pos0 = *pos0p;
     extern __shared__ float sm[];
     int h0 = blockIdx.x * hb, t = blockIdx.y, z = blockIdx.z, pos = pos0 + t;
@@ -3096,7 +3103,7 @@ extern "C" __global__ void attention_split(const float* q, const float* ring, in
     attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    attn_scores_rows(rowp, nr, qs, hb, hd, scale, wts, span);
+    attn_scores_rows<HB>(rowp, nr, qs, hb, hd, scale, wts, span);
     __syncthreads();
     size_t stride = (size_t)hd + 2;
     if (w < hb) {
@@ -3107,11 +3114,25 @@ extern "C" __global__ void attention_split(const float* q, const float* ring, in
     }
     __syncthreads();
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc[8];
-        attn_weighted_col(rowp, nr, wts, span, hb, i, acc);
+        float acc[HB];
+        attn_weighted_col<HB>(rowp, nr, wts, span, hb, i, acc);
 #pragma unroll
-        for (int hh = 0; hh < 8; hh++)
+        for (int hh = 0; hh < HB; hh++)
             if (hh < hb) part[(((size_t)t * heads + h0 + hh) * nsplit + z) * stride + 2 + i] = acc[hh];
+    }
+}
+// The head count a block serves is a template argument (the host's split_heads_per_block:
+// 1, 2, 4 or 8), so the per-head loops unroll without predicates; two blocks of 512
+// threads a SM (at most 64 registers) keep a 2k context's 320 blocks near one wave.
+extern "C" __global__ void __launch_bounds__(512, 2) attention_split(
+    const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
+    const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
+    int ratio, float scale, int span, int nsplit, int hb) { pdl_begin();
+    switch (hb) {
+    case 8: attention_split_body<8>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 4: attention_split_body<4>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 2: attention_split_body<2>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    default: attention_split_body<1>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
     }
 }
 

@@ -176,6 +176,9 @@ impl Gpu {
         shmem: u32,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<(), CudaError> {
+        if what_if_skipped(name) {
+            return Ok(());
+        }
         self.ctx.bind_to_thread().map_err(drv("bind"))?;
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
@@ -374,6 +377,40 @@ impl Drop for DevBuf {
             let _ = unsafe { result::free_sync(self.ptr) };
         }
     }
+}
+
+thread_local! {
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as capturing a decode graph (see [`what_if_skipped`]).
+pub fn set_capturing(on: bool) {
+    CAPTURING.with(|c| c.set(on));
+}
+
+/// A diagnostic for locating a decode step's critical path: `DS4_CUDA_WHATIF_SKIP=a,b`
+/// leaves the kernels named a and b out of the captured decode graph (only there: a
+/// prefill or a plain launch still runs them, so every buffer holds valid indices from
+/// earlier steps). How much faster the step gets says what those kernels cost on its
+/// critical path; its results are wrong, and a warning says so once.
+fn what_if_skipped(name: &str) -> bool {
+    static SKIP: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let skip = SKIP.get_or_init(|| {
+        let v: Vec<String> = std::env::var("DS4_CUDA_WHATIF_SKIP")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !v.is_empty() {
+            eprintln!(
+                "ds4-cuda: DS4_CUDA_WHATIF_SKIP={} — decode results are wrong (timing only)",
+                v.join(",")
+            );
+        }
+        v
+    });
+    !skip.is_empty() && CAPTURING.with(|c| c.get()) && skip.iter().any(|s| s == name)
 }
 
 /// Launches kernel `$name` on `$gpu` with a grid, block size, dynamic shared bytes

@@ -249,9 +249,11 @@ impl CudaState<'_> {
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
         let f = self.fwd(&gpu, true, &side);
+        crate::device::set_capturing(true);
         let body = f
             .layers_pass(&self.scratch, &self.layers, 1, self.n_tokens)
             .and_then(|_| f.head(&self.scratch, 0, 1));
+        crate::device::set_capturing(false);
         // The capture is ended whatever happened, so the stream is usable again.
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         body?;
@@ -275,6 +277,39 @@ impl CudaState<'_> {
             .map_err(|e| CudaError::Driver(format!("graph launch: {e}")))?;
         dg.gpu.sync()?;
         f.read_logits(&self.scratch, 1)
+    }
+
+    /// GPU milliseconds of one captured decode step of `tok` at the current position:
+    /// the graph replayed `n` times back to back between two events, no host work in
+    /// between (a steadier figure than a timed generation loop, for A/B runs of kernel
+    /// changes). Every replay decodes at the same position, so the state is fit only
+    /// for more timing afterwards.
+    pub fn time_decode_graph(&mut self, tok: u32, n: usize) -> Result<f64, CudaError> {
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        if self.graph.is_none() {
+            self.graph = Some(self.capture_decode()?);
+        }
+        let f = self.fwd(&self.be.gpu, false, &[]);
+        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
+        let dg = self.graph.as_ref().expect("captured above");
+        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
+        let launch = || dg.graph.launch().map_err(drv);
+        launch()?;
+        let t0 = dg
+            .gpu
+            .stream
+            .record_event(Some(CU_EVENT_DEFAULT))
+            .map_err(drv)?;
+        for _ in 0..n {
+            launch()?;
+        }
+        let t1 = dg
+            .gpu
+            .stream
+            .record_event(Some(CU_EVENT_DEFAULT))
+            .map_err(drv)?;
+        let ms = t0.elapsed_ms(&t1).map_err(drv)?;
+        Ok(ms as f64 / n.max(1) as f64)
     }
 
     /// Records HC states and discrete decisions on every later forward call

@@ -1,0 +1,29 @@
+#!/bin/bash
+# A quick same-call A/B of decode and prefill on an N-layer synthetic q2 file of the full
+# Flash widths (~2 GB a layer on disk, so no tmpfs and any 80 GB card), without the full
+# checks of bench/h200.sh. The absolute figures are not the 43-layer model's (the output
+# head weighs more in fewer layers); the ratios between switches are what it is for:
+#   bench/quick-ab.sh BIN OUT LAYERS SWITCH ...
+# Each SWITCH ("A=1", or "A=0 B=1" for one run with two variables) runs REPS times (default
+# 2), interleaved with the defaults, into OUT/quick-ab.log.
+set -u
+B=$(cd "$1" && pwd) OUT=$2 N=$3
+shift 3
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
+LOG=$OUT/quick-ab.log
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+ratios=$(python3 -c "print([0]+[4 if i%2 else 128 for i in range(1,$N)])")
+echo "{\"n_layer\":$N,\"compress_ratios\":$ratios,\"n_hash_layer\":1}" > /tmp/qab.json
+[ -f /tmp/qab.gguf ] || "$B/ds4-quantize" --synthetic --config /tmp/qab.json --recipe q2 \
+    -o /tmp/qab.gguf --quiet 2>&1 | tail -1
+run() {
+    timeout 120 env "$@" "$B/ds4-bench" --cuda -m /tmp/qab.gguf --prompt-file "$B/promessi_sposi.txt" \
+        --ctx-start 2048 --ctx-max 2048 --step-incr 2048 --gen-tokens 64 2>&1 | grep "ctx " | tail -1
+}
+for rep in $(seq "${REPS:-2}"); do
+    for sw in DS4_AB=none "$@"; do
+        echo "[$rep] $sw: $(run $sw)" | tee -a "$LOG"
+    done
+done
