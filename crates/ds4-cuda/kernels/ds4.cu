@@ -2144,6 +2144,18 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float 
     }
 }
 
+// One level of a warp's halving exchange over p[0 .. 2D): the lane keeps the half its
+// bit D selects, sends the other to lane ^ D and adds what comes back, in p[0 .. D).
+template <int D> __device__ __forceinline__ void halve_exchange(float* p, int lane) {
+    bool up = lane & D;
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        float lo = p[i], hi = p[i + D];
+        float send = up ? lo : hi, keep = up ? hi : lo;
+        p[i] = keep + __shfl_xor_sync(0xffffffffu, send, D);
+    }
+}
+
 // The product first and the norm's factor after, z = r·(W·x) rather than W·(x·r) (v13's
 // hc_pre_fused, measured slower in v14): a block reads only its own 1,024 columns and
 // sums only their squares (no block-wide sum of all 16,384 before the product); the last
@@ -2180,23 +2192,28 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     float v = xv[c];
     double sq = warp_reduce((double)v * (double)v, SumOp());
     if (lane == 0) shd[wp] = sq;
+    // The warp's 24 sums by halving exchanges: at distance 16, 8, .., 1 a lane sends the
+    // half of its values its partner keeps and adds the other half, so lane l ends with
+    // the warp's sum of product l — 31 shuffles rather than 24 warp sums of 5 (the
+    // shuffle unit, 1 warp instruction a cycle a SM, was the block's longest step).
+    float p[32];
 #pragma unroll
-    for (int m = 0; m < HC_MAX_MIX; m++) {
-        if (m < mix) {
-            float a = warp_sum(wv[m] * v);
-            if (lane == 0) shm[wp][m] = a;
-        }
-    }
+    for (int m = 0; m < 32; m++) p[m] = m < mix ? wv[m < HC_MAX_MIX ? m : 0] * v : 0.0f;
+    halve_exchange<16>(p, lane);
+    halve_exchange<8>(p, lane);
+    halve_exchange<4>(p, lane);
+    halve_exchange<2>(p, lane);
+    halve_exchange<1>(p, lane);
+    if (lane < mix) shm[wp][lane] = p[0];
     __syncthreads();
-    if (threadIdx.x < mix) {
-        float a = 0.0f;
-        for (int k = 0; k < 32; k++) a += shm[k][threadIdx.x];
-        part[((size_t)t * nblk + blockIdx.x) * mix + threadIdx.x] = a;
+    // The block's sums: warp m adds product m over the 32 warps; warp 24 the squares.
+    if (wp < mix) {
+        float a = warp_sum(shm[lane][wp]);
+        if (lane == 0) part[((size_t)t * nblk + blockIdx.x) * mix + wp] = a;
     }
-    if (threadIdx.x == HC_MAX_MIX) {
-        double a = 0.0;
-        for (int k = 0; k < 32; k++) a += shd[k];
-        pss[(size_t)t * nblk + blockIdx.x] = a;
+    if (wp == HC_MAX_MIX) {
+        double a = warp_reduce(shd[lane], SumOp());
+        if (lane == 0) pss[(size_t)t * nblk + blockIdx.x] = a;
     }
     __threadfence();
     __syncthreads();
