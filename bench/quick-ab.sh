@@ -5,7 +5,8 @@
 # head weighs more in fewer layers); the ratios between switches are what it is for:
 #   bench/quick-ab.sh BIN OUT LAYERS SWITCH ...
 # Each SWITCH ("A=1", or "A=0 B=1" for one run with two variables) runs REPS times (default
-# 2), interleaved with the defaults, into OUT/quick-ab.log.
+# 2), interleaved with the defaults, into OUT/quick-ab.log; CTX (default 2048) is the
+# prompt's length. A SWITCH BIN=DIR runs the binaries of DIR instead.
 set -u
 B=$(cd "$1" && pwd) OUT=$2 N=$3
 shift 3
@@ -19,8 +20,10 @@ echo "{\"n_layer\":$N,\"compress_ratios\":$ratios,\"n_hash_layer\":1}" > /tmp/qa
 [ -f /tmp/qab.gguf ] || "$B/ds4-quantize" --synthetic --config /tmp/qab.json --recipe q2 \
     -o /tmp/qab.gguf --quiet 2>&1 | tail -1
 run() {
-    timeout 120 env "$@" "$B/ds4-bench" --cuda -m /tmp/qab.gguf --prompt-file "$B/promessi_sposi.txt" \
-        --ctx-start 2048 --ctx-max 2048 --step-incr 2048 --gen-tokens 64 2>&1 | grep "ctx " | tail -1
+    local bin=$B
+    case $1 in BIN=*) bin=$(cd "${1#BIN=}" && pwd) ;; esac
+    timeout 120 env "$@" "$bin/ds4-bench" --cuda -m /tmp/qab.gguf --prompt-file "$B/promessi_sposi.txt" \
+        --ctx-start "${CTX:-2048}" --ctx-max "${CTX:-2048}" --step-incr 2048 --gen-tokens 64 2>&1 | grep "ctx " | tail -1
 }
 for rep in $(seq "${REPS:-2}"); do
     for sw in DS4_AB=none "$@"; do

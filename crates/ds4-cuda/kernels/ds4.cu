@@ -3269,11 +3269,10 @@ __device__ __forceinline__ void ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(a));
 }
-extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
+__device__ __forceinline__ void attention_mma_body(
     const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
     const int* nsel, int sel_k, const float* sinks, float* o, int heads, int hd, int window,
     const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max) {
-    pdl_begin();
     int pos0 = *pos0p;
     int h0 = blockIdx.x * (blockDim.x >> 3), t = blockIdx.y, pos = pos0 + t;
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
@@ -3463,6 +3462,23 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(
             *(float2*)(ob + d) = make_float2(y0, y1);
         }
     }
+}
+#define ATT_MMA_ARGS                                                                          \
+    const float *q, const float *ring, int ring_rows, const float *comp, const int *sel,     \
+        const int *nsel, int sel_k, const float *sinks, float *o, int heads, int hd,         \
+        int window, const int *pos0p, int ratio, const float *freqs, int n_rot, float scale, \
+        int rows_max
+extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(ATT_MMA_ARGS) {
+    pdl_begin();
+    attention_mma_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
+                       pos0p, ratio, freqs, n_rot, scale, rows_max);
+}
+// 64 heads a block (16 warps, one block a SM): each staged tile of rows — loaded and
+// converted to f16 once per block — serves twice the heads of attention_mma's 32.
+extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64(ATT_MMA_ARGS) {
+    pdl_begin();
+    attention_mma_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
+                       pos0p, ratio, freqs, n_rot, scale, rows_max);
 }
 
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,

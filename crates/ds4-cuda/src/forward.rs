@@ -635,13 +635,25 @@ fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize) -> bool {
         && cfg.head_dim.is_multiple_of(64)
         && cfg.head_dim <= 512
         && cfg.n_rot.is_multiple_of(2)
-        && attention_mma_shared(cfg.head_dim, attention_mma_heads(cfg), rows_max) <= 200 * 1024
+        && attention_mma_shared(cfg.head_dim, attention_mma_heads(cfg, rows_max), rows_max)
+            <= ATT_MMA_SHARED_MAX
 }
 
-/// Heads per `attention_mma` block: 32 where the head count allows (each staged row
-/// serves more heads), else 16.
-fn attention_mma_heads(cfg: &ModelConfig) -> usize {
-    if cfg.n_head.is_multiple_of(32) {
+/// The dynamic shared memory `attention_mma` may take (of a Hopper SM's 227 KB).
+const ATT_MMA_SHARED_MAX: usize = 200 * 1024;
+
+/// Heads per `attention_mma` block: 64 (`attention_mma_h64`) where the head count and
+/// the shared memory for `rows_max` rows allow (each staged row serves more heads;
+/// `DS4_CUDA_ATTN_H64=0` keeps 32), else 32, else 16.
+fn attention_mma_heads(cfg: &ModelConfig, rows_max: usize) -> usize {
+    static H64: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let h64 = *H64.get_or_init(|| std::env::var("DS4_CUDA_ATTN_H64").map_or(true, |v| v != "0"));
+    if h64
+        && cfg.n_head.is_multiple_of(64)
+        && attention_mma_shared(cfg.head_dim, 64, rows_max) <= ATT_MMA_SHARED_MAX
+    {
+        64
+    } else if cfg.n_head.is_multiple_of(32) {
         32
     } else {
         16
@@ -1565,10 +1577,15 @@ impl<'a> Fwd<'a> {
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
         if t >= MMA_MIN_TOKENS && attention_mma_fits(cfg, self.sim(), rows_max) {
-            let hpb = attention_mma_heads(cfg);
+            let hpb = attention_mma_heads(cfg, rows_max);
             let shm = attention_mma_shared(hd, hpb, rows_max);
-            g.allow_shared("attention_mma", shm)?;
-            launch!(g, "attention_mma", ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
+            let k = if hpb == 64 {
+                "attention_mma_h64"
+            } else {
+                "attention_mma"
+            };
+            g.allow_shared(k, shm)?;
+            launch!(g, k, ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
                 shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
@@ -1978,15 +1995,18 @@ impl<'a> Fwd<'a> {
 mod tests {
     use super::*;
 
-    /// The Flash shapes take the tensor-core attention with 32 heads a block at every
-    /// context up to 1M tokens (its row table grows with the compressed rows), in the
-    /// shared memory a Hopper SM has; without the QAT simulation (rows not f16) they don't.
+    /// The Flash shapes take the tensor-core attention (64 heads a block, 32 at long
+    /// contexts) at every context up to 1M tokens (its row table grows with the
+    /// compressed rows), in the shared memory a Hopper SM has; without the QAT simulation
+    /// (rows not f16) they don't.
     #[test]
     fn flash_attention_takes_the_tensor_core_kernel_up_to_1m() {
         let cfg = ModelConfig::flash();
-        assert_eq!(attention_mma_heads(&cfg), 32);
         for ctx in [2048, 65_536, 1 << 20] {
             let rows = sizes(&cfg, ctx, 2048).max_attn_rows;
+            // 64 heads a block while their staging fits beside the row table, else 32.
+            let hpb = attention_mma_heads(&cfg, rows);
+            assert_eq!(hpb, if ctx <= 65_536 { 64 } else { 32 }, "ctx {ctx}");
             assert!(
                 attention_mma_fits(&cfg, true, rows),
                 "ctx {ctx}: {rows} rows"

@@ -68,6 +68,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention",
     "attention_mh",
     "attention_mma",
+    "attention_mma_h64",
     "attention_split",
     "attention_combine",
     "route",
