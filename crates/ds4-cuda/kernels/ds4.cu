@@ -357,7 +357,24 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
     return __dp4a(w.w, x.w, s);
 }
 
-__device__ __forceinline__ int4 ldg4(const void* p) { return __ldg((const int4*)p); }
+// A 16-byte piece of a weight matrix (every caller streams weights). With DS4_WSTREAM
+// (the host's DS4_CUDA_WSTREAM) the load skips L1 — weights are read once a step, and
+// the activations each warp rereads stay there — and asks L2 for the whole 256-byte
+// block around it, the rest of which the warp's next pieces read.
+#ifndef DS4_WSTREAM
+#define DS4_WSTREAM 0
+#endif
+__device__ __forceinline__ int4 ldg4(const void* p) {
+#if DS4_WSTREAM
+    int4 v;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.s32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+#else
+    return __ldg((const int4*)p);
+#endif
+}
 
 // Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
 // `load` widens it. A lane takes 16 bytes of weights (16/sizeof(T) elements) per step.
