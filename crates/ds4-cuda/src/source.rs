@@ -102,16 +102,20 @@ fn ksign_masks() -> [u64; 128] {
 pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
     // Switches of ds4.cu (on unless the variable is 0), compiled in so that a comparison
-    // run builds its own kernels: early PDL signalling, streaming weight loads.
+    // run builds its own kernels: early PDL signalling, streaming weight loads; and the
+    // pieces in flight per lane of decode's Q8_0 product.
     let on = |v: &str| std::env::var(v).map_or(1, |v| u8::from(v != "0"));
     s.push_str(&format!(
         "#define DS4_PDL_EARLY {}\n",
         on("DS4_CUDA_PDL_EARLY")
     ));
-    s.push_str(&format!(
-        "#define DS4_WSTREAM {}\n",
-        on("DS4_CUDA_WSTREAM")
-    ));
+    s.push_str(&format!("#define DS4_WSTREAM {}\n", on("DS4_CUDA_WSTREAM")));
+    let q8_u = std::env::var("DS4_CUDA_Q8_U")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|u| (1..=8).contains(u))
+        .unwrap_or(4);
+    s.push_str(&format!("#define DS4_Q8_U {q8_u}\n"));
     s.push_str("// generated tables (ds4-quant)\n");
     s.push_str("__device__ unsigned long long IQ2XXS_GRID[256] = {\n");
     for (i, v) in ds4_quant::tables::IQ2XXS_GRID.iter().enumerate() {
