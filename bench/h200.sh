@@ -7,7 +7,7 @@
 # ds4-bench at 2k and 8k with it set, in the same call as the full run, into OUT/ab.log
 # (the A/B of a change).
 #
-# BIN holds release builds of ds4-bench, ds4-quantize, cuda_check, cuda_profile (examples of
+# BIN holds release builds of ds4-bench, ds4-quantize, cuda_check, cuda_profile, cuda_step (examples of
 # ds4-cuda) and gpu_test (the tests/gpu.rs binary of `cargo test --release -p ds4-cuda --no-run`),
 # and promessi_sposi.txt; OUT receives checks.log, profile.log, bench.csv and bench.svg. The
 # speed part needs an H200 (the 86.7 GB synthetic q2 file is built in a 110 GB tmpfs) and root
@@ -53,6 +53,9 @@ mkdir -p /mnt/ds4 && mount -t tmpfs -o size=110G,huge=always tmpfs /mnt/ds4
 timeout 120 "$B/cuda_profile" /mnt/ds4/flash-q2.gguf --ctx 8192 --prefill 2048 --chunk 2048 \
     --gen 32 > "$OUT/profile.log" 2>&1
 head -30 "$OUT/profile.log"
+# The decode step's GPU time alone (the graph replayed back to back, no host work).
+timeout 100 "$B/cuda_step" /mnt/ds4/flash-q2.gguf --ctx 4096 --prefill 2048 --reps 50 --rounds 3 \
+    2>&1 | tail -1 | tee "$OUT/step.log"
 timeout 200 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf --prompt-file "$B/promessi_sposi.txt" \
     --ctx-start 2048 --ctx-max 16384 --step-incr 2048 --gen-tokens 64 --csv "$OUT/bench.csv" \
     --svg "$OUT/bench.svg" 2>&1 | tail -9
