@@ -234,14 +234,14 @@ fn run(a: &BenchArgs) -> Result<()> {
         let t1 = Instant::now();
         for _ in 0..a.gen_tokens {
             // greedy, EOS excluded so every frontier decodes exactly gen tokens
-            let mut best = if eos == 0 { 1 } else { 0 };
-            for (i, &v) in logits.iter().enumerate() {
-                if i as u32 != eos && v > logits[best] {
-                    best = i;
-                }
+            if let Some(l) = logits.get_mut(eos as usize) {
+                *l = f32::NEG_INFINITY;
             }
+            let best = ds4_engine::sampling::argmax(&logits)
+                .filter(|&b| b != eos)
+                .unwrap_or(if eos == 0 { 1 } else { 0 });
             logits = st
-                .forward(&[best as u32], LogitsFor::Last)?
+                .forward(&[best], LogitsFor::Last)?
                 .pop()
                 .context("no logits")?;
         }

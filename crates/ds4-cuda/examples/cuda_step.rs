@@ -48,9 +48,33 @@ fn main() {
     let mut st = be.state(ctx, ForwardOptions::default()).expect("state");
     st.forward(&toks[..prefill], LogitsFor::Last)
         .expect("prefill");
-    let mut ms: Vec<f64> = (0..rounds)
+    let timed: Vec<(f64, f64)> = (0..rounds)
         .map(|_| st.time_decode_graph(toks[prefill], reps).expect("replay"))
         .collect();
+    let mut ms: Vec<f64> = timed.iter().map(|t| t.0).collect();
+    let launch_ms = timed.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+    // The same steps through the API a generation loop uses (upload, replay, wait, logits
+    // back) and a greedy pick on the host: what a token costs beyond the GPU's step.
+    let (mut fwd_s, mut pick_s) = (0.0f64, 0.0f64);
+    let mut tok = toks[prefill];
+    let n_loop = reps.min(64);
+    for _ in 0..n_loop {
+        let t = std::time::Instant::now();
+        let logits = st
+            .forward(&[tok], LogitsFor::Last)
+            .expect("decode")
+            .remove(0);
+        let t2 = std::time::Instant::now();
+        fwd_s += (t2 - t).as_secs_f64();
+        tok = ds4_engine::sampling::argmax(&logits).unwrap_or(0);
+        pick_s += t2.elapsed().as_secs_f64();
+    }
+    println!(
+        "host loop of {n_loop}: forward {:.1} us a token, greedy pick {:.1} us; queuing a replay {:.1} us",
+        fwd_s / n_loop as f64 * 1e6,
+        pick_s / n_loop as f64 * 1e6,
+        launch_ms * 1e3
+    );
     let each: Vec<String> = ms.iter().map(|m| format!("{:.1}", m * 1e3)).collect();
     ms.sort_by(f64::total_cmp);
     let med = ms[ms.len() / 2];

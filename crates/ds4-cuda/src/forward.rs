@@ -127,7 +127,7 @@ pub struct Scratch {
     /// written by the norm before it while `act_*` holds another product's input.
     act2_q: DevBuf,
     act2_d: DevBuf,
-    logits: DevBuf,
+    pub(crate) logits: DevBuf,
     perm: DevBuf,
     grp: DevBuf,
     ngrp: DevBuf,

@@ -183,6 +183,17 @@ pub struct CudaState<'b> {
     /// Decode steps (one token, last logits) replay this graph once captured.
     graph: Option<DecodeGraph>,
     use_graph: bool,
+    /// Page-locked host memory a decode step's logits come back through (allocated on
+    /// the first step): a pageable copy is staged by the driver at a fraction of the
+    /// bus's speed.
+    logits_host: Option<cudarc::driver::PinnedHostSlice<f32>>,
+}
+
+/// Whether decode steps read their logits back through page-locked memory
+/// (`DS4_CUDA_PINNED=0` copies into pageable memory, for comparisons).
+fn pinned_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_PINNED").map_or(true, |v| v != "0"))
 }
 
 /// Whether runs of tensor-core length keep programmatic dependent launch
@@ -275,16 +286,39 @@ impl CudaState<'_> {
         dg.graph
             .launch()
             .map_err(|e| CudaError::Driver(format!("graph launch: {e}")))?;
+        if !pinned_on() {
+            dg.gpu.sync()?;
+            return f.read_logits(&self.scratch, 1);
+        }
+        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("logits: {e}"));
+        let v = self.be.cfg.n_vocab;
+        if self.logits_host.is_none() {
+            // SAFETY: the memory is written by the copy below before anything reads it.
+            let buf = unsafe { dg.gpu.ctx.alloc_pinned_with_flags::<f32>(v, 0) }.map_err(drv)?;
+            self.logits_host = Some(buf);
+        }
+        let host = self.logits_host.as_mut().expect("allocated above");
+        let dst = host.as_mut_slice().map_err(drv)?;
+        // SAFETY: `dst` holds n_vocab floats, the step's logits row on the device; the
+        // stream is synchronized before the slice is read or borrowed again.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                dst,
+                self.scratch.logits.ptr,
+                dg.gpu.stream.cu_stream(),
+            )
+        }
+        .map_err(drv)?;
         dg.gpu.sync()?;
-        f.read_logits(&self.scratch, 1)
+        Ok(vec![dst.to_vec()])
     }
 
     /// GPU milliseconds of one captured decode step of `tok` at the current position:
     /// the graph replayed `n` times back to back between two events, no host work in
     /// between (a steadier figure than a timed generation loop, for A/B runs of kernel
-    /// changes). Every replay decodes at the same position, so the state is fit only
-    /// for more timing afterwards.
-    pub fn time_decode_graph(&mut self, tok: u32, n: usize) -> Result<f64, CudaError> {
+    /// changes); and the host's milliseconds to queue one replay. Every replay decodes
+    /// at the same position, so the state is fit only for more timing afterwards.
+    pub fn time_decode_graph(&mut self, tok: u32, n: usize) -> Result<(f64, f64), CudaError> {
         use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
         if self.graph.is_none() {
             self.graph = Some(self.capture_decode()?);
@@ -300,16 +334,19 @@ impl CudaState<'_> {
             .stream
             .record_event(Some(CU_EVENT_DEFAULT))
             .map_err(drv)?;
+        let host = Instant::now();
         for _ in 0..n {
             launch()?;
         }
+        let host_ms = host.elapsed().as_secs_f64() * 1e3;
         let t1 = dg
             .gpu
             .stream
             .record_event(Some(CU_EVENT_DEFAULT))
             .map_err(drv)?;
         let ms = t0.elapsed_ms(&t1).map_err(drv)?;
-        Ok(ms as f64 / n.max(1) as f64)
+        let n = n.max(1) as f64;
+        Ok((ms as f64 / n, host_ms / n))
     }
 
     /// Records HC states and discrete decisions on every later forward call
@@ -340,6 +377,7 @@ impl CudaBackend {
             trace: None,
             graph: None,
             use_graph: std::env::var("DS4_CUDA_GRAPH").map_or(true, |v| v != "0"),
+            logits_host: None,
         })
     }
 }

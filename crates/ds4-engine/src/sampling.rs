@@ -116,18 +116,29 @@ impl Sampler {
     }
 }
 
-/// Index of the largest finite logit; ties go to the lowest id.
+/// Index of the largest logit, NaNs skipped; ties go to the lowest id. `None` when
+/// every logit is NaN (or there are none).
+///
+/// Every decode step calls this on the whole vocabulary (129k logits), so it runs in two
+/// passes the compiler vectorizes rather than one with a branch per logit (measured
+/// 260 µs a token on the GPU machine's host): the maximum over 16 independent lanes,
+/// then the first logit equal to it. `f32::max` ignores NaN; -0.0 and +0.0 compare
+/// equal, so the first zero wins as before.
 pub fn argmax(logits: &[f32]) -> Option<u32> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &l) in logits.iter().enumerate() {
-        if l.is_nan() {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| l > b) {
-            best = Some((i, l));
+    const LANES: usize = 16;
+    let mut lane = [f32::NAN; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &l) in lane.iter_mut().zip(c) {
+            *m = m.max(l);
         }
     }
-    best.map(|(i, _)| i as u32)
+    let m = lane.iter().chain(tail).fold(f32::NAN, |a, &b| a.max(b));
+    if m.is_nan() {
+        return None;
+    }
+    logits.iter().position(|&l| l == m).map(|i| i as u32)
 }
 
 #[cfg(test)]
@@ -150,6 +161,52 @@ mod tests {
             h[s.sample(logits, false).expect("token") as usize] += 1;
         }
         h
+    }
+
+    #[test]
+    fn argmax_matches_a_plain_scan() {
+        // The one-pass definition the vectorized argmax must agree with.
+        fn reference(logits: &[f32]) -> Option<u32> {
+            let mut best: Option<(usize, f32)> = None;
+            for (i, &l) in logits.iter().enumerate() {
+                if !l.is_nan() && best.is_none_or(|(_, b)| l > b) {
+                    best = Some((i, l));
+                }
+            }
+            best.map(|(i, _)| i as u32)
+        }
+        let mut rng = StdRng::seed_from_u64(3);
+        let specials = [
+            f32::NAN,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            0.0,
+            -0.0,
+            1.5,
+            -1.5,
+        ];
+        for len in [0usize, 1, 2, 15, 16, 17, 33, 100, 1000, 129_280] {
+            for trial in 0..20 {
+                let v: Vec<f32> = (0..len)
+                    .map(|_| {
+                        if rng.random::<f32>() < 0.2 {
+                            specials[rng.random_range(0..specials.len())]
+                        } else if trial % 2 == 0 {
+                            // few distinct values: many ties
+                            rng.random_range(-3i32..3) as f32
+                        } else {
+                            rng.random::<f32>() * 40.0 - 20.0
+                        }
+                    })
+                    .collect();
+                assert_eq!(argmax(&v), reference(&v), "len {len} trial {trial}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN; 40]), None);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 40]), Some(0));
+        let mut v = vec![f32::NAN; 40];
+        v[37] = f32::NEG_INFINITY;
+        assert_eq!(argmax(&v), Some(37));
     }
 
     #[test]
