@@ -10,19 +10,12 @@
 set -u
 B=$(cd "$1" && pwd) OUT=$2 N=$3
 shift 3
-mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
-export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
 LOG=$OUT/quick-ab.log
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
-ratios=$(python3 -c "print([0]+[4 if i%2 else 128 for i in range(1,$N)])")
-echo "{\"n_layer\":$N,\"compress_ratios\":$ratios,\"n_hash_layer\":1}" > /tmp/qab.json
-[ -f /tmp/qab.gguf ] || "$B/ds4-quantize" --synthetic --config /tmp/qab.json --recipe q2 \
-    -o /tmp/qab.gguf --quiet 2>&1 | tail -1
+. "$(dirname "$0")/ab-file.sh"
 run() {
     local bin=$B
     case $1 in BIN=*) bin=$(cd "${1#BIN=}" && pwd) ;; esac
-    timeout 120 env "$@" "$bin/ds4-bench" --cuda -m /tmp/qab.gguf --prompt-file "$B/promessi_sposi.txt" \
+    timeout 120 env "$@" "$bin/ds4-bench" --cuda -m "$QAB" --prompt-file "$B/promessi_sposi.txt" \
         --ctx-start "${CTX:-2048}" --ctx-max "${CTX:-2048}" --step-incr 2048 --gen-tokens 64 2>&1 | grep "ctx " | tail -1
 }
 for rep in $(seq "${REPS:-2}"); do

@@ -9,20 +9,13 @@
 set -u
 B=$(cd "$1" && pwd) OUT=$2 N=$3
 shift 3
-mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
-export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
 LOG=$OUT/step-ab.log
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
-ratios=$(python3 -c "print([0]+[4 if i%2 else 128 for i in range(1,$N)])")
-echo "{\"n_layer\":$N,\"compress_ratios\":$ratios,\"n_hash_layer\":1}" > /tmp/qab.json
-[ -f /tmp/qab.gguf ] || "$B/ds4-quantize" --synthetic --config /tmp/qab.json --recipe q2 \
-    -o /tmp/qab.gguf --quiet 2>&1 | tail -1
+. "$(dirname "$0")/ab-file.sh"
 for rep in $(seq "${REPS:-2}"); do
     for sw in DS4_AB=none "$@"; do
         bin=$B
         case $sw in BIN=*) bin=$(cd "${sw#BIN=}" && pwd) ;; esac
-        r=$(timeout 120 env $sw "$bin/cuda_step" /tmp/qab.gguf --ctx "${CTX:-4096}" \
+        r=$(timeout 120 env $sw "$bin/cuda_step" "$QAB" --ctx "${CTX:-4096}" \
             --prefill "${PREFILL:-2048}" --reps 100 --rounds 5 2>&1 | tail -2 | tr "\n" " ")
         echo "[$rep] $sw: $r" | tee -a "$LOG"
     done

@@ -9,20 +9,13 @@
 //! every greedy (top-1) disagreement together with the CPU's top-2 margin; a
 //! disagreement where that margin exceeds 1e-2 fails the check. Exit status 0 on pass.
 
-use std::path::Path;
 use std::time::Instant;
 
-use ds4_cuda::CudaBackend;
 use ds4_engine::backend::teacher_forced;
-use ds4_engine::{Backend, ForwardOptions, Model};
+use ds4_engine::{Backend, ForwardOptions};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn top2(v: &[f32]) -> (usize, f32) {
     let mut b = 0;
@@ -41,11 +34,9 @@ fn top2(v: &[f32]) -> (usize, f32) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let Some(path) = args.get(1) else {
-        eprintln!(
-            "usage: cuda_check MODEL [--tokens N] [--runs 1,7,64] [--cpu-run N] [--no-qat-sim]"
-        );
-        std::process::exit(2);
+    let usage = "cuda_check MODEL [--tokens N] [--runs 1,7,64] [--cpu-run N] [--no-qat-sim]";
+    let Some(path) = common::model_path(&args, usage) else {
+        return;
     };
     let n_tok: usize = arg(&args, "--tokens", 1100);
     let runs: String = arg(&args, "--runs", "1,7,64,512".to_string());
@@ -54,15 +45,7 @@ fn main() {
     let opts = ForwardOptions {
         no_qat_sim: args.iter().any(|a| a == "--no-qat-sim"),
     };
-    if let Err(e) = ds4_cuda::available() {
-        println!("SKIP: {e}");
-        return;
-    }
-    let p = Path::new(path);
-    let model = Model::open(p).unwrap_or_else(|e| {
-        eprintln!("{path}: {e}");
-        std::process::exit(1)
-    });
+    let model = common::open_model(&path);
     let cfg = &model.cfg;
     println!(
         "model {path}: {} layers x {}, vocab {}, heads {}x{}, experts {}/{}, top-k {}",
@@ -95,10 +78,7 @@ fn main() {
     );
     let runs: Vec<usize> = runs.split(',').filter_map(|r| r.parse().ok()).collect();
     let max_run = runs.iter().copied().max().unwrap_or(1).max(n_tok);
-    let be = CudaBackend::load(&model, 0, n_tok + 1, max_run, &mut |_, _| {}).unwrap_or_else(|e| {
-        eprintln!("cuda: {e}");
-        std::process::exit(1)
-    });
+    let be = common::load_gpu(&model, n_tok + 1, max_run);
     println!(
         "gpu: {} ({}), kernels {}, weights uploaded in {:.1} s",
         be.name(),

@@ -8,19 +8,12 @@
 //! figures count the weights one decode step reads (dense matrices, the output head,
 //! and k routed experts per layer), so GB/s is comparable with the copy bandwidth.
 
-use std::path::Path;
 use std::time::Instant;
 
-use ds4_cuda::CudaBackend;
-use ds4_engine::{ForwardOptions, ForwardState, LogitsFor, Model};
+use ds4_engine::{ForwardOptions, ForwardState, LogitsFor};
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn report(title: &str, prof: &[ds4_cuda::device::KernelTime], scale: f64) {
     let total: f64 = prof.iter().map(|k| k.ms).sum();
@@ -42,30 +35,19 @@ fn report(title: &str, prof: &[ds4_cuda::device::KernelTime], scale: f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let Some(path) = args.get(1) else {
-        eprintln!("usage: cuda_profile MODEL [--ctx N] [--prefill N] [--chunk N] [--gen N]");
-        std::process::exit(2);
-    };
-    if let Err(e) = ds4_cuda::available() {
-        println!("SKIP: {e}");
+    let usage = "cuda_profile MODEL [--ctx N] [--prefill N] [--chunk N] [--gen N]";
+    let Some(path) = common::model_path(&args, usage) else {
         return;
-    }
-    let ctx = arg(&args, "--ctx", 8192);
+    };
+    let ctx: usize = arg(&args, "--ctx", 8192);
     let prefill = arg(&args, "--prefill", 4096)
         .min(ctx.saturating_sub(64))
         .max(1);
     let chunk = arg(&args, "--chunk", 2048).max(1);
     let gen_n = arg(&args, "--gen", 32).max(2);
-    let p = Path::new(path);
-    let model = Model::open(p).unwrap_or_else(|e| {
-        eprintln!("{path}: {e}");
-        std::process::exit(1)
-    });
+    let model = common::open_model(&path);
     let cfg = model.cfg.clone();
-    let mut be = CudaBackend::load(&model, 0, ctx, chunk, &mut |_, _| {}).unwrap_or_else(|e| {
-        eprintln!("cuda: {e}");
-        std::process::exit(1)
-    });
+    let mut be = common::load_gpu(&model, ctx, chunk);
     println!(
         "gpu {} ({}), weights uploaded in {:.1} s",
         be.gpu.name, be.gpu.arch, be.upload_s
