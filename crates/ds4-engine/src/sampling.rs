@@ -66,15 +66,7 @@ impl Sampler {
         let best = argmax(logits)?;
         let l_max = logits[best as usize];
         let inv_t = 1.0 / p.temperature;
-        // min-p in log space before anything is sorted: p_i / p_max =
-        // exp((l_i - l_max) / T), so most of a 129k vocabulary is dropped here.
-        let floor = if p.min_p > 0.0 && p.min_p < 1.0 {
-            l_max + p.min_p.ln() * p.temperature
-        } else if p.min_p >= 1.0 {
-            l_max
-        } else {
-            f32::NEG_INFINITY
-        };
+        let floor = min_p_floor(p, l_max);
         // Softmax weights relative to the best logit (never overflow), one exp each.
         let c = &mut self.scratch;
         c.clear();
@@ -82,7 +74,7 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| !l.is_nan() && **l >= floor && **l > f32::NEG_INFINITY)
+                .filter(|(_, l)| is_candidate(**l, floor))
                 .map(|(i, &l)| (best_first(i as u32, l), ((l - l_max) * inv_t).exp())),
         );
         // The candidates are walked best first (higher logit, then lower id), but only a
@@ -131,17 +123,11 @@ pub fn sample_full_sort(p: SamplingParams, rng: &mut StdRng, logits: &[f32]) -> 
     let best = argmax(logits)?;
     let l_max = logits[best as usize];
     let inv_t = 1.0 / p.temperature;
-    let floor = if p.min_p > 0.0 && p.min_p < 1.0 {
-        l_max + p.min_p.ln() * p.temperature
-    } else if p.min_p >= 1.0 {
-        l_max
-    } else {
-        f32::NEG_INFINITY
-    };
+    let floor = min_p_floor(p, l_max);
     let mut c: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
-        .filter(|(_, l)| !l.is_nan() && **l >= floor && **l > f32::NEG_INFINITY)
+        .filter(|(_, l)| is_candidate(**l, floor))
         .map(|(i, l)| (i as u32, *l))
         .collect();
     c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -174,6 +160,23 @@ pub fn sample_full_sort(p: SamplingParams, rng: &mut StdRng, logits: &[f32]) -> 
         }
     }
     c.last().map(|e| e.0).or(Some(best))
+}
+
+/// min-p in log space, before anything is sorted: p_i / p_max = exp((l_i - l_max) / T),
+/// so a logit below the floor is out (most of a 129k vocabulary, where min-p is set).
+fn min_p_floor(p: SamplingParams, l_max: f32) -> f32 {
+    if p.min_p > 0.0 && p.min_p < 1.0 {
+        l_max + p.min_p.ln() * p.temperature
+    } else if p.min_p >= 1.0 {
+        l_max
+    } else {
+        f32::NEG_INFINITY
+    }
+}
+
+/// Whether a logit may be drawn at all: a number, finite below, at or above the floor.
+fn is_candidate(l: f32, floor: f32) -> bool {
+    !l.is_nan() && l >= floor && l > f32::NEG_INFINITY
 }
 
 /// The walking order of candidates as an integer key, smaller first: higher logit
