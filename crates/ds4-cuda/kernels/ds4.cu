@@ -357,13 +357,15 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
     return __dp4a(w.w, x.w, s);
 }
 
+// Pieces in flight per lane of decode's Q8_0 product (the host's DS4_CUDA_Q8_U).
+#ifndef DS4_Q8_U
+#define DS4_Q8_U 4
+#endif
+
 // A 16-byte piece of a weight matrix (every caller streams weights). With DS4_WSTREAM
 // (the host's DS4_CUDA_WSTREAM) the load skips L1 — weights are read once a step, and
 // the activations each warp rereads stay there — and asks L2 for the whole 256-byte
 // block around it, the rest of which the warp's next pieces read.
-#ifndef DS4_Q8_U
-#define DS4_Q8_U 4
-#endif
 #ifndef DS4_WSTREAM
 #define DS4_WSTREAM 0
 #endif
