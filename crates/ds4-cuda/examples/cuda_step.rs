@@ -4,7 +4,9 @@
 //!
 //!     cuda_step MODEL [--ctx 4096] [--prefill 2048] [--reps 200] [--rounds 5]
 //!
-//! Prints each round's mean step time, then the median of the rounds.
+//! Prints the host loop a generation makes around the step (forward and greedy pick per
+//! token, and the host's time to queue one replay), then each round's mean step time and
+//! the median of the rounds.
 
 use ds4_engine::{ForwardOptions, ForwardState, LogitsFor};
 
