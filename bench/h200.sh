@@ -55,7 +55,7 @@ timeout 120 "$B/cuda_profile" /mnt/ds4/flash-q2.gguf --ctx 8192 --prefill 2048 -
 head -30 "$OUT/profile.log"
 # The decode step's GPU time alone (the graph replayed back to back, no host work).
 timeout 100 "$B/cuda_step" /mnt/ds4/flash-q2.gguf --ctx 4096 --prefill 2048 --reps 50 --rounds 3 \
-    2>&1 | tail -2 | tee "$OUT/step.log"
+    2>&1 | tail -4 | tee "$OUT/step.log"
 timeout 200 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf --prompt-file "$B/promessi_sposi.txt" \
     --ctx-start 2048 --ctx-max 16384 --step-incr 2048 --gen-tokens 64 --csv "$OUT/bench.csv" \
     --svg "$OUT/bench.svg" 2>&1 | tail -9

@@ -16,7 +16,7 @@ for rep in $(seq "${REPS:-2}"); do
         bin=$B
         case $sw in BIN=*) bin=$(cd "${sw#BIN=}" && pwd) ;; esac
         r=$(timeout 120 env $sw "$bin/cuda_step" "$QAB" --ctx "${CTX:-4096}" \
-            --prefill "${PREFILL:-2048}" --reps 100 --rounds 5 2>&1 | tail -2 | tr "\n" " ")
+            --prefill "${PREFILL:-2048}" --reps 100 --rounds 5 2>&1 | tail -4 | tr "\n" " ")
         echo "[$rep] $sw: $r" | tee -a "$LOG"
     done
 done

@@ -5,8 +5,10 @@
 //!     cuda_step MODEL [--ctx 4096] [--prefill 2048] [--reps 200] [--rounds 5]
 //!
 //! Prints the host loop a generation makes around the step (forward and greedy pick per
-//! token, and the host's time to queue one replay), then each round's mean step time and
-//! the median of the rounds.
+//! token, and the host's time to queue one replay), the same steps split into their host
+//! and GPU parts (`CudaState::decode_timed`), then each round's mean step time and the
+//! median of the rounds, after the capture time and a step from an idle GPU.
+//! `DS4_CUDA_GRAPH_PARTS=N` captures the step as N graphs.
 
 use ds4_engine::{ForwardOptions, ForwardState, LogitsFor};
 
@@ -35,6 +37,8 @@ fn main() {
     let timed: Vec<(f64, f64)> = (0..rounds)
         .map(|_| st.time_decode_graph(toks[prefill], reps).expect("replay"))
         .collect();
+    let idle_ms = st.time_decode_idle(toks[prefill], 20).expect("replay");
+    let capture_ms = st.recapture_decode().expect("capture");
     let mut ms: Vec<f64> = timed.iter().map(|t| t.0).collect();
     let launch_ms = timed.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
     // The same steps through the API a generation loop uses (upload, replay, wait, logits
@@ -58,6 +62,25 @@ fn main() {
         fwd_s / n_loop as f64 * 1e6,
         pick_s / n_loop as f64 * 1e6,
         launch_ms * 1e3
+    );
+    // The same again, split: where a token's time goes between the host and the GPU.
+    let mut tm = ds4_cuda::StepTiming::default();
+    for _ in 0..n_loop {
+        let logits = st.decode_timed(tok, &mut tm).expect("decode");
+        tok = ds4_engine::sampling::argmax(&logits).unwrap_or(0);
+    }
+    let per = |x: f64| x / tm.steps.max(1) as f64;
+    println!(
+        "a token's parts: upload {:.1}, launch {:.1}, wait {:.1} (GPU from idle {:.1}), copy {:.1} us",
+        per(tm.upload_us),
+        per(tm.launch_us),
+        per(tm.wait_us),
+        per(tm.gpu_us),
+        per(tm.copy_us)
+    );
+    println!(
+        "graph captured in {capture_ms:.1} ms; one step from an idle GPU (same token) {:.1} us",
+        idle_ms * 1e3
     );
     let each: Vec<String> = ms.iter().map(|m| format!("{:.1}", m * 1e3)).collect();
     ms.sort_by(f64::total_cmp);

@@ -1917,22 +1917,41 @@ impl<'a> Fwd<'a> {
         t: usize,
         pos0: usize,
     ) -> Result<(), CudaError> {
+        self.layers_range(s, layers, 0..layers.len(), t, pos0)
+    }
+
+    /// [`Fwd::layers_pass`] for the layers of `range` only: the embedding when it starts
+    /// at 0 (a decode step captured as several graphs launches them in order).
+    pub fn layers_range(
+        &self,
+        s: &Scratch,
+        layers: &[LayerState],
+        range: std::ops::Range<usize>,
+        t: usize,
+        pos0: usize,
+    ) -> Result<(), CudaError> {
         let cfg = self.cfg;
-        let te = &self.w.token_embd;
-        let ty_code: i32 = match te.ty {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Bf16 => 30,
-            _ => 8,
-        };
-        launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
-            te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
-            s.x.ptr, cfg.hc as i32)?;
-        for (l, st) in layers.iter().enumerate() {
-            self.record(s, t)?;
-            self.layer(s, st, l, pos0, t)?;
+        if range.start == 0 {
+            let te = &self.w.token_embd;
+            let ty_code: i32 = match te.ty {
+                GgmlType::F32 => 0,
+                GgmlType::F16 => 1,
+                GgmlType::Bf16 => 30,
+                _ => 8,
+            };
+            launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
+                te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
+                s.x.ptr, cfg.hc as i32)?;
         }
-        self.record(s, t)
+        let end = range.end;
+        for l in range {
+            self.record(s, t)?;
+            self.layer(s, &layers[l], l, pos0, t)?;
+        }
+        if end == layers.len() {
+            self.record(s, t)?;
+        }
+        Ok(())
     }
 
     /// The output head (HC collapse, norm, vocabulary product) for tokens `a..a+n` of
@@ -1963,7 +1982,9 @@ impl<'a> Fwd<'a> {
         Ok(host.chunks_exact(v).map(|c| c.to_vec()).collect())
     }
 
-    /// Runs `toks` at `pos0..`, returns the logits `which` asks for.
+    /// Runs `toks` at `pos0..`, returns the logits `which` asks for. `ahead` runs on the
+    /// host once every launch before the first logits read is queued: host work that
+    /// needs no GPU result hides behind the run.
     pub fn run(
         &self,
         s: &Scratch,
@@ -1971,10 +1992,12 @@ impl<'a> Fwd<'a> {
         toks: &[u32],
         pos0: usize,
         which: LogitsFor,
+        ahead: &mut dyn FnMut() -> Result<(), CudaError>,
     ) -> Result<Vec<Vec<f32>>, CudaError> {
         let t = toks.len();
         self.upload_inputs(s, toks, pos0)?;
         self.layers_pass(s, layers, t, pos0)?;
+        let mut ahead = Some(ahead);
         let first = match which {
             LogitsFor::All => 0,
             LogitsFor::Last => t.saturating_sub(1),
@@ -1984,6 +2007,9 @@ impl<'a> Fwd<'a> {
         while a < t {
             let n = (t - a).min(HEAD_CHUNK);
             self.head(s, a, n)?;
+            if let Some(f) = ahead.take() {
+                f()?;
+            }
             out.extend(self.read_logits(s, n)?);
             a += n;
         }

@@ -183,6 +183,9 @@ pub struct CudaState<'b> {
     /// Decode steps (one token, last logits) replay this graph once captured.
     graph: Option<DecodeGraph>,
     use_graph: bool,
+    /// Whether a run returning its last logits captures the decode graph while the GPU
+    /// runs it (see [`CudaState::set_capture_ahead`]).
+    capture_ahead: bool,
     /// Page-locked host memory a decode step's logits come back through (allocated on
     /// the first step): a pageable copy is staged by the driver at a fraction of the
     /// bus's speed.
@@ -194,6 +197,13 @@ pub struct CudaState<'b> {
 fn pinned_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_PINNED").map_or(true, |v| v != "0"))
+}
+
+/// Whether a run that returns its last logits captures the decode graph while the GPU
+/// runs it (`DS4_CUDA_CAPTURE_AHEAD=0`: at the first decode step, for comparisons).
+fn capture_ahead_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_CAPTURE_AHEAD").map_or(true, |v| v != "0"))
 }
 
 /// Whether runs of tensor-core length keep programmatic dependent launch
@@ -208,8 +218,46 @@ fn pdl_for_runs() -> bool {
 /// for the life of the state: every buffer it touches belongs to the state or the
 /// backend, and the position is read from device memory.
 struct DecodeGraph {
-    graph: cudarc::driver::CudaGraph,
+    /// Launched in order on `gpu`'s stream: the step's layers in contiguous runs, the
+    /// first with the embedding, the last with the output head.
+    parts: Vec<cudarc::driver::CudaGraph>,
     gpu: Gpu,
+}
+
+impl DecodeGraph {
+    fn launch(&self) -> Result<(), cudarc::driver::DriverError> {
+        self.parts.iter().try_for_each(|g| g.launch())
+    }
+}
+
+/// How many graphs a decode step is captured as (`DS4_CUDA_GRAPH_PARTS`, default 1): the
+/// GPU starts on the first while the host still queues the rest.
+fn graph_parts() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("DS4_CUDA_GRAPH_PARTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    })
+}
+
+/// Where the time of decode steps went, host and GPU, summed over the steps
+/// [`CudaState::time_decode_host`] ran (microseconds).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepTiming {
+    pub steps: usize,
+    /// Token and position copied to the device.
+    pub upload_us: f64,
+    /// The host's calls that queue the step's graphs.
+    pub launch_us: f64,
+    /// From the last launch call to the logits on the host (GPU work and the copy).
+    pub wait_us: f64,
+    /// The logits copied out of page-locked memory into the returned vector.
+    pub copy_us: f64,
+    /// GPU time between events recorded just before the first graph and just after the
+    /// last: the step as the GPU ran it when launched from idle.
+    pub gpu_us: f64,
 }
 
 // SAFETY: the graph's handles belong to the backend's context and are only used through
@@ -224,6 +272,18 @@ impl CudaState<'_> {
         if !on {
             self.graph = None;
         }
+    }
+
+    /// Whether a run that returns its last logits (a prompt) captures the decode graph
+    /// while the GPU runs it (default on; `DS4_CUDA_CAPTURE_AHEAD=0` turns it off, and
+    /// the first decode step captures it). The same graph either way.
+    pub fn set_capture_ahead(&mut self, on: bool) {
+        self.capture_ahead = on;
+    }
+
+    /// Whether the decode graph is captured (a prompt's run captures it ahead).
+    pub fn has_decode_graph(&self) -> bool {
+        self.graph.is_some()
     }
 
     fn fwd<'a>(&'a self, gpu: &'a Gpu, capture: bool, side: &'a [Gpu]) -> Fwd<'a> {
@@ -241,7 +301,16 @@ impl CudaState<'_> {
         }
     }
 
+    /// The decode step captured at the current position (a graph serves every later
+    /// position: the kernels read it from device memory).
     fn capture_decode(&self) -> Result<DecodeGraph, CudaError> {
+        self.be.gpu.sync()?;
+        self.capture_decode_at(self.n_tokens)
+    }
+
+    /// The capture itself. Recording launches runs nothing on the GPU, so this may run
+    /// while earlier work (a prompt's run) is still executing.
+    fn capture_decode_at(&self, pos0: usize) -> Result<DecodeGraph, CudaError> {
         use cudarc::driver::sys;
         let main = &self.be.gpu;
         let stream = main
@@ -255,42 +324,71 @@ impl CudaState<'_> {
             .map(|_| stream.fork().map(|st| main.on_stream(st)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
-        main.sync()?;
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
         let f = self.fwd(&gpu, true, &side);
-        crate::device::set_capturing(true);
-        let body = f
-            .layers_pass(&self.scratch, &self.layers, 1, self.n_tokens)
-            .and_then(|_| f.head(&self.scratch, 0, 1));
-        crate::device::set_capturing(false);
-        // The capture is ended whatever happened, so the stream is usable again.
-        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        body?;
-        let graph = graph
-            .map_err(|e| CudaError::Driver(format!("graph: {e}")))?
-            .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
-        Ok(DecodeGraph { graph, gpu })
+        let n = self.layers.len();
+        let n_parts = graph_parts().clamp(1, n.max(1));
+        let mut parts = Vec::with_capacity(n_parts);
+        for p in 0..n_parts {
+            let range = p * n / n_parts..(p + 1) * n / n_parts;
+            let last = p + 1 == n_parts;
+            stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
+            crate::device::set_capturing(true);
+            let body = f
+                .layers_range(&self.scratch, &self.layers, range, 1, pos0)
+                .and_then(|_| match last {
+                    true => f.head(&self.scratch, 0, 1),
+                    false => Ok(()),
+                });
+            crate::device::set_capturing(false);
+            // The capture is ended whatever happened, so the stream is usable again.
+            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+            body?;
+            let graph = graph
+                .map_err(|e| CudaError::Driver(format!("graph: {e}")))?
+                .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
+            parts.push(graph);
+        }
+        Ok(DecodeGraph { parts, gpu })
     }
 
-    fn decode_with_graph(&mut self, tok: u32) -> Result<Vec<Vec<f32>>, CudaError> {
+    fn decode_with_graph(
+        &mut self,
+        tok: u32,
+        mut timing: Option<&mut StepTiming>,
+    ) -> Result<Vec<Vec<f32>>, CudaError> {
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
         if self.graph.is_none() {
             self.graph = Some(self.capture_decode()?);
         }
+        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("logits: {e}"));
         let f = self.fwd(&self.be.gpu, false, &[]);
+        let t0 = Instant::now();
         // Synchronous copies on the legacy stream: they wait for work queued there
         // (restores, resets) and are done before the graph starts.
         f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
         let dg = self.graph.as_ref().expect("captured above");
-        dg.graph
-            .launch()
+        let ev = |on: bool| match on {
+            true => dg.gpu.stream.record_event(Some(CU_EVENT_DEFAULT)).map(Some),
+            false => Ok(None),
+        };
+        let e0 = ev(timing.is_some()).map_err(drv)?;
+        let t1 = Instant::now();
+        dg.launch()
             .map_err(|e| CudaError::Driver(format!("graph launch: {e}")))?;
+        let t2 = Instant::now();
+        let e1 = ev(timing.is_some()).map_err(drv)?;
+        if let (Some(t), Some(e0), Some(e1)) = (timing.as_deref_mut(), &e0, &e1) {
+            t.upload_us += (t1 - t0).as_secs_f64() * 1e6;
+            t.launch_us += (t2 - t1).as_secs_f64() * 1e6;
+            e1.synchronize().map_err(drv)?;
+            t.gpu_us += f64::from(e0.elapsed_ms(e1).map_err(drv)?) * 1e3;
+        }
         if !pinned_on() {
             dg.gpu.sync()?;
             return f.read_logits(&self.scratch, 1);
         }
-        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("logits: {e}"));
         let v = self.be.cfg.n_vocab;
         if self.logits_host.is_none() {
             // SAFETY: the memory is written by the copy below before anything reads it.
@@ -310,7 +408,31 @@ impl CudaState<'_> {
         }
         .map_err(drv)?;
         dg.gpu.sync()?;
-        Ok(vec![dst.to_vec()])
+        let t3 = Instant::now();
+        let out = vec![dst.to_vec()];
+        if let Some(t) = timing {
+            t.wait_us += (t3 - t2).as_secs_f64() * 1e6;
+            t.copy_us += t3.elapsed().as_secs_f64() * 1e6;
+            t.steps += 1;
+        }
+        Ok(out)
+    }
+
+    /// Decode steps of `toks` (one each, greedy or not is the caller's) as a generation
+    /// makes them, with the host's and the GPU's share of each measured apart (see
+    /// [`StepTiming`]). The GPU time is waited for before the logits are copied, so the
+    /// wait is split, not longer. Advances the state like [`ForwardState::forward`].
+    pub fn decode_timed(
+        &mut self,
+        tok: u32,
+        timing: &mut StepTiming,
+    ) -> Result<Vec<f32>, CudaError> {
+        if self.n_tokens + 1 > self.ctx {
+            return Err(CudaError::Driver("context full".into()));
+        }
+        let mut out = self.decode_with_graph(tok, Some(timing))?;
+        self.n_tokens += 1;
+        Ok(out.remove(0))
     }
 
     /// GPU milliseconds of one captured decode step of `tok` at the current position:
@@ -327,7 +449,7 @@ impl CudaState<'_> {
         f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
         let dg = self.graph.as_ref().expect("captured above");
         let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
-        let launch = || dg.graph.launch().map_err(drv);
+        let launch = || dg.launch().map_err(drv);
         launch()?;
         let t0 = dg
             .gpu
@@ -347,6 +469,48 @@ impl CudaState<'_> {
         let ms = t0.elapsed_ms(&t1).map_err(drv)?;
         let n = n.max(1) as f64;
         Ok((ms as f64 / n, host_ms / n))
+    }
+
+    /// GPU milliseconds of one captured decode step launched when the GPU is idle (the
+    /// stream synchronized before each of `n` replays, each between its own events),
+    /// same token and position every time: against [`CudaState::time_decode_graph`],
+    /// what the step loses by starting from an idle GPU. The state is fit only for more
+    /// timing afterwards.
+    pub fn time_decode_idle(&mut self, tok: u32, n: usize) -> Result<f64, CudaError> {
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        if self.graph.is_none() {
+            self.graph = Some(self.capture_decode()?);
+        }
+        let f = self.fwd(&self.be.gpu, false, &[]);
+        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
+        let dg = self.graph.as_ref().expect("captured above");
+        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
+        let mut sum = 0.0f64;
+        for _ in 0..n {
+            dg.gpu.sync()?;
+            let e0 = dg
+                .gpu
+                .stream
+                .record_event(Some(CU_EVENT_DEFAULT))
+                .map_err(drv)?;
+            dg.launch().map_err(drv)?;
+            let e1 = dg
+                .gpu
+                .stream
+                .record_event(Some(CU_EVENT_DEFAULT))
+                .map_err(drv)?;
+            sum += f64::from(e0.elapsed_ms(&e1).map_err(drv)?);
+        }
+        Ok(sum / n.max(1) as f64)
+    }
+
+    /// Drops the decode graph and captures it again: the host milliseconds a capture
+    /// takes (the first decode step of a state pays it).
+    pub fn recapture_decode(&mut self) -> Result<f64, CudaError> {
+        self.graph = None;
+        let t = Instant::now();
+        self.graph = Some(self.capture_decode()?);
+        Ok(t.elapsed().as_secs_f64() * 1e3)
     }
 
     /// Records HC states and discrete decisions on every later forward call
@@ -377,6 +541,7 @@ impl CudaBackend {
             trace: None,
             graph: None,
             use_graph: std::env::var("DS4_CUDA_GRAPH").map_or(true, |v| v != "0"),
+            capture_ahead: capture_ahead_on(),
             logits_host: None,
         })
     }
@@ -437,19 +602,53 @@ impl ForwardState for CudaState<'_> {
             && self.use_graph
             && self.trace.is_none()
             && !self.be.gpu.profiling();
+        // A run that will likely be followed by decode steps (a prompt) captures their
+        // graph while the GPU runs it: the capture (tens of ms for the full model) is
+        // host work, off the first generated token's time.
+        let capture_ahead = self.use_graph
+            && self.graph.is_none()
+            && which == LogitsFor::Last
+            && self.trace.is_none()
+            && !self.be.gpu.profiling()
+            && self.capture_ahead;
+        let decode_pos = self.n_tokens + toks.len();
+        let mut captured = None;
+        let mut ahead = || {
+            if capture_ahead {
+                captured = Some(self.capture_decode_at(decode_pos)?);
+            }
+            Ok(())
+        };
         let out = if graphable {
-            self.decode_with_graph(toks[0])?
+            self.decode_with_graph(toks[0], None)?
         } else if toks.len() >= forward::MMA_MIN_TOKENS && !pdl_for_runs() {
             // Long runs launch without programmatic dependent launch: their kernels fill
             // the GPU, and a next kernel's blocks resident early, waiting, only take
             // room from the current one's last waves (prefill measured 5% faster).
             let gpu = self.be.gpu.with_pdl(false);
             let f = self.fwd(&gpu, false, &[]);
-            f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
+            f.run(
+                &self.scratch,
+                &self.layers,
+                toks,
+                self.n_tokens,
+                which,
+                &mut ahead,
+            )?
         } else {
             let f = self.fwd(&self.be.gpu, false, &[]);
-            f.run(&self.scratch, &self.layers, toks, self.n_tokens, which)?
+            f.run(
+                &self.scratch,
+                &self.layers,
+                toks,
+                self.n_tokens,
+                which,
+                &mut ahead,
+            )?
         };
+        if let Some(g) = captured {
+            self.graph = Some(g);
+        }
         self.n_tokens += toks.len();
         Ok(out)
     }

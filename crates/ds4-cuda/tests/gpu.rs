@@ -228,20 +228,32 @@ fn decode_graph_replays_the_plain_launches_bit_for_bit() {
     let be = ds4_cuda::CudaBackend::load(&model, 0, 512, 64, &mut |_, _| {}).unwrap();
     // A prompt, then decode past several compression boundaries (ratio 4 and the
     // window), so the replayed graph must follow the device-resident position.
-    let decode = |graph: bool| -> Vec<Vec<f32>> {
+    let decode = |graph: bool, ahead: bool| -> Vec<Vec<f32>> {
         let mut st = be.state(512, opts).unwrap();
         st.set_graph(graph);
+        st.set_capture_ahead(ahead);
         st.forward(&toks[..40], LogitsFor::Last).unwrap();
+        assert_eq!(
+            st.has_decode_graph(),
+            graph && ahead,
+            "captured with the prompt"
+        );
         toks[40..]
             .iter()
             .map(|&t| st.forward(&[t], LogitsFor::Last).unwrap().remove(0))
             .collect()
     };
-    let plain = decode(false);
-    let graph = decode(true);
-    assert_eq!(plain.len(), graph.len());
-    for (i, (a, b)) in plain.iter().zip(&graph).enumerate() {
-        assert_eq!(a, b, "decode step {i}: graph and plain launches differ");
+    let plain = decode(false, false);
+    // The graph captured while the prompt runs, and at the first decode step.
+    for ahead in [true, false] {
+        let graph = decode(true, ahead);
+        assert_eq!(plain.len(), graph.len());
+        for (i, (a, b)) in plain.iter().zip(&graph).enumerate() {
+            assert_eq!(
+                a, b,
+                "decode step {i}: graph (captured ahead: {ahead}) and plain launches differ"
+            );
+        }
     }
     // And the plain decode is the CPU's, within the tolerance of the test above.
     let cpu = model.teacher_forced_logits(&toks, 40, opts).unwrap();

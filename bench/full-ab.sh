@@ -1,0 +1,39 @@
+#!/bin/bash
+# Same-call A/B on the full 43-layer synthetic q2 file (an H200: the 86.7 GB file lives in
+# a tmpfs and on the card):
+#   bench/full-ab.sh BIN OUT SWITCH ...
+# Each SWITCH (VAR=value words, or BIN=DIR for another build) gets a cuda_step at each
+# position of PREFILLS (default 2048; the step's GPU time back to back and from idle, the
+# host loop, a token's parts, the capture time) and a ds4-bench at 2k and 8k with
+# 64 generated tokens, interleaved with the defaults REPS times (default 1), into
+# OUT/full-ab.log.
+set -u
+B=$(cd "$1" && pwd) OUT=$2
+shift 2
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/full-ab.log
+cd "$(dirname "$0")/.."
+export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+grep -q H200 "$LOG" || { echo "not an H200: the full file does not fit"; exit 3; }
+F=/mnt/ds4/flash-q2.gguf
+if [ ! -f $F ]; then
+    mkdir -p /mnt/ds4 && mount -t tmpfs -o size=110G,huge=always tmpfs /mnt/ds4
+    /usr/bin/time -f "file built in %e s" "$B/ds4-quantize" --synthetic --recipe q2 -o $F \
+        --quiet 2>&1 | tail -1 | tee -a "$LOG"
+fi
+for rep in $(seq "${REPS:-1}"); do
+    for sw in DS4_AB=none "$@"; do
+        bin=$B
+        case $sw in BIN=*) bin=$(cd "${sw#BIN=}" && pwd) ;; esac
+        echo "== [$rep] $sw" | tee -a "$LOG"
+        for p in ${PREFILLS:-2048}; do
+            timeout 120 env $sw "$bin/cuda_step" $F --ctx $((p + 2048)) --prefill "$p" \
+                --reps 50 --rounds 3 2>&1 | tail -4 | tee -a "$LOG"
+        done
+        timeout 120 env $sw "$bin/ds4-bench" --cuda -m $F --prompt-file "$B/promessi_sposi.txt" \
+            --ctx-start 2048 --ctx-max 8192 --step-incr 6144 --gen-tokens 64 2>&1 |
+            grep "ctx " | tee -a "$LOG"
+    done
+done
