@@ -2,9 +2,10 @@
 # Same-call A/B on the full 43-layer synthetic q2 file (an H200: the 86.7 GB file lives in
 # a tmpfs and on the card):
 #   bench/full-ab.sh BIN OUT SWITCH ...
-# Each SWITCH (VAR=value words, or BIN=DIR for another build) gets a cuda_step at each
-# position of PREFILLS (default 2048; the step's GPU time back to back and from idle, the
-# host loop, a token's parts, the capture time) and a ds4-bench at 2k and 8k with
+# Each SWITCH (VAR=value words, or BIN=DIR for another build) gets a cuda_step for each
+# CTX:PREFILL of STEPS (default 4196:2100, where the indexer's selection is active: at
+# 2048 a ratio-4 layer sees 512 rows, no more than its top-k; the step's GPU time back to
+# back and from idle, the host loop, a token's parts, the capture time) and a ds4-bench at 2k and 8k with
 # 64 generated tokens, interleaved with the defaults REPS times (default 1), into
 # OUT/full-ab.log.
 set -u
@@ -28,8 +29,9 @@ for rep in $(seq "${REPS:-1}"); do
         bin=$B
         case $sw in BIN=*) bin=$(cd "${sw#BIN=}" && pwd) ;; esac
         echo "== [$rep] $sw" | tee -a "$LOG"
-        for p in ${PREFILLS:-2048}; do
-            timeout 120 env $sw "$bin/cuda_step" $F --ctx $((p + 2048)) --prefill "$p" \
+        for cp in ${STEPS:-4196:2100}; do
+            echo "cuda_step ctx ${cp%:*} prefill ${cp#*:}:" | tee -a "$LOG"
+            timeout 150 env $sw "$bin/cuda_step" $F --ctx "${cp%:*}" --prefill "${cp#*:}" \
                 --reps 50 --rounds 3 2>&1 | tail -4 | tee -a "$LOG"
         done
         timeout 120 env $sw "$bin/ds4-bench" --cuda -m $F --prompt-file "$B/promessi_sposi.txt" \

@@ -2774,8 +2774,10 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
     int pos0 = *pos0p;
     int t = blockIdx.y;
     int n = (pos0 + t + 1) / ratio;
-    int r0 = blockIdx.x * rpb;
-    if (r0 >= n) return;
+    // Blocks take row ranges blockIdx.x, + gridDim.x, ..: a decode graph's grid is fixed
+    // at capture, and one block per range of the context allocated (16k ranges at 1M)
+    // would launch mostly empty blocks every step.
+    if (blockIdx.x * rpb >= n) return;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tq = lane & 3;
     int ks_n = di >> 4;
@@ -2800,45 +2802,48 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
     }
     float w0 = h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
     float w1 = h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
-    int r_end = min(r0 + rpb, n);
-    for (int nb = r0; nb < r_end; nb += 8) {
-        // B fragment: column = row nb + g, k = 2tq, 2tq+1 and 2tq+8, 2tq+9.
-        int rb = nb + g;
-        const float* rp = rows + (size_t)rb * di;
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int r0 = blockIdx.x * rpb; r0 < n; r0 += gridDim.x * rpb) {
+        int r_end = min(r0 + rpb, n);
+        for (int nb = r0; nb < r_end; nb += 8) {
+            // B fragment: column = row nb + g, k = 2tq, 2tq+1 and 2tq+8, 2tq+9.
+            int rb = nb + g;
+            const float* rp = rows + (size_t)rb * di;
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int ks = 0; ks < IDX_MAX_KS; ks++) {
-            if (ks < ks_n) {
-                int k = 16 * ks + 2 * tq;
-                float2 y0 = rb < n ? *(const float2*)(rp + k) : make_float2(0.0f, 0.0f);
-                float2 y1 = rb < n ? *(const float2*)(rp + k + 8) : make_float2(0.0f, 0.0f);
-                u32 bh0, bl0, bh1, bl1;
-                split_h2(y0.x, y0.y, bh0, bl0);
-                split_h2(y1.x, y1.y, bh1, bl1);
-                mma_f16_16816(c, ah[ks], bh0, bh1);
-                mma_f16_16816(c, al[ks], bh0, bh1);
-                mma_f16_16816(c, ah[ks], bl0, bl1);
+            for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+                if (ks < ks_n) {
+                    int k = 16 * ks + 2 * tq;
+                    float2 y0 = rb < n ? *(const float2*)(rp + k) : make_float2(0.0f, 0.0f);
+                    float2 y1 = rb < n ? *(const float2*)(rp + k + 8) : make_float2(0.0f, 0.0f);
+                    u32 bh0, bl0, bh1, bl1;
+                    split_h2(y0.x, y0.y, bh0, bl0);
+                    split_h2(y1.x, y1.y, bh1, bl1);
+                    mma_f16_16816(c, ah[ks], bh0, bh1);
+                    mma_f16_16816(c, al[ks], bh0, bh1);
+                    mma_f16_16816(c, ah[ks], bl0, bl1);
+                }
+            }
+            // c: (head h0, rows nb+2tq, +1), (head h1, same rows).
+            float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
+            float s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+                s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+                s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+            }
+            if (g == 0) {
+                part[warp][nb - r0 + 2 * tq] = s0;
+                part[warp][nb - r0 + 2 * tq + 1] = s1;
             }
         }
-        // c: (head h0, rows nb+2tq, +1), (head h1, same rows).
-        float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
-        float s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
-#pragma unroll
-        for (int o = 4; o < 32; o <<= 1) {
-            s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-            s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        __syncthreads();
+        int nw = blockDim.x >> 5;
+        for (int i = threadIdx.x; i < r_end - r0; i += blockDim.x) {
+            float acc = part[0][i];
+            for (int x = 1; x < nw; x++) acc += part[x][i];
+            scores[(size_t)t * max_rows + r0 + i] = acc;
         }
-        if (g == 0) {
-            part[warp][nb - r0 + 2 * tq] = s0;
-            part[warp][nb - r0 + 2 * tq + 1] = s1;
-        }
-    }
-    __syncthreads();
-    int nw = blockDim.x >> 5;
-    for (int i = threadIdx.x; i < r_end - r0; i += blockDim.x) {
-        float acc = part[0][i];
-        for (int x = 1; x < nw; x++) acc += part[x][i];
-        scores[(size_t)t * max_rows + r0 + i] = acc;
+        __syncthreads();  // part is the next range's
     }
 }
 
@@ -2851,11 +2856,17 @@ __device__ __forceinline__ u32 order_key(float f) {
 // k-th largest key then an in-order compaction. One block of 1024 threads per token.
 // sel[t, 0..k) gets the chosen rows in increasing row order; nsel[t] = k, or 0 when the
 // token sees k rows or fewer (it then attends to all of them).
+// Each of the four 8-bit passes counts the candidates' digits (a warp's equal digits
+// added by one atomic: the top digits of similar scores are mostly the same, and
+// one shared address taking hundreds of atomics serializes them) and finds the digit
+// holding the k-th key by a parallel scan over the 256 counts (blockDim >= 256), not
+// one thread's walk: a decode step waits on this kernel.
 extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
                                        int ratio, int max_rows, int k) { pdl_begin();
     int pos0 = *pos0p;
     __shared__ u32 hist[256];
-    __shared__ u32 prefix, prefix_mask, remaining;
+    __shared__ u32 wsum[8];
+    __shared__ u32 found_digit, found_remaining;
     __shared__ u32 warp_cnt[32];
     __shared__ u32 base_gt, base_eq;
     int t = blockIdx.x;
@@ -2865,36 +2876,54 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
         return;
     }
     const float* s = scores + (size_t)t * max_rows;
-    if (threadIdx.x == 0) { prefix = 0; prefix_mask = 0; remaining = k; }
-    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    u32 prefix = 0, prefix_mask = 0, remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        if (threadIdx.x < 256) hist[threadIdx.x] = 0;
         __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            u32 key = order_key(s[i]);
-            if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xff], 1u);
+        // Whole warps go round the loop together (the match below needs every lane).
+        for (int start = 0; start < n; start += blockDim.x) {
+            int i = start + threadIdx.x;
+            u32 key = i < n ? order_key(s[i]) : 0;
+            bool in = i < n && (key & prefix_mask) == prefix;
+            u32 d = in ? (key >> shift) & 0xffu : 256u;
+            u32 peers = __match_any_sync(0xffffffffu, d);
+            if (in && lane == __ffs(peers) - 1) atomicAdd(&hist[d], (u32)__popc(peers));
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            u32 acc = 0;
-            for (int dgt = 255; dgt >= 0; dgt--) {
-                if (acc + hist[dgt] >= remaining) {
-                    remaining -= acc;
-                    prefix |= (u32)dgt << shift;
-                    prefix_mask |= 0xffu << shift;
-                    break;
-                }
-                acc += hist[dgt];
+        // Thread j < 256 takes digit 255 - j: an inclusive scan in that order counts the
+        // candidates whose digit is >= d; the k-th key's digit is the one where that
+        // count first reaches `remaining`.
+        u32 cnt = 0, ge = 0;
+        if (threadIdx.x < 256) {
+            cnt = hist[255 - threadIdx.x];
+            ge = cnt;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                u32 y = __shfl_up_sync(0xffffffffu, ge, o);
+                if (lane >= o) ge += y;
+            }
+            if (lane == 31) wsum[w] = ge;
+        }
+        __syncthreads();
+        if (threadIdx.x < 256) {
+            for (int x = 0; x < w; x++) ge += wsum[x];
+            u32 gt = ge - cnt;
+            if (gt < remaining && ge >= remaining) {
+                found_digit = 255 - threadIdx.x;
+                found_remaining = remaining - gt;
             }
         }
         __syncthreads();
+        prefix |= found_digit << shift;
+        prefix_mask |= 0xffu << shift;
+        remaining = found_remaining;
     }
     // prefix is now the k-th largest key; `remaining` of the rows equal to it are taken
     // (the lowest-numbered ones), with every row above it.
     u32 kth = prefix, take_eq = remaining;
     if (threadIdx.x == 0) { base_gt = 0; base_eq = 0; }
     __syncthreads();
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int start = 0; start < n; start += blockDim.x) {
         int i = start + threadIdx.x;
         u32 key = i < n ? order_key(s[i]) : 0;

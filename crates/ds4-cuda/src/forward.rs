@@ -157,20 +157,27 @@ pub struct Sizes {
     pub max_attn_rows: usize,
 }
 
+/// Most rows one attention query of layer `l` reads in a context of `ctx`: the window,
+/// plus the indexer's selection (sparse layers) or every compressed row (heavy ones).
+/// Per layer, so that a long context's heavy layers don't size the kernels of the
+/// others (a decode graph's launches are fixed at capture for the context allocated).
+pub fn layer_attn_rows(cfg: &ModelConfig, l: usize, ctx: usize) -> usize {
+    cfg.sliding_window
+        + match cfg.attn_kind(l) {
+            AttnKind::Window => 0,
+            AttnKind::Sparse { .. } => cfg.indexer_top_k,
+            AttnKind::Heavy { ratio } => ctx / ratio + 2,
+        }
+}
+
 pub fn sizes(cfg: &ModelConfig, ctx: usize, t: usize) -> Sizes {
     let mut max_attn_rows = cfg.sliding_window;
     let mut max_irows = 0;
     for l in 0..cfg.n_layer {
-        match cfg.attn_kind(l) {
-            AttnKind::Window => {}
-            AttnKind::Sparse { ratio } => {
-                max_irows = max_irows.max(ctx / ratio + 2);
-                max_attn_rows = max_attn_rows.max(cfg.sliding_window + cfg.indexer_top_k);
-            }
-            AttnKind::Heavy { ratio } => {
-                max_attn_rows = max_attn_rows.max(cfg.sliding_window + ctx / ratio + 2);
-            }
+        if let AttnKind::Sparse { ratio } = cfg.attn_kind(l) {
+            max_irows = max_irows.max(ctx / ratio + 2);
         }
+        max_attn_rows = max_attn_rows.max(layer_attn_rows(cfg, l, ctx));
     }
     Sizes {
         ring_rows: cfg.sliding_window + t,
@@ -284,48 +291,51 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     .unwrap_or(e);
     let hmax = t.max(HEAD_CHUNK);
     vec![
-        t * 4,                                     // toks
-        f32s(t * he),                              // x
-        f32s(hmax * he),                           // flat
-        f32s(hmax * cfg.hc_mix().max(cfg.hc)),     // z
-        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),      // mix
-        f32s(hmax * e),                            // y
-        f32s(hmax * e),                            // xn
-        f32s(t * (cfg.q_lora + cfg.head_dim)),     // qkv_raw: [q_a; kv] outputs
-        f32s(t * cfg.q_lora),                      // qa
-        f32s(t * qh),                              // q
-        f32s(t * 4 * cfg.head_dim),                // ckv: [kv; gate], coff·hd each
-        f32s(t * 4 * di),                          // ikv: [kv; gate], 2·di each
-        f32s(t * nhi * di),                        // qi
-        f32s(t * nhi),                             // wi
-        f32s(t * s.max_irows.max(1)),              // scores
-        t * cfg.indexer_top_k.max(1) * 4,          // sel
-        t * 4,                                     // nsel
-        f32s(t * qh),                              // o
-        split_part_bytes(cfg, s.max_attn_rows, t), // apart
-        f32s(t * cfg.o_groups * cfg.o_lora),       // low
-        f32s(t * e),                               // f
-        f32s(t * cfg.n_expert),                    // rlog
-        t * k * 4,                                 // ids
-        f32s(t * k),                               // wts
-        f32s(t * k * 2 * ff),                      // gu: [gate; up] per item
-        f32s(t * k * ff),                          // mid
-        f32s(t * k * e),                           // routed
-        f32s(t * 2 * ff),                          // sgu: [gate; up]
-        f32s(t * ff),                              // smid
-        f32s(t * e),                               // sout
-        act,                                       // act_q (int8)
-        f32s(act / 32 + 1),                        // act_d
-        act / 16 * 2 + 2,                          // act_s (int16)
-        hmax * e.max(cfg.q_lora),                  // act2_q (int8)
-        f32s(hmax * e.max(cfg.q_lora) / 32 + 1),   // act2_d
-        f32s(HEAD_CHUNK * cfg.n_vocab),            // logits
-        t * k * 4,                                 // perm
-        max_expert_groups(cfg, t, 8) * 3 * 4,      // grp
-        16,                                        // ngrp
-        MMA_MIN_TOKENS * 4,                        // hc_count
-        part_bytes(t),                             // part
-        16,                                        // pos
+        t * 4,                                 // toks
+        f32s(t * he),                          // x
+        f32s(hmax * he),                       // flat
+        f32s(hmax * cfg.hc_mix().max(cfg.hc)), // z
+        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),  // mix
+        f32s(hmax * e),                        // y
+        f32s(hmax * e),                        // xn
+        f32s(t * (cfg.q_lora + cfg.head_dim)), // qkv_raw: [q_a; kv] outputs
+        f32s(t * cfg.q_lora),                  // qa
+        f32s(t * qh),                          // q
+        f32s(t * 4 * cfg.head_dim),            // ckv: [kv; gate], coff·hd each
+        f32s(t * 4 * di),                      // ikv: [kv; gate], 2·di each
+        f32s(t * nhi * di),                    // qi
+        f32s(t * nhi),                         // wi
+        f32s(t * s.max_irows.max(1)),          // scores
+        t * cfg.indexer_top_k.max(1) * 4,      // sel
+        t * 4,                                 // nsel
+        f32s(t * qh),                          // o
+        (0..cfg.n_layer)
+            .map(|l| split_part_bytes(cfg, layer_attn_rows(cfg, l, ctx), t))
+            .max()
+            .unwrap_or(16), // apart
+        f32s(t * cfg.o_groups * cfg.o_lora),   // low
+        f32s(t * e),                           // f
+        f32s(t * cfg.n_expert),                // rlog
+        t * k * 4,                             // ids
+        f32s(t * k),                           // wts
+        f32s(t * k * 2 * ff),                  // gu: [gate; up] per item
+        f32s(t * k * ff),                      // mid
+        f32s(t * k * e),                       // routed
+        f32s(t * 2 * ff),                      // sgu: [gate; up]
+        f32s(t * ff),                          // smid
+        f32s(t * e),                           // sout
+        act,                                   // act_q (int8)
+        f32s(act / 32 + 1),                    // act_d
+        act / 16 * 2 + 2,                      // act_s (int16)
+        hmax * e.max(cfg.q_lora),              // act2_q (int8)
+        f32s(hmax * e.max(cfg.q_lora) / 32 + 1), // act2_d
+        f32s(HEAD_CHUNK * cfg.n_vocab),        // logits
+        t * k * 4,                             // perm
+        max_expert_groups(cfg, t, 8) * 3 * 4,  // grp
+        16,                                    // ngrp
+        MMA_MIN_TOKENS * 4,                    // hc_count
+        part_bytes(t),                         // part
+        16,                                    // pos
     ]
 }
 
@@ -1088,6 +1098,39 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
     Ok(out.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
 }
 
+/// The indexer's top-k selection on the GPU (`topk_select`, tests): token `t` of a run at
+/// `pos0` sees the first `(pos0 + t + 1) / ratio` of `scores[t]`. Returns each token's
+/// selected rows in increasing order, or nothing where it sees `k` rows or fewer (it then
+/// attends to all of them).
+pub fn topk_once(
+    gpu: &Gpu,
+    scores: &[Vec<f32>],
+    pos0: usize,
+    ratio: usize,
+    k: usize,
+) -> Result<Vec<Vec<i32>>, CudaError> {
+    let t = scores.len();
+    let max_rows = scores.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut flat = vec![0f32; t * max_rows];
+    for (row, sc) in flat.chunks_exact_mut(max_rows).zip(scores) {
+        row[..sc.len()].copy_from_slice(sc);
+    }
+    let sc = gpu.upload(&flat)?;
+    let pos = gpu.upload(&[pos0 as i32])?;
+    let sel = gpu.alloc(t * k * 4 + 4)?;
+    let nsel = gpu.alloc(t * 4)?;
+    launch!(gpu, "topk_select", (t as u32, 1, 1), 1024, 0;
+        sc.ptr, sel.ptr, nsel.ptr, pos.ptr, ratio as i32, max_rows as i32, k as i32)?;
+    let mut n = vec![0i32; t];
+    gpu.read(nsel.ptr, &mut n)?;
+    let mut all = vec![0i32; t * k];
+    gpu.read(sel.ptr, &mut all)?;
+    Ok(n.iter()
+        .zip(all.chunks_exact(k))
+        .map(|(&n, row)| row[..n as usize].to_vec())
+        .collect())
+}
+
 /// Routed-expert products on the GPU as the forward pass runs them (tests): `m` holds
 /// the experts' matrices back to back, item b is token b / k times expert `ids[b]`. One
 /// token takes decode's one-item kernels; a run of several groups its items by expert
@@ -1546,7 +1589,9 @@ impl<'a> Fwd<'a> {
                 // rows still spread over 32 blocks; long runs 128, which keeps the
                 // per-block reload of the queries (64 heads × 128) a small share.
                 let rpb = if t < MMA_MIN_TOKENS { 16 } else { 128 };
-                launch!(g, "indexer_scores_mma", (ceil_div(max_n, rpb), t as u32, 1),
+                // At most 8 blocks an SM; they loop over the ranges beyond.
+                let blocks = ceil_div(max_n, rpb).min(8 * g.sms);
+                launch!(g, "indexer_scores_mma", (blocks, t as u32, 1),
                     (32 * nhi.div_ceil(16)) as u32, 0;
                     s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, nhi as i32, di as i32, p0,
                     ratio as i32, s.max_irows as i32, rpb as i32)?;
@@ -1566,7 +1611,7 @@ impl<'a> Fwd<'a> {
 
         // Attention over the raw window and the compressed rows, with sinks, then the
         // inverse rotation (V = K carries each key's rotation).
-        let rows_max = sizes(cfg, self.ctx, s.t).max_attn_rows;
+        let rows_max = layer_attn_rows(cfg, l, self.ctx);
         // Query row, one weight per row (padded to 8-byte alignment), one address per row.
         let shm = (hd + rows_max + (rows_max & 1)) * 4 + rows_max * 8;
         g.allow_shared("attention", shm)?;

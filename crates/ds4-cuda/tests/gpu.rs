@@ -3,7 +3,7 @@
 //! checking (CI has no GPU; these run on the GPU machine, see the crate README).
 
 use ds4_cuda::device::Gpu;
-use ds4_cuda::forward::{experts_once, matmul_once, mm_col_splits, part_bytes};
+use ds4_cuda::forward::{experts_once, matmul_once, mm_col_splits, part_bytes, topk_once};
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
 use ds4_engine::weights::Bytes;
@@ -290,5 +290,53 @@ fn fused_pairs_match_separate_products() {
     for (i, (a, b)) in fused.iter().zip(&separate).enumerate() {
         let e = rel_err(a, b);
         assert!(e < 1e-3, "position {i}: fused and separate differ by {e}");
+    }
+}
+
+/// The indexer's top-k on the GPU picks what the CPU reference's `topk_desc` picks
+/// (total order of the values, ties to the lower row), with many ties at the k-th value,
+/// both zeros, negatives and a NaN, for rows just past k up to several thousand.
+#[test]
+fn topk_select_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("topk_select_matches_cpu") else {
+        return;
+    };
+    let (ratio, k) = (4usize, 512usize);
+    let mut seed = 7u64;
+    for n_max in [513usize, 600, 2048, 5000] {
+        for tied in [false, true] {
+            // Three tokens of a run, the last seeing n_max rows (the first two n_max - 1).
+            let pos0 = n_max * ratio - 3;
+            let scores: Vec<Vec<f32>> = (0..3)
+                .map(|t| {
+                    seed += 1;
+                    let n = (pos0 + t + 1) / ratio;
+                    let mut v = rand_vec(n, seed);
+                    if tied {
+                        // Few distinct values: the k-th value is shared by many rows.
+                        let set = [0.25f32, 0.0, -0.0, -1.5, 0.25, 3.0, 0.0];
+                        for x in v.iter_mut() {
+                            *x = set[((*x + 1.0) * 3.49) as usize % set.len()];
+                        }
+                        v[n / 2] = f32::NAN;
+                    }
+                    v
+                })
+                .collect();
+            let got = topk_once(&gpu, &scores, pos0, ratio, k).unwrap();
+            for (t, (sc, g)) in scores.iter().zip(&got).enumerate() {
+                let n = (pos0 + t + 1) / ratio;
+                let mut want: Vec<i32> = ds4_engine::ops::topk_desc(&sc[..n], k)
+                    .iter()
+                    .map(|&i| i as i32)
+                    .collect();
+                want.sort_unstable();
+                if n <= k {
+                    assert!(g.is_empty(), "{n} rows: no selection expected");
+                } else {
+                    assert_eq!(g, &want, "{n} rows (ties: {tied}), token {t}");
+                }
+            }
+        }
     }
 }
