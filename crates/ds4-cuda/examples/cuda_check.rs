@@ -2,7 +2,10 @@
 //! teacher-forced logits at every position of a pseudo-random prompt, through
 //! prefill runs of several sizes and through decode (runs of 1).
 //!
-//!     cuda_check MODEL [--tokens N] [--runs 1,7,64,512] [--cpu-run 64] [--no-qat-sim]
+//!     cuda_check MODEL [--tokens N] [--runs 1,7,64,512] [--cpu-run 64] [--ctx N] [--no-qat-sim]
+//!
+//! `--ctx` allocates the GPU states for a longer context than the prompt (default: the
+//! prompt), so that kernels sized for a long context are checked at short positions.
 //!
 //! Per run size it prints the worst relative error over positions
 //! (max|gpu − cpu| / max|cpu| of the logit row), how many positions exceed 1e-3, and
@@ -34,13 +37,15 @@ fn top2(v: &[f32]) -> (usize, f32) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "cuda_check MODEL [--tokens N] [--runs 1,7,64] [--cpu-run N] [--no-qat-sim]";
+    let usage =
+        "cuda_check MODEL [--tokens N] [--runs 1,7,64] [--cpu-run N] [--ctx N] [--no-qat-sim]";
     let Some(path) = common::model_path(&args, usage) else {
         return;
     };
     let n_tok: usize = arg(&args, "--tokens", 1100);
     let runs: String = arg(&args, "--runs", "1,7,64,512".to_string());
     let cpu_run: usize = arg(&args, "--cpu-run", 64);
+    let ctx_alloc: usize = arg(&args, "--ctx", n_tok + 1).max(n_tok + 1);
     let seed: u64 = arg(&args, "--seed", 7);
     let opts = ForwardOptions {
         no_qat_sim: args.iter().any(|a| a == "--no-qat-sim"),
@@ -78,7 +83,7 @@ fn main() {
     );
     let runs: Vec<usize> = runs.split(',').filter_map(|r| r.parse().ok()).collect();
     let max_run = runs.iter().copied().max().unwrap_or(1).max(n_tok);
-    let be = common::load_gpu(&model, n_tok + 1, max_run);
+    let be = common::load_gpu(&model, ctx_alloc, max_run);
     println!(
         "gpu: {} ({}), kernels {}, weights uploaded in {:.1} s",
         be.name(),
@@ -98,7 +103,7 @@ fn main() {
     let (layer_ok, single_run) = {
         use ds4_engine::ForwardState;
         use ds4_engine::layer::{LayerCtx, LayerTrace, layer_forward};
-        let mut st = be.state(n_tok + 1, opts).expect("state");
+        let mut st = be.state(ctx_alloc, opts).expect("state");
         st.enable_trace();
         let logits = st.forward(&toks, ds4_engine::LogitsFor::All).expect("gpu");
         let tr = st.take_trace();
@@ -269,7 +274,7 @@ fn main() {
     );
     let mut ok = layer_ok;
     for &run in &runs {
-        let mut st = be.new_state(n_tok + 1, opts).expect("state");
+        let mut st = be.new_state(ctx_alloc, opts).expect("state");
         let t0 = Instant::now();
         let gpu = teacher_forced(st.as_mut(), &toks, run).expect("gpu forward");
         let dt = t0.elapsed().as_secs_f64();

@@ -3149,6 +3149,16 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
 // unnormalized Σ exp(s - m)·row to part[(t, head, z)] = [m, den, acc[hd]];
 // attention_combine merges the ranges with the sink. (Sums run in another order than
 // the CPU's: by range, then across ranges.)
+// Rows of one attention_split range for a query reading n rows: the launch's `span` is
+// the most, sized for the context allocated (a decode graph's launch is fixed at
+// capture); a query with fewer rows spreads them over more of the nsplit ranges, 32 or
+// more each, rather than running a long chain in a few blocks.
+__device__ __forceinline__ int split_span(int n, int span, int nsplit) {
+    if (span <= 32) return span;  // contexts up to 64k: the launch's ranges as they are
+    int s = max(32, (((n + nsplit - 1) / nsplit) + 15) & ~15);
+    return min(span, s);
+}
+
 template <int HB>
 __device__ __forceinline__ void attention_split_body(const float* q, const float* ring,
                                                      int ring_rows, const float* comp,
@@ -3161,7 +3171,8 @@ __device__ __forceinline__ void attention_split_body(const float* q, const float
     extern __shared__ float sm[];
     int h0 = blockIdx.x * hb, t = blockIdx.y, z = blockIdx.z, pos = pos0 + t;
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
-    int r0 = z * span, r1 = min(ar.n, r0 + span);
+    int sp = split_span(ar.n, span, nsplit);
+    int r0 = z * sp, r1 = min(ar.n, r0 + sp);
     if (r0 >= r1) return;  // attention_combine reads only the ranges below n
     int nr = r1 - r0;
     float* qs = sm;                 // [hb][hd]
@@ -3220,7 +3231,8 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
     float* ez = sm + hd;
     int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
-    int nz = (ar.n + span - 1) / span;
+    int sp = split_span(ar.n, span, nsplit);
+    int nz = (ar.n + sp - 1) / sp;
     size_t stride = (size_t)hd + 2;
     const float* pp = part + ((size_t)t * heads + h) * nsplit * stride;
     float sink = sinks[h];
