@@ -41,6 +41,10 @@ small_q2() {
 small_q2 small 1000 "" '{"n_layer":6,"n_embd":256,"n_head":4,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 # 16 heads of 128: the shapes the tensor-core attention takes (the small model's 4 heads don't).
 small_q2 small16 600 "[small16] " '{"n_layer":4,"n_embd":256,"n_head":16,"head_dim":128,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":64,"indexer_dim":128,"indexer_top_k":32,"sliding_window":64}'
+# The same model with its states allocated for 1M tokens, checked at short positions
+# (launches sized for the context allocated).
+timeout 100 "$B/cuda_check" /tmp/small16.gguf --tokens 600 --runs 1,64 --cpu-run 64 --ctx 1048576 \
+    2>&1 | grep -E "PASS|FAIL|run " | cut -c1-200 | sed "s/^/[small16 ctx 1M] /" | tee -a "$L"
 echo '{"n_layer":4,"n_expert":16,"indexer_top_k":128,"compress_ratios":[0,4,128,4],"n_hash_layer":1}' > /tmp/fw16.json
 "$B/ds4-quantize" --synthetic --config /tmp/fw16.json --recipe f16 -o /tmp/fw16.gguf --quiet
 timeout 150 "$B/cuda_check" /tmp/fw16.gguf --tokens 300 --runs 1,64 --cpu-run 300 2>&1 |
@@ -54,7 +58,8 @@ timeout 120 "$B/cuda_profile" /mnt/ds4/flash-q2.gguf --ctx 8192 --prefill 2048 -
     --gen 32 > "$OUT/profile.log" 2>&1
 head -30 "$OUT/profile.log"
 # The decode step's GPU time alone (the graph replayed back to back, no host work).
-timeout 100 "$B/cuda_step" /mnt/ds4/flash-q2.gguf --ctx 4096 --prefill 2048 --reps 50 --rounds 3 \
+# At 2100, where a ratio-4 layer's indexer selects (at 2048 it sees no more than its top-k).
+timeout 100 "$B/cuda_step" /mnt/ds4/flash-q2.gguf --ctx 4196 --prefill 2100 --reps 50 --rounds 3 \
     2>&1 | tail -4 | tee "$OUT/step.log"
 timeout 200 "$B/ds4-bench" --cuda -m /mnt/ds4/flash-q2.gguf --prompt-file "$B/promessi_sposi.txt" \
     --ctx-start 2048 --ctx-max 16384 --step-incr 2048 --gen-tokens 64 --csv "$OUT/bench.csv" \

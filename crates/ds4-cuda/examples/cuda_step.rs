@@ -8,7 +8,6 @@
 //! token, and the host's time to queue one replay), the same steps split into their host
 //! and GPU parts (`CudaState::decode_timed`), then each round's mean step time and the
 //! median of the rounds, after the capture time and a step from an idle GPU.
-//! `DS4_CUDA_GRAPH_PARTS=N` captures the step as N graphs.
 
 use ds4_engine::{ForwardOptions, ForwardState, LogitsFor};
 

@@ -1908,11 +1908,12 @@ __device__ __forceinline__ void q8_0_lanes(float v, int lane, i8* q, float* d, s
 // y[v, :] = x[v, :] * rsqrt(mean(x²) + eps) * (w ? w : 1), one block per vector. With
 // `q`, also the Q8_0 of y (q: int8 [count·n], d: [count·n/32]; n a multiple of 32)
 // for the product that reads it next, which then skips quant_q8_0.
-extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int n,
-                                    int x_stride, int y_stride, float eps, i8* q, float* d) { pdl_begin();
+__device__ __forceinline__ void rms_norm_row(const float* x, const float* w, float* y, int n,
+                                             int x_stride, int y_stride, float eps, i8* q,
+                                             float* d, int v) {
     __shared__ double sh[32];
-    const float* xv = x + (size_t)blockIdx.x * x_stride;
-    float* yv = y + (size_t)blockIdx.x * y_stride;
+    const float* xv = x + (size_t)v * x_stride;
+    float* yv = y + (size_t)v * y_stride;
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
     ss = block_sum_d(ss, sh);
@@ -1920,11 +1921,16 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, in
     // A warp's lanes take 32 consecutive values (blockDim is a multiple of 32), so
     // the loop is warp-uniform when n is a multiple of 32.
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xv[i] * r;
-        v = w ? v * w[i] : v;
-        yv[i] = v;
-        if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)blockIdx.x * n + i) / 32);
+        float v2 = xv[i] * r;
+        v2 = w ? v2 * w[i] : v2;
+        yv[i] = v2;
+        if (q) q8_0_lanes(v2, threadIdx.x & 31, q, d, ((size_t)v * n + i) / 32);
     }
+}
+
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int n,
+                                    int x_stride, int y_stride, float eps, i8* q, float* d) { pdl_begin();
+    rms_norm_row(x, w, y, n, x_stride, y_stride, eps, q, d, blockIdx.x);
 }
 
 // Per-head weightless RMSNorm then RoPE at pos0 + token (queries). x: [T, heads*hd].
@@ -2397,14 +2403,14 @@ __device__ void qat_indexer_vec(float* v, int n, float* sh_amax) {
 // take, so the same sums), RoPE at its position, the KV QAT, stored into the ring of raw
 // rows at slot pos % ring. One block per token, its row at kv + t·kv_stride; dynamic
 // shared: hd floats.
-extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float* nw, float eps,
-                                    float* ring, int ring_rows, int hd, const float* freqs,
-                                    int n_rot, const int* pos0p, int sim) { pdl_begin();
-    int pos0 = *pos0p;
+__device__ __forceinline__ void kv_store_row(const float* kv, int kv_stride, const float* nw,
+                                             float eps, float* ring, int ring_rows, int hd,
+                                             const float* freqs, int n_rot, int pos0, int sim,
+                                             int t) {
     extern __shared__ float row[];
     __shared__ float amax[64];
     __shared__ double sh[32];
-    int t = blockIdx.x, pos = pos0 + t;
+    int pos = pos0 + t;
     const float* xv = kv + (size_t)t * kv_stride;
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
@@ -2419,6 +2425,28 @@ extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float*
     if (sim) qat_kv_row(row, hd, hd - n_rot, amax);
     float* dst = ring + (size_t)(pos % ring_rows) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = row[i];
+}
+
+extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float* nw, float eps,
+                                    float* ring, int ring_rows, int hd, const float* freqs,
+                                    int n_rot, const int* pos0p, int sim) { pdl_begin();
+    kv_store_row(kv, kv_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
+                 blockIdx.x);
+}
+
+// The q_a norm (rms_norm, blocks y = 0) and the K=V row's store (kv_store, y = 1) of the
+// same [q_a; kv] product in one launch: both read only that product, and the decode
+// chain then waits on one short kernel instead of two in a row.
+extern "C" __global__ void qa_norm_kv_store(const float* x, const float* w, float* y, int n,
+                                            int x_stride, float eps, i8* q, float* d,
+                                            const float* kv, const float* nw, float* ring,
+                                            int ring_rows, int hd, const float* freqs,
+                                            int n_rot, const int* pos0p, int sim) { pdl_begin();
+    if (blockIdx.y == 0)
+        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);
+    else
+        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
+                     blockIdx.x);
 }
 
 // The end of one compressed row, thread j holding its pooled value j (threads ≥ d hold

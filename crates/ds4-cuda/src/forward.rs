@@ -732,6 +732,13 @@ fn split_part_bytes(cfg: &ModelConfig, rows_max: usize, t: usize) -> usize {
     })
 }
 
+/// Whether the q_a norm and the K=V row's store share one launch
+/// (`DS4_CUDA_QKV_FUSE=0`: two, for comparisons).
+fn qkv_fuse_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_QKV_FUSE").map_or(true, |v| v != "0"))
+}
+
 /// Threads of a norm block: a wide row (the HC state) gets a wide block. The fused
 /// norms use the same count so their sums match `rms_norm`'s.
 fn norm_threads(n: usize) -> u32 {
@@ -1468,7 +1475,19 @@ impl<'a> Fwd<'a> {
         )?;
         let qaq = q8_target(w.q_b.ty, cfg.q_lora, (&s.act2_q, &s.act2_d));
         let qa_in = (s.qkv_raw.ptr, qkv);
-        self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
+        let ring_rows = (st.ring.bytes / 4 / hd) as i32;
+        // The q_a norm and the K=V row's store (kv_store normalizes the row itself,
+        // kv_norm) in one launch where they take the same block size (their sums' order).
+        let fused_kv = qkv_fuse_on() && norm_threads(cfg.q_lora) == norm_threads(hd);
+        if fused_kv {
+            let (qp, dp) = qaq.unwrap_or((0, 0));
+            launch!(g, "qa_norm_kv_store", (t as u32, 2, 1), norm_threads(hd), (hd * 4) as u32;
+                s.qkv_raw.ptr, w.q_a_norm.ptr, s.qa.ptr, cfg.q_lora as i32, qkv as i32,
+                self.eps(), qp, dp, s.qkv_raw.at::<f32>(cfg.q_lora), w.kv_norm.ptr,
+                st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
+        } else {
+            self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
+        }
         // The queries (q_b, their norm and RoPE) beside the K=V row, compressors and
         // indexer, which do not read them, when nothing writes qa's Q8_0 meanwhile: q_b
         // reads it as it is, and the indexer's q_b reads it too or takes floats (a Q8_K
@@ -1504,11 +1523,11 @@ impl<'a> Fwd<'a> {
             launch!(fq.gpu, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
                 s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
         }
-        let ring_rows = (st.ring.bytes / 4 / hd) as i32;
-        // kv_store normalizes the K=V row itself (kv_norm), from the [q_a; kv] output.
-        launch!(g, "kv_store", (t as u32, 1, 1), norm_threads(hd), (hd * 4) as u32;
-            s.qkv_raw.at::<f32>(cfg.q_lora), qkv as i32, w.kv_norm.ptr, self.eps(), st.ring.ptr,
-            ring_rows, hd as i32, rope, n_rot, p0, sim)?;
+        if !fused_kv {
+            launch!(g, "kv_store", (t as u32, 1, 1), norm_threads(hd), (hd * 4) as u32;
+                s.qkv_raw.at::<f32>(cfg.q_lora), qkv as i32, w.kv_norm.ptr, self.eps(),
+                st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
+        }
 
         // Compressors, then the indexer's selection (§3.6, §3.7).
         let kind = cfg.attn_kind(l);
@@ -1962,41 +1981,22 @@ impl<'a> Fwd<'a> {
         t: usize,
         pos0: usize,
     ) -> Result<(), CudaError> {
-        self.layers_range(s, layers, 0..layers.len(), t, pos0)
-    }
-
-    /// [`Fwd::layers_pass`] for the layers of `range` only: the embedding when it starts
-    /// at 0 (a decode step captured as several graphs launches them in order).
-    pub fn layers_range(
-        &self,
-        s: &Scratch,
-        layers: &[LayerState],
-        range: std::ops::Range<usize>,
-        t: usize,
-        pos0: usize,
-    ) -> Result<(), CudaError> {
         let cfg = self.cfg;
-        if range.start == 0 {
-            let te = &self.w.token_embd;
-            let ty_code: i32 = match te.ty {
-                GgmlType::F32 => 0,
-                GgmlType::F16 => 1,
-                GgmlType::Bf16 => 30,
-                _ => 8,
-            };
-            launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
-                te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
-                s.x.ptr, cfg.hc as i32)?;
-        }
-        let end = range.end;
-        for l in range {
+        let te = &self.w.token_embd;
+        let ty_code: i32 = match te.ty {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Bf16 => 30,
+            _ => 8,
+        };
+        launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
+            te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
+            s.x.ptr, cfg.hc as i32)?;
+        for (l, st) in layers.iter().enumerate() {
             self.record(s, t)?;
-            self.layer(s, &layers[l], l, pos0, t)?;
+            self.layer(s, st, l, pos0, t)?;
         }
-        if end == layers.len() {
-            self.record(s, t)?;
-        }
-        Ok(())
+        self.record(s, t)
     }
 
     /// The output head (HC collapse, norm, vocabulary product) for tokens `a..a+n` of

@@ -218,28 +218,14 @@ fn pdl_for_runs() -> bool {
 /// for the life of the state: every buffer it touches belongs to the state or the
 /// backend, and the position is read from device memory.
 struct DecodeGraph {
-    /// Launched in order on `gpu`'s stream: the step's layers in contiguous runs, the
-    /// first with the embedding, the last with the output head.
-    parts: Vec<cudarc::driver::CudaGraph>,
+    graph: cudarc::driver::CudaGraph,
     gpu: Gpu,
 }
 
 impl DecodeGraph {
     fn launch(&self) -> Result<(), cudarc::driver::DriverError> {
-        self.parts.iter().try_for_each(|g| g.launch())
+        self.graph.launch()
     }
-}
-
-/// How many graphs a decode step is captured as (`DS4_CUDA_GRAPH_PARTS`, default 1): the
-/// GPU starts on the first while the host still queues the rest.
-fn graph_parts() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("DS4_CUDA_GRAPH_PARTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-    })
 }
 
 /// Where the time of decode steps went, host and GPU, summed over the steps
@@ -324,33 +310,22 @@ impl CudaState<'_> {
             .map(|_| stream.fork().map(|st| main.on_stream(st)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
         let f = self.fwd(&gpu, true, &side);
-        let n = self.layers.len();
-        let n_parts = graph_parts().clamp(1, n.max(1));
-        let mut parts = Vec::with_capacity(n_parts);
-        for p in 0..n_parts {
-            let range = p * n / n_parts..(p + 1) * n / n_parts;
-            let last = p + 1 == n_parts;
-            stream
-                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-                .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
-            crate::device::set_capturing(true);
-            let body = f
-                .layers_range(&self.scratch, &self.layers, range, 1, pos0)
-                .and_then(|_| match last {
-                    true => f.head(&self.scratch, 0, 1),
-                    false => Ok(()),
-                });
-            crate::device::set_capturing(false);
-            // The capture is ended whatever happened, so the stream is usable again.
-            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-            body?;
-            let graph = graph
-                .map_err(|e| CudaError::Driver(format!("graph: {e}")))?
-                .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
-            parts.push(graph);
-        }
-        Ok(DecodeGraph { parts, gpu })
+        crate::device::set_capturing(true);
+        let body = f
+            .layers_pass(&self.scratch, &self.layers, 1, pos0)
+            .and_then(|_| f.head(&self.scratch, 0, 1));
+        crate::device::set_capturing(false);
+        // The capture is ended whatever happened, so the stream is usable again.
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        body?;
+        let graph = graph
+            .map_err(|e| CudaError::Driver(format!("graph: {e}")))?
+            .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
+        Ok(DecodeGraph { graph, gpu })
     }
 
     fn decode_with_graph(

@@ -57,6 +57,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_post",
     "hc_head",
     "kv_store",
+    "qa_norm_kv_store",
     "compress_run",
     "compress_rows",
     "compress_state",
