@@ -3,9 +3,9 @@
 # replayed back to back) on the N-layer file of bench/quick-ab.sh, built here if absent:
 #   bench/step-ab.sh BIN OUT LAYERS SWITCH ...
 # Each SWITCH runs REPS times (default 2) interleaved with the defaults, into
-# OUT/step-ab.log. CTX (default 4096) and PREFILL (2100: past 2048 the indexer selects) set the position. A SWITCH
-# BIN=DIR runs the binaries of DIR instead (another build: a kernel change without a
-# switch).
+# OUT/step-ab.log. CTX (default 4096) and PREFILL (2100: past 2048 the indexer selects)
+# set the position. A SWITCH BIN=DIR runs the binaries of DIR instead (another build: a
+# kernel change without a switch).
 set -u
 B=$(cd "$1" && pwd) OUT=$2 N=$3
 shift 3
