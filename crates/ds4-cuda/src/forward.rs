@@ -2088,4 +2088,39 @@ mod tests {
         // A table of rows past the budget falls back to attention_mh.
         assert!(!attention_mma_fits(&cfg, true, 1 << 20));
     }
+
+    /// A decode graph's launches are fixed at capture for the context allocated: a
+    /// long context's heavy layers must not size the other layers' attention (the split
+    /// of a sparse layer stays at its window + top-k rows at 1M), and the partials'
+    /// scratch holds every layer's split.
+    #[test]
+    fn attention_rows_are_sized_per_layer() {
+        let cfg = ModelConfig::flash();
+        let (w, k) = (cfg.sliding_window, cfg.indexer_top_k);
+        for ctx in [4096, 65_536, 1 << 20] {
+            let plan = scratch_plan(&cfg, ctx, 1);
+            let apart = (0..cfg.n_layer)
+                .map(|l| split_part_bytes(&cfg, layer_attn_rows(&cfg, l, ctx), 1))
+                .max()
+                .unwrap();
+            assert!(
+                plan.contains(&apart),
+                "ctx {ctx}: the scratch holds the largest split"
+            );
+            for l in 0..cfg.n_layer {
+                let rows = layer_attn_rows(&cfg, l, ctx);
+                let (span, nsplit) = attention_split(&cfg, rows, 1).unwrap();
+                assert!(span * nsplit >= rows && nsplit <= 64, "layer {l} at {ctx}");
+                match cfg.attn_kind(l) {
+                    AttnKind::Window => assert_eq!(rows, w),
+                    AttnKind::Sparse { .. } => {
+                        assert_eq!(rows, w + k);
+                        // 640 rows in ranges of 32 at every context.
+                        assert_eq!((span, nsplit), (32, (w + k).div_ceil(32)), "ctx {ctx}");
+                    }
+                    AttnKind::Heavy { ratio } => assert_eq!(rows, w + ctx / ratio + 2),
+                }
+            }
+        }
+    }
 }
