@@ -410,6 +410,17 @@ impl CudaState<'_> {
         Ok(out.remove(0))
     }
 
+    /// The decode graph (captured if need be) with `tok` and the current position
+    /// uploaded: what the timers replay.
+    fn graph_for_timing(&mut self, tok: u32) -> Result<&DecodeGraph, CudaError> {
+        if self.graph.is_none() {
+            self.graph = Some(self.capture_decode()?);
+        }
+        let f = self.fwd(&self.be.gpu, false, &[]);
+        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
+        Ok(self.graph.as_ref().expect("captured above"))
+    }
+
     /// GPU milliseconds of one captured decode step of `tok` at the current position:
     /// the graph replayed `n` times back to back between two events, no host work in
     /// between (a steadier figure than a timed generation loop, for A/B runs of kernel
@@ -417,12 +428,7 @@ impl CudaState<'_> {
     /// at the same position, so the state is fit only for more timing afterwards.
     pub fn time_decode_graph(&mut self, tok: u32, n: usize) -> Result<(f64, f64), CudaError> {
         use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
-        if self.graph.is_none() {
-            self.graph = Some(self.capture_decode()?);
-        }
-        let f = self.fwd(&self.be.gpu, false, &[]);
-        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
-        let dg = self.graph.as_ref().expect("captured above");
+        let dg = self.graph_for_timing(tok)?;
         let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
         let launch = || dg.launch().map_err(drv);
         launch()?;
@@ -453,12 +459,7 @@ impl CudaState<'_> {
     /// timing afterwards.
     pub fn time_decode_idle(&mut self, tok: u32, n: usize) -> Result<f64, CudaError> {
         use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
-        if self.graph.is_none() {
-            self.graph = Some(self.capture_decode()?);
-        }
-        let f = self.fwd(&self.be.gpu, false, &[]);
-        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
-        let dg = self.graph.as_ref().expect("captured above");
+        let dg = self.graph_for_timing(tok)?;
         let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
         let mut sum = 0.0f64;
         for _ in 0..n {
@@ -596,30 +597,20 @@ impl ForwardState for CudaState<'_> {
         };
         let out = if graphable {
             self.decode_with_graph(toks[0], None)?
-        } else if toks.len() >= forward::MMA_MIN_TOKENS && !pdl_for_runs() {
+        } else {
             // Long runs launch without programmatic dependent launch: their kernels fill
             // the GPU, and a next kernel's blocks resident early, waiting, only take
             // room from the current one's last waves (prefill measured 5% faster).
-            let gpu = self.be.gpu.with_pdl(false);
-            let f = self.fwd(&gpu, false, &[]);
-            f.run(
-                &self.scratch,
-                &self.layers,
-                toks,
-                self.n_tokens,
-                which,
-                &mut ahead,
-            )?
-        } else {
-            let f = self.fwd(&self.be.gpu, false, &[]);
-            f.run(
-                &self.scratch,
-                &self.layers,
-                toks,
-                self.n_tokens,
-                which,
-                &mut ahead,
-            )?
+            let no_pdl;
+            let gpu = if toks.len() >= forward::MMA_MIN_TOKENS && !pdl_for_runs() {
+                no_pdl = self.be.gpu.with_pdl(false);
+                &no_pdl
+            } else {
+                &self.be.gpu
+            };
+            let f = self.fwd(gpu, false, &[]);
+            let pos0 = self.n_tokens;
+            f.run(&self.scratch, &self.layers, toks, pos0, which, &mut ahead)?
         };
         if let Some(g) = captured {
             self.graph = Some(g);
