@@ -229,20 +229,20 @@ impl DecodeGraph {
 }
 
 /// Where the time of decode steps went, host and GPU, summed over the steps
-/// [`CudaState::time_decode_host`] ran (microseconds).
+/// [`CudaState::decode_timed`] ran (microseconds).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepTiming {
     pub steps: usize,
     /// Token and position copied to the device.
     pub upload_us: f64,
-    /// The host's calls that queue the step's graphs.
+    /// The host's call that queues the step's graph.
     pub launch_us: f64,
-    /// From the last launch call to the logits on the host (GPU work and the copy).
+    /// From the launch call to the logits on the host (GPU work and the copy).
     pub wait_us: f64,
     /// The logits copied out of page-locked memory into the returned vector.
     pub copy_us: f64,
-    /// GPU time between events recorded just before the first graph and just after the
-    /// last: the step as the GPU ran it when launched from idle.
+    /// GPU time between events recorded just before and just after the graph: the step
+    /// as the GPU ran it when launched from idle.
     pub gpu_us: f64,
 }
 
