@@ -383,7 +383,7 @@ thread_local! {
     static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Marks this thread as capturing a decode graph (see [`what_if_skipped`]).
+/// Marks this thread as capturing a decode graph (see `what_if_skipped`).
 pub fn set_capturing(on: bool) {
     CAPTURING.with(|c| c.set(on));
 }

@@ -518,7 +518,7 @@ pub struct Fwd<'a> {
     /// not depend on the position (kernels skip what the position excludes).
     pub capture: bool,
     /// Further streams for independent chains of a captured decode step (see
-    /// [`Fwd::fork`]); empty runs everything in order on `gpu`.
+    /// `Fwd::fork`); empty runs everything in order on `gpu`.
     pub side: &'a [Gpu],
 }
 
