@@ -3170,13 +3170,6 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     attn_unrotate_store(qs, hd, n_rot, pos, freqs, ov);
 }
 
-// Decode attention split over row ranges (flash-decoding): one block per (hb heads,
-// token, range of `span` rows) instead of one per head over all rows, so a step's few
-// queries fill the GPU. Each warp holds a row in registers for the block's heads. The
-// block writes, per head, its range's score maximum m, Σ exp(s - m) and the
-// unnormalized Σ exp(s - m)·row to part[(t, head, z)] = [m, den, acc[hd]];
-// attention_combine merges the ranges with the sink. (Sums run in another order than
-// the CPU's: by range, then across ranges.)
 // Rows of one attention_split range for a query reading n rows: the launch's `span` is
 // the most, sized for the context allocated (a decode graph's launch is fixed at
 // capture); a query with fewer rows spreads them over more of the nsplit ranges, 32 or
@@ -3187,6 +3180,13 @@ __device__ __forceinline__ int split_span(int n, int span, int nsplit) {
     return min(span, s);
 }
 
+// Decode attention split over row ranges (flash-decoding): one block per (hb heads,
+// token, range of `span` rows) instead of one per head over all rows, so a step's few
+// queries fill the GPU. Each warp holds a row in registers for the block's heads. The
+// block writes, per head, its range's score maximum m, Σ exp(s - m) and the
+// unnormalized Σ exp(s - m)·row to part[(t, head, z)] = [m, den, acc[hd]];
+// attention_combine merges the ranges with the sink. (Sums run in another order than
+// the CPU's: by range, then across ranges.)
 template <int HB>
 __device__ __forceinline__ void attention_split_body(const float* q, const float* ring,
                                                      int ring_rows, const float* comp,

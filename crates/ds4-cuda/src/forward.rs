@@ -291,51 +291,48 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     .unwrap_or(e);
     let hmax = t.max(HEAD_CHUNK);
     vec![
-        t * 4,                                 // toks
-        f32s(t * he),                          // x
-        f32s(hmax * he),                       // flat
-        f32s(hmax * cfg.hc_mix().max(cfg.hc)), // z
-        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),  // mix
-        f32s(hmax * e),                        // y
-        f32s(hmax * e),                        // xn
-        f32s(t * (cfg.q_lora + cfg.head_dim)), // qkv_raw: [q_a; kv] outputs
-        f32s(t * cfg.q_lora),                  // qa
-        f32s(t * qh),                          // q
-        f32s(t * 4 * cfg.head_dim),            // ckv: [kv; gate], coff·hd each
-        f32s(t * 4 * di),                      // ikv: [kv; gate], 2·di each
-        f32s(t * nhi * di),                    // qi
-        f32s(t * nhi),                         // wi
-        f32s(t * s.max_irows.max(1)),          // scores
-        t * cfg.indexer_top_k.max(1) * 4,      // sel
-        t * 4,                                 // nsel
-        f32s(t * qh),                          // o
-        (0..cfg.n_layer)
-            .map(|l| split_part_bytes(cfg, layer_attn_rows(cfg, l, ctx), t))
-            .max()
-            .unwrap_or(16), // apart
-        f32s(t * cfg.o_groups * cfg.o_lora),   // low
-        f32s(t * e),                           // f
-        f32s(t * cfg.n_expert),                // rlog
-        t * k * 4,                             // ids
-        f32s(t * k),                           // wts
-        f32s(t * k * 2 * ff),                  // gu: [gate; up] per item
-        f32s(t * k * ff),                      // mid
-        f32s(t * k * e),                       // routed
-        f32s(t * 2 * ff),                      // sgu: [gate; up]
-        f32s(t * ff),                          // smid
-        f32s(t * e),                           // sout
-        act,                                   // act_q (int8)
-        f32s(act / 32 + 1),                    // act_d
-        act / 16 * 2 + 2,                      // act_s (int16)
-        hmax * e.max(cfg.q_lora),              // act2_q (int8)
+        t * 4,                                   // toks
+        f32s(t * he),                            // x
+        f32s(hmax * he),                         // flat
+        f32s(hmax * cfg.hc_mix().max(cfg.hc)),   // z
+        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),    // mix
+        f32s(hmax * e),                          // y
+        f32s(hmax * e),                          // xn
+        f32s(t * (cfg.q_lora + cfg.head_dim)),   // qkv_raw: [q_a; kv] outputs
+        f32s(t * cfg.q_lora),                    // qa
+        f32s(t * qh),                            // q
+        f32s(t * 4 * cfg.head_dim),              // ckv: [kv; gate], coff·hd each
+        f32s(t * 4 * di),                        // ikv: [kv; gate], 2·di each
+        f32s(t * nhi * di),                      // qi
+        f32s(t * nhi),                           // wi
+        f32s(t * s.max_irows.max(1)),            // scores
+        t * cfg.indexer_top_k.max(1) * 4,        // sel
+        t * 4,                                   // nsel
+        f32s(t * qh),                            // o
+        split_scratch_bytes(cfg, ctx, t),        // apart
+        f32s(t * cfg.o_groups * cfg.o_lora),     // low
+        f32s(t * e),                             // f
+        f32s(t * cfg.n_expert),                  // rlog
+        t * k * 4,                               // ids
+        f32s(t * k),                             // wts
+        f32s(t * k * 2 * ff),                    // gu: [gate; up] per item
+        f32s(t * k * ff),                        // mid
+        f32s(t * k * e),                         // routed
+        f32s(t * 2 * ff),                        // sgu: [gate; up]
+        f32s(t * ff),                            // smid
+        f32s(t * e),                             // sout
+        act,                                     // act_q (int8)
+        f32s(act / 32 + 1),                      // act_d
+        act / 16 * 2 + 2,                        // act_s (int16)
+        hmax * e.max(cfg.q_lora),                // act2_q (int8)
         f32s(hmax * e.max(cfg.q_lora) / 32 + 1), // act2_d
-        f32s(HEAD_CHUNK * cfg.n_vocab),        // logits
-        t * k * 4,                             // perm
-        max_expert_groups(cfg, t, 8) * 3 * 4,  // grp
-        16,                                    // ngrp
-        MMA_MIN_TOKENS * 4,                    // hc_count
-        part_bytes(t),                         // part
-        16,                                    // pos
+        f32s(HEAD_CHUNK * cfg.n_vocab),          // logits
+        t * k * 4,                               // perm
+        max_expert_groups(cfg, t, 8) * 3 * 4,    // grp
+        16,                                      // ngrp
+        MMA_MIN_TOKENS * 4,                      // hc_count
+        part_bytes(t),                           // part
+        16,                                      // pos
     ]
 }
 
@@ -737,6 +734,15 @@ fn split_part_bytes(cfg: &ModelConfig, rows_max: usize, t: usize) -> usize {
 fn qkv_fuse_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_QKV_FUSE").map_or(true, |v| v != "0"))
+}
+
+/// Bytes of the partials scratch: the largest of every layer's split (each sized by its
+/// own rows, see [`layer_attn_rows`]).
+fn split_scratch_bytes(cfg: &ModelConfig, ctx: usize, t: usize) -> usize {
+    (0..cfg.n_layer)
+        .map(|l| split_part_bytes(cfg, layer_attn_rows(cfg, l, ctx), t))
+        .max()
+        .unwrap_or(16)
 }
 
 /// Threads of a norm block: a wide row (the HC state) gets a wide block. The fused
@@ -2099,10 +2105,7 @@ mod tests {
         let (w, k) = (cfg.sliding_window, cfg.indexer_top_k);
         for ctx in [4096, 65_536, 1 << 20] {
             let plan = scratch_plan(&cfg, ctx, 1);
-            let apart = (0..cfg.n_layer)
-                .map(|l| split_part_bytes(&cfg, layer_attn_rows(&cfg, l, ctx), 1))
-                .max()
-                .unwrap();
+            let apart = split_scratch_bytes(&cfg, ctx, 1);
             assert!(
                 plan.contains(&apart),
                 "ctx {ctx}: the scratch holds the largest split"

@@ -226,6 +226,12 @@ impl DecodeGraph {
     fn launch(&self) -> Result<(), cudarc::driver::DriverError> {
         self.graph.launch()
     }
+
+    /// A timing event recorded on the graph's stream.
+    fn event(&self) -> Result<cudarc::driver::CudaEvent, cudarc::driver::DriverError> {
+        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        self.gpu.stream.record_event(Some(CU_EVENT_DEFAULT))
+    }
 }
 
 /// Where the time of decode steps went, host and GPU, summed over the steps
@@ -333,7 +339,6 @@ impl CudaState<'_> {
         tok: u32,
         mut timing: Option<&mut StepTiming>,
     ) -> Result<Vec<Vec<f32>>, CudaError> {
-        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
         if self.graph.is_none() {
             self.graph = Some(self.capture_decode()?);
         }
@@ -344,25 +349,42 @@ impl CudaState<'_> {
         // (restores, resets) and are done before the graph starts.
         f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
         let dg = self.graph.as_ref().expect("captured above");
-        let ev = |on: bool| match on {
-            true => dg.gpu.stream.record_event(Some(CU_EVENT_DEFAULT)).map(Some),
-            false => Ok(None),
-        };
-        let e0 = ev(timing.is_some()).map_err(drv)?;
+        let e0 = timing
+            .is_some()
+            .then(|| dg.event())
+            .transpose()
+            .map_err(drv)?;
         let t1 = Instant::now();
         dg.launch()
             .map_err(|e| CudaError::Driver(format!("graph launch: {e}")))?;
         let t2 = Instant::now();
-        let e1 = ev(timing.is_some()).map_err(drv)?;
-        if let (Some(t), Some(e0), Some(e1)) = (timing.as_deref_mut(), &e0, &e1) {
+        if let (Some(t), Some(e0)) = (timing.as_deref_mut(), &e0) {
+            let e1 = dg.event().map_err(drv)?;
             t.upload_us += (t1 - t0).as_secs_f64() * 1e6;
             t.launch_us += (t2 - t1).as_secs_f64() * 1e6;
-            e1.synchronize().map_err(drv)?;
-            t.gpu_us += f64::from(e0.elapsed_ms(e1).map_err(drv)?) * 1e3;
+            t.gpu_us += f64::from(e0.elapsed_ms(&e1).map_err(drv)?) * 1e3;
         }
+        let (out, t3) = self.read_step_logits()?;
+        if let Some(t) = timing {
+            t.wait_us += (t3 - t2).as_secs_f64() * 1e6;
+            t.copy_us += t3.elapsed().as_secs_f64() * 1e6;
+            t.steps += 1;
+        }
+        Ok(out)
+    }
+
+    /// The decode step's logits, through page-locked memory (or pageable,
+    /// `DS4_CUDA_PINNED=0`), and the instant the wait on the graph's stream ended (with
+    /// page-locked memory the logits are then on the host; what follows is the copy
+    /// into the returned vector).
+    fn read_step_logits(&mut self) -> Result<(Vec<Vec<f32>>, Instant), CudaError> {
+        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("logits: {e}"));
+        let dg = self.graph.as_ref().expect("read after a launch");
         if !pinned_on() {
             dg.gpu.sync()?;
-            return f.read_logits(&self.scratch, 1);
+            let t = Instant::now();
+            let f = self.fwd(&self.be.gpu, false, &[]);
+            return Ok((f.read_logits(&self.scratch, 1)?, t));
         }
         let v = self.be.cfg.n_vocab;
         if self.logits_host.is_none() {
@@ -383,14 +405,8 @@ impl CudaState<'_> {
         }
         .map_err(drv)?;
         dg.gpu.sync()?;
-        let t3 = Instant::now();
-        let out = vec![dst.to_vec()];
-        if let Some(t) = timing {
-            t.wait_us += (t3 - t2).as_secs_f64() * 1e6;
-            t.copy_us += t3.elapsed().as_secs_f64() * 1e6;
-            t.steps += 1;
-        }
-        Ok(out)
+        let t = Instant::now();
+        Ok((vec![dst.to_vec()], t))
     }
 
     /// Decode steps of `toks` (one each, greedy or not is the caller's) as a generation
@@ -427,26 +443,17 @@ impl CudaState<'_> {
     /// changes); and the host's milliseconds to queue one replay. Every replay decodes
     /// at the same position, so the state is fit only for more timing afterwards.
     pub fn time_decode_graph(&mut self, tok: u32, n: usize) -> Result<(f64, f64), CudaError> {
-        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
         let dg = self.graph_for_timing(tok)?;
         let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
         let launch = || dg.launch().map_err(drv);
         launch()?;
-        let t0 = dg
-            .gpu
-            .stream
-            .record_event(Some(CU_EVENT_DEFAULT))
-            .map_err(drv)?;
+        let t0 = dg.event().map_err(drv)?;
         let host = Instant::now();
         for _ in 0..n {
             launch()?;
         }
         let host_ms = host.elapsed().as_secs_f64() * 1e3;
-        let t1 = dg
-            .gpu
-            .stream
-            .record_event(Some(CU_EVENT_DEFAULT))
-            .map_err(drv)?;
+        let t1 = dg.event().map_err(drv)?;
         let ms = t0.elapsed_ms(&t1).map_err(drv)?;
         let n = n.max(1) as f64;
         Ok((ms as f64 / n, host_ms / n))
@@ -458,23 +465,14 @@ impl CudaState<'_> {
     /// what the step loses by starting from an idle GPU. The state is fit only for more
     /// timing afterwards.
     pub fn time_decode_idle(&mut self, tok: u32, n: usize) -> Result<f64, CudaError> {
-        use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
         let dg = self.graph_for_timing(tok)?;
         let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("timing: {e}"));
         let mut sum = 0.0f64;
         for _ in 0..n {
             dg.gpu.sync()?;
-            let e0 = dg
-                .gpu
-                .stream
-                .record_event(Some(CU_EVENT_DEFAULT))
-                .map_err(drv)?;
+            let e0 = dg.event().map_err(drv)?;
             dg.launch().map_err(drv)?;
-            let e1 = dg
-                .gpu
-                .stream
-                .record_event(Some(CU_EVENT_DEFAULT))
-                .map_err(drv)?;
+            let e1 = dg.event().map_err(drv)?;
             sum += f64::from(e0.elapsed_ms(&e1).map_err(drv)?);
         }
         Ok(sum / n.max(1) as f64)
@@ -573,20 +571,15 @@ impl ForwardState for CudaState<'_> {
                 ctx: self.ctx,
             });
         }
-        let graphable = toks.len() == 1
+        let graphs = self.use_graph
             && which == LogitsFor::Last
-            && self.use_graph
             && self.trace.is_none()
             && !self.be.gpu.profiling();
+        let graphable = graphs && toks.len() == 1;
         // A run that will likely be followed by decode steps (a prompt) captures their
         // graph while the GPU runs it: the capture (tens of ms for the full model) is
         // host work, off the first generated token's time.
-        let capture_ahead = self.use_graph
-            && self.graph.is_none()
-            && which == LogitsFor::Last
-            && self.trace.is_none()
-            && !self.be.gpu.profiling()
-            && self.capture_ahead;
+        let capture_ahead = graphs && self.capture_ahead && self.graph.is_none();
         let decode_pos = self.n_tokens + toks.len();
         let mut captured = None;
         let mut ahead = || {
