@@ -361,6 +361,43 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_Q8_U
 #define DS4_Q8_U 4
 #endif
+// Dense decode products load their first weights before the PDL wait (DS4_CUDA_MV_EARLY).
+#ifndef DS4_MV_EARLY
+#define DS4_MV_EARLY 1
+#endif
+// hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY).
+#ifndef DS4_HC_XEARLY
+#define DS4_HC_XEARLY 1
+#endif
+#ifndef DS4_Q8_LB
+#define DS4_Q8_LB 1
+#endif
+// Blocks a SM the register budget of these decode kernels is cut for (launch bounds):
+// mv_iq2_xxs_1ts (256 threads), mv_q2_k_1r (0: no minimum) and mv_q8_0_r2 (128, all
+// their launches); mv_f16_1's as blocks of 512 threads (it takes up to 512; 0: none).
+#ifndef DS4_IQ2_LB
+#define DS4_IQ2_LB 3
+#endif
+#ifndef DS4_Q2K_LB
+#define DS4_Q2K_LB 0
+#endif
+// (Bounds of (128, 1) are not those of (128): ptxas then took 95 registers, not 56.)
+#if DS4_Q2K_LB
+#define MV_Q2_K_1R_BOUNDS __launch_bounds__(128, DS4_Q2K_LB)
+#else
+#define MV_Q2_K_1R_BOUNDS __launch_bounds__(128)
+#endif
+#ifndef DS4_F16_LB
+#define DS4_F16_LB 0
+#endif
+#if DS4_F16_LB
+#define MV_F16_1_BOUNDS __launch_bounds__(512, DS4_F16_LB)
+#else
+#define MV_F16_1_BOUNDS
+#endif
+#ifndef DS4_R2_LB
+#define DS4_R2_LB 8
+#endif
 
 // A 16-byte piece of a weight matrix (every caller streams weights). With DS4_WSTREAM
 // (the host's DS4_CUDA_WSTREAM) the load skips L1 — weights are read once a step, and
@@ -383,9 +420,29 @@ __device__ __forceinline__ int4 ldg4(const void* p) {
 
 // Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
 // `load` widens it. A lane takes 16 bytes of weights (16/sizeof(T) elements) per step.
-template <int NTM, typename T, typename Load> __device__ void mv_float(const MvArgs& a, Load load) {
-    MV_ITEMS
+// EARLY as in mv_q8_0_body: a dense product's first four pieces before the wait.
+template <int NTM, typename T, typename Load, bool EARLY = false>
+__device__ void mv_float(const MvArgs& a, Load load) {
     const int per = 16 / (int)sizeof(T);
+    int4 raw[4];
+    bool held = false;
+    if (EARLY) {
+        int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+        int ks = a.ksplit, sub = (threadIdx.x >> 5) % ks, rpb = warps / ks;
+        int r0 = blockIdx.x * rpb;
+        if (!a.ids && !a.grp && r0 < a.rows && blockIdx.y * a.nt < a.nb) {
+            int r = min(r0 + (threadIdx.x >> 5) / ks, a.rows - 1), nch = a.cols / per;
+            const T* w = (const T*)a.w + (size_t)r * a.cols;
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int c = lane + 32 * sub + u * 32 * ks;
+                raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
+            }
+            held = true;
+        }
+        pdl_wait();
+    }
+    MV_ITEMS
     int nch = a.cols / per;
     // Activation rows whose offsets keep 16-byte alignment are read a float4 at a time
     // (the same values in the same order: only the loads are wider).
@@ -401,12 +458,14 @@ template <int NTM, typename T, typename Load> __device__ void mv_float(const MvA
         }
         // Four pieces in flight per lane: one 16-byte load per step leaves HBM idle.
         for (int c0 = lane + 32 * sub; c0 < nch; c0 += 4 * 32 * ks) {
-            int4 raw[4];
+            if (!held) {
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int c = c0 + u * 32 * ks;
-                raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
+                for (int u = 0; u < 4; u++) {
+                    int c = c0 + u * 32 * ks;
+                    raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
+                }
             }
+            held = false;
 #pragma unroll
             for (int u = 0; u < 4; u++) {
                 int c = c0 + u * 32 * ks;
@@ -438,6 +497,7 @@ template <int NTM, typename T, typename Load> __device__ void mv_float(const MvA
                 }
             }
         }
+        held = false;  // a lane whose first piece lay past the row did not use them
         // Columns past the last whole 16-byte piece (rows not a multiple of it).
         for (int i = nch * per + lane + 32 * sub; i < a.cols; i += 32 * ks) {
 #pragma unroll
@@ -462,14 +522,50 @@ extern "C" __global__ void mv_f32(MvArgs a) { pdl_begin(); mv_float<MAXNT, float
 extern "C" __global__ void mv_f16(MvArgs a) { pdl_begin(); mv_float<MAXNT, u16>(a, LoadF16()); }
 extern "C" __global__ void mv_bf16(MvArgs a) { pdl_begin(); mv_float<MAXNT, u16>(a, LoadBf16()); }
 extern "C" __global__ void mv_f32_1(MvArgs a) { pdl_begin(); mv_float<1, float>(a, LoadF32()); }
-extern "C" __global__ void mv_f16_1(MvArgs a) { pdl_begin(); mv_float<1, u16>(a, LoadF16()); }
+extern "C" __global__ void MV_F16_1_BOUNDS mv_f16_1(MvArgs a) {
+#if DS4_MV_EARLY
+    pdl_signal_early();
+    mv_float<1, u16, LoadF16, true>(a, LoadF16());
+#else
+    pdl_begin();
+    mv_float<1, u16>(a, LoadF16());
+#endif
+}
 extern "C" __global__ void mv_bf16_1(MvArgs a) { pdl_begin(); mv_float<1, u16>(a, LoadBf16()); }
 
 // Q8_0, split: 32 int8 per block in `w`, f16 scales in `sc`. A lane takes half a block;
 // the two halves' integer sums meet by a shuffle so each block is scaled once, as on
 // the CPU. Every lane runs the same number of steps (the shuffle needs the full warp).
 // U: pieces in flight per lane.
-template <int NTM, int U> __device__ void mv_q8_0_body(const MvArgs& a) {
+// EARLY: the caller signalled but did not wait (mv_early_entry); a product whose weights
+// do not depend on the step (no expert ids, no groups) then loads its first U pieces
+// before the wait, so that their memory latency overlaps the previous kernel's tail.
+template <int NTM, int U, bool EARLY = false> __device__ void mv_q8_0_body(const MvArgs& a) {
+    bool held = false;
+    int4 wv[U];
+    float dw[U];
+    bool ok[U];
+    if (EARLY) {
+        if (!a.ids && !a.grp) {
+            int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+            int ks = a.ksplit, sub = (threadIdx.x >> 5) % ks, rpb = warps / ks;
+            int r0 = blockIdx.x * rpb;
+            if (r0 < a.rows && blockIdx.y * a.nt < a.nb) {
+                int r = min(r0 + (threadIdx.x >> 5) / ks, a.rows - 1), nch = a.cols >> 4;
+                const u8* wq = a.w + (size_t)r * a.cols;
+                const u16* wd = (const u16*)a.sc + (size_t)r * (a.cols >> 5);
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    int c = 32 * U * sub + 32 * u + lane;
+                    ok[u] = c < nch;
+                    wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+                    dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
+                }
+                held = true;
+            }
+        }
+        pdl_wait();
+    }
     MV_ITEMS
     int nch = a.cols >> 4;
     MV_ROWS {
@@ -479,16 +575,16 @@ template <int NTM, int U> __device__ void mv_q8_0_body(const MvArgs& a) {
 #pragma unroll
         for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         for (int c0 = 32 * U * sub; c0 < nch; c0 += 32 * U * ks) {
-            int4 wv[U];
-            float dw[U];
-            bool ok[U];
+            if (!held) {
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                int c = c0 + 32 * u + lane;
-                ok[u] = c < nch;
-                wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
-                dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
+                for (int u = 0; u < U; u++) {
+                    int c = c0 + 32 * u + lane;
+                    ok[u] = c < nch;
+                    wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+                    dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
+                }
             }
+            held = false;
 #pragma unroll
             for (int j = 0; j < NTM; j++) {
                 if (j < nt) {
@@ -508,6 +604,7 @@ template <int NTM, int U> __device__ void mv_q8_0_body(const MvArgs& a) {
                 }
             }
         }
+        held = false;  // a warp whose first share was empty did not use them
         mv_store<NTM>(a, acc, item, nt, r, lane, MV_LIVE);
     }
 }
@@ -517,8 +614,39 @@ template <int NTM, int U> __device__ void mv_q8_0_body(const MvArgs& a) {
 // life is one load. Per row the same lane sums, shuffle and warp sum as mv_q8_0_body, so
 // the values are identical. One item (NTM 1), ksplit 1. Row addresses are recomputed
 // from 32-bit row numbers: kept as R 64-bit pointers each, R = 4 took 147 registers.
-template <int R> __device__ __forceinline__ void mv_q8_0_rows(const MvArgs& a) {
+// The first R × 2 pieces of a warp's rows (its first column chunk) into wv, dw.
+template <int R> __device__ __forceinline__ void mv_q8_0_rows_load(const MvArgs& a, const u8* wq0,
+                                                                   const u16* wd0, int rb, int rstep,
+                                                                   int c0, int nch, int lane,
+                                                                   int4 (&wv)[R][2], float (&dw)[R][2]) {
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        int r = min(rb + j * rstep, a.rows - 1);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int c = c0 + 32 * u + lane;
+            bool ok = c < nch;
+            wv[j][u] = ok ? ldg4(wq0 + (size_t)r * a.cols + 16 * c) : make_int4(0, 0, 0, 0);
+            dw[j][u] = ok ? h2f(__ldg(wd0 + (size_t)r * (a.cols >> 5) + (c >> 1))) : 0.0f;
+        }
+    }
+}
+// EARLY as in mv_q8_0_body: the first chunk's loads before the wait (dense products).
+template <int R, bool EARLY = false> __device__ __forceinline__ void mv_q8_0_rows(const MvArgs& a) {
     const int NTM = 1;
+    int4 wv[R][2];
+    float dw[R][2];
+    bool held = false;
+    if (EARLY) {
+        int rstep = gridDim.x * (blockDim.x >> 5);
+        int rb = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+        if (!a.ids && !a.grp && rb < a.rows && blockIdx.y * a.nt < a.nb) {
+            mv_q8_0_rows_load<R>(a, a.w, (const u16*)a.sc, rb, rstep, 0, a.cols >> 4,
+                                 threadIdx.x & 31, wv, dw);
+            held = true;
+        }
+        pdl_wait();
+    }
     MV_ITEMS
     int nch = a.cols >> 4;
     int rstep = gridDim.x * warps;
@@ -530,19 +658,8 @@ template <int R> __device__ __forceinline__ void mv_q8_0_rows(const MvArgs& a) {
 #pragma unroll
         for (int j = 0; j < R; j++) acc[j] = 0.0f;
         for (int c0 = 0; c0 < nch; c0 += 64) {
-            int4 wv[R][2];
-            float dw[R][2];
-#pragma unroll
-            for (int j = 0; j < R; j++) {
-                int r = min(rb + j * rstep, a.rows - 1);
-#pragma unroll
-                for (int u = 0; u < 2; u++) {
-                    int c = c0 + 32 * u + lane;
-                    bool ok = c < nch;
-                    wv[j][u] = ok ? ldg4(wq0 + (size_t)r * a.cols + 16 * c) : make_int4(0, 0, 0, 0);
-                    dw[j][u] = ok ? h2f(__ldg(wd0 + (size_t)r * (a.cols >> 5) + (c >> 1))) : 0.0f;
-                }
-            }
+            if (!held) mv_q8_0_rows_load<R>(a, wq0, wd0, rb, rstep, c0, nch, lane, wv, dw);
+            held = false;
 #pragma unroll
             for (int j = 0; j < R; j++) {
                 int r = min(rb + j * rstep, a.rows - 1);
@@ -570,8 +687,14 @@ template <int R> __device__ __forceinline__ void mv_q8_0_rows(const MvArgs& a) {
         }
     }
 }
-extern "C" __global__ void __launch_bounds__(128, 8) mv_q8_0_r2(MvArgs a) { pdl_begin();
+extern "C" __global__ void __launch_bounds__(128, DS4_R2_LB) mv_q8_0_r2(MvArgs a) {
+#if DS4_MV_EARLY
+    pdl_signal_early();
+    mv_q8_0_rows<2, true>(a);
+#else
+    pdl_begin();
     mv_q8_0_rows<2>(a);
+#endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) mv_q8_0_r4(MvArgs a) { pdl_begin();
     mv_q8_0_rows<4>(a);
@@ -579,7 +702,24 @@ extern "C" __global__ void __launch_bounds__(128, 4) mv_q8_0_r4(MvArgs a) { pdl_
 extern "C" __global__ void mv_q8_0(MvArgs a) { pdl_begin(); mv_q8_0_body<MAXNT, 2>(a); }
 // Decode: DS4_Q8_U pieces a lane (the host's DS4_CUDA_Q8_U, default 4: 0.4% off an H100's
 // decode step against 2, v15; 1 is 2.2% slower).
-extern "C" __global__ void mv_q8_0_1(MvArgs a) { pdl_begin(); mv_q8_0_body<1, DS4_Q8_U>(a); }
+// DS4_Q8_LB (the host's DS4_CUDA_Q8_LB, on unless 0): at most 64 registers, eight
+// 128-thread blocks a SM (its 69 registers left room for seven; 1.9% off the H200's
+// decode step, v17). Bounds of 512 threads × 2 give the same cap: matrices of few rows
+// split their columns over more warps, up to 512 threads a block (ksplit ≤ 16).
+#if DS4_Q8_LB
+#define MV_Q8_0_1_BOUNDS __launch_bounds__(512, 2)
+#else
+#define MV_Q8_0_1_BOUNDS
+#endif
+extern "C" __global__ void MV_Q8_0_1_BOUNDS mv_q8_0_1(MvArgs a) {
+#if DS4_MV_EARLY
+    pdl_signal_early();
+    mv_q8_0_body<1, DS4_Q8_U, true>(a);
+#else
+    pdl_begin();
+    mv_q8_0_body<1, DS4_Q8_U>(a);
+#endif
+}
 
 // One 16×8 mma accumulator fragment into y: rows ra and ra + 8 of the lane's group,
 // items i0 and i1 of its thread quad (an item < 0 is absent; rows past a.rows too).
@@ -1120,7 +1260,7 @@ extern "C" __global__ void mv_q2_k_1(MvArgs a) { pdl_begin(); mv_q2_k_body<1>(a)
 // d/dmin loaded before any is used — 28 loads in flight per lane where the general body
 // has 7 and a warp then waits a whole memory round trip per row (the routed down
 // product: 1,254 GB/s in v12). The activations are loaded once for the four rows.
-extern "C" __global__ void __launch_bounds__(128) mv_q2_k_1r(MvArgs a) { pdl_begin();
+extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
     if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
         mv_q2_k_body<1>(a);
         return;
@@ -1485,7 +1625,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1t(MvArgs a) {
 }
 // The sign masks from 16 replicas of KSIGN_MASK as well (16 KB more shared memory, one
 // conflict-free load per 8 weights instead of about a dozen integer instructions).
-extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1ts(MvArgs a) {
+extern "C" __global__ void __launch_bounds__(256, DS4_IQ2_LB) mv_iq2_xxs_1ts(MvArgs a) {
     __shared__ u64 tab[16 * 256];
     __shared__ u64 sgn[16 * 128];
     pdl_signal_early();
@@ -2235,6 +2375,13 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     halve_exchange<2>(p, lane);
     halve_exchange<1>(p, lane);
     if (lane < mix) shm[wp][lane] = p[0];
+    // Every block loads the pre-mix inputs the last block needs (DS4_HC_XEARLY), so the
+    // one that turns out last has them in registers when its atomic returns rather than
+    // starting one more round trip after it; the others drop them.
+    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
+#if DS4_HC_XEARLY
+    hc_pre_last_load(xv, nw, hc, n, xr, wn);
+#endif
     __syncthreads();
     // The block's sums: warp m adds product m over the 32 warps; warp 24 the squares.
     if (wp < mix) {
@@ -2251,8 +2398,9 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     __syncthreads();
     if (!last) return;
     __threadfence();
-    float xr[HC_COLS][HC_MAX], wn[HC_COLS];
+#if !DS4_HC_XEARLY
     hc_pre_last_load(xv, nw, hc, n, xr, wn);
+#endif
     // Every block's shares in one round of loads, then added in block order.
     __shared__ float zs[HC_MAX_MIX];
     for (int i = threadIdx.x; i < nblk * mix; i += 1024)
