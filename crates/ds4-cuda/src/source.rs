@@ -102,20 +102,12 @@ fn ksign_masks() -> [u64; 128] {
 
 pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
-    // Switches of ds4.cu (on unless the variable is 0), compiled in so that a comparison
-    // run builds its own kernels: early PDL signalling, streaming weight loads, dense
+    // Switches of ds4.cu, compiled in so that a comparison run builds its own kernels.
+    // On unless the variable is 0: early PDL signalling, streaming weight loads, dense
     // products' first loads before the PDL wait, hc_pre_late's early pre-mix loads, the
-    // Q8_0 decode product's register cap; then numbers: launch bounds and the pieces in
-    // flight per lane of decode's Q8_0 product.
-    let on = |v: &str| std::env::var(v).map_or(1, |v| u8::from(v != "0"));
-    s.push_str(&format!(
-        "#define DS4_PDL_EARLY {}\n",
-        on("DS4_CUDA_PDL_EARLY")
-    ));
-    s.push_str(&format!("#define DS4_WSTREAM {}\n", on("DS4_CUDA_WSTREAM")));
-    s.push_str(&format!("#define DS4_MV_EARLY {}\n", on("DS4_CUDA_MV_EARLY")));
-    s.push_str(&format!("#define DS4_HC_XEARLY {}\n", on("DS4_CUDA_HC_XEARLY")));
-    s.push_str(&format!("#define DS4_Q8_LB {}\n", on("DS4_CUDA_Q8_LB")));
+    // Q8_0 decode product's register cap. Numbers (out of range: the default): launch
+    // bounds of four decode kernels and the pieces in flight per lane of the Q8_0 one.
+    let on = |v: &str| std::env::var(v).map_or(1, |v| u32::from(v != "0"));
     let num = |v: &str, default: u32, max: u32| {
         std::env::var(v)
             .ok()
@@ -123,11 +115,21 @@ pub fn program() -> String {
             .filter(|n| (1..=max).contains(n))
             .unwrap_or(default)
     };
-    s.push_str(&format!("#define DS4_IQ2_LB {}\n", num("DS4_CUDA_IQ2_LB", 3, 8)));
-    s.push_str(&format!("#define DS4_Q2K_LB {}\n", num("DS4_CUDA_Q2K_LB", 0, 16)));
-    s.push_str(&format!("#define DS4_F16_LB {}\n", num("DS4_CUDA_F16_LB", 0, 4)));
-    s.push_str(&format!("#define DS4_R2_LB {}\n", num("DS4_CUDA_R2_LB", 8, 16)));
-    s.push_str(&format!("#define DS4_Q8_U {}\n", num("DS4_CUDA_Q8_U", 4, 8)));
+    let defines = [
+        ("DS4_PDL_EARLY", on("DS4_CUDA_PDL_EARLY")),
+        ("DS4_WSTREAM", on("DS4_CUDA_WSTREAM")),
+        ("DS4_MV_EARLY", on("DS4_CUDA_MV_EARLY")),
+        ("DS4_HC_XEARLY", on("DS4_CUDA_HC_XEARLY")),
+        ("DS4_Q8_LB", on("DS4_CUDA_Q8_LB")),
+        ("DS4_IQ2_LB", num("DS4_CUDA_IQ2_LB", 3, 8)),
+        ("DS4_Q2K_LB", num("DS4_CUDA_Q2K_LB", 0, 16)),
+        ("DS4_F16_LB", num("DS4_CUDA_F16_LB", 0, 4)),
+        ("DS4_R2_LB", num("DS4_CUDA_R2_LB", 8, 16)),
+        ("DS4_Q8_U", num("DS4_CUDA_Q8_U", 4, 8)),
+    ];
+    for (name, value) in defines {
+        s.push_str(&format!("#define {name} {value}\n"));
+    }
     s.push_str("// generated tables (ds4-quant)\n");
     s.push_str("__device__ unsigned long long IQ2XXS_GRID[256] = {\n");
     for (i, v) in ds4_quant::tables::IQ2XXS_GRID.iter().enumerate() {
