@@ -176,9 +176,17 @@ pub fn defined_kernels(src: &str) -> Vec<String> {
     let mut rest = src;
     while let Some(i) = rest.find("__global__ void ") {
         rest = &rest[i + "__global__ void ".len()..];
-        // `__launch_bounds__(n)` may sit between the return type and the name.
+        // `__launch_bounds__(n)`, or a macro (upper case) standing for one, may sit
+        // between the return type and the name.
         if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
             rest = after.split_once(") ").map_or(after, |(_, r)| r);
+        } else if let Some((word, after)) = rest.split_once(' ')
+            && !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            rest = after;
         }
         let name: String = rest
             .chars()
