@@ -420,6 +420,16 @@ __device__ __forceinline__ int4 ldg4(const void* p) {
 
 // Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
 // `load` widens it. A lane takes 16 bytes of weights (16/sizeof(T) elements) per step.
+// A lane's four 16-byte pieces of a float row from piece c0 (32·ks apart).
+template <typename T>
+__device__ __forceinline__ void mv_float_load(const T* w, int c0, int nch, int ks, int4 (&raw)[4]) {
+    const int per = 16 / (int)sizeof(T);
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int c = c0 + u * 32 * ks;
+        raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
+    }
+}
 // EARLY as in mv_q8_0_body: a dense product's first four pieces before the wait.
 template <int NTM, typename T, typename Load, bool EARLY = false>
 __device__ void mv_float(const MvArgs& a, Load load) {
@@ -431,13 +441,9 @@ __device__ void mv_float(const MvArgs& a, Load load) {
         int ks = a.ksplit, sub = (threadIdx.x >> 5) % ks, rpb = warps / ks;
         int r0 = blockIdx.x * rpb;
         if (!a.ids && !a.grp && r0 < a.rows && blockIdx.y * a.nt < a.nb) {
-            int r = min(r0 + (threadIdx.x >> 5) / ks, a.rows - 1), nch = a.cols / per;
-            const T* w = (const T*)a.w + (size_t)r * a.cols;
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int c = lane + 32 * sub + u * 32 * ks;
-                raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
-            }
+            int r = min(r0 + (threadIdx.x >> 5) / ks, a.rows - 1);
+            mv_float_load<T>((const T*)a.w + (size_t)r * a.cols, lane + 32 * sub, a.cols / per, ks,
+                             raw);
             held = true;
         }
         pdl_wait();
@@ -458,13 +464,7 @@ __device__ void mv_float(const MvArgs& a, Load load) {
         }
         // Four pieces in flight per lane: one 16-byte load per step leaves HBM idle.
         for (int c0 = lane + 32 * sub; c0 < nch; c0 += 4 * 32 * ks) {
-            if (!held) {
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    int c = c0 + u * 32 * ks;
-                    raw[u] = c < nch ? ldg4(w + (size_t)c * per) : make_int4(0, 0, 0, 0);
-                }
-            }
+            if (!held) mv_float_load<T>(w, c0, nch, ks, raw);
             held = false;
 #pragma unroll
             for (int u = 0; u < 4; u++) {
@@ -537,9 +537,22 @@ extern "C" __global__ void mv_bf16_1(MvArgs a) { pdl_begin(); mv_float<1, u16>(a
 // the two halves' integer sums meet by a shuffle so each block is scaled once, as on
 // the CPU. Every lane runs the same number of steps (the shuffle needs the full warp).
 // U: pieces in flight per lane.
-// EARLY: the caller signalled but did not wait (mv_early_entry); a product whose weights
-// do not depend on the step (no expert ids, no groups) then loads its first U pieces
-// before the wait, so that their memory latency overlaps the previous kernel's tail.
+// A lane's U pieces of a Q8_0 row from piece c0 (32 apart) and their block scales.
+template <int U>
+__device__ __forceinline__ void mv_q8_0_load(const u8* wq, const u16* wd, int c0, int nch, int lane,
+                                             int4 (&wv)[U], float (&dw)[U], bool (&ok)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int c = c0 + 32 * u + lane;
+        ok[u] = c < nch;
+        wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
+        dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
+    }
+}
+// EARLY: the caller signalled but did not wait (the entry points under DS4_MV_EARLY); a
+// product whose weights do not depend on the step (no expert ids, no groups) then loads
+// its first U pieces before the wait, so that their memory latency overlaps the previous
+// kernel's tail.
 template <int NTM, int U, bool EARLY = false> __device__ void mv_q8_0_body(const MvArgs& a) {
     bool held = false;
     int4 wv[U];
@@ -551,16 +564,9 @@ template <int NTM, int U, bool EARLY = false> __device__ void mv_q8_0_body(const
             int ks = a.ksplit, sub = (threadIdx.x >> 5) % ks, rpb = warps / ks;
             int r0 = blockIdx.x * rpb;
             if (r0 < a.rows && blockIdx.y * a.nt < a.nb) {
-                int r = min(r0 + (threadIdx.x >> 5) / ks, a.rows - 1), nch = a.cols >> 4;
-                const u8* wq = a.w + (size_t)r * a.cols;
-                const u16* wd = (const u16*)a.sc + (size_t)r * (a.cols >> 5);
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    int c = 32 * U * sub + 32 * u + lane;
-                    ok[u] = c < nch;
-                    wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
-                    dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
-                }
+                int r = min(r0 + (threadIdx.x >> 5) / ks, a.rows - 1);
+                mv_q8_0_load<U>(a.w + (size_t)r * a.cols, (const u16*)a.sc + (size_t)r * (a.cols >> 5),
+                                32 * U * sub, a.cols >> 4, lane, wv, dw, ok);
                 held = true;
             }
         }
@@ -575,15 +581,7 @@ template <int NTM, int U, bool EARLY = false> __device__ void mv_q8_0_body(const
 #pragma unroll
         for (int j = 0; j < NTM; j++) acc[j] = 0.0f;
         for (int c0 = 32 * U * sub; c0 < nch; c0 += 32 * U * ks) {
-            if (!held) {
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    int c = c0 + 32 * u + lane;
-                    ok[u] = c < nch;
-                    wv[u] = ok[u] ? ldg4(wq + 16 * (size_t)c) : make_int4(0, 0, 0, 0);
-                    dw[u] = ok[u] ? h2f(__ldg(wd + (c >> 1))) : 0.0f;
-                }
-            }
+            if (!held) mv_q8_0_load<U>(wq, wd, c0, nch, lane, wv, dw, ok);
             held = false;
 #pragma unroll
             for (int j = 0; j < NTM; j++) {
