@@ -38,11 +38,24 @@ impl Loaded<'_> {
             Loaded::Cuda(b) => b.as_ref(),
         }
     }
+
+    /// Tokens per prefill batch: the GPU's (chosen at load when asked), else ds4's.
+    pub fn batch(&self) -> usize {
+        match self {
+            Loaded::Cpu(_) => ds4_cuda::DEFAULT_MAX_BATCH,
+            Loaded::Cuda(b) => b.max_batch(),
+        }
+    }
 }
+
+/// `batch` for [`load`]: choose by the GPU's free memory (see
+/// `ds4_cuda::AUTO_BATCHES`); the CPU takes ds4's 2,048.
+pub const AUTO_BATCH: usize = 0;
 
 /// Binds `model` to the chosen backend. Weights go to the GPU with a progress bar;
 /// when CUDA was picked by default and the model does not fit, the CPU runs it
-/// (saying so); with an explicit `--cuda` that is an error.
+/// (saying so); with an explicit `--cuda` that is an error. `batch` is the longest
+/// prefill run, [`AUTO_BATCH`] to let the GPU's free memory decide.
 pub fn load<'m>(
     model: &'m Model,
     flags: (bool, bool),
@@ -63,7 +76,7 @@ pub fn load<'m>(
     match r {
         Ok(b) => {
             eprintln!(
-                "ds4: {} ({}), weights uploaded in {:.1} s, kernels {}",
+                "ds4: {} ({}), weights uploaded in {:.1} s, kernels {}, prefill batches of {} tokens{}",
                 b.gpu.name,
                 b.gpu.arch,
                 b.upload_s,
@@ -71,6 +84,12 @@ pub fn load<'m>(
                     "from the cache"
                 } else {
                     "compiled"
+                },
+                b.max_batch(),
+                if batch == AUTO_BATCH {
+                    " (chosen by free GPU memory)"
+                } else {
+                    ""
                 }
             );
             Ok(Loaded::Cuda(Box::new(b)))

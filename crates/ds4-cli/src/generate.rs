@@ -205,8 +205,13 @@ pub fn run(args: &Args) -> Result<()> {
             prompt.len()
         );
     }
-    let chunk = 2048;
-    let loaded = crate::device::load(&model, (args.cpu, args.cuda), ctx, chunk)?;
+    let loaded = crate::device::load(
+        &model,
+        (args.cpu, args.cuda),
+        ctx,
+        crate::device::AUTO_BATCH,
+    )?;
+    let chunk = loaded.batch();
     let mut st = loaded.backend().new_state(ctx, ForwardOptions::default())?;
     let t0 = Instant::now();
     let mut logits = prefill_state(st.as_mut(), &prompt, chunk)?;
