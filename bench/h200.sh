@@ -47,6 +47,10 @@ small_q2 small16 600 "[small16] " '{"n_layer":4,"n_embd":256,"n_head":16,"head_d
 # (launches sized for the context allocated).
 timeout 100 "$B/cuda_check" /tmp/small16.gguf --tokens 600 --runs 1,64 --cpu-run 64 --ctx 1048576 \
     2>&1 | grep -E "PASS|FAIL|run " | cut -c1-200 | sed "s/^/[small16 ctx 1M] /" | tee -a "$L"
+# A context at which the ratio-128 layer reads an odd number of rows (64 + 16512 / 128 + 2):
+# the tensor-core attention's row table once misaligned its f16 staging (v18).
+timeout 100 "$B/cuda_check" /tmp/small16.gguf --tokens 600 --runs 1,64 --cpu-run 64 --ctx 16512 \
+    2>&1 | grep -E "PASS|FAIL|run " | cut -c1-200 | sed "s/^/[small16 ctx 16512] /" | tee -a "$L"
 echo '{"n_layer":4,"n_expert":16,"indexer_top_k":128,"compress_ratios":[0,4,128,4],"n_hash_layer":1}' > /tmp/fw16.json
 "$B/ds4-quantize" --synthetic --config /tmp/fw16.json --recipe f16 -o /tmp/fw16.gguf --quiet
 timeout 150 "$B/cuda_check" /tmp/fw16.gguf --tokens 300 --runs 1,64 --cpu-run 300 2>&1 |

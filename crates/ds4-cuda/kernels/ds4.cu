@@ -3520,8 +3520,11 @@ __device__ __forceinline__ void attention_mma_body(
     const int hpb = blockDim.x >> 3;  // 16 heads per 4 warps
     const int ld = hd + 8;  // halves per staged row: rows 16 bytes apart in the banks
     const int pld = ATT_TR + 8;
-    const float** rowp = (const float**)smb;              // [rows_max]
-    u16* qh = (u16*)(smb + (size_t)rows_max * 8);         // [hpb][ld]
+    // The row table's size rounded up to an even count: what follows is read by
+    // ldmatrix, whose rows must be 16-byte aligned (an odd rows_max — a heavy layer at a
+    // context whose ctx / ratio is odd — faulted with a misaligned address).
+    const float** rowp = (const float**)smb;              // [rows_max rounded up to even]
+    u16* qh = (u16*)(smb + (size_t)((rows_max + 1) & ~1) * 8);  // [hpb][ld]
     u16* ql = qh + hpb * ld;                              // [hpb][ld]
     u16* rs = ql + hpb * ld;                              // [ATT_TR][ld]
     float* ss = (float*)(rs + ATT_TR * ld);               // [hpb][ATT_TR]

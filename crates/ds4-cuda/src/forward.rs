@@ -670,9 +670,14 @@ fn attention_mma_heads(cfg: &ModelConfig, rows_max: usize) -> usize {
 /// Dynamic shared memory of `attention_mma` (its layout in ds4.cu): an address per row;
 /// the `hpb` heads' queries as f16 hi and lo and a tile of 32 rows, each row padded by 8
 /// halves; the tile's scores (hpb × 32 f32) and numerators (hi, lo: hpb × 40 halves);
-/// maximum, denominator and rescale factor per head.
+/// maximum, denominator and rescale factor per head. The table takes an even number of
+/// addresses, so that the f16 rows after it stay 16-byte aligned for ldmatrix.
 fn attention_mma_shared(hd: usize, hpb: usize, rows_max: usize) -> usize {
-    rows_max * 8 + (2 * hpb + 32) * (hd + 8) * 2 + hpb * 32 * 4 + 2 * hpb * 40 * 2 + 3 * hpb * 4
+    rows_max.next_multiple_of(2) * 8
+        + (2 * hpb + 32) * (hd + 8) * 2
+        + hpb * 32 * 4
+        + 2 * hpb * 40 * 2
+        + 3 * hpb * 4
 }
 
 /// Heads per block of `attention_mh` for a run of `t` tokens: 8 (or the largest power
