@@ -3021,6 +3021,115 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
     }
 }
 
+// indexer_scores_mma for a run of tokens (prefill), IDX_TT tokens a block: warp w takes
+// head group w % hg (hg = ceil(heads / 16)) of token w / hg, with that token's A
+// fragments in registers as there. The block's rows arrive once, converted to f16 hi and
+// lo once, into shared memory, and every warp reads its B fragments there — the
+// per-token kernel loads and converts each row once per token, IDX_TT times the L2
+// traffic and conversions. Each (token, head group, 8 rows) runs the same mma chain and
+// the same sums in the same order, so the scores are those of indexer_scores_mma bit for
+// bit (a decode step and a run still select the same rows). Grid (row blocks, ceil(T /
+// IDX_TT)); a block walks ranges of rpb rows blockIdx.x, + gridDim.x, .. up to the
+// largest count its tokens see; 32 · hg · IDX_TT threads; dynamic shared memory
+// idx_tt_shared(rpb, di, hg).
+#define IDX_TT 4
+extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
+    const float* qi, const float* wi, const float* rows, float* scores, int heads, int di,
+    const int* pos0p, int ratio, int max_rows, int rpb, int T) { pdl_begin();
+    extern __shared__ __align__(16) u8 idx_sm[];
+    const int ld = di + 8;  // halves a staged row: B fragment words conflict-free
+    int hg = (heads + 15) >> 4;
+    u16* bhs = (u16*)idx_sm;                      // [rpb][ld] hi
+    u16* bls = bhs + rpb * ld;                    // [rpb][ld] lo
+    float* part = (float*)(bls + rpb * ld);       // [IDX_TT][hg][rpb]
+    int pos0 = *pos0p;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int tl = warp / hg, wg = warp % hg;
+    int tbase = blockIdx.y * IDX_TT;
+    int t = tbase + tl;
+    bool tok = t < T;
+    int n_max = (pos0 + min(tbase + IDX_TT, T)) / ratio;  // the tile's last token sees most
+    if (blockIdx.x * rpb >= n_max) return;
+    int ks_n = di >> 4;
+    u32 ah[IDX_MAX_KS][4], al[IDX_MAX_KS][4];
+    int h0 = 16 * wg + g, h1 = h0 + 8;
+    const float* q0 = qi + ((size_t)(tok ? t : 0) * heads + h0) * di;
+    const float* q1 = qi + ((size_t)(tok ? t : 0) * heads + h1) * di;
+#pragma unroll
+    for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+        if (ks < ks_n) {
+            int c = 16 * ks + 2 * tq;
+            bool o0 = tok && h0 < heads, o1 = tok && h1 < heads;
+            float2 x00 = o0 ? *(const float2*)(q0 + c) : make_float2(0.0f, 0.0f);
+            float2 x10 = o1 ? *(const float2*)(q1 + c) : make_float2(0.0f, 0.0f);
+            float2 x01 = o0 ? *(const float2*)(q0 + c + 8) : make_float2(0.0f, 0.0f);
+            float2 x11 = o1 ? *(const float2*)(q1 + c + 8) : make_float2(0.0f, 0.0f);
+            split_h2(x00.x, x00.y, ah[ks][0], al[ks][0]);
+            split_h2(x10.x, x10.y, ah[ks][1], al[ks][1]);
+            split_h2(x01.x, x01.y, ah[ks][2], al[ks][2]);
+            split_h2(x11.x, x11.y, ah[ks][3], al[ks][3]);
+        }
+    }
+    float w0 = tok && h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
+    float w1 = tok && h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
+    int q4 = di >> 2;
+    for (int r0 = blockIdx.x * rpb; r0 < n_max; r0 += gridDim.x * rpb) {
+        int r_end = min(r0 + rpb, n_max);
+        __syncthreads();  // the previous range's fragments and partials are read
+        // Rows past the tile's count are zeros (their scores are not written).
+        for (int i = threadIdx.x; i < rpb * q4; i += blockDim.x) {
+            int j = i / q4, c = 4 * (i % q4);
+            float4 v = r0 + j < n_max ? __ldg((const float4*)(rows + (size_t)(r0 + j) * di + c))
+                                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            u32 h01, l01, h23, l23;
+            split_h2(v.x, v.y, h01, l01);
+            split_h2(v.z, v.w, h23, l23);
+            *(uint2*)(bhs + j * ld + c) = make_uint2(h01, h23);
+            *(uint2*)(bls + j * ld + c) = make_uint2(l01, l23);
+        }
+        __syncthreads();
+        for (int nb = r0; nb < r_end; nb += 8) {
+            const u16* bh = bhs + (nb - r0 + g) * ld;
+            const u16* bl = bls + (nb - r0 + g) * ld;
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+                if (ks < ks_n) {
+                    int k = 16 * ks + 2 * tq;
+                    u32 bh0 = *(const u32*)(bh + k), bh1 = *(const u32*)(bh + k + 8);
+                    u32 bl0 = *(const u32*)(bl + k), bl1 = *(const u32*)(bl + k + 8);
+                    mma_f16_16816(c, ah[ks], bh0, bh1);
+                    mma_f16_16816(c, al[ks], bh0, bh1);
+                    mma_f16_16816(c, ah[ks], bl0, bl1);
+                }
+            }
+            float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
+            float s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+                s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+                s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+            }
+            if (g == 0) {
+                float* pp = part + (tl * hg + wg) * rpb + nb - r0 + 2 * tq;
+                pp[0] = s0;
+                pp[1] = s1;
+            }
+        }
+        __syncthreads();
+        // Each token's visible rows, its head groups' shares added in group order.
+        for (int i = threadIdx.x; i < IDX_TT * rpb; i += blockDim.x) {
+            int tt = i / rpb, j = i % rpb, ti = tbase + tt;
+            if (ti >= T || r0 + j >= (pos0 + ti + 1) / ratio) continue;
+            const float* pp = part + tt * hg * rpb + j;
+            float acc = pp[0];
+            for (int x = 1; x < hg; x++) acc += pp[x * rpb];
+            scores[(size_t)ti * max_rows + r0 + j] = acc;
+        }
+    }
+}
+
 __device__ __forceinline__ u32 order_key(float f) {
     u32 u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);

@@ -785,6 +785,16 @@ fn indexer_mma_fits(heads: usize, di: usize) -> bool {
     on && heads <= 64 && di.is_multiple_of(16) && di <= 128
 }
 
+/// Tokens a block of `indexer_scores_tt` (its IDX_TT).
+const IDX_TT: usize = 4;
+
+/// Whether runs score the indexer's rows a few tokens a block (`indexer_scores_tt`, the
+/// same scores) rather than one (`DS4_CUDA_IDX_TT=0`, for comparisons).
+fn idx_tt_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IDX_TT").map_or(true, |v| v != "0"))
+}
+
 /// Parallel compressor rows for runs (`DS4_CUDA_COMPRESS_ROWS=0` keeps the in-order
 /// kernel, for comparisons).
 fn compress_rows_on() -> bool {
@@ -1114,6 +1124,79 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
     let mut out = vec![0f32; t * m.rows];
     gpu.read(y.ptr, &mut out)?;
     Ok(out.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
+}
+
+/// The indexer's scores of `t` tokens (queries `qi`, head weights `wi`, rows `rows`,
+/// scores out, the run's first position) for up to `max_n` rows each: runs of tokens
+/// take `indexer_scores_tt` (with `tiled`), single tokens or without it
+/// `indexer_scores_mma` where the shapes fit, else the one-warp-a-row kernel.
+fn indexer_scores_launch(
+    g: &Gpu,
+    [qi, wi, rows, scores, p0]: [u64; 5],
+    (nhi, di, ratio, max_rows): (usize, usize, usize, usize),
+    (t, max_n): (usize, usize),
+    tiled: bool,
+) -> Result<(), CudaError> {
+    let hg = nhi.div_ceil(16);
+    if t >= MMA_MIN_TOKENS && tiled && hg <= 4 && indexer_mma_fits(nhi, di) {
+        // IDX_TT tokens a block share each staged row; a block walks 8 ranges of 64
+        // rows, so its tokens' queries (loaded once a block) stay a third of its traffic.
+        let rpb = 64;
+        let blocks = ceil_div(max_n.div_ceil(rpb), 8);
+        let shm = 2 * rpb * (di + 8) * 2 + IDX_TT * hg * rpb * 4;
+        g.allow_shared("indexer_scores_tt", shm)?;
+        launch!(g, "indexer_scores_tt", (blocks, ceil_div(t, IDX_TT), 1),
+            (32 * hg * IDX_TT) as u32, shm as u32;
+            qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32,
+            rpb as i32, t as i32)
+    } else if indexer_mma_fits(nhi, di) {
+        // Short runs (decode) take 16 rows a block so that a 2k context's 512 rows still
+        // spread over 32 blocks; long runs 128, which keeps the per-block reload of the
+        // queries (64 heads × 128) a small share.
+        let rpb = if t < MMA_MIN_TOKENS { 16 } else { 128 };
+        // At most 8 blocks an SM; they loop over the ranges beyond.
+        let blocks = ceil_div(max_n, rpb).min(8 * g.sms);
+        launch!(g, "indexer_scores_mma", (blocks, t as u32, 1), (32 * hg) as u32, 0;
+            qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32,
+            rpb as i32)
+    } else {
+        launch!(g, "indexer_scores", (ceil_div(max_n, 4), t as u32, 1), 128, 0;
+            qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32)
+    }
+}
+
+/// The indexer's scores on the GPU as a run of `qi.len()` tokens at `pos0` computes them
+/// (tests): token `t` (queries `qi[t]`, heads × di; head weights `wi[t]`) against the
+/// first `(pos0 + t + 1) / ratio` of `rows` (di each). `tiled` picks the run kernel.
+pub fn indexer_scores_once(
+    gpu: &Gpu,
+    (qi, wi, rows): (&[Vec<f32>], &[Vec<f32>], &[f32]),
+    (heads, di): (usize, usize),
+    pos0: usize,
+    ratio: usize,
+    tiled: bool,
+) -> Result<Vec<Vec<f32>>, CudaError> {
+    let t = qi.len();
+    let stride = ((pos0 + t) / ratio).max(1);
+    let q = gpu.upload(&qi.concat())?;
+    let w = gpu.upload(&wi.concat())?;
+    let r = gpu.upload(rows)?;
+    let sc = gpu.alloc(t * stride * 4)?;
+    let pos = gpu.upload(&[pos0 as i32])?;
+    indexer_scores_launch(
+        gpu,
+        [q.ptr, w.ptr, r.ptr, sc.ptr, pos.ptr],
+        (heads, di, ratio, stride),
+        (t, (pos0 + t) / ratio),
+        tiled,
+    )?;
+    let mut all = vec![0f32; t * stride];
+    gpu.read(sc.ptr, &mut all)?;
+    Ok(all
+        .chunks_exact(stride)
+        .enumerate()
+        .map(|(i, row)| row[..(pos0 + i + 1) / ratio].to_vec())
+        .collect())
 }
 
 /// The indexer's top-k selection on the GPU (`topk_select`, tests): token `t` of a run at
@@ -1614,21 +1697,14 @@ impl<'a> Fwd<'a> {
             } else {
                 (pos0 + t) / ratio
             };
-            if max_n > 0 && indexer_mma_fits(nhi, di) {
-                // Short runs (decode) take 16 rows a block so that a 2k context's 512
-                // rows still spread over 32 blocks; long runs 128, which keeps the
-                // per-block reload of the queries (64 heads × 128) a small share.
-                let rpb = if t < MMA_MIN_TOKENS { 16 } else { 128 };
-                // At most 8 blocks an SM; they loop over the ranges beyond.
-                let blocks = ceil_div(max_n, rpb).min(8 * g.sms);
-                launch!(g, "indexer_scores_mma", (blocks, t as u32, 1),
-                    (32 * nhi.div_ceil(16)) as u32, 0;
-                    s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, nhi as i32, di as i32, p0,
-                    ratio as i32, s.max_irows as i32, rpb as i32)?;
-            } else if max_n > 0 {
-                launch!(g, "indexer_scores", (ceil_div(max_n, 4), t as u32, 1), 128, 0;
-                    s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, nhi as i32, di as i32, p0,
-                    ratio as i32, s.max_irows as i32)?;
+            if max_n > 0 {
+                indexer_scores_launch(
+                    g,
+                    [s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, p0],
+                    (nhi, di, ratio, s.max_irows),
+                    (t, max_n),
+                    idx_tt_on(),
+                )?;
             }
             launch!(g, "topk_select", (t as u32, 1, 1), 1024, 0;
                 s.scores.ptr, s.sel.ptr, s.nsel.ptr, p0, ratio as i32, s.max_irows as i32,

@@ -65,6 +65,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "indexer_prep_w",
     "indexer_scores",
     "indexer_scores_mma",
+    "indexer_scores_tt",
     "topk_select",
     "attention",
     "attention_mh",

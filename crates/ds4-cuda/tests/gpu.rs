@@ -3,7 +3,9 @@
 //! checking (CI has no GPU; these run on the GPU machine, see the crate README).
 
 use ds4_cuda::device::Gpu;
-use ds4_cuda::forward::{experts_once, matmul_once, mm_col_splits, part_bytes, topk_once};
+use ds4_cuda::forward::{
+    experts_once, indexer_scores_once, matmul_once, mm_col_splits, part_bytes, topk_once,
+};
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
 use ds4_engine::weights::Bytes;
@@ -331,6 +333,57 @@ fn fused_pairs_match_separate_products() {
 /// The indexer's top-k on the GPU picks what the CPU reference's `topk_desc` picks
 /// (total order of the values, ties to the lower row), with many ties at the k-th value,
 /// both zeros, negatives and a NaN, for rows just past k up to several thousand.
+/// A run's indexer scores, four tokens a block (`indexer_scores_tt`), are those of the
+/// one-token-a-block kernel bit for bit — a run and a decode step must select the same
+/// rows — and match a double-precision sum.
+#[test]
+fn run_indexer_scores_match_single_tokens_bit_for_bit() {
+    let Some(gpu) = gpu_or_skip("run_indexer_scores_match_single_tokens_bit_for_bit") else {
+        return;
+    };
+    let (heads, di, ratio, pos0, t) = (64, 128, 4, 1001, 37);
+    let qi: Vec<Vec<f32>> = (0..t)
+        .map(|i| rand_vec(heads * di, 100 + i as u64))
+        .collect();
+    let wi: Vec<Vec<f32>> = (0..t).map(|i| rand_vec(heads, 300 + i as u64)).collect();
+    let n = (pos0 + t) / ratio;
+    let rows = rand_vec(n * di, 7);
+    let dims = (heads, di);
+    let run = indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, true).unwrap();
+    let per_tok = indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, false).unwrap();
+    assert_eq!(run, per_tok, "tiled run against one token a block");
+    for i in [0, 3, 4, 17, 36] {
+        let one = indexer_scores_once(
+            &gpu,
+            (&qi[i..i + 1], &wi[i..i + 1], &rows),
+            dims,
+            pos0 + i,
+            ratio,
+            false,
+        )
+        .unwrap();
+        assert_eq!(one[0], run[i], "token {i} as a decode step");
+        let want: Vec<f64> = (0..(pos0 + i + 1) / ratio)
+            .map(|r| {
+                (0..heads)
+                    .map(|h| {
+                        let d: f64 = (0..di)
+                            .map(|c| qi[i][h * di + c] as f64 * rows[r * di + c] as f64)
+                            .sum();
+                        wi[i][h] as f64 * d.max(0.0)
+                    })
+                    .sum()
+            })
+            .collect();
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let worst = want
+            .iter()
+            .zip(&run[i])
+            .fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
+        assert!(worst <= 1e-5 * scale, "token {i}: {worst} of {scale}");
+    }
+}
+
 #[test]
 fn topk_select_matches_cpu() {
     let Some(gpu) = gpu_or_skip("topk_select_matches_cpu") else {
