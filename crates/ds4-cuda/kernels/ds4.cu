@@ -3073,11 +3073,21 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
     }
     float w0 = tok && h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
     float w1 = tok && h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
+    // Queries or rows exact in f16 (the QAT simulation puts both on the fp4 grid) have
+    // zero lo parts: their mma adds exact zeros, which leaves every accumulator's bits as
+    // they are (it starts at +0, and x + 0 = x, +0 + ±0 = +0), so it is skipped — a third
+    // of the mma work each where both are exact.
+    u32 anz = 0;
+#pragma unroll
+    for (int ks = 0; ks < IDX_MAX_KS; ks++)
+        if (ks < ks_n) anz |= al[ks][0] | al[ks][1] | al[ks][2] | al[ks][3];
+    bool a_lo = __any_sync(0xffffffffu, anz != 0);
     int q4 = di >> 2;
     for (int r0 = blockIdx.x * rpb; r0 < n_max; r0 += gridDim.x * rpb) {
         int r_end = min(r0 + rpb, n_max);
         __syncthreads();  // the previous range's fragments and partials are read
         // Rows past the tile's count are zeros (their scores are not written).
+        u32 bnz = 0;
         for (int i = threadIdx.x; i < rpb * q4; i += blockDim.x) {
             int j = i / q4, c = 4 * (i % q4);
             float4 v = r0 + j < n_max ? __ldg((const float4*)(rows + (size_t)(r0 + j) * di + c))
@@ -3085,10 +3095,11 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
             u32 h01, l01, h23, l23;
             split_h2(v.x, v.y, h01, l01);
             split_h2(v.z, v.w, h23, l23);
+            bnz |= l01 | l23;
             *(uint2*)(bhs + j * ld + c) = make_uint2(h01, h23);
             *(uint2*)(bls + j * ld + c) = make_uint2(l01, l23);
         }
-        __syncthreads();
+        bool b_lo = __syncthreads_or(bnz != 0);
         for (int nb = r0; nb < r_end; nb += 8) {
             const u16* bh = bhs + (nb - r0 + g) * ld;
             const u16* bl = bls + (nb - r0 + g) * ld;
@@ -3098,10 +3109,12 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
                 if (ks < ks_n) {
                     int k = 16 * ks + 2 * tq;
                     u32 bh0 = *(const u32*)(bh + k), bh1 = *(const u32*)(bh + k + 8);
-                    u32 bl0 = *(const u32*)(bl + k), bl1 = *(const u32*)(bl + k + 8);
                     mma_f16_16816(c, ah[ks], bh0, bh1);
-                    mma_f16_16816(c, al[ks], bh0, bh1);
-                    mma_f16_16816(c, ah[ks], bl0, bl1);
+                    if (a_lo) mma_f16_16816(c, al[ks], bh0, bh1);
+                    if (b_lo) {
+                        u32 bl0 = *(const u32*)(bl + k), bl1 = *(const u32*)(bl + k + 8);
+                        mma_f16_16816(c, ah[ks], bl0, bl1);
+                    }
                 }
             }
             float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);

@@ -342,45 +342,66 @@ fn run_indexer_scores_match_single_tokens_bit_for_bit() {
         return;
     };
     let (heads, di, ratio, pos0, t) = (64, 128, 4, 1001, 37);
-    let qi: Vec<Vec<f32>> = (0..t)
-        .map(|i| rand_vec(heads * di, 100 + i as u64))
-        .collect();
-    let wi: Vec<Vec<f32>> = (0..t).map(|i| rand_vec(heads, 300 + i as u64)).collect();
-    let n = (pos0 + t) / ratio;
-    let rows = rand_vec(n * di, 7);
-    let dims = (heads, di);
-    let run = indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, true).unwrap();
-    let per_tok = indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, false).unwrap();
-    assert_eq!(run, per_tok, "tiled run against one token a block");
-    for i in [0, 3, 4, 17, 36] {
-        let one = indexer_scores_once(
-            &gpu,
-            (&qi[i..i + 1], &wi[i..i + 1], &rows),
-            dims,
-            pos0 + i,
-            ratio,
-            false,
-        )
-        .unwrap();
-        assert_eq!(one[0], run[i], "token {i} as a decode step");
-        let want: Vec<f64> = (0..(pos0 + i + 1) / ratio)
-            .map(|r| {
-                (0..heads)
-                    .map(|h| {
-                        let d: f64 = (0..di)
-                            .map(|c| qi[i][h * di + c] as f64 * rows[r * di + c] as f64)
-                            .sum();
-                        wi[i][h] as f64 * d.max(0.0)
-                    })
-                    .sum()
-            })
+    // Random queries and rows (f16 hi and lo parts both), then both rounded to f16 as
+    // the QAT simulation leaves them (the run kernel then skips the lo products).
+    for exact in [false, true] {
+        let grid = |v: Vec<f32>| -> Vec<f32> {
+            if exact {
+                v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+            } else {
+                v
+            }
+        };
+        let qi: Vec<Vec<f32>> = (0..t)
+            .map(|i| grid(rand_vec(heads * di, 100 + i as u64)))
             .collect();
-        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let worst = want
-            .iter()
-            .zip(&run[i])
-            .fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
-        assert!(worst <= 1e-5 * scale, "token {i}: {worst} of {scale}");
+        let wi: Vec<Vec<f32>> = (0..t).map(|i| rand_vec(heads, 300 + i as u64)).collect();
+        let n = (pos0 + t) / ratio;
+        let rows = grid(rand_vec(n * di, 7));
+        let dims = (heads, di);
+        let run = indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, true).unwrap();
+        let per_tok =
+            indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, false).unwrap();
+        assert_eq!(
+            run, per_tok,
+            "f16-exact {exact}: tiled run against one token a block"
+        );
+        for i in [0, 3, 4, 17, 36] {
+            let one = indexer_scores_once(
+                &gpu,
+                (&qi[i..i + 1], &wi[i..i + 1], &rows),
+                dims,
+                pos0 + i,
+                ratio,
+                false,
+            )
+            .unwrap();
+            assert_eq!(
+                one[0], run[i],
+                "f16-exact {exact}: token {i} as a decode step"
+            );
+            let want: Vec<f64> = (0..(pos0 + i + 1) / ratio)
+                .map(|r| {
+                    (0..heads)
+                        .map(|h| {
+                            let d: f64 = (0..di)
+                                .map(|c| qi[i][h * di + c] as f64 * rows[r * di + c] as f64)
+                                .sum();
+                            wi[i][h] as f64 * d.max(0.0)
+                        })
+                        .sum()
+                })
+                .collect();
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = want
+                .iter()
+                .zip(&run[i])
+                .fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "f16-exact {exact}: token {i}: {worst} of {scale}"
+            );
+        }
     }
 }
 
