@@ -25,14 +25,17 @@ fn main() {
     let reps = arg(&args, "--reps", 200).max(1);
     let rounds = arg(&args, "--rounds", 5).max(1);
     let model = common::open_model(&path);
-    let be = common::load_gpu(&model, ctx, prefill);
+    // Long prompts in batches of at most 8,192 (the scratch grows with the batch).
+    let batch = prefill.min(ds4_cuda::AUTO_BATCHES[0]);
+    let be = common::load_gpu(&model, ctx, batch);
     let n_vocab = model.cfg.n_vocab.min(128000) as u32;
     let toks: Vec<u32> = (0..prefill as u32 + 1)
         .map(|i| i.wrapping_mul(2654435761) % n_vocab)
         .collect();
     let mut st = be.state(ctx, ForwardOptions::default()).expect("state");
-    st.forward(&toks[..prefill], LogitsFor::Last)
-        .expect("prefill");
+    for c in toks[..prefill].chunks(batch) {
+        st.forward(c, LogitsFor::Last).expect("prefill");
+    }
     let timed: Vec<(f64, f64)> = (0..rounds)
         .map(|_| st.time_decode_graph(toks[prefill], reps).expect("replay"))
         .collect();
