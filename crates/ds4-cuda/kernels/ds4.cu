@@ -2976,6 +2976,13 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
     }
     float w0 = h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
     float w1 = h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
+    // Lo parts that are all zero (f16-exact queries or rows, the QAT grid) add exact
+    // zeros: their mma is skipped, the bits stay (see indexer_scores_tt).
+    u32 anz = 0;
+#pragma unroll
+    for (int ks = 0; ks < IDX_MAX_KS; ks++)
+        if (ks < ks_n) anz |= al[ks][0] | al[ks][1] | al[ks][2] | al[ks][3];
+    bool a_lo = __any_sync(0xffffffffu, anz != 0);
     for (int r0 = blockIdx.x * rpb; r0 < n; r0 += gridDim.x * rpb) {
         int r_end = min(r0 + rpb, n);
         for (int nb = r0; nb < r_end; nb += 8) {
@@ -2983,18 +2990,25 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
             int rb = nb + g;
             const float* rp = rows + (size_t)rb * di;
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            u32 bh[IDX_MAX_KS][2], bl[IDX_MAX_KS][2], bnz = 0;
 #pragma unroll
             for (int ks = 0; ks < IDX_MAX_KS; ks++) {
                 if (ks < ks_n) {
                     int k = 16 * ks + 2 * tq;
                     float2 y0 = rb < n ? *(const float2*)(rp + k) : make_float2(0.0f, 0.0f);
                     float2 y1 = rb < n ? *(const float2*)(rp + k + 8) : make_float2(0.0f, 0.0f);
-                    u32 bh0, bl0, bh1, bl1;
-                    split_h2(y0.x, y0.y, bh0, bl0);
-                    split_h2(y1.x, y1.y, bh1, bl1);
-                    mma_f16_16816(c, ah[ks], bh0, bh1);
-                    mma_f16_16816(c, al[ks], bh0, bh1);
-                    mma_f16_16816(c, ah[ks], bl0, bl1);
+                    split_h2(y0.x, y0.y, bh[ks][0], bl[ks][0]);
+                    split_h2(y1.x, y1.y, bh[ks][1], bl[ks][1]);
+                    bnz |= bl[ks][0] | bl[ks][1];
+                }
+            }
+            bool b_lo = __any_sync(0xffffffffu, bnz != 0);
+#pragma unroll
+            for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+                if (ks < ks_n) {
+                    mma_f16_16816(c, ah[ks], bh[ks][0], bh[ks][1]);
+                    if (a_lo) mma_f16_16816(c, al[ks], bh[ks][0], bh[ks][1]);
+                    if (b_lo) mma_f16_16816(c, ah[ks], bl[ks][0], bl[ks][1]);
                 }
             }
             // c: (head h0, rows nb+2tq, +1), (head h1, same rows).

@@ -785,6 +785,20 @@ fn indexer_mma_fits(heads: usize, di: usize) -> bool {
     on && heads <= 64 && di.is_multiple_of(16) && di <= 128
 }
 
+/// Blocks an SM `indexer_scores_mma` launches at most (`DS4_CUDA_IDX_BLK`, default 8):
+/// each loads its token's queries (64 heads × 128) once, so fewer blocks, each walking
+/// more ranges, read less at a long context's decode step (16k rows at 64k).
+fn idx_blocks_per_sm() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("DS4_CUDA_IDX_BLK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n: &usize| (1..=64).contains(n))
+            .unwrap_or(8)
+    })
+}
+
 /// Tokens a block of `indexer_scores_tt` (its IDX_TT).
 const IDX_TT: usize = 4;
 
@@ -1154,8 +1168,8 @@ fn indexer_scores_launch(
         // spread over 32 blocks; long runs 128, which keeps the per-block reload of the
         // queries (64 heads × 128) a small share.
         let rpb = if t < MMA_MIN_TOKENS { 16 } else { 128 };
-        // At most 8 blocks an SM; they loop over the ranges beyond.
-        let blocks = ceil_div(max_n, rpb).min(8 * g.sms);
+        // At most idx_blocks_per_sm() blocks an SM; they loop over the ranges beyond.
+        let blocks = ceil_div(max_n, rpb).min(idx_blocks_per_sm() as u32 * g.sms);
         launch!(g, "indexer_scores_mma", (blocks, t as u32, 1), (32 * hg) as u32, 0;
             qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32,
             rpb as i32)
