@@ -3171,13 +3171,8 @@ __device__ __forceinline__ u32 order_key(float f) {
 // one shared address taking hundreds of atomics serializes them) and finds the digit
 // holding the k-th key by a parallel scan over the 256 counts (blockDim >= 256), not
 // one thread's walk: a decode step waits on this kernel.
-// With n ≤ cap (the keys the launch's dynamic shared memory holds) every key is read
-// from global memory once, into shared memory, and the five sweeps (four digit passes,
-// the compaction) read it there: at a long context's decode step (16k rows at 64k)
-// each sweep over global memory was a chain of dependent round trips on one SM.
 extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
-                                       int ratio, int max_rows, int k, int cap) { pdl_begin();
-    extern __shared__ u32 tk_keys[];
+                                       int ratio, int max_rows, int k) { pdl_begin();
     int pos0 = *pos0p;
     __shared__ u32 hist[256];
     __shared__ u32 wsum[8];
@@ -3192,12 +3187,6 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
     }
     const float* s = scores + (size_t)t * max_rows;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    bool staged = n <= cap;
-    if (staged) {
-#pragma unroll 4
-        for (int i = threadIdx.x; i < n; i += blockDim.x) tk_keys[i] = order_key(s[i]);
-    }
-    auto key_at = [&](int i) -> u32 { return staged ? tk_keys[i] : order_key(s[i]); };
     u32 prefix = 0, prefix_mask = 0, remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
         if (threadIdx.x < 256) hist[threadIdx.x] = 0;
@@ -3205,7 +3194,7 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
         // Whole warps go round the loop together (the match below needs every lane).
         for (int start = 0; start < n; start += blockDim.x) {
             int i = start + threadIdx.x;
-            u32 key = i < n ? key_at(i) : 0;
+            u32 key = i < n ? order_key(s[i]) : 0;
             bool in = i < n && (key & prefix_mask) == prefix;
             u32 d = in ? (key >> shift) & 0xffu : 256u;
             u32 peers = __match_any_sync(0xffffffffu, d);
@@ -3247,7 +3236,7 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
     __syncthreads();
     for (int start = 0; start < n; start += blockDim.x) {
         int i = start + threadIdx.x;
-        u32 key = i < n ? key_at(i) : 0;
+        u32 key = i < n ? order_key(s[i]) : 0;
         bool gt = i < n && key > kth;
         bool eq = i < n && key == kth;
         // in-order rank of this row among equal keys

@@ -1213,35 +1213,6 @@ pub fn indexer_scores_once(
         .collect())
 }
 
-/// Keys `topk_select` stages in shared memory at most (160 KiB: rows of a context up to
-/// ~160k tokens at ratio 4); a token seeing more reads its scores from global memory.
-const TOPK_STAGE_MAX: usize = 40 * 1024;
-
-/// Whether `topk_select` stages the keys in shared memory where they fit
-/// (`DS4_CUDA_TOPK_STAGE=0`: every sweep reads global memory, for comparisons).
-fn topk_stage_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_TOPK_STAGE").map_or(true, |v| v != "0"))
-}
-
-/// `topk_select` for `t` tokens over scores rows of `max_rows` (one block a token),
-/// with shared memory for up to `max_rows` keys (capped) when `stage`.
-fn topk_launch(
-    g: &Gpu,
-    [scores, sel, nsel, p0]: [u64; 4],
-    (ratio, max_rows, k, t): (usize, usize, usize, usize),
-    stage: bool,
-) -> Result<(), CudaError> {
-    let cap = if stage {
-        max_rows.min(TOPK_STAGE_MAX)
-    } else {
-        0
-    };
-    g.allow_shared("topk_select", cap * 4)?;
-    launch!(g, "topk_select", (t as u32, 1, 1), 1024, (cap * 4) as u32;
-        scores, sel, nsel, p0, ratio as i32, max_rows as i32, k as i32, cap as i32)
-}
-
 /// The indexer's top-k selection on the GPU (`topk_select`, tests): token `t` of a run at
 /// `pos0` sees the first `(pos0 + t + 1) / ratio` of `scores[t]`. Returns each token's
 /// selected rows in increasing order, or nothing where it sees `k` rows or fewer (it then
@@ -1252,7 +1223,6 @@ pub fn topk_once(
     pos0: usize,
     ratio: usize,
     k: usize,
-    stage: bool,
 ) -> Result<Vec<Vec<i32>>, CudaError> {
     let t = scores.len();
     let max_rows = scores.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -1264,12 +1234,8 @@ pub fn topk_once(
     let pos = gpu.upload(&[pos0 as i32])?;
     let sel = gpu.alloc(t * k * 4 + 4)?;
     let nsel = gpu.alloc(t * 4)?;
-    topk_launch(
-        gpu,
-        [sc.ptr, sel.ptr, nsel.ptr, pos.ptr],
-        (ratio, max_rows, k, t),
-        stage,
-    )?;
+    launch!(gpu, "topk_select", (t as u32, 1, 1), 1024, 0;
+        sc.ptr, sel.ptr, nsel.ptr, pos.ptr, ratio as i32, max_rows as i32, k as i32)?;
     let mut n = vec![0i32; t];
     gpu.read(nsel.ptr, &mut n)?;
     let mut all = vec![0i32; t * k];
@@ -1754,12 +1720,9 @@ impl<'a> Fwd<'a> {
                     idx_tt_on(),
                 )?;
             }
-            topk_launch(
-                g,
-                [s.scores.ptr, s.sel.ptr, s.nsel.ptr, p0],
-                (ratio, s.max_irows, cfg.indexer_top_k, t),
-                topk_stage_on(),
-            )?;
+            launch!(g, "topk_select", (t as u32, 1, 1), 1024, 0;
+                s.scores.ptr, s.sel.ptr, s.nsel.ptr, p0, ratio as i32, s.max_irows as i32,
+                cfg.indexer_top_k as i32)?;
             sel = (s.sel.ptr, s.nsel.ptr);
         }
         self.record_selection(s, t, sel.0 != 0)?;
