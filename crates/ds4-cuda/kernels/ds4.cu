@@ -2943,7 +2943,8 @@ __device__ __forceinline__ void split_h2(float a, float b, u32& hi, u32& lo) {
 }
 extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, const float* rows,
                                               float* scores, int heads, int di, const int* pos0p,
-                                              int ratio, int max_rows, int rpb) { pdl_begin();
+                                              int ratio, int max_rows, int rpb, int lo_all) {
+    pdl_begin();
     __shared__ float part[4][256];
     int pos0 = *pos0p;
     int t = blockIdx.y;
@@ -2982,7 +2983,7 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
 #pragma unroll
     for (int ks = 0; ks < IDX_MAX_KS; ks++)
         if (ks < ks_n) anz |= al[ks][0] | al[ks][1] | al[ks][2] | al[ks][3];
-    bool a_lo = __any_sync(0xffffffffu, anz != 0);
+    bool a_lo = lo_all || __any_sync(0xffffffffu, anz != 0);
     for (int r0 = blockIdx.x * rpb; r0 < n; r0 += gridDim.x * rpb) {
         int r_end = min(r0 + rpb, n);
         for (int nb = r0; nb < r_end; nb += 8) {
@@ -3002,7 +3003,7 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
                     bnz |= bl[ks][0] | bl[ks][1];
                 }
             }
-            bool b_lo = __any_sync(0xffffffffu, bnz != 0);
+            bool b_lo = lo_all || __any_sync(0xffffffffu, bnz != 0);
 #pragma unroll
             for (int ks = 0; ks < IDX_MAX_KS; ks++) {
                 if (ks < ks_n) {

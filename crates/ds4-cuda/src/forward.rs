@@ -799,6 +799,13 @@ fn idx_blocks_per_sm() -> usize {
     })
 }
 
+/// Whether `indexer_scores_mma` skips the lo-part products of f16-exact queries and rows
+/// (the same bits; `DS4_CUDA_IDX_LOSKIP=0` runs all three, for comparisons).
+fn idx_lo_skip_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IDX_LOSKIP").map_or(true, |v| v != "0"))
+}
+
 /// Tokens a block of `indexer_scores_tt` (its IDX_TT).
 const IDX_TT: usize = 4;
 
@@ -1172,7 +1179,7 @@ fn indexer_scores_launch(
         let blocks = ceil_div(max_n, rpb).min(idx_blocks_per_sm() as u32 * g.sms);
         launch!(g, "indexer_scores_mma", (blocks, t as u32, 1), (32 * hg) as u32, 0;
             qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32,
-            rpb as i32)
+            rpb as i32, i32::from(!idx_lo_skip_on()))
     } else {
         launch!(g, "indexer_scores", (ceil_div(max_n, 4), t as u32, 1), 128, 0;
             qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32)
