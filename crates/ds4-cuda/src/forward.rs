@@ -785,9 +785,10 @@ fn indexer_mma_fits(heads: usize, di: usize) -> bool {
     on && heads <= 64 && di.is_multiple_of(16) && di <= 128
 }
 
-/// Blocks an SM `indexer_scores_mma` launches at most (`DS4_CUDA_IDX_BLK`, default 8):
+/// Blocks an SM `indexer_scores_mma` launches at most (`DS4_CUDA_IDX_BLK`, default 4):
 /// each loads its token's queries (64 heads × 128) once, so fewer blocks, each walking
-/// more ranges, read less at a long context's decode step (16k rows at 64k).
+/// more ranges, read less at a long context's decode step (16k rows at 64k). H200, step
+/// at 65,600: 8,729 µs at 8, 8,688 at 4, 9,044 at 2 (results/h200-v18f-*).
 fn idx_blocks_per_sm() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| {
@@ -795,7 +796,7 @@ fn idx_blocks_per_sm() -> usize {
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|n: &usize| (1..=64).contains(n))
-            .unwrap_or(8)
+            .unwrap_or(4)
     })
 }
 
@@ -1220,6 +1221,33 @@ pub fn indexer_scores_once(
         .collect())
 }
 
+/// Whether short runs (decode) select the indexer's rows with a cluster of blocks a
+/// token (`topk_select_cl`, the same rows) rather than one (`DS4_CUDA_TOPK_CL=0`).
+fn topk_cluster_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_TOPK_CL").map_or(true, |v| v != "0"))
+}
+
+/// Blocks a token of `topk_select_cl` (its TK_CL, the compiled cluster size).
+const TOPK_CLUSTER: u32 = 8;
+
+/// The indexer's top-k for `t` tokens over scores rows of `max_rows`: a cluster of
+/// TOPK_CLUSTER blocks a token with `cluster`, else one block a token.
+fn topk_launch(
+    g: &Gpu,
+    [scores, sel, nsel, p0]: [u64; 4],
+    (ratio, max_rows, k, t): (usize, usize, usize, usize),
+    cluster: bool,
+) -> Result<(), CudaError> {
+    if cluster {
+        launch!(g, "topk_select_cl", (TOPK_CLUSTER, t as u32, 1), 1024, 0;
+            scores, sel, nsel, p0, ratio as i32, max_rows as i32, k as i32)
+    } else {
+        launch!(g, "topk_select", (t as u32, 1, 1), 1024, 0;
+            scores, sel, nsel, p0, ratio as i32, max_rows as i32, k as i32)
+    }
+}
+
 /// The indexer's top-k selection on the GPU (`topk_select`, tests): token `t` of a run at
 /// `pos0` sees the first `(pos0 + t + 1) / ratio` of `scores[t]`. Returns each token's
 /// selected rows in increasing order, or nothing where it sees `k` rows or fewer (it then
@@ -1230,6 +1258,7 @@ pub fn topk_once(
     pos0: usize,
     ratio: usize,
     k: usize,
+    cluster: bool,
 ) -> Result<Vec<Vec<i32>>, CudaError> {
     let t = scores.len();
     let max_rows = scores.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -1241,8 +1270,12 @@ pub fn topk_once(
     let pos = gpu.upload(&[pos0 as i32])?;
     let sel = gpu.alloc(t * k * 4 + 4)?;
     let nsel = gpu.alloc(t * 4)?;
-    launch!(gpu, "topk_select", (t as u32, 1, 1), 1024, 0;
-        sc.ptr, sel.ptr, nsel.ptr, pos.ptr, ratio as i32, max_rows as i32, k as i32)?;
+    topk_launch(
+        gpu,
+        [sc.ptr, sel.ptr, nsel.ptr, pos.ptr],
+        (ratio, max_rows, k, t),
+        cluster,
+    )?;
     let mut n = vec![0i32; t];
     gpu.read(nsel.ptr, &mut n)?;
     let mut all = vec![0i32; t * k];
@@ -1727,9 +1760,14 @@ impl<'a> Fwd<'a> {
                     idx_tt_on(),
                 )?;
             }
-            launch!(g, "topk_select", (t as u32, 1, 1), 1024, 0;
-                s.scores.ptr, s.sel.ptr, s.nsel.ptr, p0, ratio as i32, s.max_irows as i32,
-                cfg.indexer_top_k as i32)?;
+            // Decode: one token's selection spread over a cluster (a run's tokens
+            // already fill the GPU one block each).
+            topk_launch(
+                g,
+                [s.scores.ptr, s.sel.ptr, s.nsel.ptr, p0],
+                (ratio, s.max_irows, cfg.indexer_top_k, t),
+                t < MMA_MIN_TOKENS && topk_cluster_on(),
+            )?;
             sel = (s.sel.ptr, s.nsel.ptr);
         }
         self.record_selection(s, t, sel.0 != 0)?;

@@ -67,6 +67,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "indexer_scores_mma",
     "indexer_scores_tt",
     "topk_select",
+    "topk_select_cl",
     "attention",
     "attention_mh",
     "attention_mma",
@@ -177,17 +178,29 @@ pub fn defined_kernels(src: &str) -> Vec<String> {
     let mut rest = src;
     while let Some(i) = rest.find("__global__ void ") {
         rest = &rest[i + "__global__ void ".len()..];
-        // `__launch_bounds__(n)`, or a macro (upper case) standing for one, may sit
-        // between the return type and the name.
-        if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
-            rest = after.split_once(") ").map_or(after, |(_, r)| r);
-        } else if let Some((word, after)) = rest.split_once(' ')
-            && !word.is_empty()
-            && word
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            rest = after;
+        // Attributes (`__launch_bounds__(n)`, `__cluster_dims__(x, y, z)`) or a macro
+        // (upper case) standing for one may sit between the return type and the name,
+        // on the same line or the next.
+        loop {
+            rest = rest.trim_start();
+            if rest.starts_with("__")
+                && let Some(open) = rest.find('(')
+                && rest[..open]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && let Some(close) = rest[open..].find(')')
+            {
+                rest = &rest[open + close + 1..];
+            } else if let Some((word, after)) = rest.split_once(char::is_whitespace)
+                && !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                rest = after;
+            } else {
+                break;
+            }
         }
         let name: String = rest
             .chars()
@@ -201,6 +214,19 @@ pub fn defined_kernels(src: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_are_found_past_attributes_and_bounds_macros() {
+        let src = "extern \"C\" __global__ void plain(int a) {}\n\
+            extern \"C\" __global__ void __launch_bounds__(256, 2) bounded(int a) {}\n\
+            extern \"C\" __global__ void MV_Q8_BOUNDS capped(int a) {}\n\
+            extern \"C\" __global__ void __cluster_dims__(TK_CL, 1, 1) __launch_bounds__(1024)\n\
+            clustered(int a) {}\n";
+        assert_eq!(
+            defined_kernels(src),
+            ["plain", "bounded", "capped", "clustered"]
+        );
+    }
 
     #[test]
     fn every_launched_kernel_is_defined_once() {

@@ -412,7 +412,18 @@ fn topk_select_matches_cpu() {
     };
     let (ratio, k) = (4usize, 512usize);
     let mut seed = 7u64;
-    for n_max in [513usize, 600, 2048, 5000] {
+    // Both kernels: one block a token, and a cluster of blocks a token (decode's).
+    for (n_max, cluster) in [
+        (513usize, false),
+        (600, false),
+        (2048, false),
+        (5000, false),
+        (513, true),
+        (600, true),
+        (2048, true),
+        (5000, true),
+        (41_000, true),
+    ] {
         for tied in [false, true] {
             // Three tokens of a run, the last seeing n_max rows (the first two n_max - 1).
             let pos0 = n_max * ratio - 3;
@@ -432,7 +443,7 @@ fn topk_select_matches_cpu() {
                     v
                 })
                 .collect();
-            let got = topk_once(&gpu, &scores, pos0, ratio, k).unwrap();
+            let got = topk_once(&gpu, &scores, pos0, ratio, k, cluster).unwrap();
             for (t, (sc, g)) in scores.iter().zip(&got).enumerate() {
                 let n = (pos0 + t + 1) / ratio;
                 let mut want: Vec<i32> = ds4_engine::ops::topk_desc(&sc[..n], k)
@@ -443,7 +454,10 @@ fn topk_select_matches_cpu() {
                 if n <= k {
                     assert!(g.is_empty(), "{n} rows: no selection expected");
                 } else {
-                    assert_eq!(g, &want, "{n} rows (ties: {tied}), token {t}");
+                    assert_eq!(
+                        g, &want,
+                        "{n} rows (ties: {tied}, cluster: {cluster}), token {t}"
+                    );
                 }
             }
         }
