@@ -3172,21 +3172,14 @@ __device__ __forceinline__ u32 order_key(float f) {
 // one shared address taking hundreds of atomics serializes them) and finds the digit
 // holding the k-th key by a parallel scan over the 256 counts (blockDim >= 256), not
 // one thread's walk: a decode step waits on this kernel.
-extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
-                                       int ratio, int max_rows, int k) { pdl_begin();
-    int pos0 = *pos0p;
+// One block's selection of k of the n scores at `s` into `selt` (the body of topk_select;
+// topk_select_cl's rank 0 runs it alone for a short row count).
+__device__ __forceinline__ void topk_block(const float* s, int n, int* selt, int k) {
     __shared__ u32 hist[256];
     __shared__ u32 wsum[8];
     __shared__ u32 found_digit, found_remaining;
     __shared__ u32 warp_cnt[32];
     __shared__ u32 base_gt, base_eq;
-    int t = blockIdx.x;
-    int n = (pos0 + t + 1) / ratio;
-    if (n <= k) {
-        if (threadIdx.x == 0) nsel[t] = 0;
-        return;
-    }
-    const float* s = scores + (size_t)t * max_rows;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     u32 prefix = 0, prefix_mask = 0, remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -3259,11 +3252,21 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
             if (x < w) tbefore += warp_cnt[x];
             tile_take += warp_cnt[x];
         }
-        if (take) sel[(size_t)t * k + base_gt + tbefore + __popc(tk_mask & ((1u << lane) - 1))] = i;
+        if (take) selt[base_gt + tbefore + __popc(tk_mask & ((1u << lane) - 1))] = i;
         __syncthreads();
         if (threadIdx.x == 0) { base_gt += tile_take; base_eq += tile_eq; }
         __syncthreads();
     }
+}
+extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
+                                       int ratio, int max_rows, int k) { pdl_begin();
+    int t = blockIdx.x;
+    int n = (*pos0p + t + 1) / ratio;
+    if (n <= k) {
+        if (threadIdx.x == 0) nsel[t] = 0;
+        return;
+    }
+    topk_block(scores + (size_t)t * max_rows, n, sel + (size_t)t * k, k);
     if (threadIdx.x == 0) nsel[t] = k;
 }
 
@@ -3280,6 +3283,7 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
 // Grid (TK_CL, T), 1,024 threads; the histograms alternate by pass parity, so a block
 // zeroing one for the pass after next cannot meet another block still reading it.
 #define TK_CL 8
+#define TK_CL_MIN 2048
 __device__ __forceinline__ u32 cluster_rank() {
     u32 r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -3309,6 +3313,15 @@ topk_select_cl(const float* scores, int* sel, int* nsel, const int* pos0p, int r
     int n = (pos0 + t + 1) / ratio;
     if (n <= k) {  // the whole cluster leaves before any barrier
         if (rank == 0 && threadIdx.x == 0) nsel[t] = 0;
+        return;
+    }
+    // Few rows (a short context in a state allocated for a long one): rank 0 alone, as
+    // topk_select, without the cluster's barriers (which cost more than they save there).
+    if (n <= TK_CL_MIN) {
+        if (rank == 0) {
+            topk_block(scores + (size_t)t * max_rows, n, sel + (size_t)t * k, k);
+            if (threadIdx.x == 0) nsel[t] = k;
+        }
         return;
     }
     const float* s = scores + (size_t)t * max_rows;

@@ -1231,6 +1231,12 @@ fn topk_cluster_on() -> bool {
 /// Blocks a token of `topk_select_cl` (its TK_CL, the compiled cluster size).
 const TOPK_CLUSTER: u32 = 8;
 
+/// Rows up to which `topk_select_cl` leaves the selection to its first block (its
+/// TK_CL_MIN); a state that never holds more takes `topk_select` (no cluster launch).
+/// H200 (v18): the cluster at every count cost 7,287 against 7,205 µs a step at 2,100
+/// (525 rows), and saved 8,666 → 7,892 µs at 65,600 (16k rows).
+const TOPK_CLUSTER_MIN: usize = 2048;
+
 /// The indexer's top-k for `t` tokens over scores rows of `max_rows`: a cluster of
 /// TOPK_CLUSTER blocks a token with `cluster`, else one block a token.
 fn topk_launch(
@@ -1766,7 +1772,7 @@ impl<'a> Fwd<'a> {
                 g,
                 [s.scores.ptr, s.sel.ptr, s.nsel.ptr, p0],
                 (ratio, s.max_irows, cfg.indexer_top_k, t),
-                t < MMA_MIN_TOKENS && topk_cluster_on(),
+                t < MMA_MIN_TOKENS && topk_cluster_on() && s.max_irows > TOPK_CLUSTER_MIN,
             )?;
             sel = (s.sel.ptr, s.nsel.ptr);
         }
