@@ -2941,6 +2941,48 @@ __device__ __forceinline__ void split_h2(float a, float b, u32& hi, u32& lo) {
     hi = pack_h2(ha, hb);
     lo = pack_h2(f2h(a - h2f(ha)), f2h(b - h2f(hb)));
 }
+// The A fragments (row = head, column = dim) of a warp's 16 heads h0 = 16w + g and
+// h1 = h0 + 8 (queries at q0, q1; ok0 / ok1: the head exists), as f16 hi and lo.
+__device__ __forceinline__ void idx_load_a(const float* q0, const float* q1, bool ok0, bool ok1,
+                                           int ks_n, int tq, u32 (&ah)[IDX_MAX_KS][4],
+                                           u32 (&al)[IDX_MAX_KS][4]) {
+#pragma unroll
+    for (int ks = 0; ks < IDX_MAX_KS; ks++) {
+        if (ks < ks_n) {
+            int c = 16 * ks + 2 * tq;
+            float2 x00 = ok0 ? *(const float2*)(q0 + c) : make_float2(0.0f, 0.0f);
+            float2 x10 = ok1 ? *(const float2*)(q1 + c) : make_float2(0.0f, 0.0f);
+            float2 x01 = ok0 ? *(const float2*)(q0 + c + 8) : make_float2(0.0f, 0.0f);
+            float2 x11 = ok1 ? *(const float2*)(q1 + c + 8) : make_float2(0.0f, 0.0f);
+            split_h2(x00.x, x00.y, ah[ks][0], al[ks][0]);
+            split_h2(x10.x, x10.y, ah[ks][1], al[ks][1]);
+            split_h2(x01.x, x01.y, ah[ks][2], al[ks][2]);
+            split_h2(x11.x, x11.y, ah[ks][3], al[ks][3]);
+        }
+    }
+}
+// Whether any lo part of the warp's A fragments is nonzero (else their products are
+// exact zeros and skipped).
+__device__ __forceinline__ bool idx_any_lo(const u32 (&al)[IDX_MAX_KS][4], int ks_n) {
+    u32 anz = 0;
+#pragma unroll
+    for (int ks = 0; ks < IDX_MAX_KS; ks++)
+        if (ks < ks_n) anz |= al[ks][0] | al[ks][1] | al[ks][2] | al[ks][3];
+    return __any_sync(0xffffffffu, anz != 0);
+}
+// c: (head h0, rows 2tq, 2tq + 1), (head h1, the same rows) of an 8-row tile: the ReLU'd
+// scores weighted by the heads, summed over the warp's 16 heads (lanes g == 0 end with
+// rows 2tq and 2tq + 1 in s0, s1).
+__device__ __forceinline__ void idx_head_sums(const float (&c)[4], float w0, float w1, float& s0,
+                                              float& s1) {
+    s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
+    s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) {
+        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+    }
+}
 extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, const float* rows,
                                               float* scores, int heads, int di, const int* pos0p,
                                               int ratio, int max_rows, int rpb, int lo_all) {
@@ -2961,29 +3003,12 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
     int h0 = 16 * warp + g, h1 = h0 + 8;
     const float* q0 = qi + ((size_t)t * heads + h0) * di;
     const float* q1 = qi + ((size_t)t * heads + h1) * di;
-#pragma unroll
-    for (int ks = 0; ks < IDX_MAX_KS; ks++) {
-        if (ks < ks_n) {
-            int c = 16 * ks + 2 * tq;
-            float2 x00 = h0 < heads ? *(const float2*)(q0 + c) : make_float2(0.0f, 0.0f);
-            float2 x10 = h1 < heads ? *(const float2*)(q1 + c) : make_float2(0.0f, 0.0f);
-            float2 x01 = h0 < heads ? *(const float2*)(q0 + c + 8) : make_float2(0.0f, 0.0f);
-            float2 x11 = h1 < heads ? *(const float2*)(q1 + c + 8) : make_float2(0.0f, 0.0f);
-            split_h2(x00.x, x00.y, ah[ks][0], al[ks][0]);
-            split_h2(x10.x, x10.y, ah[ks][1], al[ks][1]);
-            split_h2(x01.x, x01.y, ah[ks][2], al[ks][2]);
-            split_h2(x11.x, x11.y, ah[ks][3], al[ks][3]);
-        }
-    }
+    idx_load_a(q0, q1, h0 < heads, h1 < heads, ks_n, tq, ah, al);
     float w0 = h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
     float w1 = h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
     // Lo parts that are all zero (f16-exact queries or rows, the QAT grid) add exact
     // zeros: their mma is skipped, the bits stay (see indexer_scores_tt).
-    u32 anz = 0;
-#pragma unroll
-    for (int ks = 0; ks < IDX_MAX_KS; ks++)
-        if (ks < ks_n) anz |= al[ks][0] | al[ks][1] | al[ks][2] | al[ks][3];
-    bool a_lo = lo_all || __any_sync(0xffffffffu, anz != 0);
+    bool a_lo = lo_all || idx_any_lo(al, ks_n);
     for (int r0 = blockIdx.x * rpb; r0 < n; r0 += gridDim.x * rpb) {
         int r_end = min(r0 + rpb, n);
         for (int nb = r0; nb < r_end; nb += 8) {
@@ -3013,13 +3038,8 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
                 }
             }
             // c: (head h0, rows nb+2tq, +1), (head h1, same rows).
-            float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
-            float s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) {
-                s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-                s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-            }
+            float s0, s1;
+            idx_head_sums(c, w0, w1, s0, s1);
             if (g == 0) {
                 part[warp][nb - r0 + 2 * tq] = s0;
                 part[warp][nb - r0 + 2 * tq + 1] = s1;
@@ -3071,32 +3091,14 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
     int h0 = 16 * wg + g, h1 = h0 + 8;
     const float* q0 = qi + ((size_t)(tok ? t : 0) * heads + h0) * di;
     const float* q1 = qi + ((size_t)(tok ? t : 0) * heads + h1) * di;
-#pragma unroll
-    for (int ks = 0; ks < IDX_MAX_KS; ks++) {
-        if (ks < ks_n) {
-            int c = 16 * ks + 2 * tq;
-            bool o0 = tok && h0 < heads, o1 = tok && h1 < heads;
-            float2 x00 = o0 ? *(const float2*)(q0 + c) : make_float2(0.0f, 0.0f);
-            float2 x10 = o1 ? *(const float2*)(q1 + c) : make_float2(0.0f, 0.0f);
-            float2 x01 = o0 ? *(const float2*)(q0 + c + 8) : make_float2(0.0f, 0.0f);
-            float2 x11 = o1 ? *(const float2*)(q1 + c + 8) : make_float2(0.0f, 0.0f);
-            split_h2(x00.x, x00.y, ah[ks][0], al[ks][0]);
-            split_h2(x10.x, x10.y, ah[ks][1], al[ks][1]);
-            split_h2(x01.x, x01.y, ah[ks][2], al[ks][2]);
-            split_h2(x11.x, x11.y, ah[ks][3], al[ks][3]);
-        }
-    }
+    idx_load_a(q0, q1, tok && h0 < heads, tok && h1 < heads, ks_n, tq, ah, al);
     float w0 = tok && h0 < heads ? wi[(size_t)t * heads + h0] : 0.0f;
     float w1 = tok && h1 < heads ? wi[(size_t)t * heads + h1] : 0.0f;
     // Queries or rows exact in f16 (the QAT simulation puts both on the fp4 grid) have
     // zero lo parts: their mma adds exact zeros, which leaves every accumulator's bits as
     // they are (it starts at +0, and x + 0 = x, +0 + ±0 = +0), so it is skipped — a third
     // of the mma work each where both are exact.
-    u32 anz = 0;
-#pragma unroll
-    for (int ks = 0; ks < IDX_MAX_KS; ks++)
-        if (ks < ks_n) anz |= al[ks][0] | al[ks][1] | al[ks][2] | al[ks][3];
-    bool a_lo = __any_sync(0xffffffffu, anz != 0);
+    bool a_lo = idx_any_lo(al, ks_n);
     int q4 = di >> 2;
     for (int r0 = blockIdx.x * rpb; r0 < n_max; r0 += gridDim.x * rpb) {
         int r_end = min(r0 + rpb, n_max);
@@ -3132,13 +3134,8 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
                     }
                 }
             }
-            float s0 = w0 * fmaxf(c[0], 0.0f) + w1 * fmaxf(c[2], 0.0f);
-            float s1 = w0 * fmaxf(c[1], 0.0f) + w1 * fmaxf(c[3], 0.0f);
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) {
-                s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-                s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-            }
+            float s0, s1;
+            idx_head_sums(c, w0, w1, s0, s1);
             if (g == 0) {
                 float* pp = part + (tl * hg + wg) * rpb + nb - r0 + 2 * tq;
                 pp[0] = s0;
@@ -3172,6 +3169,74 @@ __device__ __forceinline__ u32 order_key(float f) {
 // one shared address taking hundreds of atomics serializes them) and finds the digit
 // holding the k-th key by a parallel scan over the 256 counts (blockDim >= 256), not
 // one thread's walk: a decode step waits on this kernel.
+// The digit of the `remaining`-th largest candidate key, from thread j < 256's count of
+// candidates whose digit is 255 - j (every thread of the block calls; the result in
+// *found_digit and *found_remaining, shared). An inclusive scan in that order counts the
+// candidates whose digit is >= d; the digit is where that count first reaches
+// `remaining` — a parallel scan, not one thread's walk over 256 counts.
+__device__ __forceinline__ void topk_digit(u32 cnt, u32 remaining, u32* wsum, u32* found_digit,
+                                           u32* found_remaining) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    u32 ge = cnt;
+    if (threadIdx.x < 256) {
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            u32 y = __shfl_up_sync(0xffffffffu, ge, o);
+            if (lane >= o) ge += y;
+        }
+        if (lane == 31) wsum[w] = ge;
+    }
+    __syncthreads();
+    if (threadIdx.x < 256) {
+        for (int x = 0; x < w; x++) ge += wsum[x];
+        u32 gt = ge - cnt;
+        if (gt < remaining && ge >= remaining) {
+            *found_digit = 255 - threadIdx.x;
+            *found_remaining = remaining - gt;
+        }
+    }
+    __syncthreads();
+}
+
+// Writes the rows of [lo, hi) that are taken — keys above `kth`, and keys equal to it
+// while fewer than `take_eq` equal ones come before — in increasing order to selt, after
+// the *base_take rows taken and the *base_eq equal rows met before `lo` (shared; set by
+// the caller before a barrier, advanced here).
+__device__ __forceinline__ void topk_compact(const float* s, int lo, int hi, u32 kth, u32 take_eq,
+                                             int* selt, u32* warp_cnt, u32* base_take,
+                                             u32* base_eq) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int start = lo; start < hi; start += blockDim.x) {
+        int i = start + threadIdx.x;
+        u32 key = i < hi ? order_key(s[i]) : 0;
+        bool gt = i < hi && key > kth;
+        bool eq = i < hi && key == kth;
+        // in-order rank of this row among equal keys
+        u32 eq_mask = __ballot_sync(0xffffffffu, eq);
+        if (lane == 0) warp_cnt[w] = __popc(eq_mask);
+        __syncthreads();
+        u32 before = 0;
+        for (int x = 0; x < w; x++) before += warp_cnt[x];
+        u32 tile_eq = 0;
+        for (int x = 0; x < nw; x++) tile_eq += warp_cnt[x];
+        u32 eq_rank = *base_eq + before + __popc(eq_mask & ((1u << lane) - 1));
+        bool take = gt || (eq && eq_rank < take_eq);
+        __syncthreads();
+        u32 tk_mask = __ballot_sync(0xffffffffu, take);
+        if (lane == 0) warp_cnt[w] = __popc(tk_mask);
+        __syncthreads();
+        u32 tbefore = 0, tile_take = 0;
+        for (int x = 0; x < nw; x++) {
+            if (x < w) tbefore += warp_cnt[x];
+            tile_take += warp_cnt[x];
+        }
+        if (take) selt[*base_take + tbefore + __popc(tk_mask & ((1u << lane) - 1))] = i;
+        __syncthreads();
+        if (threadIdx.x == 0) { *base_take += tile_take; *base_eq += tile_eq; }
+        __syncthreads();
+    }
+}
+
 // One block's selection of k of the n scores at `s` into `selt` (the body of topk_select;
 // topk_select_cl's rank 0 runs it alone for a short row count).
 __device__ __forceinline__ void topk_block(const float* s, int n, int* selt, int k) {
@@ -3179,8 +3244,8 @@ __device__ __forceinline__ void topk_block(const float* s, int n, int* selt, int
     __shared__ u32 wsum[8];
     __shared__ u32 found_digit, found_remaining;
     __shared__ u32 warp_cnt[32];
-    __shared__ u32 base_gt, base_eq;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __shared__ u32 base_take, base_eq;
+    int lane = threadIdx.x & 31;
     u32 prefix = 0, prefix_mask = 0, remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
         if (threadIdx.x < 256) hist[threadIdx.x] = 0;
@@ -3195,68 +3260,17 @@ __device__ __forceinline__ void topk_block(const float* s, int n, int* selt, int
             if (in && lane == __ffs(peers) - 1) atomicAdd(&hist[d], (u32)__popc(peers));
         }
         __syncthreads();
-        // Thread j < 256 takes digit 255 - j: an inclusive scan in that order counts the
-        // candidates whose digit is >= d; the k-th key's digit is the one where that
-        // count first reaches `remaining`.
-        u32 cnt = 0, ge = 0;
-        if (threadIdx.x < 256) {
-            cnt = hist[255 - threadIdx.x];
-            ge = cnt;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                u32 y = __shfl_up_sync(0xffffffffu, ge, o);
-                if (lane >= o) ge += y;
-            }
-            if (lane == 31) wsum[w] = ge;
-        }
-        __syncthreads();
-        if (threadIdx.x < 256) {
-            for (int x = 0; x < w; x++) ge += wsum[x];
-            u32 gt = ge - cnt;
-            if (gt < remaining && ge >= remaining) {
-                found_digit = 255 - threadIdx.x;
-                found_remaining = remaining - gt;
-            }
-        }
-        __syncthreads();
+        topk_digit(threadIdx.x < 256 ? hist[255 - threadIdx.x] : 0, remaining, wsum, &found_digit,
+                   &found_remaining);
         prefix |= found_digit << shift;
         prefix_mask |= 0xffu << shift;
         remaining = found_remaining;
     }
     // prefix is now the k-th largest key; `remaining` of the rows equal to it are taken
     // (the lowest-numbered ones), with every row above it.
-    u32 kth = prefix, take_eq = remaining;
-    if (threadIdx.x == 0) { base_gt = 0; base_eq = 0; }
+    if (threadIdx.x == 0) { base_take = 0; base_eq = 0; }
     __syncthreads();
-    for (int start = 0; start < n; start += blockDim.x) {
-        int i = start + threadIdx.x;
-        u32 key = i < n ? order_key(s[i]) : 0;
-        bool gt = i < n && key > kth;
-        bool eq = i < n && key == kth;
-        // in-order rank of this row among equal keys
-        u32 eq_mask = __ballot_sync(0xffffffffu, eq);
-        if (lane == 0) warp_cnt[w] = __popc(eq_mask);
-        __syncthreads();
-        u32 before = 0;
-        for (int x = 0; x < w; x++) before += warp_cnt[x];
-        u32 tile_eq = 0;
-        for (int x = 0; x < nw; x++) tile_eq += warp_cnt[x];
-        u32 eq_rank = base_eq + before + __popc(eq_mask & ((1u << lane) - 1));
-        bool take = gt || (eq && eq_rank < take_eq);
-        __syncthreads();
-        u32 tk_mask = __ballot_sync(0xffffffffu, take);
-        if (lane == 0) warp_cnt[w] = __popc(tk_mask);
-        __syncthreads();
-        u32 tbefore = 0, tile_take = 0;
-        for (int x = 0; x < nw; x++) {
-            if (x < w) tbefore += warp_cnt[x];
-            tile_take += warp_cnt[x];
-        }
-        if (take) selt[base_gt + tbefore + __popc(tk_mask & ((1u << lane) - 1))] = i;
-        __syncthreads();
-        if (threadIdx.x == 0) { base_gt += tile_take; base_eq += tile_eq; }
-        __syncthreads();
-    }
+    topk_compact(s, 0, n, prefix, remaining, selt, warp_cnt, &base_take, &base_eq);
 }
 extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel, const int* pos0p,
                                        int ratio, int max_rows, int k) { pdl_begin();
@@ -3307,7 +3321,7 @@ topk_select_cl(const float* scores, int* sel, int* nsel, const int* pos0p, int r
     __shared__ u32 wsum[8];
     __shared__ u32 found_digit, found_remaining;
     __shared__ u32 warp_cnt[32];
-    __shared__ u32 base_gt, base_eq, blk_gt, blk_eq;
+    __shared__ u32 base_take, base_eq, blk_gt, blk_eq;
     int t = blockIdx.y;
     u32 rank = cluster_rank();
     int n = (pos0 + t + 1) / ratio;
@@ -3325,7 +3339,7 @@ topk_select_cl(const float* scores, int* sel, int* nsel, const int* pos0p, int r
         return;
     }
     const float* s = scores + (size_t)t * max_rows;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31;
     int sl = ((n + TK_CL - 1) / TK_CL + 31) & ~31;
     int lo = min(n, (int)rank * sl), hi = min(n, lo + sl);
     u32 prefix = 0, prefix_mask = 0, remaining = k;
@@ -3343,27 +3357,11 @@ topk_select_cl(const float* scores, int* sel, int* nsel, const int* pos0p, int r
             if (in && lane == __ffs(peers) - 1) atomicAdd(&h[d], (u32)__popc(peers));
         }
         cluster_barrier();
-        u32 cnt = 0, ge = 0;
-        if (threadIdx.x < 256) {
+        // The cluster's count of digit 255 - j, added over the blocks in rank order.
+        u32 cnt = 0;
+        if (threadIdx.x < 256)
             for (u32 r = 0; r < TK_CL; r++) cnt += dsmem_ld(&h[255 - threadIdx.x], r);
-            ge = cnt;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                u32 y = __shfl_up_sync(0xffffffffu, ge, o);
-                if (lane >= o) ge += y;
-            }
-            if (lane == 31) wsum[w] = ge;
-        }
-        __syncthreads();
-        if (threadIdx.x < 256) {
-            for (int x = 0; x < w; x++) ge += wsum[x];
-            u32 gt = ge - cnt;
-            if (gt < remaining && ge >= remaining) {
-                found_digit = 255 - threadIdx.x;
-                found_remaining = remaining - gt;
-            }
-        }
-        __syncthreads();
+        topk_digit(cnt, remaining, wsum, &found_digit, &found_remaining);
         prefix |= found_digit << shift;
         prefix_mask |= 0xffu << shift;
         remaining = found_remaining;
@@ -3391,38 +3389,11 @@ topk_select_cl(const float* scores, int* sel, int* nsel, const int* pos0p, int r
         }
         // Rows taken before this block: every row above the k-th key, and the first
         // take_eq of those equal to it.
-        base_gt = bg + min(be, take_eq);
+        base_take = bg + min(be, take_eq);
         base_eq = be;
     }
     __syncthreads();
-    for (int start = lo; start < hi; start += blockDim.x) {
-        int i = start + threadIdx.x;
-        u32 key = i < hi ? order_key(s[i]) : 0;
-        bool gt = i < hi && key > kth;
-        bool eq = i < hi && key == kth;
-        u32 eq_mask = __ballot_sync(0xffffffffu, eq);
-        if (lane == 0) warp_cnt[w] = __popc(eq_mask);
-        __syncthreads();
-        u32 before = 0;
-        for (int x = 0; x < w; x++) before += warp_cnt[x];
-        u32 tile_eq = 0;
-        for (int x = 0; x < nw; x++) tile_eq += warp_cnt[x];
-        u32 eq_rank = base_eq + before + __popc(eq_mask & ((1u << lane) - 1));
-        bool take = gt || (eq && eq_rank < take_eq);
-        __syncthreads();
-        u32 tk_mask = __ballot_sync(0xffffffffu, take);
-        if (lane == 0) warp_cnt[w] = __popc(tk_mask);
-        __syncthreads();
-        u32 tbefore = 0, tile_take = 0;
-        for (int x = 0; x < nw; x++) {
-            if (x < w) tbefore += warp_cnt[x];
-            tile_take += warp_cnt[x];
-        }
-        if (take) sel[(size_t)t * k + base_gt + tbefore + __popc(tk_mask & ((1u << lane) - 1))] = i;
-        __syncthreads();
-        if (threadIdx.x == 0) { base_gt += tile_take; base_eq += tile_eq; }
-        __syncthreads();
-    }
+    topk_compact(s, lo, hi, kth, take_eq, sel + (size_t)t * k, warp_cnt, &base_take, &base_eq);
     // No block leaves while another may still read its counts.
     cluster_barrier();
     if (rank == 0 && threadIdx.x == 0) nsel[t] = k;
