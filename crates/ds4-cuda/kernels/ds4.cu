@@ -3066,8 +3066,7 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
 // bit (a decode step and a run still select the same rows). Grid (row blocks, ceil(T /
 // IDX_TT)); a block walks ranges of rpb rows blockIdx.x, + gridDim.x, .. up to the
 // largest count its tokens see; 32 · hg · IDX_TT threads; dynamic shared memory
-// idx_tt_shared(rpb, di, hg).
-#define IDX_TT 4
+// 2 · rpb · (di + 8) halves and IDX_TT · hg · rpb floats (the host's indexer_scores_launch).
 extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
     const float* qi, const float* wi, const float* rows, float* scores, int heads, int di,
     const int* pos0p, int ratio, int max_rows, int rpb, int T) { pdl_begin();
@@ -3296,8 +3295,7 @@ extern "C" __global__ void topk_select(const float* scores, int* sel, int* nsel,
 // profiled step, on the chain. Warps whose rows hold no candidate skip the digit count.
 // Grid (TK_CL, T), 1,024 threads; the histograms alternate by pass parity, so a block
 // zeroing one for the pass after next cannot meet another block still reading it.
-#define TK_CL 8
-#define TK_CL_MIN 2048
+// TK_CL and TK_CL_MIN (like IDX_TT) come from the host (source.rs), which sizes the launch.
 __device__ __forceinline__ u32 cluster_rank() {
     u32 r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));

@@ -807,8 +807,8 @@ fn idx_lo_skip_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IDX_LOSKIP").map_or(true, |v| v != "0"))
 }
 
-/// Tokens a block of `indexer_scores_tt` (its IDX_TT).
-const IDX_TT: usize = 4;
+/// Tokens a block of `indexer_scores_tt` (IDX_TT in ds4.cu, defined from this).
+pub(crate) const IDX_TT: usize = 4;
 
 /// Whether runs score the indexer's rows a few tokens a block (`indexer_scores_tt`, the
 /// same scores) rather than one (`DS4_CUDA_IDX_TT=0`, for comparisons).
@@ -1228,14 +1228,15 @@ fn topk_cluster_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_TOPK_CL").map_or(true, |v| v != "0"))
 }
 
-/// Blocks a token of `topk_select_cl` (its TK_CL, the compiled cluster size).
-const TOPK_CLUSTER: u32 = 8;
+/// Blocks a token of `topk_select_cl` (its compiled cluster size, TK_CL in ds4.cu,
+/// defined from this).
+pub(crate) const TOPK_CLUSTER: u32 = 8;
 
-/// Rows up to which `topk_select_cl` leaves the selection to its first block (its
-/// TK_CL_MIN); a state that never holds more takes `topk_select` (no cluster launch).
+/// Rows up to which `topk_select_cl` leaves the selection to its first block (TK_CL_MIN
+/// in ds4.cu, defined from this); a state that never holds more takes `topk_select` (no cluster launch).
 /// H200 (v18): the cluster at every count cost 7,287 against 7,205 µs a step at 2,100
 /// (525 rows), and saved 8,666 → 7,892 µs at 65,600 (16k rows).
-const TOPK_CLUSTER_MIN: usize = 2048;
+pub(crate) const TOPK_CLUSTER_MIN: usize = 2048;
 
 /// The indexer's top-k for `t` tokens over scores rows of `max_rows`: a cluster of
 /// TOPK_CLUSTER blocks a token with `cluster`, else one block a token.

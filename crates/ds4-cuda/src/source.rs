@@ -128,6 +128,10 @@ pub fn program() -> String {
         ("DS4_F16_LB", num("DS4_CUDA_F16_LB", 0, 4)),
         ("DS4_R2_LB", num("DS4_CUDA_R2_LB", 8, 16)),
         ("DS4_Q8_U", num("DS4_CUDA_Q8_U", 4, 8)),
+        // Shapes the host sizes launches by: one definition each.
+        ("IDX_TT", crate::forward::IDX_TT as u32),
+        ("TK_CL", crate::forward::TOPK_CLUSTER),
+        ("TK_CL_MIN", crate::forward::TOPK_CLUSTER_MIN as u32),
     ];
     for (name, value) in defines {
         s.push_str(&format!("#define {name} {value}\n"));
