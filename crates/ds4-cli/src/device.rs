@@ -42,7 +42,7 @@ impl Loaded<'_> {
     /// Tokens per prefill batch: the GPU's (chosen at load when asked), else ds4's.
     pub fn batch(&self) -> usize {
         match self {
-            Loaded::Cpu(_) => ds4_cuda::DEFAULT_MAX_BATCH,
+            Loaded::Cpu(_) => ds4_engine::session::DEFAULT_PREFILL_CHUNK,
             Loaded::Cuda(b) => b.max_batch(),
         }
     }

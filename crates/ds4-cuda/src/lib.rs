@@ -121,6 +121,11 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
+    /// The longest run one forward call takes (a state's scratch is sized for it).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Uploads `model`'s weights to GPU `ordinal`. Refuses, before allocating, when
     /// the weights plus a `ctx`-token state would not fit, saying how much is needed.
     /// `max_batch` 0 lets it choose from [`AUTO_BATCHES`] by the card's free memory.
@@ -201,13 +206,6 @@ impl CudaBackend {
             max_batch,
             upload_s,
         })
-    }
-}
-
-impl CudaBackend {
-    /// The longest run one forward call takes (a state's scratch is sized for it).
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
     }
 }
 
