@@ -34,6 +34,25 @@ __device__ __forceinline__ u16 f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+
+// KV rows as the state stores them: f32, or f16 (KV = u16) where the QAT simulation has
+// rounded every stored row to f16 — then the f16 bits are the value exactly, in half the
+// bytes. Row readers and writers are templates over the two.
+__device__ __forceinline__ float kv_get(const float* p) { return *p; }
+__device__ __forceinline__ float kv_get(const u16* p) { return h2f(*p); }
+__device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_put(u16* p, float v) { *p = f2h(v); }
+__device__ __forceinline__ float2 kv_get2(const float* p) { return *(const float2*)p; }
+__device__ __forceinline__ float2 kv_get2(const u16* p) {
+    u32 w = *(const u32*)p;
+    return make_float2(h2f((u16)(w & 0xffffu)), h2f((u16)(w >> 16)));
+}
+__device__ __forceinline__ float4 kv_ldg4(const float* p) { return __ldg((const float4*)p); }
+__device__ __forceinline__ float4 kv_ldg4(const u16* p) {
+    uint2 w = __ldg((const uint2*)p);
+    return make_float4(h2f((u16)(w.x & 0xffffu)), h2f((u16)(w.x >> 16)),
+                       h2f((u16)(w.y & 0xffffu)), h2f((u16)(w.y >> 16)));
+}
 __device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
 __device__ __forceinline__ u16 rd16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
 __device__ __forceinline__ u32 rd32(const u8* p) {
@@ -767,6 +786,7 @@ __device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_by
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
 
 // One stage's products of a 64-row × 64-token tile: MM_KB Q8_0 blocks of each operand in
 // shared memory (rows padded to MM_LD bytes); per block each warp issues int8
@@ -2549,8 +2569,9 @@ __device__ void qat_indexer_vec(float* v, int n, float* sh_amax) {
 // take, so the same sums), RoPE at its position, the KV QAT, stored into the ring of raw
 // rows at slot pos % ring. One block per token, its row at kv + t·kv_stride; dynamic
 // shared: hd floats.
+template <typename KV>
 __device__ __forceinline__ void kv_store_row(const float* kv, int kv_stride, const float* nw,
-                                             float eps, float* ring, int ring_rows, int hd,
+                                             float eps, KV* ring, int ring_rows, int hd,
                                              const float* freqs, int n_rot, int pos0, int sim,
                                              int t) {
     extern __shared__ float row[];
@@ -2569,8 +2590,8 @@ __device__ __forceinline__ void kv_store_row(const float* kv, int kv_stride, con
         rope_pair(&row[off + 2 * k], &row[off + 2 * k + 1], pos, freqs[k], 0);
     __syncthreads();
     if (sim) qat_kv_row(row, hd, hd - n_rot, amax);
-    float* dst = ring + (size_t)(pos % ring_rows) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = row[i];
+    KV* dst = ring + (size_t)(pos % ring_rows) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) kv_put(dst + i, row[i]);
 }
 
 extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float* nw, float eps,
@@ -2579,29 +2600,47 @@ extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float*
     kv_store_row(kv, kv_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
                  blockIdx.x);
 }
+extern "C" __global__ void kv_store_kh(const float* kv, int kv_stride, const float* nw, float eps,
+                                       u16* ring, int ring_rows, int hd, const float* freqs,
+                                       int n_rot, const int* pos0p, int sim) { pdl_begin();
+    kv_store_row(kv, kv_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
+                 blockIdx.x);
+}
 
 // The q_a norm (rms_norm, blocks y = 0) and the K=V row's store (kv_store, y = 1) of the
 // same [q_a; kv] product in one launch: both read only that product, and the decode
 // chain then waits on one short kernel instead of two in a row.
 extern "C" __global__ void qa_norm_kv_store(const float* x, const float* w, float* y, int n,
-                                            int x_stride, float eps, i8* q, float* d,
-                                            const float* kv, const float* nw, float* ring,
-                                            int ring_rows, int hd, const float* freqs,
-                                            int n_rot, const int* pos0p, int sim) { pdl_begin();
+                                int x_stride, float eps, i8* q, float* d, const float* kv,
+                                const float* nw, float* ring, int ring_rows, int hd,
+                                const float* freqs, int n_rot, const int* pos0p, int sim) {
+    pdl_begin();
     if (blockIdx.y == 0)
         rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);
     else
-        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
-                     blockIdx.x);
+        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p,
+                     sim, blockIdx.x);
+}
+extern "C" __global__ void qa_norm_kv_store_kh(const float* x, const float* w, float* y, int n,
+                                int x_stride, float eps, i8* q, float* d, const float* kv,
+                                const float* nw, u16* ring, int ring_rows, int hd,
+                                const float* freqs, int n_rot, const int* pos0p, int sim) {
+    pdl_begin();
+    if (blockIdx.y == 0)
+        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);
+    else
+        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p,
+                     sim, blockIdx.x);
 }
 
 // The end of one compressed row, thread j holding its pooled value j (threads ≥ d hold
 // 0 and only join the block-wide steps): RMSNorm with weight `norm`, RoPE at `rpos`, the
 // row's quantization simulation (sim as in compress_run), then the store to `row`.
 // `out` is d floats of shared memory.
+template <typename KV>
 __device__ void compress_finish(float pooled, const float* norm, int d, float eps,
                                 const float* freqs, int n_rot, int rpos, int sim, float* out,
-                                double* shd, float* amax, float* row) {
+                                double* shd, float* amax, KV* row) {
     int j = threadIdx.x;
     bool act = j < d;
     double ss = block_sum_d((double)pooled * (double)pooled, shd);
@@ -2618,7 +2657,7 @@ __device__ void compress_finish(float pooled, const float* norm, int d, float ep
         if (act) out[j] = f16_round(out[j]);
         __syncthreads();
     }
-    if (act) row[j] = out[j];
+    if (act) kv_put(row + j, out[j]);
 }
 
 // The compressor's pooling of one output column over its n slots: a softmax of the slot
@@ -2652,11 +2691,12 @@ template <typename Slot> __device__ __forceinline__ float compress_pool(int n_sl
 // of every slot, so pooling needs no synchronization.
 // sim: 0 none, 1 attention row (fp8 on nope dims + f16), 2 indexer row (Hadamard+fp4, f16).
 // Closed rows are written at index (pos + 1) / ratio − 1 of `rows`.
-extern "C" __global__ void compress_run(const float* kvp, const float* gate, int in_stride,
+template <typename KV>
+__device__ __forceinline__ void compress_run_body(const float* kvp, const float* gate, int in_stride,
                                         const float* ape,
                                         const float* norm, float* front_kv, float* front_score,
-                                        float* rows, int T, const int* pos0p, int ratio, int coff, int d,
-                                        float eps, const float* freqs, int n_rot, int sim) { pdl_begin();
+                                        KV* rows, int T, const int* pos0p, int ratio, int coff, int d,
+                                        float eps, const float* freqs, int n_rot, int sim) {
     int pos0 = *pos0p;
     extern __shared__ float out[];  // d floats
     __shared__ double shd[32];
@@ -2704,6 +2744,24 @@ extern "C" __global__ void compress_run(const float* kvp, const float* gate, int
         __syncthreads();
     }
 }
+extern "C" __global__ void compress_run(const float* kvp, const float* gate, int in_stride,
+                                const float* ape, const float* norm, float* front_kv,
+                                float* front_score, float* rows, int T, const int* pos0p,
+                                int ratio, int coff, int d, float eps, const float* freqs,
+                                int n_rot, int sim) {
+    pdl_begin();
+    compress_run_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows, T,
+                      pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
+}
+extern "C" __global__ void compress_run_kh(const float* kvp, const float* gate, int in_stride,
+                                const float* ape, const float* norm, float* front_kv,
+                                float* front_score, u16* rows, int T, const int* pos0p,
+                                int ratio, int coff, int d, float eps, const float* freqs,
+                                int n_rot, int sim) {
+    pdl_begin();
+    compress_run_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows, T,
+                      pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
+}
 
 // The compressor for a run of tokens (prefill), its rows in parallel: one block per row
 // closed in the run, the same pooling as compress_run. A row's window (and, for
@@ -2736,11 +2794,12 @@ __device__ __forceinline__ void compress_token(const float* kvp, const float* ga
     *score = front_score[(size_t)slot * width + col];
 }
 
-extern "C" __global__ void compress_rows(const float* kvp, const float* gate, int in_stride,
+template <typename KV>
+__device__ __forceinline__ void compress_rows_body(const float* kvp, const float* gate, int in_stride,
                                          const float* ape, const float* norm,
                                          const float* front_kv, const float* front_score,
-                                         float* rows, const int* pos0p, int ratio, int coff, int d,
-                                         float eps, const float* freqs, int n_rot, int sim) { pdl_begin();
+                                         KV* rows, const int* pos0p, int ratio, int coff, int d,
+                                         float eps, const float* freqs, int n_rot, int sim) {
     int pos0 = *pos0p;
     extern __shared__ float out[];  // d floats
     __shared__ double shd[32];
@@ -2764,6 +2823,24 @@ extern "C" __global__ void compress_rows(const float* kvp, const float* gate, in
         });
     compress_finish(pooled, norm, d, eps, freqs, n_rot, ws, sim, out, shd, amax,
                     rows + (size_t)((p + 1) / ratio - 1) * d);
+}
+extern "C" __global__ void compress_rows(const float* kvp, const float* gate, int in_stride,
+                                const float* ape, const float* norm, const float* front_kv,
+                                const float* front_score, float* rows, const int* pos0p,
+                                int ratio, int coff, int d, float eps, const float* freqs,
+                                int n_rot, int sim) {
+    pdl_begin();
+    compress_rows_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows,
+                       pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
+}
+extern "C" __global__ void compress_rows_kh(const float* kvp, const float* gate, int in_stride,
+                                const float* ape, const float* norm, const float* front_kv,
+                                const float* front_score, u16* rows, const int* pos0p,
+                                int ratio, int coff, int d, float eps, const float* freqs,
+                                int n_rot, int sim) {
+    pdl_begin();
+    compress_rows_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows,
+                       pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
 }
 
 // The frontier after a run of T tokens from pos0, as compress_run leaves it for every
@@ -2901,26 +2978,39 @@ extern "C" __global__ void indexer_prep_w(float* qi, float* wi, int heads, int d
 
 // score[t, r] = Σ_h w_h · relu(q_h · row_r) for every row visible to token t
 // (rows closed by positions ≤ pos). One warp per row; grid (row blocks, T).
-extern "C" __global__ void indexer_scores(const float* qi, const float* wi, const float* rows,
+template <typename KV>
+__device__ __forceinline__ void indexer_scores_body(const float* qi, const float* wi, const KV* rows,
                                           float* scores, int heads, int di, const int* pos0p,
-                                          int ratio, int max_rows) { pdl_begin();
+                                          int ratio, int max_rows) {
     int pos0 = *pos0p;
     int t = blockIdx.y;
     int n = (pos0 + t + 1) / ratio;
     int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (r >= n) return;
-    const float* row = rows + (size_t)r * di;
+    const KV* row = rows + (size_t)r * di;
     const float* q = qi + (size_t)t * heads * di;
     const float* w = wi + (size_t)t * heads;
     float acc = 0.0f;
     for (int h = 0; h < heads; h++) {
         float p = 0.0f;
-        for (int i = lane; i < di; i += 32) p += q[h * di + i] * row[i];
+        for (int i = lane; i < di; i += 32) p += q[h * di + i] * kv_get(row + i);
         p = warp_sum(p);
         acc += w[h] * fmaxf(p, 0.0f);
     }
     if (lane == 0) scores[(size_t)t * max_rows + r] = acc;
+}
+extern "C" __global__ void indexer_scores(const float* qi, const float* wi, const float* rows,
+                                float* scores, int heads, int di, const int* pos0p,
+                                int ratio, int max_rows) {
+    pdl_begin();
+    indexer_scores_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows);
+}
+extern "C" __global__ void indexer_scores_kh(const float* qi, const float* wi, const u16* rows,
+                                float* scores, int heads, int di, const int* pos0p,
+                                int ratio, int max_rows) {
+    pdl_begin();
+    indexer_scores_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows);
 }
 
 // The same scores on the tensor cores (heads a multiple of 16 up to 64 after padding,
@@ -2983,10 +3073,10 @@ __device__ __forceinline__ void idx_head_sums(const float (&c)[4], float w0, flo
         s1 += __shfl_xor_sync(0xffffffffu, s1, o);
     }
 }
-extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, const float* rows,
+template <typename KV>
+__device__ __forceinline__ void indexer_scores_mma_body(const float* qi, const float* wi, const KV* rows,
                                               float* scores, int heads, int di, const int* pos0p,
                                               int ratio, int max_rows, int rpb, int lo_all) {
-    pdl_begin();
     __shared__ float part[4][256];
     int pos0 = *pos0p;
     int t = blockIdx.y;
@@ -3014,15 +3104,15 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
         for (int nb = r0; nb < r_end; nb += 8) {
             // B fragment: column = row nb + g, k = 2tq, 2tq+1 and 2tq+8, 2tq+9.
             int rb = nb + g;
-            const float* rp = rows + (size_t)rb * di;
+            const KV* rp = rows + (size_t)rb * di;
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             u32 bh[IDX_MAX_KS][2], bl[IDX_MAX_KS][2], bnz = 0;
 #pragma unroll
             for (int ks = 0; ks < IDX_MAX_KS; ks++) {
                 if (ks < ks_n) {
                     int k = 16 * ks + 2 * tq;
-                    float2 y0 = rb < n ? *(const float2*)(rp + k) : make_float2(0.0f, 0.0f);
-                    float2 y1 = rb < n ? *(const float2*)(rp + k + 8) : make_float2(0.0f, 0.0f);
+                    float2 y0 = rb < n ? kv_get2(rp + k) : make_float2(0.0f, 0.0f);
+                    float2 y1 = rb < n ? kv_get2(rp + k + 8) : make_float2(0.0f, 0.0f);
                     split_h2(y0.x, y0.y, bh[ks][0], bl[ks][0]);
                     split_h2(y1.x, y1.y, bh[ks][1], bl[ks][1]);
                     bnz |= bl[ks][0] | bl[ks][1];
@@ -3055,6 +3145,20 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
         __syncthreads();  // part is the next range's
     }
 }
+extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, const float* rows,
+                                float* scores, int heads, int di, const int* pos0p,
+                                int ratio, int max_rows, int rpb, int lo_all) {
+    pdl_begin();
+    indexer_scores_mma_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb,
+                            lo_all);
+}
+extern "C" __global__ void indexer_scores_mma_kh(const float* qi, const float* wi, const u16* rows,
+                                float* scores, int heads, int di, const int* pos0p,
+                                int ratio, int max_rows, int rpb, int lo_all) {
+    pdl_begin();
+    indexer_scores_mma_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb,
+                            lo_all);
+}
 
 // indexer_scores_mma for a run of tokens (prefill), IDX_TT tokens a block: warp w takes
 // head group w % hg (hg = ceil(heads / 16)) of token w / hg, with that token's A
@@ -3067,9 +3171,10 @@ extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, 
 // IDX_TT)); a block walks ranges of rpb rows blockIdx.x, + gridDim.x, .. up to the
 // largest count its tokens see; 32 · hg · IDX_TT threads; dynamic shared memory
 // 2 · rpb · (di + 8) halves and IDX_TT · hg · rpb floats (the host's indexer_scores_launch).
-extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
-    const float* qi, const float* wi, const float* rows, float* scores, int heads, int di,
-    const int* pos0p, int ratio, int max_rows, int rpb, int T) { pdl_begin();
+template <typename KV>
+__device__ __forceinline__ void indexer_scores_tt_body(
+    const float* qi, const float* wi, const KV* rows, float* scores, int heads, int di,
+    const int* pos0p, int ratio, int max_rows, int rpb, int T) {
     extern __shared__ __align__(16) u8 idx_sm[];
     const int ld = di + 8;  // halves a staged row: B fragment words conflict-free
     int hg = (heads + 15) >> 4;
@@ -3106,7 +3211,7 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
         u32 bnz = 0;
         for (int i = threadIdx.x; i < rpb * q4; i += blockDim.x) {
             int j = i / q4, c = 4 * (i % q4);
-            float4 v = r0 + j < n_max ? __ldg((const float4*)(rows + (size_t)(r0 + j) * di + c))
+            float4 v = r0 + j < n_max ? kv_ldg4(rows + (size_t)(r0 + j) * di + c)
                                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             u32 h01, l01, h23, l23;
             split_h2(v.x, v.y, h01, l01);
@@ -3152,6 +3257,18 @@ extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
             scores[(size_t)ti * max_rows + r0 + j] = acc;
         }
     }
+}
+extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
+    const float* qi, const float* wi, const float* rows, float* scores, int heads, int di,
+    const int* pos0p, int ratio, int max_rows, int rpb, int T) {
+    pdl_begin();
+    indexer_scores_tt_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb, T);
+}
+extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt_kh(
+    const float* qi, const float* wi, const u16* rows, float* scores, int heads, int di,
+    const int* pos0p, int ratio, int max_rows, int rpb, int T) {
+    pdl_begin();
+    indexer_scores_tt_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb, T);
 }
 
 __device__ __forceinline__ u32 order_key(float f) {
@@ -3421,10 +3538,11 @@ __device__ __forceinline__ AttnRows attn_rows(int pos, int t, int window, int ra
 
 // Rows r0 .. r0+nr of those into rowp[0..nr): raw rows through the ring, compressed rows
 // through the selection (each address looked up once per block).
+template <typename KV>
 __device__ __forceinline__ void attn_row_table(const AttnRows& ar, int r0, int nr,
-                                               const float* ring, int ring_rows,
-                                               const float* comp, const int* sel, int sel_k,
-                                               int t, int hd, const float** rowp) {
+                                               const KV* ring, int ring_rows,
+                                               const KV* comp, const int* sel, int sel_k,
+                                               int t, int hd, const KV** rowp) {
     for (int j = threadIdx.x; j < nr; j += blockDim.x) {
         int r = r0 + j;
         if (r < ar.n_raw) rowp[j] = ring + (size_t)((ar.first + r) % ring_rows) * hd;
@@ -3438,16 +3556,16 @@ __device__ __forceinline__ void attn_row_table(const AttnRows& ar, int r0, int n
 // Scores of rows rowp[0..nr) against hb query rows qs[hb][hd] (hd ≤ 512, checked on the
 // host): a warp holds a row in registers and scores it for every head;
 // wts[hh·wstride + j] = scale · (q_hh · row_j).
-template <int MAXH = 8>
-__device__ __forceinline__ void attn_scores_rows(const float** rowp, int nr, const float* qs,
+template <int MAXH = 8, typename KV>
+__device__ __forceinline__ void attn_scores_rows(const KV** rowp, int nr, const float* qs,
                                                  int hb, int hd, float scale, float* wts,
                                                  int wstride) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int j = w; j < nr; j += nw) {
-        const float* row = rowp[j];
+        const KV* row = rowp[j];
         float rv[16];
 #pragma unroll
-        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? row[lane + 32 * m] : 0.0f;
+        for (int m = 0; m < 16; m++) rv[m] = lane + 32 * m < hd ? kv_get(row + lane + 32 * m) : 0.0f;
 #pragma unroll
         for (int hh = 0; hh < MAXH; hh++) {
             if (hh >= hb) break;
@@ -3482,25 +3600,26 @@ __device__ __forceinline__ float warp_exp_scores(float* wh, int n, float m0, flo
 // Column i of the weighted sums of rows rowp[0..n) for hb ≤ 8 heads:
 // acc[hh] = Σ_j wts[hh·wstride + j] · rowp[j][i], the rows added in order (loads four
 // rows ahead of the adds).
-template <int MAXH = 8>
-__device__ __forceinline__ void attn_weighted_col(const float** rowp, int n, const float* wts,
+template <int MAXH = 8, typename KV>
+__device__ __forceinline__ void attn_weighted_col(const KV** rowp, int n, const float* wts,
                                                   int wstride, int hb, int i, float* acc) {
 #pragma unroll
     for (int hh = 0; hh < MAXH; hh++) acc[hh] = 0.0f;
-    // 8 rows' loads in flight per thread: decode's blocks are latency-bound here.
+    // RA rows' loads in flight per thread: decode's blocks are latency-bound here.
+    constexpr int RA = 8;
     int r = 0;
-    for (; r + 8 <= n; r += 8) {
-        float v[8];
+    for (; r + RA <= n; r += RA) {
+        float v[RA];
 #pragma unroll
-        for (int u = 0; u < 8; u++) v[u] = rowp[r + u][i];
+        for (int u = 0; u < RA; u++) v[u] = kv_get(rowp[r + u] + i);
 #pragma unroll
-        for (int u = 0; u < 8; u++)
+        for (int u = 0; u < RA; u++)
 #pragma unroll
             for (int hh = 0; hh < MAXH; hh++)
                 if (hh < hb) acc[hh] += wts[hh * wstride + r + u] * v[u];
     }
     for (; r < n; r++) {
-        float v = rowp[r][i];
+        float v = kv_get(rowp[r] + i);
 #pragma unroll
         for (int hh = 0; hh < MAXH; hh++)
             if (hh < hb) acc[hh] += wts[hh * wstride + r] * v;
@@ -3523,11 +3642,12 @@ __device__ __forceinline__ void attn_unrotate_store(float* row, int hd, int n_ro
 // first), then the compressed rows (all visible ones, or the indexer's selection),
 // softmax with the sink in the denominator, then inverse RoPE on the output.
 // Dynamic shared memory: hd floats of query + max_rows floats of weights.
-extern "C" __global__ void attention(const float* q, const float* ring, int ring_rows,
-                                     const float* comp, const int* sel, const int* nsel,
+template <typename KV>
+__device__ __forceinline__ void attention_body(const float* q, const KV* ring, int ring_rows,
+                                     const KV* comp, const int* sel, const int* nsel,
                                      int sel_k, const float* sinks, float* o, int heads, int hd,
                                      int window, const int* pos0p, int ratio, const float* freqs,
-                                     int n_rot, float scale, int rows_max) { pdl_begin();
+                                     int n_rot, float scale, int rows_max) {
     int pos0 = *pos0p;
     // Shared: the query row, a weight per visible row, and each row's address (looked
     // up once: raw rows through the ring, compressed rows through the selection).
@@ -3536,7 +3656,7 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
     float* qs = sm;
     float* wts = sm + hd;
-    const float** rowp = (const float**)(sm + hd + rows_max + (rows_max & 1));
+    const KV** rowp = (const KV**)(sm + hd + rows_max + (rows_max & 1));
     const float* qv = q + ((size_t)t * heads + h) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qv[i];
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
@@ -3545,9 +3665,9 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int r = w; r < n; r += nw) {
-        const float* row = rowp[r];
+        const KV* row = rowp[r];
         float p = 0.0f;
-        for (int i = lane; i < hd; i += 32) p += qs[i] * row[i];
+        for (int i = lane; i < hd; i += 32) p += qs[i] * kv_get(row + i);
         p = warp_sum(p);
         if (lane == 0) wts[r] = p * scale;
     }
@@ -3572,15 +3692,30 @@ extern "C" __global__ void attention(const float* q, const float* ring, int ring
         for (; r + 8 <= n; r += 8) {
             float v[8];
 #pragma unroll
-            for (int u = 0; u < 8; u++) v[u] = rowp[r + u][i];
+            for (int u = 0; u < 8; u++) v[u] = kv_get(rowp[r + u] + i);
 #pragma unroll
             for (int u = 0; u < 8; u++) acc += wts[r + u] * v[u];
         }
-        for (; r < n; r++) acc += wts[r] * rowp[r][i];
+        for (; r < n; r++) acc += wts[r] * kv_get(rowp[r] + i);
         qs[i] = acc / den;
     }
     __syncthreads();
     attn_unrotate_store(qs, hd, n_rot, pos, freqs, ov);
+}
+#define ATT_ARGS(KV)                                                                         \
+    const float *q, const KV *ring, int ring_rows, const KV *comp, const int *sel,          \
+        const int *nsel, int sel_k, const float *sinks, float *o, int heads, int hd,        \
+        int window, const int *pos0p, int ratio, const float *freqs, int n_rot, float scale, \
+        int rows_max
+extern "C" __global__ void attention(ATT_ARGS(float)) {
+    pdl_begin();
+    attention_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
+                   pos0p, ratio, freqs, n_rot, scale, rows_max);
+}
+extern "C" __global__ void attention_kh(ATT_ARGS(u16)) {
+    pdl_begin();
+    attention_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
+                   pos0p, ratio, freqs, n_rot, scale, rows_max);
 }
 
 // Rows of one attention_split range for a query reading n rows: the launch's `span` is
@@ -3600,9 +3735,9 @@ __device__ __forceinline__ int split_span(int n, int span, int nsplit) {
 // unnormalized Σ exp(s - m)·row to part[(t, head, z)] = [m, den, acc[hd]];
 // attention_combine merges the ranges with the sink. (Sums run in another order than
 // the CPU's: by range, then across ranges.)
-template <int HB>
-__device__ __forceinline__ void attention_split_body(const float* q, const float* ring,
-                                                     int ring_rows, const float* comp,
+template <int HB, typename KV>
+__device__ __forceinline__ void attention_split_body(const float* q, const KV* ring,
+                                                     int ring_rows, const KV* comp,
                                                      const int* sel, const int* nsel, int sel_k,
                                                      float* part, int heads, int hd, int window,
                                                      const int* pos0p, int ratio, float scale,
@@ -3619,13 +3754,13 @@ __device__ __forceinline__ void attention_split_body(const float* q, const float
     float* qs = sm;                 // [hb][hd]
     float* wts = sm + hb * hd;      // [hb][span]
     int wend = hb * hd + hb * span;
-    const float** rowp = (const float**)(sm + wend + (wend & 1));
+    const KV** rowp = (const KV**)(sm + wend + (wend & 1));
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         qs[i] = q[((size_t)t * heads + h0) * hd + i];
     attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    attn_scores_rows<HB>(rowp, nr, qs, hb, hd, scale, wts, span);
+    attn_scores_rows<HB, KV>(rowp, nr, qs, hb, hd, scale, wts, span);
     __syncthreads();
     size_t stride = (size_t)hd + 2;
     if (w < hb) {
@@ -3637,24 +3772,37 @@ __device__ __forceinline__ void attention_split_body(const float* q, const float
     __syncthreads();
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float acc[HB];
-        attn_weighted_col<HB>(rowp, nr, wts, span, hb, i, acc);
+        attn_weighted_col<HB, KV>(rowp, nr, wts, span, hb, i, acc);
 #pragma unroll
         for (int hh = 0; hh < HB; hh++)
             if (hh < hb) part[(((size_t)t * heads + h0 + hh) * nsplit + z) * stride + 2 + i] = acc[hh];
     }
 }
 // The head count a block serves is a template argument (the host's split_heads_per_block:
-// 1, 2, 4 or 8), so the per-head loops unroll without predicates; two blocks of 512
+// 1, 2, 4 or 8; over f16 rows not 2, whose instantiation spills), so the per-head loops unroll without predicates; two blocks of 512
 // threads a SM (at most 64 registers) keep a 2k context's 320 blocks near one wave.
 extern "C" __global__ void __launch_bounds__(512, 2) attention_split(
     const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
     const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
-    int ratio, float scale, int span, int nsplit, int hb) { pdl_begin();
+    int ratio, float scale, int span, int nsplit, int hb) {
+    pdl_begin();
     switch (hb) {
-    case 8: attention_split_body<8>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    case 4: attention_split_body<4>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    case 2: attention_split_body<2>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    default: attention_split_body<1>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 8: attention_split_body<8, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 4: attention_split_body<4, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 2: attention_split_body<2, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    default: attention_split_body<1, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    }
+}
+extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(
+    const float* q, const u16* ring, int ring_rows, const u16* comp, const int* sel,
+    const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
+    int ratio, float scale, int span, int nsplit, int hb) {
+    pdl_begin();
+    switch (hb) {
+    case 8: attention_split_body<8, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 4: attention_split_body<4, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    // No 2: that instantiation spills (split_heads_per_block sends such head counts to 1).
+    default: attention_split_body<1, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
     }
 }
 
@@ -3707,12 +3855,13 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
 // read the same K=V rows, so a block loads each row once for its hb heads instead of
 // once per head. Per head the dot products and the weighted sum run in the order of
 // `attention`; the softmax denominators are summed per warp (another order).
-extern "C" __global__ void attention_mh(const float* q, const float* ring, int ring_rows,
-                                        const float* comp, const int* sel, const int* nsel,
+template <typename KV>
+__device__ __forceinline__ void attention_mh_body(const float* q, const KV* ring, int ring_rows,
+                                        const KV* comp, const int* sel, const int* nsel,
                                         int sel_k, const float* sinks, float* o, int heads,
                                         int hd, int window, const int* pos0p, int ratio,
                                         const float* freqs, int n_rot, float scale, int rows_max,
-                                        int hb) { pdl_begin();
+                                        int hb) {
     int pos0 = *pos0p;
     extern __shared__ float sm[];
     __shared__ float den_s[8];
@@ -3720,7 +3869,7 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
     float* qs = sm;                       // [hb][hd]
     float* wts = sm + hb * hd;            // [hb][rows_max]
     int wend = hb * hd + hb * rows_max;
-    const float** rowp = (const float**)(sm + wend + (wend & 1));
+    const KV** rowp = (const KV**)(sm + wend + (wend & 1));
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         qs[i] = q[((size_t)t * heads + h0) * hd + i];
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
@@ -3755,6 +3904,16 @@ extern "C" __global__ void attention_mh(const float* q, const float* ring, int r
     for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
         o[((size_t)t * heads + h0) * hd + i] = qs[i];
 }
+extern "C" __global__ void attention_mh(ATT_ARGS(float), int hb) {
+    pdl_begin();
+    attention_mh_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
+                      pos0p, ratio, freqs, n_rot, scale, rows_max, hb);
+}
+extern "C" __global__ void attention_mh_kh(ATT_ARGS(u16), int hb) {
+    pdl_begin();
+    attention_mh_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
+                      pos0p, ratio, freqs, n_rot, scale, rows_max, hb);
+}
 
 // Attention for a run of tokens on the tensor cores (rows exact in f16, as the QAT
 // simulation stores them; hd a multiple of 64 up to 512). One block per (16·mt heads,
@@ -3775,8 +3934,12 @@ __device__ __forceinline__ void ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(a));
 }
+// KV = u16 (rows stored in f16) stages the tiles by cp.async, straight into shared
+// memory; NB = 2 loads the next tile while the block works on this one (f32 rows go
+// through registers for their conversion, one buffer).
+template <typename KV, int NB>
 __device__ __forceinline__ void attention_mma_body(
-    const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
+    const float* q, const KV* ring, int ring_rows, const KV* comp, const int* sel,
     const int* nsel, int sel_k, const float* sinks, float* o, int heads, int hd, int window,
     const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max) {
     int pos0 = *pos0p;
@@ -3790,11 +3953,11 @@ __device__ __forceinline__ void attention_mma_body(
     // The row table's size rounded up to an even count: what follows is read by
     // ldmatrix, whose rows must be 16-byte aligned (an odd rows_max — a heavy layer at a
     // context whose ctx / ratio is odd — faulted with a misaligned address).
-    const float** rowp = (const float**)smb;              // [rows_max rounded up to even]
+    const KV** rowp = (const KV**)smb;                    // [rows_max rounded up to even]
     u16* qh = (u16*)(smb + (size_t)((rows_max + 1) & ~1) * 8);  // [hpb][ld]
     u16* ql = qh + hpb * ld;                              // [hpb][ld]
-    u16* rs = ql + hpb * ld;                              // [ATT_TR][ld]
-    float* ss = (float*)(rs + ATT_TR * ld);               // [hpb][ATT_TR]
+    u16* rs = ql + hpb * ld;                              // [NB][ATT_TR][ld]
+    float* ss = (float*)(rs + NB * ATT_TR * ld);          // [hpb][ATT_TR]
     u16* ph = (u16*)(ss + hpb * ATT_TR);                  // [hpb][pld]
     u16* pl = ph + hpb * pld;                             // [hpb][pld]
     float* m_run = (float*)(pl + hpb * pld);              // [hpb]
@@ -3823,33 +3986,63 @@ __device__ __forceinline__ void attention_mma_body(
     for (int i = 0; i < 16; i++)
 #pragma unroll
         for (int k = 0; k < 4; k++) acc[i][k] = 0.0f;
-    int q4 = hd >> 2, total = ATT_TR * q4;
-    for (int r0 = 0; r0 < n; r0 += ATT_TR) {
-        // Stage the tile's rows as f16 (exact); rows past n are zeros (0 · row, not NaN).
-        // Four loads in flight per thread before any conversion (the accumulators
-        // leave no registers for more at two blocks per SM).
-        for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
-            float4 v[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int i = base + u * blockDim.x, j = i / q4;
-                v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (i < total && r0 + j < n) v[u] = __ldg((const float4*)(rowp[r0 + j] + 4 * (i % q4)));
+    // Stage tile r0's rows as f16 (exact) at dst; rows past n are zeros (0 · row, not NaN).
+    auto stage = [&](int r0, u16* dst) {
+        if constexpr (sizeof(KV) == 2) {
+            int c8 = hd >> 3, tot = ATT_TR * c8;
+            for (int i = threadIdx.x; i < tot; i += blockDim.x) {
+                int j = i / c8, c = i % c8;
+                bool ok = r0 + j < n;
+                cp_async16(dst + j * ld + 8 * c, ok ? (const void*)(rowp[r0 + j] + 8 * c) : (const void*)rowp[r0],
+                           ok ? 16 : 0);
             }
+        } else {
+            // Four loads in flight per thread before any conversion (the accumulators
+            // leave no registers for more at two blocks per SM).
+            int q4 = hd >> 2, total = ATT_TR * q4;
+            for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
+                float4 v[4];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int i = base + u * blockDim.x;
-                if (i < total) {
-                    u32 lo = pack_h2(f2h(v[u].x), f2h(v[u].y)), hi = pack_h2(f2h(v[u].z), f2h(v[u].w));
-                    *(uint2*)(rs + (i / q4) * ld + 4 * (i % q4)) = make_uint2(lo, hi);
+                for (int u = 0; u < 4; u++) {
+                    int i = base + u * blockDim.x, j = i / q4;
+                    v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    if (i < total && r0 + j < n) v[u] = kv_ldg4(rowp[r0 + j] + 4 * (i % q4));
                 }
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    int i = base + u * blockDim.x;
+                    if (i < total) {
+                        u32 lo = pack_h2(f2h(v[u].x), f2h(v[u].y)), hi = pack_h2(f2h(v[u].z), f2h(v[u].w));
+                        *(uint2*)(dst + (i / q4) * ld + 4 * (i % q4)) = make_uint2(lo, hi);
+                    }
+                }
+            }
+        }
+    };
+    static_assert(NB == 1 || sizeof(KV) == 2, "double buffering takes f16 rows");
+    if (NB == 2) {
+        stage(0, rs);
+        cp_async_commit();
+    }
+    for (int r0 = 0, it = 0; r0 < n; r0 += ATT_TR, it++) {
+        u16* rt = rs + (NB == 2 ? (it & 1) : 0) * ATT_TR * ld;
+        if (NB == 2) {
+            // The other buffer was last read before the previous tile's closing barrier.
+            if (r0 + ATT_TR < n) stage(r0 + ATT_TR, rs + ((it + 1) & 1) * ATT_TR * ld);
+            cp_async_commit();
+            cp_async_wait1();
+        } else {
+            stage(r0, rt);
+            if constexpr (sizeof(KV) == 2) {
+                cp_async_commit();
+                cp_async_wait0();
             }
         }
         __syncthreads();
         // Scores of rows 8·nw.. for heads 16·mw..
         {
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const u16* rb = rs + (8 * nw + g) * ld + 2 * tq;
+            const u16* rb = rt + (8 * nw + g) * ld + 2 * tq;
             const u16* qa = qh + (16 * mw + g) * ld + 2 * tq;
             const u16* qb = ql + (16 * mw + g) * ld + 2 * tq;
             for (int k0 = 0; k0 < hd; k0 += 16) {
@@ -3934,7 +4127,7 @@ __device__ __forceinline__ void attention_mma_body(
                 // ldmatrix: lanes 0-7 give rows k0.., 8-15 rows k0+8.., at dimension d;
                 // lanes 16-31 the same at d + 8.
                 int mi = lane >> 3, ri = lane & 7;
-                const u16* vb = rs + (k0 + ri + 8 * (mi & 1)) * ld + dw0 + 8 * (mi >> 1);
+                const u16* vb = rt + (k0 + ri + 8 * (mi & 1)) * ld + dw0 + 8 * (mi >> 1);
 #pragma unroll
                 for (int i = 0; i < 16; i += 2) {
                     if (i < ntw) {
@@ -3972,22 +4165,28 @@ __device__ __forceinline__ void attention_mma_body(
         }
     }
 }
-#define ATT_MMA_ARGS                                                                          \
-    const float *q, const float *ring, int ring_rows, const float *comp, const int *sel,     \
-        const int *nsel, int sel_k, const float *sinks, float *o, int heads, int hd,         \
-        int window, const int *pos0p, int ratio, const float *freqs, int n_rot, float scale, \
-        int rows_max
-extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(ATT_MMA_ARGS) {
+#define ATT_MMA_CALL(KV, NB)                                                                 \
+    attention_mma_body<KV, NB>(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, \
+                               window, pos0p, ratio, freqs, n_rot, scale, rows_max)
+extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(ATT_ARGS(float)) {
     pdl_begin();
-    attention_mma_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
-                       pos0p, ratio, freqs, n_rot, scale, rows_max);
+    ATT_MMA_CALL(float, 1);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attention_mma_kh(ATT_ARGS(u16)) {
+    pdl_begin();
+    ATT_MMA_CALL(u16, 1);
 }
 // 64 heads a block (16 warps, one block a SM): each staged tile of rows — loaded and
-// converted to f16 once per block — serves twice the heads of attention_mma's 32.
-extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64(ATT_MMA_ARGS) {
+// converted to f16 once per block — serves twice the heads of attention_mma's 32. With
+// f16 rows it has two tile buffers (the one block an SM has no other warps to hide the
+// loads behind); 32 heads keep one, for two blocks an SM.
+extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64(ATT_ARGS(float)) {
     pdl_begin();
-    attention_mma_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, window,
-                       pos0p, ratio, freqs, n_rot, scale, rows_max);
+    ATT_MMA_CALL(float, 1);
+}
+extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64_kh(ATT_ARGS(u16)) {
+    pdl_begin();
+    ATT_MMA_CALL(u16, 2);
 }
 
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,

@@ -146,8 +146,22 @@ pub struct LayerState {
     /// Raw K=V rows in a ring of `ring_rows` (window + run, so a run never overwrites
     /// a row an earlier token of the same run still reads).
     ring: DevBuf,
+    /// Compressed rows, then the compressor's frontier values and scores (f32).
     comp: Option<(DevBuf, DevBuf, DevBuf)>,
     icomp: Option<(DevBuf, DevBuf, DevBuf)>,
+    /// Rows (raw, compressed, the indexer's) stored as f16: see [`kv_rows_f16`].
+    half: bool,
+}
+
+/// Whether a state keeps its K=V and indexer rows in f16 rather than f32: where the QAT
+/// simulation runs, every stored row has been rounded to f16 (fp8 / fp4 grid values, then
+/// f16), so the f16 bits are the row exactly in half the memory, and the kernels that read
+/// rows — attention, the indexer's scores — move half the bytes. Without the simulation
+/// the rows carry f32 bits and stay f32. `DS4_CUDA_KV_F16=0` keeps f32, for comparisons.
+pub fn kv_rows_f16(opts: &ForwardOptions) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !opts.no_qat_sim
+        && *ON.get_or_init(|| std::env::var("DS4_CUDA_KV_F16").map_or(true, |v| v != "0"))
 }
 
 pub struct Sizes {
@@ -390,19 +404,21 @@ impl Scratch {
     }
 }
 
-/// Bytes of the KV state of a `ctx`-token context (runs of up to `t` tokens).
-pub fn state_bytes(cfg: &ModelConfig, ctx: usize, t: usize) -> usize {
+/// Bytes of the KV state of a `ctx`-token context (runs of up to `t` tokens), its rows
+/// in f16 when `half` (the frontiers stay f32).
+pub fn state_bytes(cfg: &ModelConfig, ctx: usize, t: usize, half: bool) -> usize {
     let s = sizes(cfg, ctx, t);
+    let rows = |n: usize| n * if half { 2 } else { 4 };
     let mut total = 0;
     for l in 0..cfg.n_layer {
-        total += f32s(s.ring_rows * cfg.head_dim);
+        total += rows(s.ring_rows * cfg.head_dim);
         let kind = cfg.attn_kind(l);
         if kind.ratio() > 0 {
             let (r, coff) = (kind.ratio(), kind.coff());
-            total += f32s((ctx / r + 2) * cfg.head_dim + 2 * coff * r * coff * cfg.head_dim);
+            total += rows((ctx / r + 2) * cfg.head_dim) + f32s(2 * coff * r * coff * cfg.head_dim);
             if matches!(kind, AttnKind::Sparse { .. }) {
                 let di = cfg.indexer_head_dim;
-                total += f32s((ctx / r + 2) * di + 2 * 2 * r * 2 * di);
+                total += rows((ctx / r + 2) * di) + f32s(2 * 2 * r * 2 * di);
             }
         }
     }
@@ -416,14 +432,16 @@ impl LayerState {
         l: usize,
         ctx: usize,
         t: usize,
+        half: bool,
     ) -> Result<Self, CudaError> {
         let s = sizes(cfg, ctx, t);
         let kind = cfg.attn_kind(l);
+        let rows = |n: usize| n * if half { 2 } else { 4 };
         let front =
             |ratio: usize, coff: usize, d: usize| -> Result<(DevBuf, DevBuf, DevBuf), CudaError> {
                 let n = coff * ratio * coff * d;
                 Ok((
-                    gpu.alloc(f32s((ctx / ratio + 2) * d))?,
+                    gpu.alloc(rows((ctx / ratio + 2) * d))?,
                     gpu.alloc(f32s(n))?,
                     gpu.alloc(f32s(n))?,
                 ))
@@ -437,12 +455,36 @@ impl LayerState {
             ),
         };
         let st = LayerState {
-            ring: gpu.alloc(f32s(s.ring_rows * cfg.head_dim))?,
+            ring: gpu.alloc(rows(s.ring_rows * cfg.head_dim))?,
             comp,
             icomp,
+            half,
         };
         st.reset(gpu)?;
         Ok(st)
+    }
+
+    /// Bytes of one stored row element.
+    fn elem(&self) -> usize {
+        if self.half { 2 } else { 4 }
+    }
+
+    /// Slots of the raw-row ring (`hd` values a row).
+    fn ring_rows(&self, hd: usize) -> usize {
+        self.ring.bytes / self.elem() / hd
+    }
+
+    /// The first `n` values of a row buffer, as f32 (traces).
+    fn read_rows(&self, gpu: &Gpu, b: &DevBuf, n: usize) -> Result<Vec<f32>, CudaError> {
+        if self.half {
+            let mut h = vec![0u16; n];
+            gpu.read(b.ptr, &mut h)?;
+            Ok(h.into_iter().map(ds4_quant::half::f16_to_f32).collect())
+        } else {
+            let mut v = vec![0f32; n];
+            gpu.read(b.ptr, &mut v)?;
+            Ok(v)
+        }
     }
 
     fn bufs(&self) -> Vec<&DevBuf> {
@@ -469,13 +511,14 @@ impl LayerState {
             ring: copy(&self.ring)?,
             comp: three(&self.comp)?,
             icomp: three(&self.icomp)?,
+            half: self.half,
         })
     }
 
     /// Overwrites this state with `src` (same shapes).
     pub fn copy_from(&self, gpu: &Gpu, src: &LayerState) -> Result<(), CudaError> {
         let (d, s) = (self.bufs(), src.bufs());
-        if d.len() != s.len() {
+        if d.len() != s.len() || self.half != src.half {
             return Err(CudaError::Model("snapshot of another layer layout".into()));
         }
         for (a, b) in d.iter().zip(&s) {
@@ -633,7 +676,7 @@ fn mma_on() -> bool {
 /// (a multiple of 64, at most 512), and its shared memory within the 200 KiB that
 /// `attention_mh` also keeps to (the row table grows with the context).
 /// `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh`, for comparisons.
-fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize) -> bool {
+fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize, half: bool) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_MMA").map_or(true, |v| v != "0"));
     on && mma_on()
@@ -642,22 +685,34 @@ fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize) -> bool {
         && cfg.head_dim.is_multiple_of(64)
         && cfg.head_dim <= 512
         && cfg.n_rot.is_multiple_of(2)
-        && attention_mma_shared(cfg.head_dim, attention_mma_heads(cfg, rows_max), rows_max)
-            <= ATT_MMA_SHARED_MAX
+        && {
+            let hpb = attention_mma_heads(cfg, rows_max, half);
+            attention_mma_shared(cfg.head_dim, hpb, rows_max, att_mma_buffers(hpb, half))
+                <= ATT_MMA_SHARED_MAX
+        }
 }
 
-/// The dynamic shared memory `attention_mma` may take (of a Hopper SM's 227 KB).
-const ATT_MMA_SHARED_MAX: usize = 200 * 1024;
+/// Row tiles `attention_mma` stages at once: two for 64 heads over f16 rows (the next
+/// tile's cp.async runs under this one's products: one block an SM has no other warps
+/// to hide the loads behind), else one.
+fn att_mma_buffers(hpb: usize, half: bool) -> usize {
+    if hpb == 64 && half { 2 } else { 1 }
+}
+
+/// The dynamic shared memory `attention_mma` may take: a Hopper block's 227 KB (the
+/// 64-head kernel is one block an SM).
+const ATT_MMA_SHARED_MAX: usize = 227 * 1024;
 
 /// Heads per `attention_mma` block: 64 (`attention_mma_h64`) where the head count and
 /// the shared memory for `rows_max` rows allow (each staged row serves more heads;
 /// `DS4_CUDA_ATTN_H64=0` keeps 32), else 32, else 16.
-fn attention_mma_heads(cfg: &ModelConfig, rows_max: usize) -> usize {
+fn attention_mma_heads(cfg: &ModelConfig, rows_max: usize, half: bool) -> usize {
     static H64: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let h64 = *H64.get_or_init(|| std::env::var("DS4_CUDA_ATTN_H64").map_or(true, |v| v != "0"));
     if h64
         && cfg.n_head.is_multiple_of(64)
-        && attention_mma_shared(cfg.head_dim, 64, rows_max) <= ATT_MMA_SHARED_MAX
+        && attention_mma_shared(cfg.head_dim, 64, rows_max, att_mma_buffers(64, half))
+            <= ATT_MMA_SHARED_MAX
     {
         64
     } else if cfg.n_head.is_multiple_of(32) {
@@ -668,13 +723,13 @@ fn attention_mma_heads(cfg: &ModelConfig, rows_max: usize) -> usize {
 }
 
 /// Dynamic shared memory of `attention_mma` (its layout in ds4.cu): an address per row;
-/// the `hpb` heads' queries as f16 hi and lo and a tile of 32 rows, each row padded by 8
-/// halves; the tile's scores (hpb × 32 f32) and numerators (hi, lo: hpb × 40 halves);
-/// maximum, denominator and rescale factor per head. The table takes an even number of
-/// addresses, so that the f16 rows after it stay 16-byte aligned for ldmatrix.
-fn attention_mma_shared(hd: usize, hpb: usize, rows_max: usize) -> usize {
+/// the `hpb` heads' queries as f16 hi and lo and `nb` tiles of 32 rows, each row padded
+/// by 8 halves; the tile's scores (hpb × 32 f32) and numerators (hi, lo: hpb × 40
+/// halves); maximum, denominator and rescale factor per head. The table takes an even
+/// number of addresses, so that the f16 rows after it stay 16-byte aligned for ldmatrix.
+fn attention_mma_shared(hd: usize, hpb: usize, rows_max: usize, nb: usize) -> usize {
     rows_max.next_multiple_of(2) * 8
-        + (2 * hpb + 32) * (hd + 8) * 2
+        + (2 * hpb + 32 * nb) * (hd + 8) * 2
         + hpb * 32 * 4
         + 2 * hpb * 40 * 2
         + 3 * hpb * 4
@@ -716,10 +771,14 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
     Some((span, rows_max.div_ceil(span)))
 }
 
-/// Heads per `attention_split` block: each warp's row serves this many heads.
-fn split_heads_per_block(cfg: &ModelConfig) -> usize {
-    [4, 2, 1]
-        .into_iter()
+/// Heads per `attention_split` block: each warp's row serves this many heads. Over f16
+/// rows not 2: that instantiation of `attention_split_kh` spills under its 64-register
+/// cap (NVRTC 13.2), so such head counts take one head a block.
+fn split_heads_per_block(cfg: &ModelConfig, half: bool) -> usize {
+    let options: &[usize] = if half { &[4, 1] } else { &[4, 2, 1] };
+    options
+        .iter()
+        .copied()
         .find(|h| cfg.n_head.is_multiple_of(*h))
         .unwrap_or(1)
 }
@@ -771,6 +830,8 @@ struct Compress {
     norm: u64,
     front: (u64, u64),
     rows: u64,
+    /// `rows` holds f16 (the `_kh` kernels).
+    half: bool,
     coff: usize,
     d: usize,
     sim: i32,
@@ -1157,17 +1218,20 @@ fn indexer_scores_launch(
     [qi, wi, rows, scores, p0]: [u64; 5],
     (nhi, di, ratio, max_rows): (usize, usize, usize, usize),
     (t, max_n): (usize, usize),
-    tiled: bool,
+    (tiled, half): (bool, bool),
 ) -> Result<(), CudaError> {
     let hg = nhi.div_ceil(16);
+    let kh =
+        |f32_name: &'static str, f16_name: &'static str| if half { f16_name } else { f32_name };
     if t >= MMA_MIN_TOKENS && tiled && hg <= 4 && indexer_mma_fits(nhi, di) {
         // IDX_TT tokens a block share each staged row; a block walks 8 ranges of 64
         // rows, so its tokens' queries (loaded once a block) stay a third of its traffic.
         let rpb = 64;
         let blocks = ceil_div(max_n.div_ceil(rpb), 8);
         let shm = 2 * rpb * (di + 8) * 2 + IDX_TT * hg * rpb * 4;
-        g.allow_shared("indexer_scores_tt", shm)?;
-        launch!(g, "indexer_scores_tt", (blocks, ceil_div(t, IDX_TT), 1),
+        let k = kh("indexer_scores_tt", "indexer_scores_tt_kh");
+        g.allow_shared(k, shm)?;
+        launch!(g, k, (blocks, ceil_div(t, IDX_TT), 1),
             (32 * hg * IDX_TT) as u32, shm as u32;
             qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32,
             rpb as i32, t as i32)
@@ -1178,31 +1242,40 @@ fn indexer_scores_launch(
         let rpb = if t < MMA_MIN_TOKENS { 16 } else { 128 };
         // At most idx_blocks_per_sm() blocks an SM; they loop over the ranges beyond.
         let blocks = ceil_div(max_n, rpb).min(idx_blocks_per_sm() as u32 * g.sms);
-        launch!(g, "indexer_scores_mma", (blocks, t as u32, 1), (32 * hg) as u32, 0;
+        launch!(g, kh("indexer_scores_mma", "indexer_scores_mma_kh"), (blocks, t as u32, 1), (32 * hg) as u32, 0;
             qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32,
             rpb as i32, i32::from(!idx_lo_skip_on()))
     } else {
-        launch!(g, "indexer_scores", (ceil_div(max_n, 4), t as u32, 1), 128, 0;
+        launch!(g, kh("indexer_scores", "indexer_scores_kh"), (ceil_div(max_n, 4), t as u32, 1), 128, 0;
             qi, wi, rows, scores, nhi as i32, di as i32, p0, ratio as i32, max_rows as i32)
     }
 }
 
 /// The indexer's scores on the GPU as a run of `qi.len()` tokens at `pos0` computes them
 /// (tests): token `t` (queries `qi[t]`, heads × di; head weights `wi[t]`) against the
-/// first `(pos0 + t + 1) / ratio` of `rows` (di each). `tiled` picks the run kernel.
+/// first `(pos0 + t + 1) / ratio` of `rows` (di each). `tiled` picks the run kernel;
+/// `half` stores the rows as f16 (the `_kh` kernels; rows f16-exact).
 pub fn indexer_scores_once(
     gpu: &Gpu,
     (qi, wi, rows): (&[Vec<f32>], &[Vec<f32>], &[f32]),
     (heads, di): (usize, usize),
     pos0: usize,
     ratio: usize,
-    tiled: bool,
+    (tiled, half): (bool, bool),
 ) -> Result<Vec<Vec<f32>>, CudaError> {
     let t = qi.len();
     let stride = ((pos0 + t) / ratio).max(1);
     let q = gpu.upload(&qi.concat())?;
     let w = gpu.upload(&wi.concat())?;
-    let r = gpu.upload(rows)?;
+    let r = if half {
+        let h: Vec<u16> = rows
+            .iter()
+            .map(|&x| ds4_quant::half::f32_to_f16(x))
+            .collect();
+        gpu.upload(&h)?
+    } else {
+        gpu.upload(rows)?
+    };
     let sc = gpu.alloc(t * stride * 4)?;
     let pos = gpu.upload(&[pos0 as i32])?;
     indexer_scores_launch(
@@ -1210,7 +1283,7 @@ pub fn indexer_scores_once(
         [q.ptr, w.ptr, r.ptr, sc.ptr, pos.ptr],
         (heads, di, ratio, stride),
         (t, (pos0 + t) / ratio),
-        tiled,
+        (tiled, half),
     )?;
     let mut all = vec![0f32; t * stride];
     gpu.read(sc.ptr, &mut all)?;
@@ -1579,13 +1652,12 @@ impl<'a> Fwd<'a> {
         self.attention_sublayer(s, st, w, l, pos0, t)?;
         self.record(s, t)?;
         if let Some(tr) = self.trace {
-            let mut raw = vec![0f32; st.ring.bytes / 4];
-            self.gpu.read(st.ring.ptr, &mut raw)?;
+            let hd = self.cfg.head_dim;
+            let raw = st.read_rows(self.gpu, &st.ring, st.ring_rows(hd) * hd)?;
             let ratio = self.cfg.attn_kind(l).ratio();
             let mut comp = Vec::new();
             if let Some((rows, _, _)) = &st.comp {
-                comp = vec![0f32; (pos0 + t) / ratio * self.cfg.head_dim];
-                self.gpu.read(rows.ptr, &mut comp)?;
+                comp = st.read_rows(self.gpu, rows, (pos0 + t) / ratio * hd)?;
             }
             let mut tr = tr.borrow_mut();
             tr.raw.push(raw);
@@ -1630,13 +1702,17 @@ impl<'a> Fwd<'a> {
         )?;
         let qaq = q8_target(w.q_b.ty, cfg.q_lora, (&s.act2_q, &s.act2_d));
         let qa_in = (s.qkv_raw.ptr, qkv);
-        let ring_rows = (st.ring.bytes / 4 / hd) as i32;
+        let ring_rows = st.ring_rows(hd) as i32;
+        // Kernels over f16 rows carry the suffix _kh.
+        let kh = |f32_name: &'static str, f16_name: &'static str| {
+            if st.half { f16_name } else { f32_name }
+        };
         // The q_a norm and the K=V row's store (kv_store normalizes the row itself,
         // kv_norm) in one launch where they take the same block size (their sums' order).
         let fused_kv = qkv_fuse_on() && norm_threads(cfg.q_lora) == norm_threads(hd);
         if fused_kv {
             let (qp, dp) = qaq.unwrap_or((0, 0));
-            launch!(g, "qa_norm_kv_store", (t as u32, 2, 1), norm_threads(hd), (hd * 4) as u32;
+            launch!(g, kh("qa_norm_kv_store", "qa_norm_kv_store_kh"), (t as u32, 2, 1), norm_threads(hd), (hd * 4) as u32;
                 s.qkv_raw.ptr, w.q_a_norm.ptr, s.qa.ptr, cfg.q_lora as i32, qkv as i32,
                 self.eps(), qp, dp, s.qkv_raw.at::<f32>(cfg.q_lora), w.kv_norm.ptr,
                 st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
@@ -1679,7 +1755,7 @@ impl<'a> Fwd<'a> {
                 s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
         }
         if !fused_kv {
-            launch!(g, "kv_store", (t as u32, 1, 1), norm_threads(hd), (hd * 4) as u32;
+            launch!(g, kh("kv_store", "kv_store_kh"), (t as u32, 1, 1), norm_threads(hd), (hd * 4) as u32;
                 s.qkv_raw.at::<f32>(cfg.q_lora), qkv as i32, w.kv_norm.ptr, self.eps(),
                 st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
         }
@@ -1706,6 +1782,7 @@ impl<'a> Fwd<'a> {
                 norm: cw.norm.ptr,
                 front: (fkv.ptr, fsc.ptr),
                 rows: rows.ptr,
+                half: st.half,
                 coff: kind.coff(),
                 d: hd,
                 sim,
@@ -1747,6 +1824,7 @@ impl<'a> Fwd<'a> {
                 norm: ic.norm.ptr,
                 front: (fkv.ptr, fsc.ptr),
                 rows: irows.ptr,
+                half: st.half,
                 coff: 2,
                 d: di,
                 sim: 2 * sim,
@@ -1764,7 +1842,7 @@ impl<'a> Fwd<'a> {
                     [s.qi.ptr, s.wi.ptr, irows.ptr, s.scores.ptr, p0],
                     (nhi, di, ratio, s.max_irows),
                     (t, max_n),
-                    idx_tt_on(),
+                    (idx_tt_on(), st.half),
                 )?;
             }
             // Decode: one token's selection spread over a cluster (a run's tokens
@@ -1786,20 +1864,21 @@ impl<'a> Fwd<'a> {
         let rows_max = layer_attn_rows(cfg, l, self.ctx);
         // Query row, one weight per row (padded to 8-byte alignment), one address per row.
         let shm = (hd + rows_max + (rows_max & 1)) * 4 + rows_max * 8;
-        g.allow_shared("attention", shm)?;
+        g.allow_shared(kh("attention", "attention_kh"), shm)?;
         let comp_ptr = st.comp.as_ref().map_or(0, |c| c.0.ptr);
         let scale = 1.0f32 / (hd as f32).sqrt();
         // Runs of tokens take the multi-head kernel (each K=V row read once for `hb`
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
-        if t >= MMA_MIN_TOKENS && attention_mma_fits(cfg, self.sim(), rows_max) {
-            let hpb = attention_mma_heads(cfg, rows_max);
-            let shm = attention_mma_shared(hd, hpb, rows_max);
-            let k = if hpb == 64 {
-                "attention_mma_h64"
-            } else {
-                "attention_mma"
+        if t >= MMA_MIN_TOKENS && attention_mma_fits(cfg, self.sim(), rows_max, st.half) {
+            let hpb = attention_mma_heads(cfg, rows_max, st.half);
+            let shm = attention_mma_shared(hd, hpb, rows_max, att_mma_buffers(hpb, st.half));
+            let k = match (hpb == 64, st.half) {
+                (true, false) => "attention_mma_h64",
+                (true, true) => "attention_mma_h64_kh",
+                (false, false) => "attention_mma",
+                (false, true) => "attention_mma_kh",
             };
             g.allow_shared(k, shm)?;
             launch!(g, k, ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
@@ -1809,17 +1888,19 @@ impl<'a> Fwd<'a> {
                 ratio as i32, rope, n_rot, scale, rows_max as i32)?;
         } else if hb > 1 {
             let shm = (hb * hd + hb * rows_max + 1) * 4 + rows_max * 8;
-            g.allow_shared("attention_mh", shm)?;
-            launch!(g, "attention_mh", ((nh / hb) as u32, t as u32, 1), 512, shm as u32;
+            let k = kh("attention_mh", "attention_mh_kh");
+            g.allow_shared(k, shm)?;
+            launch!(g, k, ((nh / hb) as u32, t as u32, 1), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32, hb as i32)?;
         } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
-            let hbs = split_heads_per_block(cfg);
+            let hbs = split_heads_per_block(cfg, st.half);
             let wend = hbs * hd + hbs * span;
             let shm = (wend + (wend & 1)) * 4 + span * 8;
-            g.allow_shared("attention_split", shm)?;
-            launch!(g, "attention_split", ((nh / hbs) as u32, t as u32, nsplit as u32), 512, shm as u32;
+            let k = kh("attention_split", "attention_split_kh");
+            g.allow_shared(k, shm)?;
+            launch!(g, k, ((nh / hbs) as u32, t as u32, nsplit as u32), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 s.apart.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0, ratio as i32,
                 scale, span as i32, nsplit as i32, hbs as i32)?;
@@ -1831,7 +1912,7 @@ impl<'a> Fwd<'a> {
                 cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
                 nsplit as i32, qp, dp)?;
         } else {
-            launch!(g, "attention", (nh as u32, t as u32, 1), 512, shm as u32;
+            launch!(g, kh("attention", "attention_kh"), (nh as u32, t as u32, 1), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32)?;
@@ -1877,13 +1958,23 @@ impl<'a> Fwd<'a> {
         let threads = c.d.next_multiple_of(32) as u32;
         let (kv, gate, stride) = c.input;
         if t < MMA_MIN_TOKENS || self.capture || !compress_rows_on() {
-            return launch!(g, "compress_run", (1, 1, 1), threads, (c.d * 4) as u32;
+            let k = if c.half {
+                "compress_run_kh"
+            } else {
+                "compress_run"
+            };
+            return launch!(g, k, (1, 1, 1), threads, (c.d * 4) as u32;
                 kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, t as i32,
                 s_pos, ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim);
         }
         let n_rows = (pos0 + t) / ratio - pos0 / ratio;
         if n_rows > 0 {
-            launch!(g, "compress_rows", (n_rows as u32, 1, 1), threads, (c.d * 4) as u32;
+            let k = if c.half {
+                "compress_rows_kh"
+            } else {
+                "compress_rows"
+            };
+            launch!(g, k, (n_rows as u32, 1, 1), threads, (c.d * 4) as u32;
                 kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, s_pos,
                 ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim)?;
         }
@@ -2221,25 +2312,53 @@ mod tests {
 
     /// The Flash shapes take the tensor-core attention (64 heads a block, 32 at long
     /// contexts) at every context up to 1M tokens (its row table grows with the
-    /// compressed rows), in the shared memory a Hopper SM has; without the QAT simulation
-    /// (rows not f16) they don't.
+    /// compressed rows), in the shared memory a Hopper SM has, with f32 or f16 rows
+    /// (f16: two tile buffers for 64 heads); without the QAT simulation (rows not f16)
+    /// they don't.
     #[test]
     fn flash_attention_takes_the_tensor_core_kernel_up_to_1m() {
         let cfg = ModelConfig::flash();
-        for ctx in [2048, 65_536, 1 << 20] {
-            let rows = sizes(&cfg, ctx, 2048).max_attn_rows;
-            // 64 heads a block while their staging fits beside the row table, else 32.
-            let hpb = attention_mma_heads(&cfg, rows);
-            assert_eq!(hpb, if ctx <= 65_536 { 64 } else { 32 }, "ctx {ctx}");
-            assert!(
-                attention_mma_fits(&cfg, true, rows),
-                "ctx {ctx}: {rows} rows"
-            );
-            assert!(attention_mma_shared(cfg.head_dim, 32, rows) <= 227 * 1024);
+        for half in [false, true] {
+            for ctx in [2048, 65_536, 1 << 20] {
+                let rows = sizes(&cfg, ctx, 2048).max_attn_rows;
+                // 64 heads a block while their staging fits beside the row table, else 32.
+                let hpb = attention_mma_heads(&cfg, rows, half);
+                assert_eq!(hpb, if ctx <= 65_536 { 64 } else { 32 }, "ctx {ctx}");
+                assert!(
+                    attention_mma_fits(&cfg, true, rows, half),
+                    "ctx {ctx}: {rows} rows"
+                );
+                let nb = att_mma_buffers(hpb, half);
+                assert!(attention_mma_shared(cfg.head_dim, hpb, rows, nb) <= 227 * 1024);
+            }
+            assert!(!attention_mma_fits(&cfg, false, 640, half));
+            // A table of rows past the budget falls back to attention_mh.
+            assert!(!attention_mma_fits(&cfg, true, 1 << 20, half));
         }
-        assert!(!attention_mma_fits(&cfg, false, 640));
-        // A table of rows past the budget falls back to attention_mh.
-        assert!(!attention_mma_fits(&cfg, true, 1 << 20));
+        // The 64-head kernel's two f16 tiles at a 2k context: within the 227 KB.
+        let rows = sizes(&cfg, 2048, 2048).max_attn_rows;
+        assert!(attention_mma_shared(cfg.head_dim, 64, rows, 2) <= ATT_MMA_SHARED_MAX);
+    }
+
+    /// f16 rows halve the rows' bytes; the compressors' frontiers stay f32.
+    #[test]
+    fn f16_rows_halve_the_row_bytes() {
+        let cfg = ModelConfig::flash();
+        for ctx in [4096, 1 << 20] {
+            let (f32b, f16b) = (
+                state_bytes(&cfg, ctx, 2048, false),
+                state_bytes(&cfg, ctx, 2048, true),
+            );
+            assert!(
+                f16b < f32b && f16b > f32b / 2,
+                "ctx {ctx}: {f16b} of {f32b}"
+            );
+        }
+        let big = (
+            state_bytes(&cfg, 1 << 20, 2048, false),
+            state_bytes(&cfg, 1 << 20, 2048, true),
+        );
+        assert!((big.1 as f64) < 0.51 * big.0 as f64, "{big:?}");
     }
 
     /// A decode graph's launches are fixed at capture for the context allocated: a

@@ -24,7 +24,7 @@ use ds4_engine::{
 };
 
 use crate::device::{DevBuf, Gpu};
-use crate::forward::{Fwd, GpuTrace, LayerState, Scratch, scratch_bytes, state_bytes};
+use crate::forward::{Fwd, GpuTrace, LayerState, Scratch, kv_rows_f16, scratch_bytes, state_bytes};
 use crate::weights::{DevWeights, weight_bytes};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,12 @@ pub fn choose_batch(need: impl Fn(usize) -> usize, free: usize) -> usize {
 pub fn memory_estimate(model: &Model, ctx: usize, batch: usize) -> (usize, usize, usize) {
     (
         weight_bytes(&model.weights),
-        state_bytes(&model.cfg, ctx, batch),
+        state_bytes(
+            &model.cfg,
+            ctx,
+            batch,
+            kv_rows_f16(&ForwardOptions::default()),
+        ),
         scratch_bytes(&model.cfg, ctx, batch),
     )
 }
@@ -539,8 +544,25 @@ impl CudaState<'_> {
 impl CudaBackend {
     /// A state with its concrete type (tools that trace); [`Backend::new_state`] boxes it.
     pub fn state(&self, ctx: usize, opts: ForwardOptions) -> ds4_engine::Result<CudaState<'_>> {
+        self.state_rows(ctx, opts, kv_rows_f16(&opts))
+    }
+
+    /// A state whose rows are f16 (`half`) or f32, whatever `DS4_CUDA_KV_F16` says
+    /// (tests compare the two). f16 rows need the QAT simulation, which makes them exact.
+    pub fn state_rows(
+        &self,
+        ctx: usize,
+        opts: ForwardOptions,
+        half: bool,
+    ) -> ds4_engine::Result<CudaState<'_>> {
+        if half && opts.no_qat_sim {
+            return Err(EngineError::Backend {
+                backend: "cuda".into(),
+                msg: "f16 KV rows need the QAT simulation (without it rows carry f32 bits)".into(),
+            });
+        }
         let layers = (0..self.cfg.n_layer)
-            .map(|l| LayerState::new(&self.gpu, &self.cfg, l, ctx, self.max_batch))
+            .map(|l| LayerState::new(&self.gpu, &self.cfg, l, ctx, self.max_batch, half))
             .collect::<Result<Vec<_>, _>>()?;
         let scratch = Scratch::new(&self.gpu, &self.cfg, ctx, self.max_batch)?;
         Ok(CudaState {
@@ -732,7 +754,7 @@ mod tests {
                 sc.iter()
                     .map(|&b| format!("{:.2}", gib(b)))
                     .collect::<Vec<_>>(),
-                gib(state_bytes(&cfg, ctx, 8192))
+                gib(state_bytes(&cfg, ctx, 8192, true))
             );
             assert!(sc[0] > sc[1] && sc[1] > sc[2], "ctx {ctx}: {sc:?}");
         }

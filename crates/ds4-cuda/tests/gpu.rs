@@ -253,6 +253,59 @@ fn tensor_core_attention_takes_an_odd_row_count() {
     assert!(worst < 5e-2, "worst rel err {worst}");
 }
 
+/// A state keeping its K=V and indexer rows in f16 (the default under the QAT
+/// simulation, whose rows are f16 values) gives the logits of one keeping them in f32,
+/// bit for bit: prompts in runs (the tensor-core or multi-head attention, the run
+/// compressor and indexer) and decode steps (split attention, the step compressor and
+/// indexer, top-k over the selection) on the tiny fixture and on a 16-head variant whose
+/// runs take the tensor-core attention (two f16 tile buffers at 64 heads are the Flash
+/// shape only; 16 heads take the one-buffer kernel).
+#[test]
+fn f16_rows_give_the_logits_of_f32_rows_bit_for_bit() {
+    if gpu_or_skip("f16_rows_give_the_logits_of_f32_rows_bit_for_bit").is_none() {
+        return;
+    }
+    use ds4_engine::{ForwardState, LogitsFor};
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut wide = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
+    wide.n_head = 16;
+    wide.head_dim = 128;
+    let models = [
+        ("tiny", tiny_model()),
+        (
+            "16 heads",
+            Model::new(wide.clone(), &ds4_engine::SyntheticSource::new(wide, 5)).unwrap(),
+        ),
+    ];
+    let toks: Vec<u32> = (0..260u32).map(|i| (i * 29 + 3) % 256).collect();
+    let opts = ForwardOptions::default();
+    for (name, model) in &models {
+        let be = ds4_cuda::CudaBackend::load(model, 0, 512, 64, &mut |_, _| {}).unwrap();
+        let run = |half: bool| -> Vec<Vec<f32>> {
+            let mut st = be.state_rows(512, opts, half).unwrap();
+            let mut out = Vec::new();
+            for chunk in toks[..200].chunks(64) {
+                out.extend(st.forward(chunk, LogitsFor::All).unwrap());
+            }
+            for &t in &toks[200..] {
+                out.push(st.forward(&[t], LogitsFor::Last).unwrap().remove(0));
+            }
+            out
+        };
+        let (f16_rows, f32_rows) = (run(true), run(false));
+        assert_eq!(f16_rows.len(), f32_rows.len());
+        for (i, (a, b)) in f16_rows.iter().zip(&f32_rows).enumerate() {
+            assert_eq!(a, b, "{name}: position {i}: f16 and f32 rows differ");
+        }
+    }
+    // Without the simulation the rows are not f16 values: no f16 state.
+    let be = ds4_cuda::CudaBackend::load(&models[0].1, 0, 256, 64, &mut |_, _| {}).unwrap();
+    let no_sim = ForwardOptions { no_qat_sim: true };
+    assert!(be.state_rows(256, no_sim, true).is_err());
+}
+
 #[test]
 fn decode_graph_replays_the_plain_launches_bit_for_bit() {
     if gpu_or_skip("decode_graph_replays_the_plain_launches_bit_for_bit").is_none() {
@@ -335,7 +388,8 @@ fn fused_pairs_match_separate_products() {
 /// both zeros, negatives and a NaN, for rows just past k up to several thousand.
 /// A run's indexer scores, four tokens a block (`indexer_scores_tt`), are those of the
 /// one-token-a-block kernel bit for bit — a run and a decode step must select the same
-/// rows — and match a double-precision sum.
+/// rows — and match a double-precision sum; over f16-exact rows stored as f16 (a QAT
+/// state's), both kernels give the scores of the f32 rows bit for bit.
 #[test]
 fn run_indexer_scores_match_single_tokens_bit_for_bit() {
     let Some(gpu) = gpu_or_skip("run_indexer_scores_match_single_tokens_bit_for_bit") else {
@@ -359,13 +413,23 @@ fn run_indexer_scores_match_single_tokens_bit_for_bit() {
         let n = (pos0 + t) / ratio;
         let rows = grid(rand_vec(n * di, 7));
         let dims = (heads, di);
-        let run = indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, true).unwrap();
-        let per_tok =
-            indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, false).unwrap();
+        let scores = |tiled: bool, half: bool| {
+            indexer_scores_once(&gpu, (&qi, &wi, &rows), dims, pos0, ratio, (tiled, half)).unwrap()
+        };
+        let (run, per_tok) = (scores(true, false), scores(false, false));
         assert_eq!(
             run, per_tok,
             "f16-exact {exact}: tiled run against one token a block"
         );
+        // f16-exact rows stored as f16 (a QAT state's rows): the same scores bit for bit.
+        if exact {
+            assert_eq!(run, scores(true, true), "tiled run over f16 rows");
+            assert_eq!(
+                per_tok,
+                scores(false, true),
+                "one token a block over f16 rows"
+            );
+        }
         for i in [0, 3, 4, 17, 36] {
             let one = indexer_scores_once(
                 &gpu,
@@ -373,7 +437,7 @@ fn run_indexer_scores_match_single_tokens_bit_for_bit() {
                 dims,
                 pos0 + i,
                 ratio,
-                false,
+                (false, false),
             )
             .unwrap();
             assert_eq!(
