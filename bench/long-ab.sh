@@ -1,0 +1,27 @@
+#!/bin/bash
+# Long-context A/B on the full synthetic q2 file (an H200), beside bench/h200.sh:
+#   bench/long-ab.sh BIN OUT SWITCH ...
+# For the defaults and each SWITCH (VAR=value words): a 64k prompt from an empty cache
+# (ds4-bench, 8,192-token batches, 32 generated tokens) and the decode step's GPU time at
+# 65,600 (cuda_step), into OUT/long.log.
+set -u
+B=$(cd "$1" && pwd) OUT=$2
+shift 2
+mkdir -p "$OUT"
+LOG=$(cd "$OUT" && pwd)/long.log
+cd "$(dirname "$0")/.."
+export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
+F=/mnt/ds4/flash-q2.gguf
+if [ ! -f $F ]; then
+    mkdir -p /mnt/ds4 && mount -t tmpfs -o size=110G,huge=always tmpfs /mnt/ds4
+    "$B/ds4-quantize" --synthetic --recipe q2 -o $F --quiet 2>&1 | tail -1
+fi
+for sw in DS4_AB=none "$@"; do
+    echo "== $sw ctx 65536 from empty" | tee -a "$LOG"
+    timeout 150 env $sw "$B/ds4-bench" --cuda -m $F --prompt-file "$B/promessi_sposi.txt" \
+        --ctx-start 65536 --ctx-max 65536 --step-incr 65536 --gen-tokens 32 2>&1 |
+        grep "ctx " | tee -a "$LOG"
+    echo "== $sw decode step ctx 66000 at 65600" | tee -a "$LOG"
+    timeout 150 env $sw "$B/cuda_step" $F --ctx 66000 --prefill 65600 --reps 30 --rounds 3 \
+        2>&1 | tail -1 | tee -a "$LOG"
+done
