@@ -2227,26 +2227,11 @@ __device__ __forceinline__ void hc_mix_warp(const float* zt, const float* scale,
 __device__ void hc_pre_norm_body(int t, const float* z, const float* x, const float* scale,
                                  const float* base, const float* nw, float* xn, float* mixo,
                                  int hc, int n, int mix, int iters, float hc_eps, float eps,
-                                 i8* q, float* d, int raw) {
+                                 i8* q, float* d) {
     extern __shared__ float ys[];  // n
     __shared__ float pre[16];
     __shared__ double sh[32];
-    __shared__ double sh0[32];
-    __shared__ float zr[64];
     const float* zt = z + (size_t)t * mix;
-    if (raw) {
-        // z holds W·x of the raw HC state (runs: no normalized copy of X written and read
-        // back for the product): the RMSNorm's factor of X (over hc·n) scales the sums
-        // instead, as decode's hc_pre_late does — the same values up to float rounding.
-        const float* xt = x + (size_t)t * hc * n;
-        double s0 = 0.0;
-        for (int i = threadIdx.x; i < hc * n; i += blockDim.x) s0 += (double)xt[i] * (double)xt[i];
-        s0 = block_sum_d(s0, sh0);
-        float rx = (float)(1.0 / sqrt(s0 / (double)(hc * n) + (double)eps));
-        if (threadIdx.x < mix) zr[threadIdx.x] = zt[threadIdx.x] * rx;
-        __syncthreads();
-        zt = zr;
-    }
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
     // Warp 0 runs the (serial) Sinkhorn iterations while the other warps form y.
@@ -2274,9 +2259,9 @@ __device__ void hc_pre_norm_body(int t, const float* z, const float* x, const fl
 extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const float* scale,
                                        const float* base, const float* nw, float* xn,
                                        float* mixo, int hc, int n, int mix, int iters,
-                                       float hc_eps, float eps, i8* q, float* d, int raw) { pdl_begin();
+                                       float hc_eps, float eps, i8* q, float* d) { pdl_begin();
     hc_pre_norm_body(blockIdx.x, z, x, scale, base, nw, xn, mixo, hc, n, mix, iters, hc_eps, eps,
-                     q, d, raw);
+                     q, d);
 }
 
 // Decode's whole HC pre-step in one launch (hc_fn_rms then hc_pre_norm were two, each one

@@ -987,14 +987,6 @@ fn iprep_warp_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IPREP_WARP").map_or(true, |v| v != "0"))
 }
 
-/// Whether a run's HC pre-step multiplies the raw state and scales the sums by the
-/// norm's factor (`hc_pre_norm`'s `raw`) rather than normalizing a copy of the state
-/// first. `DS4_CUDA_HC_RAW=0` keeps the copy, for comparisons.
-fn hc_raw_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_RAW").map_or(true, |v| v != "0"))
-}
-
 /// Whether decode's HC pre-step is one launch (`hc_pre_late_*`). `DS4_CUDA_HC_FUSED=0`
 /// keeps hc_fn_rms then hc_pre_norm, for comparisons.
 fn hc_fused_on() -> bool {
@@ -1641,27 +1633,22 @@ impl<'a> Fwd<'a> {
             }
             return Ok(b);
         }
-        // Runs: the product of the raw state, its norm's factor applied in hc_pre_norm
-        // (no normalized copy of the state written and read back), where the mixing
-        // logits fit its shared table.
-        let raw = fused.is_none() && hc_raw_on() && cfg.hc_mix() <= 64;
         if let Some(kernel) = fused {
             launch!(self.gpu, kernel, (hw.fn_.rows as u32, t as u32, 1), 1024, 0;
                 hw.fn_.buf.ptr, x, s.z.ptr, he as i32, cfg.hc_mix() as i32, self.eps())?;
         } else {
-            let input = if raw {
-                x
-            } else {
-                self.rms(x, None, s.flat.ptr, he, t)?;
-                s.flat.ptr
-            };
-            self.mv(s, &hw.fn_, Mv::plain(input, t, he, s.z.ptr, cfg.hc_mix()))?;
+            self.rms(x, None, s.flat.ptr, he, t)?;
+            self.mv(
+                s,
+                &hw.fn_,
+                Mv::plain(s.flat.ptr, t, he, s.z.ptr, cfg.hc_mix()),
+            )?;
         }
         self.gpu.allow_shared("hc_pre_norm", shm)?;
         launch!(self.gpu, "hc_pre_norm", (t as u32, 1, 1), norm_threads(cfg.n_embd), shm as u32;
             s.z.ptr, x, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32,
             cfg.n_embd as i32, cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps,
-            self.eps(), qp, dp, i32::from(raw))?;
+            self.eps(), qp, dp)?;
         Ok(None)
     }
 
