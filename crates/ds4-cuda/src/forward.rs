@@ -564,9 +564,6 @@ pub struct Fwd<'a> {
     /// Further streams for independent chains of a captured decode step (see
     /// `Fwd::fork`); empty runs everything in order on `gpu`.
     pub side: &'a [Gpu],
-    /// Decode's split attention merges its ranges in its last block (see
-    /// [`attn_combine_fused_on`]).
-    pub attn_fuse: bool,
 }
 
 /// Whether a captured decode step runs independent chains as parallel graph branches
@@ -780,7 +777,7 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
 
 /// Whether decode's split attention merges its ranges in its last block rather than in
 /// an `attention_combine` launch (`DS4_CUDA_ATTN_FUSE=0`, for comparisons).
-pub fn attn_combine_fused_on() -> bool {
+fn attn_combine_fused_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_FUSE").map_or(true, |v| v != "0"))
 }
@@ -1917,7 +1914,8 @@ impl<'a> Fwd<'a> {
             // The last range of a head block merges the ranges itself (its 512 threads in
             // hbs groups of whole warps over the head's dimensions), else a combine launch.
             let group = 512 / hbs;
-            let fused = self.attn_fuse && group.is_multiple_of(32) && hd.is_multiple_of(group);
+            let fused =
+                attn_combine_fused_on() && group.is_multiple_of(32) && hd.is_multiple_of(group);
             let shm = ((wend + (wend & 1)) * 4 + span * 8).max(if fused {
                 hbs * (hd + nsplit) * 4
             } else {

@@ -24,10 +24,7 @@ use ds4_engine::{
 };
 
 use crate::device::{DevBuf, Gpu};
-use crate::forward::{
-    Fwd, GpuTrace, LayerState, Scratch, attn_combine_fused_on, kv_rows_f16, scratch_bytes,
-    state_bytes,
-};
+use crate::forward::{Fwd, GpuTrace, LayerState, Scratch, kv_rows_f16, scratch_bytes, state_bytes};
 use crate::weights::{DevWeights, weight_bytes};
 
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +229,6 @@ pub struct CudaState<'b> {
     /// Whether a run returning its last logits captures the decode graph while the GPU
     /// runs it (see [`CudaState::set_capture_ahead`]).
     capture_ahead: bool,
-    attn_fuse: bool,
     /// Page-locked host memory a decode step's logits come back through (allocated on
     /// the first step): a pageable copy is staged by the driver at a fraction of the
     /// bus's speed.
@@ -320,14 +316,6 @@ impl CudaState<'_> {
         self.capture_ahead = on;
     }
 
-    /// Whether decode's split attention merges its ranges in its last block (default on;
-    /// `DS4_CUDA_ATTN_FUSE=0` turns it off) or in an `attention_combine` launch: the same
-    /// values either way. Drops a captured graph.
-    pub fn set_attn_fuse(&mut self, on: bool) {
-        self.attn_fuse = on;
-        self.graph = None;
-    }
-
     /// Whether the decode graph is captured (a prompt's run captures it ahead).
     pub fn has_decode_graph(&self) -> bool {
         self.graph.is_some()
@@ -345,7 +333,6 @@ impl CudaState<'_> {
             trace: self.trace.as_ref(),
             capture,
             side,
-            attn_fuse: self.attn_fuse,
         }
     }
 
@@ -589,7 +576,6 @@ impl CudaBackend {
             graph: None,
             use_graph: std::env::var("DS4_CUDA_GRAPH").map_or(true, |v| v != "0"),
             capture_ahead: capture_ahead_on(),
-            attn_fuse: attn_combine_fused_on(),
             logits_host: None,
         })
     }
