@@ -3728,63 +3728,6 @@ __device__ __forceinline__ int split_span(int n, int span, int nsplit) {
     return min(span, s);
 }
 
-// attention_combine for a block's hb heads, run by the last of the token's nz ranges to
-// finish (cnt[t][blockIdx.x] counts them; the last one resets it for the next step and
-// graph replay): the decode chain then waits on one kernel instead of two in a row. The
-// same sums in the same order as attention_combine, so the same values. The block's
-// threads split into hb groups of G = blockDim / hb (a multiple of 32 dividing hd: the
-// host checks), group hh taking head h0 + hh, dimensions tid, tid + G, ..; `sm` holds
-// hb · (hd + nsplit) floats. The token's rows are looked up again after the fence rather
-// than kept from the split's start: registers held across its loops spilled.
-__device__ __forceinline__ void split_combine_last(const float* part, int* cnt, const int* sel,
-                                                const int* nsel, int window, const int* pos0p,
-                                                int ratio, int span, int hb, int heads, int hd,
-                                                int nsplit, const float* sinks, float* o,
-                                                const float* freqs, int n_rot, i8* q8,
-                                                float* qd, float* sm) {
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    int t = blockIdx.y, h0 = blockIdx.x * hb, pos = *pos0p + t;
-    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
-    int sp = split_span(ar.n, span, nsplit);
-    int nz = (ar.n + sp - 1) / sp;
-    int* c = cnt + (size_t)t * gridDim.x + blockIdx.x;
-    if (threadIdx.x == 0) last = atomicAdd(c, 1) == nz - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    if (threadIdx.x == 0) *c = 0;
-    int G = blockDim.x / hb, hh = threadIdx.x / G, tid = threadIdx.x % G;
-    float* row = sm + hh * (hd + nsplit);
-    float* ez = row + hd;
-    size_t stride = (size_t)hd + 2;
-    int h = h0 + hh;
-    const float* pp = part + ((size_t)t * heads + h) * nsplit * stride;
-    float sink = sinks[h];
-    float mx = sink;
-    for (int z = 0; z < nz; z++) mx = fmaxf(mx, __ldcg(&pp[z * stride]));
-    for (int z = tid; z < nz; z += G) ez[z] = expf(__ldcg(&pp[z * stride]) - mx);
-    __syncthreads();
-    float den = expf(sink - mx);
-    for (int z = 0; z < nz; z++) den += __ldcg(&pp[z * stride + 1]) * ez[z];
-    for (int i = tid; i < hd; i += G) {
-        float acc = 0.0f;
-        for (int z = 0; z < nz; z++) acc += __ldcg(&pp[z * stride + 2 + i]) * ez[z];
-        row[i] = acc / den;
-    }
-    __syncthreads();
-    int off = hd - n_rot;
-    for (int k = tid; k < n_rot / 2; k += G)
-        rope_pair(&row[off + 2 * k], &row[off + 2 * k + 1], pos, freqs[k], 1);
-    __syncthreads();
-    size_t base = ((size_t)t * heads + h) * hd;
-    for (int i = tid; i < hd; i += G) o[base + i] = row[i];
-    if (q8)
-        for (int i = tid; i < hd; i += G)
-            q8_0_lanes(row[i], threadIdx.x & 31, q8, qd, (base + i) / 32);
-}
-
 // Decode attention split over row ranges (flash-decoding): one block per (hb heads,
 // token, range of `span` rows) instead of one per head over all rows, so a step's few
 // queries fill the GPU. Each warp holds a row in registers for the block's heads. The
@@ -3798,10 +3741,7 @@ __device__ __forceinline__ void attention_split_body(const float* q, const KV* r
                                                      const int* sel, const int* nsel, int sel_k,
                                                      float* part, int heads, int hd, int window,
                                                      const int* pos0p, int ratio, float scale,
-                                                     int span, int nsplit, int* cnt,
-                                                     const float* sinks, float* o,
-                                                     const float* freqs, int n_rot, i8* q8,
-                                                     float* qd) {
+                                                     int span, int nsplit) {
     const int hb = HB;
     int pos0 = *pos0p;
     extern __shared__ float sm[];
@@ -3837,9 +3777,6 @@ __device__ __forceinline__ void attention_split_body(const float* q, const KV* r
         for (int hh = 0; hh < HB; hh++)
             if (hh < hb) part[(((size_t)t * heads + h0 + hh) * nsplit + z) * stride + 2 + i] = acc[hh];
     }
-    if (cnt)
-        split_combine_last(part, cnt, sel, nsel, window, pos0p, ratio, span, hb, heads, hd, nsplit,
-                           sinks, o, freqs, n_rot, q8, qd, sm);
 }
 // The head count a block serves is a template argument (the host's split_heads_per_block:
 // 1, 2, 4 or 8; over f16 rows not 2, whose instantiation spills), so the per-head loops unroll without predicates; two blocks of 512
@@ -3847,27 +3784,25 @@ __device__ __forceinline__ void attention_split_body(const float* q, const KV* r
 extern "C" __global__ void __launch_bounds__(512, 2) attention_split(
     const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
     const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
-    int ratio, float scale, int span, int nsplit, int hb, int* cnt, const float* sinks, float* o,
-    const float* freqs, int n_rot, i8* q8, float* qd) {
+    int ratio, float scale, int span, int nsplit, int hb) {
     pdl_begin();
     switch (hb) {
-    case 8: attention_split_body<8, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
-    case 4: attention_split_body<4, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
-    case 2: attention_split_body<2, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
-    default: attention_split_body<1, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
+    case 8: attention_split_body<8, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 4: attention_split_body<4, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 2: attention_split_body<2, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    default: attention_split_body<1, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
     }
 }
 extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(
     const float* q, const u16* ring, int ring_rows, const u16* comp, const int* sel,
     const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
-    int ratio, float scale, int span, int nsplit, int hb, int* cnt, const float* sinks, float* o,
-    const float* freqs, int n_rot, i8* q8, float* qd) {
+    int ratio, float scale, int span, int nsplit, int hb) {
     pdl_begin();
     switch (hb) {
-    case 8: attention_split_body<8, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
-    case 4: attention_split_body<4, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
+    case 8: attention_split_body<8, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 4: attention_split_body<4, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
     // No 2: that instantiation spills (split_heads_per_block sends such head counts to 1).
-    default: attention_split_body<1, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit, cnt, sinks, o, freqs, n_rot, q8, qd); break;
+    default: attention_split_body<1, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
     }
 }
 

@@ -133,8 +133,6 @@ pub struct Scratch {
     ngrp: DevBuf,
     /// hc_pre_late's per-token block counters (zero between launches).
     hc_count: DevBuf,
-    /// attention_split's per-(token, head block) range counters (zero between launches).
-    acount: DevBuf,
     /// Partial sums of the column-split tensor-core products (runs only).
     part: DevBuf,
     /// The run's first position (read by the kernels, so a captured graph can replay).
@@ -347,7 +345,6 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         max_expert_groups(cfg, t, 8) * 3 * 4,    // grp
         16,                                      // ngrp
         MMA_MIN_TOKENS * 4,                      // hc_count
-        MMA_MIN_TOKENS * cfg.n_head * 4,         // acount
         part_bytes(t),                           // part
         16,                                      // pos
     ]
@@ -400,7 +397,6 @@ impl Scratch {
             grp: a()?,
             ngrp: a()?,
             hc_count: a()?,
-            acount: a()?,
             part: a()?,
             pos: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
@@ -773,13 +769,6 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
     let nsplit = rows_max.div_ceil(32).clamp(1, 64);
     let span = rows_max.div_ceil(nsplit).next_multiple_of(16);
     Some((span, rows_max.div_ceil(span)))
-}
-
-/// Whether decode's split attention merges its ranges in its last block rather than in
-/// an `attention_combine` launch (`DS4_CUDA_ATTN_FUSE=0`, for comparisons).
-fn attn_combine_fused_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_ATTN_FUSE").map_or(true, |v| v != "0"))
 }
 
 /// Heads per `attention_split` block: each warp's row serves this many heads. Over f16
@@ -1908,32 +1897,20 @@ impl<'a> Fwd<'a> {
         } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
             let hbs = split_heads_per_block(cfg, st.half);
             let wend = hbs * hd + hbs * span;
-            // The combine writes o's Q8_0 for out_a where out_a takes it.
-            oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
-            let (qp, dp) = oq.unwrap_or((0, 0));
-            // The last range of a head block merges the ranges itself (its 512 threads in
-            // hbs groups of whole warps over the head's dimensions), else a combine launch.
-            let group = 512 / hbs;
-            let fused =
-                attn_combine_fused_on() && group.is_multiple_of(32) && hd.is_multiple_of(group);
-            let shm = ((wend + (wend & 1)) * 4 + span * 8).max(if fused {
-                hbs * (hd + nsplit) * 4
-            } else {
-                0
-            });
+            let shm = (wend + (wend & 1)) * 4 + span * 8;
             let k = kh("attention_split", "attention_split_kh");
             g.allow_shared(k, shm)?;
             launch!(g, k, ((nh / hbs) as u32, t as u32, nsplit as u32), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 s.apart.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0, ratio as i32,
-                scale, span as i32, nsplit as i32, hbs as i32,
-                if fused { s.acount.ptr } else { 0 }, w.sinks.ptr, s.o.ptr, rope, n_rot, qp, dp)?;
-            if !fused {
-                launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, ((hd + nsplit) * 4) as u32;
-                    s.apart.ptr, sel.0, sel.1, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
-                    cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
-                    nsplit as i32, qp, dp)?;
-            }
+                scale, span as i32, nsplit as i32, hbs as i32)?;
+            // The combine writes o's Q8_0 for out_a where out_a takes it.
+            oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
+            let (qp, dp) = oq.unwrap_or((0, 0));
+            launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, ((hd + nsplit) * 4) as u32;
+                s.apart.ptr, sel.0, sel.1, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
+                cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
+                nsplit as i32, qp, dp)?;
         } else {
             launch!(g, kh("attention", "attention_kh"), (nh as u32, t as u32, 1), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
