@@ -2358,6 +2358,14 @@ mod tests {
             state_bytes(&cfg, 1 << 20, 2048, false),
             state_bytes(&cfg, 1 << 20, 2048, true),
         );
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        for ctx in [65_536, 1 << 20] {
+            println!(
+                "Flash KV state at {ctx}: f32 rows {:.2} GiB, f16 rows {:.2} GiB",
+                gib(state_bytes(&cfg, ctx, 8192, false)),
+                gib(state_bytes(&cfg, ctx, 8192, true))
+            );
+        }
         assert!((big.1 as f64) < 0.51 * big.0 as f64, "{big:?}");
     }
 
