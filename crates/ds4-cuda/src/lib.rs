@@ -90,7 +90,10 @@ pub fn choose_batch(need: impl Fn(usize) -> usize, free: usize) -> usize {
         .unwrap_or(AUTO_BATCHES[AUTO_BATCHES.len() - 1])
 }
 
-/// GPU bytes needed: weights, KV state of `ctx` tokens, scratch of `batch`-token runs.
+/// GPU bytes needed: weights, KV state of `ctx` tokens, scratch of `batch`-token runs. The
+/// state as the default options keep it (rows in f16, see [`forward::kv_rows_f16`]); a
+/// `--no-qat-sim` state keeps f32 rows, twice the rows' bytes, and fails its allocation
+/// with the bytes asked for where they do not fit.
 pub fn memory_estimate(model: &Model, ctx: usize, batch: usize) -> (usize, usize, usize) {
     (
         weight_bytes(&model.weights),
