@@ -2594,43 +2594,37 @@ __device__ __forceinline__ void kv_store_row(const float* kv, int kv_stride, con
     for (int i = threadIdx.x; i < hd; i += blockDim.x) kv_put(dst + i, row[i]);
 }
 
-extern "C" __global__ void kv_store(const float* kv, int kv_stride, const float* nw, float eps,
-                                    float* ring, int ring_rows, int hd, const float* freqs,
-                                    int n_rot, const int* pos0p, int sim) { pdl_begin();
-    kv_store_row(kv, kv_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
-                 blockIdx.x);
-}
-extern "C" __global__ void kv_store_kh(const float* kv, int kv_stride, const float* nw, float eps,
-                                       u16* ring, int ring_rows, int hd, const float* freqs,
-                                       int n_rot, const int* pos0p, int sim) { pdl_begin();
-    kv_store_row(kv, kv_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,
-                 blockIdx.x);
-}
+// Each kernel over rows has an f32 entry point and an f16 one (`_kh`, the QAT state's):
+// their parameters as a macro of the row type, their bodies one call.
+#define KV_STORE_ARGS(KV)                                                                    \
+    const float *kv, int kv_stride, const float *nw, float eps, KV *ring, int ring_rows,    \
+        int hd, const float *freqs, int n_rot, const int *pos0p, int sim
+#define KV_STORE_CALL                                                                        \
+    kv_store_row(kv, kv_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,    \
+                 blockIdx.x)
+extern "C" __global__ void kv_store(KV_STORE_ARGS(float)) { pdl_begin(); KV_STORE_CALL; }
+extern "C" __global__ void kv_store_kh(KV_STORE_ARGS(u16)) { pdl_begin(); KV_STORE_CALL; }
 
 // The q_a norm (rms_norm, blocks y = 0) and the K=V row's store (kv_store, y = 1) of the
 // same [q_a; kv] product in one launch: both read only that product, and the decode
 // chain then waits on one short kernel instead of two in a row.
-extern "C" __global__ void qa_norm_kv_store(const float* x, const float* w, float* y, int n,
-                                int x_stride, float eps, i8* q, float* d, const float* kv,
-                                const float* nw, float* ring, int ring_rows, int hd,
-                                const float* freqs, int n_rot, const int* pos0p, int sim) {
+#define QA_NORM_KV_STORE_ARGS(KV)                                                            \
+    const float *x, const float *w, float *y, int n, int x_stride, float eps, i8 *q,         \
+        float *d, const float *kv, const float *nw, KV *ring, int ring_rows, int hd,         \
+        const float *freqs, int n_rot, const int *pos0p, int sim
+#define QA_NORM_KV_STORE_CALL                                                                \
+    if (blockIdx.y == 0)                                                                     \
+        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);                        \
+    else                                                                                     \
+        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,  \
+                     blockIdx.x)
+extern "C" __global__ void qa_norm_kv_store(QA_NORM_KV_STORE_ARGS(float)) {
     pdl_begin();
-    if (blockIdx.y == 0)
-        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);
-    else
-        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p,
-                     sim, blockIdx.x);
+    QA_NORM_KV_STORE_CALL;
 }
-extern "C" __global__ void qa_norm_kv_store_kh(const float* x, const float* w, float* y, int n,
-                                int x_stride, float eps, i8* q, float* d, const float* kv,
-                                const float* nw, u16* ring, int ring_rows, int hd,
-                                const float* freqs, int n_rot, const int* pos0p, int sim) {
+extern "C" __global__ void qa_norm_kv_store_kh(QA_NORM_KV_STORE_ARGS(u16)) {
     pdl_begin();
-    if (blockIdx.y == 0)
-        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);
-    else
-        kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p,
-                     sim, blockIdx.x);
+    QA_NORM_KV_STORE_CALL;
 }
 
 // The end of one compressed row, thread j holding its pooled value j (threads ≥ d hold
@@ -2744,24 +2738,15 @@ __device__ __forceinline__ void compress_run_body(const float* kvp, const float*
         __syncthreads();
     }
 }
-extern "C" __global__ void compress_run(const float* kvp, const float* gate, int in_stride,
-                                const float* ape, const float* norm, float* front_kv,
-                                float* front_score, float* rows, int T, const int* pos0p,
-                                int ratio, int coff, int d, float eps, const float* freqs,
-                                int n_rot, int sim) {
-    pdl_begin();
-    compress_run_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows, T,
-                      pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
-}
-extern "C" __global__ void compress_run_kh(const float* kvp, const float* gate, int in_stride,
-                                const float* ape, const float* norm, float* front_kv,
-                                float* front_score, u16* rows, int T, const int* pos0p,
-                                int ratio, int coff, int d, float eps, const float* freqs,
-                                int n_rot, int sim) {
-    pdl_begin();
-    compress_run_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows, T,
-                      pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
-}
+#define COMPRESS_RUN_ARGS(KV)                                                                \
+    const float *kvp, const float *gate, int in_stride, const float *ape, const float *norm, \
+        float *front_kv, float *front_score, KV *rows, int T, const int *pos0p, int ratio,   \
+        int coff, int d, float eps, const float *freqs, int n_rot, int sim
+#define COMPRESS_RUN_CALL                                                                    \
+    compress_run_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows, T, pos0p, \
+                      ratio, coff, d, eps, freqs, n_rot, sim)
+extern "C" __global__ void compress_run(COMPRESS_RUN_ARGS(float)) { pdl_begin(); COMPRESS_RUN_CALL; }
+extern "C" __global__ void compress_run_kh(COMPRESS_RUN_ARGS(u16)) { pdl_begin(); COMPRESS_RUN_CALL; }
 
 // The compressor for a run of tokens (prefill), its rows in parallel: one block per row
 // closed in the run, the same pooling as compress_run. A row's window (and, for
@@ -2824,24 +2809,15 @@ __device__ __forceinline__ void compress_rows_body(const float* kvp, const float
     compress_finish(pooled, norm, d, eps, freqs, n_rot, ws, sim, out, shd, amax,
                     rows + (size_t)((p + 1) / ratio - 1) * d);
 }
-extern "C" __global__ void compress_rows(const float* kvp, const float* gate, int in_stride,
-                                const float* ape, const float* norm, const float* front_kv,
-                                const float* front_score, float* rows, const int* pos0p,
-                                int ratio, int coff, int d, float eps, const float* freqs,
-                                int n_rot, int sim) {
-    pdl_begin();
-    compress_rows_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows,
-                       pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
-}
-extern "C" __global__ void compress_rows_kh(const float* kvp, const float* gate, int in_stride,
-                                const float* ape, const float* norm, const float* front_kv,
-                                const float* front_score, u16* rows, const int* pos0p,
-                                int ratio, int coff, int d, float eps, const float* freqs,
-                                int n_rot, int sim) {
-    pdl_begin();
-    compress_rows_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows,
-                       pos0p, ratio, coff, d, eps, freqs, n_rot, sim);
-}
+#define COMPRESS_ROWS_ARGS(KV)                                                               \
+    const float *kvp, const float *gate, int in_stride, const float *ape, const float *norm, \
+        const float *front_kv, const float *front_score, KV *rows, const int *pos0p,         \
+        int ratio, int coff, int d, float eps, const float *freqs, int n_rot, int sim
+#define COMPRESS_ROWS_CALL                                                                   \
+    compress_rows_body(kvp, gate, in_stride, ape, norm, front_kv, front_score, rows, pos0p,  \
+                       ratio, coff, d, eps, freqs, n_rot, sim)
+extern "C" __global__ void compress_rows(COMPRESS_ROWS_ARGS(float)) { pdl_begin(); COMPRESS_ROWS_CALL; }
+extern "C" __global__ void compress_rows_kh(COMPRESS_ROWS_ARGS(u16)) { pdl_begin(); COMPRESS_ROWS_CALL; }
 
 // The frontier after a run of T tokens from pos0, as compress_run leaves it for every
 // slot a later row reads: the current window's slots hold the tokens of the window still
@@ -3000,17 +2976,18 @@ __device__ __forceinline__ void indexer_scores_body(const float* qi, const float
     }
     if (lane == 0) scores[(size_t)t * max_rows + r] = acc;
 }
-extern "C" __global__ void indexer_scores(const float* qi, const float* wi, const float* rows,
-                                float* scores, int heads, int di, const int* pos0p,
-                                int ratio, int max_rows) {
+// Parameters of the three score kernels (each appends its own after max_rows).
+#define IDX_ARGS(KV)                                                                         \
+    const float *qi, const float *wi, const KV *rows, float *scores, int heads, int di,     \
+        const int *pos0p, int ratio, int max_rows
+#define IDX_PARAMS qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows
+extern "C" __global__ void indexer_scores(IDX_ARGS(float)) {
     pdl_begin();
-    indexer_scores_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows);
+    indexer_scores_body(IDX_PARAMS);
 }
-extern "C" __global__ void indexer_scores_kh(const float* qi, const float* wi, const u16* rows,
-                                float* scores, int heads, int di, const int* pos0p,
-                                int ratio, int max_rows) {
+extern "C" __global__ void indexer_scores_kh(IDX_ARGS(u16)) {
     pdl_begin();
-    indexer_scores_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows);
+    indexer_scores_body(IDX_PARAMS);
 }
 
 // The same scores on the tensor cores (heads a multiple of 16 up to 64 after padding,
@@ -3145,19 +3122,13 @@ __device__ __forceinline__ void indexer_scores_mma_body(const float* qi, const f
         __syncthreads();  // part is the next range's
     }
 }
-extern "C" __global__ void indexer_scores_mma(const float* qi, const float* wi, const float* rows,
-                                float* scores, int heads, int di, const int* pos0p,
-                                int ratio, int max_rows, int rpb, int lo_all) {
+extern "C" __global__ void indexer_scores_mma(IDX_ARGS(float), int rpb, int lo_all) {
     pdl_begin();
-    indexer_scores_mma_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb,
-                            lo_all);
+    indexer_scores_mma_body(IDX_PARAMS, rpb, lo_all);
 }
-extern "C" __global__ void indexer_scores_mma_kh(const float* qi, const float* wi, const u16* rows,
-                                float* scores, int heads, int di, const int* pos0p,
-                                int ratio, int max_rows, int rpb, int lo_all) {
+extern "C" __global__ void indexer_scores_mma_kh(IDX_ARGS(u16), int rpb, int lo_all) {
     pdl_begin();
-    indexer_scores_mma_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb,
-                            lo_all);
+    indexer_scores_mma_body(IDX_PARAMS, rpb, lo_all);
 }
 
 // indexer_scores_mma for a run of tokens (prefill), IDX_TT tokens a block: warp w takes
@@ -3258,17 +3229,13 @@ __device__ __forceinline__ void indexer_scores_tt_body(
         }
     }
 }
-extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(
-    const float* qi, const float* wi, const float* rows, float* scores, int heads, int di,
-    const int* pos0p, int ratio, int max_rows, int rpb, int T) {
+extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt(IDX_ARGS(float), int rpb, int T) {
     pdl_begin();
-    indexer_scores_tt_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb, T);
+    indexer_scores_tt_body(IDX_PARAMS, rpb, T);
 }
-extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt_kh(
-    const float* qi, const float* wi, const u16* rows, float* scores, int heads, int di,
-    const int* pos0p, int ratio, int max_rows, int rpb, int T) {
+extern "C" __global__ void __launch_bounds__(512) indexer_scores_tt_kh(IDX_ARGS(u16), int rpb, int T) {
     pdl_begin();
-    indexer_scores_tt_body(qi, wi, rows, scores, heads, di, pos0p, ratio, max_rows, rpb, T);
+    indexer_scores_tt_body(IDX_PARAMS, rpb, T);
 }
 
 __device__ __forceinline__ u32 order_key(float f) {
@@ -3779,30 +3746,31 @@ __device__ __forceinline__ void attention_split_body(const float* q, const KV* r
     }
 }
 // The head count a block serves is a template argument (the host's split_heads_per_block:
-// 1, 2, 4 or 8; over f16 rows not 2, whose instantiation spills), so the per-head loops unroll without predicates; two blocks of 512
-// threads a SM (at most 64 registers) keep a 2k context's 320 blocks near one wave.
-extern "C" __global__ void __launch_bounds__(512, 2) attention_split(
-    const float* q, const float* ring, int ring_rows, const float* comp, const int* sel,
-    const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
-    int ratio, float scale, int span, int nsplit, int hb) {
+// 1, 2, 4 or 8), so the per-head loops unroll without predicates; two blocks of 512
+// threads a SM (at most 64 registers) keep a 2k context's 320 blocks near one wave. Over
+// f16 rows there is no 2: that instantiation spills, and split_heads_per_block never asks.
+#define SPLIT_ARGS(KV)                                                                       \
+    const float *q, const KV *ring, int ring_rows, const KV *comp, const int *sel,          \
+        const int *nsel, int sel_k, float *part, int heads, int hd, int window,             \
+        const int *pos0p, int ratio, float scale, int span, int nsplit, int hb
+#define SPLIT_CALL(HB, KV)                                                                   \
+    attention_split_body<HB, KV>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads,    \
+                                 hd, window, pos0p, ratio, scale, span, nsplit)
+extern "C" __global__ void __launch_bounds__(512, 2) attention_split(SPLIT_ARGS(float)) {
     pdl_begin();
     switch (hb) {
-    case 8: attention_split_body<8, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    case 4: attention_split_body<4, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    case 2: attention_split_body<2, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    default: attention_split_body<1, float>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 8: SPLIT_CALL(8, float); break;
+    case 4: SPLIT_CALL(4, float); break;
+    case 2: SPLIT_CALL(2, float); break;
+    default: SPLIT_CALL(1, float); break;
     }
 }
-extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(
-    const float* q, const u16* ring, int ring_rows, const u16* comp, const int* sel,
-    const int* nsel, int sel_k, float* part, int heads, int hd, int window, const int* pos0p,
-    int ratio, float scale, int span, int nsplit, int hb) {
+extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(SPLIT_ARGS(u16)) {
     pdl_begin();
     switch (hb) {
-    case 8: attention_split_body<8, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    case 4: attention_split_body<4, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
-    // No 2: that instantiation spills (split_heads_per_block sends such head counts to 1).
-    default: attention_split_body<1, u16>(q, ring, ring_rows, comp, sel, nsel, sel_k, part, heads, hd, window, pos0p, ratio, scale, span, nsplit); break;
+    case 8: SPLIT_CALL(8, u16); break;
+    case 4: SPLIT_CALL(4, u16); break;
+    default: SPLIT_CALL(1, u16); break;
     }
 }
 

@@ -44,6 +44,37 @@ fn tiny_model() -> Model {
     Model::from_official_dir(&dir).unwrap()
 }
 
+/// Logits of a prompt `toks[..prompt]` in runs of `run` tokens (every position), then of
+/// one decode step per later token.
+fn prompt_then_decode(
+    st: &mut dyn ds4_engine::ForwardState,
+    toks: &[u32],
+    prompt: usize,
+    run: usize,
+) -> Vec<Vec<f32>> {
+    use ds4_engine::LogitsFor;
+    let mut out = Vec::new();
+    for chunk in toks[..prompt].chunks(run) {
+        out.extend(st.forward(chunk, LogitsFor::All).unwrap());
+    }
+    for &t in &toks[prompt..] {
+        out.push(st.forward(&[t], LogitsFor::Last).unwrap().remove(0));
+    }
+    out
+}
+
+/// The tiny fixture's layout with 16 heads of 128 (the shapes the tensor-core attention
+/// takes) and synthetic weights from `seed`.
+fn wide_tiny_model(seed: u64) -> Model {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut cfg = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
+    cfg.n_head = 16;
+    cfg.head_dim = 128;
+    Model::new(cfg.clone(), &ds4_engine::SyntheticSource::new(cfg, seed)).unwrap()
+}
+
 #[test]
 fn matvec_matches_cpu_for_every_weight_type() {
     let Some(gpu) = gpu_or_skip("matvec_matches_cpu_for_every_weight_type") else {
@@ -227,13 +258,7 @@ fn tensor_core_attention_takes_an_odd_row_count() {
     if gpu_or_skip("tensor_core_attention_takes_an_odd_row_count").is_none() {
         return;
     }
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let mut cfg = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
-    cfg.n_head = 16;
-    cfg.head_dim = 128;
-    let model = Model::new(cfg.clone(), &ds4_engine::SyntheticSource::new(cfg, 5)).unwrap();
+    let model = wide_tiny_model(5);
     let ctx = 288;
     let toks: Vec<u32> = (0..200u32).map(|i| (i * 53 + 7) % 256).collect();
     let opts = ForwardOptions::default();
@@ -265,34 +290,14 @@ fn f16_rows_give_the_logits_of_f32_rows_bit_for_bit() {
     if gpu_or_skip("f16_rows_give_the_logits_of_f32_rows_bit_for_bit").is_none() {
         return;
     }
-    use ds4_engine::{ForwardState, LogitsFor};
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let mut wide = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
-    wide.n_head = 16;
-    wide.head_dim = 128;
-    let models = [
-        ("tiny", tiny_model()),
-        (
-            "16 heads",
-            Model::new(wide.clone(), &ds4_engine::SyntheticSource::new(wide, 5)).unwrap(),
-        ),
-    ];
+    let models = [("tiny", tiny_model()), ("16 heads", wide_tiny_model(5))];
     let toks: Vec<u32> = (0..260u32).map(|i| (i * 29 + 3) % 256).collect();
     let opts = ForwardOptions::default();
     for (name, model) in &models {
         let be = ds4_cuda::CudaBackend::load(model, 0, 512, 64, &mut |_, _| {}).unwrap();
         let run = |half: bool| -> Vec<Vec<f32>> {
             let mut st = be.state_rows(512, opts, half).unwrap();
-            let mut out = Vec::new();
-            for chunk in toks[..200].chunks(64) {
-                out.extend(st.forward(chunk, LogitsFor::All).unwrap());
-            }
-            for &t in &toks[200..] {
-                out.push(st.forward(&[t], LogitsFor::Last).unwrap().remove(0));
-            }
-            out
+            prompt_then_decode(&mut st, &toks, 200, 64)
         };
         let (f16_rows, f32_rows) = (run(true), run(false));
         assert_eq!(f16_rows.len(), f32_rows.len());
@@ -358,7 +363,6 @@ fn fused_pairs_match_separate_products() {
     if gpu_or_skip("fused_pairs_match_separate_products").is_none() {
         return;
     }
-    use ds4_engine::{ForwardState, LogitsFor};
     let model = tiny_model();
     let toks: Vec<u32> = (0..120u32).map(|i| (i * 53 + 5) % 256).collect();
     let opts = ForwardOptions::default();
@@ -369,11 +373,7 @@ fn fused_pairs_match_separate_products() {
         let be =
             ds4_cuda::CudaBackend::load_with(&model, 0, 256, 64, fuse, &mut |_, _| {}).unwrap();
         let mut st = be.state(256, opts).unwrap();
-        let mut out = st.forward(&toks[..64], LogitsFor::All).unwrap();
-        for &t in &toks[64..] {
-            out.push(st.forward(&[t], LogitsFor::Last).unwrap().remove(0));
-        }
-        out
+        prompt_then_decode(&mut st, &toks, 64, 64)
     };
     let (fused, separate) = (run(true), run(false));
     assert_eq!(fused.len(), separate.len());
