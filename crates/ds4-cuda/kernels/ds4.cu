@@ -3885,7 +3885,7 @@ extern "C" __global__ void attention_mh_kh(ATT_ARGS(u16), int hb) {
 
 // Attention for a run of tokens on the tensor cores (rows exact in f16, as the QAT
 // simulation stores them; hd a multiple of 64 up to 512). One block per (16·mt heads,
-// token), 4·mt warps (mt = blockDim.x / 128: 1 or 2), over the query's rows in tiles
+// token), 4·mt warps (mt = blockDim.x / 128: 1, 2 or 4), over the query's rows in tiles
 // of 32 staged in shared memory as f16: warp w scores 8 rows (w % 4) of the tile for
 // its 16 heads (w / 4) with mma m16n8k16, the queries as f16 hi + lo (~22 significant
 // bits); the tile's softmax numerators update a running maximum per head (flash-style:
@@ -3894,7 +3894,7 @@ extern "C" __global__ void attention_mh_kh(ATT_ARGS(u16), int hb) {
 // ldmatrix.trans). More heads per block stage each row for more of them. Sums run in
 // another order than the CPU's and carry the rescaling roundings, as attention_split's.
 // (Decode keeps attention_split: a step's few queries give this kernel too few blocks.)
-// Dynamic shared memory: attention_mma_shared(hd, 16·mt, rows_max) bytes.
+// Dynamic shared memory: attention_mma_shared(hd, 16·mt, rows_max, NB) bytes.
 #define ATT_TR 32
 __device__ __forceinline__ void ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3, const void* p) {
     u32 a = (u32)__cvta_generic_to_shared(p);

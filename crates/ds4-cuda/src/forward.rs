@@ -153,6 +153,11 @@ pub struct LayerState {
     half: bool,
 }
 
+/// The kernel over a state's rows: its f16 entry point (`_kh`) where the rows are f16.
+fn row_kernel(half: bool, f32_name: &'static str, f16_name: &'static str) -> &'static str {
+    if half { f16_name } else { f32_name }
+}
+
 /// Whether a state keeps its K=V and indexer rows in f16 rather than f32: where the QAT
 /// simulation runs, every stored row has been rounded to f16 (fp8 / fp4 grid values, then
 /// f16), so the f16 bits are the row exactly in half the memory, and the kernels that read
@@ -673,8 +678,8 @@ fn mma_on() -> bool {
 /// `attention_split`: a step's few queries would give it too few blocks): rows exact in
 /// f16 (the QAT simulation rounds every stored row to f16; without it the rows carry f32
 /// bits), 16 heads per block, the head's dimensions in four warp shares of whole n-tiles
-/// (a multiple of 64, at most 512), and its shared memory within the 200 KiB that
-/// `attention_mh` also keeps to (the row table grows with the context).
+/// (a multiple of 64, at most 512), and its shared memory within a Hopper block's 227 KB
+/// (the row table grows with the context).
 /// `DS4_CUDA_ATTN_MMA=0` keeps `attention_mh`, for comparisons.
 fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize, half: bool) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -1221,8 +1226,7 @@ fn indexer_scores_launch(
     (tiled, half): (bool, bool),
 ) -> Result<(), CudaError> {
     let hg = nhi.div_ceil(16);
-    let kh =
-        |f32_name: &'static str, f16_name: &'static str| if half { f16_name } else { f32_name };
+    let kh = |f32_name, f16_name| row_kernel(half, f32_name, f16_name);
     if t >= MMA_MIN_TOKENS && tiled && hg <= 4 && indexer_mma_fits(nhi, di) {
         // IDX_TT tokens a block share each staged row; a block walks 8 ranges of 64
         // rows, so its tokens' queries (loaded once a block) stay a third of its traffic.
@@ -1703,10 +1707,7 @@ impl<'a> Fwd<'a> {
         let qaq = q8_target(w.q_b.ty, cfg.q_lora, (&s.act2_q, &s.act2_d));
         let qa_in = (s.qkv_raw.ptr, qkv);
         let ring_rows = st.ring_rows(hd) as i32;
-        // Kernels over f16 rows carry the suffix _kh.
-        let kh = |f32_name: &'static str, f16_name: &'static str| {
-            if st.half { f16_name } else { f32_name }
-        };
+        let kh = |f32_name, f16_name| row_kernel(st.half, f32_name, f16_name);
         // The q_a norm and the K=V row's store (kv_store normalizes the row itself,
         // kv_norm) in one launch where they take the same block size (their sums' order).
         let fused_kv = qkv_fuse_on() && norm_threads(cfg.q_lora) == norm_threads(hd);
@@ -1958,22 +1959,14 @@ impl<'a> Fwd<'a> {
         let threads = c.d.next_multiple_of(32) as u32;
         let (kv, gate, stride) = c.input;
         if t < MMA_MIN_TOKENS || self.capture || !compress_rows_on() {
-            let k = if c.half {
-                "compress_run_kh"
-            } else {
-                "compress_run"
-            };
+            let k = row_kernel(c.half, "compress_run", "compress_run_kh");
             return launch!(g, k, (1, 1, 1), threads, (c.d * 4) as u32;
                 kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, t as i32,
                 s_pos, ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim);
         }
         let n_rows = (pos0 + t) / ratio - pos0 / ratio;
         if n_rows > 0 {
-            let k = if c.half {
-                "compress_rows_kh"
-            } else {
-                "compress_rows"
-            };
+            let k = row_kernel(c.half, "compress_rows", "compress_rows_kh");
             launch!(g, k, (n_rows as u32, 1, 1), threads, (c.d * 4) as u32;
                 kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, s_pos,
                 ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim)?;
