@@ -409,11 +409,16 @@ impl Scratch {
     }
 }
 
+/// Bytes of one stored row value: f16 or f32.
+fn row_elem_bytes(half: bool) -> usize {
+    if half { 2 } else { 4 }
+}
+
 /// Bytes of the KV state of a `ctx`-token context (runs of up to `t` tokens), its rows
 /// in f16 when `half` (the frontiers stay f32).
 pub fn state_bytes(cfg: &ModelConfig, ctx: usize, t: usize, half: bool) -> usize {
     let s = sizes(cfg, ctx, t);
-    let rows = |n: usize| n * if half { 2 } else { 4 };
+    let rows = |n: usize| n * row_elem_bytes(half);
     let mut total = 0;
     for l in 0..cfg.n_layer {
         total += rows(s.ring_rows * cfg.head_dim);
@@ -441,7 +446,7 @@ impl LayerState {
     ) -> Result<Self, CudaError> {
         let s = sizes(cfg, ctx, t);
         let kind = cfg.attn_kind(l);
-        let rows = |n: usize| n * if half { 2 } else { 4 };
+        let rows = |n: usize| n * row_elem_bytes(half);
         let front =
             |ratio: usize, coff: usize, d: usize| -> Result<(DevBuf, DevBuf, DevBuf), CudaError> {
                 let n = coff * ratio * coff * d;
@@ -469,14 +474,9 @@ impl LayerState {
         Ok(st)
     }
 
-    /// Bytes of one stored row element.
-    fn elem(&self) -> usize {
-        if self.half { 2 } else { 4 }
-    }
-
     /// Slots of the raw-row ring (`hd` values a row).
     fn ring_rows(&self, hd: usize) -> usize {
-        self.ring.bytes / self.elem() / hd
+        self.ring.bytes / row_elem_bytes(self.half) / hd
     }
 
     /// The first `n` values of a row buffer, as f32 (traces).
