@@ -1,6 +1,7 @@
 #!/bin/bash
-# Builds what bench/h200.sh runs, on a machine with only a Rust toolchain (the kernels are
-# compiled by NVRTC on the GPU machine at run time), into DIR (default .devbin, ignored):
+# Builds what bench/h200.sh and the A/B scripts run, on a machine with only a Rust
+# toolchain (the kernels are compiled by NVRTC on the GPU machine at run time), into DIR
+# (default .devbin, ignored):
 #   bench/build-bins.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="gpu" and m.get("executable"): print(m["executable"])')
 R=$CARGO_TARGET_DIR/release
 for b in ds4-bench ds4-quantize; do strip -o "$DIR/$b" "$R/$b"; done
-for e in cuda_check cuda_profile cuda_step; do strip -o "$DIR/$e" "$R/examples/$e"; done
+for e in cuda_check cuda_profile cuda_step cuda_sync; do strip -o "$DIR/$e" "$R/examples/$e"; done
 strip -o "$DIR/gpu_test" "$gpu_test"
 cp -f tools/demo_data/promessi_sposi.txt "$DIR/"
 ls -la "$DIR"

@@ -3,11 +3,15 @@
 //! graph changes, set by environment switches, without a generation loop's host work.
 //!
 //!     cuda_step MODEL [--ctx 4096] [--prefill 2048] [--reps 200] [--rounds 5]
+//!               [--whatif "a,b;c;..."]
 //!
 //! Prints the host loop a generation makes around the step (forward and greedy pick per
 //! token, and the host's time to queue one replay), the same steps split into their host
 //! and GPU parts (`CudaState::decode_timed`), then each round's mean step time and the
-//! median of the rounds, after the capture time and a step from an idle GPU.
+//! median of the rounds, after the capture time and a step from an idle GPU. With
+//! `--whatif`, then the step recaptured without each `;`-separated set of kernels (names
+//! joined by `,`; see `DS4_CUDA_WHATIF_SKIP`): what each set costs on the critical path,
+//! in one process (the results of those steps are wrong; only their time counts).
 
 use ds4_engine::{ForwardOptions, ForwardState, LogitsFor};
 
@@ -16,7 +20,7 @@ use common::arg;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "cuda_step MODEL [--ctx N] [--prefill N] [--reps N] [--rounds N]";
+    let usage = "cuda_step MODEL [--ctx N] [--prefill N] [--reps N] [--rounds N] [--whatif SETS]";
     let Some(path) = common::model_path(&args, usage) else {
         return;
     };
@@ -93,4 +97,35 @@ fn main() {
         1e3 / med,
         each.join(" ")
     );
+    let sets = args
+        .iter()
+        .position(|a| a == "--whatif")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_default();
+    if sets.is_empty() {
+        return;
+    }
+    // The loops above moved the position on: the sweep's own baseline, at its position.
+    let mut timed_without = |names: &[&str]| {
+        ds4_cuda::device::set_what_if_skip(names);
+        st.recapture_decode().expect("capture");
+        let mut w: Vec<f64> = (0..rounds)
+            .map(|_| st.time_decode_graph(tok, reps).expect("replay").0)
+            .collect();
+        w.sort_by(f64::total_cmp);
+        w[w.len() / 2]
+    };
+    let base = timed_without(&[]);
+    println!("what if: the step at this position {:.1} us", base * 1e3);
+    for set in sets.split(';').filter(|s| !s.is_empty()) {
+        let names: Vec<&str> = set.split(',').filter(|s| !s.is_empty()).collect();
+        let m = timed_without(&names);
+        println!(
+            "what if without {set}: {:.1} us ({:+.1} us, {:+.1}%)",
+            m * 1e3,
+            (m - base) * 1e3,
+            (m / base - 1.0) * 100.0
+        );
+    }
 }

@@ -3778,7 +3778,74 @@ extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(SPLIT_AR
 // the sink, then the inverse rotation (V = K carries each key's rotation).
 // With `q`, also the Q8_0 of the output row (blocks of 32 within the head: hd is a
 // multiple of 32) for the output projection, which then skips quant_q8_0.
+// The ranges' maxima and denominators arrive in one round of loads (threads z) and the
+// weighted sums' values eight ranges at a time for a thread's dimensions: v19's loop
+// loaded one value, waited and added, range after range — about 2 + hd / blockDim
+// chains of nsplit dependent L2 round trips a block (≈ 8 µs a layer on the critical
+// path, bench/CUDA-SPEED.md v20). Every sum runs in its former order: the same values.
+#define COMB_DIMS 4  // hd ≤ COMB_DIMS · blockDim (the host checks it)
 extern "C" __global__ void attention_combine(const float* part, const int* sel, const int* nsel,
+                                             const float* sinks, float* o, int heads, int hd,
+                                             int window, const int* pos0p, int ratio,
+                                             const float* freqs, int n_rot, int span,
+                                             int nsplit, i8* q, float* qd) { pdl_begin();
+    int pos0 = *pos0p;
+    extern __shared__ float sm[];  // hd, then per range its factor, maximum, denominator
+    float* ez = sm + hd;
+    float* ms = ez + nsplit;
+    float* ds = ms + nsplit;
+    int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int sp = split_span(ar.n, span, nsplit);
+    int nz = (ar.n + sp - 1) / sp;
+    size_t stride = (size_t)hd + 2;
+    const float* pp = part + ((size_t)t * heads + h) * nsplit * stride;
+    for (int z = threadIdx.x; z < nz; z += blockDim.x) {
+        ms[z] = pp[z * stride];
+        ds[z] = pp[z * stride + 1];
+    }
+    __syncthreads();
+    float sink = sinks[h];
+    float mx = sink;
+    for (int z = 0; z < nz; z++) mx = fmaxf(mx, ms[z]);
+    // Each range's factor once (threads z), not once per dimension: the same values.
+    for (int z = threadIdx.x; z < nz; z += blockDim.x) ez[z] = expf(ms[z] - mx);
+    __syncthreads();
+    float den = expf(sink - mx);
+    for (int z = 0; z < nz; z++) den += ds[z] * ez[z];
+    float acc[COMB_DIMS];
+#pragma unroll
+    for (int k = 0; k < COMB_DIMS; k++) acc[k] = 0.0f;
+    const int ZB = 8;
+    for (int z0 = 0; z0 < nz; z0 += ZB) {
+        float v[ZB][COMB_DIMS];
+#pragma unroll
+        for (int u = 0; u < ZB; u++)
+#pragma unroll
+            for (int k = 0; k < COMB_DIMS; k++) {
+                int i = threadIdx.x + k * blockDim.x;
+                v[u][k] = z0 + u < nz && i < hd ? pp[(z0 + u) * stride + 2 + i] : 0.0f;
+            }
+#pragma unroll
+        for (int u = 0; u < ZB; u++)
+            if (z0 + u < nz)
+#pragma unroll
+                for (int k = 0; k < COMB_DIMS; k++) acc[k] += v[u][k] * ez[z0 + u];
+    }
+#pragma unroll
+    for (int k = 0; k < COMB_DIMS; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        if (i < hd) sm[i] = acc[k] / den;
+    }
+    __syncthreads();
+    size_t base = ((size_t)t * heads + h) * hd;
+    attn_unrotate_store(sm, hd, n_rot, pos, freqs, o + base);
+    if (q)
+        for (int i = threadIdx.x; i < hd; i += blockDim.x)
+            q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
+}
+// v19's attention_combine, for comparisons (DS4_CUDA_COMBINE_V19=1).
+extern "C" __global__ void attention_combine_v19(const float* part, const int* sel, const int* nsel,
                                              const float* sinks, float* o, int heads, int hd,
                                              int window, const int* pos0p, int ratio,
                                              const float* freqs, int n_rot, int span,
@@ -4295,3 +4362,63 @@ extern "C" __global__ void swiglu(const float* g, const float* u, int in_stride,
     }
 }
 
+
+// Diagnostics of what a dependent step costs (examples/cuda_sync.rs): a chain of launches,
+// one a step, against one kernel whose blocks meet at a grid barrier each step. Each step
+// a block streams its share of `w` (per_block float4s, of 32 rotating slices: a model's
+// weights, independent of the step, so read before the dependency as the products' early
+// loads are) and then reads a value another block wrote the step before (x, two halves).
+__device__ __forceinline__ float sync_work(const float4* w, int per_block, int i) {
+    const float4* p = w + ((size_t)(i & 31) * gridDim.x + blockIdx.x) * per_block;
+    float s = 0.0f;
+    for (int k = threadIdx.x; k < per_block; k += blockDim.x) {
+        int4 v = ldg4(p + k);
+        s += __int_as_float(v.x) + __int_as_float(v.y) + __int_as_float(v.z) + __int_as_float(v.w);
+    }
+    return s;
+}
+__device__ __forceinline__ void sync_dependent(float* x, float s, int i) {
+    if (threadIdx.x == 0) {
+        const float* xi = x + (i & 1) * gridDim.x;
+        float* xo = x + ((i + 1) & 1) * gridDim.x;
+        xo[blockIdx.x] = __ldcg(&xi[(blockIdx.x + 1) % gridDim.x]) + 1.0f;
+    }
+    // Keeps the loads (the slices hold zeros).
+    if (s != 0.0f) x[2 * gridDim.x] = s;
+}
+extern "C" __global__ void sync_chain(float* x, const float4* w, int per_block, int i) {
+    pdl_signal_early();
+    float s = sync_work(w, per_block, i);
+    pdl_wait();
+    sync_dependent(x, s, i);
+}
+// The grid barrier of a persistent kernel: arrivals counted in bar[0], the last to arrive
+// resets the count and bumps the generation bar[1] the others spin on. The grid must be
+// resident at once (the host sizes it by the occupancy).
+__device__ __forceinline__ void grid_barrier(unsigned* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned* gen = bar + 1;
+        unsigned g0 = *gen;
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+            bar[0] = 0;
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        } else {
+            while (*gen == g0) {
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+extern "C" __global__ void sync_persistent(float* x, const float4* w, int per_block, int n,
+                                           unsigned* bar) {
+    pdl_begin();
+    for (int i = 0; i < n; i++) {
+        float s = sync_work(w, per_block, i);
+        grid_barrier(bar);
+        sync_dependent(x, s, i);
+    }
+}

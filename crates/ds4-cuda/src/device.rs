@@ -394,8 +394,16 @@ pub fn set_capturing(on: bool) {
 /// earlier steps). How much faster the step gets says what those kernels cost on its
 /// critical path; its results are wrong, and a warning says so once.
 fn what_if_skipped(name: &str) -> bool {
-    static SKIP: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let skip = SKIP.get_or_init(|| {
+    if !CAPTURING.with(|c| c.get()) {
+        return false;
+    }
+    let skip = what_if_list().read().unwrap_or_else(|e| e.into_inner());
+    !skip.is_empty() && skip.iter().any(|s| s == name)
+}
+
+fn what_if_list() -> &'static std::sync::RwLock<Vec<String>> {
+    static SKIP: std::sync::OnceLock<std::sync::RwLock<Vec<String>>> = std::sync::OnceLock::new();
+    SKIP.get_or_init(|| {
         let v: Vec<String> = std::env::var("DS4_CUDA_WHATIF_SKIP")
             .unwrap_or_default()
             .split(',')
@@ -408,9 +416,16 @@ fn what_if_skipped(name: &str) -> bool {
                 v.join(",")
             );
         }
-        v
-    });
-    !skip.is_empty() && CAPTURING.with(|c| c.get()) && skip.iter().any(|s| s == name)
+        std::sync::RwLock::new(v)
+    })
+}
+
+/// Replaces the what-if list (see `what_if_skipped`) for the decode graphs captured from
+/// now on: a timing tool sweeps kernels in one process (cuda_step `--whatif`). The
+/// results of a graph captured with a non-empty list are wrong.
+pub fn set_what_if_skip(names: &[&str]) {
+    let mut skip = what_if_list().write().unwrap_or_else(|e| e.into_inner());
+    *skip = names.iter().map(|s| (*s).to_owned()).collect();
 }
 
 /// Launches kernel `$name` on `$gpu` with a grid, block size, dynamic shared bytes
