@@ -771,7 +771,7 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
     // Ranges of 32 rows (a 2k-token decode step's 640 rows of a ratio-4 layer become
     // 20 ranges: 320 blocks, each a short chain of dependent loads), at most 64 of them
     // so the partials stay small for long contexts.
-    let nsplit = rows_max.div_ceil(32).clamp(1, 64);
+    let nsplit = rows_max.div_ceil(split_rows()).clamp(1, 64);
     let span = rows_max.div_ceil(nsplit).next_multiple_of(16);
     Some((span, rows_max.div_ceil(span)))
 }
@@ -782,6 +782,19 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
 fn combine_v19() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_COMBINE_V19").is_ok_and(|v| v == "1"))
+}
+
+/// Rows a range of `attention_split` takes (`DS4_CUDA_SPLIT_ROWS`, 16–128; default 32),
+/// for comparisons.
+fn split_rows() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("DS4_CUDA_SPLIT_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (16..=128).contains(n))
+            .unwrap_or(32)
+    })
 }
 
 /// Heads per `attention_split` block: each warp's row serves this many heads. Over f16
