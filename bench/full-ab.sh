@@ -9,21 +9,9 @@
 # 64 generated tokens, interleaved with the defaults REPS times (default 1), into
 # OUT/full-ab.log.
 set -u
-B=$(cd "$1" && pwd) OUT=$2
+. "$(dirname "$0")/full-file.sh"
+full_file "$1" "$2" full-ab.log
 shift 2
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-LOG=$OUT/full-ab.log
-cd "$(dirname "$0")/.."
-export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
-grep -q H200 "$LOG" || { echo "not an H200: the full file does not fit"; exit 3; }
-F=/mnt/ds4/flash-q2.gguf
-if [ ! -f $F ]; then
-    mkdir -p /mnt/ds4 && mount -t tmpfs -o size=110G,huge=always tmpfs /mnt/ds4
-    /usr/bin/time -f "file built in %e s" "$B/ds4-quantize" --synthetic --recipe q2 -o $F \
-        --quiet 2>&1 | tail -1 | tee -a "$LOG"
-fi
 for rep in $(seq "${REPS:-1}"); do
     for sw in DS4_AB=none "$@"; do
         bin=$B

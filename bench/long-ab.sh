@@ -5,17 +5,9 @@
 # (ds4-bench, 8,192-token batches, 32 generated tokens) and the decode step's GPU time at
 # 65,600 (cuda_step), into OUT/long.log.
 set -u
-B=$(cd "$1" && pwd) OUT=$2
+. "$(dirname "$0")/full-file.sh"
+full_file "$1" "$2" long.log
 shift 2
-mkdir -p "$OUT"
-LOG=$(cd "$OUT" && pwd)/long.log
-cd "$(dirname "$0")/.."
-export DS4_CACHE_DIR=/tmp/ds4c DS4_CUDA_CACHE=/tmp/ds4k
-F=/mnt/ds4/flash-q2.gguf
-if [ ! -f $F ]; then
-    mkdir -p /mnt/ds4 && mount -t tmpfs -o size=110G,huge=always tmpfs /mnt/ds4
-    "$B/ds4-quantize" --synthetic --recipe q2 -o $F --quiet 2>&1 | tail -1
-fi
 for sw in DS4_AB=none "$@"; do
     echo "== $sw ctx 65536 from empty" | tee -a "$LOG"
     timeout 150 env $sw "$B/ds4-bench" --cuda -m $F --prompt-file "$B/promessi_sposi.txt" \

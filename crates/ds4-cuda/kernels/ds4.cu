@@ -3844,42 +3844,6 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
             q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
 }
-// v19's attention_combine, for comparisons (DS4_CUDA_COMBINE_V19=1).
-extern "C" __global__ void attention_combine_v19(const float* part, const int* sel, const int* nsel,
-                                             const float* sinks, float* o, int heads, int hd,
-                                             int window, const int* pos0p, int ratio,
-                                             const float* freqs, int n_rot, int span,
-                                             int nsplit, i8* q, float* qd) { pdl_begin();
-    int pos0 = *pos0p;
-    extern __shared__ float sm[];  // hd, then nsplit range factors
-    float* ez = sm + hd;
-    int h = blockIdx.x, t = blockIdx.y, pos = pos0 + t;
-    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
-    int sp = split_span(ar.n, span, nsplit);
-    int nz = (ar.n + sp - 1) / sp;
-    size_t stride = (size_t)hd + 2;
-    const float* pp = part + ((size_t)t * heads + h) * nsplit * stride;
-    float sink = sinks[h];
-    float mx = sink;
-    for (int z = 0; z < nz; z++) mx = fmaxf(mx, pp[z * stride]);
-    // Each range's factor once (threads z), not once per dimension: the same values.
-    for (int z = threadIdx.x; z < nz; z += blockDim.x) ez[z] = expf(pp[z * stride] - mx);
-    __syncthreads();
-    float den = expf(sink - mx);
-    for (int z = 0; z < nz; z++) den += pp[z * stride + 1] * ez[z];
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int z = 0; z < nz; z++) acc += pp[z * stride + 2 + i] * ez[z];
-        sm[i] = acc / den;
-    }
-    __syncthreads();
-    size_t base = ((size_t)t * heads + h) * hd;
-    attn_unrotate_store(sm, hd, n_rot, pos, freqs, o + base);
-    if (q)
-        for (int i = threadIdx.x; i < hd; i += blockDim.x)
-            q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
-}
-
 // ---------------------------------------------------------------------------------
 // MoE (spec §3.10).
 

@@ -776,14 +776,6 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
     Some((span, rows_max.div_ceil(span)))
 }
 
-/// Whether decode attention's ranges are merged by v19's `attention_combine_v19`, which
-/// waits a round trip per range (`DS4_CUDA_COMBINE_V19=1`, for comparisons; the same
-/// values).
-fn combine_v19() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_COMBINE_V19").is_ok_and(|v| v == "1"))
-}
-
 /// Rows a range of `attention_split` takes (`DS4_CUDA_SPLIT_ROWS`, 16–128; default 32),
 /// for comparisons.
 fn split_rows() -> usize {
@@ -1931,12 +1923,8 @@ impl<'a> Fwd<'a> {
             let (qp, dp) = oq.unwrap_or((0, 0));
             // 128 threads: a thread's COMB_DIMS (4) dimensions cover head_dim ≤ 512, the
             // bound attention_split takes; shared: the row, then 3 floats a range.
-            let (k, shm) = if combine_v19() {
-                ("attention_combine_v19", (hd + nsplit) * 4)
-            } else {
-                ("attention_combine", (hd + 3 * nsplit) * 4)
-            };
-            launch!(g, k, (nh as u32, t as u32, 1), 128, shm as u32;
+            let shm = (hd + 3 * nsplit) * 4;
+            launch!(g, "attention_combine", (nh as u32, t as u32, 1), 128, shm as u32;
                 s.apart.ptr, sel.0, sel.1, w.sinks.ptr, s.o.ptr, nh as i32, hd as i32,
                 cfg.sliding_window as i32, p0, ratio as i32, rope, n_rot, span as i32,
                 nsplit as i32, qp, dp)?;

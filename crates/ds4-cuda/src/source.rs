@@ -88,7 +88,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention_split",
     "attention_split_kh",
     "attention_combine",
-    "attention_combine_v19",
     "route",
     "route_warp",
     "group_by_expert",
