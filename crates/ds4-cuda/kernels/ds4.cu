@@ -3783,7 +3783,7 @@ extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(SPLIT_AR
 // loaded one value, waited and added, range after range — about 2 + hd / blockDim
 // chains of nsplit dependent L2 round trips a block (≈ 8 µs a layer on the critical
 // path, bench/CUDA-SPEED.md v20). Every sum runs in its former order: the same values.
-#define COMB_DIMS 4  // hd ≤ COMB_DIMS · blockDim (the host checks it)
+#define COMB_DIMS 4  // hd ≤ COMB_DIMS · blockDim: 128 threads, and attention_split takes hd ≤ 512
 extern "C" __global__ void attention_combine(const float* part, const int* sel, const int* nsel,
                                              const float* sinks, float* o, int heads, int hd,
                                              int window, const int* pos0p, int ratio,
@@ -3844,6 +3844,7 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
             q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
 }
+
 // ---------------------------------------------------------------------------------
 // MoE (spec §3.10).
 
@@ -4325,7 +4326,6 @@ extern "C" __global__ void swiglu(const float* g, const float* u, int in_stride,
                       bs + (size_t)blockIdx.x * 16, threadIdx.x);
     }
 }
-
 
 // Diagnostics of what a dependent step costs (examples/cuda_sync.rs): a chain of launches,
 // one a step, against one kernel whose blocks meet at a grid barrier each step. Each step
