@@ -425,8 +425,24 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_WSTREAM
 #define DS4_WSTREAM 0
 #endif
+// With DS4_WEVICT (the host's DS4_CUDA_WEVICT=1; v20, not yet measured) the streamed weight
+// lines are also marked evict-first in L2: a decode step streams 9.57 GB through a 50 MB L2,
+// which otherwise evicts, layer after layer, what the small kernels reread — the step's
+// activations and partials, and their own code (hc_pre_late's is 73 KB, attention_split's
+// 107 KB), whose instruction fetches then go to HBM one miss at a time.
+#ifndef DS4_WEVICT
+#define DS4_WEVICT 0
+#endif
 __device__ __forceinline__ int4 ldg4(const void* p) {
-#if DS4_WSTREAM
+#if DS4_WSTREAM && DS4_WEVICT
+    int4 v;
+    asm("{\n\t.reg .b64 pol;\n\t"
+        "createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n\t"
+        "ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.s32 {%0, %1, %2, %3}, [%4], pol;\n\t}"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+#elif DS4_WSTREAM
     int4 v;
     asm("ld.global.nc.L1::no_allocate.L2::256B.v4.s32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)

@@ -134,6 +134,11 @@ pub fn program() -> String {
     let defines = [
         ("DS4_PDL_EARLY", on("DS4_CUDA_PDL_EARLY")),
         ("DS4_WSTREAM", on("DS4_CUDA_WSTREAM")),
+        // Off unless 1: an experiment (bench/CUDA-SPEED.md v20).
+        (
+            "DS4_WEVICT",
+            u32::from(std::env::var("DS4_CUDA_WEVICT").is_ok_and(|v| v == "1")),
+        ),
         ("DS4_MV_EARLY", on("DS4_CUDA_MV_EARLY")),
         ("DS4_HC_XEARLY", on("DS4_CUDA_HC_XEARLY")),
         ("DS4_Q8_LB", on("DS4_CUDA_Q8_LB")),
