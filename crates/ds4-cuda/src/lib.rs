@@ -550,8 +550,8 @@ impl CudaBackend {
         self.state_rows(ctx, opts, kv_rows_f16(&opts))
     }
 
-    /// A state whose rows are f16 (`half`) or f32, whatever `DS4_CUDA_KV_F16` says
-    /// (tests compare the two). f16 rows need the QAT simulation, which makes them exact.
+    /// A state whose rows are f16 (`half`) or f32 regardless of `DS4_CUDA_KV_F16` (tests
+    /// compare the two). f16 rows need the QAT simulation, which makes them exact.
     pub fn state_rows(
         &self,
         ctx: usize,

@@ -26,8 +26,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q8_0_1",
     "mv_q8_0_r2",
     "mv_q8_0_r4",
-    "sync_chain",
-    "sync_persistent",
     "mm_q8_0",
     "mm_q8_0_cp",
     "mm_q8_0_big",
@@ -93,6 +91,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "group_by_expert",
     "swiglu",
     "fill_f32",
+    // Diagnostics (examples/cuda_sync.rs).
+    "sync_chain",
+    "sync_persistent",
 ];
 
 /// A fill kernel (frontier scores start at the empty-slot score).
