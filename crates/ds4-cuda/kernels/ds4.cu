@@ -384,9 +384,10 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_MV_EARLY
 #define DS4_MV_EARLY 1
 #endif
-// hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY).
+// hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY=1; off
+// by default since v21's 512-thread blocks, which would hold twice the registers for it).
 #ifndef DS4_HC_XEARLY
-#define DS4_HC_XEARLY 1
+#define DS4_HC_XEARLY 0
 #endif
 #ifndef DS4_Q8_LB
 #define DS4_Q8_LB 1
@@ -425,24 +426,8 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_WSTREAM
 #define DS4_WSTREAM 0
 #endif
-// With DS4_WEVICT (the host's DS4_CUDA_WEVICT=1; v20, not yet measured) the streamed weight
-// lines are also marked evict-first in L2: a decode step streams 9.57 GB through a 50 MB L2,
-// which otherwise evicts, layer after layer, what the small kernels reread — the step's
-// activations and partials, and their own code (hc_pre_late's is 73 KB, attention_split's
-// 107 KB), whose instruction fetches then go to HBM one miss at a time.
-#ifndef DS4_WEVICT
-#define DS4_WEVICT 0
-#endif
 __device__ __forceinline__ int4 ldg4(const void* p) {
-#if DS4_WSTREAM && DS4_WEVICT
-    int4 v;
-    asm("{\n\t.reg .b64 pol;\n\t"
-        "createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n\t"
-        "ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.s32 {%0, %1, %2, %3}, [%4], pol;\n\t}"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-    return v;
-#elif DS4_WSTREAM
+#if DS4_WSTREAM
     int4 v;
     asm("ld.global.nc.L1::no_allocate.L2::256B.v4.s32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -2281,8 +2266,8 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 }
 
 // Decode's whole HC pre-step in one launch (hc_fn_rms then hc_pre_norm were two, each one
-// or a few blocks whose strided loads wait on memory one after another). Grid (he / 1024,
-// T), 1024 threads: block c writes its 1024 columns' share of the `mix` products W·x and
+// or a few blocks whose strided loads wait on memory one after another). Grid (he / HC_BT,
+// T), HC_BT threads: block c writes its HC_BT columns' share of the `mix` products W·x and
 // of the sum of squares into part[t][c]; the token's last block to finish (count[t],
 // reset for the next step and graph replay) adds the shares in column order, scales the
 // products by the norm's factor into z and runs hc_pre_norm's step (its values; the sums
@@ -2290,19 +2275,23 @@ extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const flo
 // The weight rows are read before the dependency wait: they do not depend on the step.
 #define HC_MAX_MIX 24  // hc = 4: 2·4 + 4·4 (the host checks these bounds)
 #define HC_MAX 4
-#define HC_COLS 4      // n ≤ 4096
-#define HC_MAX_BLK 32  // hc·n ≤ 32,768
+// Threads of a block (HC_BT, from the host, which sizes the launch: 512, 1,024 or 256)
+// and so the last block's columns a thread (n ≤ 4096) and its warps; blocks a token
+// (hc·n / HC_BT) at most HC_MAX_BLK (the host's bound too).
+#define HC_COLS (4096 / HC_BT)
+#define HC_MAX_BLK 64
+#define HC_NW (HC_BT / 32)
 // The last block's part of the fused HC pre-steps: with the token's mixing logits in
 // `zs` (shared, written by threads < mix before the call), hc_pre_norm's step — the
 // pre-mix y = Σ pre[h]·X[h], its RMSNorm with `nw` into xn (and its Q8_0 with `q`), and
 // warp 0's post weights and Sinkhorn into mixo — with this thread's columns (i =
-// threadIdx.x + 1024·k), their hc inputs and norm weights loaded at once. blockDim 1024.
+// threadIdx.x + HC_BT·k), their hc inputs and norm weights loaded at once. blockDim HC_BT.
 // X is read past L1: other blocks of the same launch may have just written it.
 __device__ __forceinline__ void hc_pre_last_load(const float* xv, const float* nw, int hc, int n,
                                                  float (&xr)[HC_COLS][HC_MAX], float (&wn)[HC_COLS]) {
 #pragma unroll
     for (int k = 0; k < HC_COLS; k++) {
-        int i = threadIdx.x + 1024 * k;
+        int i = threadIdx.x + HC_BT * k;
 #pragma unroll
         for (int h = 0; h < HC_MAX; h++)
             xr[k][h] = i < n && h < hc ? __ldcg(&xv[(size_t)h * n + i]) : 0.0f;
@@ -2328,7 +2317,7 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float 
         for (int h = 0; h < HC_MAX; h++)
             if (h < hc) acc += pre[h] * xr[k][h];
         y[k] = acc;
-        if (threadIdx.x + 1024 * k < n) ss2 += (double)acc * (double)acc;
+        if (threadIdx.x + HC_BT * k < n) ss2 += (double)acc * (double)acc;
     }
     // Warp 0 then runs the Sinkhorn normalisation (only hc_post reads its result), unless
     // a separate hc_mix launch does (mix_out = 0: a graph branch, off the critical path).
@@ -2339,7 +2328,7 @@ __device__ __forceinline__ void hc_pre_last(int t, const float* zs, const float 
     float* xo = xn + (size_t)t * n;
 #pragma unroll
     for (int k = 0; k < HC_COLS; k++) {
-        int i = threadIdx.x + 1024 * k;
+        int i = threadIdx.x + HC_BT * k;
         if (i < n) {  // warp-uniform: n is a multiple of 32
             float v = y[k] * r2 * wn[k];
             xo[i] = v;
@@ -2379,7 +2368,7 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     __shared__ float sc_s[3], base_s[HC_MAX_MIX];
     __shared__ int last;
     int he = hc * n, t = blockIdx.y, nblk = gridDim.x;
-    int c = blockIdx.x * 1024 + threadIdx.x;
+    int c = blockIdx.x * HC_BT + threadIdx.x;
     // The blocks' sums of squares after the shares, 8-byte aligned.
     double* pss = (double*)(part + ((size_t)gridDim.y * nblk * mix + 1) / 2 * 2);
     pdl_signal_early();
@@ -2417,27 +2406,36 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     hc_pre_last_load(xv, nw, hc, n, xr, wn);
 #endif
     __syncthreads();
-    // The block's sums: warp m adds product m over the 32 warps; warp 24 the squares.
-    if (wp < mix) {
-        float a = warp_sum(shm[lane][wp]);
-        if (lane == 0) part[((size_t)t * nblk + blockIdx.x) * mix + wp] = a;
-    }
-    if (wp == HC_MAX_MIX) {
-        double a = warp_reduce(shd[lane], SumOp());
+    // The block's sums: warp w adds products w, w + HC_NW, .. over the block's warps;
+    // warp 24 mod HC_NW the squares.
+#pragma unroll
+    for (int m = wp; m < HC_MAX_MIX; m += HC_NW)
+        if (m < mix) {
+            float a = warp_sum(lane < HC_NW ? shm[lane][m] : 0.0f);
+            if (lane == 0) part[((size_t)t * nblk + blockIdx.x) * mix + m] = a;
+        }
+    if (wp == HC_MAX_MIX % HC_NW) {
+        double a = warp_reduce(lane < HC_NW ? shd[lane] : 0.0, SumOp());
         if (lane == 0) pss[(size_t)t * nblk + blockIdx.x] = a;
     }
-    __threadfence();
+    // One thread's fence orders the block's shares (the barrier put them before it) ahead
+    // of its arrival, and the last block's own fence orders its loads after it: the
+    // pattern of a grid barrier. (v21: the same step time as a fence by every thread.)
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&count[t], 1) == nblk - 1;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        int l = atomicAdd(&count[t], 1) == nblk - 1;
+        if (l) __threadfence();
+        last = l;
+    }
     __syncthreads();
     if (!last) return;
-    __threadfence();
 #if !DS4_HC_XEARLY
     hc_pre_last_load(xv, nw, hc, n, xr, wn);
 #endif
     // Every block's shares in one round of loads, then added in block order.
     __shared__ float zs[HC_MAX_MIX];
-    for (int i = threadIdx.x; i < nblk * mix; i += 1024)
+    for (int i = threadIdx.x; i < nblk * mix; i += HC_BT)
         ps[i / mix][i % mix] = __ldcg(&part[(size_t)t * nblk * mix + i]);
     if (threadIdx.x < nblk) pss_s[threadIdx.x] = __ldcg(&pss[(size_t)t * nblk + threadIdx.x]);
     __syncthreads();
@@ -2454,14 +2452,14 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     hc_pre_last(t, zs, xr, wn, sc_s, base_s, xn, mixo, hc, n, mix, iters, hc_eps, eps, q, d,
                 mix_out);
 }
-extern "C" __global__ void __launch_bounds__(1024) hc_pre_late_f16(
+extern "C" __global__ void __launch_bounds__(HC_BT, 1) hc_pre_late_f16(
     const u16* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
     float hc_eps, float eps, i8* q, float* d, int mix_out) {
     hc_pre_late_body<u16>(w, x, part, count, z, scale, base, nw, xn, mixo, hc, n, mix, iters,
                           hc_eps, eps, q, d, mix_out, LoadF16());
 }
-extern "C" __global__ void __launch_bounds__(1024) hc_pre_late_f32(
+extern "C" __global__ void __launch_bounds__(HC_BT, 1) hc_pre_late_f32(
     const float* w, const float* x, float* part, int* count, float* z, const float* scale,
     const float* base, const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
     float hc_eps, float eps, i8* q, float* d, int mix_out) {
@@ -3788,6 +3786,35 @@ extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(SPLIT_AR
     case 4: SPLIT_CALL(4, u16); break;
     default: SPLIT_CALL(1, u16); break;
     }
+}
+
+// Decode's L2 prefetch branch (DS4_CUDA_L2PF; v21, an experiment): [a, a + an) and
+// [b, b + bn), the first bytes of a product's weights and of their block scales, fetched
+// into L2 while the small kernels before that product run (HBM is otherwise idle then),
+// so its first loads hit L2. Bulk prefetches (the copy engine, 16 KB each) with `bulk`,
+// else one L2 prefetch a 128-byte line. Nothing is written: a cache hint.
+__device__ __forceinline__ void l2_prefetch_range(const u8* p, unsigned long long n, int bulk) {
+    if (n == 0) return;
+    unsigned long long a0 = (unsigned long long)p & ~15ull;
+    unsigned long long a1 = ((unsigned long long)p + n + 15) & ~15ull;
+    size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t nth = (size_t)gridDim.x * blockDim.x;
+    if (bulk) {
+        const unsigned long long CH = 16384;
+        for (unsigned long long o = a0 + tid * CH; o < a1; o += nth * CH) {
+            unsigned sz = (unsigned)min(CH, a1 - o);
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(o), "r"(sz) : "memory");
+        }
+    } else {
+        for (unsigned long long o = (a0 & ~127ull) + tid * 128; o < a1; o += nth * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(o));
+    }
+}
+extern "C" __global__ void l2_prefetch(const u8* a, unsigned long long an, const u8* b,
+                                       unsigned long long bn, int bulk) {
+    pdl_begin();
+    l2_prefetch_range(a, an, bulk);
+    l2_prefetch_range(b, bn, bulk);
 }
 
 // Merges attention_split's ranges for one (head, token): the softmax over all rows and

@@ -999,8 +999,25 @@ fn hc_fused_on() -> bool {
 }
 
 /// The most HC mixing logits `hc_pre_late_*` takes (its HC_MAX_MIX: hc = 4; it also
-/// takes hc ≤ 4, n_embd ≤ 4096 and hc·n_embd ≤ 32,768: HC_MAX, HC_COLS and HC_MAX_BLK).
+/// takes hc ≤ 4, n_embd ≤ 4096 and hc·n_embd ≤ HC_MAX_BLK·HC_BT: HC_MAX, HC_COLS and
+/// HC_MAX_BLK).
 const HC_MAX_MIX: usize = 24;
+
+/// Threads of an `hc_pre_late_*` block (HC_BT in ds4.cu, defined from this): 512, or
+/// 1,024 / 256 with `DS4_CUDA_HC_BT` (for comparisons). H200 (v21): 512 took 13–24 µs
+/// off the 7.05 ms step against 1,024 (whose blocks each need a whole SM's registers),
+/// in three calls.
+pub(crate) fn hc_bt() -> u32 {
+    static BT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BT.get_or_init(|| match std::env::var("DS4_CUDA_HC_BT").as_deref() {
+        Ok("1024") => 1024,
+        Ok("256") => 256,
+        _ => 512,
+    })
+}
+
+/// The most blocks a token of `hc_pre_late_*` (HC_MAX_BLK in ds4.cu).
+const HC_MAX_BLK: usize = 64;
 
 /// Rows per warp of all of decode's Q8_0 products when `DS4_CUDA_Q8_R` is 1
 /// (`mv_q8_0_1`), 2 (`mv_q8_0_r2`) or 4 (`mv_q8_0_r4`), for comparisons; unset, the
@@ -1608,10 +1625,11 @@ impl<'a> Fwd<'a> {
         let (qp, dp) = q.unwrap_or((0, 0));
         let shm = cfg.n_embd * 4;
         // Decode: the whole step in one launch (see hc_pre_late_body in ds4.cu).
+        let bt = hc_bt() as usize;
         let one = fused
-            .filter(|_| hc_fused_on() && he.is_multiple_of(1024) && cfg.hc_mix() <= HC_MAX_MIX)
+            .filter(|_| hc_fused_on() && he.is_multiple_of(bt) && cfg.hc_mix() <= HC_MAX_MIX)
             .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32))
-            .filter(|_| he <= 32 * 1024);
+            .filter(|_| he <= HC_MAX_BLK * bt);
         if let Some(kernel) = one {
             let kernel = if kernel == "hc_fn_rms_f16" {
                 "hc_pre_late_f16"
@@ -1620,7 +1638,7 @@ impl<'a> Fwd<'a> {
             };
             // The Sinkhorn step (only hc_post reads it) on a side branch of the graph.
             let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
-            launch!(self.gpu, kernel, ((he / 1024) as u32, t as u32, 1), 1024, 0;
+            launch!(self.gpu, kernel, ((he / bt) as u32, t as u32, 1), bt as u32, 0;
                 hw.fn_.buf.ptr, x, s.flat.ptr, s.hc_count.ptr, s.z.ptr, hw.scale.ptr, hw.base.ptr,
                 norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32,
                 cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp,

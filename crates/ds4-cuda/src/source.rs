@@ -91,6 +91,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "group_by_expert",
     "swiglu",
     "fill_f32",
+    "l2_prefetch",
     // Diagnostics (examples/cuda_sync.rs).
     "sync_chain",
     "sync_persistent",
@@ -121,9 +122,9 @@ pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
     // Switches of ds4.cu, compiled in so that a comparison run builds its own kernels.
     // On unless the variable is 0: early PDL signalling, streaming weight loads, dense
-    // products' first loads before the PDL wait, hc_pre_late's early pre-mix loads, the
-    // Q8_0 decode product's register cap. Numbers (out of range: the default): launch
-    // bounds of four decode kernels and the pieces in flight per lane of the Q8_0 one.
+    // products' first loads before the PDL wait, the Q8_0 decode product's register cap.
+    // Numbers (out of range: the default): launch bounds of four decode kernels and the
+    // pieces in flight per lane of the Q8_0 one.
     let on = |v: &str| std::env::var(v).map_or(1, |v| u32::from(v != "0"));
     let num = |v: &str, default: u32, max: u32| {
         std::env::var(v)
@@ -135,13 +136,12 @@ pub fn program() -> String {
     let defines = [
         ("DS4_PDL_EARLY", on("DS4_CUDA_PDL_EARLY")),
         ("DS4_WSTREAM", on("DS4_CUDA_WSTREAM")),
-        // Off unless 1: an experiment (bench/CUDA-SPEED.md v20).
-        (
-            "DS4_WEVICT",
-            u32::from(std::env::var("DS4_CUDA_WEVICT").is_ok_and(|v| v == "1")),
-        ),
         ("DS4_MV_EARLY", on("DS4_CUDA_MV_EARLY")),
-        ("DS4_HC_XEARLY", on("DS4_CUDA_HC_XEARLY")),
+        // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
+        (
+            "DS4_HC_XEARLY",
+            u32::from(std::env::var("DS4_CUDA_HC_XEARLY").is_ok_and(|v| v == "1")),
+        ),
         ("DS4_Q8_LB", on("DS4_CUDA_Q8_LB")),
         ("DS4_IQ2_LB", num("DS4_CUDA_IQ2_LB", 3, 8)),
         ("DS4_Q2K_LB", num("DS4_CUDA_Q2K_LB", 0, 16)),
@@ -152,6 +152,7 @@ pub fn program() -> String {
         ("IDX_TT", crate::forward::IDX_TT as u32),
         ("TK_CL", crate::forward::TOPK_CLUSTER),
         ("TK_CL_MIN", crate::forward::TOPK_CLUSTER_MIN as u32),
+        ("HC_BT", crate::forward::hc_bt()),
     ];
     for (name, value) in defines {
         s.push_str(&format!("#define {name} {value}\n"));
