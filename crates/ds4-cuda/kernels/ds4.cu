@@ -384,6 +384,12 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_MV_EARLY
 #define DS4_MV_EARLY 1
 #endif
+// Prefill's mm_f16 (its split activations stored in pairs) and mm_iq2_xxs_st (its B
+// operands) take their fragments by ldmatrix (v21; DS4_CUDA_LDSM=0: v20's 16-bit stores
+// and 32-bit fragment loads, the same values).
+#ifndef DS4_LDSM_B
+#define DS4_LDSM_B 1
+#endif
 // hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY=1; off
 // by default since v21's 512-thread blocks, which would hold twice the registers for it).
 #ifndef DS4_HC_XEARLY
@@ -1097,6 +1103,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_big(MvArgs a) { pdl
     }
 }
 
+__device__ __forceinline__ u32 f2h2(float lo, float hi) {
+    u32 h;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(hi), "f"(lo));
+    return h;
+}
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -1159,6 +1170,43 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
             int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
             *(int4*)(as + row * ld + 8 * ch) = wv[u];
         }
+#if DS4_LDSM_B
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int idx = threadIdx.x + 128 * u, row = idx >> 4, ch = idx & 15;
+            // Two values a conversion (the same rounding as one at a time) and four a
+            // store: the split was a quarter of the kernel's instructions as 16-bit stores.
+            u32 h01 = f2h2(xv[u].x, xv[u].y), h23 = f2h2(xv[u].z, xv[u].w);
+            u32 l01 = f2h2(xv[u].x - h2f((u16)h01), xv[u].y - h2f((u16)(h01 >> 16)));
+            u32 l23 = f2h2(xv[u].z - h2f((u16)h23), xv[u].w - h2f((u16)(h23 >> 16)));
+            *(uint2*)(bh + row * ld + 4 * ch) = make_uint2(h01, h23);
+            *(uint2*)(bl + row * ld + 4 * ch) = make_uint2(l01, l23);
+        }
+        __syncthreads();
+        if (PF && k0 + 64 < kend) load(k0 + 64);
+        // Fragments by ldmatrix (the same registers as 32-bit loads of rows g, columns
+        // 2tq..: one instruction for four of them). A: lanes 8m.. address rows
+        // (m & 1)·8 + (lane & 7) at column (m >> 1)·8; B: tokens of j + (m >> 1), column
+        // (m & 1)·8 — b0, b1 of j then of j + 1.
+        int mi = lane >> 3, rr = lane & 7;
+#pragma unroll
+        for (int kk = 0; kk < 64; kk += 16) {
+            u32 af[4];
+            ldsm_x4(af[0], af[1], af[2], af[3],
+                    as + (16 * warp + (mi & 1) * 8 + rr) * ld + kk + (mi >> 1) * 8);
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                int o = (8 * (j + (mi >> 1)) + rr) * ld + kk + (mi & 1) * 8;
+                u32 h[4], l[4];
+                ldsm_x4(h[0], h[1], h[2], h[3], bh + o);
+                ldsm_x4(l[0], l[1], l[2], l[3], bl + o);
+                mma_f16_16816(acc[j], af, h[0], h[1]);
+                mma_f16_16816(acc[j], af, l[0], l[1]);
+                mma_f16_16816(acc[j + 1], af, h[2], h[3]);
+                mma_f16_16816(acc[j + 1], af, l[2], l[3]);
+            }
+        }
+#else  // v20's staging and fragment loads, for comparisons
 #pragma unroll
         for (int u = 0; u < 8; u++) {
             int idx = threadIdx.x + 128 * u, row = idx >> 4, ch = idx & 15;
@@ -1187,6 +1235,7 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
                 mma_f16_16816(acc[j], af, *(const u32*)(bl + o), *(const u32*)(bl + o + 8));
             }
         }
+#endif
         __syncthreads();
     }
     int ra = r0 + 16 * warp + g;
@@ -1742,7 +1791,7 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
     for (int j = 0; j < NG / 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
-    int l0 = tq >> 1, half = tq & 1;
+    int l0 = tq >> 1, half = tq & 1, mi = lane >> 3, rr = lane & 7;
     stage(0, 0);
     cp_async_commit();
     for (int ib = 0; ib < nblk; ib++) {
@@ -1796,11 +1845,30 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
             }
             int lsa = 2 * (int)(a1a >> 28) + 1, lsb = 2 * (int)(a1b >> 28) + 1;
 #pragma unroll
-            for (int j = 0; j < NG / 8; j++) {
-                if (j < nj) {
-                    const i8* bp = xb + (8 * j + g) * IQ_LDB + 32 * gq + 4 * tq;
+            for (int j0 = 0; j0 < NG / 8; j0 += 2) {
+                if (j0 >= nj) continue;  // the block's whole warps alike
+                // The B fragments of n-tiles j0 and j0 + 1: (b0, b1) each, the tokens'
+                // bytes 32·gq + 4tq.. and 16 further.
+                int bf[4];
+#if DS4_LDSM_B
+                // By ldmatrix (an 8 × 16-byte matrix per address group of 8 lanes: lane
+                // 4g + tq receives bytes 4tq.. of row g — the 32-bit loads' words).
+                ldsm_x4(*(u32*)&bf[0], *(u32*)&bf[1], *(u32*)&bf[2], *(u32*)&bf[3],
+                        xb + (8 * (j0 + (mi >> 1)) + rr) * IQ_LDB + 32 * gq + (mi & 1) * 16);
+#else
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const i8* bp = xb + (8 * (j0 + h) + g) * IQ_LDB + 32 * gq + 4 * tq;
+                    bf[2 * h] = *(const int*)bp;
+                    bf[2 * h + 1] = *(const int*)(bp + 16);
+                }
+#endif
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int j = j0 + h;
+                    if (j >= nj) break;
                     int c[4];
-                    mma_s8_16832(c, af, *(const int*)bp, *(const int*)(bp + 16));
+                    mma_s8_16832(c, af, bf[2 * h], bf[2 * h + 1]);
                     if (C > 0) {
                         ci[j][0] += c[0] * lsa;
                         ci[j][1] += c[1] * lsa;

@@ -122,7 +122,8 @@ pub fn program() -> String {
     let mut s = String::with_capacity(KERNELS_CU.len() + 16 * 1024);
     // Switches of ds4.cu, compiled in so that a comparison run builds its own kernels.
     // On unless the variable is 0: early PDL signalling, streaming weight loads, dense
-    // products' first loads before the PDL wait, the Q8_0 decode product's register cap.
+    // products' first loads before the PDL wait, the Q8_0 decode product's register cap,
+    // the ldmatrix fragments of mm_f16 and mm_iq2_xxs_st.
     // Numbers (out of range: the default): launch bounds of four decode kernels and the
     // pieces in flight per lane of the Q8_0 one.
     let on = |v: &str| std::env::var(v).map_or(1, |v| u32::from(v != "0"));
@@ -137,6 +138,7 @@ pub fn program() -> String {
         ("DS4_PDL_EARLY", on("DS4_CUDA_PDL_EARLY")),
         ("DS4_WSTREAM", on("DS4_CUDA_WSTREAM")),
         ("DS4_MV_EARLY", on("DS4_CUDA_MV_EARLY")),
+        ("DS4_LDSM_B", on("DS4_CUDA_LDSM")),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
