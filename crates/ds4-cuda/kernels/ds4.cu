@@ -3856,35 +3856,6 @@ extern "C" __global__ void __launch_bounds__(512, 2) attention_split_kh(SPLIT_AR
     }
 }
 
-// Decode's L2 prefetch branch (DS4_CUDA_L2PF; v21, an experiment): [a, a + an) and
-// [b, b + bn), the first bytes of a product's weights and of their block scales, fetched
-// into L2 while the small kernels before that product run (HBM is otherwise idle then),
-// so its first loads hit L2. Bulk prefetches (the copy engine, 16 KB each) with `bulk`,
-// else one L2 prefetch a 128-byte line. Nothing is written: a cache hint.
-__device__ __forceinline__ void l2_prefetch_range(const u8* p, unsigned long long n, int bulk) {
-    if (n == 0) return;
-    unsigned long long a0 = (unsigned long long)p & ~15ull;
-    unsigned long long a1 = ((unsigned long long)p + n + 15) & ~15ull;
-    size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    size_t nth = (size_t)gridDim.x * blockDim.x;
-    if (bulk) {
-        const unsigned long long CH = 16384;
-        for (unsigned long long o = a0 + tid * CH; o < a1; o += nth * CH) {
-            unsigned sz = (unsigned)min(CH, a1 - o);
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(o), "r"(sz) : "memory");
-        }
-    } else {
-        for (unsigned long long o = (a0 & ~127ull) + tid * 128; o < a1; o += nth * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(o));
-    }
-}
-extern "C" __global__ void l2_prefetch(const u8* a, unsigned long long an, const u8* b,
-                                       unsigned long long bn, int bulk) {
-    pdl_begin();
-    l2_prefetch_range(a, an, bulk);
-    l2_prefetch_range(b, bn, bulk);
-}
-
 // Merges attention_split's ranges for one (head, token): the softmax over all rows and
 // the sink, then the inverse rotation (V = K carries each key's rotation).
 // With `q`, also the Q8_0 of the output row (blocks of 32 within the head: hd is a

@@ -91,7 +91,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "group_by_expert",
     "swiglu",
     "fill_f32",
-    "l2_prefetch",
     // Diagnostics (examples/cuda_sync.rs).
     "sync_chain",
     "sync_persistent",
