@@ -3477,6 +3477,143 @@ __device__ __forceinline__ u32 dsmem_ld(const u32* p, u32 rank) {
     asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(ra) : "memory");
     return v;
 }
+// A u64 of block `rank`'s shared memory (a double's bits) at the address `p` has here.
+__device__ __forceinline__ double dsmem_ld_d(const double* p, u32 rank) {
+    u32 a = (u32)__cvta_generic_to_shared(p), ra;
+    unsigned long long v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.u64 %0, [%1];" : "=l"(v) : "r"(ra) : "memory");
+    return __longlong_as_double((long long)v);
+}
+
+// hc_pre_late on a thread-block cluster (DS4_CUDA_HC_CL=1; v21, prepared, not yet run on a
+// GPU): the 8 blocks of a token's cluster meet through distributed shared memory instead
+// of global partial sums, a fence and an atomic, and all 8 share the pre-mix, norm and
+// Q8_0 that hc_pre_late leaves to its last block alone (n / 8 columns each instead of n).
+// Block r takes the mixing product's columns 4·(512·r + thread) .. + 3 (one 8-byte load a
+// weight row, one float4 of x: hc·n ≤ 16,384) and the pre-mix's columns cpb·r + thread
+// (cpb = n / 8 rounded up to 32, so a Q8_0 block of 32 stays in one warp). Every block adds
+// the 8 blocks' shares in rank order, so all hold the same z (rank 0 writes it). Three
+// cluster barriers: the shares, the pre-mix's sums of squares, and, split, the last
+// distributed reads before any block may leave. The values are hc_pre_late's up to the
+// order of the sums (8 shares of 2,048 columns rather than 32 of 512).
+#define HCL_CL 8
+#define HCL_BT 512
+#define HCL_NW (HCL_BT / 32)
+extern "C" __global__ void __cluster_dims__(HCL_CL, 1, 1) __launch_bounds__(HCL_BT, 1)
+hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const float* base,
+              const float* nw, float* xn, float* mixo, int hc, int n, int mix, int iters,
+              float hc_eps, float eps, i8* q, float* d, int mix_out) {
+    __shared__ float shm[HCL_NW][HC_MAX_MIX];
+    __shared__ double shd[32];
+    __shared__ float part_s[HC_MAX_MIX];
+    __shared__ double sq_s[2];  // the block's squares: of its x columns, of its pre-mix columns
+    __shared__ float ps[HCL_CL][HC_MAX_MIX];
+    __shared__ double pq[HCL_CL];
+    __shared__ float zs[HC_MAX_MIX], pre[HC_MAX], sc_s[3], base_s[HC_MAX_MIX];
+    int he = hc * n, t = blockIdx.y;
+    u32 rank = cluster_rank();
+    int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    int c0 = (int)(rank * HCL_BT + threadIdx.x) * 4;
+    bool live = c0 < he;  // he is a multiple of 128 (n of 32)
+    pdl_signal_early();
+    // Model weights: loaded before the wait (24 rows × 4 halves, 48 registers).
+    uint2 wr[HC_MAX_MIX];
+#pragma unroll
+    for (int m = 0; m < HC_MAX_MIX; m++)
+        wr[m] = m < mix && live ? *(const uint2*)(w + (size_t)m * he + c0) : make_uint2(0, 0);
+    if (threadIdx.x < 3) sc_s[threadIdx.x] = scale[threadIdx.x];
+    if (threadIdx.x < mix) base_s[threadIdx.x] = base[threadIdx.x];
+    int cpb = ((n + HCL_CL - 1) / HCL_CL + 31) & ~31;
+    int i2 = (int)rank * cpb + threadIdx.x;
+    bool live2 = (int)threadIdx.x < cpb && i2 < n;  // warp-uniform
+    pdl_wait();
+    const float* xv = x + (size_t)t * he;
+    // Both phases' inputs in one round of loads.
+    float4 v = live ? *(const float4*)(xv + c0) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float xr[HC_MAX];
+#pragma unroll
+    for (int h = 0; h < HC_MAX; h++) xr[h] = live2 && h < hc ? __ldcg(&xv[(size_t)h * n + i2]) : 0.0f;
+    float wn = live2 ? nw[i2] : 0.0f;
+    double sq = (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    sq = warp_reduce(sq, SumOp());
+    if (lane == 0) shd[wp] = sq;
+    float p[32];
+#pragma unroll
+    for (int m = 0; m < 32; m++) {
+        p[m] = 0.0f;
+        if (m < HC_MAX_MIX && m < mix) {
+            uint2 r = wr[m < HC_MAX_MIX ? m : 0];
+            p[m] = h2f((u16)(r.x & 0xffff)) * v.x + h2f((u16)(r.x >> 16)) * v.y +
+                   h2f((u16)(r.y & 0xffff)) * v.z + h2f((u16)(r.y >> 16)) * v.w;
+        }
+    }
+    halve_exchange<16>(p, lane);
+    halve_exchange<8>(p, lane);
+    halve_exchange<4>(p, lane);
+    halve_exchange<2>(p, lane);
+    halve_exchange<1>(p, lane);
+    if (lane < mix) shm[wp][lane] = p[0];
+    __syncthreads();
+#pragma unroll
+    for (int m = wp; m < HC_MAX_MIX; m += HCL_NW)
+        if (m < mix) {
+            float a = warp_sum(lane < HCL_NW ? shm[lane][m] : 0.0f);
+            if (lane == 0) part_s[m] = a;
+        }
+    if (wp == HC_MAX_MIX % HCL_NW) {
+        double a = warp_reduce(lane < HCL_NW ? shd[lane] : 0.0, SumOp());
+        if (lane == 0) sq_s[0] = a;
+    }
+    cluster_barrier();
+    // Every block's shares in one round of distributed loads, then added in rank order.
+    if ((int)threadIdx.x < HCL_CL * mix) {
+        int r = threadIdx.x / mix, m = threadIdx.x % mix;
+        ps[r][m] = __uint_as_float(dsmem_ld((const u32*)&part_s[m], r));
+    } else if (threadIdx.x >= 256 && threadIdx.x < 256 + HCL_CL) {
+        pq[threadIdx.x - 256] = dsmem_ld_d(&sq_s[0], threadIdx.x - 256);
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < mix) {
+        float a = 0.0f;
+        double ss = 0.0;
+#pragma unroll
+        for (int r = 0; r < HCL_CL; r++) {
+            a += ps[r][threadIdx.x];
+            ss += pq[r];
+        }
+        a *= (float)(1.0 / sqrt(ss / (double)he + (double)eps));
+        zs[threadIdx.x] = a;
+        if (rank == 0) z[(size_t)t * mix + threadIdx.x] = a;
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zs[threadIdx.x] * sc_s[0] + base_s[threadIdx.x]) + hc_eps;
+    if (mix_out && rank == 0 && wp == 1)
+        hc_mix_warp(zs, sc_s, base_s, mixo + (size_t)t * (hc + hc * hc), hc, iters, hc_eps);
+    __syncthreads();
+    float y = 0.0f;
+#pragma unroll
+    for (int h = 0; h < HC_MAX; h++)
+        if (h < hc) y += pre[h] * xr[h];
+    double s2 = block_sum_d(live2 ? (double)y * (double)y : 0.0, shd);
+    if (threadIdx.x == 0) sq_s[1] = s2;
+    cluster_barrier();
+    if (threadIdx.x < HCL_CL) pq[threadIdx.x] = dsmem_ld_d(&sq_s[1], threadIdx.x);
+    __syncthreads();
+    // This block's distributed reads are done: the others may leave once all arrive.
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    double ss2 = 0.0;
+#pragma unroll
+    for (int r = 0; r < HCL_CL; r++) ss2 += pq[r];
+    float r2 = (float)(1.0 / sqrt(ss2 / (double)n + (double)eps));
+    if (live2) {
+        float o = y * r2 * wn;
+        xn[(size_t)t * n + i2] = o;
+        if (q) q8_0_lanes(o, lane, q, d, ((size_t)t * n + i2) / 32);
+    }
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
 extern "C" __global__ void __cluster_dims__(TK_CL, 1, 1) __launch_bounds__(1024)
 topk_select_cl(const float* scores, int* sel, int* nsel, const int* pos0p, int ratio, int max_rows,
                int k) { pdl_begin();

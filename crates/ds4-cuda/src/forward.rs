@@ -1019,6 +1019,13 @@ pub(crate) fn hc_bt() -> u32 {
 /// The most blocks a token of `hc_pre_late_*` (HC_MAX_BLK in ds4.cu).
 const HC_MAX_BLK: usize = 64;
 
+/// Whether decode's HC pre-step runs on a cluster of 8 blocks a token (`hc_pre_cl_f16`,
+/// `DS4_CUDA_HC_CL=1`: prepared in v21, not yet measured) rather than `hc_pre_late_f16`.
+fn hc_cluster_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_CL").is_ok_and(|v| v == "1"))
+}
+
 /// Rows per warp of all of decode's Q8_0 products when `DS4_CUDA_Q8_R` is 1
 /// (`mv_q8_0_1`), 2 (`mv_q8_0_r2`) or 4 (`mv_q8_0_r4`), for comparisons; unset, the
 /// rule in mv_launch.
@@ -1631,18 +1638,27 @@ impl<'a> Fwd<'a> {
             .filter(|_| cfg.hc <= 4 && cfg.n_embd <= 4096 && cfg.n_embd.is_multiple_of(32))
             .filter(|_| he <= HC_MAX_BLK * bt);
         if let Some(kernel) = one {
-            let kernel = if kernel == "hc_fn_rms_f16" {
-                "hc_pre_late_f16"
-            } else {
-                "hc_pre_late_f32"
-            };
             // The Sinkhorn step (only hc_post reads it) on a side branch of the graph.
             let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
-            launch!(self.gpu, kernel, ((he / bt) as u32, t as u32, 1), bt as u32, 0;
-                hw.fn_.buf.ptr, x, s.flat.ptr, s.hc_count.ptr, s.z.ptr, hw.scale.ptr, hw.base.ptr,
-                norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32,
-                cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp,
-                i32::from(!branch))?;
+            if kernel == "hc_fn_rms_f16" && hc_cluster_on() && he <= 16384 {
+                // A token's cluster of 8 blocks (hc_pre_cl_f16 in ds4.cu; for comparisons).
+                launch!(self.gpu, "hc_pre_cl_f16", (8, t as u32, 1), 512, 0;
+                    hw.fn_.buf.ptr, x, s.z.ptr, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr,
+                    s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32, cfg.hc_mix() as i32,
+                    cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp,
+                    i32::from(!branch))?;
+            } else {
+                let kernel = if kernel == "hc_fn_rms_f16" {
+                    "hc_pre_late_f16"
+                } else {
+                    "hc_pre_late_f32"
+                };
+                launch!(self.gpu, kernel, ((he / bt) as u32, t as u32, 1), bt as u32, 0;
+                    hw.fn_.buf.ptr, x, s.flat.ptr, s.hc_count.ptr, s.z.ptr, hw.scale.ptr,
+                    hw.base.ptr, norm.ptr, s.xn.ptr, s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32,
+                    cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp,
+                    dp, i32::from(!branch))?;
+            }
             if !branch {
                 return Ok(None);
             }

@@ -54,6 +54,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_pre_late_f16",
     "hc_pre_late_f32",
     "hc_mix",
+    "hc_pre_cl_f16",
     "hc_post",
     "hc_head",
     "kv_store",
