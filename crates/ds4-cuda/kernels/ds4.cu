@@ -2416,6 +2416,15 @@ template <int D> __device__ __forceinline__ void halve_exchange(float* p, int la
         p[i] = keep + __shfl_xor_sync(0xffffffffu, send, D);
     }
 }
+// The warp's 32 sums of p[0..32) by halving exchanges at distance 16, 8, .., 1: lane l
+// ends with the warp's sum of p[l] in p[0].
+__device__ __forceinline__ void warp_halve_sums(float (&p)[32], int lane) {
+    halve_exchange<16>(p, lane);
+    halve_exchange<8>(p, lane);
+    halve_exchange<4>(p, lane);
+    halve_exchange<2>(p, lane);
+    halve_exchange<1>(p, lane);
+}
 
 // The product first and the norm's factor after, z = r·(W·x) rather than W·(x·r) (v13's
 // hc_pre_fused, measured slower in v14): a block reads only its own 1,024 columns and
@@ -2460,11 +2469,7 @@ __device__ void hc_pre_late_body(const T* w, const float* x, float* part, int* c
     float p[32];
 #pragma unroll
     for (int m = 0; m < 32; m++) p[m] = m < mix ? wv[m < HC_MAX_MIX ? m : 0] * v : 0.0f;
-    halve_exchange<16>(p, lane);
-    halve_exchange<8>(p, lane);
-    halve_exchange<4>(p, lane);
-    halve_exchange<2>(p, lane);
-    halve_exchange<1>(p, lane);
+    warp_halve_sums(p, lane);
     if (lane < mix) shm[wp][lane] = p[0];
     // Every block loads the pre-mix inputs the last block needs (DS4_HC_XEARLY), so the
     // one that turns out last has them in registers when its atomic returns rather than
@@ -3548,11 +3553,7 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
                    h2f((u16)(r.y & 0xffff)) * v.z + h2f((u16)(r.y >> 16)) * v.w;
         }
     }
-    halve_exchange<16>(p, lane);
-    halve_exchange<8>(p, lane);
-    halve_exchange<4>(p, lane);
-    halve_exchange<2>(p, lane);
-    halve_exchange<1>(p, lane);
+    warp_halve_sums(p, lane);
     if (lane < mix) shm[wp][lane] = p[0];
     __syncthreads();
 #pragma unroll
