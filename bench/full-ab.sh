@@ -27,3 +27,5 @@ for rep in $(seq "${REPS:-1}"); do
             grep "ctx " | tee -a "$LOG"
     done
 done
+# The table of every arm against the defaults of its repetition (bench/ab-summary.py).
+if command -v python3 > /dev/null; then python3 bench/ab-summary.py "$LOG" | tee -a "$LOG"; fi
