@@ -390,6 +390,11 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_LDSM_B
 #define DS4_LDSM_B 1
 #endif
+// Decode's IQ2_XXS product loads its next pieces before decoding the current ones
+// (DS4_CUDA_IQ2_PF=1; v21, prepared, not yet measured).
+#ifndef DS4_IQ2_PF
+#define DS4_IQ2_PF 0
+#endif
 // hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY=1; off
 // by default since v21's 512-thread blocks, which would hold twice the registers for it).
 #ifndef DS4_HC_XEARLY
@@ -1584,7 +1589,73 @@ extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { pdl_begin(); mv_iq2_xxs_body
 // conflict-free shared loads — and each piece's two group sums added in integers. The
 // host sizes the grid to one wave of resident blocks, so each block fills its replicas
 // once and walks several rounds of rows.
-template <int U, bool ST>
+// One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
+// the item's activations into acc: the two groups' sums times their scales in integers (as
+// the CPU's block sum), then one float step per piece; the 1/8 at the end.
+template <bool ST>
+__device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c, const int4 (&wv)[4],
+                                           const float (&dw)[4], const u64* tl, const u64* sgn,
+                                           int lane, float (&acc)[4]) {
+    int ib = c >> 2, g0 = 2 * (c & 3);
+    float dx = a.xd[(xo0 >> 8) + ib];
+    int4 xv[2][2];
+#pragma unroll
+    for (int gg = 0; gg < 2; gg++) {
+        const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
+        xv[gg][0] = *(const int4*)xb;
+        xv[gg][1] = *(const int4*)(xb + 16);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        u32 qw[4] = {(u32)wv[j].x, (u32)wv[j].y, (u32)wv[j].z, (u32)wv[j].w};
+        int bsum = 0;
+#pragma unroll
+        for (int gg = 0; gg < 2; gg++) {
+            u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
+            int ls = 2 * (int)(a1 >> 28) + 1;
+            int w8[8];
+#pragma unroll
+            for (int l = 0; l < 4; l++) {
+                u64 gr = tl[16 * ((a0 >> (8 * l)) & 0xff)];
+                u32 s7 = (a1 >> (7 * l)) & 127;
+                u32 slo, shi;
+                if (ST) {
+                    u64 sg = sgn[16 * s7 + (lane & 15)];
+                    slo = (u32)sg;
+                    shi = (u32)(sg >> 32);
+                } else {
+                    slo = iq2_sign_word(s7, 0x08040201u);
+                    shi = iq2_sign_word(s7, 0x80402010u);
+                }
+                w8[2 * l] = iq2_signed((u32)gr, slo);
+                w8[2 * l + 1] = iq2_signed((u32)(gr >> 32), shi);
+            }
+            int4 x0 = xv[gg][0], x1 = xv[gg][1];
+            int sumi = __dp4a(w8[0], x0.x, 0);
+            sumi = __dp4a(w8[1], x0.y, sumi);
+            sumi = __dp4a(w8[2], x0.z, sumi);
+            sumi = __dp4a(w8[3], x0.w, sumi);
+            sumi = __dp4a(w8[4], x1.x, sumi);
+            sumi = __dp4a(w8[5], x1.y, sumi);
+            sumi = __dp4a(w8[6], x1.z, sumi);
+            sumi = __dp4a(w8[7], x1.w, sumi);
+            bsum += sumi * ls;
+        }
+        acc[j] += (dw[j] * dx) * (float)bsum;
+    }
+}
+// Piece c of rows rb + j·rstep (clamped to the last row; their results are not stored).
+__device__ __forceinline__ void iq2_load4(const MvArgs& a, const u8* wq0, const u16* wd0, int rb,
+                                          int rstep, int c, int nch, int4 (&wv)[4], float (&dw)[4]) {
+    bool ok = c < nch;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int r = min(rb + j * rstep, a.rows - 1);
+        wv[j] = ok ? ldg4(wq0 + ((size_t)r * nch + c) * 16) : make_int4(0, 0, 0, 0);
+        dw[j] = ok ? h2f(__ldg(wd0 + (size_t)r * (nch >> 2) + (c >> 2))) : 0.0f;
+    }
+}
+template <bool ST>
 __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* tab, const u64* sgn) {
     const int NTM = 1;
     MV_ITEMS
@@ -1595,6 +1666,44 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
     const u64* tl = tab + (lane & 15);
     const u8* wq0 = a.w + e * a.mat_bytes;
     const u16* wd0 = (const u16*)(a.sc + e * a.sc_mat_bytes);
+#if DS4_IQ2_PF
+    // The next pieces (the row's next 32, or the next round's rows) are loaded before the
+    // current ones are decoded, so a warp's loads stay in flight through its decoding
+    // rather than its next round waiting a memory latency each time (DS4_CUDA_IQ2_PF=1;
+    // v21, prepared, not yet run on a GPU). The pieces are added in the same order: the
+    // same values.
+    int rb = rbase, cb = 0;  // cb: the warp's first piece of this step (warp-uniform)
+    int4 wv[4];
+    float dw[4], acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (rb < a.rows) iq2_load4(a, wq0, wd0, rb, rstep, cb + lane, nch, wv, dw);
+    while (rb < a.rows) {
+        int cn = cb + 32, rn = rb;
+        if (cn >= nch) {
+            cn = 0;
+            rn = rb + 4 * rstep;
+        }
+        int4 wn[4];
+        float dn[4];
+        if (rn < a.rows) iq2_load4(a, wq0, wd0, rn, rstep, cn + lane, nch, wn, dn);
+        if (cb + lane < nch) iq2_piece4<ST>(a, xo0, cb + lane, wv, dw, tl, sgn, lane, acc);
+        if (cn == 0) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int r = rb + j * rstep;
+                float v = 0.125f * warp_sum(acc[j]);
+                if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
+                acc[j] = 0.0f;
+            }
+        }
+        rb = rn;
+        cb = cn;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            wv[j] = wn[j];
+            dw[j] = dn[j];
+        }
+    }
+#else
     for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
         // Row indices rather than eight 64-bit pointers: the registers go to loads in flight.
         int rr[4];
@@ -1604,72 +1713,15 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
             rr[j] = min(rb + j * rstep, a.rows - 1);
             acc[j] = 0.0f;
         }
-        for (int c0 = lane; c0 < nch; c0 += 32 * U) {
-            int4 wv[4][U];
-            float dw[4][U];
+        for (int c0 = lane; c0 < nch; c0 += 32) {
+            int4 wv[4];
+            float dw[4];
 #pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    int c = c0 + 32 * u;
-                    bool ok = c < nch;
-                    wv[j][u] = ok ? ldg4(wq0 + ((size_t)rr[j] * nch + c) * 16) : make_int4(0, 0, 0, 0);
-                    dw[j][u] = ok ? h2f(__ldg(wd0 + (size_t)rr[j] * (nch >> 2) + (c >> 2))) : 0.0f;
-                }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int c = c0 + 32 * u;
-                if (c >= nch) break;
-                int ib = c >> 2, g0 = 2 * (c & 3);
-                float dx = a.xd[(xo0 >> 8) + ib];
-                int4 xv[2][2];
-#pragma unroll
-                for (int gg = 0; gg < 2; gg++) {
-                    const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
-                    xv[gg][0] = *(const int4*)xb;
-                    xv[gg][1] = *(const int4*)(xb + 16);
-                }
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 qw[4] = {(u32)wv[j][u].x, (u32)wv[j][u].y, (u32)wv[j][u].z, (u32)wv[j][u].w};
-                    // The two groups' sums times their scales, in integers (as the CPU's
-                    // block sum), then one float step per piece; the 1/8 at the end.
-                    int bsum = 0;
-#pragma unroll
-                    for (int gg = 0; gg < 2; gg++) {
-                        u32 a0 = qw[2 * gg], a1 = qw[2 * gg + 1];
-                        int ls = 2 * (int)(a1 >> 28) + 1;
-                        int w8[8];
-#pragma unroll
-                        for (int l = 0; l < 4; l++) {
-                            u64 gr = tl[16 * ((a0 >> (8 * l)) & 0xff)];
-                            u32 s7 = (a1 >> (7 * l)) & 127;
-                            u32 slo, shi;
-                            if (ST) {
-                                u64 sg = sgn[16 * s7 + (lane & 15)];
-                                slo = (u32)sg;
-                                shi = (u32)(sg >> 32);
-                            } else {
-                                slo = iq2_sign_word(s7, 0x08040201u);
-                                shi = iq2_sign_word(s7, 0x80402010u);
-                            }
-                            w8[2 * l] = iq2_signed((u32)gr, slo);
-                            w8[2 * l + 1] = iq2_signed((u32)(gr >> 32), shi);
-                        }
-                        int4 x0 = xv[gg][0], x1 = xv[gg][1];
-                        int sumi = __dp4a(w8[0], x0.x, 0);
-                        sumi = __dp4a(w8[1], x0.y, sumi);
-                        sumi = __dp4a(w8[2], x0.z, sumi);
-                        sumi = __dp4a(w8[3], x0.w, sumi);
-                        sumi = __dp4a(w8[4], x1.x, sumi);
-                        sumi = __dp4a(w8[5], x1.y, sumi);
-                        sumi = __dp4a(w8[6], x1.z, sumi);
-                        sumi = __dp4a(w8[7], x1.w, sumi);
-                        bsum += sumi * ls;
-                    }
-                    acc[j] += (dw[j][u] * dx) * (float)bsum;
-                }
+            for (int j = 0; j < 4; j++) {
+                wv[j] = ldg4(wq0 + ((size_t)rr[j] * nch + c0) * 16);
+                dw[j] = h2f(__ldg(wd0 + (size_t)rr[j] * (nch >> 2) + (c0 >> 2)));
             }
+            iq2_piece4<ST>(a, xo0, c0, wv, dw, tl, sgn, lane, acc);
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -1678,10 +1730,11 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
             if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
         }
     }
+#endif
 }
 
-// U: 16-byte pieces a lane loads per row per round (4·U loads in flight). U = 1 fits 80
-// registers (three blocks an SM: 24 warps, 48 KB in flight); U = 2 took 236 (one block:
+// One 16-byte piece a lane per row per round (4 loads in flight): 80 registers, three
+// blocks an SM (24 warps, 48 KB in flight); two pieces (v13's U = 2) took 236 (one block:
 // 8 warps, 32 KB; ptxas hoists the table loads of all four rows) and measured slower.
 extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1t(MvArgs a) {
     __shared__ u64 tab[16 * 256];
@@ -1689,7 +1742,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) mv_iq2_xxs_1t(MvArgs a) {
     iq2_grid_replicas<16>(tab);
     pdl_wait();
     __syncthreads();
-    mv_iq2_xxs_1t_body<1, false>(a, tab, nullptr);
+    mv_iq2_xxs_1t_body<false>(a, tab, nullptr);
 }
 // The sign masks from 16 replicas of KSIGN_MASK as well (16 KB more shared memory, one
 // conflict-free load per 8 weights instead of about a dozen integer instructions).
@@ -1701,7 +1754,7 @@ extern "C" __global__ void __launch_bounds__(256, DS4_IQ2_LB) mv_iq2_xxs_1ts(MvA
     iq2_sign_replicas<16>(sgn);
     pdl_wait();
     __syncthreads();
-    mv_iq2_xxs_1t_body<1, true>(a, tab, sgn);
+    mv_iq2_xxs_1t_body<true>(a, tab, sgn);
 }
 
 #define MM_NG 32
