@@ -3555,8 +3555,7 @@ __device__ __forceinline__ double dsmem_ld_d(const double* p, u32 rank) {
 // cluster barriers: the shares, the pre-mix's sums of squares, and, split, the last
 // distributed reads before any block may leave. The values are hc_pre_late's up to the
 // order of the sums (8 shares of 2,048 columns rather than 32 of 512).
-#define HCL_CL 8
-#define HCL_BT 512
+// HCL_CL (8) and HCL_BT (512) come from the host (source.rs), which sizes the launch.
 #define HCL_NW (HCL_BT / 32)
 extern "C" __global__ void __cluster_dims__(HCL_CL, 1, 1) __launch_bounds__(HCL_BT, 1)
 hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const float* base,
@@ -3624,7 +3623,7 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
     if ((int)threadIdx.x < HCL_CL * mix) {
         int r = threadIdx.x / mix, m = threadIdx.x % mix;
         ps[r][m] = __uint_as_float(dsmem_ld((const u32*)&part_s[m], r));
-    } else if (threadIdx.x >= 256 && threadIdx.x < 256 + HCL_CL) {
+    } else if (threadIdx.x >= 256 && threadIdx.x < 256 + HCL_CL) {  // 8 · mix ≤ 192 above
         pq[threadIdx.x - 256] = dsmem_ld_d(&sq_s[0], threadIdx.x - 256);
     }
     __syncthreads();

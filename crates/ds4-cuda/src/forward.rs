@@ -1019,6 +1019,11 @@ pub(crate) fn hc_bt() -> u32 {
 /// The most blocks a token of `hc_pre_late_*` (HC_MAX_BLK in ds4.cu).
 const HC_MAX_BLK: usize = 64;
 
+/// Blocks a token and threads a block of `hc_pre_cl_f16` (HCL_CL, HCL_BT in ds4.cu, defined
+/// from these); it takes hc·n_embd ≤ 4 columns a thread of the cluster.
+pub(crate) const HC_CLUSTER: u32 = 8;
+pub(crate) const HC_CLUSTER_BT: u32 = 512;
+
 /// Whether decode's HC pre-step runs on a cluster of 8 blocks a token (`hc_pre_cl_f16`,
 /// `DS4_CUDA_HC_CL=1`: prepared in v21, not yet measured) rather than `hc_pre_late_f16`.
 fn hc_cluster_on() -> bool {
@@ -1640,9 +1645,10 @@ impl<'a> Fwd<'a> {
         if let Some(kernel) = one {
             // The Sinkhorn step (only hc_post reads it) on a side branch of the graph.
             let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
-            if kernel == "hc_fn_rms_f16" && hc_cluster_on() && he <= 16384 {
-                // A token's cluster of 8 blocks (hc_pre_cl_f16 in ds4.cu; for comparisons).
-                launch!(self.gpu, "hc_pre_cl_f16", (8, t as u32, 1), 512, 0;
+            let cl_cols = (4 * HC_CLUSTER * HC_CLUSTER_BT) as usize;
+            if kernel == "hc_fn_rms_f16" && hc_cluster_on() && he <= cl_cols {
+                // A token's cluster of blocks (hc_pre_cl_f16 in ds4.cu; for comparisons).
+                launch!(self.gpu, "hc_pre_cl_f16", (HC_CLUSTER, t as u32, 1), HC_CLUSTER_BT, 0;
                     hw.fn_.buf.ptr, x, s.z.ptr, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr,
                     s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32, cfg.hc_mix() as i32,
                     cfg.hc_sinkhorn_iters as i32, cfg.hc_eps, self.eps(), qp, dp,

@@ -160,6 +160,8 @@ pub fn program() -> String {
         ("TK_CL", crate::forward::TOPK_CLUSTER),
         ("TK_CL_MIN", crate::forward::TOPK_CLUSTER_MIN as u32),
         ("HC_BT", crate::forward::hc_bt()),
+        ("HCL_CL", crate::forward::HC_CLUSTER),
+        ("HCL_BT", crate::forward::HC_CLUSTER_BT),
     ];
     for (name, value) in defines {
         s.push_str(&format!("#define {name} {value}\n"));
