@@ -390,10 +390,13 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_LDSM_B
 #define DS4_LDSM_B 1
 #endif
-// Decode's IQ2_XXS product loads its next pieces before decoding the current ones
-// (DS4_CUDA_IQ2_PF=1; v21, prepared, not yet measured).
+// Decode's IQ2_XXS and Q2_K products load their next pieces before decoding the current
+// ones (DS4_CUDA_IQ2_PF=1, DS4_CUDA_Q2K_PF=1; v21, prepared, not yet measured).
 #ifndef DS4_IQ2_PF
 #define DS4_IQ2_PF 0
+#endif
+#ifndef DS4_Q2K_PF
+#define DS4_Q2K_PF 0
 #endif
 // hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY=1; off
 // by default since v21's 512-thread blocks, which would hold twice the registers for it).
@@ -1333,6 +1336,70 @@ extern "C" __global__ void mv_q2_k_1(MvArgs a) { pdl_begin(); mv_q2_k_body<1>(a)
 // d/dmin loaded before any is used — 28 loads in flight per lane where the general body
 // has 7 and a warp then waits a whole memory round trip per row (the routed down
 // product: 1,254 GB/s in v12). The activations are loaded once for the four rows.
+// The prefetching decode loops' end of a round: rows rb + j·rstep get scale × their warp
+// sums (rows past the matrix are not stored), and the sums restart.
+__device__ __forceinline__ void rows4_store(const MvArgs& a, int item, int rb, int rstep, int lane,
+                                            float scale, float (&acc)[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int r = rb + j * rstep;
+        float v = scale * warp_sum(acc[j]);
+        if (lane == 0 && r < a.rows) a.y[(size_t)item * a.y_stride + r] = v;
+        acc[j] = 0.0f;
+    }
+}
+// Piece (block ib, quarter q, half k = q / 2) of four rows: their quants, d/dmin and scale
+// words into qw, dd, sc4, sc4b.
+__device__ __forceinline__ void q2k_load4(const u8* const (&w)[4], int ib, int q, int k,
+                                          u32 (&qw)[4][4], u32 (&dd)[4], u32 (&sc4)[4],
+                                          u32 (&sc4b)[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const u8* blk = w[j] + ib * 84;
+        const u32* q32 = (const u32*)(blk + 16 + 16 * q);
+#pragma unroll
+        for (int v = 0; v < 4; v++) qw[j][v] = __ldg(q32 + v);
+        dd[j] = __ldg((const u32*)(blk + 80));
+        sc4[j] = __ldg((const u32*)(blk + 8 * k));
+        sc4b[j] = __ldg((const u32*)(blk + 8 * k + 4));
+    }
+}
+// Piece (block ib, half k, column h) of four rows against the item's activations
+// (mv_q2_k_body<1>'s arithmetic in its order) into acc.
+__device__ __forceinline__ void q2k_piece4(const MvArgs& a, long long xo, int ib, int k, int h,
+                                           const u32 (&qw)[4][4], const u32 (&dd)[4],
+                                           const u32 (&sc4)[4], const u32 (&sc4b)[4],
+                                           float (&acc)[4]) {
+    const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
+    const short* bs = a.xs + (xo >> 4) + 16 * ib + 8 * k + h;
+    int4 xv[4];
+    int bsv[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        xv[j] = *(const int4*)(xb + 32 * j);
+        bsv[j] = (int)bs[2 * j];
+    }
+    float dx = a.xd[(xo >> 8) + ib];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float d = h2f((u16)(dd[j] & 0xffff)), dmin = h2f((u16)(dd[j] >> 16));
+        int sumsc = 0, summs = 0;
+#pragma unroll
+        for (int p = 0; p < 4; p++) {
+            u32 m = 0x03030303u;
+            int s = __dp4a((int)((qw[j][0] >> (2 * p)) & m), xv[p].x, 0);
+            s = __dp4a((int)((qw[j][1] >> (2 * p)) & m), xv[p].y, s);
+            s = __dp4a((int)((qw[j][2] >> (2 * p)) & m), xv[p].z, s);
+            s = __dp4a((int)((qw[j][3] >> (2 * p)) & m), xv[p].w, s);
+            int sb = 2 * p + h;
+            int scb = (int)(((sb < 4 ? sc4[j] : sc4b[j]) >> (8 * (sb & 3))) & 0xff);
+            sumsc += (scb & 0xf) * s;
+            summs += (scb >> 4) * bsv[p];
+        }
+        acc[j] += dx * d * (float)sumsc;
+        acc[j] -= dx * dmin * (float)summs;
+    }
+}
 extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
     if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
         mv_q2_k_body<1>(a);
@@ -1344,6 +1411,52 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
     int rstep = gridDim.x * warps;
     int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
     long long xo = mv_xoff(a, item[0], 0);
+#if DS4_Q2K_PF
+    // As DS4_IQ2_PF: the next piece of the four rows (or the first of the next round's
+    // rows) is loaded before the current one is decoded (DS4_CUDA_Q2K_PF=1; v21, prepared,
+    // not yet run on a GPU). The same pieces in the same order: the same values.
+    auto rows = [&](int rb_, const u8* (&w)[4]) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            w[j] = a.w + e * a.mat_bytes + (size_t)min(rb_ + j * rstep, a.rows - 1) * nblk * 84;
+    };
+    int rb = rbase, ib0 = 0;  // ib0: the warp's first piece of this step (warp-uniform)
+    const u8* w[4];
+    u32 qw[4][4], dd[4], sc4[4], sc4b[4];
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    rows(rb, w);
+    if (rb < a.rows && lane < nblk * 4) q2k_load4(w, lane >> 2, lane & 3, (lane & 3) >> 1, qw, dd, sc4, sc4b);
+    while (rb < a.rows) {
+        int in = ib0 + 32, rn = rb;
+        const u8* wn[4];
+        if (in >= nblk * 4) {
+            in = 0;
+            rn = rb + 4 * rstep;
+            rows(rn, wn);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; j++) wn[j] = w[j];
+        }
+        u32 qn[4][4], dn[4], sn[4], sbn[4];
+        int itn = in + lane;
+        if (rn < a.rows && itn < nblk * 4)
+            q2k_load4(wn, itn >> 2, itn & 3, (itn & 3) >> 1, qn, dn, sn, sbn);
+        int it = ib0 + lane;
+        if (it < nblk * 4) q2k_piece4(a, xo, it >> 2, (it & 3) >> 1, it & 1, qw, dd, sc4, sc4b, acc);
+        if (in == 0) rows4_store(a, item[0], rb, rstep, lane, 1.0f, acc);
+        rb = rn;
+        ib0 = in;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = wn[j];
+            dd[j] = dn[j];
+            sc4[j] = sn[j];
+            sc4b[j] = sbn[j];
+#pragma unroll
+            for (int v = 0; v < 4; v++) qw[j][v] = qn[j][v];
+        }
+    }
+#else
     for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
         const u8* w[4];
         float acc[4];
@@ -1356,45 +1469,8 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
         for (int it = lane; it < nblk * 4; it += 32) {
             int ib = it >> 2, q = it & 3, k = q >> 1, h = q & 1;
             u32 qw[4][4], dd[4], sc4[4], sc4b[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const u8* blk = w[j] + ib * 84;
-                const u32* q32 = (const u32*)(blk + 16 + 16 * q);
-#pragma unroll
-                for (int v = 0; v < 4; v++) qw[j][v] = __ldg(q32 + v);
-                dd[j] = __ldg((const u32*)(blk + 80));
-                sc4[j] = __ldg((const u32*)(blk + 8 * k));
-                sc4b[j] = __ldg((const u32*)(blk + 8 * k + 4));
-            }
-            const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
-            const short* bs = a.xs + (xo >> 4) + 16 * ib + 8 * k + h;
-            int4 xv[4];
-            int bsv[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                xv[j] = *(const int4*)(xb + 32 * j);
-                bsv[j] = (int)bs[2 * j];
-            }
-            float dx = a.xd[(xo >> 8) + ib];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                float d = h2f((u16)(dd[j] & 0xffff)), dmin = h2f((u16)(dd[j] >> 16));
-                int sumsc = 0, summs = 0;
-#pragma unroll
-                for (int p = 0; p < 4; p++) {
-                    u32 m = 0x03030303u;
-                    int s = __dp4a((int)((qw[j][0] >> (2 * p)) & m), xv[p].x, 0);
-                    s = __dp4a((int)((qw[j][1] >> (2 * p)) & m), xv[p].y, s);
-                    s = __dp4a((int)((qw[j][2] >> (2 * p)) & m), xv[p].z, s);
-                    s = __dp4a((int)((qw[j][3] >> (2 * p)) & m), xv[p].w, s);
-                    int sb = 2 * p + h;
-                    int scb = (int)(((sb < 4 ? sc4[j] : sc4b[j]) >> (8 * (sb & 3))) & 0xff);
-                    sumsc += (scb & 0xf) * s;
-                    summs += (scb >> 4) * bsv[p];
-                }
-                acc[j] += dx * d * (float)sumsc;
-                acc[j] -= dx * dmin * (float)summs;
-            }
+            q2k_load4(w, ib, q, k, qw, dd, sc4, sc4b);
+            q2k_piece4(a, xo, ib, k, h, qw, dd, sc4, sc4b, acc);
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -1403,6 +1479,7 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
             if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
         }
     }
+#endif
 }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
@@ -1686,15 +1763,7 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
         float dn[4];
         if (rn < a.rows) iq2_load4(a, wq0, wd0, rn, rstep, cn + lane, nch, wn, dn);
         if (cb + lane < nch) iq2_piece4<ST>(a, xo0, cb + lane, wv, dw, tl, sgn, lane, acc);
-        if (cn == 0) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                int r = rb + j * rstep;
-                float v = 0.125f * warp_sum(acc[j]);
-                if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
-                acc[j] = 0.0f;
-            }
-        }
+        if (cn == 0) rows4_store(a, item[0], rb, rstep, lane, 0.125f, acc);
         rb = rn;
         cb = cn;
 #pragma unroll

@@ -139,10 +139,14 @@ pub fn program() -> String {
         ("DS4_WSTREAM", on("DS4_CUDA_WSTREAM")),
         ("DS4_MV_EARLY", on("DS4_CUDA_MV_EARLY")),
         ("DS4_LDSM_B", on("DS4_CUDA_LDSM")),
-        // Off unless 1: an experiment prepared in v21 (bench/CUDA-SPEED.md).
+        // Off unless 1: experiments prepared in v21 (bench/CUDA-SPEED.md).
         (
             "DS4_IQ2_PF",
             u32::from(std::env::var("DS4_CUDA_IQ2_PF").is_ok_and(|v| v == "1")),
+        ),
+        (
+            "DS4_Q2K_PF",
+            u32::from(std::env::var("DS4_CUDA_Q2K_PF").is_ok_and(|v| v == "1")),
         ),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
