@@ -1721,16 +1721,19 @@ __device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c
         acc[j] += (dw[j] * dx) * (float)bsum;
     }
 }
-// Piece c of rows rb + j·rstep (clamped to the last row; their results are not stored).
-__device__ __forceinline__ void iq2_load4(const MvArgs& a, const u8* wq0, const u16* wd0, int rb,
-                                          int rstep, int c, int nch, int4 (&wv)[4], float (&dw)[4]) {
-    bool ok = c < nch;
+// Piece c (< nch) of the four rows rr into wv, dw.
+__device__ __forceinline__ void iq2_load4(const u8* wq0, const u16* wd0, const int (&rr)[4], int c,
+                                          int nch, int4 (&wv)[4], float (&dw)[4]) {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        int r = min(rb + j * rstep, a.rows - 1);
-        wv[j] = ok ? ldg4(wq0 + ((size_t)r * nch + c) * 16) : make_int4(0, 0, 0, 0);
-        dw[j] = ok ? h2f(__ldg(wd0 + (size_t)r * (nch >> 2) + (c >> 2))) : 0.0f;
+        wv[j] = ldg4(wq0 + ((size_t)rr[j] * nch + c) * 16);
+        dw[j] = h2f(__ldg(wd0 + (size_t)rr[j] * (nch >> 2) + (c >> 2)));
     }
+}
+// Rows rb + j·rstep, clamped to the last row (their results are not stored).
+__device__ __forceinline__ void rows4(int rb, int rstep, int rows, int (&rr)[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) rr[j] = min(rb + j * rstep, rows - 1);
 }
 template <bool ST>
 __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* tab, const u64* sgn) {
@@ -1752,7 +1755,9 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
     int rb = rbase, cb = 0;  // cb: the warp's first piece of this step (warp-uniform)
     int4 wv[4];
     float dw[4], acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (rb < a.rows) iq2_load4(a, wq0, wd0, rb, rstep, cb + lane, nch, wv, dw);
+    int rr[4];
+    rows4(rb, rstep, a.rows, rr);
+    if (rb < a.rows && lane < nch) iq2_load4(wq0, wd0, rr, lane, nch, wv, dw);
     while (rb < a.rows) {
         int cn = cb + 32, rn = rb;
         if (cn >= nch) {
@@ -1761,7 +1766,9 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
         }
         int4 wn[4];
         float dn[4];
-        if (rn < a.rows) iq2_load4(a, wq0, wd0, rn, rstep, cn + lane, nch, wn, dn);
+        int rrn[4];
+        rows4(rn, rstep, a.rows, rrn);
+        if (rn < a.rows && cn + lane < nch) iq2_load4(wq0, wd0, rrn, cn + lane, nch, wn, dn);
         if (cb + lane < nch) iq2_piece4<ST>(a, xo0, cb + lane, wv, dw, tl, sgn, lane, acc);
         if (cn == 0) rows4_store(a, item[0], rb, rstep, lane, 0.125f, acc);
         rb = rn;
@@ -1775,6 +1782,8 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
 #else
     for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
         // Row indices rather than eight 64-bit pointers: the registers go to loads in flight.
+        // The rows as rows4 gives them, written out with the sums' reset: through rows4
+        // ptxas schedules the loop otherwise (a different SASS from the one measured).
         int rr[4];
         float acc[4];
 #pragma unroll
@@ -1785,11 +1794,7 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
         for (int c0 = lane; c0 < nch; c0 += 32) {
             int4 wv[4];
             float dw[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                wv[j] = ldg4(wq0 + ((size_t)rr[j] * nch + c0) * 16);
-                dw[j] = h2f(__ldg(wd0 + (size_t)rr[j] * (nch >> 2) + (c0 >> 2)));
-            }
+            iq2_load4(wq0, wd0, rr, c0, nch, wv, dw);
             iq2_piece4<ST>(a, xo0, c0, wv, dw, tl, sgn, lane, acc);
         }
 #pragma unroll
