@@ -239,18 +239,20 @@ fn run(a: &BenchArgs) -> Result<()> {
         let kv_bytes = st.kv_bytes();
         let snap = st.snapshot()?;
         let t1 = Instant::now();
+        // Greedy, EOS excluded so every frontier decodes exactly gen tokens; after the
+        // prompt's logits the backend picks (on a GPU: one id copied back, not the row).
+        let fallback = if eos == 0 { 1 } else { 0 };
+        if let Some(l) = logits.get_mut(eos as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+        let mut best = ds4_engine::sampling::argmax(&logits)
+            .filter(|&b| b != eos)
+            .unwrap_or(fallback);
         for _ in 0..a.gen_tokens {
-            // greedy, EOS excluded so every frontier decodes exactly gen tokens
-            if let Some(l) = logits.get_mut(eos as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-            let best = ds4_engine::sampling::argmax(&logits)
+            best = st
+                .forward_greedy(best, Some(eos))?
                 .filter(|&b| b != eos)
-                .unwrap_or(if eos == 0 { 1 } else { 0 });
-            logits = st
-                .forward(&[best], LogitsFor::Last)?
-                .pop()
-                .context("no logits")?;
+                .unwrap_or(fallback);
         }
         let gen_s = t1.elapsed().as_secs_f64();
         st.restore(&snap)?;

@@ -244,6 +244,13 @@ pub fn run(args: &Args) -> Result<()> {
         if generated >= budget {
             break;
         }
+        if sampler.is_greedy() {
+            // The backend picks where the logits are (a GPU copies back one id).
+            next = st
+                .forward_greedy(next, None)?
+                .context("the model produced no finite logit")?;
+            continue;
+        }
         logits = st
             .forward(&[next], LogitsFor::Last)?
             .pop()

@@ -390,13 +390,10 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_LDSM_B
 #define DS4_LDSM_B 1
 #endif
-// Decode's IQ2_XXS and Q2_K products load their next pieces before decoding the current
-// ones (DS4_CUDA_IQ2_PF=1, DS4_CUDA_Q2K_PF=1; v21, prepared, not yet measured).
-#ifndef DS4_IQ2_PF
-#define DS4_IQ2_PF 0
-#endif
+// Decode's Q2_K product loads its next round before decoding the current one (v22: the
+// step 1.1% shorter; DS4_CUDA_Q2K_PF=0 keeps the one-round loop, for comparisons).
 #ifndef DS4_Q2K_PF
-#define DS4_Q2K_PF 0
+#define DS4_Q2K_PF 1
 #endif
 // hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY=1; off
 // by default since v21's 512-thread blocks, which would hold twice the registers for it).
@@ -1412,9 +1409,10 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
     int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
     long long xo = mv_xoff(a, item[0], 0);
 #if DS4_Q2K_PF
-    // As DS4_IQ2_PF: the next piece of the four rows (or the first of the next round's
-    // rows) is loaded before the current one is decoded (DS4_CUDA_Q2K_PF=1; v21, prepared,
-    // not yet run on a GPU). The same pieces in the same order: the same values.
+    // The next piece of the four rows (or the first of the next round's rows) is loaded
+    // before the current one is decoded, so that loads stay in flight through the
+    // decoding (122 registers instead of 56: fewer warps, each with more in flight; the
+    // step 1.1% shorter, v22). The same pieces in the same order: the same values.
     auto rows = [&](int rb_, const u8* (&w)[4]) {
 #pragma unroll
         for (int j = 0; j < 4; j++)
@@ -1730,11 +1728,6 @@ __device__ __forceinline__ void iq2_load4(const u8* wq0, const u16* wd0, const i
         dw[j] = h2f(__ldg(wd0 + (size_t)rr[j] * (nch >> 2) + (c >> 2)));
     }
 }
-// Rows rb + j·rstep, clamped to the last row (their results are not stored).
-__device__ __forceinline__ void rows4(int rb, int rstep, int rows, int (&rr)[4]) {
-#pragma unroll
-    for (int j = 0; j < 4; j++) rr[j] = min(rb + j * rstep, rows - 1);
-}
 template <bool ST>
 __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* tab, const u64* sgn) {
     const int NTM = 1;
@@ -1746,44 +1739,10 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
     const u64* tl = tab + (lane & 15);
     const u8* wq0 = a.w + e * a.mat_bytes;
     const u16* wd0 = (const u16*)(a.sc + e * a.sc_mat_bytes);
-#if DS4_IQ2_PF
-    // The next pieces (the row's next 32, or the next round's rows) are loaded before the
-    // current ones are decoded, so a warp's loads stay in flight through its decoding
-    // rather than its next round waiting a memory latency each time (DS4_CUDA_IQ2_PF=1;
-    // v21, prepared, not yet run on a GPU). The pieces are added in the same order: the
-    // same values.
-    int rb = rbase, cb = 0;  // cb: the warp's first piece of this step (warp-uniform)
-    int4 wv[4];
-    float dw[4], acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    int rr[4];
-    rows4(rb, rstep, a.rows, rr);
-    if (rb < a.rows && lane < nch) iq2_load4(wq0, wd0, rr, lane, nch, wv, dw);
-    while (rb < a.rows) {
-        int cn = cb + 32, rn = rb;
-        if (cn >= nch) {
-            cn = 0;
-            rn = rb + 4 * rstep;
-        }
-        int4 wn[4];
-        float dn[4];
-        int rrn[4];
-        rows4(rn, rstep, a.rows, rrn);
-        if (rn < a.rows && cn + lane < nch) iq2_load4(wq0, wd0, rrn, cn + lane, nch, wn, dn);
-        if (cb + lane < nch) iq2_piece4<ST>(a, xo0, cb + lane, wv, dw, tl, sgn, lane, acc);
-        if (cn == 0) rows4_store(a, item[0], rb, rstep, lane, 0.125f, acc);
-        rb = rn;
-        cb = cn;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            wv[j] = wn[j];
-            dw[j] = dn[j];
-        }
-    }
-#else
     for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
         // Row indices rather than eight 64-bit pointers: the registers go to loads in flight.
-        // The rows as rows4 gives them, written out with the sums' reset: through rows4
-        // ptxas schedules the loop otherwise (a different SASS from the one measured).
+        // (Loading the next pieces before decoding these, v21's DS4_CUDA_IQ2_PF, measured
+        // 0.5% slower a step: bench/CUDA-SPEED.md v22.)
         int rr[4];
         float acc[4];
 #pragma unroll
@@ -1804,7 +1763,6 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
             if (lane == 0 && r < a.rows) a.y[(size_t)item[0] * a.y_stride + r] = v;
         }
     }
-#endif
 }
 
 // One 16-byte piece a lane per row per round (4 loads in flight): 80 registers, three
@@ -3618,8 +3576,8 @@ __device__ __forceinline__ double dsmem_ld_d(const double* p, u32 rank) {
     return __longlong_as_double((long long)v);
 }
 
-// hc_pre_late on a thread-block cluster (DS4_CUDA_HC_CL=1; v21, prepared, not yet run on a
-// GPU): the 8 blocks of a token's cluster meet through distributed shared memory instead
+// hc_pre_late on a thread-block cluster (decode's default since v22: the step 5.3% shorter
+// on the H200; DS4_CUDA_HC_CL=0 keeps hc_pre_late, for comparisons): the 8 blocks of a token's cluster meet through distributed shared memory instead
 // of global partial sums, a fence and an atomic, and all 8 share the pre-mix, norm and
 // Q8_0 that hc_pre_late leaves to its last block alone (n / 8 columns each instead of n).
 // Block r takes the mixing product's columns 4·(512·r + thread) .. + 3 (one 8-byte load a
@@ -4189,6 +4147,158 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
     if (q)
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
             q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
+}
+
+// Decode attention on a thread-block cluster: attention_split's ranges of one (4 heads,
+// token) are the ATT_CL blocks of a cluster, which merge them through distributed shared
+// memory instead of writing partials for attention_combine, a launch later on the chain
+// (v20's critical path: the combine alone 262 µs of a 7,055 µs step). Each block scores
+// and sums its range as attention_split does, into its own shared memory; after a cluster
+// barrier block z merges dims z·hd/ATT_CL.. of its 4 heads over every block's range —
+// the ranges' maxima and the sink, the denominator and the weighted sums added in range
+// order as attention_combine adds them — then the inverse rotation of those dims (pairs
+// within a slice: hd − n_rot and the slice a multiple of 32), the output and its Q8_0
+// (a slice's warp holds whole Q8_0 blocks). Empty ranges (a short context) keep m = −∞,
+// Σ = 0 and zero sums: factor 0. ATT_CL (8 or 16) comes from the host (source.rs), which
+// checks hd % (32·ATT_CL) == 0 and 4·hd/ATT_CL ≤ 512 and sizes the launch: grid (heads/4,
+// T, ATT_CL), 512 threads.
+template <typename KV>
+__device__ __forceinline__ void attention_split_cl_body(const float* q, const KV* ring,
+                                                        int ring_rows, const KV* comp,
+                                                        const int* sel, const int* nsel,
+                                                        int sel_k, const float* sinks, float* o,
+                                                        int heads, int hd, int window,
+                                                        const int* pos0p, int ratio,
+                                                        const float* freqs, int n_rot,
+                                                        float scale, int span, i8* oq,
+                                                        float* oqd) {
+    const int HB = 4;
+    __shared__ float mz[HB], dz[HB];          // this block's range, per head: max, Σ exp
+    __shared__ float mall[HB][ATT_CL], fall[HB][ATT_CL], den_s[HB];
+    __shared__ float ys[512];                 // this block's merged slice, [HB][hd / ATT_CL]
+    int pos0 = *pos0p;
+    extern __shared__ float sm[];
+    int h0 = blockIdx.x * HB, t = blockIdx.y, pos = pos0 + t;
+    u32 z = cluster_rank();
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int sp = split_span(ar.n, span, ATT_CL);
+    int r0 = min(ar.n, (int)z * sp), r1 = min(ar.n, r0 + sp);
+    int nr = r1 - r0;
+    float* qs = sm;             // [HB][hd]: the queries, then this range's weighted sums
+    float* wts = sm + HB * hd;  // [HB][span]
+    int wend = HB * hd + HB * span;
+    const KV** rowp = (const KV**)(sm + wend + (wend & 1));
+    for (int i = threadIdx.x; i < HB * hd; i += blockDim.x)
+        qs[i] = q[((size_t)t * heads + h0) * hd + i];
+    attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    attn_scores_rows<HB, KV>(rowp, nr, qs, HB, hd, scale, wts, span);
+    __syncthreads();
+    if (w < HB) {
+        float d = 0.0f, mx = -INFINITY;
+        if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
+        if (lane == 0) { mz[w] = mx; dz[w] = d; }
+    }
+    __syncthreads();
+    // The scores are done with the queries: the sums overwrite them, column by column.
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[HB];
+        attn_weighted_col<HB, KV>(rowp, nr, wts, span, HB, i, acc);
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
+    }
+    cluster_barrier();
+    if ((int)threadIdx.x < HB * ATT_CL) {
+        int hh = threadIdx.x % HB, r = threadIdx.x / HB;
+        mall[hh][r] = __uint_as_float(dsmem_ld((const u32*)&mz[hh], r));
+        fall[hh][r] = __uint_as_float(dsmem_ld((const u32*)&dz[hh], r));
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < HB) {
+        int hh = threadIdx.x;
+        float sink = sinks[h0 + hh], mx = sink;
+        for (int r = 0; r < ATT_CL; r++) mx = fmaxf(mx, mall[hh][r]);
+        float den = expf(sink - mx);
+        for (int r = 0; r < ATT_CL; r++) {
+            float f = expf(mall[hh][r] - mx);
+            den += fall[hh][r] * f;
+            fall[hh][r] = f;
+        }
+        den_s[hh] = den;
+    }
+    __syncthreads();
+    int dsl = hd / ATT_CL;
+    int hh = threadIdx.x / dsl, i = (int)z * dsl + threadIdx.x % dsl;
+    bool live = hh < HB;
+    if (live) {
+        float v[ATT_CL];
+#pragma unroll
+        for (int r = 0; r < ATT_CL; r++) v[r] = __uint_as_float(dsmem_ld((const u32*)&qs[hh * hd + i], r));
+        float acc = 0.0f;
+#pragma unroll
+        for (int r = 0; r < ATT_CL; r++) acc += v[r] * fall[hh][r];
+        ys[threadIdx.x] = acc / den_s[hh];
+    }
+    // This block's distributed reads are done: the others may leave once all arrive.
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    __syncthreads();
+    int off = hd - n_rot;
+    if (live && i >= off && ((i - off) & 1) == 0)
+        rope_pair(&ys[threadIdx.x], &ys[threadIdx.x + 1], pos, freqs[(i - off) >> 1], 1);
+    __syncthreads();
+    if (live) {
+        size_t base = ((size_t)t * heads + h0 + hh) * hd;
+        float y = ys[threadIdx.x];
+        o[base + i] = y;
+        if (oq) q8_0_lanes(y, lane, oq, oqd, (base + i) / 32);
+    }
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+#define SPLIT_CL_ARGS(KV)                                                                    \
+    const float *q, const KV *ring, int ring_rows, const KV *comp, const int *sel,          \
+        const int *nsel, int sel_k, const float *sinks, float *o, int heads, int hd,        \
+        int window, const int *pos0p, int ratio, const float *freqs, int n_rot, float scale, \
+        int span, i8 *oq, float *oqd
+#define SPLIT_CL_CALL                                                                        \
+    attention_split_cl_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, \
+                            window, pos0p, ratio, freqs, n_rot, scale, span, oq, oqd)
+extern "C" __global__ void __cluster_dims__(1, 1, ATT_CL) __launch_bounds__(512, 2)
+attention_split_cl(SPLIT_CL_ARGS(float)) { pdl_begin(); SPLIT_CL_CALL; }
+extern "C" __global__ void __cluster_dims__(1, 1, ATT_CL) __launch_bounds__(512, 2)
+attention_split_cl_kh(SPLIT_CL_ARGS(u16)) { pdl_begin(); SPLIT_CL_CALL; }
+
+// The greedy choice over one logits row, on the GPU so that a greedy decode step copies
+// back 4 bytes instead of the row (and the host does not scan it): the host's
+// sampling::argmax exactly — NaN never chosen, the largest value, ties to the lower id —
+// with `banned` (≥ 0) counted as −∞, as the host's callers set it. out[0]: the id, or −1
+// where every value is NaN. One block of 1,024 threads.
+__device__ __forceinline__ void argmax_merge(float& v, int& i, float v2, int i2) {
+    if (i2 >= 0 && (i < 0 || v2 > v || (v2 == v && i2 < i))) { v = v2; i = i2; }
+}
+extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* x, int n, int banned, int* out) {
+    pdl_begin();
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    float v = 0.0f;
+    int id = -1;
+    // A thread's ids rise, so a strictly larger value alone replaces its best.
+    for (int k = threadIdx.x; k < n; k += blockDim.x) {
+        float y = k == banned ? -INFINITY : x[k];
+        if (!isnan(y) && (id < 0 || y > v)) { v = y; id = k; }
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) { bv[w] = v; bi[w] = id; }
+    __syncthreads();
+    if (w == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? bv[lane] : 0.0f;
+        id = lane < (int)(blockDim.x >> 5) ? bi[lane] : -1;
+        for (int o = 16; o > 0; o >>= 1)
+            argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
+        if (lane == 0) out[0] = id;
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -337,6 +337,16 @@ impl Gpu {
 
     /// Lets `name` use up to `bytes` of dynamic shared memory. Past 48 KiB in all —
     /// the kernel's static shared memory counts too — a launch needs the opt-in.
+    /// Lets `name` launch clusters of more than 8 blocks (the H100/H200 take 16).
+    pub fn allow_large_clusters(&self, name: &str) -> Result<(), CudaError> {
+        self.func(name)
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .map_err(drv("cluster size attribute"))
+    }
+
     pub fn allow_shared(&self, name: &str, bytes: usize) -> Result<(), CudaError> {
         if bytes == 0 {
             return Ok(());

@@ -137,6 +137,8 @@ pub struct Scratch {
     part: DevBuf,
     /// The run's first position (read by the kernels, so a captured graph can replay).
     pub pos: DevBuf,
+    /// A greedy decode step's chosen id (`argmax_row`).
+    pub(crate) pick: DevBuf,
     /// Indexer rows one token can see at most (scores row stride).
     max_irows: usize,
 }
@@ -352,6 +354,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         MMA_MIN_TOKENS * 4,                      // hc_count
         part_bytes(t),                           // part
         16,                                      // pos
+        16,                                      // pick
     ]
 }
 
@@ -404,6 +407,7 @@ impl Scratch {
             hc_count: a()?,
             part: a()?,
             pos: a()?,
+            pick: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
     }
@@ -776,6 +780,46 @@ fn attention_split(cfg: &ModelConfig, rows_max: usize, t: usize) -> Option<(usiz
     Some((span, rows_max.div_ceil(span)))
 }
 
+/// Blocks of decode's attention cluster (`attention_split_cl*`, ATT_CL in ds4.cu): 8
+/// (the step 0.9% shorter than split + combine on the H200, 16 0.3%: v22), or
+/// `DS4_CUDA_ATTN_CL=16`; `DS4_CUDA_ATTN_CL=0` keeps `attention_split` and
+/// `attention_combine`, for comparisons.
+pub(crate) fn attention_cluster() -> u32 {
+    static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *N.get_or_init(|| match std::env::var("DS4_CUDA_ATTN_CL").as_deref() {
+        Ok("0") => 0,
+        Ok("16") => 16,
+        _ => 8,
+    })
+}
+
+/// The most rows a block of the attention cluster takes: longer ranges (a ratio-128
+/// layer's rows at a long context) are a long chain in one block, so such layers keep
+/// `attention_split`'s up to 64 ranges.
+const CLUSTER_SPAN_MAX: usize = 128;
+
+/// The rows a block of decode's attention cluster takes (`attention_split_cl*`, its
+/// launch's `span`), where that kernel serves this layer: a split decode step, 4 heads a
+/// block, each block's slice of the merge whole Q8_0 blocks (hd a multiple of 32·ATT_CL,
+/// at most 512 threads' worth).
+fn attention_cluster_span(
+    cfg: &ModelConfig,
+    rows_max: usize,
+    t: usize,
+    half: bool,
+) -> Option<usize> {
+    let cl = attention_cluster() as usize;
+    let hd = cfg.head_dim;
+    let span = rows_max.div_ceil(cl.max(1)).next_multiple_of(16);
+    (cl > 0
+        && attention_split(cfg, rows_max, t).is_some()
+        && split_heads_per_block(cfg, half) == 4
+        && hd.is_multiple_of(32 * cl)
+        && 4 * hd / cl <= 512
+        && span <= CLUSTER_SPAN_MAX)
+        .then_some(span)
+}
+
 /// Rows a range of `attention_split` takes (`DS4_CUDA_SPLIT_ROWS`, 16–128; default 32),
 /// for comparisons.
 fn split_rows() -> usize {
@@ -1024,11 +1068,13 @@ const HC_MAX_BLK: usize = 64;
 pub(crate) const HC_CLUSTER: u32 = 8;
 pub(crate) const HC_CLUSTER_BT: u32 = 512;
 
-/// Whether decode's HC pre-step runs on a cluster of 8 blocks a token (`hc_pre_cl_f16`,
-/// `DS4_CUDA_HC_CL=1`: prepared in v21, not yet measured) rather than `hc_pre_late_f16`.
+/// Whether decode's HC pre-step runs on a cluster of 8 blocks a token (`hc_pre_cl_f16`:
+/// the blocks share their partial sums through distributed shared memory instead of a
+/// last block reading them all back; the step 5.3% shorter on the H200, v22) rather than
+/// `hc_pre_late_f16` (`DS4_CUDA_HC_CL=0`, for comparisons).
 fn hc_cluster_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_CL").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_CL").map_or(true, |v| v != "0"))
 }
 
 /// Rows per warp of all of decode's Q8_0 products when `DS4_CUDA_Q8_R` is 1
@@ -1647,7 +1693,7 @@ impl<'a> Fwd<'a> {
             let branch = self.can_fork(HC_MIX_SIDE) && hc_mix_branch_on();
             let cl_cols = (4 * HC_CLUSTER * HC_CLUSTER_BT) as usize;
             if kernel == "hc_fn_rms_f16" && hc_cluster_on() && he <= cl_cols {
-                // A token's cluster of blocks (hc_pre_cl_f16 in ds4.cu; for comparisons).
+                // A token's cluster of blocks (hc_pre_cl_f16 in ds4.cu).
                 launch!(self.gpu, "hc_pre_cl_f16", (HC_CLUSTER, t as u32, 1), HC_CLUSTER_BT, 0;
                     hw.fn_.buf.ptr, x, s.z.ptr, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr,
                     s.mix.ptr, cfg.hc as i32, cfg.n_embd as i32, cfg.hc_mix() as i32,
@@ -1948,6 +1994,23 @@ impl<'a> Fwd<'a> {
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32, hb as i32)?;
+        } else if let Some(span) = attention_cluster_span(cfg, rows_max, t, st.half) {
+            // Decode's ranges on a cluster that merges them itself (attention_split_cl in
+            // ds4.cu): no partials, no attention_combine.
+            let cl = attention_cluster();
+            let wend = 4 * hd + 4 * span;
+            let shm = (wend + (wend & 1)) * 4 + span * 8;
+            let k = kh("attention_split_cl", "attention_split_cl_kh");
+            if cl > 8 {
+                g.allow_large_clusters(k)?;
+            }
+            g.allow_shared(k, shm)?;
+            oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
+            let (qp, dp) = oq.unwrap_or((0, 0));
+            launch!(g, k, ((nh / 4) as u32, t as u32, cl), 512, shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
+                ratio as i32, rope, n_rot, scale, span as i32, qp, dp)?;
         } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
             let hbs = split_heads_per_block(cfg, st.half);
             let wend = hbs * hd + hbs * span;

@@ -236,6 +236,8 @@ pub struct CudaState<'b> {
     /// the first step): a pageable copy is staged by the driver at a fraction of the
     /// bus's speed.
     logits_host: Option<cudarc::driver::PinnedHostSlice<f32>>,
+    /// The same for a greedy step's chosen id (`forward_greedy`).
+    pick_host: Option<cudarc::driver::PinnedHostSlice<i32>>,
 }
 
 /// Whether decode steps read their logits back through page-locked memory
@@ -243,6 +245,13 @@ pub struct CudaState<'b> {
 fn pinned_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_PINNED").map_or(true, |v| v != "0"))
+}
+
+/// Whether greedy decode steps pick on the GPU (`DS4_CUDA_GPU_PICK=0`: the logits row
+/// copied back and scanned on the host, for comparisons).
+fn gpu_pick_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_GPU_PICK").map_or(true, |v| v != "0"))
 }
 
 /// Whether a run that returns its last logits captures the decode graph while the GPU
@@ -378,6 +387,83 @@ impl CudaState<'_> {
             .map_err(|e| CudaError::Driver(format!("graph: {e}")))?
             .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
         Ok(DecodeGraph { graph, gpu })
+    }
+
+    /// A run's tokens, batch and room in the context, checked before anything runs.
+    fn check_run(&self, toks: &[u32]) -> ds4_engine::Result<()> {
+        let cfg = &self.be.cfg;
+        if toks.is_empty() {
+            return Err(EngineError::NoLogits);
+        }
+        if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+            return Err(EngineError::TokenOutOfRange {
+                token: bad,
+                vocab: cfg.n_vocab,
+            });
+        }
+        if toks.len() > self.scratch.t {
+            return Err(EngineError::Backend {
+                backend: "cuda".into(),
+                msg: format!(
+                    "a run of {} tokens exceeds the batch of {}",
+                    toks.len(),
+                    self.scratch.t
+                ),
+            });
+        }
+        if self.n_tokens + toks.len() > self.ctx {
+            return Err(EngineError::ContextFull {
+                pos: self.n_tokens + toks.len(),
+                ctx: self.ctx,
+            });
+        }
+        Ok(())
+    }
+
+    /// A greedy decode step on the captured graph: the graph, then `argmax_row` over its
+    /// logits on the same stream, and the chosen id back (4 bytes, page-locked), where
+    /// [`Self::decode_with_graph`] copies the whole row for the host to scan (≈ 0.1 ms a
+    /// token on the H200's host: bench/CUDA-SPEED.md v22).
+    fn decode_greedy_with_graph(
+        &mut self,
+        tok: u32,
+        banned: Option<u32>,
+    ) -> Result<Option<u32>, CudaError> {
+        if self.graph.is_none() {
+            self.graph = Some(self.capture_decode()?);
+        }
+        let drv = |e: cudarc::driver::DriverError| CudaError::Driver(format!("greedy pick: {e}"));
+        let f = self.fwd(&self.be.gpu, false, &[]);
+        f.upload_inputs(&self.scratch, &[tok], self.n_tokens)?;
+        let dg = self.graph.as_ref().expect("captured above");
+        dg.launch()
+            .map_err(|e| CudaError::Driver(format!("graph launch: {e}")))?;
+        let banned = banned
+            .filter(|&b| (b as usize) < self.be.cfg.n_vocab)
+            .map_or(-1, |b| b as i32);
+        // Not a dependent launch: the graph's last kernel does not signal early.
+        let g = dg.gpu.with_pdl(false);
+        launch!(&g, "argmax_row", (1, 1, 1), 1024, 0;
+            self.scratch.logits.ptr, self.be.cfg.n_vocab as i32, banned, self.scratch.pick.ptr)?;
+        if self.pick_host.is_none() {
+            // SAFETY: the memory is written by the copy below before anything reads it.
+            let buf = unsafe { g.ctx.alloc_pinned_with_flags::<i32>(1, 0) }.map_err(drv)?;
+            self.pick_host = Some(buf);
+        }
+        let host = self.pick_host.as_mut().expect("allocated above");
+        let dst = host.as_mut_slice().map_err(drv)?;
+        // SAFETY: `dst` holds one i32, as `pick` on the device; the stream is
+        // synchronized before it is read.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                dst,
+                self.scratch.pick.ptr,
+                g.stream.cu_stream(),
+            )
+        }
+        .map_err(drv)?;
+        g.sync()?;
+        Ok(u32::try_from(dst[0]).ok())
     }
 
     fn decode_with_graph(
@@ -580,6 +666,7 @@ impl CudaBackend {
             use_graph: std::env::var("DS4_CUDA_GRAPH").map_or(true, |v| v != "0"),
             capture_ahead: capture_ahead_on(),
             logits_host: None,
+            pick_host: None,
         })
     }
 }
@@ -608,32 +695,7 @@ impl ForwardState for CudaState<'_> {
         self.ctx
     }
     fn forward(&mut self, toks: &[u32], which: LogitsFor) -> ds4_engine::Result<Vec<Vec<f32>>> {
-        let cfg = &self.be.cfg;
-        if toks.is_empty() {
-            return Err(EngineError::NoLogits);
-        }
-        if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.n_vocab) {
-            return Err(EngineError::TokenOutOfRange {
-                token: bad,
-                vocab: cfg.n_vocab,
-            });
-        }
-        if toks.len() > self.scratch.t {
-            return Err(EngineError::Backend {
-                backend: "cuda".into(),
-                msg: format!(
-                    "a run of {} tokens exceeds the batch of {}",
-                    toks.len(),
-                    self.scratch.t
-                ),
-            });
-        }
-        if self.n_tokens + toks.len() > self.ctx {
-            return Err(EngineError::ContextFull {
-                pos: self.n_tokens + toks.len(),
-                ctx: self.ctx,
-            });
-        }
+        self.check_run(toks)?;
         let graphs = self.use_graph
             && which == LogitsFor::Last
             && self.trace.is_none()
@@ -673,6 +735,23 @@ impl ForwardState for CudaState<'_> {
         }
         self.n_tokens += toks.len();
         Ok(out)
+    }
+    fn forward_greedy(&mut self, tok: u32, banned: Option<u32>) -> ds4_engine::Result<Option<u32>> {
+        let graphable = self.use_graph && self.trace.is_none() && !self.be.gpu.profiling();
+        if !graphable || !gpu_pick_on() {
+            let mut logits = self
+                .forward(&[tok], LogitsFor::Last)?
+                .pop()
+                .ok_or(EngineError::NoLogits)?;
+            if let Some(l) = banned.and_then(|b| logits.get_mut(b as usize)) {
+                *l = f32::NEG_INFINITY;
+            }
+            return Ok(ds4_engine::sampling::argmax(&logits));
+        }
+        self.check_run(&[tok])?;
+        let id = self.decode_greedy_with_graph(tok, banned)?;
+        self.n_tokens += 1;
+        Ok(id)
     }
     fn reset(&mut self) -> ds4_engine::Result<()> {
         for l in &self.layers {

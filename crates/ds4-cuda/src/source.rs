@@ -34,6 +34,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q2_k_1r",
     "mm_q2_k_sm",
     "mm_q2_k_sm64",
+    "attention_split_cl",
+    "attention_split_cl_kh",
+    "argmax_row",
     "mv_q4_k",
     "mv_q4_k_1",
     "mv_iq2_xxs",
@@ -123,7 +126,7 @@ pub fn program() -> String {
     // Switches of ds4.cu, compiled in so that a comparison run builds its own kernels.
     // On unless the variable is 0: early PDL signalling, streaming weight loads, dense
     // products' first loads before the PDL wait, the Q8_0 decode product's register cap,
-    // the ldmatrix fragments of mm_f16 and mm_iq2_xxs_st.
+    // the ldmatrix fragments of mm_f16 and mm_iq2_xxs_st, decode's Q2_K loads a round ahead.
     // Numbers (out of range: the default): launch bounds of four decode kernels and the
     // pieces in flight per lane of the Q8_0 one.
     let on = |v: &str| std::env::var(v).map_or(1, |v| u32::from(v != "0"));
@@ -139,15 +142,7 @@ pub fn program() -> String {
         ("DS4_WSTREAM", on("DS4_CUDA_WSTREAM")),
         ("DS4_MV_EARLY", on("DS4_CUDA_MV_EARLY")),
         ("DS4_LDSM_B", on("DS4_CUDA_LDSM")),
-        // Off unless 1: experiments prepared in v21 (bench/CUDA-SPEED.md).
-        (
-            "DS4_IQ2_PF",
-            u32::from(std::env::var("DS4_CUDA_IQ2_PF").is_ok_and(|v| v == "1")),
-        ),
-        (
-            "DS4_Q2K_PF",
-            u32::from(std::env::var("DS4_CUDA_Q2K_PF").is_ok_and(|v| v == "1")),
-        ),
+        ("DS4_Q2K_PF", on("DS4_CUDA_Q2K_PF")),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
@@ -166,6 +161,8 @@ pub fn program() -> String {
         ("HC_BT", crate::forward::hc_bt()),
         ("HCL_CL", crate::forward::HC_CLUSTER),
         ("HCL_BT", crate::forward::HC_CLUSTER_BT),
+        // The attention cluster's size: 8 when off (the kernel compiles, unused).
+        ("ATT_CL", crate::forward::attention_cluster().max(8)),
     ];
     for (name, value) in defines {
         s.push_str(&format!("#define {name} {value}\n"));

@@ -359,6 +359,40 @@ fn decode_graph_replays_the_plain_launches_bit_for_bit() {
 }
 
 #[test]
+fn greedy_pick_on_the_gpu_is_the_hosts_argmax() {
+    if gpu_or_skip("greedy_pick_on_the_gpu_is_the_hosts_argmax").is_none() {
+        return;
+    }
+    use ds4_engine::{ForwardState, LogitsFor, sampling::argmax};
+    let model = tiny_model();
+    let toks: Vec<u32> = (0..120u32).map(|i| (i * 37 + 11) % 256).collect();
+    let opts = ForwardOptions::default();
+    let be = ds4_cuda::CudaBackend::load(&model, 0, 256, 64, &mut |_, _| {}).unwrap();
+    let mut a = be.state(256, opts).unwrap();
+    let mut b = be.state(256, opts).unwrap();
+    a.forward(&toks[..40], LogitsFor::Last).unwrap();
+    b.forward(&toks[..40], LogitsFor::Last).unwrap();
+    for (i, &t) in toks[40..].iter().enumerate() {
+        let logits = a.forward(&[t], LogitsFor::Last).unwrap().remove(0);
+        let best = argmax(&logits).unwrap();
+        // Every third step bans the best id (as EOS is banned): the runner-up.
+        let banned = (i % 3 == 2).then_some(best);
+        let mut l = logits.clone();
+        if let Some(x) = banned {
+            l[x as usize] = f32::NEG_INFINITY;
+        }
+        let want = argmax(&l);
+        let got = b.forward_greedy(t, banned).unwrap();
+        assert_eq!(got, want, "decode step {i} (banned {banned:?})");
+    }
+    assert_eq!(a.n_tokens(), b.n_tokens());
+    // The states stayed equal: the next logits agree bit for bit.
+    let la = a.forward(&[7], LogitsFor::Last).unwrap();
+    let lb = b.forward(&[7], LogitsFor::Last).unwrap();
+    assert_eq!(la, lb);
+}
+
+#[test]
 fn fused_pairs_match_separate_products() {
     if gpu_or_skip("fused_pairs_match_separate_products").is_none() {
         return;

@@ -21,6 +21,21 @@ pub trait ForwardState: Send {
     /// the logits of every token or of the last. `toks.len()` is at most
     /// [`ForwardState::max_batch`].
     fn forward(&mut self, toks: &[u32], which: LogitsFor) -> Result<Vec<Vec<f32>>>;
+    /// Runs one token, as `forward(&[tok], LogitsFor::Last)`, and returns the greedy
+    /// choice of the next one: [`crate::sampling::argmax`] over those logits with
+    /// `banned` (an id a caller excludes, such as EOS) set to −∞. `None` where every
+    /// logit is NaN. A backend whose logits live elsewhere (a GPU) picks there and keeps
+    /// the logits' copy and scan off the host.
+    fn forward_greedy(&mut self, tok: u32, banned: Option<u32>) -> Result<Option<u32>> {
+        let mut logits = self
+            .forward(&[tok], LogitsFor::Last)?
+            .pop()
+            .ok_or(EngineError::NoLogits)?;
+        if let Some(l) = banned.and_then(|b| logits.get_mut(b as usize)) {
+            *l = f32::NEG_INFINITY;
+        }
+        Ok(crate::sampling::argmax(&logits))
+    }
     /// Back to an empty context (allocations are kept).
     fn reset(&mut self) -> Result<()>;
     /// Longest run [`ForwardState::forward`] takes at once.
@@ -201,5 +216,32 @@ mod tests {
         let b = st.forward(&toks[20..30], LogitsFor::All).unwrap();
         assert_eq!(a, b);
         assert_eq!(a[..], want[20..30]);
+    }
+
+    #[test]
+    fn forward_greedy_picks_the_argmax_with_the_banned_id_left_out() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-v4");
+        let model = Model::from_official_dir(&dir).unwrap();
+        let toks: Vec<u32> = (0..12).map(|i| (i * 37 + 11) % 200).collect();
+        let want = model
+            .teacher_forced_logits(&toks, 4, ForwardOptions::default())
+            .unwrap();
+        let be = CpuBackend { model: &model };
+        let mut st = be.new_state(64, ForwardOptions::default()).unwrap();
+        prefill(st.as_mut(), &toks[..4], 4).unwrap();
+        for (i, &t) in toks[4..].iter().enumerate() {
+            let logits = &want[4 + i];
+            let best = crate::sampling::argmax(logits).unwrap();
+            // Banning the best id gives the runner-up; the state advances either way.
+            let banned = (i % 2 == 1).then_some(best);
+            let got = st.forward_greedy(t, banned).unwrap().unwrap();
+            let mut l = logits.clone();
+            if let Some(b) = banned {
+                l[b as usize] = f32::NEG_INFINITY;
+                assert_ne!(got, best);
+            }
+            assert_eq!(got, crate::sampling::argmax(&l).unwrap(), "step {i}");
+        }
+        assert_eq!(st.n_tokens(), toks.len());
     }
 }

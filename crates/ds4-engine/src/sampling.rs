@@ -56,11 +56,17 @@ impl Sampler {
         self.params
     }
 
+    /// Whether every draw is the argmax (temperature 0 or top-k 1): a caller may then
+    /// let the backend pick (`ForwardState::forward_greedy`).
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0 || self.params.top_k == 1
+    }
+
     /// Picks the next token. `greedy` forces argmax (DSML syntax). Returns `None`
     /// for empty logits or when every logit is NaN/-inf.
     pub fn sample(&mut self, logits: &[f32], greedy: bool) -> Option<u32> {
         let p = self.params;
-        if greedy || p.temperature <= 0.0 || p.top_k == 1 {
+        if greedy || self.is_greedy() {
             return argmax(logits);
         }
         let best = argmax(logits)?;
