@@ -4271,22 +4271,17 @@ attention_split_cl_kh(SPLIT_CL_ARGS(u16)) { pdl_begin(); SPLIT_CL_CALL; }
 // The greedy choice over one logits row, on the GPU so that a greedy decode step copies
 // back 4 bytes instead of the row (and the host does not scan it): the host's
 // sampling::argmax exactly — NaN never chosen, the largest value, ties to the lower id —
-// with `banned` (≥ 0) counted as −∞, as the host's callers set it. out[0]: the id, or −1
-// where every value is NaN. One block of 1,024 threads.
+// with `banned` (≥ 0) counted as −∞, as the host's callers set it. AM_BLOCKS (from the
+// host) blocks of
+// 1,024 threads, each thread two or three ids (one block alone walked 126 ids a thread, a
+// load and its compare at a time: ~0.1 ms, as long as the host's scan, v22); each block's
+// best to `pick`, and the last block to arrive merges them. pick: [0] the id (−1 where
+// every value is NaN), [1] the arrival count (back to 0 by the last block), [4..) the
+// blocks' values, then their ids.
 __device__ __forceinline__ void argmax_merge(float& v, int& i, float v2, int i2) {
     if (i2 >= 0 && (i < 0 || v2 > v || (v2 == v && i2 < i))) { v = v2; i = i2; }
 }
-extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* x, int n, int banned, int* out) {
-    pdl_begin();
-    __shared__ float bv[32];
-    __shared__ int bi[32];
-    float v = 0.0f;
-    int id = -1;
-    // A thread's ids rise, so a strictly larger value alone replaces its best.
-    for (int k = threadIdx.x; k < n; k += blockDim.x) {
-        float y = k == banned ? -INFINITY : x[k];
-        if (!isnan(y) && (id < 0 || y > v)) { v = y; id = k; }
-    }
+__device__ __forceinline__ void argmax_block(float& v, int& id, float* bv, int* bi) {
     for (int o = 16; o > 0; o >>= 1)
         argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -4297,7 +4292,40 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* x, in
         id = lane < (int)(blockDim.x >> 5) ? bi[lane] : -1;
         for (int o = 16; o > 0; o >>= 1)
             argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
-        if (lane == 0) out[0] = id;
+    }
+}
+extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* x, int n, int banned, int* pick) {
+    pdl_begin();
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    __shared__ bool last;
+    float* pv = (float*)(pick + 4);
+    int* pi = pick + 4 + AM_BLOCKS;
+    float v = 0.0f;
+    int id = -1;
+    // A thread's ids rise, so a strictly larger value alone replaces its best.
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
+        float y = k == banned ? -INFINITY : x[k];
+        if (!isnan(y) && (id < 0 || y > v)) { v = y; id = k; }
+    }
+    argmax_block(v, id, bv, bi);
+    if (threadIdx.x == 0) {
+        pv[blockIdx.x] = v;
+        pi[blockIdx.x] = id;
+        __threadfence();
+        last = atomicAdd((unsigned*)&pick[1], 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    v = 0.0f;
+    id = -1;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) argmax_merge(v, id, __ldcg(&pv[b]), __ldcg(&pi[b]));
+    __syncthreads();  // bv, bi reused
+    argmax_block(v, id, bv, bi);
+    if (threadIdx.x == 0) {
+        pick[0] = id;
+        pick[1] = 0;
     }
 }
 

@@ -284,6 +284,9 @@ pub fn mm_col_splits(gpu: &Gpu, m: &DevMat, nb: usize, part_cap: usize) -> usize
     ks
 }
 
+/// Blocks of `argmax_row` (AM_BLOCKS in ds4.cu).
+pub(crate) const ARGMAX_BLOCKS: u32 = 64;
+
 /// Bytes of the per-run scratch for runs of `t` tokens.
 pub fn scratch_bytes(cfg: &ModelConfig, ctx: usize, t: usize) -> usize {
     scratch_plan(cfg, ctx, t).iter().sum()
@@ -354,7 +357,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         MMA_MIN_TOKENS * 4,                      // hc_count
         part_bytes(t),                           // part
         16,                                      // pos
-        16,                                      // pick
+        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,    // pick
     ]
 }
 
@@ -973,7 +976,8 @@ fn mm_q8_0_kernel() -> &'static str {
 /// the expert's weights twice. Off by default: measured slower on the H200 (v12 in
 /// bench/CUDA-SPEED.md: 3,022 against 3,083 t/s at 8k; v13 with its kernels: 3,338
 /// against 3,498); likely cause, not measured: half as many blocks, each twice as long
-/// (and fewer resident: 119–126 registers).
+/// (and fewer resident: 119–126 registers). Groups of 48 (v22) measured no better either:
+/// prefill 1.6% slower at 2k, +0.2% at 8k.
 fn expert_groups_of_64() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").is_ok_and(|v| v == "1"))

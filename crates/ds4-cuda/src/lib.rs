@@ -443,7 +443,7 @@ impl CudaState<'_> {
             .map_or(-1, |b| b as i32);
         // Not a dependent launch: the graph's last kernel does not signal early.
         let g = dg.gpu.with_pdl(false);
-        launch!(&g, "argmax_row", (1, 1, 1), 1024, 0;
+        launch!(&g, "argmax_row", (forward::ARGMAX_BLOCKS, 1, 1), 1024, 0;
             self.scratch.logits.ptr, self.be.cfg.n_vocab as i32, banned, self.scratch.pick.ptr)?;
         if self.pick_host.is_none() {
             // SAFETY: the memory is written by the copy below before anything reads it.
