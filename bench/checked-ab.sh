@@ -39,4 +39,6 @@ for sw in "$@"; do
     done
     if [ $ok = 1 ]; then passed+=("$sw"); else echo "== $sw: checks failed, no speed run" | tee -a "$L"; fi
 done
+# CHECKS_ONLY=1: the checks alone (e.g. of new defaults, with SWITCH DS4_AB=none).
+[ -n "${CHECKS_ONLY:-}" ] && exit 0
 [ ${#passed[@]} -gt 0 ] && bash bench/full-ab.sh "$B" "$OUT" "${passed[@]}"

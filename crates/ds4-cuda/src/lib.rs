@@ -247,6 +247,30 @@ fn pinned_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_PINNED").map_or(true, |v| v != "0"))
 }
 
+/// `n` values at `src` on the device, after the work queued on `gpu`'s stream, through
+/// page-locked memory kept in `slot` (allocated on first use: a pageable copy is staged by
+/// the driver at a fraction of the bus's speed).
+fn copy_back<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    slot: &'a mut Option<cudarc::driver::PinnedHostSlice<T>>,
+    src: u64,
+    n: usize,
+) -> Result<&'a [T], cudarc::driver::DriverError> {
+    if slot.is_none() {
+        // SAFETY: the memory is written by the copy below before anything reads it.
+        *slot = Some(unsafe { gpu.ctx.alloc_pinned_with_flags::<T>(n, 0) }?);
+    }
+    let host = slot.as_mut().expect("allocated above");
+    let dst = host.as_mut_slice()?;
+    // SAFETY: `dst` holds the `n` values of `src` (the caller's device buffer holds at
+    // least as many); the stream is synchronized before the slice is read.
+    unsafe {
+        cudarc::driver::result::memcpy_dtoh_async(&mut dst[..n], src, gpu.stream.cu_stream())
+    }?;
+    gpu.stream.synchronize()?;
+    Ok(&dst[..n])
+}
+
 /// Whether greedy decode steps pick on the GPU (`DS4_CUDA_GPU_PICK=0`: the logits row
 /// copied back and scanned on the host, for comparisons).
 fn gpu_pick_on() -> bool {
@@ -445,25 +469,8 @@ impl CudaState<'_> {
         let g = dg.gpu.with_pdl(false);
         launch!(&g, "argmax_row", (forward::ARGMAX_BLOCKS, 1, 1), 1024, 0;
             self.scratch.logits.ptr, self.be.cfg.n_vocab as i32, banned, self.scratch.pick.ptr)?;
-        if self.pick_host.is_none() {
-            // SAFETY: the memory is written by the copy below before anything reads it.
-            let buf = unsafe { g.ctx.alloc_pinned_with_flags::<i32>(1, 0) }.map_err(drv)?;
-            self.pick_host = Some(buf);
-        }
-        let host = self.pick_host.as_mut().expect("allocated above");
-        let dst = host.as_mut_slice().map_err(drv)?;
-        // SAFETY: `dst` holds one i32, as `pick` on the device; the stream is
-        // synchronized before it is read.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(
-                dst,
-                self.scratch.pick.ptr,
-                g.stream.cu_stream(),
-            )
-        }
-        .map_err(drv)?;
-        g.sync()?;
-        Ok(u32::try_from(dst[0]).ok())
+        let id = copy_back(&g, &mut self.pick_host, self.scratch.pick.ptr, 1).map_err(drv)?;
+        Ok(u32::try_from(id[0]).ok())
     }
 
     fn decode_with_graph(
@@ -519,26 +526,10 @@ impl CudaState<'_> {
             return Ok((f.read_logits(&self.scratch, 1)?, t));
         }
         let v = self.be.cfg.n_vocab;
-        if self.logits_host.is_none() {
-            // SAFETY: the memory is written by the copy below before anything reads it.
-            let buf = unsafe { dg.gpu.ctx.alloc_pinned_with_flags::<f32>(v, 0) }.map_err(drv)?;
-            self.logits_host = Some(buf);
-        }
-        let host = self.logits_host.as_mut().expect("allocated above");
-        let dst = host.as_mut_slice().map_err(drv)?;
-        // SAFETY: `dst` holds n_vocab floats, the step's logits row on the device; the
-        // stream is synchronized before the slice is read or borrowed again.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(
-                dst,
-                self.scratch.logits.ptr,
-                dg.gpu.stream.cu_stream(),
-            )
-        }
-        .map_err(drv)?;
-        dg.gpu.sync()?;
+        let row =
+            copy_back(&dg.gpu, &mut self.logits_host, self.scratch.logits.ptr, v).map_err(drv)?;
         let t = Instant::now();
-        Ok((vec![dst.to_vec()], t))
+        Ok((vec![row.to_vec()], t))
     }
 
     /// Decode steps of `toks` (one each, greedy or not is the caller's) as a generation
