@@ -1669,16 +1669,6 @@ extern "C" __global__ void mv_iq2_xxs(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<M
 // (v12's tuned mv_iq2_xxs_1, lookups through L1, is in bench/CUDA-SPEED.md's logs.)
 extern "C" __global__ void mv_iq2_xxs_1(MvArgs a) { pdl_begin(); mv_iq2_xxs_body<1>(a); }
 
-// IQ2_XXS for one item per warp (decode), whole rows, four rows a warp with their loads in
-// flight before any is decoded: the grid from a per-block replica in shared memory
-// (conflict-free loads, filled before the dependency wait) and the sign masks from
-// replicas too (ST) or computed — v12's two L1 gathers per 8 weights become one or two
-// conflict-free shared loads — and each piece's two group sums added in integers. The
-// host sizes the grid to one wave of resident blocks, so each block fills its replicas
-// once and walks several rounds of rows.
-// One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
-// the item's activations into acc: the two groups' sums times their scales in integers (as
-// the CPU's block sum), then one float step per piece; the 1/8 at the end.
 // Eight int8x4 words against 32 int8 activations, added in word order.
 __device__ __forceinline__ int dot8(const int (&w)[8], int4 x0, int4 x1) {
     int s = __dp4a(w[0], x0.x, 0);
@@ -1690,6 +1680,17 @@ __device__ __forceinline__ int dot8(const int (&w)[8], int4 x0, int4 x1) {
     s = __dp4a(w[6], x1.z, s);
     return __dp4a(w[7], x1.w, s);
 }
+
+// IQ2_XXS for one item per warp (decode), whole rows, four rows a warp with their loads in
+// flight before any is decoded: the grid from a per-block replica in shared memory
+// (conflict-free loads, filled before the dependency wait) and the sign masks from
+// replicas too (ST) or computed — v12's two L1 gathers per 8 weights become one or two
+// conflict-free shared loads — and each piece's two group sums added in integers. The
+// host sizes the grid to one wave of resident blocks, so each block fills its replicas
+// once and walks several rounds of rows.
+// One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
+// the item's activations into acc: the two groups' sums times their scales in integers (as
+// the CPU's block sum), then one float step per piece; the 1/8 at the end.
 template <bool ST>
 __device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c, const int4 (&wv)[4],
                                            const float (&dw)[4], const u64* tl, const u64* sgn,
@@ -4084,6 +4085,26 @@ extern "C" __global__ void attention_kh(ATT_ARGS(u16)) {
                    pos0p, ratio, freqs, n_rot, scale, rows_max);
 }
 
+// A range's dynamic shared memory, staged (attention_split and its cluster form): the hb
+// heads' queries qs[hb][hd], a weight per row and head wts[hb][span], and the range's row
+// addresses rowp[nr] (raw rows through the ring, compressed ones through the selection).
+template <typename KV>
+__device__ __forceinline__ void attn_range_stage(const float* q, const KV* ring, int ring_rows,
+                                                 const KV* comp, const int* sel, int sel_k,
+                                                 const AttnRows& ar, int r0, int nr, int t,
+                                                 int heads, int h0, int hb, int hd, int span,
+                                                 float* sm, float*& qs, float*& wts,
+                                                 const KV**& rowp) {
+    qs = sm;
+    wts = sm + hb * hd;
+    int wend = hb * hd + hb * span;
+    rowp = (const KV**)(sm + wend + (wend & 1));
+    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
+        qs[i] = q[((size_t)t * heads + h0) * hd + i];
+    attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
+    __syncthreads();
+}
+
 // Rows of one attention_split range for a query reading n rows: the launch's `span` is
 // the most, sized for the context allocated (a decode graph's launch is fixed at
 // capture); a query with fewer rows spreads them over more of the nsplit ranges, 32 or
@@ -4117,14 +4138,10 @@ __device__ __forceinline__ void attention_split_body(const float* q, const KV* r
     int r0 = z * sp, r1 = min(ar.n, r0 + sp);
     if (r0 >= r1) return;  // attention_combine reads only the ranges below n
     int nr = r1 - r0;
-    float* qs = sm;                 // [hb][hd]
-    float* wts = sm + hb * hd;      // [hb][span]
-    int wend = hb * hd + hb * span;
-    const KV** rowp = (const KV**)(sm + wend + (wend & 1));
-    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
-        qs[i] = q[((size_t)t * heads + h0) * hd + i];
-    attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
-    __syncthreads();
+    float *qs, *wts;
+    const KV** rowp;
+    attn_range_stage(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, hb, hd, span,
+                     sm, qs, wts, rowp);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     attn_scores_rows<HB, KV>(rowp, nr, qs, hb, hd, scale, wts, span);
     __syncthreads();
@@ -4279,14 +4296,11 @@ __device__ __forceinline__ void attention_split_cl_body(const float* q, const KV
     int sp = split_span(ar.n, span, ATT_CL);
     int r0 = min(ar.n, (int)z * sp), r1 = min(ar.n, r0 + sp);
     int nr = r1 - r0;
-    float* qs = sm;             // [HB][hd]: the queries, then this range's weighted sums
-    float* wts = sm + HB * hd;  // [HB][span]
-    int wend = HB * hd + HB * span;
-    const KV** rowp = (const KV**)(sm + wend + (wend & 1));
-    for (int i = threadIdx.x; i < HB * hd; i += blockDim.x)
-        qs[i] = q[((size_t)t * heads + h0) * hd + i];
-    attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
-    __syncthreads();
+    // qs: the queries, then this range's weighted sums.
+    float *qs, *wts;
+    const KV** rowp;
+    attn_range_stage(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, HB, hd, span,
+                     sm, qs, wts, rowp);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     attn_scores_cl<HB>(rowp, nr, qs, hd, scale, wts, span);
     __syncthreads();
