@@ -407,6 +407,11 @@ __device__ __forceinline__ int dot16(int4 w, int4 x) {
 #ifndef DS4_ATT_HW
 #define DS4_ATT_HW 1
 #endif
+// Its weighted sums two columns a thread, 16 rows in flight (DS4_CUDA_ATTN_WV2=1; v23,
+// prepared, not yet run on a GPU).
+#ifndef DS4_ATT_WV2
+#define DS4_ATT_WV2 0
+#endif
 // hc_pre_late's blocks all load the last block's inputs early (DS4_CUDA_HC_XEARLY=1; off
 // by default since v21's 512-thread blocks, which would hold twice the registers for it).
 #ifndef DS4_HC_XEARLY
@@ -4261,6 +4266,75 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
             q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
 }
 
+// The cluster kernel's weighted sums of its range into qs[HB][hd]. Over f16 rows with
+// DS4_ATT_WV2 (DS4_CUDA_ATTN_WV2=1; v23, prepared, not yet run on a GPU): a thread takes two
+// adjacent columns (one 4-byte load a row) and 16 rows' loads in flight, where
+// attn_weighted_col takes one column and 8 — half the load instructions and half the
+// dependent rounds over a range's ~80 rows, with half the threads. Each column's rows are
+// added in the same order with the same products: the same values.
+template <int HB>
+__device__ __forceinline__ void attn_weighted_cl(const u16** rowp, int nr, const float* wts,
+                                                 int wstride, int hd, float* qs) {
+#if DS4_ATT_WV2
+    if ((hd & 1) == 0) {
+        constexpr int RA = 16;
+        for (int i = 2 * threadIdx.x; i < hd; i += 2 * blockDim.x) {
+            float acc[HB][2];
+#pragma unroll
+            for (int hh = 0; hh < HB; hh++) acc[hh][0] = acc[hh][1] = 0.0f;
+            int r = 0;
+            for (; r + RA <= nr; r += RA) {
+                u32 v[RA];
+#pragma unroll
+                for (int u = 0; u < RA; u++) v[u] = *(const u32*)(rowp[r + u] + i);
+#pragma unroll
+                for (int u = 0; u < RA; u++) {
+                    float lo = h2f((u16)(v[u] & 0xffff)), hi = h2f((u16)(v[u] >> 16));
+#pragma unroll
+                    for (int hh = 0; hh < HB; hh++) {
+                        float wgt = wts[hh * wstride + r + u];
+                        acc[hh][0] += wgt * lo;
+                        acc[hh][1] += wgt * hi;
+                    }
+                }
+            }
+            for (; r < nr; r++) {
+                u32 v = *(const u32*)(rowp[r] + i);
+                float lo = h2f((u16)(v & 0xffff)), hi = h2f((u16)(v >> 16));
+#pragma unroll
+                for (int hh = 0; hh < HB; hh++) {
+                    float wgt = wts[hh * wstride + r];
+                    acc[hh][0] += wgt * lo;
+                    acc[hh][1] += wgt * hi;
+                }
+            }
+#pragma unroll
+            for (int hh = 0; hh < HB; hh++) {
+                qs[hh * hd + i] = acc[hh][0];
+                qs[hh * hd + i + 1] = acc[hh][1];
+            }
+        }
+        return;
+    }
+#endif
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[HB];
+        attn_weighted_col<HB, u16>(rowp, nr, wts, wstride, HB, i, acc);
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
+    }
+}
+template <int HB>
+__device__ __forceinline__ void attn_weighted_cl(const float** rowp, int nr, const float* wts,
+                                                 int wstride, int hd, float* qs) {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[HB];
+        attn_weighted_col<HB, float>(rowp, nr, wts, wstride, HB, i, acc);
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
+    }
+}
+
 // Decode attention on a thread-block cluster: attention_split's ranges of one (4 heads,
 // token) are the ATT_CL blocks of a cluster, which merge them through distributed shared
 // memory instead of writing partials for attention_combine, a launch later on the chain
@@ -4311,12 +4385,7 @@ __device__ __forceinline__ void attention_split_cl_body(const float* q, const KV
     }
     __syncthreads();
     // The scores are done with the queries: the sums overwrite them, column by column.
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc[HB];
-        attn_weighted_col<HB, KV>(rowp, nr, wts, span, HB, i, acc);
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
-    }
+    attn_weighted_cl<HB>(rowp, nr, wts, span, hd, qs);
     cluster_barrier();
     if ((int)threadIdx.x < HB * ATT_CL) {
         int hh = threadIdx.x % HB, r = threadIdx.x / HB;
