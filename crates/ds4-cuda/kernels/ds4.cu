@@ -4266,6 +4266,18 @@ extern "C" __global__ void attention_combine(const float* part, const int* sel, 
             q8_0_lanes(sm[i], threadIdx.x & 31, q, qd, (base + i) / 32);
 }
 
+// Every column's weighted sums of a range's rows for HB heads into qs[HB][hd], a column a
+// thread (attn_weighted_col).
+template <int HB, typename KV>
+__device__ __forceinline__ void attn_weighted_cols(const KV** rowp, int nr, const float* wts,
+                                                   int wstride, int hd, float* qs) {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[HB];
+        attn_weighted_col<HB, KV>(rowp, nr, wts, wstride, HB, i, acc);
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
+    }
+}
 // The cluster kernel's weighted sums of its range into qs[HB][hd]. Over f16 rows with
 // DS4_ATT_WV2 (DS4_CUDA_ATTN_WV2=1; v23, prepared, not yet run on a GPU): a thread takes two
 // adjacent columns (one 4-byte load a row) and 16 rows' loads in flight, where
@@ -4317,22 +4329,12 @@ __device__ __forceinline__ void attn_weighted_cl(const u16** rowp, int nr, const
         return;
     }
 #endif
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc[HB];
-        attn_weighted_col<HB, u16>(rowp, nr, wts, wstride, HB, i, acc);
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
-    }
+    attn_weighted_cols<HB>(rowp, nr, wts, wstride, hd, qs);
 }
 template <int HB>
 __device__ __forceinline__ void attn_weighted_cl(const float** rowp, int nr, const float* wts,
                                                  int wstride, int hd, float* qs) {
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc[HB];
-        attn_weighted_col<HB, float>(rowp, nr, wts, wstride, HB, i, acc);
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
-    }
+    attn_weighted_cols<HB>(rowp, nr, wts, wstride, hd, qs);
 }
 
 // Decode attention on a thread-block cluster: attention_split's ranges of one (4 heads,
