@@ -6,7 +6,8 @@
 //!               [--whatif "a,b;c;..."]
 //!
 //! Prints the host loop a generation makes around the step (forward and greedy pick per
-//! token, and the host's time to queue one replay), the same steps split into their host
+//! token, a greedy step picked on the GPU as ds4-bench makes it, and the host's time to
+//! queue one replay), the same steps split into their host
 //! and GPU parts (`CudaState::decode_timed`), then each round's mean step time and the
 //! median of the rounds, after the capture time and a step from an idle GPU. With
 //! `--whatif`, then the step recaptured without each `;`-separated set of kernels (names
@@ -63,10 +64,17 @@ fn main() {
         tok = ds4_engine::sampling::argmax(&logits).unwrap_or(0);
         pick_s += t2.elapsed().as_secs_f64();
     }
+    // Greedy steps as ds4-bench makes them: the pick on the GPU, one id back.
+    let t = std::time::Instant::now();
+    for _ in 0..n_loop {
+        tok = st.forward_greedy(tok, None).expect("decode").unwrap_or(0);
+    }
+    let greedy_s = t.elapsed().as_secs_f64();
     println!(
-        "host loop of {n_loop}: forward {:.1} us a token, greedy pick {:.1} us; queuing a replay {:.1} us",
+        "host loop of {n_loop}: forward {:.1} us a token, greedy pick {:.1} us; greedy steps (picked on the GPU) {:.1} us a token; queuing a replay {:.1} us",
         fwd_s / n_loop as f64 * 1e6,
         pick_s / n_loop as f64 * 1e6,
+        greedy_s / n_loop as f64 * 1e6,
         launch_ms * 1e3
     );
     // The same again, split: where a token's time goes between the host and the GPU.
