@@ -242,10 +242,7 @@ fn run(a: &BenchArgs) -> Result<()> {
         // Greedy, EOS excluded so every frontier decodes exactly gen tokens; after the
         // prompt's logits the backend picks (on a GPU: one id copied back, not the row).
         let fallback = if eos == 0 { 1 } else { 0 };
-        if let Some(l) = logits.get_mut(eos as usize) {
-            *l = f32::NEG_INFINITY;
-        }
-        let mut best = ds4_engine::sampling::argmax(&logits)
+        let mut best = ds4_engine::sampling::argmax_banned(&mut logits, Some(eos))
             .filter(|&b| b != eos)
             .unwrap_or(fallback);
         for _ in 0..a.gen_tokens {

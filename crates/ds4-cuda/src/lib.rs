@@ -730,14 +730,7 @@ impl ForwardState for CudaState<'_> {
     fn forward_greedy(&mut self, tok: u32, banned: Option<u32>) -> ds4_engine::Result<Option<u32>> {
         let graphable = self.use_graph && self.trace.is_none() && !self.be.gpu.profiling();
         if !graphable || !gpu_pick_on() {
-            let mut logits = self
-                .forward(&[tok], LogitsFor::Last)?
-                .pop()
-                .ok_or(EngineError::NoLogits)?;
-            if let Some(l) = banned.and_then(|b| logits.get_mut(b as usize)) {
-                *l = f32::NEG_INFINITY;
-            }
-            return Ok(ds4_engine::sampling::argmax(&logits));
+            return ds4_engine::backend::host_greedy(self, tok, banned);
         }
         self.check_run(&[tok])?;
         let id = self.decode_greedy_with_graph(tok, banned)?;

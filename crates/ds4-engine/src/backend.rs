@@ -27,14 +27,7 @@ pub trait ForwardState: Send {
     /// logit is NaN. A backend whose logits live elsewhere (a GPU) picks there and keeps
     /// the logits' copy and scan off the host.
     fn forward_greedy(&mut self, tok: u32, banned: Option<u32>) -> Result<Option<u32>> {
-        let mut logits = self
-            .forward(&[tok], LogitsFor::Last)?
-            .pop()
-            .ok_or(EngineError::NoLogits)?;
-        if let Some(l) = banned.and_then(|b| logits.get_mut(b as usize)) {
-            *l = f32::NEG_INFINITY;
-        }
-        Ok(crate::sampling::argmax(&logits))
+        host_greedy(self, tok, banned)
     }
     /// Back to an empty context (allocations are kept).
     fn reset(&mut self) -> Result<()>;
@@ -47,6 +40,20 @@ pub trait ForwardState: Send {
     /// Bytes of KV state in use at the current position (raw window, compressed
     /// rows, compressor frontiers), as this backend stores them.
     fn kv_bytes(&self) -> usize;
+}
+
+/// [`ForwardState::forward_greedy`] on the host: the step's logits back, then
+/// [`crate::sampling::argmax_banned`] over them (the default, and a backend's fallback).
+pub fn host_greedy<S: ForwardState + ?Sized>(
+    st: &mut S,
+    tok: u32,
+    banned: Option<u32>,
+) -> Result<Option<u32>> {
+    let mut logits = st
+        .forward(&[tok], LogitsFor::Last)?
+        .pop()
+        .ok_or(EngineError::NoLogits)?;
+    Ok(crate::sampling::argmax_banned(&mut logits, banned))
 }
 
 /// An opaque copy of a [`ForwardState`] (see [`ForwardState::snapshot`]).

@@ -223,6 +223,14 @@ fn sort_head(c: &mut [(u64, f32)], sorted: usize, need: usize) -> usize {
 /// µs on 129,280 logits, this 23, on the development machine): the maximum over 16
 /// independent lanes, then the first logit equal to it. `f32::max` ignores NaN; -0.0 and +0.0 compare
 /// equal, so the first zero wins as before.
+/// [`argmax`] with `banned` (an id a caller excludes, such as EOS) set to −∞ first.
+pub fn argmax_banned(logits: &mut [f32], banned: Option<u32>) -> Option<u32> {
+    if let Some(l) = banned.and_then(|b| logits.get_mut(b as usize)) {
+        *l = f32::NEG_INFINITY;
+    }
+    argmax(logits)
+}
+
 pub fn argmax(logits: &[f32]) -> Option<u32> {
     const LANES: usize = 16;
     let mut lane = [f32::NAN; LANES];
