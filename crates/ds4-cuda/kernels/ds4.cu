@@ -4279,11 +4279,11 @@ __device__ __forceinline__ void attn_weighted_cols(const KV** rowp, int nr, cons
     }
 }
 // The cluster kernel's weighted sums of its range into qs[HB][hd]. Over f16 rows with
-// DS4_ATT_WV2 (DS4_CUDA_ATTN_WV2=1; v23, prepared, not yet run on a GPU): a thread takes two
-// adjacent columns (one 4-byte load a row) and 16 rows' loads in flight, where
-// attn_weighted_col takes one column and 8 — half the load instructions and half the
-// dependent rounds over a range's ~80 rows, with half the threads. Each column's rows are
-// added in the same order with the same products: the same values.
+// DS4_ATT_WV2 (default; DS4_CUDA_ATTN_WV2=0 the old loop): a thread takes two adjacent
+// columns (one 4-byte load a row) and 16 rows' loads in flight, where attn_weighted_col
+// takes one column and 8 — half the load instructions and half the dependent rounds over
+// a range's ~80 rows, with half the threads (the H200's step −1.0%, v24). Each column's
+// rows are added in the same order with the same products: the same values.
 template <int HB>
 __device__ __forceinline__ void attn_weighted_cl(const u16** rowp, int nr, const float* wts,
                                                  int wstride, int hd, float* qs) {
@@ -4337,6 +4337,103 @@ __device__ __forceinline__ void attn_weighted_cl(const float** rowp, int nr, con
     attn_weighted_cols<HB>(rowp, nr, wts, wstride, hd, qs);
 }
 
+// The cluster kernel's range with its rows in shared memory (DS4_ATT_SMR, the host's
+// DS4_CUDA_ATTN_SMR=1; f16 rows, hd a multiple of 128 up to 512, which the host checks):
+// the range's rows arrive by cp.async all at once — one memory round trip a block, where
+// the scores' half-warps took ~3 dependent rounds (a row each) and the weighted sums 5
+// more (16 rows in flight a thread) — and both passes then read shared memory. The rows
+// follow the row addresses in the dynamic shared memory (16-byte aligned), then a float4
+// a row of the 4 heads' weights. The same products added in the same orders as
+// attn_scores_rows_hw and attn_weighted_cl: the same values as the default kernel.
+template <typename KV> __device__ __forceinline__ bool attn_cl_smem();
+template <> __device__ __forceinline__ bool attn_cl_smem<float>() { return false; }
+template <> __device__ __forceinline__ bool attn_cl_smem<u16>() { return DS4_ATT_SMR; }
+template <int HB>
+__device__ __forceinline__ void attn_cl_smem_range(const u16* const* rowp, int nr, float* qs,
+                                                   int hd, float scale, float* wts, int span,
+                                                   float* mz, float* dz) {
+    static_assert(HB == 4, "a row's weights are one float4");
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    // After the row addresses (span of them, 8 bytes each, at an 8-byte boundary).
+    unsigned long long rp = ((unsigned long long)(rowp + span) + 15) & ~15ull;
+    u16* rs = (u16*)rp;
+    float4* w4 = (float4*)(rs + (size_t)span * hd);
+    int cpr = hd >> 3;  // 16-byte pieces a row
+    for (int k = threadIdx.x; k < nr * cpr; k += blockDim.x) {
+        int j = k / cpr, c = k - j * cpr;
+        cp_async16(rs + (size_t)j * hd + 8 * c, rowp[j] + 8 * c, 16);
+    }
+    cp_async_commit();
+    cp_async_wait0();
+    __syncthreads();
+    // Scores: a row per half-warp, lane l of a half the dims 8l + 128k (attn_scores_rows_hw).
+    int hl = lane & 15, half = lane >> 4, nk = hd >> 7;
+    for (int j0 = 2 * w; j0 < nr; j0 += 2 * nw) {
+        int j = j0 + half;
+        bool ok = j < nr;
+        const u16* row = rs + (size_t)(ok ? j : 0) * hd;
+        float p[HB];
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) p[hh] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (k >= nk) break;
+            uint4 rv = ok ? *(const uint4*)(row + 8 * hl + 128 * k) : make_uint4(0, 0, 0, 0);
+            u32 wd[4] = {rv.x, rv.y, rv.z, rv.w};
+#pragma unroll
+            for (int u = 0; u < 4; u += 2) {
+                float v0 = h2f((u16)(wd[u] & 0xffff)), v1 = h2f((u16)(wd[u] >> 16));
+                float v2 = h2f((u16)(wd[u + 1] & 0xffff)), v3 = h2f((u16)(wd[u + 1] >> 16));
+                int d = 8 * hl + 128 * k + 2 * u;
+#pragma unroll
+                for (int hh = 0; hh < HB; hh++) {
+                    float4 qv = *(const float4*)&qs[hh * hd + d];
+                    p[hh] += qv.x * v0 + qv.y * v1 + qv.z * v2 + qv.w * v3;
+                }
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++)
+#pragma unroll
+            for (int o = 8; o > 0; o >>= 1) p[hh] += __shfl_xor_sync(0xffffffffu, p[hh], o);
+        if (ok && hl == 0)
+#pragma unroll
+            for (int hh = 0; hh < HB; hh++) wts[hh * span + j] = p[hh] * scale;
+    }
+    __syncthreads();
+    if (w < HB) {
+        float d = 0.0f, mx = -INFINITY;
+        if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
+        if (lane == 0) { mz[w] = mx; dz[w] = d; }
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < nr; r += blockDim.x)
+        w4[r] = make_float4(wts[r], wts[span + r], wts[2 * span + r], wts[3 * span + r]);
+    __syncthreads();
+    // Weighted sums, a column a thread, rows in order (attn_weighted_col's sums); they
+    // overwrite the queries, which the scores are done with.
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc[HB];
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) acc[hh] = 0.0f;
+#pragma unroll 2
+        for (int r = 0; r < nr; r++) {
+            float v = h2f(rs[(size_t)r * hd + i]);
+            float4 wv = w4[r];
+            acc[0] += wv.x * v;
+            acc[1] += wv.y * v;
+            acc[2] += wv.z * v;
+            acc[3] += wv.w * v;
+        }
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
+    }
+}
+// Over f32 rows the default passes run (attn_cl_smem<float> is false).
+template <int HB>
+__device__ __forceinline__ void attn_cl_smem_range(const float* const*, int, float*, int, float,
+                                                   float*, int, float*, float*) {}
+
 // Decode attention on a thread-block cluster: attention_split's ranges of one (4 heads,
 // token) are the ATT_CL blocks of a cluster, which merge them through distributed shared
 // memory instead of writing partials for attention_combine, a launch later on the chain
@@ -4378,16 +4475,20 @@ __device__ __forceinline__ void attention_split_cl_body(const float* q, const KV
     attn_range_stage(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, HB, hd, span,
                      sm, qs, wts, rowp);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    attn_scores_cl<HB>(rowp, nr, qs, hd, scale, wts, span);
-    __syncthreads();
-    if (w < HB) {
-        float d = 0.0f, mx = -INFINITY;
-        if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
-        if (lane == 0) { mz[w] = mx; dz[w] = d; }
+    if (attn_cl_smem<KV>()) {
+        attn_cl_smem_range<HB>(rowp, nr, qs, hd, scale, wts, span, mz, dz);
+    } else {
+        attn_scores_cl<HB>(rowp, nr, qs, hd, scale, wts, span);
+        __syncthreads();
+        if (w < HB) {
+            float d = 0.0f, mx = -INFINITY;
+            if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
+            if (lane == 0) { mz[w] = mx; dz[w] = d; }
+        }
+        __syncthreads();
+        // The scores are done with the queries: the sums overwrite them, column by column.
+        attn_weighted_cl<HB>(rowp, nr, wts, span, hd, qs);
     }
-    __syncthreads();
-    // The scores are done with the queries: the sums overwrite them, column by column.
-    attn_weighted_cl<HB>(rowp, nr, wts, span, hd, qs);
     cluster_barrier();
     if ((int)threadIdx.x < HB * ATT_CL) {
         int hh = threadIdx.x % HB, r = threadIdx.x / HB;

@@ -796,6 +796,30 @@ pub(crate) fn attention_cluster() -> u32 {
     })
 }
 
+/// Whether the attention cluster stages its range's rows in shared memory
+/// (`attn_cl_smem_range` in ds4.cu: f16 rows, hd a multiple of 128): `DS4_CUDA_ATTN_SMR=1`,
+/// with the half-warp scores it follows (not with `DS4_CUDA_ATTN_HW=0`).
+pub(crate) fn attention_cluster_smem() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("DS4_CUDA_ATTN_SMR").is_ok_and(|v| v == "1")
+            && std::env::var("DS4_CUDA_ATTN_HW").map_or(true, |v| v != "0")
+    })
+}
+
+/// Dynamic shared memory of the attention cluster's blocks: the 4 heads' queries, their
+/// weights and the row addresses, and with [`attention_cluster_smem`] the rows themselves
+/// (16-byte aligned) and a float4 of weights a row.
+fn attention_cluster_shared(hd: usize, span: usize, half: bool) -> usize {
+    let wend = 4 * hd + 4 * span;
+    let base = (wend + (wend & 1)) * 4 + span * 8;
+    if half && attention_cluster_smem() && hd.is_multiple_of(128) && hd <= 512 {
+        base.next_multiple_of(16) + span * hd * 2 + span * 16
+    } else {
+        base
+    }
+}
+
 /// The most rows a block of the attention cluster takes: longer ranges (a ratio-128
 /// layer's rows at a long context) are a long chain in one block, so such layers keep
 /// `attention_split`'s up to 64 ranges.
@@ -819,7 +843,8 @@ fn attention_cluster_span(
         && split_heads_per_block(cfg, half) == 4
         && hd.is_multiple_of(32 * cl)
         && 4 * hd / cl <= 512
-        && span <= CLUSTER_SPAN_MAX)
+        && span <= CLUSTER_SPAN_MAX
+        && (!half || !attention_cluster_smem() || (hd.is_multiple_of(128) && hd <= 512)))
         .then_some(span)
 }
 
@@ -2002,8 +2027,7 @@ impl<'a> Fwd<'a> {
             // Decode's ranges on a cluster that merges them itself (attention_split_cl in
             // ds4.cu): no partials, no attention_combine.
             let cl = attention_cluster();
-            let wend = 4 * hd + 4 * span;
-            let shm = (wend + (wend & 1)) * 4 + span * 8;
+            let shm = attention_cluster_shared(hd, span, st.half);
             let k = kh("attention_split_cl", "attention_split_cl_kh");
             if cl > 8 {
                 g.allow_large_clusters(k)?;

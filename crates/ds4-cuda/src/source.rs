@@ -127,7 +127,8 @@ pub fn program() -> String {
     // On unless the variable is 0: early PDL signalling, streaming weight loads, dense
     // products' first loads before the PDL wait, the Q8_0 decode product's register cap,
     // the ldmatrix fragments of mm_f16 and mm_iq2_xxs_st, decode's Q2_K loads a round ahead,
-    // its IQ2_XXS signs by a second dp4a, the attention cluster's half-warp scores.
+    // its IQ2_XXS signs by a second dp4a, the attention cluster's half-warp scores and its
+    // weighted sums two columns a thread.
     // Numbers (out of range: the default): launch bounds of four decode kernels and the
     // pieces in flight per lane of the Q8_0 one.
     let on = |v: &str| std::env::var(v).map_or(1, |v| u32::from(v != "0"));
@@ -146,11 +147,11 @@ pub fn program() -> String {
         ("DS4_Q2K_PF", on("DS4_CUDA_Q2K_PF")),
         ("DS4_IQ2_DP2", on("DS4_CUDA_IQ2_DP2")),
         ("DS4_ATT_HW", on("DS4_CUDA_ATTN_HW")),
-        // Off unless 1: prepared in v23, not yet run on a GPU.
         (
-            "DS4_ATT_WV2",
-            u32::from(std::env::var("DS4_CUDA_ATTN_WV2").is_ok_and(|v| v == "1")),
+            "DS4_ATT_SMR",
+            u32::from(crate::forward::attention_cluster_smem()),
         ),
+        ("DS4_ATT_WV2", on("DS4_CUDA_ATTN_WV2")),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
