@@ -1414,17 +1414,57 @@ __device__ __forceinline__ void q2k_piece4(const MvArgs& a, long long xo, int ib
         acc[j] -= dx * dmin * (float)summs;
     }
 }
-extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
-    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
-        mv_q2_k_body<1>(a);
-        return;
+// The SwiGLU in front of decode's routed down product (DS4_CUDA_SWIGLU_DOWN=1): each
+// block of mv_q2_k_1r_sw forms its item's mid = silu(min(g, c))·clamp(u, ±c)·wt and its
+// Q8_K in shared memory — the swiglu kernel's expressions and q8_k_warp, so the same
+// bytes — instead of a swiglu launch on the chain between the gate+up and down products
+// (−136 µs a step without it on the H200's critical path, v22g). The item's 2·ff floats
+// are L2 reads a block repeats; its first weight pieces are in flight meanwhile.
+struct SwiArgs {
+    const float *g, *u, *wts;
+    int stride;
+    float clampv;
+};
+// Item b's mid into sv[ff] and its Q8_K (quants q, scales d, block sums bs), whole
+// 256-blocks (ff a multiple of 256, checked on the host); a barrier after.
+__device__ __forceinline__ void swiglu_q8k_block(const SwiArgs& sw, int b, int ff, float* sv,
+                                                 i8* q, float* d, short* bs) {
+    float wt = sw.wts ? sw.wts[b] : 1.0f;
+    for (int i = threadIdx.x; i < ff; i += blockDim.x) {
+        size_t gi = (size_t)b * sw.stride + i;
+        float gv = fminf(sw.g[gi], sw.clampv);
+        float uv = fminf(fmaxf(sw.u[gi], -sw.clampv), sw.clampv);
+        sv[i] = siluf_(gv) * uv * wt;
     }
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    for (int sb = threadIdx.x >> 5; sb < ff / 256; sb += nw)
+        q8_k_warp(sv + 256 * sb, q + 256 * sb, d + sb, bs + 16 * sb, threadIdx.x & 31);
+    __syncthreads();
+}
+template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs& a, const SwiArgs& sw) {
     const int NTM = 1;
     MV_ITEMS
     int nblk = a.cols / 256;
     int rstep = gridDim.x * warps;
     int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
     long long xo = mv_xoff(a, item[0], 0);
+    // With SW the activations are this block's own, in shared memory (xo 0).
+    MvArgs ax = a;
+    extern __shared__ __align__(16) u8 sw_sm[];  // with SW: 4·ff + ff + ff/64 + ff/8 bytes
+    auto swiglu_front = [&]() {
+        if (SW) {
+            float* sv = (float*)sw_sm;
+            i8* q = (i8*)(sv + a.cols);
+            float* d = (float*)(q + a.cols);
+            short* bs = (short*)(d + a.cols / 256);
+            swiglu_q8k_block(sw, item[0], a.cols, sv, q, d, bs);
+            ax.xq = q;
+            ax.xd = d;
+            ax.xs = bs;
+            xo = 0;
+        }
+    };
 #if DS4_Q2K_PF
     // The next piece of the four rows (or the first of the next round's rows) is loaded
     // before the current one is decoded, so that loads stay in flight through the
@@ -1441,6 +1481,7 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     rows(rb, w);
     if (rb < a.rows && lane < nblk * 4) q2k_load4(w, lane >> 2, lane & 3, (lane & 3) >> 1, qw, dd, sc4, sc4b);
+    swiglu_front();
     while (rb < a.rows) {
         int in = ib0 + 32, rn = rb;
         const u8* wn[4];
@@ -1457,7 +1498,7 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
         if (rn < a.rows && itn < nblk * 4)
             q2k_load4(wn, itn >> 2, itn & 3, (itn & 3) >> 1, qn, dn, sn, sbn);
         int it = ib0 + lane;
-        if (it < nblk * 4) q2k_piece4(a, xo, it >> 2, (it & 3) >> 1, it & 1, qw, dd, sc4, sc4b, acc);
+        if (it < nblk * 4) q2k_piece4(ax, xo, it >> 2, (it & 3) >> 1, it & 1, qw, dd, sc4, sc4b, acc);
         if (in == 0) rows4_store(a, item[0], rb, rstep, lane, 1.0f, acc);
         rb = rn;
         ib0 = in;
@@ -1472,6 +1513,7 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
         }
     }
 #else
+    swiglu_front();
     for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
         const u8* w[4];
         float acc[4];
@@ -1485,7 +1527,7 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
             int ib = it >> 2, q = it & 3, k = q >> 1, h = q & 1;
             u32 qw[4][4], dd[4], sc4[4], sc4b[4];
             q2k_load4(w, ib, q, k, qw, dd, sc4, sc4b);
-            q2k_piece4(a, xo, ib, k, h, qw, dd, sc4, sc4b, acc);
+            q2k_piece4(ax, xo, ib, k, h, qw, dd, sc4, sc4b, acc);
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -1495,6 +1537,20 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
         }
     }
 #endif
+}
+extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
+    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
+        mv_q2_k_body<1>(a);
+        return;
+    }
+    mv_q2_k_1r_body<false>(a, SwiArgs{});
+}
+// Whole rows only (the host folds the SwiGLU only where mv_q2_k_1r takes them).
+extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r_sw(MvArgs a, const float* g, const float* u,
+                                                         const float* wts, int stride,
+                                                         float clampv) {
+    pdl_begin();
+    mv_q2_k_1r_body<true>(a, SwiArgs{g, u, wts, stride, clampv});
 }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {

@@ -32,6 +32,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q2_k",
     "mv_q2_k_1",
     "mv_q2_k_1r",
+    "mv_q2_k_1r_sw",
     "mm_q2_k_sm",
     "mm_q2_k_sm64",
     "attention_split_cl",
