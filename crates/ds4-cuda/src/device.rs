@@ -103,8 +103,17 @@ impl Gpu {
             .load_module(Ptx::from_binary(bin))
             .map_err(drv("load module"))?;
         let mut funcs = HashMap::new();
+        let carveout = shared_carveout();
         for &n in KERNEL_NAMES {
-            funcs.insert(n, module.load_function(n).map_err(drv(n))?);
+            let f = module.load_function(n).map_err(drv(n))?;
+            if let Some(pct) = carveout {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    pct,
+                )
+                .map_err(drv("shared memory carveout"))?;
+            }
+            funcs.insert(n, f);
         }
         Ok(Gpu {
             ctx,
@@ -454,4 +463,15 @@ macro_rules! launch {
             ($name, $grid, $block, $shm);
         unsafe { gpu.launch_raw(name, grid, block, shm, &mut params) }
     }};
+}
+
+/// One shared-memory carveout (percent of the SM's shared memory + L1) preferred by every
+/// kernel (`DS4_CUDA_CARVEOUT=0..100`; unset: the driver's choice per kernel). An SM runs
+/// blocks of different carveouts only after draining, so neighbours on the decode chain
+/// with different shared-memory needs may not overlap their launches (v24's hypothesis).
+fn shared_carveout() -> Option<i32> {
+    std::env::var("DS4_CUDA_CARVEOUT")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|p| (0..=100).contains(p))
 }

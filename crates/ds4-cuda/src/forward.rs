@@ -13,7 +13,7 @@ use ds4_gguf::GgmlType;
 use crate::CudaError;
 use crate::device::{DevBuf, Gpu};
 use crate::launch;
-use crate::weights::{DevHc, DevLayer, DevMat, DevPair, DevWeights};
+use crate::weights::{DevCompressor, DevHc, DevLayer, DevMat, DevPair, DevWeights};
 
 /// ds4's router-weight floor (2^−14), as in the CPU reference.
 const ROUTER_WEIGHT_FLOOR: f32 = 6.103_515_6e-5;
@@ -576,6 +576,30 @@ pub struct Fwd<'a> {
 
 /// Whether a captured decode step runs independent chains as parallel graph branches
 /// (`DS4_CUDA_BRANCHES=0` keeps one chain, for comparisons).
+/// Whether the decode graph starts the compressors and the indexer's head weights
+/// (products of xn alone) on side branches beside q_a, right after the HC pre-step,
+/// rather than after the q_a norm (`DS4_CUDA_EARLY_COMP=1`).
+pub fn early_compressors_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_EARLY_COMP").is_ok_and(|v| v == "1"))
+}
+
+/// Side streams of the decode graph (see [`Fwd::fork`]): 0 the queries, 1 the attention
+/// compressor and the routed Q8_K, 2 the HC Sinkhorn and the indexer's queries; 3 and 4
+/// the early compressors ([`early_compressors_on`]).
+pub fn side_streams() -> usize {
+    if early_compressors_on() { 5 } else { 3 }
+}
+
+/// The early side branches of one attention sublayer ([`Fwd::early_compressors`]).
+#[derive(Default)]
+struct Early<'a> {
+    attn: Option<Fwd<'a>>,
+    attn_done: bool,
+    idx: Option<Fwd<'a>>,
+    idx_done: bool,
+}
+
 pub fn branches_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_BRANCHES").map_or(true, |v| v != "0"))
@@ -1870,6 +1894,7 @@ impl<'a> Fwd<'a> {
         // The norm writes xn's Q8_0 where q_a takes it (no quant_q8_0 launch).
         let xq = q8_target(w.q_a_kv.a_type(), e, (&s.act_q, &s.act_d));
         let mix_branch = self.hc_pre_norm(s, &w.hc_attn, &w.attn_norm, x, t, xq)?;
+        let early = self.early_compressors(s, st, w, l, pos0, t)?;
 
         // Low-rank Q and the shared K=V row, one product [q_a; kv] of xn, then their
         // norms. qa's Q8_0 goes to the second activation buffer: the indexer's q_b
@@ -1942,8 +1967,8 @@ impl<'a> Fwd<'a> {
         // Compressors, then the indexer's selection (§3.6, §3.7).
         let kind = cfg.attn_kind(l);
         let ratio = kind.ratio();
-        let mut cbranch = None;
-        if let (Some(cw), Some((rows, fkv, fsc))) = (&w.compressor, &st.comp) {
+        let mut cbranch = early.attn;
+        if let (Some(cw), Some(comp), false) = (&w.compressor, &st.comp, early.attn_done) {
             // The attention compressor beside the indexer when its product reads xn as
             // floats (else it would quantize xn into the buffer the indexer's product
             // also fills).
@@ -1951,25 +1976,10 @@ impl<'a> Fwd<'a> {
                 cbranch = self.fork(1)?;
             }
             let fc = cbranch.as_ref().unwrap_or(self);
-            // One product [kv; gate] of xn: a token's values then its scores.
-            let width = kind.coff() * hd;
-            let c = Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, 2 * width);
-            fc.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
-            let c = Compress {
-                input: (s.ckv.ptr, s.ckv.at::<f32>(width), 2 * width),
-                ape: cw.ape.ptr,
-                norm: cw.norm.ptr,
-                front: (fkv.ptr, fsc.ptr),
-                rows: rows.ptr,
-                half: st.half,
-                coff: kind.coff(),
-                d: hd,
-                sim,
-            };
-            fc.compress(s, &c, l, pos0, t)?;
+            fc.attn_compressor(s, st.half, cw, comp, kind, l, pos0, t)?;
         }
         let mut sel = (0u64, 0u64);
-        if let (Some(iw), Some((irows, fkv, fsc))) = (&w.indexer, &st.icomp) {
+        if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp) {
             let (nhi, di) = (cfg.indexer_heads, cfg.indexer_head_dim);
             let ic = &iw.compressor;
             // The indexer's queries and weights (q_b, proj, prep) beside its compressor,
@@ -1986,7 +1996,12 @@ impl<'a> Fwd<'a> {
                 &iw.q_b,
                 Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
             )?;
-            fi.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
+            if early.idx.is_some() {
+                // proj and the indexer's compressor ran on their early branch.
+                fi.join(early.idx)?;
+            } else {
+                fi.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
+            }
             if di == 128 && (di - cfg.n_rot).is_multiple_of(4) && iprep_warp_on() {
                 launch!(fi.gpu, "indexer_prep_w", (ceil_div(t * nhi, 8), 1, 1), 256, 0;
                     s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim,
@@ -1995,21 +2010,11 @@ impl<'a> Fwd<'a> {
                 launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
                     s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
             }
-            let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
-            self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
-            let c = Compress {
-                input: (s.ikv.ptr, s.ikv.at::<f32>(2 * di), 4 * di),
-                ape: ic.ape.ptr,
-                norm: ic.norm.ptr,
-                front: (fkv.ptr, fsc.ptr),
-                rows: irows.ptr,
-                half: st.half,
-                coff: 2,
-                d: di,
-                sim: 2 * sim,
-            };
-            self.compress(s, &c, l, pos0, t)?;
+            if !early.idx_done {
+                self.idx_compressor(s, st.half, ic, icomp, l, pos0, t)?;
+            }
             self.join(ibranch)?;
+            let irows = &icomp.0;
             let max_n = if self.capture {
                 s.max_irows
             } else {
@@ -2134,6 +2139,111 @@ impl<'a> Fwd<'a> {
         )?;
         self.join(mix_branch)?;
         self.hc_post_swap(s, t, s.f.ptr, None)
+    }
+
+    /// The attention compressor of layer `l`: one product [kv; gate] of xn (a token's
+    /// values then its scores), then the compression into the state's rows.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_compressor(
+        &self,
+        s: &Scratch,
+        half: bool,
+        cw: &DevCompressor,
+        (rows, fkv, fsc): &(DevBuf, DevBuf, DevBuf),
+        kind: AttnKind,
+        l: usize,
+        pos0: usize,
+        t: usize,
+    ) -> Result<(), CudaError> {
+        let (hd, e) = (self.cfg.head_dim, self.cfg.n_embd);
+        let width = kind.coff() * hd;
+        let c = Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, 2 * width);
+        self.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
+        let c = Compress {
+            input: (s.ckv.ptr, s.ckv.at::<f32>(width), 2 * width),
+            ape: cw.ape.ptr,
+            norm: cw.norm.ptr,
+            front: (fkv.ptr, fsc.ptr),
+            rows: rows.ptr,
+            half,
+            coff: kind.coff(),
+            d: hd,
+            sim: self.sim() as i32,
+        };
+        self.compress(s, &c, l, pos0, t)
+    }
+
+    /// The indexer's compressor of layer `l` (as [`Fwd::attn_compressor`], rows of the
+    /// indexer's head size, two per compressed row).
+    #[allow(clippy::too_many_arguments)]
+    fn idx_compressor(
+        &self,
+        s: &Scratch,
+        half: bool,
+        ic: &DevCompressor,
+        (irows, fkv, fsc): &(DevBuf, DevBuf, DevBuf),
+        l: usize,
+        pos0: usize,
+        t: usize,
+    ) -> Result<(), CudaError> {
+        let (di, e) = (self.cfg.indexer_head_dim, self.cfg.n_embd);
+        let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
+        self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
+        let c = Compress {
+            input: (s.ikv.ptr, s.ikv.at::<f32>(2 * di), 4 * di),
+            ape: ic.ape.ptr,
+            norm: ic.norm.ptr,
+            front: (fkv.ptr, fsc.ptr),
+            rows: irows.ptr,
+            half,
+            coff: 2,
+            d: di,
+            sim: 2 * self.sim() as i32,
+        };
+        self.compress(s, &c, l, pos0, t)
+    }
+
+    /// With [`early_compressors_on`] in a captured step: the attention compressor on side
+    /// branch 3 and the indexer's head weights and compressor on 4, started right after
+    /// the HC pre-step (they read xn alone, as floats) instead of after the q_a norm.
+    fn early_compressors(
+        &self,
+        s: &Scratch,
+        st: &LayerState,
+        w: &DevLayer,
+        l: usize,
+        pos0: usize,
+        t: usize,
+    ) -> Result<Early<'a>, CudaError> {
+        let mut early = Early::default();
+        if !early_compressors_on() || !self.can_fork(4) {
+            return Ok(early);
+        }
+        let kind = self.cfg.attn_kind(l);
+        if let (Some(cw), Some(comp)) = (&w.compressor, &st.comp)
+            && act_kind(cw.kv_gate.a_type()) == ActKind::F32
+        {
+            early.attn = self.fork(3)?;
+            if let Some(b) = &early.attn {
+                b.attn_compressor(s, st.half, cw, comp, kind, l, pos0, t)?;
+                early.attn_done = true;
+            }
+        }
+        if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp) {
+            let floats = [iw.compressor.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
+                .into_iter()
+                .all(|ty| act_kind(ty) == ActKind::F32);
+            if floats {
+                early.idx = self.fork(4)?;
+                if let Some(b) = &early.idx {
+                    let (nhi, e) = (self.cfg.indexer_heads, self.cfg.n_embd);
+                    b.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
+                    b.idx_compressor(s, st.half, &iw.compressor, icomp, l, pos0, t)?;
+                    early.idx_done = true;
+                }
+            }
+        }
+        Ok(early)
     }
 
     /// A compressor over the run's tokens at `pos0..pos0+t` (§3.6): closed rows to

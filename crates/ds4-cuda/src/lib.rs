@@ -390,7 +390,11 @@ impl CudaState<'_> {
             .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
         let gpu = main.on_stream(stream.clone());
         // The side streams of the step's parallel branches (see Fwd::fork).
-        let n_side = if forward::branches_on() { 3 } else { 0 };
+        let n_side = if forward::branches_on() {
+            forward::side_streams()
+        } else {
+            0
+        };
         let side = (0..n_side)
             .map(|_| stream.fork().map(|st| main.on_stream(st)))
             .collect::<Result<Vec<_>, _>>()
