@@ -54,6 +54,9 @@ pub struct Gpu {
     /// before it touches step data, so results are unchanged and only the gaps between
     /// dependent kernels shrink (see pdl_begin in ds4.cu). `DS4_CUDA_PDL=0` turns it off.
     pdl: AtomicBool,
+    /// Scheduling priority of this copy's launches (0: the default; lower is more
+    /// urgent, as stream priorities), see [`Gpu::with_priority`].
+    prio: i32,
 }
 
 /// A profiled launch: kernel name, events before and after.
@@ -126,6 +129,7 @@ impl Gpu {
             kernels_cached,
             prof: None,
             pdl: AtomicBool::new(pdl),
+            prio: 0,
         })
     }
 
@@ -143,7 +147,25 @@ impl Gpu {
             kernels_cached: self.kernels_cached,
             prof: self.prof.clone(),
             pdl: AtomicBool::new(self.pdl()),
+            prio: self.prio,
         }
+    }
+
+    /// The same GPU and stream whose launches carry the context's most urgent priority
+    /// (`urgent`) or the default: pending blocks of an urgent kernel are scheduled first
+    /// where branches of a decode graph compete for SMs.
+    pub fn with_priority(&self, urgent: bool) -> Result<Gpu, CudaError> {
+        let mut g = self.on_stream(self.stream.clone());
+        g.prio = 0;
+        if urgent {
+            self.ctx.bind_to_thread().map_err(drv("bind"))?;
+            let (mut least, mut greatest) = (0i32, 0i32);
+            unsafe { sys::cuCtxGetStreamPriorityRange(&mut least, &mut greatest) }
+                .result()
+                .map_err(drv("priority range"))?;
+            g.prio = greatest;
+        }
+        Ok(g)
     }
 
     /// The same GPU and stream with programmatic dependent launch on or off for the
@@ -189,9 +211,19 @@ impl Gpu {
             return Ok(());
         }
         self.ctx.bind_to_thread().map_err(drv("bind"))?;
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if self.pdl() {
+            attrs[n].id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if self.prio != 0 {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PRIORITY;
+            attrs[n].value.priority = self.prio;
+            n += 1;
+        }
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -201,8 +233,8 @@ impl Gpu {
             blockDimZ: 1,
             sharedMemBytes: shmem,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: self.pdl() as u32,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         let t0 = self.prof_begin()?;
         unsafe {

@@ -578,10 +578,11 @@ pub struct Fwd<'a> {
 /// (`DS4_CUDA_BRANCHES=0` keeps one chain, for comparisons).
 /// Whether the decode graph starts the compressors and the indexer's head weights
 /// (products of xn alone) on side branches beside q_a, right after the HC pre-step,
-/// rather than after the q_a norm (`DS4_CUDA_EARLY_COMP=1`).
+/// rather than after the q_a norm (default: the H200's step −1.7%, v24c;
+/// `DS4_CUDA_EARLY_COMP=0` the old order).
 pub fn early_compressors_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_EARLY_COMP").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_EARLY_COMP").map_or(true, |v| v != "0"))
 }
 
 /// Side streams of the decode graph (see [`Fwd::fork`]): 0 the queries, 1 the attention
@@ -598,6 +599,19 @@ struct Early<'a> {
     attn_done: bool,
     idx: Option<Fwd<'a>>,
     idx_done: bool,
+}
+
+/// `DS4_CUDA_PRIO` (0–3; see `capture_decode_at`): which decode-graph branches launch at
+/// the most urgent priority.
+pub fn decode_priorities() -> u32 {
+    static P: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        std::env::var("DS4_CUDA_PRIO")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|p| *p <= 3)
+            .unwrap_or(0)
+    })
 }
 
 pub fn branches_on() -> bool {
