@@ -54,9 +54,6 @@ pub struct Gpu {
     /// before it touches step data, so results are unchanged and only the gaps between
     /// dependent kernels shrink (see pdl_begin in ds4.cu). `DS4_CUDA_PDL=0` turns it off.
     pdl: AtomicBool,
-    /// Scheduling priority of this copy's launches (0: the default; lower is more
-    /// urgent, as stream priorities), see [`Gpu::with_priority`].
-    prio: i32,
 }
 
 /// A profiled launch: kernel name, events before and after.
@@ -129,7 +126,6 @@ impl Gpu {
             kernels_cached,
             prof: None,
             pdl: AtomicBool::new(pdl),
-            prio: 0,
         })
     }
 
@@ -147,25 +143,7 @@ impl Gpu {
             kernels_cached: self.kernels_cached,
             prof: self.prof.clone(),
             pdl: AtomicBool::new(self.pdl()),
-            prio: self.prio,
         }
-    }
-
-    /// The same GPU and stream whose launches carry the context's most urgent priority
-    /// (`urgent`) or the default: pending blocks of an urgent kernel are scheduled first
-    /// where branches of a decode graph compete for SMs.
-    pub fn with_priority(&self, urgent: bool) -> Result<Gpu, CudaError> {
-        let mut g = self.on_stream(self.stream.clone());
-        g.prio = 0;
-        if urgent {
-            self.ctx.bind_to_thread().map_err(drv("bind"))?;
-            let (mut least, mut greatest) = (0i32, 0i32);
-            unsafe { sys::cuCtxGetStreamPriorityRange(&mut least, &mut greatest) }
-                .result()
-                .map_err(drv("priority range"))?;
-            g.prio = greatest;
-        }
-        Ok(g)
     }
 
     /// The same GPU and stream with programmatic dependent launch on or off for the
@@ -217,11 +195,6 @@ impl Gpu {
             attrs[n].id =
                 sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
             attrs[n].value.programmaticStreamSerializationAllowed = 1;
-            n += 1;
-        }
-        if self.prio != 0 {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PRIORITY;
-            attrs[n].value.priority = self.prio;
             n += 1;
         }
         let cfg = sys::CUlaunchConfig {

@@ -388,12 +388,7 @@ impl CudaState<'_> {
             .ctx
             .new_stream()
             .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
-        // DS4_CUDA_PRIO (an experiment, v24): 1 the main chain's launches urgent, 2 also
-        // the indexer's branch (side 2), 3 the side branches urgent instead.
-        let prio = forward::decode_priorities();
-        let gpu = main
-            .on_stream(stream.clone())
-            .with_priority(prio == 1 || prio == 2)?;
+        let gpu = main.on_stream(stream.clone());
         // The side streams of the step's parallel branches (see Fwd::fork).
         let n_side = if forward::branches_on() {
             forward::side_streams()
@@ -401,14 +396,9 @@ impl CudaState<'_> {
             0
         };
         let side = (0..n_side)
-            .map(|i| {
-                let st = stream
-                    .fork()
-                    .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
-                main.on_stream(st)
-                    .with_priority(prio == 3 || (prio == 2 && i == 2))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|_| stream.fork().map(|st| main.on_stream(st)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CudaError::Driver(format!("stream: {e}")))?;
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .map_err(|e| CudaError::Driver(format!("begin capture: {e}")))?;
