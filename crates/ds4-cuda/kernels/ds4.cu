@@ -1435,57 +1435,17 @@ __device__ __forceinline__ void q2k_piece4(const MvArgs& a, long long xo, int ib
         acc[j] -= dx * dmin * (float)summs;
     }
 }
-// The SwiGLU in front of decode's routed down product (DS4_CUDA_SWIGLU_DOWN=1): each
-// block of mv_q2_k_1r_sw forms its item's mid = silu(min(g, c))·clamp(u, ±c)·wt and its
-// Q8_K in shared memory — the swiglu kernel's expressions and q8_k_warp, so the same
-// bytes — instead of a swiglu launch on the chain between the gate+up and down products
-// (−136 µs a step without it on the H200's critical path, v22g). The item's 2·ff floats
-// are L2 reads a block repeats; its first weight pieces are in flight meanwhile.
-struct SwiArgs {
-    const float *g, *u, *wts;
-    int stride;
-    float clampv;
-};
-// Item b's mid into sv[ff] and its Q8_K (quants q, scales d, block sums bs), whole
-// 256-blocks (ff a multiple of 256, checked on the host); a barrier after.
-__device__ __forceinline__ void swiglu_q8k_block(const SwiArgs& sw, int b, int ff, float* sv,
-                                                 i8* q, float* d, short* bs) {
-    float wt = sw.wts ? sw.wts[b] : 1.0f;
-    for (int i = threadIdx.x; i < ff; i += blockDim.x) {
-        size_t gi = (size_t)b * sw.stride + i;
-        float gv = fminf(sw.g[gi], sw.clampv);
-        float uv = fminf(fmaxf(sw.u[gi], -sw.clampv), sw.clampv);
-        sv[i] = siluf_(gv) * uv * wt;
+extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
+    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
+        mv_q2_k_body<1>(a);
+        return;
     }
-    __syncthreads();
-    int nw = blockDim.x >> 5;
-    for (int sb = threadIdx.x >> 5; sb < ff / 256; sb += nw)
-        q8_k_warp(sv + 256 * sb, q + 256 * sb, d + sb, bs + 16 * sb, threadIdx.x & 31);
-    __syncthreads();
-}
-template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs& a, const SwiArgs& sw) {
     const int NTM = 1;
     MV_ITEMS
     int nblk = a.cols / 256;
     int rstep = gridDim.x * warps;
     int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
     long long xo = mv_xoff(a, item[0], 0);
-    // With SW the activations are this block's own, in shared memory (xo 0).
-    MvArgs ax = a;
-    extern __shared__ __align__(16) u8 sw_sm[];  // with SW: 4·ff + ff + ff/64 + ff/8 bytes
-    auto swiglu_front = [&]() {
-        if (SW) {
-            float* sv = (float*)sw_sm;
-            i8* q = (i8*)(sv + a.cols);
-            float* d = (float*)(q + a.cols);
-            short* bs = (short*)(d + a.cols / 256);
-            swiglu_q8k_block(sw, item[0], a.cols, sv, q, d, bs);
-            ax.xq = q;
-            ax.xd = d;
-            ax.xs = bs;
-            xo = 0;
-        }
-    };
 #if DS4_Q2K_PF
     // The next piece of the four rows (or the first of the next round's rows) is loaded
     // before the current one is decoded, so that loads stay in flight through the
@@ -1502,7 +1462,6 @@ template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs&
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     rows(rb, w);
     if (rb < a.rows && lane < nblk * 4) q2k_load4(w, lane >> 2, lane & 3, (lane & 3) >> 1, qw, dd, sc4, sc4b);
-    swiglu_front();
     while (rb < a.rows) {
         int in = ib0 + 32, rn = rb;
         const u8* wn[4];
@@ -1519,7 +1478,7 @@ template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs&
         if (rn < a.rows && itn < nblk * 4)
             q2k_load4(wn, itn >> 2, itn & 3, (itn & 3) >> 1, qn, dn, sn, sbn);
         int it = ib0 + lane;
-        if (it < nblk * 4) q2k_piece4(ax, xo, it >> 2, (it & 3) >> 1, it & 1, qw, dd, sc4, sc4b, acc);
+        if (it < nblk * 4) q2k_piece4(a, xo, it >> 2, (it & 3) >> 1, it & 1, qw, dd, sc4, sc4b, acc);
         if (in == 0) rows4_store(a, item[0], rb, rstep, lane, 1.0f, acc);
         rb = rn;
         ib0 = in;
@@ -1534,7 +1493,6 @@ template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs&
         }
     }
 #else
-    swiglu_front();
     for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
         const u8* w[4];
         float acc[4];
@@ -1548,7 +1506,7 @@ template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs&
             int ib = it >> 2, q = it & 3, k = q >> 1, h = q & 1;
             u32 qw[4][4], dd[4], sc4[4], sc4b[4];
             q2k_load4(w, ib, q, k, qw, dd, sc4, sc4b);
-            q2k_piece4(ax, xo, ib, k, h, qw, dd, sc4, sc4b, acc);
+            q2k_piece4(a, xo, ib, k, h, qw, dd, sc4, sc4b, acc);
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -1558,20 +1516,6 @@ template <bool SW> __device__ __forceinline__ void mv_q2_k_1r_body(const MvArgs&
         }
     }
 #endif
-}
-extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
-    if (a.ksplit != 1 || a.group_rows) {  // split columns, column groups: the general body
-        mv_q2_k_body<1>(a);
-        return;
-    }
-    mv_q2_k_1r_body<false>(a, SwiArgs{});
-}
-// Whole rows only (the host folds the SwiGLU only where mv_q2_k_1r takes them).
-extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r_sw(MvArgs a, const float* g, const float* u,
-                                                         const float* wts, int stride,
-                                                         float clampv) {
-    pdl_begin();
-    mv_q2_k_1r_body<true>(a, SwiArgs{g, u, wts, stride, clampv});
 }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
@@ -4414,103 +4358,6 @@ __device__ __forceinline__ void attn_weighted_cl(const float** rowp, int nr, con
     attn_weighted_cols<HB>(rowp, nr, wts, wstride, hd, qs);
 }
 
-// The cluster kernel's range with its rows in shared memory (DS4_ATT_SMR, the host's
-// DS4_CUDA_ATTN_SMR=1; f16 rows, hd a multiple of 128 up to 512, which the host checks):
-// the range's rows arrive by cp.async all at once — one memory round trip a block, where
-// the scores' half-warps took ~3 dependent rounds (a row each) and the weighted sums 5
-// more (16 rows in flight a thread) — and both passes then read shared memory. The rows
-// follow the row addresses in the dynamic shared memory (16-byte aligned), then a float4
-// a row of the 4 heads' weights. The same products added in the same orders as
-// attn_scores_rows_hw and attn_weighted_cl: the same values as the default kernel.
-template <typename KV> __device__ __forceinline__ bool attn_cl_smem();
-template <> __device__ __forceinline__ bool attn_cl_smem<float>() { return false; }
-template <> __device__ __forceinline__ bool attn_cl_smem<u16>() { return DS4_ATT_SMR; }
-template <int HB>
-__device__ __forceinline__ void attn_cl_smem_range(const u16* const* rowp, int nr, float* qs,
-                                                   int hd, float scale, float* wts, int span,
-                                                   float* mz, float* dz) {
-    static_assert(HB == 4, "a row's weights are one float4");
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    // After the row addresses (span of them, 8 bytes each, at an 8-byte boundary).
-    unsigned long long rp = ((unsigned long long)(rowp + span) + 15) & ~15ull;
-    u16* rs = (u16*)rp;
-    float4* w4 = (float4*)(rs + (size_t)span * hd);
-    int cpr = hd >> 3;  // 16-byte pieces a row
-    for (int k = threadIdx.x; k < nr * cpr; k += blockDim.x) {
-        int j = k / cpr, c = k - j * cpr;
-        cp_async16(rs + (size_t)j * hd + 8 * c, rowp[j] + 8 * c, 16);
-    }
-    cp_async_commit();
-    cp_async_wait0();
-    __syncthreads();
-    // Scores: a row per half-warp, lane l of a half the dims 8l + 128k (attn_scores_rows_hw).
-    int hl = lane & 15, half = lane >> 4, nk = hd >> 7;
-    for (int j0 = 2 * w; j0 < nr; j0 += 2 * nw) {
-        int j = j0 + half;
-        bool ok = j < nr;
-        const u16* row = rs + (size_t)(ok ? j : 0) * hd;
-        float p[HB];
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++) p[hh] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            if (k >= nk) break;
-            uint4 rv = ok ? *(const uint4*)(row + 8 * hl + 128 * k) : make_uint4(0, 0, 0, 0);
-            u32 wd[4] = {rv.x, rv.y, rv.z, rv.w};
-#pragma unroll
-            for (int u = 0; u < 4; u += 2) {
-                float v0 = h2f((u16)(wd[u] & 0xffff)), v1 = h2f((u16)(wd[u] >> 16));
-                float v2 = h2f((u16)(wd[u + 1] & 0xffff)), v3 = h2f((u16)(wd[u + 1] >> 16));
-                int d = 8 * hl + 128 * k + 2 * u;
-#pragma unroll
-                for (int hh = 0; hh < HB; hh++) {
-                    float4 qv = *(const float4*)&qs[hh * hd + d];
-                    p[hh] += qv.x * v0 + qv.y * v1 + qv.z * v2 + qv.w * v3;
-                }
-            }
-        }
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++)
-#pragma unroll
-            for (int o = 8; o > 0; o >>= 1) p[hh] += __shfl_xor_sync(0xffffffffu, p[hh], o);
-        if (ok && hl == 0)
-#pragma unroll
-            for (int hh = 0; hh < HB; hh++) wts[hh * span + j] = p[hh] * scale;
-    }
-    __syncthreads();
-    if (w < HB) {
-        float d = 0.0f, mx = -INFINITY;
-        if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
-        if (lane == 0) { mz[w] = mx; dz[w] = d; }
-    }
-    __syncthreads();
-    for (int r = threadIdx.x; r < nr; r += blockDim.x)
-        w4[r] = make_float4(wts[r], wts[span + r], wts[2 * span + r], wts[3 * span + r]);
-    __syncthreads();
-    // Weighted sums, a column a thread, rows in order (attn_weighted_col's sums); they
-    // overwrite the queries, which the scores are done with.
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc[HB];
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++) acc[hh] = 0.0f;
-#pragma unroll 2
-        for (int r = 0; r < nr; r++) {
-            float v = h2f(rs[(size_t)r * hd + i]);
-            float4 wv = w4[r];
-            acc[0] += wv.x * v;
-            acc[1] += wv.y * v;
-            acc[2] += wv.z * v;
-            acc[3] += wv.w * v;
-        }
-#pragma unroll
-        for (int hh = 0; hh < HB; hh++) qs[hh * hd + i] = acc[hh];
-    }
-}
-// Over f32 rows the default passes run (attn_cl_smem<float> is false).
-template <int HB>
-__device__ __forceinline__ void attn_cl_smem_range(const float* const*, int, float*, int, float,
-                                                   float*, int, float*, float*) {}
-
 // Decode attention on a thread-block cluster: attention_split's ranges of one (4 heads,
 // token) are the ATT_CL blocks of a cluster, which merge them through distributed shared
 // memory instead of writing partials for attention_combine, a launch later on the chain
@@ -4552,20 +4399,16 @@ __device__ __forceinline__ void attention_split_cl_body(const float* q, const KV
     attn_range_stage(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, HB, hd, span,
                      sm, qs, wts, rowp);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (attn_cl_smem<KV>()) {
-        attn_cl_smem_range<HB>(rowp, nr, qs, hd, scale, wts, span, mz, dz);
-    } else {
-        attn_scores_cl<HB>(rowp, nr, qs, hd, scale, wts, span);
-        __syncthreads();
-        if (w < HB) {
-            float d = 0.0f, mx = -INFINITY;
-            if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
-            if (lane == 0) { mz[w] = mx; dz[w] = d; }
-        }
-        __syncthreads();
-        // The scores are done with the queries: the sums overwrite them, column by column.
-        attn_weighted_cl<HB>(rowp, nr, wts, span, hd, qs);
+    attn_scores_cl<HB>(rowp, nr, qs, hd, scale, wts, span);
+    __syncthreads();
+    if (w < HB) {
+        float d = 0.0f, mx = -INFINITY;
+        if (nr > 0) mx = warp_exp_scores(wts + w * span, nr, -INFINITY, &d);
+        if (lane == 0) { mz[w] = mx; dz[w] = d; }
     }
+    __syncthreads();
+    // The scores are done with the queries: the sums overwrite them, column by column.
+    attn_weighted_cl<HB>(rowp, nr, wts, span, hd, qs);
     cluster_barrier();
     if ((int)threadIdx.x < HB * ATT_CL) {
         int hh = threadIdx.x % HB, r = threadIdx.x / HB;

@@ -103,17 +103,8 @@ impl Gpu {
             .load_module(Ptx::from_binary(bin))
             .map_err(drv("load module"))?;
         let mut funcs = HashMap::new();
-        let carveout = shared_carveout();
         for &n in KERNEL_NAMES {
-            let f = module.load_function(n).map_err(drv(n))?;
-            if let Some(pct) = carveout {
-                f.set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                    pct,
-                )
-                .map_err(drv("shared memory carveout"))?;
-            }
-            funcs.insert(n, f);
+            funcs.insert(n, module.load_function(n).map_err(drv(n))?);
         }
         Ok(Gpu {
             ctx,
@@ -189,14 +180,9 @@ impl Gpu {
             return Ok(());
         }
         self.ctx.bind_to_thread().map_err(drv("bind"))?;
-        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
-        let mut n = 0;
-        if self.pdl() {
-            attrs[n].id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attrs[n].value.programmaticStreamSerializationAllowed = 1;
-            n += 1;
-        }
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -206,8 +192,8 @@ impl Gpu {
             blockDimZ: 1,
             sharedMemBytes: shmem,
             hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: n as u32,
+            attrs: &mut attr,
+            numAttrs: self.pdl() as u32,
         };
         let t0 = self.prof_begin()?;
         unsafe {
@@ -468,15 +454,4 @@ macro_rules! launch {
             ($name, $grid, $block, $shm);
         unsafe { gpu.launch_raw(name, grid, block, shm, &mut params) }
     }};
-}
-
-/// One shared-memory carveout (percent of the SM's shared memory + L1) preferred by every
-/// kernel (`DS4_CUDA_CARVEOUT=0..100`; unset: the driver's choice per kernel). An SM runs
-/// blocks of different carveouts only after draining, so neighbours on the decode chain
-/// with different shared-memory needs may not overlap their launches (v24's hypothesis).
-fn shared_carveout() -> Option<i32> {
-    std::env::var("DS4_CUDA_CARVEOUT")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .filter(|p| (0..=100).contains(p))
 }

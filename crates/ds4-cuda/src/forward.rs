@@ -694,40 +694,6 @@ pub struct Mv {
     /// over its columns (see [`mm_col_splits`]); (0, 0): no split. Only one product at a
     /// time may use it (runs are not captured, so they have no parallel branches).
     pub part: (u64, usize),
-    /// The SwiGLU whose output this product reads, formed by the product itself
-    /// ([`swiglu_folds`]); None: the activations are `x`.
-    pub swiglu: Option<SwiFront>,
-}
-
-/// A SwiGLU in front of a product (`mv_q2_k_1r_sw`): item b's gate at `g` + b·`stride`
-/// floats, its up at `u` + b·`stride`, its routing weight `wts[b]` (0: none), the clamp.
-#[derive(Clone, Copy, Debug)]
-pub struct SwiFront {
-    pub g: u64,
-    pub u: u64,
-    pub stride: usize,
-    pub wts: u64,
-    pub clamp: f32,
-}
-
-/// Whether decode's routed down product `m` forms the SwiGLU itself (`mv_q2_k_1r_sw`:
-/// each block its item's mid and Q8_K in shared memory) rather than after a `swiglu`
-/// launch: `DS4_CUDA_SWIGLU_DOWN=1`, one token's routed items (no expert groups), Q2_K
-/// rows whole by `mv_q2_k_1r`, and whole Q8_K blocks.
-pub fn swiglu_folds(m: &DevMat, t: usize) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_SWIGLU_DOWN").is_ok_and(|v| v == "1"));
-    on && t == 1
-        && m.ty == GgmlType::Q2K
-        && q2k_four_rows()
-        && ksplit(m) == 1
-        && m.cols.is_multiple_of(256)
-}
-
-/// `mv_q2_k_1r_sw`'s shared memory for `ff` columns: mid (floats), its quants, scales
-/// (a float a 256-block) and block sums (a short a 16).
-fn swiglu_front_shared(ff: usize) -> usize {
-    4 * ff + ff + ff / 256 * 4 + ff / 16 * 2
 }
 
 /// Whether `b` consumes the activations exactly as `a` does (so `b` can reuse them).
@@ -750,7 +716,6 @@ impl Mv {
             by_expert: None,
             act_ready: false,
             part: (0, 0),
-            swiglu: None,
         }
     }
 }
@@ -905,30 +870,6 @@ pub(crate) fn attention_cluster() -> u32 {
     })
 }
 
-/// Whether the attention cluster stages its range's rows in shared memory
-/// (`attn_cl_smem_range` in ds4.cu: f16 rows, hd a multiple of 128): `DS4_CUDA_ATTN_SMR=1`,
-/// with the half-warp scores it follows (not with `DS4_CUDA_ATTN_HW=0`).
-pub(crate) fn attention_cluster_smem() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("DS4_CUDA_ATTN_SMR").is_ok_and(|v| v == "1")
-            && std::env::var("DS4_CUDA_ATTN_HW").map_or(true, |v| v != "0")
-    })
-}
-
-/// Dynamic shared memory of the attention cluster's blocks: the 4 heads' queries, their
-/// weights and the row addresses, and with [`attention_cluster_smem`] the rows themselves
-/// (16-byte aligned) and a float4 of weights a row.
-fn attention_cluster_shared(hd: usize, span: usize, half: bool) -> usize {
-    let wend = 4 * hd + 4 * span;
-    let base = (wend + (wend & 1)) * 4 + span * 8;
-    if half && attention_cluster_smem() && hd.is_multiple_of(128) && hd <= 512 {
-        base.next_multiple_of(16) + span * hd * 2 + span * 16
-    } else {
-        base
-    }
-}
-
 /// The most rows a block of the attention cluster takes: longer ranges (a ratio-128
 /// layer's rows at a long context) are a long chain in one block, so such layers keep
 /// `attention_split`'s up to 64 ranges.
@@ -952,8 +893,7 @@ fn attention_cluster_span(
         && split_heads_per_block(cfg, half) == 4
         && hd.is_multiple_of(32 * cl)
         && 4 * hd / cl <= 512
-        && span <= CLUSTER_SPAN_MAX
-        && (!half || !attention_cluster_smem() || (hd.is_multiple_of(128) && hd <= 512)))
+        && span <= CLUSTER_SPAN_MAX)
         .then_some(span)
 }
 
@@ -1278,11 +1218,6 @@ fn quant_launch(
 /// (int8 values, block scales, Q8_K block sums).
 pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), CudaError> {
     let g = gpu;
-    if c.swiglu.is_some() && !(swiglu_folds(m, 1) && c.by_expert.is_none() && c.group.0 == 0) {
-        return Err(CudaError::TooBig(
-            "a SwiGLU in front of a product other than decode's Q2_K rows".into(),
-        ));
-    }
     let n = c.n_act * c.x_len;
     let kind = act_kind(m.ty);
     if !c.act_ready {
@@ -1399,15 +1334,6 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         return launch!(g, k, (one_wave(k, 256, 32)?, grid_y as u32, 1), 256, 0; args);
     }
     if whole_rows && m.ty == GgmlType::Q2K && q2k_four_rows() {
-        if let Some(sw) = c.swiglu {
-            let k = "mv_q2_k_1r_sw";
-            let shm = swiglu_front_shared(m.cols);
-            g.allow_shared(k, shm)?;
-            let wave = g.resident_blocks(k, 128, shm)? / (grid_y as u32).max(1);
-            let grid_x = ceil_div(m.rows, 16).min(wave.max(1));
-            return launch!(g, k, (grid_x, grid_y as u32, 1), 128, shm as u32;
-                args, sw.g, sw.u, sw.wts, sw.stride as i32, sw.clamp);
-        }
         let k = "mv_q2_k_1r";
         return launch!(g, k, (one_wave(k, 128, 16)?, grid_y as u32, 1), 128, 0; args);
     }
@@ -1665,7 +1591,6 @@ pub fn experts_once(
         by_expert,
         act_ready: false,
         part: (0, 0),
-        swiglu: None,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
     let mut out = vec![0f32; nb * m.rows];
@@ -2132,7 +2057,8 @@ impl<'a> Fwd<'a> {
             // Decode's ranges on a cluster that merges them itself (attention_split_cl in
             // ds4.cu): no partials, no attention_combine.
             let cl = attention_cluster();
-            let shm = attention_cluster_shared(hd, span, st.half);
+            let wend = 4 * hd + 4 * span;
+            let shm = (wend + (wend & 1)) * 4 + span * 8;
             let k = kh("attention_split_cl", "attention_split_cl_kh");
             if cl > 8 {
                 g.allow_large_clusters(k)?;
@@ -2470,7 +2396,6 @@ impl<'a> Fwd<'a> {
                 by_expert: groups,
                 act_ready: false,
                 part: (0, 0),
-                swiglu: None,
             };
         // Gate and up of each item in one product ([gate; up] per expert).
         let ready = xquant.is_some();
@@ -2483,42 +2408,22 @@ impl<'a> Fwd<'a> {
             by_expert(s.xn.ptr, t, e, k, s.gu.ptr, 2 * ff),
         )?;
         let gu = (s.gu.ptr, s.gu.at::<f32>(ff), 2 * ff);
-        if swiglu_folds(&w.down_exps, t) {
-            // Decode: each block of the down product forms its item's SwiGLU itself.
-            let sw = SwiFront {
-                g: gu.0,
-                u: gu.1,
-                stride: gu.2,
-                wts: s.wts.ptr,
-                clamp,
-            };
-            self.mv(
-                s,
-                &w.down_exps,
-                Mv {
-                    act_ready: true,
-                    swiglu: Some(sw),
-                    ..by_expert(s.mid.ptr, nb, ff, 1, s.routed.ptr, e)
-                },
-            )?;
-        } else {
-            let qk = self.swiglu(
-                s,
-                gu,
-                (s.wts.ptr, s.mid.ptr),
-                nb,
-                clamp,
-                (&w.down_exps, (&s.act_q, &s.act_d)),
-            )?;
-            self.mv(
-                s,
-                &w.down_exps,
-                Mv {
-                    act_ready: qk,
-                    ..by_expert(s.mid.ptr, nb, ff, 1, s.routed.ptr, e)
-                },
-            )?;
-        }
+        let qk = self.swiglu(
+            s,
+            gu,
+            (s.wts.ptr, s.mid.ptr),
+            nb,
+            clamp,
+            (&w.down_exps, (&s.act_q, &s.act_d)),
+        )?;
+        self.mv(
+            s,
+            &w.down_exps,
+            Mv {
+                act_ready: qk,
+                ..by_expert(s.mid.ptr, nb, ff, 1, s.routed.ptr, e)
+            },
+        )?;
 
         // hc_post adds shared + routed in routing order, as the CPU does.
         self.join(shared)?;

@@ -32,7 +32,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q2_k",
     "mv_q2_k_1",
     "mv_q2_k_1r",
-    "mv_q2_k_1r_sw",
     "mm_q2_k_sm",
     "mm_q2_k_sm64",
     "attention_split_cl",
@@ -148,10 +147,6 @@ pub fn program() -> String {
         ("DS4_Q2K_PF", on("DS4_CUDA_Q2K_PF")),
         ("DS4_IQ2_DP2", on("DS4_CUDA_IQ2_DP2")),
         ("DS4_ATT_HW", on("DS4_CUDA_ATTN_HW")),
-        (
-            "DS4_ATT_SMR",
-            u32::from(crate::forward::attention_cluster_smem()),
-        ),
         ("DS4_ATT_WV2", on("DS4_CUDA_ATTN_WV2")),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
