@@ -90,27 +90,6 @@ __device__ __forceinline__ void pdl_begin() {
     pdl_wait();
 }
 
-// This block's share of an L2 prefetch of [p, p + bytes) (p 16-byte aligned): the grid's
-// blocks take contiguous slices, threads issue bulk prefetches of up to 16 KB — a handful
-// of instructions a block. A latency-bound kernel on the decode chain (the attention
-// cluster) warms the next product's weights while HBM would otherwise idle (DS4_L2PF).
-__device__ __forceinline__ void l2_prefetch_share(const void* p, long long bytes) {
-#if __CUDA_ARCH__ >= 900
-    if (!p || bytes <= 0) return;
-    long long nblk = (long long)gridDim.x * gridDim.y * gridDim.z;
-    long long b = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
-    long long share = ((bytes + nblk - 1) / nblk + 15) & ~15ll;
-    long long lo = b * share, hi = min(bytes, lo + share);
-    const long long CH = 16384;
-    for (long long o = lo + (long long)threadIdx.x * CH; o < hi; o += (long long)blockDim.x * CH) {
-        u32 n = (u32)min(CH, hi - o) & ~15u;
-        if (n)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char*)p + o), "r"(n)
-                         : "memory");
-    }
-#endif
-}
-
 struct SumOp {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
@@ -4460,24 +4439,14 @@ __device__ __forceinline__ void attention_split_cl_body(const float* q, const KV
     const float *q, const KV *ring, int ring_rows, const KV *comp, const int *sel,          \
         const int *nsel, int sel_k, const float *sinks, float *o, int heads, int hd,        \
         int window, const int *pos0p, int ratio, const float *freqs, int n_rot, float scale, \
-        int span, i8 *oq, float *oqd, const void *pf, long long pf_bytes
+        int span, i8 *oq, float *oqd
 #define SPLIT_CL_CALL                                                                        \
     attention_split_cl_body(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, \
                             window, pos0p, ratio, freqs, n_rot, scale, span, oq, oqd)
 extern "C" __global__ void __cluster_dims__(1, 1, ATT_CL) __launch_bounds__(512, 2)
-attention_split_cl(SPLIT_CL_ARGS(float)) {
-    pdl_signal_early();
-    l2_prefetch_share(pf, pf_bytes);  // the output product's weights (static: before the wait)
-    pdl_wait();
-    SPLIT_CL_CALL;
-}
+attention_split_cl(SPLIT_CL_ARGS(float)) { pdl_begin(); SPLIT_CL_CALL; }
 extern "C" __global__ void __cluster_dims__(1, 1, ATT_CL) __launch_bounds__(512, 2)
-attention_split_cl_kh(SPLIT_CL_ARGS(u16)) {
-    pdl_signal_early();
-    l2_prefetch_share(pf, pf_bytes);
-    pdl_wait();
-    SPLIT_CL_CALL;
-}
+attention_split_cl_kh(SPLIT_CL_ARGS(u16)) { pdl_begin(); SPLIT_CL_CALL; }
 
 // The greedy choice over one logits row, on the GPU so that a greedy decode step copies
 // back 4 bytes instead of the row (and the host does not scan it): the host's
@@ -4943,35 +4912,9 @@ extern "C" __global__ void route(const float* logits, const float* bias, const i
 // travels with it through the argmax, so the weights need no second lookup. Ties go to
 // the lower expert id; a lane's first unused expert is taken even at -inf (route's rule).
 #define ROUTE_PER_LANE 8
-// With `pf` (DS4_CUDA_L2PF bit 1, decode): after the choice, L2 prefetches of the chosen
-// experts' weights — pf[0..4): gate+up quants, their scales, down's blocks, their scales
-// (0: none), pfb[0..4) the bytes a matrix of each — so that the expert products, which
-// decode more than they stream, find them in L2.
-struct ExpertPf {
-    const u8* p[4];
-    long long b[4];
-};
-__device__ __forceinline__ void expert_prefetch(const ExpertPf& pf, const int* chosen, int k,
-                                                int lane) {
-#if __CUDA_ARCH__ >= 900
-    const long long CH = 256 * 1024;
-    for (int m = 0; m < 4; m++) {
-        if (!pf.p[m] || pf.b[m] <= 0) continue;
-        long long per = (pf.b[m] + CH - 1) / CH;
-        for (long long c = lane; c < per * k; c += 32) {
-            int j = (int)(c / per);
-            long long o = (c % per) * CH;
-            u32 n = (u32)min(CH, pf.b[m] - o) & ~15u;
-            const u8* a = pf.p[m] + (size_t)chosen[j] * pf.b[m] + o;
-            if (n && ((size_t)a & 15) == 0)
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(n) : "memory");
-        }
-    }
-#endif
-}
 extern "C" __global__ void route_warp(const float* logits, const float* bias, int* ids,
                                       float* wts, int n_expert, int k, float scale,
-                                      float floor_, ExpertPf pf) { pdl_begin();
+                                      float floor_) { pdl_begin();
     int t = blockIdx.x, lane = threadIdx.x;
     float pv[ROUTE_PER_LANE], bv8[ROUTE_PER_LANE];
 #pragma unroll
@@ -4985,7 +4928,6 @@ extern "C" __global__ void route_warp(const float* logits, const float* bias, in
     unsigned used = 0;  // bit i: expert lane + 32 i taken
     int* it = ids + (size_t)t * k;
     __shared__ float chosen_p[64];  // the chosen experts' scores, for lane 0's weights
-    __shared__ int chosen_e[64];
     float sum = 0.0f;
     for (int j = 0; j < k; j++) {
         float bv = -INFINITY, bp = 0.0f;
@@ -5013,16 +4955,12 @@ extern "C" __global__ void route_warp(const float* logits, const float* bias, in
         if (lane == 0) {
             it[j] = bi;
             chosen_p[j] = bp;
-            chosen_e[j] = bi;
         }
         sum += bp;
     }
-    if (lane == 0) {
-        float norm = scale / fmaxf(sum, floor_);
-        for (int j = 0; j < k; j++) wts[(size_t)t * k + j] = chosen_p[j] * norm;
-    }
-    __syncwarp();
-    if (gridDim.x == 1) expert_prefetch(pf, chosen_e, k, lane);
+    if (lane != 0) return;
+    float norm = scale / fmaxf(sum, floor_);
+    for (int j = 0; j < k; j++) wts[(size_t)t * k + j] = chosen_p[j] * norm;
 }
 
 // mid = silu(min(g, c)) · clamp(u, −c, c) · weight, weight per row of the batch

@@ -601,55 +601,6 @@ struct Early<'a> {
     idx_done: bool,
 }
 
-/// The chosen experts' weights `route_warp` prefetches into L2 (`ExpertPf` in ds4.cu):
-/// per matrix region (gate+up quants, their scales, down, its scales) the base address
-/// and the bytes of one expert's matrix; zeros where a region is absent.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct ExpertPf {
-    p: [u64; 4],
-    b: [i64; 4],
-}
-unsafe impl cudarc::driver::DeviceRepr for ExpertPf {}
-
-impl ExpertPf {
-    fn of(gate_up: &DevPair, down: &DevMat) -> ExpertPf {
-        let mut pf = ExpertPf::default();
-        let mut put = |i: usize, m: &DevMat| {
-            pf.p[i] = m.buf.ptr;
-            pf.b[i] = m.mat_bytes as i64;
-            if let Some(sp) = m.split {
-                pf.p[i + 1] = m.scales_ptr();
-                pf.b[i + 1] = sp.scale_mat_bytes as i64;
-            }
-        };
-        if let DevPair::Fused(m) = gate_up {
-            put(0, m);
-        }
-        put(2, down);
-        pf
-    }
-}
-
-/// Which latency-bound decode kernels warm the next products' weights in L2
-/// (`DS4_CUDA_L2PF`, an experiment of v24): bit 0 the attention cluster (out_a's weights,
-/// `l2_prefetch_share` in ds4.cu), bit 1 `route_warp` (the chosen experts'); 0 none.
-fn l2_prefetch_bits() -> u32 {
-    static B: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *B.get_or_init(|| {
-        std::env::var("DS4_CUDA_L2PF")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
-}
-fn l2_prefetch_out_a() -> bool {
-    l2_prefetch_bits() & 1 != 0
-}
-fn l2_prefetch_experts() -> bool {
-    l2_prefetch_bits() & 2 != 0
-}
-
 pub fn branches_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_BRANCHES").map_or(true, |v| v != "0"))
@@ -2066,16 +2017,10 @@ impl<'a> Fwd<'a> {
             g.allow_shared(k, shm)?;
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d));
             let (qp, dp) = oq.unwrap_or((0, 0));
-            // With DS4_CUDA_L2PF bit 0 the blocks warm out_a's weights in L2 meanwhile.
-            let (pf, pf_bytes) = if l2_prefetch_out_a() {
-                (w.out_a.buf.ptr, w.out_a.buf.bytes as i64)
-            } else {
-                (0, 0)
-            };
             launch!(g, k, ((nh / 4) as u32, t as u32, cl), 512, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
-                ratio as i32, rope, n_rot, scale, span as i32, qp, dp, pf, pf_bytes)?;
+                ratio as i32, rope, n_rot, scale, span as i32, qp, dp)?;
         } else if let Some((span, nsplit)) = attention_split(cfg, rows_max, t) {
             let hbs = split_heads_per_block(cfg, st.half);
             let wend = hbs * hd + hbs * span;
@@ -2347,14 +2292,9 @@ impl<'a> Fwd<'a> {
         // Routing: sqrt(softplus) scores; hash layers take the experts from the table.
         self.mv(s, &w.router, Mv::plain(s.xn.ptr, t, e, s.rlog.ptr, ne))?;
         if w.tid2eid.is_none() && ne <= 256 && k <= 64 && route_warp_on() {
-            let pf = if t == 1 && l2_prefetch_experts() {
-                ExpertPf::of(&w.gate_up_exps, &w.down_exps)
-            } else {
-                ExpertPf::default()
-            };
             launch!(g, "route_warp", (t as u32, 1, 1), 32, 0;
                 s.rlog.ptr, w.router_bias.as_ref().map_or(0, |b| b.ptr), s.ids.ptr, s.wts.ptr,
-                ne as i32, k as i32, cfg.expert_weight_scale, ROUTER_WEIGHT_FLOOR, pf)?;
+                ne as i32, k as i32, cfg.expert_weight_scale, ROUTER_WEIGHT_FLOOR)?;
         } else {
             launch!(g, "route", (t as u32, 1, 1), 256, (2 * ne * 4) as u32;
                 s.rlog.ptr, w.router_bias.as_ref().map_or(0, |b| b.ptr),
