@@ -272,7 +272,7 @@ fn main() {
         "per-layer check: {}",
         if layer_ok { "PASS" } else { "FAIL" }
     );
-    let mut ok = layer_ok;
+    let ok = layer_ok;
     for &run in &runs {
         let mut st = be.new_state(ctx_alloc, opts).expect("state");
         let t0 = Instant::now();
@@ -316,17 +316,15 @@ fn main() {
         println!("run {run:>4}: max |diff| against the GPU's single {n_tok}-token run: {same:.3e}");
         // End to end, discrete flips compound through later layers and positions on a
         // random-weight model; the per-layer check above is the correctness gate, these
-        // numbers are reported.
-        let pass = true;
-        ok &= pass;
+        // numbers are reported without a verdict of their own.
         println!(
             "run {run:>4}: {:.1} tok/s, max rel err {:.3e} at pos {}, positions > 1e-3: {over}/{n_tok}, \
-             greedy compared (margin > 1e-2): {compared}, flips: {} ({hard_flips} above margin) {}",
+             greedy compared (margin > 1e-2): {compared}, flips: {} ({hard_flips} above margin) \
+             (reported; the per-layer check is the gate)",
             n_tok as f64 / dt,
             worst.0,
             worst.1,
             flips.len(),
-            if pass { "PASS" } else { "FAIL" }
         );
         for (i, ca, ga, m) in flips.iter().take(10) {
             println!("    flip at pos {i}: cpu {ca} gpu {ga}, cpu top-2 margin {m:.3e}");
