@@ -90,6 +90,21 @@ __device__ __forceinline__ void pdl_begin() {
     pdl_wait();
 }
 
+// Decode products' later weight pieces warmed in L2 (DS4_ROW_PF, the host's
+// DS4_CUDA_ROW_PF=1; v24, prepared): a warp holds only its first pieces in registers (64
+// registers a thread for 8 blocks a SM), so a row's later rounds each wait a full HBM round
+// trip. prefetch.global.L2 takes no register and nothing waits for it: the warp's lanes
+// each name one 128-byte line of [p, p + bytes), and the later loads find them in L2 (or on
+// their way). Values unchanged.
+__device__ __forceinline__ void warp_l2_prefetch(const void* p, long long bytes, int lane) {
+#if DS4_ROW_PF
+    if (bytes <= 0) return;
+    const char* c = (const char*)((size_t)p & ~(size_t)127);
+    long long n = ((const char*)p + bytes - c + 127) >> 7;
+    for (long long i = lane; i < n; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + 128 * i));
+#endif
+}
+
 struct SumOp {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
@@ -493,6 +508,13 @@ __device__ void mv_float(const MvArgs& a, Load load) {
             mv_float_load<T>((const T*)a.w + (size_t)r * a.cols, lane + 32 * sub, a.cols / per, ks,
                              raw);
             held = true;
+#if DS4_ROW_PF
+            // The warp's later groups of 32 pieces (groups sub + ks·(4 + m)) into L2.
+            int groups = (a.cols / per + 31) / 32;
+            for (int g = sub + 4 * ks; g < groups; g += ks)
+                warp_l2_prefetch((const T*)a.w + (size_t)r * a.cols + (size_t)g * 32 * per,
+                                 512, lane);
+#endif
         }
         pdl_wait();
     }
@@ -616,6 +638,14 @@ template <int NTM, int U, bool EARLY = false> __device__ void mv_q8_0_body(const
                 mv_q8_0_load<U>(a.w + (size_t)r * a.cols, (const u16*)a.sc + (size_t)r * (a.cols >> 5),
                                 32 * U * sub, a.cols >> 4, lane, wv, dw, ok);
                 held = true;
+#if DS4_ROW_PF
+                // The warp's later chunks of the row (and the row's scales) into L2.
+                int nch = a.cols >> 4;
+                for (int c0 = 32 * U * (sub + ks); c0 < nch; c0 += 32 * U * ks)
+                    warp_l2_prefetch(a.w + (size_t)r * a.cols + 16 * (size_t)c0,
+                                     16 * (long long)min(32 * U, nch - c0), lane);
+                warp_l2_prefetch((const u16*)a.sc + (size_t)r * (a.cols >> 5), a.cols >> 4, lane);
+#endif
             }
         }
         pdl_wait();
@@ -1786,6 +1816,18 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
             rr[j] = min(rb + j * rstep, a.rows - 1);
             acc[j] = 0.0f;
         }
+#if DS4_ROW_PF
+        // The next round's four rows into L2 (the grid is one wave: each warp walks rounds
+        // of rows), a 128-byte line a lane a step (whole lines where cols is a multiple of
+        // 512, as the release's 4,096 are; a hint, so a shorter tail only goes unwarmed).
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int rn = rb + (4 + j) * rstep;
+            if (rn < a.rows)
+                for (int i = lane; i < (nch >> 3); i += 32)
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(wq0 + ((size_t)rn * nch + 8 * i) * 16));
+        }
+#endif
         for (int c0 = lane; c0 < nch; c0 += 32) {
             int4 wv[4];
             float dw[4];

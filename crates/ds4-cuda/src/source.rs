@@ -148,6 +148,11 @@ pub fn program() -> String {
         ("DS4_IQ2_DP2", on("DS4_CUDA_IQ2_DP2")),
         ("DS4_ATT_HW", on("DS4_CUDA_ATTN_HW")),
         ("DS4_ATT_WV2", on("DS4_CUDA_ATTN_WV2")),
+        // Off unless 1: prepared in v24, not yet run on a GPU.
+        (
+            "DS4_ROW_PF",
+            u32::from(std::env::var("DS4_CUDA_ROW_PF").is_ok_and(|v| v == "1")),
+        ),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
