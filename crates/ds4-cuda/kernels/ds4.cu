@@ -312,6 +312,8 @@ struct MvArgs {
     // Warps per row (a power of two dividing the block's warps): matrices with few
     // rows split each row's columns over several warps, summed in warp order.
     int ksplit;
+    // Float activations times these column weights (DS4_IDXQ_EARLY; null: as they are).
+    const float* xw;
 };
 
 // The items of this block's group (`item[0..nt]`) and their expert `e`.
@@ -559,6 +561,11 @@ __device__ void mv_float(const MvArgs& a, Load load) {
 #pragma unroll
                             for (int i = 0; i < per; i++) xv[i] = x[i];
                         }
+#if DS4_IDXQ_EARLY
+                        if (a.xw)
+#pragma unroll
+                            for (int i = 0; i < per; i++) xv[i] *= __ldg(a.xw + c * per + i);
+#endif
                         float s = 0.0f;
 #pragma unroll
                         for (int i = 0; i < per; i++) s += load(wv[i]) * xv[i];
@@ -2298,9 +2305,11 @@ __device__ __forceinline__ void q8_0_lanes(float v, int lane, i8* q, float* d, s
 // y[v, :] = x[v, :] * rsqrt(mean(x²) + eps) * (w ? w : 1), one block per vector. With
 // `q`, also the Q8_0 of y (q: int8 [count·n], d: [count·n/32]; n a multiple of 32)
 // for the product that reads it next, which then skips quant_q8_0.
+// rs_out (may be null): the row's factor r, for a product that took the row unnormalized
+// (DS4_IDXQ_EARLY: the indexer's q_b before the q_a norm).
 __device__ __forceinline__ void rms_norm_row(const float* x, const float* w, float* y, int n,
                                              int x_stride, int y_stride, float eps, i8* q,
-                                             float* d, int v) {
+                                             float* d, int v, float* rs_out = nullptr) {
     __shared__ double sh[32];
     const float* xv = x + (size_t)v * x_stride;
     float* yv = y + (size_t)v * y_stride;
@@ -2308,6 +2317,9 @@ __device__ __forceinline__ void rms_norm_row(const float* x, const float* w, flo
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
     ss = block_sum_d(ss, sh);
     float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+#if DS4_IDXQ_EARLY
+    if (rs_out && threadIdx.x == 0) rs_out[v] = r;
+#endif
     // A warp's lanes take 32 consecutive values (blockDim is a multiple of 32), so
     // the loop is warp-uniform when n is a multiple of 32.
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -2861,10 +2873,10 @@ extern "C" __global__ void kv_store_kh(KV_STORE_ARGS(u16)) { pdl_begin(); KV_STO
 #define QA_NORM_KV_STORE_ARGS(KV)                                                            \
     const float *x, const float *w, float *y, int n, int x_stride, float eps, i8 *q,         \
         float *d, const float *kv, const float *nw, KV *ring, int ring_rows, int hd,         \
-        const float *freqs, int n_rot, const int *pos0p, int sim
+        const float *freqs, int n_rot, const int *pos0p, int sim, float *rs
 #define QA_NORM_KV_STORE_CALL                                                                \
     if (blockIdx.y == 0)                                                                     \
-        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);                        \
+        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x, rs);                    \
     else                                                                                     \
         kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,  \
                      blockIdx.x)
@@ -3120,14 +3132,22 @@ extern "C" __global__ void compress_state(const float* kvp, const float* gate, i
 
 // Indexer queries: RoPE at the token's position then the indexer QAT, per head; the
 // head weights get 1/sqrt(head_dim·heads) folded in. One block per (token, head).
+// qs (may be null; DS4_IDXQ_EARLY): a factor per token the queries take first — the q_a
+// norm's r, where q_b took qa unnormalized.
 extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
-                                        const float* freqs, int n_rot, const int* pos0p, int sim) { pdl_begin();
+                                        const float* freqs, int n_rot, const int* pos0p, int sim,
+                                        const float* qs) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float v[];
     __shared__ float amax[64];
     int t = blockIdx.x / heads, h = blockIdx.x % heads;
     float* q = qi + ((size_t)t * heads + h) * di;
+#if DS4_IDXQ_EARLY
+    float f = qs ? qs[t] : 1.0f;
+    for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = qs ? q[i] * f : q[i];
+#else
     for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = q[i];
+#endif
     __syncthreads();
     int off = di - n_rot;
     for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
@@ -3146,7 +3166,7 @@ extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
 // values: bit for bit. Rows: nrows = T·heads.
 extern "C" __global__ void indexer_prep_w(float* qi, float* wi, int heads, int di,
                                           const float* freqs, int n_rot, const int* pos0p,
-                                          int sim, int nrows) { pdl_begin();
+                                          int sim, int nrows, const float* qs) { pdl_begin();
     int pos0 = *pos0p;
     int lane = threadIdx.x & 31;
     int idx = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -3155,6 +3175,13 @@ extern "C" __global__ void indexer_prep_w(float* qi, float* wi, int heads, int d
     float* q = qi + (size_t)idx * di;
     float4 v4 = *(const float4*)(q + 4 * lane);
     float v[4] = {v4.x, v4.y, v4.z, v4.w};
+#if DS4_IDXQ_EARLY
+    if (qs) {
+        float f = qs[t];
+#pragma unroll
+        for (int k = 0; k < 4; k++) v[k] *= f;
+    }
+#endif
     int off = di - n_rot, d0 = 4 * lane;
     if (d0 >= off) {
         int k0 = (d0 - off) / 2;

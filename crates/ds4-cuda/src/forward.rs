@@ -13,7 +13,7 @@ use ds4_gguf::GgmlType;
 use crate::CudaError;
 use crate::device::{DevBuf, Gpu};
 use crate::launch;
-use crate::weights::{DevCompressor, DevHc, DevLayer, DevMat, DevPair, DevWeights};
+use crate::weights::{DevCompressor, DevHc, DevIndexer, DevLayer, DevMat, DevPair, DevWeights};
 
 /// ds4's router-weight floor (2^−14), as in the CPU reference.
 const ROUTER_WEIGHT_FLOOR: f32 = 6.103_515_6e-5;
@@ -47,6 +47,7 @@ struct MvArgs {
     grp: u64,
     ngrp: u64,
     ksplit: i32,
+    xw: u64,
 }
 unsafe impl cudarc::driver::DeviceRepr for MvArgs {}
 
@@ -139,6 +140,8 @@ pub struct Scratch {
     pub pos: DevBuf,
     /// A greedy decode step's chosen id (`argmax_row`).
     pub(crate) pick: DevBuf,
+    /// The q_a norm's factor r per token, for the indexer's prep ([`idx_qb_early_on`]).
+    qa_rs: DevBuf,
     /// Indexer rows one token can see at most (scores row stride).
     max_irows: usize,
 }
@@ -358,6 +361,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         part_bytes(t),                           // part
         16,                                      // pos
         (4 + 2 * ARGMAX_BLOCKS as usize) * 4,    // pick
+        f32s(t),                                 // qa_rs
     ]
 }
 
@@ -411,6 +415,7 @@ impl Scratch {
             part: a()?,
             pos: a()?,
             pick: a()?,
+            qa_rs: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
     }
@@ -601,6 +606,16 @@ struct Early<'a> {
     idx_done: bool,
 }
 
+/// Whether the decode graph starts the indexer's q_b beside the q_a norm (`DS4_CUDA_IDXQ_EARLY=1`,
+/// prepared in v24): its F16 product takes qa unnormalized times the norm's weights
+/// (`MvArgs::xw`), and the indexer's prep multiplies its queries by the norm's factor r,
+/// which `qa_norm_kv_store` writes — the same values up to float rounding, where the
+/// sparse layers' longest branch no longer waits for the norm.
+pub fn idx_qb_early_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IDXQ_EARLY").is_ok_and(|v| v == "1"))
+}
+
 pub fn branches_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_BRANCHES").map_or(true, |v| v != "0"))
@@ -645,6 +660,9 @@ pub struct Mv {
     /// over its columns (see [`mm_col_splits`]); (0, 0): no split. Only one product at a
     /// time may use it (runs are not captured, so they have no parallel branches).
     pub part: (u64, usize),
+    /// Column weights the float activations take first (the q_a norm's, where the
+    /// indexer's q_b reads qa unnormalized: [`idx_qb_early_on`]); 0: none.
+    pub xw: u64,
 }
 
 /// Whether `b` consumes the activations exactly as `a` does (so `b` can reuse them).
@@ -667,6 +685,7 @@ impl Mv {
             by_expert: None,
             act_ready: false,
             part: (0, 0),
+            xw: 0,
         }
     }
 }
@@ -1171,6 +1190,11 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     let g = gpu;
     let n = c.n_act * c.x_len;
     let kind = act_kind(m.ty);
+    if c.xw != 0 && (kind != ActKind::F32 || !idx_qb_early_on()) {
+        return Err(CudaError::TooBig(
+            "column weights on activations need float activations and DS4_CUDA_IDXQ_EARLY".into(),
+        ));
+    }
     if !c.act_ready {
         quant_launch(g, kind, c.x, n, act)?;
     }
@@ -1209,6 +1233,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         grp: c.by_expert.map_or(0, |b| b.1),
         ngrp: c.by_expert.map_or(0, |b| b.2),
         ksplit: ks as i32,
+        xw: c.xw,
     };
     // The tensor-core kernels read the same arguments (those about items, experts and
     // row splits do not concern them).
@@ -1542,6 +1567,7 @@ pub fn experts_once(
         by_expert,
         act_ready: false,
         part: (0, 0),
+        xw: 0,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
     let mut out = vec![0f32; nb * m.rows];
@@ -1600,6 +1626,15 @@ impl<'a> Fwd<'a> {
                 .map_err(|e| CudaError::Driver(format!("join: {e}")))?;
         }
         Ok(())
+    }
+
+    /// What is queued next here waits for what `other` has queued so far (a branch
+    /// that needs a value the main chain computes after the fork).
+    fn wait_for(&self, other: &Fwd) -> Result<(), CudaError> {
+        self.gpu
+            .stream
+            .join(&other.gpu.stream)
+            .map_err(|e| CudaError::Driver(format!("join: {e}")))
     }
 
     fn mv(&self, s: &Scratch, m: &DevMat, c: Mv) -> Result<(), CudaError> {
@@ -1840,14 +1875,47 @@ impl<'a> Fwd<'a> {
         // The q_a norm and the K=V row's store (kv_store normalizes the row itself,
         // kv_norm) in one launch where they take the same block size (their sums' order).
         let fused_kv = qkv_fuse_on() && norm_threads(cfg.q_lora) == norm_threads(hd);
+        // With idx_qb_early_on (decode graph): the indexer's q_b on its branch now, from qa
+        // unnormalized; its prep waits for the norm's factor below.
+        let idx_floats = |iw: &DevIndexer| {
+            [iw.compressor.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
+                .into_iter()
+                .all(|ty| act_kind(ty) == ActKind::F32)
+        };
+        let mut ibranch_early = None;
+        if let Some(iw) = w.indexer.as_ref().filter(|iw| {
+            fused_kv && t == 1 && idx_qb_early_on() && self.can_fork(2) && idx_floats(iw)
+        }) {
+            ibranch_early = self.fork(2)?;
+            if let Some(b) = &ibranch_early {
+                let n = cfg.indexer_heads * cfg.indexer_head_dim;
+                b.mv(
+                    s,
+                    &iw.q_b,
+                    Mv {
+                        xw: w.q_a_norm.ptr,
+                        ..Mv::plain(s.qkv_raw.ptr, t, cfg.q_lora, s.qi.ptr, n)
+                    },
+                )?;
+            }
+        }
         if fused_kv {
             let (qp, dp) = qaq.unwrap_or((0, 0));
+            let rs = if ibranch_early.is_some() {
+                s.qa_rs.ptr
+            } else {
+                0
+            };
             launch!(g, kh("qa_norm_kv_store", "qa_norm_kv_store_kh"), (t as u32, 2, 1), norm_threads(hd), (hd * 4) as u32;
                 s.qkv_raw.ptr, w.q_a_norm.ptr, s.qa.ptr, cfg.q_lora as i32, qkv as i32,
                 self.eps(), qp, dp, s.qkv_raw.at::<f32>(cfg.q_lora), w.kv_norm.ptr,
-                st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
+                st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim, rs)?;
         } else {
             self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
+        }
+        if let Some(b) = &ibranch_early {
+            // The prep reads r: the branch waits for the norm.
+            b.wait_for(self)?;
         }
         // The queries (q_b, their norm and RoPE) beside the K=V row, compressors and
         // indexer, which do not read them, when nothing writes qa's Q8_0 meanwhile: q_b
@@ -1910,18 +1978,28 @@ impl<'a> Fwd<'a> {
             let ic = &iw.compressor;
             // The indexer's queries and weights (q_b, proj, prep) beside its compressor,
             // when its three products read their inputs as floats (no act_* writes).
-            let floats = [ic.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
-                .into_iter()
-                .all(|ty| act_kind(ty) == ActKind::F32);
-            let ibranch = if floats { self.fork(2)? } else { None };
+            let qs = if ibranch_early.is_some() {
+                s.qa_rs.ptr
+            } else {
+                0
+            };
+            let ibranch = if ibranch_early.is_some() {
+                ibranch_early
+            } else if idx_floats(iw) {
+                self.fork(2)?
+            } else {
+                None
+            };
             let fi = ibranch.as_ref().unwrap_or(self);
-            fi.mv_act(
-                s,
-                (&s.act2_q, &s.act2_d),
-                qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
-                &iw.q_b,
-                Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
-            )?;
+            if qs == 0 {
+                fi.mv_act(
+                    s,
+                    (&s.act2_q, &s.act2_d),
+                    qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
+                    &iw.q_b,
+                    Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
+                )?;
+            }
             if early.idx.is_some() {
                 // proj and the indexer's compressor ran on their early branch.
                 fi.join(early.idx)?;
@@ -1931,10 +2009,10 @@ impl<'a> Fwd<'a> {
             if di == 128 && (di - cfg.n_rot).is_multiple_of(4) && iprep_warp_on() {
                 launch!(fi.gpu, "indexer_prep_w", (ceil_div(t * nhi, 8), 1, 1), 256, 0;
                     s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim,
-                    (t * nhi) as i32)?;
+                    (t * nhi) as i32, qs)?;
             } else {
                 launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
-                    s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
+                    s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim, qs)?;
             }
             if !early.idx_done {
                 self.idx_compressor(s, st.half, ic, icomp, l, pos0, t)?;
@@ -2336,6 +2414,7 @@ impl<'a> Fwd<'a> {
                 by_expert: groups,
                 act_ready: false,
                 part: (0, 0),
+                xw: 0,
             };
         // Gate and up of each item in one product ([gate; up] per expert).
         let ready = xquant.is_some();
