@@ -606,7 +606,7 @@ struct Early<'a> {
     idx_done: bool,
 }
 
-/// Whether the decode graph starts the indexer's q_b beside the q_a norm (`DS4_CUDA_IDXQ_EARLY=1`,
+/// Whether decode steps start the indexer's q_b beside the q_a norm (`DS4_CUDA_IDXQ_EARLY=1`,
 /// prepared in v24): its F16 product takes qa unnormalized times the norm's weights
 /// (`MvArgs::xw`), and the indexer's prep multiplies its queries by the norm's factor r,
 /// which `qa_norm_kv_store` writes — the same values up to float rounding, where the
@@ -1882,30 +1882,29 @@ impl<'a> Fwd<'a> {
                 .into_iter()
                 .all(|ty| act_kind(ty) == ActKind::F32)
         };
+        // Plain launches take the same arithmetic on the main stream (the graph's replay
+        // gives their bits).
+        let idx_raw = w
+            .indexer
+            .as_ref()
+            .filter(|iw| fused_kv && t == 1 && idx_qb_early_on() && idx_floats(iw));
         let mut ibranch_early = None;
-        if let Some(iw) = w.indexer.as_ref().filter(|iw| {
-            fused_kv && t == 1 && idx_qb_early_on() && self.can_fork(2) && idx_floats(iw)
-        }) {
+        if let Some(iw) = idx_raw {
             ibranch_early = self.fork(2)?;
-            if let Some(b) = &ibranch_early {
-                let n = cfg.indexer_heads * cfg.indexer_head_dim;
-                b.mv(
-                    s,
-                    &iw.q_b,
-                    Mv {
-                        xw: w.q_a_norm.ptr,
-                        ..Mv::plain(s.qkv_raw.ptr, t, cfg.q_lora, s.qi.ptr, n)
-                    },
-                )?;
-            }
+            let b = ibranch_early.as_ref().unwrap_or(self);
+            let n = cfg.indexer_heads * cfg.indexer_head_dim;
+            b.mv(
+                s,
+                &iw.q_b,
+                Mv {
+                    xw: w.q_a_norm.ptr,
+                    ..Mv::plain(s.qkv_raw.ptr, t, cfg.q_lora, s.qi.ptr, n)
+                },
+            )?;
         }
         if fused_kv {
             let (qp, dp) = qaq.unwrap_or((0, 0));
-            let rs = if ibranch_early.is_some() {
-                s.qa_rs.ptr
-            } else {
-                0
-            };
+            let rs = if idx_raw.is_some() { s.qa_rs.ptr } else { 0 };
             launch!(g, kh("qa_norm_kv_store", "qa_norm_kv_store_kh"), (t as u32, 2, 1), norm_threads(hd), (hd * 4) as u32;
                 s.qkv_raw.ptr, w.q_a_norm.ptr, s.qa.ptr, cfg.q_lora as i32, qkv as i32,
                 self.eps(), qp, dp, s.qkv_raw.at::<f32>(cfg.q_lora), w.kv_norm.ptr,
@@ -1978,11 +1977,7 @@ impl<'a> Fwd<'a> {
             let ic = &iw.compressor;
             // The indexer's queries and weights (q_b, proj, prep) beside its compressor,
             // when its three products read their inputs as floats (no act_* writes).
-            let qs = if ibranch_early.is_some() {
-                s.qa_rs.ptr
-            } else {
-                0
-            };
+            let qs = if idx_raw.is_some() { s.qa_rs.ptr } else { 0 };
             let ibranch = if ibranch_early.is_some() {
                 ibranch_early
             } else if idx_floats(iw) {
