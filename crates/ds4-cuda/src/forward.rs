@@ -597,6 +597,14 @@ pub fn side_streams() -> usize {
     if early_compressors_on() { 5 } else { 3 }
 }
 
+/// Whether the indexer's three products (its compressor's, q_b, proj) read their inputs
+/// as floats: then none writes the shared activation buffers, and they may run on branches.
+fn indexer_reads_floats(iw: &DevIndexer) -> bool {
+    [iw.compressor.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
+        .into_iter()
+        .all(|ty| act_kind(ty) == ActKind::F32)
+}
+
 /// The early side branches of one attention sublayer ([`Fwd::early_compressors`]).
 #[derive(Default)]
 struct Early<'a> {
@@ -1877,17 +1885,12 @@ impl<'a> Fwd<'a> {
         let fused_kv = qkv_fuse_on() && norm_threads(cfg.q_lora) == norm_threads(hd);
         // With idx_qb_early_on (decode graph): the indexer's q_b on its branch now, from qa
         // unnormalized; its prep waits for the norm's factor below.
-        let idx_floats = |iw: &DevIndexer| {
-            [iw.compressor.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
-                .into_iter()
-                .all(|ty| act_kind(ty) == ActKind::F32)
-        };
         // Plain launches take the same arithmetic on the main stream (the graph's replay
         // gives their bits).
         let idx_raw = w
             .indexer
             .as_ref()
-            .filter(|iw| fused_kv && t == 1 && idx_qb_early_on() && idx_floats(iw));
+            .filter(|iw| fused_kv && t == 1 && idx_qb_early_on() && indexer_reads_floats(iw));
         let mut ibranch_early = None;
         if let Some(iw) = idx_raw {
             ibranch_early = self.fork(2)?;
@@ -1980,7 +1983,7 @@ impl<'a> Fwd<'a> {
             let qs = if idx_raw.is_some() { s.qa_rs.ptr } else { 0 };
             let ibranch = if ibranch_early.is_some() {
                 ibranch_early
-            } else if idx_floats(iw) {
+            } else if indexer_reads_floats(iw) {
                 self.fork(2)?
             } else {
                 None
@@ -2230,10 +2233,7 @@ impl<'a> Fwd<'a> {
             }
         }
         if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp) {
-            let floats = [iw.compressor.kv_gate.a_type(), iw.q_b.ty, iw.proj.ty]
-                .into_iter()
-                .all(|ty| act_kind(ty) == ActKind::F32);
-            if floats {
+            if indexer_reads_floats(iw) {
                 early.idx = self.fork(4)?;
                 if let Some(b) = &early.idx {
                     let (nhi, e) = (self.cfg.indexer_heads, self.cfg.n_embd);
