@@ -2232,15 +2232,15 @@ impl<'a> Fwd<'a> {
                 early.attn_done = true;
             }
         }
-        if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp) {
-            if indexer_reads_floats(iw) {
-                early.idx = self.fork(4)?;
-                if let Some(b) = &early.idx {
-                    let (nhi, e) = (self.cfg.indexer_heads, self.cfg.n_embd);
-                    b.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
-                    b.idx_compressor(s, st.half, &iw.compressor, icomp, l, pos0, t)?;
-                    early.idx_done = true;
-                }
+        if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp)
+            && indexer_reads_floats(iw)
+        {
+            early.idx = self.fork(4)?;
+            if let Some(b) = &early.idx {
+                let (nhi, e) = (self.cfg.indexer_heads, self.cfg.n_embd);
+                b.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
+                b.idx_compressor(s, st.half, &iw.compressor, icomp, l, pos0, t)?;
+                early.idx_done = true;
             }
         }
         Ok(early)
