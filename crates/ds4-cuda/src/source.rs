@@ -148,11 +148,12 @@ pub fn program() -> String {
         ("DS4_IQ2_DP2", on("DS4_CUDA_IQ2_DP2")),
         ("DS4_ATT_HW", on("DS4_CUDA_ATTN_HW")),
         ("DS4_ATT_WV2", on("DS4_CUDA_ATTN_WV2")),
+        // Off unless 1: prepared in v24, not yet run on a GPU (DS4_CUDA_IDXQ_EARLY,
+        // DS4_CUDA_ROW_PF).
         (
             "DS4_IDXQ_EARLY",
             u32::from(crate::forward::idx_qb_early_on()),
         ),
-        // Off unless 1: prepared in v24, not yet run on a GPU.
         (
             "DS4_ROW_PF",
             u32::from(std::env::var("DS4_CUDA_ROW_PF").is_ok_and(|v| v == "1")),
