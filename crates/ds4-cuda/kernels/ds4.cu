@@ -1730,6 +1730,13 @@ __device__ __forceinline__ int dot8(const int (&w)[8], int4 x0, int4 x1) {
 // conflict-free shared loads — and each piece's two group sums added in integers. The
 // host sizes the grid to one wave of resident blocks, so each block fills its replicas
 // once and walks several rounds of rows.
+// A 64-bit shared-memory load at a 32-bit shared address (the tables are written before a
+// barrier the loads' addresses follow).
+__device__ __forceinline__ u64 lds_u64(u32 addr) {
+    u64 v;
+    asm("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr));
+    return v;
+}
 // One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
 // the item's activations into acc: the two groups' sums times their scales in integers (as
 // the CPU's block sum), then one float step per piece; the 1/8 at the end.
@@ -1738,6 +1745,10 @@ __device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c
                                            const float (&dw)[4], const u64* tl, const u64* sgn,
                                            int lane, float (&acc)[4]) {
     int ib = c >> 2, g0 = 2 * (c & 3);
+#if DS4_IQ2_LA
+    u32 tl_s = (u32)__cvta_generic_to_shared(tl);
+    u32 sg_s = ST ? (u32)__cvta_generic_to_shared(sgn + (lane & 15)) : 0u;
+#endif
     float dx = a.xd[(xo0 >> 8) + ib];
     int4 xv[2][2];
 #pragma unroll
@@ -1760,11 +1771,22 @@ __device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c
 #endif
 #pragma unroll
             for (int l = 0; l < 4; l++) {
+#if DS4_IQ2_LA
+                // 32-bit shared addresses, the lane's replica folded into the base: the
+                // grid byte by one prmt and its entry by one multiply-add (the generic
+                // form spent a shift, a multiply, a mask-merge and a lea per lookup).
+                u64 gr = lds_u64(tl_s + 128u * __byte_perm(a0, 0, 0x4440 + l));
+#else
                 u64 gr = tl[16 * ((a0 >> (8 * l)) & 0xff)];
+#endif
                 u32 s7 = (a1 >> (7 * l)) & 127;
                 u32 slo, shi;
                 if (ST) {
+#if DS4_IQ2_LA
+                    u64 sg = lds_u64(sg_s + 128u * s7);
+#else
                     u64 sg = sgn[16 * s7 + (lane & 15)];
+#endif
                     slo = (u32)sg;
                     shi = (u32)(sg >> 32);
                 } else {

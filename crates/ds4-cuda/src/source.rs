@@ -149,7 +149,7 @@ pub fn program() -> String {
         ("DS4_ATT_HW", on("DS4_CUDA_ATTN_HW")),
         ("DS4_ATT_WV2", on("DS4_CUDA_ATTN_WV2")),
         // Off unless 1: prepared in v24, not yet run on a GPU (DS4_CUDA_IDXQ_EARLY,
-        // DS4_CUDA_ROW_PF).
+        // DS4_CUDA_ROW_PF, DS4_CUDA_IQ2_LA).
         (
             "DS4_IDXQ_EARLY",
             u32::from(crate::forward::idx_qb_early_on()),
@@ -157,6 +157,10 @@ pub fn program() -> String {
         (
             "DS4_ROW_PF",
             u32::from(std::env::var("DS4_CUDA_ROW_PF").is_ok_and(|v| v == "1")),
+        ),
+        (
+            "DS4_IQ2_LA",
+            u32::from(std::env::var("DS4_CUDA_IQ2_LA").is_ok_and(|v| v == "1")),
         ),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
