@@ -1849,6 +1849,7 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
         // The next round's four rows into L2 (the grid is one wave: each warp walks rounds
         // of rows), a 128-byte line a lane a step (whole lines where cols is a multiple of
         // 512, as the release's 4,096 are; a hint, so a shorter tail only goes unwarmed).
+        // Written out rather than by warp_l2_prefetch, whose 64-bit loop spilled here.
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int rn = rb + (4 + j) * rstep;
@@ -3165,8 +3166,8 @@ extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
     int t = blockIdx.x / heads, h = blockIdx.x % heads;
     float* q = qi + ((size_t)t * heads + h) * di;
 #if DS4_IDXQ_EARLY
-    float f = qs ? qs[t] : 1.0f;
-    for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = qs ? q[i] * f : q[i];
+    float f = qs ? qs[t] : 1.0f;  // q · 1 is q exactly
+    for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = q[i] * f;
 #else
     for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = q[i];
 #endif

@@ -579,8 +579,6 @@ pub struct Fwd<'a> {
     pub side: &'a [Gpu],
 }
 
-/// Whether a captured decode step runs independent chains as parallel graph branches
-/// (`DS4_CUDA_BRANCHES=0` keeps one chain, for comparisons).
 /// Whether the decode graph starts the compressors and the indexer's head weights
 /// (products of xn alone) on side branches beside q_a, right after the HC pre-step,
 /// rather than after the q_a norm (default: the H200's step −1.7%, v24c;
@@ -605,13 +603,13 @@ fn indexer_reads_floats(iw: &DevIndexer) -> bool {
         .all(|ty| act_kind(ty) == ActKind::F32)
 }
 
-/// The early side branches of one attention sublayer ([`Fwd::early_compressors`]).
+/// The early side branches of one attention sublayer ([`Fwd::early_compressors`]): the
+/// attention compressor's and the indexer's (its head weights and compressor), where they
+/// ran.
 #[derive(Default)]
 struct Early<'a> {
     attn: Option<Fwd<'a>>,
-    attn_done: bool,
     idx: Option<Fwd<'a>>,
-    idx_done: bool,
 }
 
 /// Whether decode steps start the indexer's q_b beside the q_a norm (`DS4_CUDA_IDXQ_EARLY=1`,
@@ -624,6 +622,8 @@ pub fn idx_qb_early_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IDXQ_EARLY").is_ok_and(|v| v == "1"))
 }
 
+/// Whether a captured decode step runs independent chains as parallel graph branches
+/// (`DS4_CUDA_BRANCHES=0` keeps one chain, for comparisons).
 pub fn branches_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_BRANCHES").map_or(true, |v| v != "0"))
@@ -1963,8 +1963,9 @@ impl<'a> Fwd<'a> {
         // Compressors, then the indexer's selection (§3.6, §3.7).
         let kind = cfg.attn_kind(l);
         let ratio = kind.ratio();
+        let attn_early = early.attn.is_some();
         let mut cbranch = early.attn;
-        if let (Some(cw), Some(comp), false) = (&w.compressor, &st.comp, early.attn_done) {
+        if let (Some(cw), Some(comp), false) = (&w.compressor, &st.comp, attn_early) {
             // The attention compressor beside the indexer when its product reads xn as
             // floats (else it would quantize xn into the buffer the indexer's product
             // also fills).
@@ -1972,7 +1973,15 @@ impl<'a> Fwd<'a> {
                 cbranch = self.fork(1)?;
             }
             let fc = cbranch.as_ref().unwrap_or(self);
-            fc.attn_compressor(s, st.half, cw, comp, kind, l, pos0, t)?;
+            fc.compressor(
+                s,
+                &s.ckv,
+                cw,
+                comp,
+                (kind.coff(), hd, sim),
+                st.half,
+                (l, pos0, t),
+            )?;
         }
         let mut sel = (0u64, 0u64);
         if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp) {
@@ -1998,7 +2007,8 @@ impl<'a> Fwd<'a> {
                     Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
                 )?;
             }
-            if early.idx.is_some() {
+            let idx_early = early.idx.is_some();
+            if idx_early {
                 // proj and the indexer's compressor ran on their early branch.
                 fi.join(early.idx)?;
             } else {
@@ -2012,8 +2022,16 @@ impl<'a> Fwd<'a> {
                 launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
                     s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim, qs)?;
             }
-            if !early.idx_done {
-                self.idx_compressor(s, st.half, ic, icomp, l, pos0, t)?;
+            if !idx_early {
+                self.compressor(
+                    s,
+                    &s.ikv,
+                    ic,
+                    icomp,
+                    (2, di, 2 * sim),
+                    st.half,
+                    (l, pos0, t),
+                )?;
             }
             self.join(ibranch)?;
             let irows = &icomp.0;
@@ -2144,64 +2162,33 @@ impl<'a> Fwd<'a> {
         self.hc_post_swap(s, t, s.f.ptr, None)
     }
 
-    /// The attention compressor of layer `l`: one product [kv; gate] of xn (a token's
-    /// values then its scores), then the compression into the state's rows.
+    /// A compressor of layer `l` (the attention's or the indexer's): one product
+    /// [kv; gate] of xn into `out` (a token's values, then its scores, coff·d each), then
+    /// the compression into the state's rows (`coff` rows of `d` a compressed row).
     #[allow(clippy::too_many_arguments)]
-    fn attn_compressor(
+    fn compressor(
         &self,
         s: &Scratch,
-        half: bool,
+        out: &DevBuf,
         cw: &DevCompressor,
         (rows, fkv, fsc): &(DevBuf, DevBuf, DevBuf),
-        kind: AttnKind,
-        l: usize,
-        pos0: usize,
-        t: usize,
+        (coff, d, sim): (usize, usize, i32),
+        half: bool,
+        (l, pos0, t): (usize, usize, usize),
     ) -> Result<(), CudaError> {
-        let (hd, e) = (self.cfg.head_dim, self.cfg.n_embd);
-        let width = kind.coff() * hd;
-        let c = Mv::plain(s.xn.ptr, t, e, s.ckv.ptr, 2 * width);
+        let width = coff * d;
+        let c = Mv::plain(s.xn.ptr, t, self.cfg.n_embd, out.ptr, 2 * width);
         self.mv_pair(s, &cw.kv_gate, (&s.act_q, &s.act_d), false, c)?;
         let c = Compress {
-            input: (s.ckv.ptr, s.ckv.at::<f32>(width), 2 * width),
+            input: (out.ptr, out.at::<f32>(width), 2 * width),
             ape: cw.ape.ptr,
             norm: cw.norm.ptr,
             front: (fkv.ptr, fsc.ptr),
             rows: rows.ptr,
             half,
-            coff: kind.coff(),
-            d: hd,
-            sim: self.sim() as i32,
-        };
-        self.compress(s, &c, l, pos0, t)
-    }
-
-    /// The indexer's compressor of layer `l` (as [`Fwd::attn_compressor`], rows of the
-    /// indexer's head size, two per compressed row).
-    #[allow(clippy::too_many_arguments)]
-    fn idx_compressor(
-        &self,
-        s: &Scratch,
-        half: bool,
-        ic: &DevCompressor,
-        (irows, fkv, fsc): &(DevBuf, DevBuf, DevBuf),
-        l: usize,
-        pos0: usize,
-        t: usize,
-    ) -> Result<(), CudaError> {
-        let (di, e) = (self.cfg.indexer_head_dim, self.cfg.n_embd);
-        let c = Mv::plain(s.xn.ptr, t, e, s.ikv.ptr, 4 * di);
-        self.mv_pair(s, &ic.kv_gate, (&s.act_q, &s.act_d), false, c)?;
-        let c = Compress {
-            input: (s.ikv.ptr, s.ikv.at::<f32>(2 * di), 4 * di),
-            ape: ic.ape.ptr,
-            norm: ic.norm.ptr,
-            front: (fkv.ptr, fsc.ptr),
-            rows: irows.ptr,
-            half,
-            coff: 2,
-            d: di,
-            sim: 2 * self.sim() as i32,
+            coff,
+            d,
+            sim,
         };
         self.compress(s, &c, l, pos0, t)
     }
@@ -2222,14 +2209,14 @@ impl<'a> Fwd<'a> {
         if !early_compressors_on() || !self.can_fork(4) {
             return Ok(early);
         }
-        let kind = self.cfg.attn_kind(l);
+        let (kind, sim) = (self.cfg.attn_kind(l), self.sim() as i32);
         if let (Some(cw), Some(comp)) = (&w.compressor, &st.comp)
             && act_kind(cw.kv_gate.a_type()) == ActKind::F32
         {
             early.attn = self.fork(3)?;
             if let Some(b) = &early.attn {
-                b.attn_compressor(s, st.half, cw, comp, kind, l, pos0, t)?;
-                early.attn_done = true;
+                let shape = (kind.coff(), self.cfg.head_dim, sim);
+                b.compressor(s, &s.ckv, cw, comp, shape, st.half, (l, pos0, t))?;
             }
         }
         if let (Some(iw), Some(icomp)) = (&w.indexer, &st.icomp)
@@ -2239,8 +2226,16 @@ impl<'a> Fwd<'a> {
             if let Some(b) = &early.idx {
                 let (nhi, e) = (self.cfg.indexer_heads, self.cfg.n_embd);
                 b.mv(s, &iw.proj, Mv::plain(s.xn.ptr, t, e, s.wi.ptr, nhi))?;
-                b.idx_compressor(s, st.half, &iw.compressor, icomp, l, pos0, t)?;
-                early.idx_done = true;
+                let shape = (2, self.cfg.indexer_head_dim, 2 * sim);
+                b.compressor(
+                    s,
+                    &s.ikv,
+                    &iw.compressor,
+                    icomp,
+                    shape,
+                    st.half,
+                    (l, pos0, t),
+                )?;
             }
         }
         Ok(early)
