@@ -90,21 +90,6 @@ __device__ __forceinline__ void pdl_begin() {
     pdl_wait();
 }
 
-// Decode products' later weight pieces warmed in L2 (DS4_ROW_PF, the host's
-// DS4_CUDA_ROW_PF=1; v24, prepared): a warp holds only its first pieces in registers (64
-// registers a thread for 8 blocks a SM), so a row's later rounds each wait a full HBM round
-// trip. prefetch.global.L2 takes no register and nothing waits for it: the warp's lanes
-// each name one 128-byte line of [p, p + bytes), and the later loads find them in L2 (or on
-// their way). Values unchanged.
-__device__ __forceinline__ void warp_l2_prefetch(const void* p, long long bytes, int lane) {
-#if DS4_ROW_PF
-    if (bytes <= 0) return;
-    const char* c = (const char*)((size_t)p & ~(size_t)127);
-    long long n = ((const char*)p + bytes - c + 127) >> 7;
-    for (long long i = lane; i < n; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + 128 * i));
-#endif
-}
-
 struct SumOp {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
@@ -312,8 +297,6 @@ struct MvArgs {
     // Warps per row (a power of two dividing the block's warps): matrices with few
     // rows split each row's columns over several warps, summed in warp order.
     int ksplit;
-    // Float activations times these column weights (DS4_IDXQ_EARLY; null: as they are).
-    const float* xw;
 };
 
 // The items of this block's group (`item[0..nt]`) and their expert `e`.
@@ -510,13 +493,6 @@ __device__ void mv_float(const MvArgs& a, Load load) {
             mv_float_load<T>((const T*)a.w + (size_t)r * a.cols, lane + 32 * sub, a.cols / per, ks,
                              raw);
             held = true;
-#if DS4_ROW_PF
-            // The warp's later groups of 32 pieces (groups sub + ks·(4 + m)) into L2.
-            int groups = (a.cols / per + 31) / 32;
-            for (int g = sub + 4 * ks; g < groups; g += ks)
-                warp_l2_prefetch((const T*)a.w + (size_t)r * a.cols + (size_t)g * 32 * per,
-                                 512, lane);
-#endif
         }
         pdl_wait();
     }
@@ -561,11 +537,6 @@ __device__ void mv_float(const MvArgs& a, Load load) {
 #pragma unroll
                             for (int i = 0; i < per; i++) xv[i] = x[i];
                         }
-#if DS4_IDXQ_EARLY
-                        if (a.xw)
-#pragma unroll
-                            for (int i = 0; i < per; i++) xv[i] *= __ldg(a.xw + c * per + i);
-#endif
                         float s = 0.0f;
 #pragma unroll
                         for (int i = 0; i < per; i++) s += load(wv[i]) * xv[i];
@@ -645,14 +616,6 @@ template <int NTM, int U, bool EARLY = false> __device__ void mv_q8_0_body(const
                 mv_q8_0_load<U>(a.w + (size_t)r * a.cols, (const u16*)a.sc + (size_t)r * (a.cols >> 5),
                                 32 * U * sub, a.cols >> 4, lane, wv, dw, ok);
                 held = true;
-#if DS4_ROW_PF
-                // The warp's later chunks of the row (and the row's scales) into L2.
-                int nch = a.cols >> 4;
-                for (int c0 = 32 * U * (sub + ks); c0 < nch; c0 += 32 * U * ks)
-                    warp_l2_prefetch(a.w + (size_t)r * a.cols + 16 * (size_t)c0,
-                                     16 * (long long)min(32 * U, nch - c0), lane);
-                warp_l2_prefetch((const u16*)a.sc + (size_t)r * (a.cols >> 5), a.cols >> 4, lane);
-#endif
             }
         }
         pdl_wait();
@@ -826,6 +789,14 @@ __device__ __forceinline__ void mma_store(const MvArgs& a, const float* c, int r
 #define MM_KB 4
 #define MM_LD 144
 
+// The same product added into c (D = A·B + C).
+__device__ __forceinline__ void mma_s8_16832_acc(int* c, const int* a, int b0, int b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 __device__ __forceinline__ void mma_s8_16832(int* c, const int* a, int b0, int b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -1737,6 +1708,11 @@ __device__ __forceinline__ u64 lds_u64(u32 addr) {
     asm("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr));
     return v;
 }
+__device__ __forceinline__ u32 lds_u32(u32 addr) {
+    u32 v;
+    asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
 // One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
 // the item's activations into acc: the two groups' sums times their scales in integers (as
 // the CPU's block sum), then one float step per piece; the 1/8 at the end.
@@ -1845,19 +1821,6 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
             rr[j] = min(rb + j * rstep, a.rows - 1);
             acc[j] = 0.0f;
         }
-#if DS4_ROW_PF
-        // The next round's four rows into L2 (the grid is one wave: each warp walks rounds
-        // of rows), a 128-byte line a lane a step (whole lines where cols is a multiple of
-        // 512, as the release's 4,096 are; a hint, so a shorter tail only goes unwarmed).
-        // Written out rather than by warp_l2_prefetch, whose 64-bit loop spilled here.
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int rn = rb + (4 + j) * rstep;
-            if (rn < a.rows)
-                for (int i = lane; i < (nch >> 3); i += 32)
-                    asm volatile("prefetch.global.L2 [%0];" ::"l"(wq0 + ((size_t)rn * nch + 8 * i) * 16));
-        }
-#endif
         for (int c0 = lane; c0 < nch; c0 += 32) {
             int4 wv[4];
             float dw[4];
@@ -1922,7 +1885,7 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 // C > 0: the grid from C replicas (iq2_grid_replicas) and the signs computed; C = 0: one
 // copy of the grid and the sign masks looked up (v11).
 template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
-    __shared__ u64 tabs[C > 0 ? C * 256 : 384];
+    __shared__ u64 tabs[C > 0 ? C * (256 + (DS4_IQ2_PSG ? 128 : 0)) : 384];
     u64* grid_s = tabs;
     u64* sign_s = tabs + 256;
     __shared__ int items[NG];
@@ -1940,6 +1903,10 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     if (C > 0)
         iq2_grid_replicas<(C > 0 ? C : 1)>(tabs);
+#if DS4_IQ2_PSG
+    if (C > 0)
+        iq2_sign_replicas<(C > 0 ? C : 1)>(tabs + C * 256);
+#endif
     if (C == 0)
         iq2_tables_to_shared(grid_s, sign_s);
     for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
@@ -1985,6 +1952,14 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     int l0 = tq >> 1, half = tq & 1, mi = lane >> 3, rr = lane & 7;
+#if DS4_IQ2_PLA || DS4_IQ2_PSG
+    // C > 0 (DS4_IQ2_PLA, DS4_IQ2_PSG; v25): the lane's replica and half folded into 32-bit
+    // shared bases once; an entry is then 64 bytes a byte (grid) or a sign group (signs)
+    // from it, the grid byte taken by one prmt.
+    u32 tab_lane = (u32)__cvta_generic_to_shared(tabs) + 8u * ((lane >> 1) & (C > 0 ? C - 1 : 0)) +
+                   4u * half;
+    u32 sel_lo = 0x4440u + l0, sel_hi = 0x4442u + l0;
+#endif
     stage(0, 0);
     cp_async_commit();
     for (int ib = 0; ib < nblk; ib++) {
@@ -2024,9 +1999,17 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
                 u32 g0 = (q & 1) ? a0b : a0a, g1 = (q & 1) ? a1b : a1a;
                 int l = l0 + ((q & 2) ? 2 : 0);
                 if (C > 0) {
+#if DS4_IQ2_PLA
+                    u32 gw = lds_u32(tab_lane + 8u * C * __byte_perm(g0, 0, (q & 2) ? sel_hi : sel_lo));
+#else
                     u32 idx = (g0 >> (8 * l)) & 0xff;
                     u32 gw = ((const u32*)tabs)[2 * (C * idx + ((lane >> 1) & (C - 1))) + half];
+#endif
+#if DS4_IQ2_PSG
+                    u32 sw = lds_u32(tab_lane + 8u * C * (256 + ((g1 >> (7 * l)) & 127)));
+#else
                     u32 sw = iq2_sign_word((g1 >> (7 * l)) & 127, half ? 0x80402010u : 0x08040201u);
+#endif
                     af[q] = iq2_signed(gw, sw);
                 } else {
                     u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
@@ -2200,6 +2183,35 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& 
         for (int j = 0; j < NG / 8; j++)
 #pragma unroll
             for (int q = 0; q < 4; q++) ssc[j][q] = 0;
+#if DS4_Q2K_K32
+        // DS4_Q2K_K32 (v25): each 2-bit weight times its sub-block's 4-bit scale is at most
+        // 45, so the scaled weights are int8 (one multiply a word: no byte carries) and two
+        // adjacent sub-blocks (32 columns) are one m16n8k32 whose sums add into ssc in the
+        // tensor core — Σ scale · Σ q · x in integers as before, the same sums exactly,
+        // without the four multiply-adds per mma.
+        for (int q4 = 0; q4 < 4; q4++) {
+            u32 swa = __ldg((const u32*)(ba + 4 * q4)), swb = __ldg((const u32*)(bb + 4 * q4));
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                int k = q4 >> 1, jj = 2 * (q4 & 1) + m;
+                int off = 16 + 32 * k + 4 * tq;
+                u32 qa0 = __ldg((const u32*)(ba + off)), qa1 = __ldg((const u32*)(ba + off + 16));
+                u32 qb0 = __ldg((const u32*)(bb + off)), qb1 = __ldg((const u32*)(bb + off + 16));
+                int af[4];
+                af[0] = (int)(((qa0 >> (2 * jj)) & 0x03030303u) * ((swa >> (16 * m)) & 0xf));
+                af[1] = (int)(((qb0 >> (2 * jj)) & 0x03030303u) * ((swb >> (16 * m)) & 0xf));
+                af[2] = (int)(((qa1 >> (2 * jj)) & 0x03030303u) * ((swa >> (16 * m + 8)) & 0xf));
+                af[3] = (int)(((qb1 >> (2 * jj)) & 0x03030303u) * ((swb >> (16 * m + 8)) & 0xf));
+#pragma unroll
+                for (int j = 0; j < NG / 8; j++) {
+                    if (j < nj) {
+                        const i8* xp = xsb + (8 * j + g) * Q2_LDB + 128 * k + 32 * jj + 4 * tq;
+                        mma_s8_16832_acc(ssc[j], af, *(const int*)xp, *(const int*)(xp + 16));
+                    }
+                }
+            }
+        }
+#else
         // Sub-blocks in fours (one scale word each), the four unrolled: scale bytes
         // indexed by constants (a runtime index into a register array goes to memory).
         for (int q4 = 0; q4 < 4; q4++) {
@@ -2227,6 +2239,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& 
                 }
             }
         }
+#endif
 #pragma unroll
         for (int j = 0; j < NG / 8; j++) {
             if (j >= nj) break;
@@ -2328,11 +2341,9 @@ __device__ __forceinline__ void q8_0_lanes(float v, int lane, i8* q, float* d, s
 // y[v, :] = x[v, :] * rsqrt(mean(x²) + eps) * (w ? w : 1), one block per vector. With
 // `q`, also the Q8_0 of y (q: int8 [count·n], d: [count·n/32]; n a multiple of 32)
 // for the product that reads it next, which then skips quant_q8_0.
-// rs_out (may be null): the row's factor r, for a product that took the row unnormalized
-// (DS4_IDXQ_EARLY: the indexer's q_b before the q_a norm).
 __device__ __forceinline__ void rms_norm_row(const float* x, const float* w, float* y, int n,
                                              int x_stride, int y_stride, float eps, i8* q,
-                                             float* d, int v, float* rs_out = nullptr) {
+                                             float* d, int v) {
     __shared__ double sh[32];
     const float* xv = x + (size_t)v * x_stride;
     float* yv = y + (size_t)v * y_stride;
@@ -2340,9 +2351,6 @@ __device__ __forceinline__ void rms_norm_row(const float* x, const float* w, flo
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xv[i] * (double)xv[i];
     ss = block_sum_d(ss, sh);
     float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
-#if DS4_IDXQ_EARLY
-    if (rs_out && threadIdx.x == 0) rs_out[v] = r;
-#endif
     // A warp's lanes take 32 consecutive values (blockDim is a multiple of 32), so
     // the loop is warp-uniform when n is a multiple of 32.
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -2896,10 +2904,10 @@ extern "C" __global__ void kv_store_kh(KV_STORE_ARGS(u16)) { pdl_begin(); KV_STO
 #define QA_NORM_KV_STORE_ARGS(KV)                                                            \
     const float *x, const float *w, float *y, int n, int x_stride, float eps, i8 *q,         \
         float *d, const float *kv, const float *nw, KV *ring, int ring_rows, int hd,         \
-        const float *freqs, int n_rot, const int *pos0p, int sim, float *rs
+        const float *freqs, int n_rot, const int *pos0p, int sim
 #define QA_NORM_KV_STORE_CALL                                                                \
     if (blockIdx.y == 0)                                                                     \
-        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x, rs);                    \
+        rms_norm_row(x, w, y, n, x_stride, n, eps, q, d, blockIdx.x);                        \
     else                                                                                     \
         kv_store_row(kv, x_stride, nw, eps, ring, ring_rows, hd, freqs, n_rot, *pos0p, sim,  \
                      blockIdx.x)
@@ -3155,22 +3163,14 @@ extern "C" __global__ void compress_state(const float* kvp, const float* gate, i
 
 // Indexer queries: RoPE at the token's position then the indexer QAT, per head; the
 // head weights get 1/sqrt(head_dim·heads) folded in. One block per (token, head).
-// qs (may be null; DS4_IDXQ_EARLY): a factor per token the queries take first — the q_a
-// norm's r, where q_b took qa unnormalized.
 extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
-                                        const float* freqs, int n_rot, const int* pos0p, int sim,
-                                        const float* qs) { pdl_begin();
+                                        const float* freqs, int n_rot, const int* pos0p, int sim) { pdl_begin();
     int pos0 = *pos0p;
     extern __shared__ float v[];
     __shared__ float amax[64];
     int t = blockIdx.x / heads, h = blockIdx.x % heads;
     float* q = qi + ((size_t)t * heads + h) * di;
-#if DS4_IDXQ_EARLY
-    float f = qs ? qs[t] : 1.0f;  // q · 1 is q exactly
-    for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = q[i] * f;
-#else
     for (int i = threadIdx.x; i < di; i += blockDim.x) v[i] = q[i];
-#endif
     __syncthreads();
     int off = di - n_rot;
     for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x)
@@ -3189,7 +3189,7 @@ extern "C" __global__ void indexer_prep(float* qi, float* wi, int heads, int di,
 // values: bit for bit. Rows: nrows = T·heads.
 extern "C" __global__ void indexer_prep_w(float* qi, float* wi, int heads, int di,
                                           const float* freqs, int n_rot, const int* pos0p,
-                                          int sim, int nrows, const float* qs) { pdl_begin();
+                                          int sim, int nrows) { pdl_begin();
     int pos0 = *pos0p;
     int lane = threadIdx.x & 31;
     int idx = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -3198,13 +3198,6 @@ extern "C" __global__ void indexer_prep_w(float* qi, float* wi, int heads, int d
     float* q = qi + (size_t)idx * di;
     float4 v4 = *(const float4*)(q + 4 * lane);
     float v[4] = {v4.x, v4.y, v4.z, v4.w};
-#if DS4_IDXQ_EARLY
-    if (qs) {
-        float f = qs[t];
-#pragma unroll
-        for (int k = 0; k < 4; k++) v[k] *= f;
-    }
-#endif
     int off = di - n_rot, d0 = 4 * lane;
     if (d0 >= off) {
         int k0 = (d0 - off) / 2;

@@ -105,7 +105,6 @@ impl CudaBackend {
                     by_expert: None,
                     act_ready: false,
                     part: (0, 0),
-                    xw: 0,
                 }
             } else {
                 Mv {

@@ -47,7 +47,6 @@ struct MvArgs {
     grp: u64,
     ngrp: u64,
     ksplit: i32,
-    xw: u64,
 }
 unsafe impl cudarc::driver::DeviceRepr for MvArgs {}
 
@@ -140,8 +139,6 @@ pub struct Scratch {
     pub pos: DevBuf,
     /// A greedy decode step's chosen id (`argmax_row`).
     pub(crate) pick: DevBuf,
-    /// The q_a norm's factor r per token, for the indexer's prep ([`idx_qb_early_on`]).
-    qa_rs: DevBuf,
     /// Indexer rows one token can see at most (scores row stride).
     max_irows: usize,
 }
@@ -361,7 +358,6 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         part_bytes(t),                           // part
         16,                                      // pos
         (4 + 2 * ARGMAX_BLOCKS as usize) * 4,    // pick
-        f32s(t),                                 // qa_rs
     ]
 }
 
@@ -415,7 +411,6 @@ impl Scratch {
             part: a()?,
             pos: a()?,
             pick: a()?,
-            qa_rs: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
     }
@@ -612,16 +607,6 @@ struct Early<'a> {
     idx: Option<Fwd<'a>>,
 }
 
-/// Whether decode steps start the indexer's q_b beside the q_a norm (`DS4_CUDA_IDXQ_EARLY=1`,
-/// prepared in v24): its F16 product takes qa unnormalized times the norm's weights
-/// (`MvArgs::xw`), and the indexer's prep multiplies its queries by the norm's factor r,
-/// which `qa_norm_kv_store` writes — the same values up to float rounding, where the
-/// sparse layers' longest branch no longer waits for the norm.
-pub fn idx_qb_early_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_IDXQ_EARLY").is_ok_and(|v| v == "1"))
-}
-
 /// Whether a captured decode step runs independent chains as parallel graph branches
 /// (`DS4_CUDA_BRANCHES=0` keeps one chain, for comparisons).
 pub fn branches_on() -> bool {
@@ -668,9 +653,6 @@ pub struct Mv {
     /// over its columns (see [`mm_col_splits`]); (0, 0): no split. Only one product at a
     /// time may use it (runs are not captured, so they have no parallel branches).
     pub part: (u64, usize),
-    /// Column weights the float activations take first (the q_a norm's, where the
-    /// indexer's q_b reads qa unnormalized: [`idx_qb_early_on`]); 0: none.
-    pub xw: u64,
 }
 
 /// Whether `b` consumes the activations exactly as `a` does (so `b` can reuse them).
@@ -693,7 +675,6 @@ impl Mv {
             by_expert: None,
             act_ready: false,
             part: (0, 0),
-            xw: 0,
         }
     }
 }
@@ -1198,11 +1179,6 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     let g = gpu;
     let n = c.n_act * c.x_len;
     let kind = act_kind(m.ty);
-    if c.xw != 0 && (kind != ActKind::F32 || !idx_qb_early_on()) {
-        return Err(CudaError::TooBig(
-            "column weights on activations need float activations and DS4_CUDA_IDXQ_EARLY".into(),
-        ));
-    }
     if !c.act_ready {
         quant_launch(g, kind, c.x, n, act)?;
     }
@@ -1241,7 +1217,6 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         grp: c.by_expert.map_or(0, |b| b.1),
         ngrp: c.by_expert.map_or(0, |b| b.2),
         ksplit: ks as i32,
-        xw: c.xw,
     };
     // The tensor-core kernels read the same arguments (those about items, experts and
     // row splits do not concern them).
@@ -1575,7 +1550,6 @@ pub fn experts_once(
         by_expert,
         act_ready: false,
         part: (0, 0),
-        xw: 0,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
     let mut out = vec![0f32; nb * m.rows];
@@ -1634,15 +1608,6 @@ impl<'a> Fwd<'a> {
                 .map_err(|e| CudaError::Driver(format!("join: {e}")))?;
         }
         Ok(())
-    }
-
-    /// What is queued next here waits for what `other` has queued so far (a branch
-    /// that needs a value the main chain computes after the fork).
-    fn wait_for(&self, other: &Fwd) -> Result<(), CudaError> {
-        self.gpu
-            .stream
-            .join(&other.gpu.stream)
-            .map_err(|e| CudaError::Driver(format!("join: {e}")))
     }
 
     fn mv(&self, s: &Scratch, m: &DevMat, c: Mv) -> Result<(), CudaError> {
@@ -1883,41 +1848,14 @@ impl<'a> Fwd<'a> {
         // The q_a norm and the K=V row's store (kv_store normalizes the row itself,
         // kv_norm) in one launch where they take the same block size (their sums' order).
         let fused_kv = qkv_fuse_on() && norm_threads(cfg.q_lora) == norm_threads(hd);
-        // With idx_qb_early_on (decode graph): the indexer's q_b on its branch now, from qa
-        // unnormalized; its prep waits for the norm's factor below.
-        // Plain launches take the same arithmetic on the main stream (the graph's replay
-        // gives their bits).
-        let idx_raw = w
-            .indexer
-            .as_ref()
-            .filter(|iw| fused_kv && t == 1 && idx_qb_early_on() && indexer_reads_floats(iw));
-        let mut ibranch_early = None;
-        if let Some(iw) = idx_raw {
-            ibranch_early = self.fork(2)?;
-            let b = ibranch_early.as_ref().unwrap_or(self);
-            let n = cfg.indexer_heads * cfg.indexer_head_dim;
-            b.mv(
-                s,
-                &iw.q_b,
-                Mv {
-                    xw: w.q_a_norm.ptr,
-                    ..Mv::plain(s.qkv_raw.ptr, t, cfg.q_lora, s.qi.ptr, n)
-                },
-            )?;
-        }
         if fused_kv {
             let (qp, dp) = qaq.unwrap_or((0, 0));
-            let rs = if idx_raw.is_some() { s.qa_rs.ptr } else { 0 };
             launch!(g, kh("qa_norm_kv_store", "qa_norm_kv_store_kh"), (t as u32, 2, 1), norm_threads(hd), (hd * 4) as u32;
                 s.qkv_raw.ptr, w.q_a_norm.ptr, s.qa.ptr, cfg.q_lora as i32, qkv as i32,
                 self.eps(), qp, dp, s.qkv_raw.at::<f32>(cfg.q_lora), w.kv_norm.ptr,
-                st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim, rs)?;
+                st.ring.ptr, ring_rows, hd as i32, rope, n_rot, p0, sim)?;
         } else {
             self.rms_q(qa_in, Some(&w.q_a_norm), s.qa.ptr, cfg.q_lora, t, qaq)?;
-        }
-        if let Some(b) = &ibranch_early {
-            // The prep reads r: the branch waits for the norm.
-            b.wait_for(self)?;
         }
         // The queries (q_b, their norm and RoPE) beside the K=V row, compressors and
         // indexer, which do not read them, when nothing writes qa's Q8_0 meanwhile: q_b
@@ -1989,24 +1927,19 @@ impl<'a> Fwd<'a> {
             let ic = &iw.compressor;
             // The indexer's queries and weights (q_b, proj, prep) beside its compressor,
             // when its three products read their inputs as floats (no act_* writes).
-            let qs = if idx_raw.is_some() { s.qa_rs.ptr } else { 0 };
-            let ibranch = if ibranch_early.is_some() {
-                ibranch_early
-            } else if indexer_reads_floats(iw) {
+            let ibranch = if indexer_reads_floats(iw) {
                 self.fork(2)?
             } else {
                 None
             };
             let fi = ibranch.as_ref().unwrap_or(self);
-            if qs == 0 {
-                fi.mv_act(
-                    s,
-                    (&s.act2_q, &s.act2_d),
-                    qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
-                    &iw.q_b,
-                    Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
-                )?;
-            }
+            fi.mv_act(
+                s,
+                (&s.act2_q, &s.act2_d),
+                qaq.is_some() && act_kind(iw.q_b.ty) == ActKind::Q8_0,
+                &iw.q_b,
+                Mv::plain(s.qa.ptr, t, cfg.q_lora, s.qi.ptr, nhi * di),
+            )?;
             let idx_early = early.idx.is_some();
             if idx_early {
                 // proj and the indexer's compressor ran on their early branch.
@@ -2017,10 +1950,10 @@ impl<'a> Fwd<'a> {
             if di == 128 && (di - cfg.n_rot).is_multiple_of(4) && iprep_warp_on() {
                 launch!(fi.gpu, "indexer_prep_w", (ceil_div(t * nhi, 8), 1, 1), 256, 0;
                     s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim,
-                    (t * nhi) as i32, qs)?;
+                    (t * nhi) as i32)?;
             } else {
                 launch!(fi.gpu, "indexer_prep", ((t * nhi) as u32, 1, 1), 128, (di * 4) as u32;
-                    s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim, qs)?;
+                    s.qi.ptr, s.wi.ptr, nhi as i32, di as i32, rope, n_rot, p0, sim)?;
             }
             if !idx_early {
                 self.compressor(
@@ -2404,7 +2337,6 @@ impl<'a> Fwd<'a> {
                 by_expert: groups,
                 act_ready: false,
                 part: (0, 0),
-                xw: 0,
             };
         // Gate and up of each item in one product ([gate; up] per expert).
         let ready = xquant.is_some();
