@@ -1885,7 +1885,7 @@ __device__ __forceinline__ void mma_s8_16816(int* c, int a0, int a1, int b0) {
 // C > 0: the grid from C replicas (iq2_grid_replicas) and the signs computed; C = 0: one
 // copy of the grid and the sign masks looked up (v11).
 template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(const MvArgs& a) {
-    __shared__ u64 tabs[C > 0 ? C * (256 + (DS4_IQ2_PSG ? 128 : 0)) : 384];
+    __shared__ u64 tabs[C > 0 ? C * 256 : 384];
     u64* grid_s = tabs;
     u64* sign_s = tabs + 256;
     __shared__ int items[NG];
@@ -1903,10 +1903,6 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     if (C > 0)
         iq2_grid_replicas<(C > 0 ? C : 1)>(tabs);
-#if DS4_IQ2_PSG
-    if (C > 0)
-        iq2_sign_replicas<(C > 0 ? C : 1)>(tabs + C * 256);
-#endif
     if (C == 0)
         iq2_tables_to_shared(grid_s, sign_s);
     for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
@@ -1952,10 +1948,12 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
     int l0 = tq >> 1, half = tq & 1, mi = lane >> 3, rr = lane & 7;
-#if DS4_IQ2_PLA || DS4_IQ2_PSG
-    // C > 0 (DS4_IQ2_PLA, DS4_IQ2_PSG; v25): the lane's replica and half folded into 32-bit
-    // shared bases once; an entry is then 64 bytes a byte (grid) or a sign group (signs)
-    // from it, the grid byte taken by one prmt.
+#if DS4_IQ2_PLA
+    // C > 0 (DS4_IQ2_PLA, v25: prefill +1.5%): the lane's replica and half folded into a
+    // 32-bit shared base once; a grid entry is then 64 bytes a byte from it, the byte taken
+    // by one prmt. (The sign masks from C replicas too, v25's DS4_IQ2_PSG, cost more in
+    // registers and shared memory than their eight instructions a lookup: +0.7% against
+    // +1.6%.)
     u32 tab_lane = (u32)__cvta_generic_to_shared(tabs) + 8u * ((lane >> 1) & (C > 0 ? C - 1 : 0)) +
                    4u * half;
     u32 sel_lo = 0x4440u + l0, sel_hi = 0x4442u + l0;
@@ -2005,11 +2003,7 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
                     u32 idx = (g0 >> (8 * l)) & 0xff;
                     u32 gw = ((const u32*)tabs)[2 * (C * idx + ((lane >> 1) & (C - 1))) + half];
 #endif
-#if DS4_IQ2_PSG
-                    u32 sw = lds_u32(tab_lane + 8u * C * (256 + ((g1 >> (7 * l)) & 127)));
-#else
                     u32 sw = iq2_sign_word((g1 >> (7 * l)) & 127, half ? 0x80402010u : 0x08040201u);
-#endif
                     af[q] = iq2_signed(gw, sw);
                 } else {
                     u64 gr = grid_s[(g0 >> (8 * l)) & 0xff];
@@ -2141,7 +2135,48 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& 
     int nblk = a.cols >> 8;
     const u8* wa = a.w + e * a.mat_bytes + (size_t)rac * nblk * 84;
     const u8* wb = a.w + e * a.mat_bytes + (size_t)rbc * nblk * 84;
+#if DS4_Q2K_ST2
+    // DS4_Q2K_ST2 (v25, NG = 32): a thread's ≤ 5 pieces of the group's activations are the
+    // same every 256-column block but for a stride (256 bytes of Q8_K values, 32 of block
+    // sums), so their sources and destinations are worked out once here — the per-block
+    // loop spent ~46 instructions a piece (a division by 18, an 8-byte shared load, the
+    // source's choice) in a kernel whose time is its instruction count.
+    constexpr int NS = NG == 32 ? (NG * 18 + 127) / 128 : 1;
+    const char* sbase[NS];
+    u32 splan[NS];  // destination offset | source stride (bytes) << 16
+    if (NG == 32) {
+#pragma unroll
+        for (int u = 0; u < NS; u++) {
+            int idx = threadIdx.x + 128 * u;
+            sbase[u] = (const char*)a.xq;
+            splan[u] = 0;
+            if (idx < NG * 18) {
+                int sl = idx / 18, ch = idx % 18;
+                long long xo = xoff[sl];
+                u32 stride = 0;
+                if (xo >= 0) {
+                    sbase[u] = ch < 16 ? (const char*)(a.xq + xo + 16 * ch)
+                                       : (const char*)(a.xs + (xo >> 4) + 8 * (ch - 16));
+                    stride = ch < 16 ? 256u : 32u;
+                }
+                splan[u] = (u32)(sl * Q2_LDB + 16 * ch) | stride << 16;
+            }
+        }
+    }
+#endif
     auto stage = [&](int ib, int buf) {
+#if DS4_Q2K_ST2
+        if (NG == 32) {
+#pragma unroll
+            for (int u = 0; u < NS; u++) {
+                if (u < NS - 1 || threadIdx.x + 128 * u < NG * 18) {
+                    u32 stride = splan[u] >> 16;
+                    cp_async16(&xs[buf][splan[u] & 0xffff], sbase[u] + (size_t)stride * ib,
+                               stride ? 16 : 0);
+                }
+            }
+        } else
+#endif
         for (int idx = threadIdx.x; idx < NG * 18; idx += 128) {
             int sl = idx / 18, ch = idx % 18;
             long long xo = xoff[sl];
@@ -2184,7 +2219,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& 
 #pragma unroll
             for (int q = 0; q < 4; q++) ssc[j][q] = 0;
 #if DS4_Q2K_K32
-        // DS4_Q2K_K32 (v25): each 2-bit weight times its sub-block's 4-bit scale is at most
+        // DS4_Q2K_K32 (v25: this kernel 77.5 -> 58.8 ms a 2,048-token chunk): each 2-bit weight times its sub-block's 4-bit scale is at most
         // 45, so the scaled weights are int8 (one multiply a word: no byte carries) and two
         // adjacent sub-blocks (32 columns) are one m16n8k32 whose sums add into ssc in the
         // tensor core — Σ scale · Σ q · x in integers as before, the same sums exactly,
