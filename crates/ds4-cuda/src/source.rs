@@ -130,7 +130,7 @@ pub fn program() -> String {
     // its IQ2_XXS signs by a second dp4a and its lookups by 32-bit shared addresses, the
     // attention cluster's half-warp scores and its weighted sums two columns a thread;
     // prefill's IQ2_XXS grid lookups by prmt and 32-bit addresses, its Q2_K sub-block
-    // pairs scaled into one k32 mma.
+    // pairs scaled into one k32 mma and its Q2_K staging worked out once a block.
     // Numbers (out of range: the default): launch bounds of four decode kernels and the
     // pieces in flight per lane of the Q8_0 one.
     let on = |v: &str| std::env::var(v).map_or(1, |v| u32::from(v != "0"));
@@ -153,12 +153,7 @@ pub fn program() -> String {
         ("DS4_IQ2_LA", on("DS4_CUDA_IQ2_LA")),
         ("DS4_IQ2_PLA", on("DS4_CUDA_IQ2_PLA")),
         ("DS4_Q2K_K32", on("DS4_CUDA_Q2K_K32")),
-        // Off unless 1: prepared in v25, not yet run on a GPU (prefill's Q2_K staging
-        // worked out once a block).
-        (
-            "DS4_Q2K_ST2",
-            u32::from(std::env::var("DS4_CUDA_Q2K_ST2").is_ok_and(|v| v == "1")),
-        ),
+        ("DS4_Q2K_ST2", on("DS4_CUDA_Q2K_ST2")),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
