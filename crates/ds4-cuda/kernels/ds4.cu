@@ -4825,6 +4825,58 @@ __device__ __forceinline__ void attention_mma_body(
             }
         }
         __syncthreads();
+#if DS4_ATT_KS2
+        // DS4_ATT_KS2 (v25, prepared): warp w scores rows 16·(nw & 1).. (two n-tiles) over
+        // half the dimensions, (nw >> 1)·hd/2.., for heads 16·mw... Each query fragment
+        // read from shared memory then serves two n-tiles, not one: 24 KB of shared loads a
+        // warp a tile instead of 40 (the scores were bound by shared-memory bandwidth,
+        // 16 warps re-reading 32 KB of queries each a tile), and two accumulators halve
+        // the mma chain. The first half's sums go to ss, the second's to the P buffers
+        // (free until the softmax, which reads each thread's four partials from the very
+        // bytes it later writes its P to); the softmax adds them, scales and masks.
+        {
+            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            int rh = nw & 1, kh = nw >> 1, hd2 = hd >> 1;
+            // Fragments by ldmatrix (8 row addresses a matrix, 16-byte rows): the queries'
+            // lanes 0-7 rows 0-7, 8-15 rows 8-15, 16-31 the same 8 dimensions on (a0..a3);
+            // the rows' lanes 0-7 n-tile 0, 8-15 its dimensions 8.., 16-31 n-tile 1 (b0, b1
+            // of each).
+            int mi = lane >> 3, ri = lane & 7;
+            const u16* qa = qh + (16 * mw + ri + 8 * (mi & 1)) * ld + kh * hd2 + 8 * (mi >> 1);
+            const u16* qb = ql + (16 * mw + ri + 8 * (mi & 1)) * ld + kh * hd2 + 8 * (mi >> 1);
+            const u16* rb = rt + (16 * rh + 8 * (mi >> 1) + ri) * ld + kh * hd2 + 8 * (mi & 1);
+            for (int k0 = 0; k0 < hd2; k0 += 16) {
+                u32 ah[4], al[4], b[4];
+                ldsm_x4(ah[0], ah[1], ah[2], ah[3], qa + k0);
+                ldsm_x4(al[0], al[1], al[2], al[3], qb + k0);
+                ldsm_x4(b[0], b[1], b[2], b[3], rb + k0);
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    mma_f16_16816(c[j], ah, b[2 * j], b[2 * j + 1]);
+                    mma_f16_16816(c[j], al, b[2 * j], b[2 * j + 1]);
+                }
+            }
+            int ha = 16 * mw + g;
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                int ja = 16 * rh + 8 * j + 2 * tq;
+                if (kh == 0) {
+                    ss[ha * ATT_TR + ja] = c[j][0];
+                    ss[ha * ATT_TR + ja + 1] = c[j][1];
+                    ss[(ha + 8) * ATT_TR + ja] = c[j][2];
+                    ss[(ha + 8) * ATT_TR + ja + 1] = c[j][3];
+                } else {
+                    // Row r of head h: P slot (h, 4·(r/4) + r%4) — floats r%4 = 0, 1 in
+                    // its ph bytes, 2, 3 in its pl bytes (ja is even: a pair shares one).
+                    u8* hp = (u8*)((ja & 2) ? pl : ph);
+                    int o0 = 2 * (ha * pld + (ja & ~3));
+                    int o1 = 2 * ((ha + 8) * pld + (ja & ~3));
+                    *(float2*)(hp + o0) = make_float2(c[j][0], c[j][1]);
+                    *(float2*)(hp + o1) = make_float2(c[j][2], c[j][3]);
+                }
+            }
+        }
+#else
         // Scores of rows 8·nw.. for heads 16·mw..
         {
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -4852,16 +4904,31 @@ __device__ __forceinline__ void attention_mma_body(
             ss[(ha + 8) * ATT_TR + ja] = va ? c[2] * scale : -INFINITY;
             ss[(ha + 8) * ATT_TR + ja + 1] = vb ? c[3] * scale : -INFINITY;
         }
+#endif
         __syncthreads();
         // Softmax numerators: 8 threads (lanes of one warp) per head, 4 rows each.
         {
             int hh = threadIdx.x >> 3, sub = threadIdx.x & 7;
             float sv[4], mx = -INFINITY;
+#if DS4_ATT_KS2
+            // The two halves' sums (the second's from this thread's own P bytes, read
+            // before it writes them), then scaled; rows past n are −inf.
+            float2 p01 = *(const float2*)(ph + hh * pld + 4 * sub);
+            float2 p23 = *(const float2*)(pl + hh * pld + 4 * sub);
+            float part[4] = {p01.x, p01.y, p23.x, p23.y};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                sv[k] = r0 + 4 * sub + k < n ? (ss[hh * ATT_TR + 4 * sub + k] + part[k]) * scale
+                                              : -INFINITY;
+                mx = fmaxf(mx, sv[k]);
+            }
+#else
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 sv[k] = ss[hh * ATT_TR + 4 * sub + k];
                 mx = fmaxf(mx, sv[k]);
             }
+#endif
 #pragma unroll
             for (int o2 = 1; o2 < 8; o2 <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
             float m_old = m_run[hh];

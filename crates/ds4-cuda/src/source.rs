@@ -154,6 +154,12 @@ pub fn program() -> String {
         ("DS4_IQ2_PLA", on("DS4_CUDA_IQ2_PLA")),
         ("DS4_Q2K_K32", on("DS4_CUDA_Q2K_K32")),
         ("DS4_Q2K_ST2", on("DS4_CUDA_Q2K_ST2")),
+        // Off unless 1: prepared in v25, not yet run on a GPU (prefill attention's scores
+        // over half the dimensions a warp, two row tiles per query fragment).
+        (
+            "DS4_ATT_KS2",
+            u32::from(std::env::var("DS4_CUDA_ATT_KS2").is_ok_and(|v| v == "1")),
+        ),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
