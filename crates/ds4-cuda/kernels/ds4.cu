@@ -1133,6 +1133,165 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_big(MvArgs a) { pdl
     }
 }
 
+// Hopper's warpgroup products (sm_90a only: elsewhere the kernel below is empty and the
+// host never launches it). A shared-memory operand is described by a 64-bit descriptor:
+// its address / 16, the stride between 8-row groups (1,024 bytes: 8 rows of 128 bytes)
+// and the 128-byte swizzle, under which the 16-byte chunk c of row r sits at chunk
+// c ^ (r % 8) of its 1,024-byte-aligned group of 8 rows; a k-step of 32 bytes inside
+// the 128-byte rows moves the start address only (the hardware swizzles the address bits).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ unsigned long long wg_desc_sw128(u32 saddr) {
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) |
+           (1ull << 62);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+// D (64 rows × 64 tokens, int32) = A (64 × 32 int8) · B (32 × 64 int8), both operands
+// K-major in shared memory. D's fragment is mma.m16n8's: warp w of the group has rows
+// 16w.., and d[4j..4j+3] are rows g, g, g+8, g+8 × tokens 8j+2tq, +1.
+__device__ __forceinline__ void wgmma_s8_64x64(int* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+        : "l"(da), "l"(db), "r"(0));
+}
+// The accumulators are written asynchronously: reading them is ordered after the wait
+// by passing them through an empty asm that comes after it.
+__device__ __forceinline__ void wg_fence_regs(int* d) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+#endif
+
+// Q8_0 × Q8_0 on 128-row × 128-token tiles by wgmma (sm_90a): four warpgroups, group
+// (wm, wn) = (g % 2, g / 2) computing rows 64·wm.. × tokens 64·wn.. with one
+// m64n64k32 a Q8_0 block. The tensor cores take the mma.sync kernels' fragment loads and
+// mma issue off the warps, which keep only the per-block scaling (int32 sums → float,
+// × weight scale × activation scale, added in column order as in mm_q8_0_big: the same
+// outputs bit for bit). Operands arrive by cp.async three stages deep (four blocks a
+// stage), swizzled as the descriptors say. Dynamic shared memory: MMW_SHARED on the host.
+// A Q8_0 block's sum is at most 32 · 128 · 128 = 2^19 in magnitude. Its float conversion
+// by I2F is a quarter-rate instruction (16 lanes a clock an SM), which bounds this kernel
+// (and mm_q8_0_big) near 512 products a clock an SM; for |v| < 2^22 the bits
+// 0x4B400000 + v are the float 1.5 · 2^23 + v, so an integer and a float add give the same
+// float exactly at full rate. DS4_MMW_I2F n-tiles of 8 tokens (of 8) keep I2F, which runs
+// beside the adds on its own unit.
+#ifndef DS4_MMW_I2F
+#define DS4_MMW_I2F 0
+#endif
+__device__ __forceinline__ float i2f_exact22(int v) {
+    return __int_as_float(v + 0x4B400000) - 12582912.0f;
+}
+#define MMW_STAGE 35840 // A 128 × 128 B, B 128 × 128 B, f16 weight scales [128][4], f32 activation scales [4][128]
+#define MMW_NST 3
+extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(16) u8 dsm[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023; // the swizzle's 8-row groups start 1,024-aligned
+    u8* base = dsm + pad;
+    u32 sbase = sraw + pad;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int wgi = warp >> 2, wm = wgi & 1, wn = wgi >> 1;
+    int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
+    int nblk = a.cols >> 5, nst = nblk >> 2;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* wd = (const u16*)a.sc;
+    // A thread copies 16-byte chunk sch of rows srow and srow + 64 of each operand (rows
+    // past the matrix or the run repeat the last one; their products are never stored).
+    int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
+    u32 sdst = srow * 128 + ((sch ^ (srow & 7)) << 4);
+    u32 woff[2], xoff[2];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        int wrow = min(r0 + srow + 64 * u, a.rows - 1), tk = min(t0 + srow + 64 * u, a.nb - 1);
+        woff[u] = (u32)wrow * (u32)a.cols + 16 * sch;
+        xoff[u] = (u32)((long long)tk * a.x_stride + goff) + 16 * sch;
+    }
+    auto stage = [&](int st, int buf) {
+        u8* sb = base + buf * MMW_STAGE;
+        int kb0 = 4 * st;
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            cp_async16(sb + sdst + 8192 * u, a.w + woff[u] + kb0 * 32, 16);
+            cp_async16(sb + 16384 + sdst + 8192 * u, a.xq + xoff[u] + kb0 * 32, 16);
+        }
+        if (threadIdx.x < 128) {
+            int wrow = r0 + threadIdx.x;
+            bool ok = wrow < a.rows;
+            cp_async8(sb + 32768 + 8 * threadIdx.x, ok ? wd + (size_t)wrow * nblk + kb0 : wd, ok ? 8 : 0);
+        } else if (threadIdx.x < 256) {
+            int row = threadIdx.x - 128, tk = t0 + row;
+            bool ok = tk < a.nb;
+            const float* src = ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd;
+            float* bdt = (float*)(sb + 33792);
+#pragma unroll
+            for (int kb = 0; kb < 4; kb++) cp_async4z(bdt + kb * 128 + row, src + (ok ? kb : 0), ok ? 4 : 0);
+        }
+    };
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+    int c[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) c[i] = 0;
+    int arow = 64 * wm + 16 * (warp & 3) + g;
+    stage(0, 0);
+    cp_async_commit();
+    if (nst > 1) stage(1, 1);
+    cp_async_commit();
+    for (int st = 0; st < nst; st++) {
+        int buf = st % MMW_NST;
+        cp_async_wait1();
+        // cp.async's writes are the generic proxy's; the tensor cores read through the
+        // async proxy.
+        fence_proxy_async();
+        __syncthreads();
+        // Buffer (st + 2) % 3 was last read in iteration st - 1, whose products all
+        // completed (wait 0) before this barrier.
+        if (st + 2 < nst) stage(st + 2, (st + 2) % MMW_NST);
+        cp_async_commit();
+        u32 sa = sbase + buf * MMW_STAGE + 8192 * wm, sbb = sbase + buf * MMW_STAGE + 16384 + 8192 * wn;
+        const u16* adb = (const u16*)(base + buf * MMW_STAGE + 32768);
+        const float* bdb = (const float*)(base + buf * MMW_STAGE + 33792);
+#pragma unroll 1
+        for (int kb = 0; kb < 4; kb++) {
+            wg_fence();
+            wgmma_s8_64x64(c, wg_desc_sw128(sa + 32 * kb), wg_desc_sw128(sbb + 32 * kb));
+            wg_commit();
+            wg_wait0();
+            wg_fence_regs(c);
+            float da0 = h2f(adb[4 * arow + kb]), da1 = h2f(adb[4 * (arow + 8) + kb]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float2 db = *(const float2*)&bdb[kb * 128 + 64 * wn + 8 * j + 2 * tq];
+                float f[4];
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    f[q] = j < DS4_MMW_I2F ? (float)c[4 * j + q] : i2f_exact22(c[4 * j + q]);
+                acc[j][0] += da0 * db.x * f[0];
+                acc[j][1] += da0 * db.y * f[1];
+                acc[j][2] += da1 * db.x * f[2];
+                acc[j][3] += da1 * db.y * f[3];
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int ta = t0 + 64 * wn + 8 * j + 2 * tq, tb = ta + 1;
+        mma_store(a, acc[j], r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+#endif
+}
+
 __device__ __forceinline__ u32 f2h2(float lo, float hi) {
     u32 h;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(hi), "f"(lo));

@@ -216,9 +216,9 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
 /// Items per expert group: 64 (the `_st64` kernels) or MM_NG (32) when the gate, up and
 /// down products all have a tensor-core kernel, else MAXNT (8, the matrix-vector
 /// kernels' limit).
-fn expert_group_size(w: &DevLayer) -> usize {
+fn expert_group_size(w: &DevLayer, items: usize) -> usize {
     let mats = w.gate_up_exps.mats().into_iter().chain([&w.down_exps]);
-    group_size(mats.into_iter().all(expert_mm))
+    group_size(mats.into_iter().all(expert_mm), items)
 }
 
 /// Whether routed experts of `m`'s type have a grouped tensor-core kernel.
@@ -231,9 +231,10 @@ fn expert_mm(m: &DevMat) -> bool {
         }
 }
 
-/// Items per expert group: the tensor-core kernels' 32 (or 64), else MAXNT.
-fn group_size(mm: bool) -> usize {
-    match (mm, expert_groups_of_64()) {
+/// Items per expert group for a run of `items` routed items: the tensor-core kernels'
+/// 32 (or 64), else MAXNT.
+fn group_size(mm: bool, items: usize) -> usize {
+    match (mm, expert_groups_of_64(items)) {
         (true, true) => 64,
         (true, false) => 32,
         (false, _) => 8,
@@ -993,28 +994,65 @@ fn mm_prefetch_on() -> bool {
 }
 
 /// The two-stage Q8_0 tensor-core product: `mm_q8_0_big` (128×128 tiles, half the L2
-/// traffic of the 64×64 ones; +1–1.5% prefill on the H200, bench/CUDA-SPEED.md v14) or
-/// `mm_q8_0_cp` (64×64), with the same outputs bit for bit. `DS4_CUDA_MMQ8=cp` keeps
-/// the latter, for comparisons.
-fn mm_q8_0_kernel() -> &'static str {
+/// traffic of the 64×64 ones; +1–1.5% prefill on the H200, bench/CUDA-SPEED.md v14),
+/// `mm_q8_0_cp` (64×64) or, on Hopper, `mm_q8_0_wg` (128×128 by wgmma), with the same
+/// outputs bit for bit. `DS4_CUDA_MMQ8=cp` / `=wg` choose the others; a test may choose
+/// with [`set_q8_0_kernel`].
+fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     static K: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    K.get_or_init(|| match std::env::var("DS4_CUDA_MMQ8").as_deref() {
-        Ok("cp") => "mm_q8_0_cp",
-        _ => "mm_q8_0_big",
-    })
+    let k = match Q8_0_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => "mm_q8_0_big",
+        2 => "mm_q8_0_wg",
+        3 => "mm_q8_0_cp",
+        _ => K.get_or_init(|| match std::env::var("DS4_CUDA_MMQ8").as_deref() {
+            Ok("cp") => "mm_q8_0_cp",
+            Ok("wg") => "mm_q8_0_wg",
+            _ => "mm_q8_0_big",
+        }),
+    };
+    // wgmma is sm_90a's: elsewhere the kernel is empty.
+    if k == "mm_q8_0_wg" && g.arch != "sm_90a" {
+        return "mm_q8_0_big";
+    }
+    k
 }
 
-/// Whether the expert kernels take groups of 64 items (`*64`, `DS4_CUDA_EXP_NG64=1`): a
-/// 2,048-token chunk gives each expert ~48 items, which groups of 32 split in two, decoding
-/// the expert's weights twice. Off by default: measured slower on the H200 (v12 in
+static Q8_0_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the dense Q8_0 run product for every later launch of this process, overriding
+/// `DS4_CUDA_MMQ8`: `"big"`, `"wg"` (Hopper only; elsewhere `"big"`), `"cp"`, or `""` for
+/// the environment's choice. For tests that compare the kernels with each other.
+pub fn set_q8_0_kernel(name: &str) {
+    let v = match name {
+        "big" => 1,
+        "wg" => 2,
+        "cp" => 3,
+        _ => 0,
+    };
+    Q8_0_KERNEL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the expert kernels take groups of 64 items (`*64`) for a run of `items` routed
+/// items: a 2,048-token chunk gives each expert ~48 items, which groups of 32 split in two,
+/// decoding the expert's weights twice. Always off until v26: measured slower on the H200 (v12 in
 /// bench/CUDA-SPEED.md: 3,022 against 3,083 t/s at 8k; v13 with its kernels: 3,338
 /// against 3,498); likely cause, not measured: half as many blocks, each twice as long
 /// (and fewer resident: 119–126 registers). Groups of 48 (v22) measured no better either:
-/// prefill 1.6% slower at 2k, +0.2% at 8k.
-fn expert_groups_of_64() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_EXP_NG64").is_ok_and(|v| v == "1"))
+/// prefill 1.6% slower at 2k, +0.2% at 8k. With v25's kernels (v26, H200, same call) the
+/// 64s gave −0.8% for a 2,048-token batch (≈48 items an expert) and +2.8% for a 6,144-token
+/// one (≈144): so they are taken for runs of at least NG64_MIN_ITEMS items (a 4,096-token
+/// batch of 6 experts a token), and `DS4_CUDA_EXP_NG64=1` / `=0` forces either.
+fn expert_groups_of_64(items: usize) -> bool {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *ON.get_or_init(|| match std::env::var("DS4_CUDA_EXP_NG64").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    });
+    forced.unwrap_or(items >= NG64_MIN_ITEMS)
 }
+
+const NG64_MIN_ITEMS: usize = 24_576;
 
 /// Whether the IQ2_XXS kernels take the grid from replicas in shared memory
 /// (`iq2_grid_replicas` in ds4.cu): 16 in decode's `mv_iq2_xxs_1ts`, 8 in the prefill
@@ -1131,6 +1169,10 @@ fn q8_rows_per_warp() -> Option<usize> {
 /// two stages of 128 weight rows and 128 tokens of 144 bytes, their f16 and f32 block scales.
 const MMB_SHARED: usize = 2 * (128 + 128) * 144 + 2 * 128 * 4 * 2 + 2 * 4 * 128 * 4;
 
+/// Dynamic shared memory of `mm_q8_0_wg`: three stages of MMW_STAGE bytes (ds4.cu) and
+/// up to 1,024 bytes to align them for the swizzle.
+const MMW_SHARED: usize = 3 * 35840 + 1024;
+
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
 
@@ -1225,7 +1267,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             (true, false) => "mm_f16",
             (true, true) => "mm_f16_pf",
             (false, false) => "mm_q8_0",
-            (false, true) => mm_q8_0_kernel(),
+            (false, true) => mm_q8_0_kernel(g),
         };
         let ks = mm_col_splits(g, m, c.nb, c.part.1);
         if ks > 1 && c.group.0 == 0 {
@@ -1244,11 +1286,16 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         // The 128-row tiles need column groups aligned to them (one group per tile), and
         // their staging takes 32-bit offsets into the weights and the activations.
         let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
-        let big = kernel == "mm_q8_0_big";
+        let big = kernel == "mm_q8_0_big" || kernel == "mm_q8_0_wg";
         if big && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
-            g.allow_shared(kernel, MMB_SHARED)?;
-            return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), 256,
-                MMB_SHARED as u32; args);
+            let (threads, shm) = if kernel == "mm_q8_0_wg" {
+                (512, MMW_SHARED)
+            } else {
+                (256, MMB_SHARED)
+            };
+            g.allow_shared(kernel, shm)?;
+            return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), threads,
+                shm as u32; args);
         }
         let kernel = if big { "mm_q8_0_cp" } else { kernel };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
@@ -1260,7 +1307,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
         // Operands staged in shared memory by cp.async (see ds4.cu).
-        let big = expert_groups_of_64();
+        let big = expert_groups_of_64(c.nb);
         let kernel = match m.ty {
             GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_replicas_on()) {
                 (true, false) => "mm_iq2_xxs_st64",
@@ -1523,7 +1570,7 @@ pub fn experts_once(
         gpu.alloc(n / 32 * 4 + 4)?,
         gpu.alloc(n / 16 * 2 + 2)?,
     );
-    let gsize = group_size(expert_mm(m));
+    let gsize = group_size(expert_mm(m), nb);
     let max_groups = nb.div_ceil(gsize) + n_expert;
     let (perm, grp, ngrp) = (
         gpu.alloc(nb * 4)?,
@@ -2310,7 +2357,7 @@ impl<'a> Fwd<'a> {
         // products have tensor-core kernels) instead of once per item.
         let nb = t * k;
         let groups = if t > 1 {
-            let gsize = expert_group_size(w);
+            let gsize = expert_group_size(w, nb);
             launch!(g, "group_by_expert", (1, 1, 1), 1024, (2 * ne * 4) as u32;
                 s.ids.ptr, nb as i32, ne as i32, s.perm.ptr, s.grp.ptr, s.ngrp.ptr,
                 gsize as i32)?;

@@ -29,6 +29,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0",
     "mm_q8_0_cp",
     "mm_q8_0_big",
+    "mm_q8_0_wg",
     "mv_q2_k",
     "mv_q2_k_1",
     "mv_q2_k_1r",
@@ -154,12 +155,12 @@ pub fn program() -> String {
         ("DS4_IQ2_PLA", on("DS4_CUDA_IQ2_PLA")),
         ("DS4_Q2K_K32", on("DS4_CUDA_Q2K_K32")),
         ("DS4_Q2K_ST2", on("DS4_CUDA_Q2K_ST2")),
-        // Off unless 1: prepared in v25, not yet run on a GPU (prefill attention's scores
-        // over half the dimensions a warp, two row tiles per query fragment).
-        (
-            "DS4_ATT_KS2",
-            u32::from(std::env::var("DS4_CUDA_ATT_KS2").is_ok_and(|v| v == "1")),
-        ),
+        // Prefill attention's scores over half the dimensions a warp, two row tiles per
+        // query fragment (v26: prefill +0.6% / +2.0% on the H200).
+        ("DS4_ATT_KS2", on("DS4_CUDA_ATT_KS2")),
+        // mm_q8_0_wg's n-tiles (of 8) whose block sums convert by I2F rather than by the
+        // exact integer-and-float adds (0: none).
+        ("DS4_MMW_I2F", num("DS4_CUDA_MMW_I2F", 0, 8)),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",

@@ -4,7 +4,8 @@
 
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
-    experts_once, indexer_scores_once, matmul_once, mm_col_splits, part_bytes, topk_once,
+    experts_once, indexer_scores_once, matmul_once, mm_col_splits, part_bytes, set_q8_0_kernel,
+    topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -120,6 +121,72 @@ fn narrow_f16_products_split_over_columns_match_cpu() {
         }
         println!(
             "F16 {rows}x{cols}, 200 tokens in {splits} column splits: worst rel err {worst:.3e}"
+        );
+    }
+}
+
+#[test]
+fn q8_0_run_kernels_agree_bit_for_bit() {
+    let Some(gpu) = gpu_or_skip("q8_0_run_kernels_agree_bit_for_bit") else {
+        return;
+    };
+    // Partial 128-row and 128-token tiles, one stage (128 columns) and many, against
+    // mm_q8_0_big: the wgmma kernel (Hopper) sums the same int32 block sums and scales
+    // them in the same order, so the outputs must agree to the bit; both against the CPU.
+    for (rows, cols, n_tok) in [(200, 1024, 300), (130, 128, 17), (256, 4096, 129)] {
+        let w = rand_vec(rows * cols, 7 + cols as u64);
+        let bytes = ds4_quant::quantize(GgmlType::Q8_0, &w, cols, None).unwrap();
+        let m = Mat::from_blocks(rows, cols, GgmlType::Q8_0, Bytes::from_vec(bytes)).unwrap();
+        let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 500 + t)).collect();
+        let cpu = m.matmul(&xs).unwrap();
+        let dm = upload_mat(&gpu, &m, "test").unwrap();
+        set_q8_0_kernel("big");
+        let big = matmul_once(&gpu, &dm, &xs);
+        set_q8_0_kernel("wg");
+        let wg = matmul_once(&gpu, &dm, &xs);
+        set_q8_0_kernel("");
+        let (big, wg) = (big.unwrap(), wg.unwrap());
+        let bad: Vec<(usize, usize)> = (0..xs.len())
+            .flat_map(|t| (0..rows).map(move |r| (t, r)))
+            .filter(|&(t, r)| big[t][r].to_bits() != wg[t][r].to_bits())
+            .collect();
+        if !bad.is_empty() {
+            // Where the wrong values come from, for a layout mistake: the (token, row)
+            // of big's output that holds each of the first few.
+            println!(
+                "{rows}x{cols}, {n_tok} tokens: {} of {} outputs differ",
+                bad.len(),
+                rows * xs.len()
+            );
+            for &(t, r) in bad.iter().take(12) {
+                let v = wg[t][r];
+                let from = (0..xs.len())
+                    .flat_map(|t2| (0..rows).map(move |r2| (t2, r2)))
+                    .find(|&(t2, r2)| big[t2][r2] == v);
+                println!(
+                    "  token {t} row {r}: wg {v} big {} (wg's value at big {from:?})",
+                    big[t][r]
+                );
+            }
+        }
+        let mut worst = 0f32;
+        for t in 0..xs.len() {
+            for r in 0..rows {
+                assert_eq!(
+                    big[t][r].to_bits(),
+                    wg[t][r].to_bits(),
+                    "{rows}x{cols}, {n_tok} tokens: token {t} row {r}: big {} wg {}",
+                    big[t][r],
+                    wg[t][r]
+                );
+            }
+            let e = rel_err(&cpu[t], &wg[t]);
+            worst = worst.max(e);
+            assert!(e < 1e-5, "{rows}x{cols} token {t}: rel err {e}");
+        }
+        println!(
+            "Q8_0 {rows}x{cols}, {n_tok} tokens ({}): big and wg identical, worst rel err {worst:.3e}",
+            gpu.arch
         );
     }
 }
