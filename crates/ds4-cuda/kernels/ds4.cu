@@ -1147,6 +1147,7 @@ __device__ __forceinline__ unsigned long long wg_desc_sw128(u32 saddr) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
 __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
@@ -1175,14 +1176,19 @@ __device__ __forceinline__ void wg_fence_regs(int* d) {
 // × weight scale × activation scale, added in column order as in mm_q8_0_big: the same
 // outputs bit for bit). Operands arrive by cp.async three stages deep (four blocks a
 // stage), swizzled as the descriptors say. Dynamic shared memory: MMW_SHARED on the host.
-// A Q8_0 block's sum is at most 32 · 128 · 128 = 2^19 in magnitude. Its float conversion
-// by I2F is a quarter-rate instruction (16 lanes a clock an SM), which bounds this kernel
-// (and mm_q8_0_big) near 512 products a clock an SM; for |v| < 2^22 the bits
-// 0x4B400000 + v are the float 1.5 · 2^23 + v, so an integer and a float add give the same
-// float exactly at full rate. DS4_MMW_I2F n-tiles of 8 tokens (of 8) keep I2F, which runs
-// beside the adds on its own unit.
+// A Q8_0 block's sum is at most 32 · 128 · 128 = 2^19 in magnitude: for |v| < 2^22 the
+// bits 0x4B400000 + v are the float 1.5 · 2^23 + v, so an integer and a float add convert
+// it exactly at full rate where I2F is a quarter-rate instruction. DS4_MMW_I2F n-tiles of
+// 8 tokens (of 8) keep I2F. Measured (v26c, one accumulator set): all I2F 104 ms a chunk,
+// half 107, none 116 — the kernel was not bound by the conversions' rate.
 #ifndef DS4_MMW_I2F
-#define DS4_MMW_I2F 0
+#define DS4_MMW_I2F 8
+#endif
+#ifndef DS4_MMW_PIPE
+#define DS4_MMW_PIPE 1
+#endif
+#ifndef DS4_MMW_TFIRST
+#define DS4_MMW_TFIRST 0
 #endif
 __device__ __forceinline__ float i2f_exact22(int v) {
     return __int_as_float(v + 0x4B400000) - 12582912.0f;
@@ -1199,7 +1205,14 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tq = lane & 3;
     int wgi = warp >> 2, wm = wgi & 1, wn = wgi >> 1;
+#if DS4_MMW_TFIRST
+    // Token tiles along x (the launch order's fastest): a wave covers a few row tiles for
+    // all tokens, so each weight tile comes from memory once and the run's activations
+    // stay in L2, where row tiles first stream every matrix once per 128 tokens.
+    int r0 = blockIdx.y * 128, t0 = blockIdx.x * 128;
+#else
     int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
+#endif
     int nblk = a.cols >> 5, nst = nblk >> 2;
     long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
     const u16* wd = (const u16*)a.sc;
@@ -1240,9 +1253,11 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
     for (int j = 0; j < 8; j++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
-    int c[32];
+    int c[32], c2[DS4_MMW_PIPE ? 32 : 1];
 #pragma unroll
     for (int i = 0; i < 32; i++) c[i] = 0;
+#pragma unroll
+    for (int i = 0; i < (DS4_MMW_PIPE ? 32 : 1); i++) c2[i] = 0;
     int arow = 64 * wm + 16 * (warp & 3) + g;
     stage(0, 0);
     cp_async_commit();
@@ -1262,12 +1277,12 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
         u32 sa = sbase + buf * MMW_STAGE + 8192 * wm, sbb = sbase + buf * MMW_STAGE + 16384 + 8192 * wn;
         const u16* adb = (const u16*)(base + buf * MMW_STAGE + 32768);
         const float* bdb = (const float*)(base + buf * MMW_STAGE + 33792);
-#pragma unroll 1
-        for (int kb = 0; kb < 4; kb++) {
+        auto issue = [&](int* c, int kb) {
             wg_fence();
             wgmma_s8_64x64(c, wg_desc_sw128(sa + 32 * kb), wg_desc_sw128(sbb + 32 * kb));
             wg_commit();
-            wg_wait0();
+        };
+        auto scale = [&](int* c, int kb) {
             wg_fence_regs(c);
             float da0 = h2f(adb[4 * arow + kb]), da1 = h2f(adb[4 * (arow + 8) + kb]);
 #pragma unroll
@@ -1282,7 +1297,31 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
                 acc[j][2] += da1 * db.x * f[2];
                 acc[j][3] += da1 * db.y * f[3];
             }
+        };
+#if DS4_MMW_PIPE
+        // Two accumulator sets: the next block's product runs on the tensor cores while
+        // this one's sums are scaled (all four warpgroups otherwise wait and scale in
+        // step, v26c: 1,240 cycles a block for 134 instructions a warp).
+        issue(c, 0);
+        issue(c2, 1);
+        wg_wait1();
+        scale(c, 0);
+        issue(c, 2);
+        wg_wait1();
+        scale(c2, 1);
+        issue(c2, 3);
+        wg_wait1();
+        scale(c, 2);
+        wg_wait0();
+        scale(c2, 3);
+#else
+#pragma unroll 1
+        for (int kb = 0; kb < 4; kb++) {
+            issue(c, kb);
+            wg_wait0();
+            scale(c, kb);
         }
+#endif
     }
 #pragma unroll
     for (int j = 0; j < 8; j++) {

@@ -993,11 +993,12 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
-/// The two-stage Q8_0 tensor-core product: `mm_q8_0_big` (128×128 tiles, half the L2
-/// traffic of the 64×64 ones; +1–1.5% prefill on the H200, bench/CUDA-SPEED.md v14),
-/// `mm_q8_0_cp` (64×64) or, on Hopper, `mm_q8_0_wg` (128×128 by wgmma), with the same
-/// outputs bit for bit. `DS4_CUDA_MMQ8=cp` / `=wg` choose the others; a test may choose
-/// with [`set_q8_0_kernel`].
+/// The Q8_0 tensor-core product of a run: on Hopper `mm_q8_0_wg` (128×128 tiles by
+/// wgmma, two accumulator sets; v26: 105.8 → 100.6 ms a 2,048-token chunk, prefill +1.1%
+/// on the H200), elsewhere `mm_q8_0_big` (128×128 by mma.sync, half the L2 traffic of
+/// the 64×64 `mm_q8_0_cp`; v14), all with the same outputs bit for bit.
+/// `DS4_CUDA_MMQ8=big` / `=cp` choose the others; a test may choose with
+/// [`set_q8_0_kernel`].
 fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     static K: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     let k = match Q8_0_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1006,8 +1007,8 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
         3 => "mm_q8_0_cp",
         _ => K.get_or_init(|| match std::env::var("DS4_CUDA_MMQ8").as_deref() {
             Ok("cp") => "mm_q8_0_cp",
-            Ok("wg") => "mm_q8_0_wg",
-            _ => "mm_q8_0_big",
+            Ok("big") => "mm_q8_0_big",
+            _ => "mm_q8_0_wg",
         }),
     };
     // wgmma is sm_90a's: elsewhere the kernel is empty.
@@ -1017,11 +1018,18 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     k
 }
 
+/// Whether `mm_q8_0_wg`'s grid has its token tiles first (`DS4_CUDA_MMW_TFIRST=1`; a
+/// define of the kernel too).
+pub fn mmw_tiles_tokens_first() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_MMW_TFIRST").is_ok_and(|v| v == "1"))
+}
+
 static Q8_0_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Chooses the dense Q8_0 run product for every later launch of this process, overriding
 /// `DS4_CUDA_MMQ8`: `"big"`, `"wg"` (Hopper only; elsewhere `"big"`), `"cp"`, or `""` for
-/// the environment's choice. For tests that compare the kernels with each other.
+/// the environment's choice (by default `"wg"`). For tests that compare the kernels with each other.
 pub fn set_q8_0_kernel(name: &str) {
     let v = match name {
         "big" => 1,
@@ -1288,14 +1296,19 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
         let big = kernel == "mm_q8_0_big" || kernel == "mm_q8_0_wg";
         if big && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
-            let (threads, shm) = if kernel == "mm_q8_0_wg" {
-                (512, MMW_SHARED)
+            let (rt, tt) = (ceil_div(m.rows, 128), ceil_div(c.nb, 128));
+            let (threads, shm, grid) = if kernel == "mm_q8_0_wg" {
+                let grid = if mmw_tiles_tokens_first() {
+                    (tt, rt, 1)
+                } else {
+                    (rt, tt, 1)
+                };
+                (512, MMW_SHARED, grid)
             } else {
-                (256, MMB_SHARED)
+                (256, MMB_SHARED, (rt, tt, 1))
             };
             g.allow_shared(kernel, shm)?;
-            return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), threads,
-                shm as u32; args);
+            return launch!(g, kernel, grid, threads, shm as u32; args);
         }
         let kernel = if big { "mm_q8_0_cp" } else { kernel };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
