@@ -1176,23 +1176,12 @@ __device__ __forceinline__ void wg_fence_regs(int* d) {
 // × weight scale × activation scale, added in column order as in mm_q8_0_big: the same
 // outputs bit for bit). Operands arrive by cp.async three stages deep (four blocks a
 // stage), swizzled as the descriptors say. Dynamic shared memory: MMW_SHARED on the host.
-// A Q8_0 block's sum is at most 32 · 128 · 128 = 2^19 in magnitude: for |v| < 2^22 the
-// bits 0x4B400000 + v are the float 1.5 · 2^23 + v, so an integer and a float add convert
-// it exactly at full rate where I2F is a quarter-rate instruction. DS4_MMW_I2F n-tiles of
-// 8 tokens (of 8) keep I2F. Measured (v26c, one accumulator set): all I2F 104 ms a chunk,
-// half 107, none 116 — the kernel was not bound by the conversions' rate.
-#ifndef DS4_MMW_I2F
-#define DS4_MMW_I2F 8
-#endif
+// (v26: 100.6 ms a 2,048-token chunk against mm_q8_0_big's 105.8; ncu: 58% issue, the
+// shared-memory pipes 65-68% busy — the scaling and the operand traffic bound it, not the
+// tensor cores.)
 #ifndef DS4_MMW_PIPE
 #define DS4_MMW_PIPE 1
 #endif
-#ifndef DS4_MMW_TFIRST
-#define DS4_MMW_TFIRST 0
-#endif
-__device__ __forceinline__ float i2f_exact22(int v) {
-    return __int_as_float(v + 0x4B400000) - 12582912.0f;
-}
 #define MMW_STAGE 35840 // A 128 × 128 B, B 128 × 128 B, f16 weight scales [128][4], f32 activation scales [4][128]
 #define MMW_NST 3
 extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_begin();
@@ -1205,14 +1194,7 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tq = lane & 3;
     int wgi = warp >> 2, wm = wgi & 1, wn = wgi >> 1;
-#if DS4_MMW_TFIRST
-    // Token tiles along x (the launch order's fastest): a wave covers a few row tiles for
-    // all tokens, so each weight tile comes from memory once and the run's activations
-    // stay in L2, where row tiles first stream every matrix once per 128 tokens.
-    int r0 = blockIdx.y * 128, t0 = blockIdx.x * 128;
-#else
     int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
-#endif
     int nblk = a.cols >> 5, nst = nblk >> 2;
     long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
     const u16* wd = (const u16*)a.sc;
@@ -1288,10 +1270,7 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
 #pragma unroll
             for (int j = 0; j < 8; j++) {
                 float2 db = *(const float2*)&bdb[kb * 128 + 64 * wn + 8 * j + 2 * tq];
-                float f[4];
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    f[q] = j < DS4_MMW_I2F ? (float)c[4 * j + q] : i2f_exact22(c[4 * j + q]);
+                float f[4] = {(float)c[4 * j], (float)c[4 * j + 1], (float)c[4 * j + 2], (float)c[4 * j + 3]};
                 acc[j][0] += da0 * db.x * f[0];
                 acc[j][1] += da0 * db.y * f[1];
                 acc[j][2] += da1 * db.x * f[2];

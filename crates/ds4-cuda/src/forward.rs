@@ -1018,13 +1018,6 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     k
 }
 
-/// Whether `mm_q8_0_wg`'s grid has its token tiles first (`DS4_CUDA_MMW_TFIRST=1`; a
-/// define of the kernel too).
-pub fn mmw_tiles_tokens_first() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_MMW_TFIRST").is_ok_and(|v| v == "1"))
-}
-
 static Q8_0_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Chooses the dense Q8_0 run product for every later launch of this process, overriding
@@ -1296,19 +1289,14 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
         let big = kernel == "mm_q8_0_big" || kernel == "mm_q8_0_wg";
         if big && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
-            let (rt, tt) = (ceil_div(m.rows, 128), ceil_div(c.nb, 128));
-            let (threads, shm, grid) = if kernel == "mm_q8_0_wg" {
-                let grid = if mmw_tiles_tokens_first() {
-                    (tt, rt, 1)
-                } else {
-                    (rt, tt, 1)
-                };
-                (512, MMW_SHARED, grid)
+            let (threads, shm) = if kernel == "mm_q8_0_wg" {
+                (512, MMW_SHARED)
             } else {
-                (256, MMB_SHARED, (rt, tt, 1))
+                (256, MMB_SHARED)
             };
             g.allow_shared(kernel, shm)?;
-            return launch!(g, kernel, grid, threads, shm as u32; args);
+            return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), threads,
+                shm as u32; args);
         }
         let kernel = if big { "mm_q8_0_cp" } else { kernel };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);

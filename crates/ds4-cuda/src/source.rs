@@ -158,23 +158,8 @@ pub fn program() -> String {
         // Prefill attention's scores over half the dimensions a warp, two row tiles per
         // query fragment (v26: prefill +0.6% / +2.0% on the H200).
         ("DS4_ATT_KS2", on("DS4_CUDA_ATT_KS2")),
-        // mm_q8_0_wg's n-tiles (of 8) whose block sums convert by I2F rather than by the
-        // exact integer-and-float adds (v26c: all 8, 104 ms a chunk; 4, 107; none, 116),
-        // and its two accumulator sets (DS4_CUDA_MMW_PIPE=0: one).
-        (
-            "DS4_MMW_I2F",
-            std::env::var("DS4_CUDA_MMW_I2F")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|&n| n <= 8)
-                .unwrap_or(8),
-        ),
+        // mm_q8_0_wg's two accumulator sets (DS4_CUDA_MMW_PIPE=0: one, v26c).
         ("DS4_MMW_PIPE", on("DS4_CUDA_MMW_PIPE")),
-        // Its grid with token tiles first (the host launches to match).
-        (
-            "DS4_MMW_TFIRST",
-            u32::from(crate::forward::mmw_tiles_tokens_first()),
-        ),
         // Off unless 1: with blocks of 512 its registers cost more than it saves (v21).
         (
             "DS4_HC_XEARLY",
