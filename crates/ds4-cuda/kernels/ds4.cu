@@ -1002,6 +1002,19 @@ __device__ __forceinline__ void cp_async4z(void* dst, const void* src, int src_b
                  : "memory");
 }
 
+// The 128×128 Q8_0 kernels' copy sources: byte offsets of weight rows w0 + STEP·u and
+// activation rows x0 + STEP·u (u < U), chunk byte ch, each clamped to the last row.
+template <int U, int STEP>
+__device__ __forceinline__ void q8_copy_offsets(const MvArgs& a, int w0, int x0, long long goff, int ch,
+                                                u32* woff, u32* xoff) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int wrow = min(w0 + STEP * u, a.rows - 1), tk = min(x0 + STEP * u, a.nb - 1);
+        woff[u] = (u32)wrow * (u32)a.cols + ch;
+        xoff[u] = (u32)((long long)tk * a.x_stride + goff) + ch;
+    }
+}
+
 // Q8_0 × Q8_0 on 128-row × 128-token tiles, 8 warps (warp w: rows 32·(w % 4).., tokens
 // 64·(w / 4)..), two stages by cp.async as mm_q8_0_cp. The 64×64 tiles of mm_q8_0_cp read
 // every weight byte from L2 once per 64 tokens and every activation byte once per 64
@@ -1034,12 +1047,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_big(MvArgs a) { pdl
     // beside the 64 accumulators (SASS: ~90 instructions a stage with the scales, not ~210).
     int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
     u32 woff[4], xoff[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-        int wrow = min(r0 + srow + 32 * u, a.rows - 1), tk = min(t0 + srow + 32 * u, a.nb - 1);
-        woff[u] = (u32)wrow * (u32)a.cols + 16 * sch;
-        xoff[u] = (u32)((long long)tk * a.x_stride + goff) + 16 * sch;
-    }
+    q8_copy_offsets<4, 32>(a, r0 + srow, t0 + srow, goff, 16 * sch, woff, xoff);
     auto stage = [&](int kb0, int buf) {
         i8* ad = as + buf * MMB_BM * MM_LD + srow * MM_LD + 16 * sch;
         i8* bd = bs + buf * MMB_BN * MM_LD + srow * MM_LD + 16 * sch;
@@ -1203,12 +1211,7 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
     int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
     u32 sdst = srow * 128 + ((sch ^ (srow & 7)) << 4);
     u32 woff[2], xoff[2];
-#pragma unroll
-    for (int u = 0; u < 2; u++) {
-        int wrow = min(r0 + srow + 64 * u, a.rows - 1), tk = min(t0 + srow + 64 * u, a.nb - 1);
-        woff[u] = (u32)wrow * (u32)a.cols + 16 * sch;
-        xoff[u] = (u32)((long long)tk * a.x_stride + goff) + 16 * sch;
-    }
+    q8_copy_offsets<2, 64>(a, r0 + srow, t0 + srow, goff, 16 * sch, woff, xoff);
     auto stage = [&](int st, int buf) {
         u8* sb = base + buf * MMW_STAGE;
         int kb0 = 4 * st;
