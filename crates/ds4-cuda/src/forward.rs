@@ -2616,6 +2616,30 @@ mod tests {
         assert!(attention_mma_shared(cfg.head_dim, 64, rows, 2) <= ATT_MMA_SHARED_MAX);
     }
 
+    /// Runs of at least NG64_MIN_ITEMS routed items group them by 64 for the tensor-core
+    /// expert kernels, shorter ones by 32, the matrix-vector kernels by 8; the state's group
+    /// table (sized for groups of 8) holds either.
+    #[test]
+    fn long_runs_take_expert_groups_of_64() {
+        if std::env::var_os("DS4_CUDA_EXP_NG64").is_some() {
+            println!(
+                "SKIPPED long_runs_take_expert_groups_of_64: DS4_CUDA_EXP_NG64 forces the size"
+            );
+            return;
+        }
+        let cfg = ModelConfig::flash();
+        let k = cfg.n_expert_used;
+        assert_eq!(group_size(true, 2048 * k), 32);
+        assert_eq!(group_size(true, NG64_MIN_ITEMS - 1), 32);
+        assert_eq!(group_size(true, NG64_MIN_ITEMS), 64);
+        assert_eq!(group_size(true, 8192 * k), 64);
+        assert_eq!(group_size(false, 8192 * k), 8);
+        for t in [2048, 4096, 8192] {
+            let g = group_size(true, t * k);
+            assert!(max_expert_groups(&cfg, t, g) <= max_expert_groups(&cfg, t, 8));
+        }
+    }
+
     /// f16 rows halve the rows' bytes; the compressors' frontiers stay f32.
     #[test]
     fn f16_rows_halve_the_row_bytes() {
