@@ -1183,15 +1183,16 @@ __device__ __forceinline__ void wg_fence_regs(int* d) {
 // mma issue off the warps, which keep only the per-block scaling (int32 sums → float,
 // × weight scale × activation scale, added in column order as in mm_q8_0_big: the same
 // outputs bit for bit). Operands arrive by cp.async three stages deep (four blocks a
-// stage), swizzled as the descriptors say. Dynamic shared memory: MMW_SHARED on the host.
+// stage), swizzled as the descriptors say.
 // (v26: 100.6 ms a 2,048-token chunk against mm_q8_0_big's 105.8; ncu: 58% issue, the
 // shared-memory pipes 65-68% busy — the scaling and the operand traffic bound it, not the
 // tensor cores.)
 #ifndef DS4_MMW_PIPE
 #define DS4_MMW_PIPE 1
 #endif
-#define MMW_STAGE 35840 // A 128 × 128 B, B 128 × 128 B, f16 weight scales [128][4], f32 activation scales [4][128]
-#define MMW_NST 3
+// MMW_STAGE (bytes a stage: A 128 × 128 B, B 128 × 128 B, f16 weight scales [128][4] at
+// 32,768, f32 activation scales [4][128] at 33,792) and MMW_NST (3: the copies run two
+// stages ahead) come from the host, which sizes the shared memory by them.
 extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];

@@ -993,43 +993,49 @@ fn mm_prefetch_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_PF").map_or(true, |v| v != "0"))
 }
 
-/// The Q8_0 tensor-core product of a run: on Hopper `mm_q8_0_wg` (128×128 tiles by
-/// wgmma, two accumulator sets; v26: 105.8 → 100.6 ms a 2,048-token chunk, prefill +1.1%
-/// on the H200), elsewhere `mm_q8_0_big` (128×128 by mma.sync, half the L2 traffic of
-/// the 64×64 `mm_q8_0_cp`; v14), all with the same outputs bit for bit.
-/// `DS4_CUDA_MMQ8=big` / `=cp` choose the others; a test may choose with
-/// [`set_q8_0_kernel`].
-fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
-    static K: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    let k = match Q8_0_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => "mm_q8_0_big",
-        2 => "mm_q8_0_wg",
-        3 => "mm_q8_0_cp",
-        _ => K.get_or_init(|| match std::env::var("DS4_CUDA_MMQ8").as_deref() {
-            Ok("cp") => "mm_q8_0_cp",
-            Ok("big") => "mm_q8_0_big",
-            _ => "mm_q8_0_wg",
-        }),
-    };
-    // wgmma is sm_90a's: elsewhere the kernel is empty.
-    if k == "mm_q8_0_wg" && g.arch != "sm_90a" {
-        return "mm_q8_0_big";
-    }
-    k
-}
+/// The Q8_0 tensor-core products of a run by their `DS4_CUDA_MMQ8` names: on Hopper
+/// `mm_q8_0_wg` (128×128 tiles by wgmma, two accumulator sets; v26: 105.8 → 100.6 ms a
+/// 2,048-token chunk, prefill +1.1% on the H200), the default; `mm_q8_0_big` (128×128 by
+/// mma.sync, half the L2 traffic of the 64×64 `mm_q8_0_cp`; v14), the default elsewhere;
+/// all with the same outputs bit for bit.
+const Q8_0_KERNELS: [(&str, &str); 3] = [
+    ("wg", "mm_q8_0_wg"),
+    ("big", "mm_q8_0_big"),
+    ("cp", "mm_q8_0_cp"),
+];
 
+/// A test's choice ([`set_q8_0_kernel`]): 0 for the environment's, else 1 + its index in
+/// Q8_0_KERNELS.
 static Q8_0_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Chooses the dense Q8_0 run product for every later launch of this process, overriding
-/// `DS4_CUDA_MMQ8`: `"big"`, `"wg"` (Hopper only; elsewhere `"big"`), `"cp"`, or `""` for
-/// the environment's choice (by default `"wg"`). For tests that compare the kernels with each other.
-pub fn set_q8_0_kernel(name: &str) {
-    let v = match name {
-        "big" => 1,
-        "wg" => 2,
-        "cp" => 3,
-        _ => 0,
+fn q8_0_kernel_index(name: &str) -> Option<usize> {
+    Q8_0_KERNELS.iter().position(|(n, _)| *n == name)
+}
+
+fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
+    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let i = match Q8_0_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => *ENV.get_or_init(|| {
+            std::env::var("DS4_CUDA_MMQ8")
+                .ok()
+                .and_then(|v| q8_0_kernel_index(&v))
+                .unwrap_or(0)
+        }),
+        v => v as usize - 1,
     };
+    match Q8_0_KERNELS[i].1 {
+        // wgmma is sm_90a's: elsewhere the kernel is empty.
+        "mm_q8_0_wg" if g.arch != "sm_90a" => "mm_q8_0_big",
+        k => k,
+    }
+}
+
+/// Chooses the dense Q8_0 run product for every later launch of this process, overriding
+/// `DS4_CUDA_MMQ8`: `"wg"` (Hopper only; elsewhere `"big"`), `"big"`, `"cp"`, or anything
+/// else for the environment's choice (by default `"wg"`). For tests that compare the
+/// kernels with each other.
+pub fn set_q8_0_kernel(name: &str) {
+    let v = q8_0_kernel_index(name).map_or(0, |i| i as u8 + 1);
     Q8_0_KERNEL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -1170,9 +1176,12 @@ fn q8_rows_per_warp() -> Option<usize> {
 /// two stages of 128 weight rows and 128 tokens of 144 bytes, their f16 and f32 block scales.
 const MMB_SHARED: usize = 2 * (128 + 128) * 144 + 2 * 128 * 4 * 2 + 2 * 4 * 128 * 4;
 
-/// Dynamic shared memory of `mm_q8_0_wg`: three stages of MMW_STAGE bytes (ds4.cu) and
-/// up to 1,024 bytes to align them for the swizzle.
-const MMW_SHARED: usize = 3 * 35840 + 1024;
+/// `mm_q8_0_wg`'s stages (the layout at the top of its body in ds4.cu): bytes a stage,
+/// a multiple of 1,024 for the swizzle, and how many.
+pub(crate) const MMW_STAGE: usize = 35840;
+pub(crate) const MMW_NST: usize = 3;
+/// Its dynamic shared memory: the stages and up to 1,024 bytes to align them.
+const MMW_SHARED: usize = MMW_NST * MMW_STAGE + 1024;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -1287,8 +1296,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         // The 128-row tiles need column groups aligned to them (one group per tile), and
         // their staging takes 32-bit offsets into the weights and the activations.
         let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
-        let big = kernel == "mm_q8_0_big" || kernel == "mm_q8_0_wg";
-        if big && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
+        let tiles128 = kernel == "mm_q8_0_big" || kernel == "mm_q8_0_wg";
+        if tiles128 && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
             let (threads, shm) = if kernel == "mm_q8_0_wg" {
                 (512, MMW_SHARED)
             } else {
@@ -1298,7 +1307,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), threads,
                 shm as u32; args);
         }
-        let kernel = if big { "mm_q8_0_cp" } else { kernel };
+        let kernel = if tiles128 { "mm_q8_0_cp" } else { kernel };
         return launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), 1), 128, 0; args);
     }
     let grid_y = match c.by_expert {

@@ -178,6 +178,8 @@ pub fn program() -> String {
         ("HC_BT", crate::forward::hc_bt()),
         ("HCL_CL", crate::forward::HC_CLUSTER),
         ("HCL_BT", crate::forward::HC_CLUSTER_BT),
+        ("MMW_STAGE", crate::forward::MMW_STAGE as u32),
+        ("MMW_NST", crate::forward::MMW_NST as u32),
         ("AM_BLOCKS", crate::forward::ARGMAX_BLOCKS),
         // The attention cluster's size: 8 when off (the kernel compiles, unused).
         ("ATT_CL", crate::forward::attention_cluster().max(8)),
