@@ -248,6 +248,36 @@ __device__ void q8_k_warp(const float* xb, i8* qb, float* db, short* bsb, int la
     if (lane == 0) *db = 1.0f / iscale;
 }
 
+// q8_k_warp's block of 256 by a block of 256 threads, value threadIdx.x each (its
+// outputs bit for bit: the element of largest magnitude, the first on ties, is a total
+// order's maximum whatever the reduction's shape; the sums are exact). A block's whole
+// threads quantize at once where q8_k_warp left seven warps of eight waiting on one.
+__device__ void q8_k_block(float v, i8* qb, float* db, short* bsb) {
+    __shared__ float wa[8], wm[8];
+    __shared__ int wi[8];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    float amax = fabsf(v), mx = v;
+    int mi = threadIdx.x;
+    for (int o = 16; o > 0; o >>= 1) {
+        float oa = __shfl_xor_sync(0xffffffffu, amax, o);
+        float om = __shfl_xor_sync(0xffffffffu, mx, o);
+        int oi = __shfl_xor_sync(0xffffffffu, mi, o);
+        if (oa > amax || (oa == amax && oi < mi)) { amax = oa; mx = om; mi = oi; }
+    }
+    if (lane == 0) { wa[w] = amax; wm[w] = mx; wi[w] = mi; }
+    __syncthreads();
+    amax = wa[0]; mx = wm[0];
+    for (int k = 1; k < 8; k++)
+        if (wa[k] > amax) { amax = wa[k]; mx = wm[k]; }  // warps in index order: first wins ties
+    float iscale = amax == 0.0f ? 0.0f : -127.0f / mx;
+    int qi = amax == 0.0f ? 0 : max(-127, min(127, __float2int_rn(iscale * v)));
+    qb[threadIdx.x] = (i8)qi;
+    int sum = qi;
+    for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if ((lane & 15) == 0) bsb[threadIdx.x >> 4] = (short)sum;
+    if (threadIdx.x == 0) *db = amax == 0.0f ? 0.0f : 1.0f / iscale;
+}
+
 extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bsums, int nblocks) { pdl_begin();
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (b >= nblocks) return;
@@ -297,6 +327,10 @@ struct MvArgs {
     // Warps per row (a power of two dividing the block's warps): matrices with few
     // rows split each row's columns over several warps, summed in warp order.
     int ksplit;
+    // mm_f16 only, when not null: token t's f32 activations are x[t]·xsc[t] (an RMSNorm
+    // factor applied as the activations are staged, the same rounding as the normed
+    // vector written out and read back; see rms_factor).
+    const float* xsc;
 };
 
 // The items of this block's group (`item[0..nt]`) and their expert `e`.
@@ -1373,6 +1407,13 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
     };
     int kspan = a.cols / gridDim.z, kbeg = blockIdx.z * kspan, kend = kbeg + kspan;
     a.y += (size_t)blockIdx.z * a.nb * a.y_stride;
+    // A thread stages the same 8 tokens at every stage: their norm factors once.
+    float xr[8];
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+        int tk = t0 + ((threadIdx.x + 128 * u) >> 4);
+        xr[u] = a.xsc && tk < a.nb ? a.xsc[tk] : 1.0f;
+    }
     if (PF) load(kbeg);
     for (int k0 = kbeg; k0 < kend; k0 += 64) {
         if (!PF) load(k0);
@@ -1380,6 +1421,14 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
         for (int u = 0; u < 4; u++) {
             int idx = threadIdx.x + 128 * u, row = idx >> 3, ch = idx & 7;
             *(int4*)(as + row * ld + 8 * ch) = wv[u];
+        }
+        // The norm factors (MvArgs::xsc) applied here, once the loads have landed: in
+        // load() the multiply made the prefetch wait for its data (v27: the kernel 2.7×
+        // slower, with or without factors).
+        if (a.xsc) {
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                xv[u] = make_float4(xv[u].x * xr[u], xv[u].y * xr[u], xv[u].z * xr[u], xv[u].w * xr[u]);
         }
 #if DS4_LDSM_B
 #pragma unroll
@@ -2584,6 +2633,30 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, in
     rms_norm_row(x, w, y, n, x_stride, y_stride, eps, q, d, blockIdx.x);
 }
 
+// rms_norm's factor alone, r[v] = rsqrt(mean(x[v]²) + eps), for a product that applies
+// it as it reads x (MvArgs::xsc), without writing and reading back the normed vectors
+// (the HC state in prefill: 64 KB a token). A thread's float4 loads are all issued
+// before its sum (n a multiple of 4·blockDim, at most 16 a thread): rms_norm's r up to
+// the order of the double sum.
+extern "C" __global__ void rms_factor(const float* x, int n, int x_stride, float eps, float* r) {
+    pdl_begin();
+    __shared__ double sh[32];
+    const float4* xv = (const float4*)(x + (size_t)blockIdx.x * x_stride);
+    int nch = (n >> 2) / blockDim.x;
+    float4 e[16];
+#pragma unroll
+    for (int c = 0; c < 16; c++)
+        if (c < nch) e[c] = xv[c * blockDim.x + threadIdx.x];
+    double ss = 0.0;
+#pragma unroll
+    for (int c = 0; c < 16; c++)
+        if (c < nch)
+            ss += (double)e[c].x * (double)e[c].x + (double)e[c].y * (double)e[c].y +
+                  (double)e[c].z * (double)e[c].z + (double)e[c].w * (double)e[c].w;
+    ss = block_sum_d(ss, sh);
+    if (threadIdx.x == 0) r[blockIdx.x] = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+}
+
 // Per-head weightless RMSNorm then RoPE at pos0 + token (queries). x: [T, heads*hd].
 extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps,
                                           const float* freqs, int n_rot, const int* pos0p) { pdl_begin();
@@ -2607,15 +2680,13 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 // a warp sum, and the rotated pairs (whole float4s: (hd − n_rot) a multiple of 4) are
 // the lane's own. No barriers; r as the block version's up to the order of its double
 // sum of float squares. rows = T·heads.
-extern "C" __global__ void head_norm_rope_w(float* x, int heads, int hd, float eps,
-                                            const float* freqs, int n_rot, const int* pos0p,
-                                            int rows) { pdl_begin();
-    int pos0 = *pos0p;
-    int lane = threadIdx.x & 31;
-    int v = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (v >= rows) return;
-    int t = v / heads, nj = hd >> 7;
-    float* xv = x + (size_t)v * hd;
+// One warp's head_norm_rope_w of the vector xv (hd a multiple of 128, ≤ 512): lane l's
+// dimensions 4l + 128j (j < hd / 128) normed and rotated into a[j]. Shared with the run
+// attention, which takes the queries this way as it stages them.
+__device__ __forceinline__ void head_norm_rope_lane(const float* xv, int hd, float eps,
+                                                    const float* freqs, int n_rot, int pos,
+                                                    float4 (&a)[4]) {
+    int lane = threadIdx.x & 31, nj = hd >> 7;
     float4 e[4];
     double ss = 0.0;
 #pragma unroll
@@ -2632,16 +2703,32 @@ extern "C" __global__ void head_norm_rope_w(float* x, int heads, int hd, float e
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         if (j < nj) {
-            float a[4] = {e[j].x * r, e[j].y * r, e[j].z * r, e[j].w * r};
+            float v[4] = {e[j].x * r, e[j].y * r, e[j].z * r, e[j].w * r};
             int d0 = 128 * j + 4 * lane;
             if (d0 >= off) {
                 int k0 = (d0 - off) / 2;
-                rope_pair(&a[0], &a[1], pos0 + t, freqs[k0], 0);
-                rope_pair(&a[2], &a[3], pos0 + t, freqs[k0 + 1], 0);
+                rope_pair(&v[0], &v[1], pos, freqs[k0], 0);
+                rope_pair(&v[2], &v[3], pos, freqs[k0 + 1], 0);
             }
-            *(float4*)(xv + d0) = make_float4(a[0], a[1], a[2], a[3]);
+            a[j] = make_float4(v[0], v[1], v[2], v[3]);
         }
     }
+}
+
+extern "C" __global__ void head_norm_rope_w(float* x, int heads, int hd, float eps,
+                                            const float* freqs, int n_rot, const int* pos0p,
+                                            int rows) { pdl_begin();
+    int pos0 = *pos0p;
+    int lane = threadIdx.x & 31;
+    int v = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (v >= rows) return;
+    int t = v / heads, nj = hd >> 7;
+    float* xv = x + (size_t)v * hd;
+    float4 a[4];
+    head_norm_rope_lane(xv, hd, eps, freqs, n_rot, pos0 + t, a);
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        if (j < nj) *(float4*)(xv + 128 * j + 4 * lane) = a[j];
 }
 
 // ---------------------------------------------------------------------------------
@@ -2749,6 +2836,86 @@ __device__ void hc_pre_norm_body(int t, const float* z, const float* x, const fl
         if (q) q8_0_lanes(v, threadIdx.x & 31, q, d, ((size_t)t * n + i) / 32);
     }
 }
+// hc_pre_norm for runs, the Sinkhorn step left to hc_mix (a launch of its own, one warp a
+// token: in hc_pre_norm it held each token's whole block for its serial iterations).
+// A thread takes float4 column chunks c·blockDim + tid (up to nch = ⌈n / (4·blockDim)⌉ ≤ 8
+// of them; n a multiple of 32) of all hc rows, so its loads are all in flight at once and y stays in registers;
+// the Q8_0 blocks of 32 are eight lanes' chunks (as quant_q8_0). The values are
+// hc_pre_norm's (the same products and order per column), r up to the order of the
+// double sum of squares.
+extern "C" __global__ void hc_pre_norm4(const float* z, const float* x, const float* scale,
+                                        const float* base, const float* nw, float* xn, int hc,
+                                        int n, int mix, float hc_eps, float eps, i8* q, float* d) {
+    pdl_begin();
+    const int HC4_MAX = 4;  // hc ≤ 4 (checked on the host)
+    __shared__ float pre[HC4_MAX];
+    __shared__ double sh[32];
+    int t = blockIdx.x, n4 = n >> 2, nch = (n4 + blockDim.x - 1) / blockDim.x;
+    const float* zt = z + (size_t)t * mix;
+    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_(zt[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    const float4* xt = (const float4*)(x + (size_t)t * hc * n);
+    float4 y[8];
+    double ss = 0.0;
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        if (c >= nch) break;
+        int i4 = c * blockDim.x + threadIdx.x;
+        float4 xs[HC4_MAX];
+#pragma unroll
+        for (int h = 0; h < HC4_MAX; h++)
+            xs[h] = h < hc && i4 < n4 ? xt[h * n4 + i4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma unroll
+        for (int h = 0; h < HC4_MAX; h++) {
+            if (h < hc) {
+                a0 += pre[h] * xs[h].x;
+                a1 += pre[h] * xs[h].y;
+                a2 += pre[h] * xs[h].z;
+                a3 += pre[h] * xs[h].w;
+            }
+        }
+        y[c] = make_float4(a0, a1, a2, a3);
+        ss += (double)a0 * (double)a0;
+        ss += (double)a1 * (double)a1;
+        ss += (double)a2 * (double)a2;
+        ss += (double)a3 * (double)a3;
+    }
+    ss = block_sum_d(ss, sh);
+    float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    float4* xv = (float4*)(xn + (size_t)t * n);
+    const float4* w4 = (const float4*)nw;
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        if (c >= nch) break;
+        // Lanes past n (a row narrower than the block) take part in the shuffles only:
+        // n a multiple of 32, so a Q8_0 block's eight lanes are all in or all out.
+        int i4 = c * blockDim.x + threadIdx.x;
+        bool in = i4 < n4;
+        float4 w = in ? w4[i4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float v[4] = {y[c].x * r * w.x, y[c].y * r * w.y, y[c].z * r * w.z, y[c].w * r * w.w};
+        if (in) xv[i4] = make_float4(v[0], v[1], v[2], v[3]);
+        if (q) {
+            float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            float dd = amax / 127.0f;
+            float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+            u32 packed = 0;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                int qi = max(-127, min(127, __float2int_rn(v[k] * id)));
+                packed |= ((u32)qi & 0xffu) << (8 * k);
+            }
+            size_t e0 = (size_t)t * n + 4 * (size_t)i4;
+            if (in) {
+                *(u32*)(q + e0) = packed;
+                if ((threadIdx.x & 7) == 0) d[e0 / 32] = dd;
+            }
+        }
+    }
+}
+
 extern "C" __global__ void hc_pre_norm(const float* z, const float* x, const float* scale,
                                        const float* base, const float* nw, float* xn,
                                        float* mixo, int hc, int n, int mix, int iters,
@@ -4908,7 +5075,8 @@ template <typename KV, int NB>
 __device__ __forceinline__ void attention_mma_body(
     const float* q, const KV* ring, int ring_rows, const KV* comp, const int* sel,
     const int* nsel, int sel_k, const float* sinks, float* o, int heads, int hd, int window,
-    const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max) {
+    const int* pos0p, int ratio, const float* freqs, int n_rot, float scale, int rows_max,
+    i8* oq, float* od, float qeps) {
     int pos0 = *pos0p;
     int h0 = blockIdx.x * (blockDim.x >> 3), t = blockIdx.y, pos = pos0 + t;
     AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
@@ -4932,12 +5100,33 @@ __device__ __forceinline__ void attention_mma_body(
     float* alpha = den + hpb;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int mw = warp >> 2, nw = warp & 3;  // the warp's 16 heads; its rows / dimensions share
-    for (int i = threadIdx.x; i < hpb * hd; i += blockDim.x) {
-        int hh = i / hd, c = i % hd;
-        float x = q[((size_t)t * heads + h0 + hh) * hd + c];
-        u16 hi = f2h(x);
-        qh[hh * ld + c] = hi;
-        ql[hh * ld + c] = f2h(x - h2f(hi));
+    if (qeps >= 0.0f) {
+        // The queries as they come from q_b: head_norm_rope_w's norm and rotation here, a
+        // warp a head (its values bit for bit), instead of a pass writing them back.
+        for (int hh = warp; hh < hpb; hh += blockDim.x >> 5) {
+            float4 a[4];
+            head_norm_rope_lane(q + ((size_t)t * heads + h0 + hh) * hd, hd, qeps, freqs, n_rot, pos, a);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j < (hd >> 7)) {
+                    // As mm_f16's staging: two conversions an instruction, 8-byte stores.
+                    int c = hh * ld + 128 * j + 4 * lane;
+                    u32 h01 = f2h2(a[j].x, a[j].y), h23 = f2h2(a[j].z, a[j].w);
+                    u32 l01 = f2h2(a[j].x - h2f((u16)h01), a[j].y - h2f((u16)(h01 >> 16)));
+                    u32 l23 = f2h2(a[j].z - h2f((u16)h23), a[j].w - h2f((u16)(h23 >> 16)));
+                    *(uint2*)(qh + c) = make_uint2(h01, h23);
+                    *(uint2*)(ql + c) = make_uint2(l01, l23);
+                }
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < hpb * hd; i += blockDim.x) {
+            int hh = i / hd, c = i % hd;
+            float x = q[((size_t)t * heads + h0 + hh) * hd + c];
+            u16 hi = f2h(x);
+            qh[hh * ld + c] = hi;
+            ql[hh * ld + c] = f2h(x - h2f(hi));
+        }
     }
     if (threadIdx.x < hpb) {
         // The sink enters as a row with score `sink`: exp(sink − m) at m = sink.
@@ -5183,30 +5372,76 @@ __device__ __forceinline__ void attention_mma_body(
     int off = hd - n_rot;
     float* oa = o + ((size_t)t * heads + h0 + ha) * hd;
     float* ob = oa + 8 * (size_t)hd;
+    // With oq (hd a multiple of 128, so a warp's quarter of the dimensions is whole
+    // Q8_0 blocks), also o's Q8_0 for out_a, as quant_q8_0 would make it from the stored
+    // values: a block of 32 dimensions is four n-tiles of the quad's lanes (2 each).
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
-        if (i < ntw) {
-            int d = dw0 + 8 * i + 2 * tq;
-            float x0 = acc[i][0] / da, x1 = acc[i][1] / da;
-            float y0 = acc[i][2] / db, y1 = acc[i][3] / db;
-            if (d >= off) {
-                float f = freqs[(d - off) >> 1];
-                rope_pair(&x0, &x1, pos, f, 1);
-                rope_pair(&y0, &y1, pos, f, 1);
+    for (int i0 = 0; i0 < 16; i0 += 4) {
+        if (i0 < ntw) {
+            float va[8], vb[8];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = i0 + u, d = dw0 + 8 * i + 2 * tq;
+                float x0 = acc[i][0] / da, x1 = acc[i][1] / da;
+                float y0 = acc[i][2] / db, y1 = acc[i][3] / db;
+                if (d >= off) {
+                    float f = freqs[(d - off) >> 1];
+                    rope_pair(&x0, &x1, pos, f, 1);
+                    rope_pair(&y0, &y1, pos, f, 1);
+                }
+                if (i < ntw) {  // hd a multiple of 32 only: ntw need not be of 4
+                    *(float2*)(oa + d) = make_float2(x0, x1);
+                    *(float2*)(ob + d) = make_float2(y0, y1);
+                }
+                va[2 * u] = x0;
+                va[2 * u + 1] = x1;
+                vb[2 * u] = y0;
+                vb[2 * u + 1] = y1;
             }
-            *(float2*)(oa + d) = make_float2(x0, x1);
-            *(float2*)(ob + d) = make_float2(y0, y1);
+            if (oq) {
+                float ma = 0.0f, mb = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    ma = fmaxf(ma, fabsf(va[k]));
+                    mb = fmaxf(mb, fabsf(vb[k]));
+                }
+#pragma unroll
+                for (int s_ = 1; s_ < 4; s_ <<= 1) {
+                    ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, s_));
+                    mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, s_));
+                }
+                float dda = ma / 127.0f, ddb = mb / 127.0f;
+                float ida = dda != 0.0f ? 1.0f / dda : 0.0f, idb = ddb != 0.0f ? 1.0f / ddb : 0.0f;
+                size_t ea = ((size_t)t * heads + h0 + ha) * hd + dw0 + 8 * i0;
+                size_t eb = ea + 8 * (size_t)hd;
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    int qa0 = max(-127, min(127, __float2int_rn(va[2 * u] * ida)));
+                    int qa1 = max(-127, min(127, __float2int_rn(va[2 * u + 1] * ida)));
+                    int qb0 = max(-127, min(127, __float2int_rn(vb[2 * u] * idb)));
+                    int qb1 = max(-127, min(127, __float2int_rn(vb[2 * u + 1] * idb)));
+                    *(u16*)(oq + ea + 8 * u + 2 * tq) = (u16)((qa0 & 0xff) | ((qa1 & 0xff) << 8));
+                    *(u16*)(oq + eb + 8 * u + 2 * tq) = (u16)((qb0 & 0xff) | ((qb1 & 0xff) << 8));
+                }
+                if (tq == 0) {
+                    od[ea / 32] = dda;
+                    od[eb / 32] = ddb;
+                }
+            }
         }
     }
 }
 #define ATT_MMA_CALL(KV, NB)                                                                 \
     attention_mma_body<KV, NB>(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd, \
-                               window, pos0p, ratio, freqs, n_rot, scale, rows_max)
-extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(ATT_ARGS(float)) {
+                               window, pos0p, ratio, freqs, n_rot, scale, rows_max, oq, od, qeps)
+// attention's arguments, then o's Q8_0 (values, block scales; null: none) and the
+// queries' norm epsilon (≥ 0: q is q_b's output, normed and rotated here; < 0: done).
+#define ATT_MMA_ARGS(KV) ATT_ARGS(KV), i8 *oq, float *od, float qeps
+extern "C" __global__ void __launch_bounds__(256, 2) attention_mma(ATT_MMA_ARGS(float)) {
     pdl_begin();
     ATT_MMA_CALL(float, 1);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) attention_mma_kh(ATT_ARGS(u16)) {
+extern "C" __global__ void __launch_bounds__(256, 2) attention_mma_kh(ATT_MMA_ARGS(u16)) {
     pdl_begin();
     ATT_MMA_CALL(u16, 1);
 }
@@ -5214,11 +5449,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_mma_kh(ATT_ARGS(u
 // converted to f16 once per block — serves twice the heads of attention_mma's 32. With
 // f16 rows it has two tile buffers (the one block an SM has no other warps to hide the
 // loads behind); 32 heads keep one, for two blocks an SM.
-extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64(ATT_ARGS(float)) {
+extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64(ATT_MMA_ARGS(float)) {
     pdl_begin();
     ATT_MMA_CALL(float, 1);
 }
-extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64_kh(ATT_ARGS(u16)) {
+extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64_kh(ATT_MMA_ARGS(u16)) {
     pdl_begin();
     ATT_MMA_CALL(u16, 2);
 }
@@ -5359,6 +5594,7 @@ extern "C" __global__ void swiglu(const float* g, const float* u, int in_stride,
             q8_k_warp(sv, q + (size_t)blockIdx.x * 256, d + blockIdx.x,
                       bs + (size_t)blockIdx.x * 16, threadIdx.x);
     }
+    if (qkind == 3) q8_k_block(v, q + (size_t)blockIdx.x * 256, d + blockIdx.x, bs + (size_t)blockIdx.x * 16);
 }
 
 // Diagnostics of what a dependent step costs (examples/cuda_sync.rs): a chain of launches,

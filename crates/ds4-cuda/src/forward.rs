@@ -47,6 +47,7 @@ struct MvArgs {
     grp: u64,
     ngrp: u64,
     ksplit: i32,
+    xsc: u64,
 }
 unsafe impl cudarc::driver::DeviceRepr for MvArgs {}
 
@@ -654,6 +655,10 @@ pub struct Mv {
     /// over its columns (see [`mm_col_splits`]); (0, 0): no split. Only one product at a
     /// time may use it (runs are not captured, so they have no parallel branches).
     pub part: (u64, usize),
+    /// Per-token factors (`nb` floats) the f32 activations are multiplied by as they
+    /// are read (`MvArgs::xsc` in ds4.cu): only the F16 tensor-core products take them;
+    /// 0: none.
+    pub x_scale: u64,
 }
 
 /// Whether `b` consumes the activations exactly as `a` does (so `b` can reuse them).
@@ -676,6 +681,7 @@ impl Mv {
             by_expert: None,
             act_ready: false,
             part: (0, 0),
+            x_scale: 0,
         }
     }
 }
@@ -1101,6 +1107,89 @@ fn route_warp_on() -> bool {
 /// after q_a, when the short hc_mix has long finished.
 const HC_MIX_SIDE: usize = 2;
 
+/// Whether the run attention (`attention_mma*`) writes o's Q8_0 for out_a itself
+/// (`DS4_CUDA_ATT_Q8=0`: quant_q8_0 after it, for comparisons).
+fn att_q8_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    fusion_on(&RUN_FUSIONS[1], || {
+        *ON.get_or_init(|| std::env::var("DS4_CUDA_ATT_Q8").map_or(true, |v| v != "0"))
+    })
+}
+
+/// Whether the run attention (`attention_mma*`) norms and rotates the queries as it
+/// stages them (`DS4_CUDA_ATT_QN=0`: head_norm_rope_w before it, for comparisons).
+fn att_qn_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    fusion_on(&RUN_FUSIONS[2], || {
+        *ON.get_or_init(|| std::env::var("DS4_CUDA_ATT_QN").map_or(true, |v| v != "0"))
+    })
+}
+
+/// Whether a run's HC pre-step takes the norm's factors into the mixing product and
+/// hc_pre_norm4 (`DS4_CUDA_PF_HC=0`: the normed copy, the product and hc_pre_norm with
+/// its Sinkhorn step, for comparisons).
+fn pf_hc_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    fusion_on(&RUN_FUSIONS[0], || {
+        *ON.get_or_init(|| std::env::var("DS4_CUDA_PF_HC").map_or(true, |v| v != "0"))
+    })
+}
+
+/// Whether swiglu quantizes Q8_K blocks with the whole block's threads (q8_k_block)
+/// rather than one warp of it: prepared, not yet measured (`DS4_CUDA_SWIGLU_QK=1`).
+fn swiglu_qk_block_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    fusion_on(&RUN_FUSIONS[3], || {
+        *ON.get_or_init(|| std::env::var("DS4_CUDA_SWIGLU_QK").is_ok_and(|v| v == "1"))
+    })
+}
+
+/// Test overrides of [`pf_hc_on`], [`att_q8_on`], [`att_qn_on`] and
+/// [`swiglu_qk_block_on`]: 0 the environment's choice, 1 off, 2 on.
+static RUN_FUSIONS: [std::sync::atomic::AtomicU8; 4] = [
+    std::sync::atomic::AtomicU8::new(0),
+    std::sync::atomic::AtomicU8::new(0),
+    std::sync::atomic::AtomicU8::new(0),
+    std::sync::atomic::AtomicU8::new(0),
+];
+
+fn fusion_on(o: &std::sync::atomic::AtomicU8, env: impl FnOnce() -> bool) -> bool {
+    match o.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => env(),
+        v => v == 2,
+    }
+}
+
+/// Sets the run fusions for every later launch of this process, overriding
+/// `DS4_CUDA_PF_HC`, `DS4_CUDA_ATT_Q8`, `DS4_CUDA_ATT_QN` and `DS4_CUDA_SWIGLU_QK`, in
+/// that order (None: the environment's choice). For tests that compare them with the
+/// kernels they replace.
+pub fn set_run_fusions(f: [Option<bool>; 4]) {
+    for (o, v) in RUN_FUSIONS.iter().zip(f) {
+        o.store(
+            v.map_or(0, |on| 1 + u8::from(on)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// Threads of an rms_factor block for rows of `n`: whole float4 chunks, at most 16 a
+/// thread (all its loads in flight at once), 256 where that fits (the Flash release's HC
+/// state of 16,384: 16 chunks).
+fn factor_threads(n: usize) -> Option<usize> {
+    [256, 512, 1024, 128, 64, 32]
+        .into_iter()
+        .find(|&b| n.is_multiple_of(4 * b) && n / (4 * b) <= 16)
+}
+
+/// Threads of an hc_pre_norm4 block for rows of `n` (a multiple of 32): four columns a
+/// thread a chunk, whole warps, at most eight chunks (256 for the Flash release's 4,096:
+/// four chunks).
+fn pre4_threads(n: usize) -> Option<usize> {
+    let b = (n / 4).next_multiple_of(32).clamp(32, 256);
+    (n.is_multiple_of(32) && (n / 4).div_ceil(b) <= 8).then_some(b)
+}
+
 /// Whether the HC Sinkhorn step runs as a graph branch (`hc_mix`) rather than in
 /// hc_pre_late's last block (`DS4_CUDA_HC_MIX_BRANCH=0`).
 fn hc_mix_branch_on() -> bool {
@@ -1269,7 +1358,13 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         grp: c.by_expert.map_or(0, |b| b.1),
         ngrp: c.by_expert.map_or(0, |b| b.2),
         ksplit: ks as i32,
+        xsc: c.x_scale,
     };
+    if c.x_scale != 0 && !(m.ty == GgmlType::F16 && use_tensor_cores(m, &c)) {
+        return Err(CudaError::Driver(
+            "activation factors need an F16 tensor-core product".into(),
+        ));
+    }
     // The tensor-core kernels read the same arguments (those about items, experts and
     // row splits do not concern them).
     if use_tensor_cores(m, &c) {
@@ -1607,6 +1702,7 @@ pub fn experts_once(
         by_expert,
         act_ready: false,
         part: (0, 0),
+        x_scale: 0,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
     let mut out = vec![0f32; nb * m.rows];
@@ -1816,6 +1912,35 @@ impl<'a> Fwd<'a> {
             }
             return Ok(b);
         }
+        // Runs: the norm's factors alone, applied by the product as it reads the HC state
+        // (the same values as the normed copy it replaces, 2 × 64 KB a token less
+        // traffic), the Sinkhorn step in its own launch and hc_pre_norm4.
+        let plain = Mv::plain(x, t, he, s.z.ptr, cfg.hc_mix());
+        let run = fused.is_none()
+            && pf_hc_on()
+            && hw.fn_.ty == GgmlType::F16
+            && use_tensor_cores(&hw.fn_, &plain)
+            && cfg.hc <= 4;
+        let threads = pre4_threads(cfg.n_embd).zip(factor_threads(he));
+        if let Some((bt, ft)) = threads.filter(|_| run) {
+            launch!(self.gpu, "rms_factor", (t as u32, 1, 1), ft as u32, 0;
+                x, he as i32, he as i32, self.eps(), s.flat.ptr)?;
+            self.mv(
+                s,
+                &hw.fn_,
+                Mv {
+                    x_scale: s.flat.ptr,
+                    ..plain
+                },
+            )?;
+            launch!(self.gpu, "hc_mix", (t as u32, 1, 1), 32, 0;
+                s.z.ptr, hw.scale.ptr, hw.base.ptr, s.mix.ptr, cfg.hc as i32,
+                cfg.hc_mix() as i32, cfg.hc_sinkhorn_iters as i32, cfg.hc_eps)?;
+            launch!(self.gpu, "hc_pre_norm4", (t as u32, 1, 1), bt as u32, 0;
+                s.z.ptr, x, hw.scale.ptr, hw.base.ptr, norm.ptr, s.xn.ptr, cfg.hc as i32,
+                cfg.n_embd as i32, cfg.hc_mix() as i32, cfg.hc_eps, self.eps(), qp, dp)?;
+            return Ok(None);
+        }
         if let Some(kernel) = fused {
             launch!(self.gpu, kernel, (hw.fn_.rows as u32, t as u32, 1), 1024, 0;
                 hw.fn_.buf.ptr, x, s.z.ptr, he as i32, cfg.hc_mix() as i32, self.eps())?;
@@ -1937,15 +2062,20 @@ impl<'a> Fwd<'a> {
         )?;
 
         // Per-head weightless norm and RoPE of the queries; the K=V rows rotated,
-        // simulated and stored before attention (a token attends to itself).
-        if hd.is_multiple_of(128)
+        // simulated and stored before attention (a token attends to itself). Runs that
+        // take the tensor-core attention leave the queries' norm and RoPE to it, where
+        // head_norm_rope_w's warps would do them (the same values: head_norm_rope_lane).
+        let rows_max = layer_attn_rows(cfg, l, self.ctx);
+        let att_mma = t >= MMA_MIN_TOKENS && attention_mma_fits(cfg, self.sim(), rows_max, st.half);
+        let warp_qn = hd.is_multiple_of(128)
             && hd <= 512
             && (hd - cfg.n_rot).is_multiple_of(4)
-            && iprep_warp_on()
-        {
+            && iprep_warp_on();
+        let qn_in_att = att_mma && warp_qn && att_qn_on();
+        if warp_qn && !qn_in_att {
             launch!(fq.gpu, "head_norm_rope_w", (ceil_div(t * nh, 8), 1, 1), 256, 0;
                 s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0, (t * nh) as i32)?;
-        } else {
+        } else if !qn_in_att {
             launch!(fq.gpu, "head_norm_rope", ((t * nh) as u32, 1, 1), 128, 0;
                 s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0)?;
         }
@@ -2055,7 +2185,6 @@ impl<'a> Fwd<'a> {
 
         // Attention over the raw window and the compressed rows, with sinks, then the
         // inverse rotation (V = K carries each key's rotation).
-        let rows_max = layer_attn_rows(cfg, l, self.ctx);
         // Query row, one weight per row (padded to 8-byte alignment), one address per row.
         let shm = (hd + rows_max + (rows_max & 1)) * 4 + rows_max * 8;
         g.allow_shared(kh("attention", "attention_kh"), shm)?;
@@ -2065,7 +2194,7 @@ impl<'a> Fwd<'a> {
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
-        if t >= MMA_MIN_TOKENS && attention_mma_fits(cfg, self.sim(), rows_max, st.half) {
+        if att_mma {
             let hpb = attention_mma_heads(cfg, rows_max, st.half);
             let shm = attention_mma_shared(hd, hpb, rows_max, att_mma_buffers(hpb, st.half));
             let k = match (hpb == 64, st.half) {
@@ -2075,11 +2204,17 @@ impl<'a> Fwd<'a> {
                 (false, true) => "attention_mma_kh",
             };
             g.allow_shared(k, shm)?;
+            // o's Q8_0 for out_a from the kernel's epilogue (no quant_q8_0 pass over the
+            // 128 KB a token of o) where a warp's dimensions are whole blocks.
+            oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d))
+                .filter(|_| hd.is_multiple_of(128) && att_q8_on());
+            let (qp, dp) = oq.unwrap_or((0, 0));
             launch!(g, k, ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
                 shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
-                ratio as i32, rope, n_rot, scale, rows_max as i32)?;
+                ratio as i32, rope, n_rot, scale, rows_max as i32, qp, dp,
+                if qn_in_att { self.eps() } else { -1.0f32 })?;
         } else if hb > 1 {
             let shm = (hb * hd + hb * rows_max + 1) * 4 + rows_max * 8;
             let k = kh("attention_mh", "attention_mh_kh");
@@ -2394,6 +2529,7 @@ impl<'a> Fwd<'a> {
                 by_expert: groups,
                 act_ready: false,
                 part: (0, 0),
+                x_scale: 0,
             };
         // Gate and up of each item in one product ([gate; up] per expert).
         let ready = xquant.is_some();
@@ -2447,6 +2583,8 @@ impl<'a> Fwd<'a> {
             _ if !ff.is_multiple_of(256) => 0,
             ActKind::F32 => 0,
             ActKind::Q8_0 => 1,
+            // q8_k_block (3): the block's 256 threads quantize it together.
+            ActKind::Q8K if swiglu_qk_block_on() => 3,
             ActKind::Q8K => 2,
         };
         launch!(self.gpu, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
@@ -2623,6 +2761,38 @@ mod tests {
         // The 64-head kernel's two f16 tiles at a 2k context: within the 227 KB.
         let rows = sizes(&cfg, 2048, 2048).max_attn_rows;
         assert!(attention_mma_shared(cfg.head_dim, 64, rows, 2) <= ATT_MMA_SHARED_MAX);
+    }
+
+    /// hc_pre_norm4's blocks: whole warps, every column in at most eight float4 chunks a
+    /// thread (the kernel's register array), rows of whole Q8_0 blocks only; rms_factor's
+    /// whole chunks, at most 16 a thread.
+    #[test]
+    fn run_hc_blocks_cover_the_row() {
+        for (n, b) in [
+            (4096, 256),
+            (8192, 256),
+            (256, 64),
+            (64, 32),
+            (32, 32),
+            (1000, 256),
+        ] {
+            let got = pre4_threads(n);
+            if n % 32 != 0 {
+                assert_eq!(got, None, "n {n}");
+                continue;
+            }
+            assert_eq!(got, Some(b), "n {n}");
+            assert!(b % 32 == 0 && (n / 4).div_ceil(b) <= 8 && (n / 4).div_ceil(b) * b >= n / 4);
+        }
+        assert_eq!(pre4_threads(16384), None);
+        for (n, b) in [
+            (16384, Some(256)),
+            (32768, Some(512)),
+            (256, Some(64)),
+            (100, None),
+        ] {
+            assert_eq!(factor_threads(n), b, "n {n}");
+        }
     }
 
     /// Runs of at least NG64_MIN_ITEMS routed items group them by 64 for the tensor-core

@@ -53,6 +53,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "head_norm_rope",
     "head_norm_rope_w",
     "hc_pre_norm",
+    "hc_pre_norm4",
+    "rms_factor",
     "hc_fn_rms_f32",
     "hc_fn_rms_f16",
     "hc_pre_late_f16",

@@ -5,7 +5,7 @@
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
     experts_once, indexer_scores_once, matmul_once, mm_col_splits, part_bytes, set_q8_0_kernel,
-    topk_once,
+    set_run_fusions, topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -325,6 +325,95 @@ fn tiny_model_logits_match_cpu() {
 /// context where a ratio-32 layer reads an odd number of rows (48 + 288/32 + 2 = 59):
 /// its row table once pushed the f16 staging off 16-byte alignment and the run failed
 /// with a misaligned address (v18: any context with ctx / 128 odd on the Flash layout).
+/// Synthetic weights with the HC mixing matrices in F16, the attention's grouped output in
+/// Q8_0 and the routed experts' down products in Q2_K, as the Flash release has them (the
+/// fixture's are F32), so that runs take the F16 tensor-core mixing product, out_a reads
+/// Q8_0 activations and swiglu writes Q8_K ones.
+struct FlashTypes(ds4_engine::SyntheticSource);
+
+impl ds4_engine::weights::WeightSource for FlashTypes {
+    fn tensor(&self, name: &str) -> ds4_engine::error::Result<Option<ds4_engine::weights::Tensor>> {
+        use ds4_engine::weights::TensorData;
+        let mut t = self.0.tensor(name)?;
+        let ty = if name.ends_with("hc_attn_fn.weight") || name.ends_with("hc_ffn_fn.weight") {
+            GgmlType::F16
+        } else if name.ends_with("attn_output_a.weight") {
+            GgmlType::Q8_0
+        } else if name.ends_with("ffn_down_exps.weight") {
+            GgmlType::Q2K
+        } else {
+            return Ok(t);
+        };
+        if let Some(t) = t.as_mut()
+            && let TensorData::F32(v) = &t.data
+        {
+            let cols = *t.shape.last().unwrap();
+            let bytes = ds4_quant::quantize::quantize(ty, v, cols, None).unwrap();
+            t.data = TensorData::Blocks {
+                ty,
+                bytes: Bytes::from_vec(bytes),
+            };
+        }
+        Ok(t)
+    }
+}
+
+/// The run paths that fold a step into a neighbouring kernel, against the kernels they
+/// replace, on a 16-head model (the tensor-core attention) with the Flash types: the
+/// attention's epilogue writing o's Q8_0 gives quant_q8_0's values and its staging of the
+/// queries head_norm_rope_w's, and swiglu's Q8_K quantization by a block is one warp's, so
+/// the logits are equal bit for bit; the HC pre-step with
+/// the norm's factors applied by the mixing product and hc_pre_norm4 differs from the
+/// normed copy, product and hc_pre_norm only by the order of a double sum of squares.
+/// (Against the CPU, the Q8_0 activations of such a model move its logits by up to ~0.2
+/// relative through random weights: cuda_check's per-layer check on the synthetic q2
+/// files, which take these paths, is that gate.)
+#[test]
+fn run_fusions_match_the_kernels_they_replace() {
+    if gpu_or_skip("run_fusions_match_the_kernels_they_replace").is_none() {
+        return;
+    }
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut cfg = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
+    cfg.n_head = 16;
+    cfg.head_dim = 128;
+    cfg.expert_ff = 256; // whole Q2_K rows for the routed down products
+    let model = Model::new(
+        cfg.clone(),
+        &FlashTypes(ds4_engine::SyntheticSource::new(cfg.clone(), 9)),
+    )
+    .unwrap();
+    let lw = &model.weights.layers[0];
+    assert_eq!(lw.hc_attn.fn_.ty(), GgmlType::F16);
+    assert_eq!(lw.out_a.ty(), GgmlType::Q8_0);
+    assert_eq!(lw.down_exps[0].ty(), GgmlType::Q2K);
+    let toks: Vec<u32> = (0..192u32).map(|i| (i * 37 + 11) % 256).collect();
+    let opts = ForwardOptions::default();
+    let be = ds4_cuda::CudaBackend::load(&model, 0, 256, 64, &mut |_, _| {}).unwrap();
+    // [HC pre-step, o's Q8_0, the queries' norm, swiglu's Q8_K by the block]
+    let run = |f: [bool; 4]| {
+        set_run_fusions(f.map(Some));
+        let mut st = be.new_state(256, opts).unwrap();
+        teacher_forced(st.as_mut(), &toks, 64).unwrap()
+    };
+    let base = run([false; 4]);
+    let exact = run([false, true, true, true]);
+    let all = run([true; 4]);
+    set_run_fusions([None; 4]);
+    assert_eq!(base, exact, "a bit-exact fusion changed the logits");
+    let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| rel_err(x, y))
+            .fold(0f32, f32::max)
+    };
+    let hc = worst(&base, &all);
+    println!("HC pre-step fused: worst rel err {hc:.3e} from the separate kernels");
+    assert!(hc < 1e-5, "fused HC pre-step: rel err {hc}");
+}
+
 #[test]
 fn tensor_core_attention_takes_an_odd_row_count() {
     if gpu_or_skip("tensor_core_attention_takes_an_odd_row_count").is_none() {
