@@ -248,36 +248,6 @@ __device__ void q8_k_warp(const float* xb, i8* qb, float* db, short* bsb, int la
     if (lane == 0) *db = 1.0f / iscale;
 }
 
-// q8_k_warp's block of 256 by a block of 256 threads, value threadIdx.x each (its
-// outputs bit for bit: the element of largest magnitude, the first on ties, is a total
-// order's maximum whatever the reduction's shape; the sums are exact). A block's whole
-// threads quantize at once where q8_k_warp left seven warps of eight waiting on one.
-__device__ void q8_k_block(float v, i8* qb, float* db, short* bsb) {
-    __shared__ float wa[8], wm[8];
-    __shared__ int wi[8];
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    float amax = fabsf(v), mx = v;
-    int mi = threadIdx.x;
-    for (int o = 16; o > 0; o >>= 1) {
-        float oa = __shfl_xor_sync(0xffffffffu, amax, o);
-        float om = __shfl_xor_sync(0xffffffffu, mx, o);
-        int oi = __shfl_xor_sync(0xffffffffu, mi, o);
-        if (oa > amax || (oa == amax && oi < mi)) { amax = oa; mx = om; mi = oi; }
-    }
-    if (lane == 0) { wa[w] = amax; wm[w] = mx; wi[w] = mi; }
-    __syncthreads();
-    amax = wa[0]; mx = wm[0];
-    for (int k = 1; k < 8; k++)
-        if (wa[k] > amax) { amax = wa[k]; mx = wm[k]; }  // warps in index order: first wins ties
-    float iscale = amax == 0.0f ? 0.0f : -127.0f / mx;
-    int qi = amax == 0.0f ? 0 : max(-127, min(127, __float2int_rn(iscale * v)));
-    qb[threadIdx.x] = (i8)qi;
-    int sum = qi;
-    for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if ((lane & 15) == 0) bsb[threadIdx.x >> 4] = (short)sum;
-    if (threadIdx.x == 0) *db = amax == 0.0f ? 0.0f : 1.0f / iscale;
-}
-
 extern "C" __global__ void quant_q8_k(const float* x, i8* q, float* d, short* bsums, int nblocks) { pdl_begin();
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (b >= nblocks) return;
@@ -2312,6 +2282,8 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 8>(a); }
+// Four replicas (8 KB less shared memory a block: five blocks an SM instead of four).
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t4(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 4>(a); }
 
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
@@ -3168,6 +3140,55 @@ extern "C" __global__ void hc_post(const float* f, const float* routed, int k, c
         for (int a = 0; a < 8; a++)
             if (a < hc) acc += mo[hc + a * hc + b] * xs[a];
         out[(size_t)t * hc * n + b * n + j] = acc;
+    }
+}
+
+// hc_post for runs, four columns a thread (n a multiple of 4): every load of the thread
+// (hc rows, F and its k routed parts) issued before any sum, as float4s; the sums those of
+// hc_post column by column, in its order. Grid (ceil(n / (4·blockDim)), T).
+extern "C" __global__ void hc_post4(const float* f, const float* routed, int k, const float* x,
+                                    const float* mixi, float* out, int hc, int n) {
+    pdl_begin();
+    const int HC4_MAX = 4, K_MAX = 8;  // hc ≤ 4, k ≤ 8 (checked on the host)
+    int t = blockIdx.y, n4 = n >> 2;
+    int j4 = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j4 >= n4) return;
+    const float* mo = mixi + (size_t)t * (hc + hc * hc);
+    const float4* xt = (const float4*)(x + (size_t)t * hc * n);
+    float4 xs[HC4_MAX], rv[K_MAX];
+#pragma unroll
+    for (int a = 0; a < HC4_MAX; a++)
+        if (a < hc) xs[a] = xt[a * n4 + j4];
+    float4 fv = ((const float4*)(f + (size_t)t * n))[j4];
+#pragma unroll
+    for (int r = 0; r < K_MAX; r++)
+        if (routed && r < k) rv[r] = ((const float4*)(routed + ((size_t)t * k + r) * n))[j4];
+    float fj[4] = {fv.x, fv.y, fv.z, fv.w};
+#pragma unroll
+    for (int r = 0; r < K_MAX; r++) {
+        if (routed && r < k) {
+            fj[0] += rv[r].x;
+            fj[1] += rv[r].y;
+            fj[2] += rv[r].z;
+            fj[3] += rv[r].w;
+        }
+    }
+    float4* ot = (float4*)(out + (size_t)t * hc * n);
+#pragma unroll
+    for (int b = 0; b < HC4_MAX; b++) {
+        if (b >= hc) break;
+        float o[4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            float acc = mo[b] * fj[c];
+#pragma unroll
+            for (int a = 0; a < HC4_MAX; a++) {
+                float xa = c == 0 ? xs[a].x : c == 1 ? xs[a].y : c == 2 ? xs[a].z : xs[a].w;
+                if (a < hc) acc += mo[hc + a * hc + b] * xa;
+            }
+            o[c] = acc;
+        }
+        ot[b * n4 + j4] = make_float4(o[0], o[1], o[2], o[3]);
     }
 }
 
@@ -5594,7 +5615,78 @@ extern "C" __global__ void swiglu(const float* g, const float* u, int in_stride,
             q8_k_warp(sv, q + (size_t)blockIdx.x * 256, d + blockIdx.x,
                       bs + (size_t)blockIdx.x * 16, threadIdx.x);
     }
-    if (qkind == 3) q8_k_block(v, q + (size_t)blockIdx.x * 256, d + blockIdx.x, bs + (size_t)blockIdx.x * 16);
+}
+
+// swiglu with Q8_K outputs (ff a multiple of 256), a warp a Q8_K block: lane l's values
+// 4l.. and 128 + 4l.. of the block, each computed as swiglu computes it, then the block's
+// quantization from registers with q8_k_warp's arithmetic (the first element of largest
+// magnitude; exact integer sums), where swiglu stages the block in shared memory for its
+// first warp while the other seven wait.
+extern "C" __global__ void swiglu_qk(const float* g, const float* u, int in_stride,
+                                     const float* wts, float* mid, int ff, int nblk,
+                                     float clampv, i8* q, float* d, short* bs) {
+    pdl_begin();
+    int lane = threadIdx.x & 31;
+    int blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (blk >= nblk) return;
+    size_t i0 = (size_t)blk * 256;
+    int b = (int)(i0 / ff);  // the block lies in one item's ff values
+    size_t g0 = (size_t)b * in_stride + (i0 - (size_t)b * ff);
+    float wt = wts ? wts[b] : 1.0f;
+    float4 gr[2], ur[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        gr[h] = *(const float4*)(g + g0 + 128 * h + 4 * lane);
+        ur[h] = *(const float4*)(u + g0 + 128 * h + 4 * lane);
+    }
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float4 gg = gr[k >> 2], uu = ur[k >> 2];
+        int c = k & 3;
+        float gx = c == 0 ? gg.x : c == 1 ? gg.y : c == 2 ? gg.z : gg.w;
+        float ux = c == 0 ? uu.x : c == 1 ? uu.y : c == 2 ? uu.z : uu.w;
+        float gv = fminf(gx, clampv);
+        float uv = fminf(fmaxf(ux, -clampv), clampv);
+        v[k] = siluf_(gv) * uv * wt;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+        *(float4*)(mid + i0 + 128 * h + 4 * lane) =
+            make_float4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
+    // The lane's first element of largest magnitude (its values in index order), then
+    // the warp's, ties to the lower index.
+    float amax = 0.0f, mx = 0.0f;
+    int mi = 1 << 30;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float a = fabsf(v[k]);
+        if (a > amax) { amax = a; mx = v[k]; mi = 128 * (k >> 2) + 4 * lane + (k & 3); }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float oa = __shfl_xor_sync(0xffffffffu, amax, o);
+        float om = __shfl_xor_sync(0xffffffffu, mx, o);
+        int oi = __shfl_xor_sync(0xffffffffu, mi, o);
+        if (oa > amax || (oa == amax && oi < mi)) { amax = oa; mx = om; mi = oi; }
+    }
+    float iscale = amax == 0.0f ? 0.0f : -127.0f / mx;
+    int qv[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) qv[k] = amax == 0.0f ? 0 : max(-127, min(127, __float2int_rn(iscale * v[k])));
+    i8* qb = q + i0;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+        *(u32*)(qb + 128 * h + 4 * lane) = ((u32)qv[4 * h] & 0xffu) | (((u32)qv[4 * h + 1] & 0xffu) << 8) |
+                                           (((u32)qv[4 * h + 2] & 0xffu) << 16) | ((u32)qv[4 * h + 3] << 24);
+    // Block sum s covers values 16s..16s+15: lanes 4s'.. of each half, four a lane.
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int sum = qv[4 * h] + qv[4 * h + 1] + qv[4 * h + 2] + qv[4 * h + 3];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if ((lane & 3) == 0) bs[(size_t)blk * 16 + 8 * h + (lane >> 2)] = (short)sum;
+    }
+    if (lane == 0) d[blk] = amax == 0.0f ? 0.0f : 1.0f / iscale;
 }
 
 // Diagnostics of what a dependent step costs (examples/cuda_sync.rs): a chain of launches,

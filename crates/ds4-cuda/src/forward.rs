@@ -1077,6 +1077,14 @@ fn iq2_replicas_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_TAB").map_or(true, |v| v != "0"))
 }
 
+/// Groups of 32 with four grid replicas (`mm_iq2_xxs_st_t4`): 8 KB less shared memory a
+/// block, five blocks an SM where `_t8` has four. Prepared, not yet measured
+/// (`DS4_CUDA_IQ2_C4=1`).
+fn iq2_c4_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_C4").is_ok_and(|v| v == "1"))
+}
+
 /// Decode's IQ2_XXS kernel: the sign masks from shared replicas too (`mv_iq2_xxs_1ts`,
 /// measured +1.3% decode over computing them), or computed (`DS4_CUDA_IQ2_U=1`:
 /// `mv_iq2_xxs_1t`).
@@ -1135,18 +1143,30 @@ fn pf_hc_on() -> bool {
     })
 }
 
-/// Whether swiglu quantizes Q8_K blocks with the whole block's threads (q8_k_block)
-/// rather than one warp of it: prepared, not yet measured (`DS4_CUDA_SWIGLU_QK=1`).
-fn swiglu_qk_block_on() -> bool {
+/// Whether swiglu with Q8_K outputs runs as swiglu_qk (a warp a Q8_K block, from
+/// registers) rather than swiglu (one warp of a block quantizing it from shared memory;
+/// v27 measured the block's 256 threads quantizing it together 0.6% slower): prepared, not
+/// yet measured (`DS4_CUDA_SWIGLU_QK=1`).
+fn swiglu_qk_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     fusion_on(&RUN_FUSIONS[3], || {
         *ON.get_or_init(|| std::env::var("DS4_CUDA_SWIGLU_QK").is_ok_and(|v| v == "1"))
     })
 }
 
-/// Test overrides of [`pf_hc_on`], [`att_q8_on`], [`att_qn_on`] and
-/// [`swiglu_qk_block_on`]: 0 the environment's choice, 1 off, 2 on.
-static RUN_FUSIONS: [std::sync::atomic::AtomicU8; 4] = [
+/// Whether runs take hc_post4 (four columns a thread, its loads all in flight) rather
+/// than hc_post (`DS4_CUDA_HC_POST4=0`, for comparisons).
+fn hc_post4_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    fusion_on(&RUN_FUSIONS[4], || {
+        *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_POST4").map_or(true, |v| v != "0"))
+    })
+}
+
+/// Test overrides of [`pf_hc_on`], [`att_q8_on`], [`att_qn_on`], [`swiglu_qk_on`] and
+/// [`hc_post4_on`]: 0 the environment's choice, 1 off, 2 on.
+static RUN_FUSIONS: [std::sync::atomic::AtomicU8; 5] = [
+    std::sync::atomic::AtomicU8::new(0),
     std::sync::atomic::AtomicU8::new(0),
     std::sync::atomic::AtomicU8::new(0),
     std::sync::atomic::AtomicU8::new(0),
@@ -1161,10 +1181,10 @@ fn fusion_on(o: &std::sync::atomic::AtomicU8, env: impl FnOnce() -> bool) -> boo
 }
 
 /// Sets the run fusions for every later launch of this process, overriding
-/// `DS4_CUDA_PF_HC`, `DS4_CUDA_ATT_Q8`, `DS4_CUDA_ATT_QN` and `DS4_CUDA_SWIGLU_QK`, in
-/// that order (None: the environment's choice). For tests that compare them with the
-/// kernels they replace.
-pub fn set_run_fusions(f: [Option<bool>; 4]) {
+/// `DS4_CUDA_PF_HC`, `DS4_CUDA_ATT_Q8`, `DS4_CUDA_ATT_QN`, `DS4_CUDA_SWIGLU_QK` and
+/// `DS4_CUDA_HC_POST4`, in that order (None: the environment's choice). For tests that
+/// compare them with the kernels they replace.
+pub fn set_run_fusions(f: [Option<bool>; 5]) {
     for (o, v) in RUN_FUSIONS.iter().zip(f) {
         o.store(
             v.map_or(0, |on| 1 + u8::from(on)),
@@ -1417,6 +1437,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_replicas_on()) {
                 (true, false) => "mm_iq2_xxs_st64",
                 (true, true) => "mm_iq2_xxs_st64_t8",
+                (false, true) if iq2_c4_on() => "mm_iq2_xxs_st_t4",
                 (false, true) => "mm_iq2_xxs_st_t8",
                 (false, false) => "mm_iq2_xxs_st",
             }),
@@ -2415,6 +2436,15 @@ impl<'a> Fwd<'a> {
     ) -> Result<(), CudaError> {
         let cfg = self.cfg;
         let (rp, k) = routed.unwrap_or((0, 0));
+        if t >= MMA_MIN_TOKENS
+            && hc_post4_on()
+            && cfg.hc <= 4
+            && k <= 8
+            && cfg.n_embd.is_multiple_of(4)
+        {
+            return launch!(self.gpu, "hc_post4", (ceil_div(cfg.n_embd / 4, 256), t as u32, 1), 256, 0;
+                f, rp, k as i32, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32);
+        }
         launch!(self.gpu, "hc_post", (ceil_div(cfg.n_embd, 256), t as u32, 1), 256, 0;
             f, rp, k as i32, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32)
     }
@@ -2583,10 +2613,15 @@ impl<'a> Fwd<'a> {
             _ if !ff.is_multiple_of(256) => 0,
             ActKind::F32 => 0,
             ActKind::Q8_0 => 1,
-            // q8_k_block (3): the block's 256 threads quantize it together.
-            ActKind::Q8K if swiglu_qk_block_on() => 3,
             ActKind::Q8K => 2,
         };
+        if qkind == 2 && swiglu_qk_on() {
+            let nblk = nb * ff / 256;
+            launch!(self.gpu, "swiglu_qk", (ceil_div(nblk, 8), 1, 1), 256, 0;
+                g, u, stride as i32, wts, mid, ff as i32, nblk as i32, clamp, act.0.ptr,
+                act.1.ptr, s.act_s.ptr)?;
+            return Ok(true);
+        }
         launch!(self.gpu, "swiglu", (ceil_div(nb * ff, 256), 1, 1), 256, 0;
             g, u, stride as i32, wts, mid, ff as i32, nb as i32, clamp, act.0.ptr, act.1.ptr,
             s.act_s.ptr, qkind)?;

@@ -47,6 +47,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_iq2_xxs_st",
     "mm_iq2_xxs_st64",
     "mm_iq2_xxs_st_t8",
+    "mm_iq2_xxs_st_t4",
     "mm_iq2_xxs_st64_t8",
     "embed_rows",
     "rms_norm",
@@ -62,6 +63,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_mix",
     "hc_pre_cl_f16",
     "hc_post",
+    "hc_post4",
     "hc_head",
     "kv_store",
     "kv_store_kh",
@@ -97,6 +99,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "route_warp",
     "group_by_expert",
     "swiglu",
+    "swiglu_qk",
     "fill_f32",
     // Diagnostics (examples/cuda_sync.rs).
     "sync_chain",

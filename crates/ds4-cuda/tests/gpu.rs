@@ -361,8 +361,8 @@ impl ds4_engine::weights::WeightSource for FlashTypes {
 /// The run paths that fold a step into a neighbouring kernel, against the kernels they
 /// replace, on a 16-head model (the tensor-core attention) with the Flash types: the
 /// attention's epilogue writing o's Q8_0 gives quant_q8_0's values and its staging of the
-/// queries head_norm_rope_w's, and swiglu's Q8_K quantization by a block is one warp's, so
-/// the logits are equal bit for bit; the HC pre-step with
+/// queries head_norm_rope_w's, swiglu_qk's values and Q8_K blocks swiglu's and hc_post4's
+/// sums hc_post's, so the logits are equal bit for bit; the HC pre-step with
 /// the norm's factors applied by the mixing product and hc_pre_norm4 differs from the
 /// normed copy, product and hc_pre_norm only by the order of a double sum of squares.
 /// (Against the CPU, the Q8_0 activations of such a model move its logits by up to ~0.2
@@ -392,16 +392,16 @@ fn run_fusions_match_the_kernels_they_replace() {
     let toks: Vec<u32> = (0..192u32).map(|i| (i * 37 + 11) % 256).collect();
     let opts = ForwardOptions::default();
     let be = ds4_cuda::CudaBackend::load(&model, 0, 256, 64, &mut |_, _| {}).unwrap();
-    // [HC pre-step, o's Q8_0, the queries' norm, swiglu's Q8_K by the block]
-    let run = |f: [bool; 4]| {
+    // [HC pre-step, o's Q8_0, the queries' norm, swiglu_qk, hc_post4]
+    let run = |f: [bool; 5]| {
         set_run_fusions(f.map(Some));
         let mut st = be.new_state(256, opts).unwrap();
         teacher_forced(st.as_mut(), &toks, 64).unwrap()
     };
-    let base = run([false; 4]);
-    let exact = run([false, true, true, true]);
-    let all = run([true; 4]);
-    set_run_fusions([None; 4]);
+    let base = run([false; 5]);
+    let exact = run([false, true, true, true, true]);
+    let all = run([true; 5]);
+    set_run_fusions([None; 5]);
     assert_eq!(base, exact, "a bit-exact fusion changed the logits");
     let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
