@@ -3135,10 +3135,12 @@ extern "C" __global__ void hc_post(const float* f, const float* routed, int k, c
     if (routed)
         for (int r = 0; r < k; r++) fj += routed[((size_t)t * k + r) * n + j];
     for (int b = 0; b < hc; b++) {
-        float acc = mo[b] * fj;
+        // Rounded as written (the compiler may fuse either product into the first add
+        // otherwise, and did so differently in hc_post4): post·F, then a fused step a row.
+        float acc = __fmul_rn(mo[b], fj);
 #pragma unroll
         for (int a = 0; a < 8; a++)
-            if (a < hc) acc += mo[hc + a * hc + b] * xs[a];
+            if (a < hc) acc = __fmaf_rn(mo[hc + a * hc + b], xs[a], acc);
         out[(size_t)t * hc * n + b * n + j] = acc;
     }
 }
@@ -3180,11 +3182,11 @@ extern "C" __global__ void hc_post4(const float* f, const float* routed, int k, 
         float o[4];
 #pragma unroll
         for (int c = 0; c < 4; c++) {
-            float acc = mo[b] * fj[c];
+            float acc = __fmul_rn(mo[b], fj[c]);  // hc_post's steps exactly
 #pragma unroll
             for (int a = 0; a < HC4_MAX; a++) {
                 float xa = c == 0 ? xs[a].x : c == 1 ? xs[a].y : c == 2 ? xs[a].z : xs[a].w;
-                if (a < hc) acc += mo[hc + a * hc + b] * xa;
+                if (a < hc) acc = __fmaf_rn(mo[hc + a * hc + b], xa, acc);
             }
             o[c] = acc;
         }

@@ -1068,9 +1068,9 @@ fn expert_groups_of_64(items: usize) -> bool {
 const NG64_MIN_ITEMS: usize = 24_576;
 
 /// Whether the IQ2_XXS kernels take the grid from replicas in shared memory
-/// (`iq2_grid_replicas` in ds4.cu): 16 in decode's `mv_iq2_xxs_1ts`, 8 in the prefill
-/// kernel `mm_iq2_xxs_st_t8` (16 measured slower there: 32 KB a block, fewer blocks
-/// resident). `DS4_CUDA_IQ2_TAB=0`: one copy and a float step per mma in prefill (v12's
+/// (`iq2_grid_replicas` in ds4.cu): 16 in decode's `mv_iq2_xxs_1ts`, 4 in the prefill
+/// kernel `mm_iq2_xxs_st_t4` (8 in `_t8` and the groups of 64; 16 measured slower there:
+/// 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: one copy and a float step per mma in prefill (v12's
 /// `mm_iq2_xxs_st`), decode on the general one-item body (`mv_iq2_xxs_1`).
 fn iq2_replicas_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -1078,11 +1078,11 @@ fn iq2_replicas_on() -> bool {
 }
 
 /// Groups of 32 with four grid replicas (`mm_iq2_xxs_st_t4`): 8 KB less shared memory a
-/// block, five blocks an SM where `_t8` has four. Prepared, not yet measured
-/// (`DS4_CUDA_IQ2_C4=1`).
+/// block, five blocks an SM where `_t8` has four (v27: prefill +1.5% at 2k on the H200;
+/// `DS4_CUDA_IQ2_C4=0` keeps `_t8`).
 fn iq2_c4_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_C4").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_C4").map_or(true, |v| v != "0"))
 }
 
 /// Decode's IQ2_XXS kernel: the sign masks from shared replicas too (`mv_iq2_xxs_1ts`,
@@ -1144,13 +1144,14 @@ fn pf_hc_on() -> bool {
 }
 
 /// Whether swiglu with Q8_K outputs runs as swiglu_qk (a warp a Q8_K block, from
-/// registers) rather than swiglu (one warp of a block quantizing it from shared memory;
-/// v27 measured the block's 256 threads quantizing it together 0.6% slower): prepared, not
-/// yet measured (`DS4_CUDA_SWIGLU_QK=1`).
+/// registers; v27: prefill +1.1% / +0.9% at 2k / a 6,144-token batch on the H200) rather
+/// than swiglu (one warp of a block quantizing it from shared memory while seven wait;
+/// `DS4_CUDA_SWIGLU_QK=0`, for comparisons). The block's 256 threads quantizing it
+/// together measured 0.6% slower (v27).
 fn swiglu_qk_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     fusion_on(&RUN_FUSIONS[3], || {
-        *ON.get_or_init(|| std::env::var("DS4_CUDA_SWIGLU_QK").is_ok_and(|v| v == "1"))
+        *ON.get_or_init(|| std::env::var("DS4_CUDA_SWIGLU_QK").map_or(true, |v| v != "0"))
     })
 }
 
