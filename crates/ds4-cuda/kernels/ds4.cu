@@ -176,6 +176,23 @@ __device__ __forceinline__ float pow2_scale(float amax, float qmax) {
 // ---------------------------------------------------------------------------------
 // Activation quantization: Q8_0 (blocks of 32) and Q8_K (blocks of 256 with bsums).
 
+// Q8_0 of a block of 32 values held four a lane by eight consecutive lanes (aligned to
+// 8): the lane's four int8 values packed, the block's scale in *dd.
+__device__ __forceinline__ u32 q8_0_lanes4(const float (&v)[4], float* dd) {
+    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    *dd = amax / 127.0f;
+    float id = *dd != 0.0f ? 1.0f / *dd : 0.0f;
+    u32 packed = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int qi = max(-127, min(127, __float2int_rn(v[k] * id)));
+        packed |= ((u32)qi & 0xffu) << (8 * k);
+    }
+    return packed;
+}
+
 // Eight lanes per block of 32, four values each (16-byte loads when x is aligned for
 // them); a warp covers four blocks. q: int8 [T*n], d: [T*n/32]. Per value the same
 // arithmetic as the CPU's (the block maximum is exact whatever the order).
@@ -194,18 +211,8 @@ extern "C" __global__ void quant_q8_0(const float* x, i8* q, float* d, int nbloc
             for (int k = 0; k < 4; k++) v[k] = xp[k];
         }
     }
-    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float dd = amax / 127.0f;
-    float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    u32 packed = 0;
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        int qi = __float2int_rn(v[k] * id);
-        qi = max(-127, min(127, qi));
-        packed |= ((u32)qi & 0xffu) << (8 * k);
-    }
+    float dd;
+    u32 packed = q8_0_lanes4(v, &dd);
     if (ok) {
         *(u32*)(q + (size_t)b * 32 + 4 * sub) = packed;
         if (sub == 0) d[b] = dd;
@@ -2868,17 +2875,8 @@ extern "C" __global__ void hc_pre_norm4(const float* z, const float* x, const fl
         float v[4] = {y[c].x * r * w.x, y[c].y * r * w.y, y[c].z * r * w.z, y[c].w * r * w.w};
         if (in) xv[i4] = make_float4(v[0], v[1], v[2], v[3]);
         if (q) {
-            float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-#pragma unroll
-            for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            float dd = amax / 127.0f;
-            float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-            u32 packed = 0;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                int qi = max(-127, min(127, __float2int_rn(v[k] * id)));
-                packed |= ((u32)qi & 0xffu) << (8 * k);
-            }
+            float dd;
+            u32 packed = q8_0_lanes4(v, &dd);
             size_t e0 = (size_t)t * n + 4 * (size_t)i4;
             if (in) {
                 *(u32*)(q + e0) = packed;

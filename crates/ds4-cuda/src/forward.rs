@@ -1115,76 +1115,57 @@ fn route_warp_on() -> bool {
 /// after q_a, when the short hc_mix has long finished.
 const HC_MIX_SIDE: usize = 2;
 
-/// Whether the run attention (`attention_mma*`) writes o's Q8_0 for out_a itself
-/// (`DS4_CUDA_ATT_Q8=0`: quant_q8_0 after it, for comparisons).
-fn att_q8_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    fusion_on(&RUN_FUSIONS[1], || {
-        *ON.get_or_init(|| std::env::var("DS4_CUDA_ATT_Q8").map_or(true, |v| v != "0"))
-    })
+/// The v27 fusions of runs (prefill), each on unless its variable is `0` (for
+/// comparisons); every one gives the kernels' values it replaces (gpu test
+/// `run_fusions_match_the_kernels_they_replace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunFusion {
+    /// `DS4_CUDA_PF_HC`: the HC pre-step's norm factors applied by the mixing product
+    /// (`rms_factor`), the Sinkhorn step one warp a token (`hc_mix`) and `hc_pre_norm4`,
+    /// where v26 wrote the normed copy and `hc_pre_norm` ran the Sinkhorn step.
+    PfHc,
+    /// `DS4_CUDA_ATT_Q8`: the run attention (`attention_mma*`) writes o's Q8_0 for out_a
+    /// itself, where `quant_q8_0` read o back.
+    AttQ8,
+    /// `DS4_CUDA_ATT_QN`: the run attention norms and rotates the queries as it stages
+    /// them, where `head_norm_rope_w` ran before it.
+    AttQn,
+    /// `DS4_CUDA_SWIGLU_QK`: swiglu with Q8_K outputs as `swiglu_qk` (a warp a Q8_K block,
+    /// from registers; prefill +1.1% / +0.9% at 2k / a 6,144-token batch on the H200),
+    /// where `swiglu` has one warp of a block quantize it from shared memory while seven
+    /// wait. (The block's 256 threads quantizing it together measured 0.6% slower.)
+    SwigluQk,
+    /// `DS4_CUDA_HC_POST4`: `hc_post4`, four columns a thread with its loads all in flight
+    /// (prefill +1.3% / +1.1%), where `hc_post` takes one.
+    HcPost4,
 }
 
-/// Whether the run attention (`attention_mma*`) norms and rotates the queries as it
-/// stages them (`DS4_CUDA_ATT_QN=0`: head_norm_rope_w before it, for comparisons).
-fn att_qn_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    fusion_on(&RUN_FUSIONS[2], || {
-        *ON.get_or_init(|| std::env::var("DS4_CUDA_ATT_QN").map_or(true, |v| v != "0"))
-    })
-}
-
-/// Whether a run's HC pre-step takes the norm's factors into the mixing product and
-/// hc_pre_norm4 (`DS4_CUDA_PF_HC=0`: the normed copy, the product and hc_pre_norm with
-/// its Sinkhorn step, for comparisons).
-fn pf_hc_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    fusion_on(&RUN_FUSIONS[0], || {
-        *ON.get_or_init(|| std::env::var("DS4_CUDA_PF_HC").map_or(true, |v| v != "0"))
-    })
-}
-
-/// Whether swiglu with Q8_K outputs runs as swiglu_qk (a warp a Q8_K block, from
-/// registers; v27: prefill +1.1% / +0.9% at 2k / a 6,144-token batch on the H200) rather
-/// than swiglu (one warp of a block quantizing it from shared memory while seven wait;
-/// `DS4_CUDA_SWIGLU_QK=0`, for comparisons). The block's 256 threads quantizing it
-/// together measured 0.6% slower (v27).
-fn swiglu_qk_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    fusion_on(&RUN_FUSIONS[3], || {
-        *ON.get_or_init(|| std::env::var("DS4_CUDA_SWIGLU_QK").map_or(true, |v| v != "0"))
-    })
-}
-
-/// Whether runs take hc_post4 (four columns a thread, its loads all in flight) rather
-/// than hc_post (`DS4_CUDA_HC_POST4=0`, for comparisons).
-fn hc_post4_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    fusion_on(&RUN_FUSIONS[4], || {
-        *ON.get_or_init(|| std::env::var("DS4_CUDA_HC_POST4").map_or(true, |v| v != "0"))
-    })
-}
-
-/// Test overrides of [`pf_hc_on`], [`att_q8_on`], [`att_qn_on`], [`swiglu_qk_on`] and
-/// [`hc_post4_on`]: 0 the environment's choice, 1 off, 2 on.
-static RUN_FUSIONS: [std::sync::atomic::AtomicU8; 5] = [
-    std::sync::atomic::AtomicU8::new(0),
-    std::sync::atomic::AtomicU8::new(0),
-    std::sync::atomic::AtomicU8::new(0),
-    std::sync::atomic::AtomicU8::new(0),
-    std::sync::atomic::AtomicU8::new(0),
+const RUN_FUSION_VARS: [&str; 5] = [
+    "DS4_CUDA_PF_HC",
+    "DS4_CUDA_ATT_Q8",
+    "DS4_CUDA_ATT_QN",
+    "DS4_CUDA_SWIGLU_QK",
+    "DS4_CUDA_HC_POST4",
 ];
 
-fn fusion_on(o: &std::sync::atomic::AtomicU8, env: impl FnOnce() -> bool) -> bool {
-    match o.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => env(),
+/// Test overrides of the run fusions, by [`RunFusion`] index: 0 the environment's
+/// choice, 1 off, 2 on.
+static RUN_FUSIONS: [std::sync::atomic::AtomicU8; 5] =
+    [const { std::sync::atomic::AtomicU8::new(0) }; 5];
+
+fn fusion_on(f: RunFusion) -> bool {
+    static ENV: std::sync::OnceLock<[bool; 5]> = std::sync::OnceLock::new();
+    match RUN_FUSIONS[f as usize].load(std::sync::atomic::Ordering::Relaxed) {
+        0 => ENV.get_or_init(|| {
+            RUN_FUSION_VARS.map(|name| std::env::var(name).map_or(true, |v| v != "0"))
+        })[f as usize],
         v => v == 2,
     }
 }
 
-/// Sets the run fusions for every later launch of this process, overriding
-/// `DS4_CUDA_PF_HC`, `DS4_CUDA_ATT_Q8`, `DS4_CUDA_ATT_QN`, `DS4_CUDA_SWIGLU_QK` and
-/// `DS4_CUDA_HC_POST4`, in that order (None: the environment's choice). For tests that
-/// compare them with the kernels they replace.
+/// Sets the run fusions for every later launch of this process, in [`RunFusion`] order,
+/// overriding their variables (None: the environment's choice). For tests that compare
+/// them with the kernels they replace.
 pub fn set_run_fusions(f: [Option<bool>; 5]) {
     for (o, v) in RUN_FUSIONS.iter().zip(f) {
         o.store(
@@ -1939,7 +1920,7 @@ impl<'a> Fwd<'a> {
         // traffic), the Sinkhorn step in its own launch and hc_pre_norm4.
         let plain = Mv::plain(x, t, he, s.z.ptr, cfg.hc_mix());
         let run = fused.is_none()
-            && pf_hc_on()
+            && fusion_on(RunFusion::PfHc)
             && hw.fn_.ty == GgmlType::F16
             && use_tensor_cores(&hw.fn_, &plain)
             && cfg.hc <= 4;
@@ -2093,7 +2074,7 @@ impl<'a> Fwd<'a> {
             && hd <= 512
             && (hd - cfg.n_rot).is_multiple_of(4)
             && iprep_warp_on();
-        let qn_in_att = att_mma && warp_qn && att_qn_on();
+        let qn_in_att = att_mma && warp_qn && fusion_on(RunFusion::AttQn);
         if warp_qn && !qn_in_att {
             launch!(fq.gpu, "head_norm_rope_w", (ceil_div(t * nh, 8), 1, 1), 256, 0;
                 s.q.ptr, nh as i32, hd as i32, self.eps(), rope, n_rot, p0, (t * nh) as i32)?;
@@ -2229,7 +2210,7 @@ impl<'a> Fwd<'a> {
             // o's Q8_0 for out_a from the kernel's epilogue (no quant_q8_0 pass over the
             // 128 KB a token of o) where a warp's dimensions are whole blocks.
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d))
-                .filter(|_| hd.is_multiple_of(128) && att_q8_on());
+                .filter(|_| hd.is_multiple_of(128) && fusion_on(RunFusion::AttQ8));
             let (qp, dp) = oq.unwrap_or((0, 0));
             launch!(g, k, ((nh / hpb) as u32, t as u32, 1), (8 * hpb) as u32,
                 shm as u32;
@@ -2438,7 +2419,7 @@ impl<'a> Fwd<'a> {
         let cfg = self.cfg;
         let (rp, k) = routed.unwrap_or((0, 0));
         if t >= MMA_MIN_TOKENS
-            && hc_post4_on()
+            && fusion_on(RunFusion::HcPost4)
             && cfg.hc <= 4
             && k <= 8
             && cfg.n_embd.is_multiple_of(4)
@@ -2616,7 +2597,7 @@ impl<'a> Fwd<'a> {
             ActKind::Q8_0 => 1,
             ActKind::Q8K => 2,
         };
-        if qkind == 2 && swiglu_qk_on() {
+        if qkind == 2 && fusion_on(RunFusion::SwigluQk) {
             let nblk = nb * ff / 256;
             launch!(self.gpu, "swiglu_qk", (ceil_div(nblk, 8), 1, 1), 256, 0;
                 g, u, stride as i32, wts, mid, ff as i32, nblk as i32, clamp, act.0.ptr,

@@ -65,14 +65,20 @@ fn prompt_then_decode(
 }
 
 /// The tiny fixture's layout with 16 heads of 128 (the shapes the tensor-core attention
-/// takes) and synthetic weights from `seed`.
-fn wide_tiny_model(seed: u64) -> Model {
+/// takes).
+fn wide_tiny_config() -> ds4_engine::ModelConfig {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let mut cfg = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
     cfg.n_head = 16;
     cfg.head_dim = 128;
+    cfg
+}
+
+/// [`wide_tiny_config`] with synthetic weights from `seed`.
+fn wide_tiny_model(seed: u64) -> Model {
+    let cfg = wide_tiny_config();
     Model::new(cfg.clone(), &ds4_engine::SyntheticSource::new(cfg, seed)).unwrap()
 }
 
@@ -373,12 +379,7 @@ fn run_fusions_match_the_kernels_they_replace() {
     if gpu_or_skip("run_fusions_match_the_kernels_they_replace").is_none() {
         return;
     }
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ds4-engine/tests/data/tiny-v4");
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let mut cfg = ds4_engine::ModelConfig::from_official_json(&text).unwrap();
-    cfg.n_head = 16;
-    cfg.head_dim = 128;
+    let mut cfg = wide_tiny_config();
     cfg.expert_ff = 256; // whole Q2_K rows for the routed down products
     let model = Model::new(
         cfg.clone(),
