@@ -2291,6 +2291,8 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8(MvArgs a) { p
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 8>(a); }
 // Four replicas (8 KB less shared memory a block: five blocks an SM instead of four).
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t4(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 4>(a); }
+// The groups of 64 likewise: four blocks an SM where `_st64_t8` has three.
+extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t4(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 4>(a); }
 
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as

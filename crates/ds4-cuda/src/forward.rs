@@ -1085,6 +1085,14 @@ fn iq2_c4_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_C4").map_or(true, |v| v != "0"))
 }
 
+/// The groups of 64 with four grid replicas too (`mm_iq2_xxs_st64_t4`: four blocks an SM
+/// where `_t8` has three, shared memory the limit of both): prepared, not yet run
+/// (`DS4_CUDA_IQ2_C4_64=1`).
+fn iq2_c4_64_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_C4_64").is_ok_and(|v| v == "1"))
+}
+
 /// Decode's IQ2_XXS kernel: the sign masks from shared replicas too (`mv_iq2_xxs_1ts`,
 /// measured +1.3% decode over computing them), or computed (`DS4_CUDA_IQ2_U=1`:
 /// `mv_iq2_xxs_1t`).
@@ -1418,6 +1426,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         let kernel = match m.ty {
             GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_replicas_on()) {
                 (true, false) => "mm_iq2_xxs_st64",
+                (true, true) if iq2_c4_64_on() => "mm_iq2_xxs_st64_t4",
                 (true, true) => "mm_iq2_xxs_st64_t8",
                 (false, true) if iq2_c4_on() => "mm_iq2_xxs_st_t4",
                 (false, true) => "mm_iq2_xxs_st_t8",

@@ -48,6 +48,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_iq2_xxs_st64",
     "mm_iq2_xxs_st_t8",
     "mm_iq2_xxs_st_t4",
+    "mm_iq2_xxs_st64_t4",
     "mm_iq2_xxs_st64_t8",
     "embed_rows",
     "rms_norm",
