@@ -1070,7 +1070,8 @@ const NG64_MIN_ITEMS: usize = 24_576;
 /// Whether the IQ2_XXS kernels take the grid from replicas in shared memory
 /// (`iq2_grid_replicas` in ds4.cu): 16 in decode's `mv_iq2_xxs_1ts`, 4 in the prefill
 /// kernel `mm_iq2_xxs_st_t4` (8 in `_t8` and the groups of 64; 16 measured slower there:
-/// 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: one copy and a float step per mma in prefill (v12's
+/// 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: one copy and a float
+/// step per mma in prefill (v12's
 /// `mm_iq2_xxs_st`), decode on the general one-item body (`mv_iq2_xxs_1`).
 fn iq2_replicas_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -1935,6 +1936,7 @@ impl<'a> Fwd<'a> {
             && cfg.hc <= 4;
         let threads = pre4_threads(cfg.n_embd).zip(factor_threads(he));
         if let Some((bt, ft)) = threads.filter(|_| run) {
+            // The factors in s.flat, the normed copy's buffer, which this path leaves unused.
             launch!(self.gpu, "rms_factor", (t as u32, 1, 1), ft as u32, 0;
                 x, he as i32, he as i32, self.eps(), s.flat.ptr)?;
             self.mv(
