@@ -1071,8 +1071,8 @@ const NG64_MIN_ITEMS: usize = 24_576;
 /// (`iq2_grid_replicas` in ds4.cu): 16 in decode's `mv_iq2_xxs_1ts`, 4 in the prefill
 /// kernel `mm_iq2_xxs_st_t4` (8 in `_t8` and the groups of 64; 16 measured slower there:
 /// 32 KB a block, fewer blocks resident). `DS4_CUDA_IQ2_TAB=0`: one copy and a float
-/// step per mma in prefill (v12's
-/// `mm_iq2_xxs_st`), decode on the general one-item body (`mv_iq2_xxs_1`).
+/// step per mma in prefill (v12's `mm_iq2_xxs_st`), decode on the general one-item body
+/// (`mv_iq2_xxs_1`).
 fn iq2_replicas_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_TAB").map_or(true, |v| v != "0"))
