@@ -1330,6 +1330,238 @@ __device__ __forceinline__ u32 f2h2(float lo, float hi) {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(hi), "f"(lo));
     return h;
 }
+
+// Q8_0 weights × Q8_0 activations as f16 on the tensor cores (sm_90a; prefill's dense
+// products by default, as ds4 takes them through cuBLAS in f16): each operand's blocks
+// dequantized on the SM, weight w = f16(q·d) (one rounding of the exact product; d is
+// f16), activation x = f16(q·d) with the f32 scale split as d_hi + d_lo in f16 (one
+// fused step after the small term: within an ulp of x), summed in f32 by
+// wgmma.m64n128k16 — no per-block scaling of integer sums, which is what bounds
+// mm_q8_0_wg (v26: three float steps an output a block, 58% issue). Not the CPU's
+// integers: outputs differ from it at f16's rounding of the operands (the tests bound it;
+// `DS4_CUDA_MMQ8=wg` keeps the exact products).
+//
+// 128-row × 128-token tiles, two warpgroups (256 threads): group h takes rows 64h.. and
+// all 128 tokens; two blocks an SM. Raw stages as mm_q8_0_wg's (A and B 128 × 128 bytes
+// swizzled, the scales beside them, MMW_STAGE bytes), two by cp.async, one ahead. The weights go to the
+// tensor cores from registers, in the mma.m16n8k16 A layout: a lane's two f16 pairs of a
+// k16 step are bytes 4tq..4tq+3 of its row's 16-byte chunk, one 32-bit load — a
+// permutation of k inside each k16 step that the activations' f16 tile takes too (its
+// logical k 2tq + j at raw byte 4tq + j, 2tq + 8 + j at 4tq + 2 + j). That tile, 128
+// tokens × 128 k in two 64-k panels of 16 KB swizzled at 128 bytes, is written by all
+// threads from the raw stage and read by wgmma.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_f16_64x128_ra(float* d, const u32* af, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
+}
+__device__ __forceinline__ void wg_fence_fregs(float* d) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+// A register operand stays in use until its product's wait: this keeps the compiler from
+// giving its registers to other values before then.
+__device__ __forceinline__ void wg_fence_aregs(u32 (&f)[4][4]) {
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) asm volatile("" : "+r"(f[s][i])::"memory");
+}
+__device__ __forceinline__ u32 h2_sub(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 h2_mul(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 h2_fma(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u16 f2h_rn(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+// Four int8 (a word) as two f16 pairs, bytes (0, 1) and (2, 3), exactly: each byte
+// offset by 128 becomes the low mantissa of 1024 + b, and 1152 comes off.
+__device__ __forceinline__ void q8_word_h2(u32 w, u32& lo, u32& hi) {
+    u32 u = w ^ 0x80808080u;
+    lo = h2_sub(__byte_perm(u, 0x64646464u, 0x5140), 0x64806480u);
+    hi = h2_sub(__byte_perm(u, 0x64646464u, 0x5342), 0x64806480u);
+}
+#endif
+extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(16) u8 dsm[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    u8* base = dsm + pad;
+    u32 sbase = sraw + pad;
+    u8* ht = base + 2 * MMW_STAGE; // the activations' f16 tile
+    u32 sht = sbase + 2 * MMW_STAGE;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2;
+    int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
+    int nblk = a.cols >> 5, nst = nblk >> 2;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* wd = (const u16*)a.sc;
+    int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
+    u32 sdst = srow * 128 + ((sch ^ (srow & 7)) << 4);
+    u32 woff[4], xoff[4];
+    q8_copy_offsets<4, 32>(a, r0 + srow, t0 + srow, goff, 16 * sch, woff, xoff);
+    auto stage = [&](int st, int buf) {
+        u8* sb = base + buf * MMW_STAGE;
+        int kb0 = 4 * st;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            cp_async16(sb + sdst + 4096 * u, a.w + woff[u] + kb0 * 32, 16);
+            cp_async16(sb + 16384 + sdst + 4096 * u, a.xq + xoff[u] + kb0 * 32, 16);
+        }
+        if (threadIdx.x < 128) {
+            int wrow = r0 + threadIdx.x;
+            bool ok = wrow < a.rows;
+            cp_async8(sb + 32768 + 8 * threadIdx.x, ok ? wd + (size_t)wrow * nblk + kb0 : wd, ok ? 8 : 0);
+        } else {
+            int row = threadIdx.x - 128, tk = t0 + row;
+            bool ok = tk < a.nb;
+            const float* src = ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd;
+            float* bdt = (float*)(sb + 33792);
+#pragma unroll
+            for (int kb = 0; kb < 4; kb++) cp_async4z(bdt + kb * 128 + row, src + (ok ? kb : 0), ok ? 4 : 0);
+        }
+    };
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+    u32 fr[4][4];
+    int arow = 64 * wm + 16 * (warp & 3) + g;
+    stage(0, 0);
+    cp_async_commit();
+#pragma unroll 1
+    for (int st = 0; st < nst; st++) {
+        const u8* sb = base + (st & 1) * MMW_STAGE;
+        cp_async_wait0();
+        // Stage st's copies (the scales are other threads') visible to all, and every
+        // group's products of stage st − 1 (the f16 tile's readers; each waited for its
+        // own) done, as is the conversion that read the other raw stage.
+        __syncthreads();
+        if (st + 1 < nst) stage(st + 1, (st + 1) & 1);
+        cp_async_commit();
+        // Activations: 128 tokens × 8 chunks of 16 bytes, four chunks a thread (one at
+        // a time: two blocks an SM leave a thread 128 registers).
+#pragma unroll 1
+        for (int u = 0; u < 4; u++) {
+            int ci = threadIdx.x + 256 * u, row = ci >> 3, ch = ci & 7;
+            uint4 w = *(const uint4*)(sb + 16384 + row * 128 + ((ch ^ (row & 7)) << 4));
+            float d = ((const float*)(sb + 33792))[(ch >> 1) * 128 + row];
+            u32 o[8];
+            u32 wv[4] = {w.x, w.y, w.z, w.w};
+            if (d >= 6.103515625e-05f) {
+                // d = d_hi + d_lo in f16 (d_lo's own rounding below 2^-25, a relative
+                // 2^-11 of the smallest normal d), x = q·d_hi + (q·d_lo) rounded once.
+                u32 dh = f2h_rn(d);
+                u32 dl = f2h_rn(d - h2f((u16)dh));
+                u32 dh2 = dh | (dh << 16), dl2 = dl | (dl << 16);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    u32 lo, hi;
+                    q8_word_h2(wv[i], lo, hi);
+                    o[i] = h2_fma(lo, dh2, h2_mul(lo, dl2));
+                    o[4 + i] = h2_fma(hi, dh2, h2_mul(hi, dl2));
+                }
+            } else {
+                // A scale below f16's normal range (a block of activations under 7.8e-3)
+                // would lose its bits there: these in f32, rounded once.
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    float x[4];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) x[j] = (float)(int)(signed char)(wv[i] >> (8 * j)) * d;
+                    o[i] = f2h2(x[0], x[1]);
+                    o[4 + i] = f2h2(x[2], x[3]);
+                }
+            }
+            // k16 step s = ch (the raw chunk's 16 bytes): panel s / 4, its 16-byte
+            // chunks 2 (s % 4) and + 1 of the row, swizzled.
+            u8* pr = ht + (ch >> 2) * 16384 + row * 128;
+            int c0 = 2 * (ch & 3);
+            *(uint4*)(pr + ((c0 ^ (row & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
+            *(uint4*)(pr + (((c0 + 1) ^ (row & 7)) << 4)) = make_uint4(o[4], o[5], o[6], o[7]);
+        }
+        // Weights: rows arow and arow + 8, the lane's word of each k16 step; the stage's
+        // two 64-column halves in turn (16 registers of fragments, not 32: at two blocks
+        // an SM a thread has 128).
+        const u16* ad = (const u16*)(sb + 32768);
+        uint2 dwa = *(const uint2*)(ad + 4 * arow), dwb = *(const uint2*)(ad + 4 * (arow + 8));
+#pragma unroll
+        for (int kh = 0; kh < 2; kh++) {
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                int row = arow + 8 * hr;
+                u32 dw2 = hr ? (kh ? dwb.y : dwb.x) : (kh ? dwa.y : dwa.x);
+#pragma unroll
+                for (int s4 = 0; s4 < 4; s4++) {
+                    int s = 4 * kh + s4;
+                    u32 dh = (dw2 >> (16 * (s4 >> 1))) & 0xffffu;
+                    u32 d2 = dh | (dh << 16);
+                    u32 w = *(const u32*)(sb + row * 128 + ((s ^ (row & 7)) << 4) + 4 * tq);
+                    u32 lo, hi;
+                    q8_word_h2(w, lo, hi);
+                    fr[s4][hr] = h2_mul(lo, d2);
+                    fr[s4][2 + hr] = h2_mul(hi, d2);
+                }
+            }
+            // The fragments complete before the products' fence (conversions sunk past
+            // it make ptxas serialize the products).
+            wg_fence_aregs(fr);
+            if (kh == 0) {
+                // The f16 tile's generic-proxy writes, before the tensor cores'
+                // async-proxy reads.
+                fence_proxy_async();
+                __syncthreads();
+            }
+            wg_fence();
+#pragma unroll
+            for (int s4 = 0; s4 < 4; s4++)
+                wgmma_f16_64x128_ra(acc, fr[s4], wg_desc_sw128(sht + kh * 16384 + 32 * s4));
+            wg_commit();
+            // Register operands may not be redefined under products in flight (ptxas
+            // would serialize them): these finish here, and the SM's other block
+            // converts while they run.
+            wg_wait0();
+            wg_fence_aregs(fr);
+        }
+    }
+    wg_fence_fregs(acc);
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        mma_store(a, acc + 4 * j, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+#endif
+}
+
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "

@@ -30,6 +30,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_cp",
     "mm_q8_0_big",
     "mm_q8_0_wg",
+    "mm_q8_0_wh",
     "mv_q2_k",
     "mv_q2_k_1",
     "mv_q2_k_1r",

@@ -4,8 +4,8 @@
 
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
-    experts_once, indexer_scores_once, matmul_once, mm_col_splits, part_bytes, set_q8_0_kernel,
-    set_run_fusions, topk_once,
+    experts_once, indexer_scores_once, matmul_once, mm_col_splits, part_bytes, q8_0_runs_exact,
+    set_q8_0_kernel, set_run_fusions, topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -197,6 +197,53 @@ fn q8_0_run_kernels_agree_bit_for_bit() {
     }
 }
 
+#[test]
+fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
+    let Some(gpu) = gpu_or_skip("q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu") else {
+        return;
+    };
+    if gpu.arch != "sm_90a" {
+        println!("SKIPPED q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu: wgmma needs sm_90a");
+        return;
+    }
+    // mm_q8_0_wh sums f16(q·d) products in f32: against the CPU's exact block sums it
+    // differs by the operands' f16 rounding (relative 2^-11 a term, random in sign), far
+    // below the activations' Q8_0 rounding (2^-8) that both share. Partial tiles, one
+    // stage and many; activations of very different sizes per token (1e-3 .. 1e2).
+    for (rows, cols, n_tok) in [(200, 1024, 300), (130, 128, 17), (256, 4096, 129)] {
+        let w = rand_vec(rows * cols, 7 + cols as u64);
+        let bytes = ds4_quant::quantize(GgmlType::Q8_0, &w, cols, None).unwrap();
+        let m = Mat::from_blocks(rows, cols, GgmlType::Q8_0, Bytes::from_vec(bytes)).unwrap();
+        let xs: Vec<Vec<f32>> = (0..n_tok)
+            .map(|t| {
+                let s = 10f32.powf((t % 6) as f32 - 3.0);
+                rand_vec(cols, 500 + t).iter().map(|v| v * s).collect()
+            })
+            .collect();
+        let cpu = m.matmul(&xs).unwrap();
+        let dm = upload_mat(&gpu, &m, "test").unwrap();
+        set_q8_0_kernel("wh");
+        let wh = matmul_once(&gpu, &dm, &xs);
+        set_q8_0_kernel("wg");
+        let wg = matmul_once(&gpu, &dm, &xs);
+        set_q8_0_kernel("");
+        let (wh, wg) = (wh.unwrap(), wg.unwrap());
+        let (mut worst, mut worst_wg) = (0f32, 0f32);
+        for t in 0..xs.len() {
+            let e = rel_err(&cpu[t], &wh[t]);
+            worst = worst.max(e);
+            worst_wg = worst_wg.max(rel_err(&cpu[t], &wg[t]));
+            assert!(
+                e < 2e-3,
+                "{rows}x{cols}, {n_tok} tokens: token {t}: rel err {e}"
+            );
+        }
+        println!(
+            "Q8_0 {rows}x{cols}, {n_tok} tokens: f16 kernel worst rel err {worst:.3e} (exact kernel {worst_wg:.3e})"
+        );
+    }
+}
+
 fn check_types(gpu: &Gpu, rows: usize, cols: usize, w: &[f32], n_tok: u64) {
     let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 10 + t)).collect();
     for ty in [
@@ -217,11 +264,14 @@ fn check_types(gpu: &Gpu, rows: usize, cols: usize, w: &[f32], n_tok: u64) {
         let cpu = m.matmul(&xs).unwrap();
         let dm = upload_mat(gpu, &m, "test").unwrap();
         let got = matmul_once(gpu, &dm, &xs).unwrap();
+        // The f16 Q8_0 run product (mm_q8_0_wh) rounds its operands to f16.
+        let f16_run = ty == GgmlType::Q8_0 && n_tok >= 16 && !q8_0_runs_exact(gpu);
+        let tol = if f16_run { 2e-3 } else { 1e-5 };
         let mut worst = 0f32;
         for (t, (a, b)) in cpu.iter().zip(&got).enumerate() {
             let e = rel_err(a, b);
             worst = worst.max(e);
-            assert!(e < 1e-5, "{ty} {n_tok} tokens, token {t}: rel err {e}");
+            assert!(e < tol, "{ty} {n_tok} tokens, token {t}: rel err {e}");
         }
         println!("{ty}: {n_tok} tokens: worst rel err {worst:.3e}");
     }
