@@ -1370,6 +1370,25 @@ __device__ __forceinline__ void wgmma_f16_64x128_ra(float* d, const u32* af, uns
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
 }
+__device__ __forceinline__ void wgmma_f16_64x128_ss(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1));
+}
 __device__ __forceinline__ void wg_fence_fregs(float* d) {
 #pragma unroll
     for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
@@ -1408,6 +1427,36 @@ __device__ __forceinline__ void q8_word_h2(u32 w, u32& lo, u32& hi) {
     u32 u = w ^ 0x80808080u;
     lo = h2_sub(__byte_perm(u, 0x64646464u, 0x5140), 0x64806480u);
     hi = h2_sub(__byte_perm(u, 0x64646464u, 0x5342), 0x64806480u);
+}
+// Sixteen Q8_0 activations (a 16-byte chunk, one block's scale d) as f16 pairs: o[i] the
+// bytes (0, 1) of word i, o[4 + i] its bytes (2, 3).
+__device__ __forceinline__ void q8_chunk_x16(uint4 w, float d, u32* o) {
+    u32 wv[4] = {w.x, w.y, w.z, w.w};
+    if (d >= 6.103515625e-05f) {
+        // d = d_hi + d_lo in f16 (d_lo's own rounding below 2^-25, a relative 2^-11 of
+        // the smallest normal d), x = q·d_hi + (q·d_lo) rounded once.
+        u32 dh = f2h_rn(d);
+        u32 dl = f2h_rn(d - h2f((u16)dh));
+        u32 dh2 = dh | (dh << 16), dl2 = dl | (dl << 16);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 lo, hi;
+            q8_word_h2(wv[i], lo, hi);
+            o[i] = h2_fma(lo, dh2, h2_mul(lo, dl2));
+            o[4 + i] = h2_fma(hi, dh2, h2_mul(hi, dl2));
+        }
+    } else {
+        // A scale below f16's normal range (a block of activations under 7.8e-3) would
+        // lose its bits there: these in f32, rounded once.
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float x[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) x[j] = (float)(int)(signed char)(wv[i] >> (8 * j)) * d;
+            o[i] = f2h2(x[0], x[1]);
+            o[4 + i] = f2h2(x[2], x[3]);
+        }
+    }
 }
 #endif
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_begin();
@@ -1476,32 +1525,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_
             uint4 w = *(const uint4*)(sb + 16384 + row * 128 + ((ch ^ (row & 7)) << 4));
             float d = ((const float*)(sb + 33792))[(ch >> 1) * 128 + row];
             u32 o[8];
-            u32 wv[4] = {w.x, w.y, w.z, w.w};
-            if (d >= 6.103515625e-05f) {
-                // d = d_hi + d_lo in f16 (d_lo's own rounding below 2^-25, a relative
-                // 2^-11 of the smallest normal d), x = q·d_hi + (q·d_lo) rounded once.
-                u32 dh = f2h_rn(d);
-                u32 dl = f2h_rn(d - h2f((u16)dh));
-                u32 dh2 = dh | (dh << 16), dl2 = dl | (dl << 16);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    u32 lo, hi;
-                    q8_word_h2(wv[i], lo, hi);
-                    o[i] = h2_fma(lo, dh2, h2_mul(lo, dl2));
-                    o[4 + i] = h2_fma(hi, dh2, h2_mul(hi, dl2));
-                }
-            } else {
-                // A scale below f16's normal range (a block of activations under 7.8e-3)
-                // would lose its bits there: these in f32, rounded once.
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float x[4];
-#pragma unroll
-                    for (int j = 0; j < 4; j++) x[j] = (float)(int)(signed char)(wv[i] >> (8 * j)) * d;
-                    o[i] = f2h2(x[0], x[1]);
-                    o[4 + i] = f2h2(x[2], x[3]);
-                }
-            }
+            q8_chunk_x16(w, d, o);
             // k16 step s = ch (the raw chunk's 16 bytes): panel s / 4, its 16-byte
             // chunks 2 (s % 4) and + 1 of the row, swizzled.
             u8* pr = ht + (ch >> 2) * 16384 + row * 128;
@@ -1554,6 +1578,135 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_
         }
     }
     wg_fence_fregs(acc);
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        mma_store(a, acc + 4 * j, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+#endif
+}
+
+// Q8_0 activations (n values, xq and their block scales xd) as f16 in k order, for
+// mm_q8_0_wh2: sixteen a thread, as q8_chunk_x16 forms them.
+extern "C" __global__ void q8_0_to_f16(const i8* xq, const float* xd, u16* xh, int n) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    int i = 16 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    u32 o[8];
+    q8_chunk_x16(*(const uint4*)(xq + i), xd[i >> 5], o);
+    *(uint4*)(xh + i) = make_uint4(o[0], o[4], o[1], o[5]);
+    *(uint4*)(xh + i + 8) = make_uint4(o[2], o[6], o[3], o[7]);
+#endif
+}
+
+// mm_q8_0_wh with the activations already f16 (q8_0_to_f16, xh: [token][x_stride]) and
+// both operands in shared memory, so its products run asynchronously to the warps: one
+// block an SM, two warpgroups of m64n128k16 over 128-row × 128-token tiles. A stage (49
+// KB: the weights' raw 128 × 128 bytes swizzled, their f16 scales [128][4], the
+// activations' f16 tile 128 × 128 in two 64-k panels of 16 KB) arrives by cp.async one
+// stage ahead into three buffers (the third is the one the products still read); the
+// warps dequantize the stage's weights into one of two f16 tiles (the same panels)
+// while the tensor cores run the previous stage's products.
+#define MMH2_STAGE 50176
+extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const u16* xh) { pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(16) u8 dsm[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    u8* base = dsm + pad;
+    u32 sbase = sraw + pad;
+    u8* af16 = base + 3 * MMH2_STAGE; // the weights' two f16 tiles, 32 KB each
+    u32 saf16 = sbase + 3 * MMH2_STAGE;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2;
+    int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
+    int nblk = a.cols >> 5, nst = nblk >> 2;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* wd = (const u16*)a.sc;
+    // Copies: weight chunk sch of rows srow + 32u; activation chunks (16 a token, 8 f16
+    // each) hrow + 16v, chunk hch.
+    int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
+    u32 sdst = srow * 128 + ((sch ^ (srow & 7)) << 4);
+    u32 woff[4], xoff_unused[4];
+    q8_copy_offsets<4, 32>(a, r0 + srow, t0 + srow, goff, 16 * sch, woff, xoff_unused);
+    int hrow = threadIdx.x >> 4, hch = threadIdx.x & 15;
+    const u16* hsrc[8];
+#pragma unroll
+    for (int v = 0; v < 8; v++) {
+        int tk = min(t0 + hrow + 16 * v, a.nb - 1);
+        hsrc[v] = xh + (long long)tk * a.x_stride + goff + 8 * hch;
+    }
+    u32 hdst = (hch >> 3) * 16384 + hrow * 128 + (((hch & 7) ^ (hrow & 7)) << 4);
+    auto stage = [&](int st, int buf) {
+        u8* sb = base + buf * MMH2_STAGE;
+#pragma unroll
+        for (int u = 0; u < 4; u++) cp_async16(sb + sdst + 4096 * u, a.w + woff[u] + st * 128, 16);
+        // Rows hrow + 16v keep hrow's swizzle (16v is a multiple of 8).
+#pragma unroll
+        for (int v = 0; v < 8; v++) cp_async16(sb + 17408 + hdst + 2048 * v, hsrc[v] + st * 128, 16);
+        if (threadIdx.x < 128) {
+            int wrow = r0 + threadIdx.x;
+            bool ok = wrow < a.rows;
+            cp_async8(sb + 16384 + 8 * threadIdx.x, ok ? wd + (size_t)wrow * nblk + 4 * st : wd, ok ? 8 : 0);
+        }
+    };
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+    // The zeros in place before any product's pipeline (ptxas serializes the products
+    // if they are defined inside it).
+    wg_fence_fregs(acc);
+    stage(0, 0);
+    cp_async_commit();
+#pragma unroll 1
+    for (int st = 0; st < nst; st++) {
+        int buf = st % 3;
+        const u8* sb = base + buf * MMH2_STAGE;
+        cp_async_wait0();
+        // Stage st's copies visible to all; every group's products of stage st − 2 (the
+        // weights' f16 tile st & 1 and raw buffer (st + 1) % 3) done: each waited for
+        // them in iteration st − 1.
+        __syncthreads();
+        if (st + 1 < nst) stage(st + 1, (st + 1) % 3);
+        cp_async_commit();
+        // The weights: 128 rows × 8 chunks, four chunks a thread, in k order.
+        u8* at = af16 + (st & 1) * 32768;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int ci = threadIdx.x + 256 * u, row = ci >> 3, ch = ci & 7;
+            uint4 w = *(const uint4*)(sb + row * 128 + ((ch ^ (row & 7)) << 4));
+            u32 dh = ((const u16*)(sb + 16384))[4 * row + (ch >> 1)];
+            u32 d2 = dh | (dh << 16);
+            u32 wv[4] = {w.x, w.y, w.z, w.w};
+            u32 o[8];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                u32 lo, hi;
+                q8_word_h2(wv[i], lo, hi);
+                o[2 * i] = h2_mul(lo, d2);
+                o[2 * i + 1] = h2_mul(hi, d2);
+            }
+            u8* pr = at + (ch >> 2) * 16384 + row * 128;
+            int c0 = 2 * (ch & 3);
+            *(uint4*)(pr + ((c0 ^ (row & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
+            *(uint4*)(pr + (((c0 + 1) ^ (row & 7)) << 4)) = make_uint4(o[4], o[5], o[6], o[7]);
+        }
+        // Generic-proxy writes (the f16 tile, the copies) before the async proxy's reads.
+        fence_proxy_async();
+        __syncthreads();
+        wg_fence();
+        u32 sa = saf16 + (st & 1) * 32768 + 8192 * wm, sbb = sbase + buf * MMH2_STAGE + 17408;
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+            wgmma_f16_64x128_ss(acc, wg_desc_sw128(sa + (s >> 2) * 16384 + 32 * (s & 3)),
+                                wg_desc_sw128(sbb + (s >> 2) * 16384 + 32 * (s & 3)));
+        wg_commit();
+        wg_wait1();
+    }
+    wg_wait0();
+    wg_fence_fregs(acc);
+    int arow = 64 * wm + 16 * (warp & 3) + g;
 #pragma unroll
     for (int j = 0; j < 16; j++) {
         int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;

@@ -105,6 +105,7 @@ impl CudaBackend {
                     by_expert: None,
                     act_ready: false,
                     part: (0, 0),
+                    half: (0, 0),
                     x_scale: 0,
                 }
             } else {

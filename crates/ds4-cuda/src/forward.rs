@@ -136,6 +136,8 @@ pub struct Scratch {
     hc_count: DevBuf,
     /// Partial sums of the column-split tensor-core products (runs only).
     part: DevBuf,
+    /// The activations of a run's Q8_0 product as f16 (`q8_0_to_f16`, for `mm_q8_0_wh2`).
+    act_h: DevBuf,
     /// The run's first position (read by the kernels, so a captured graph can replay).
     pub pos: DevBuf,
     /// A greedy decode step's chosen id (`argmax_row`).
@@ -317,49 +319,50 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     .unwrap_or(e);
     let hmax = t.max(HEAD_CHUNK);
     vec![
-        t * 4,                                   // toks
-        f32s(t * he),                            // x
-        f32s(hmax * he),                         // flat
-        f32s(hmax * cfg.hc_mix().max(cfg.hc)),   // z
-        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),    // mix
-        f32s(hmax * e),                          // y
-        f32s(hmax * e),                          // xn
-        f32s(t * (cfg.q_lora + cfg.head_dim)),   // qkv_raw: [q_a; kv] outputs
-        f32s(t * cfg.q_lora),                    // qa
-        f32s(t * qh),                            // q
-        f32s(t * 4 * cfg.head_dim),              // ckv: [kv; gate], coff·hd each
-        f32s(t * 4 * di),                        // ikv: [kv; gate], 2·di each
-        f32s(t * nhi * di),                      // qi
-        f32s(t * nhi),                           // wi
-        f32s(t * s.max_irows.max(1)),            // scores
-        t * cfg.indexer_top_k.max(1) * 4,        // sel
-        t * 4,                                   // nsel
-        f32s(t * qh),                            // o
-        split_scratch_bytes(cfg, ctx, t),        // apart
-        f32s(t * cfg.o_groups * cfg.o_lora),     // low
-        f32s(t * e),                             // f
-        f32s(t * cfg.n_expert),                  // rlog
-        t * k * 4,                               // ids
-        f32s(t * k),                             // wts
-        f32s(t * k * 2 * ff),                    // gu: [gate; up] per item
-        f32s(t * k * ff),                        // mid
-        f32s(t * k * e),                         // routed
-        f32s(t * 2 * ff),                        // sgu: [gate; up]
-        f32s(t * ff),                            // smid
-        f32s(t * e),                             // sout
-        act,                                     // act_q (int8)
-        f32s(act / 32 + 1),                      // act_d
-        act / 16 * 2 + 2,                        // act_s (int16)
-        hmax * e.max(cfg.q_lora),                // act2_q (int8)
-        f32s(hmax * e.max(cfg.q_lora) / 32 + 1), // act2_d
-        f32s(HEAD_CHUNK * cfg.n_vocab),          // logits
-        t * k * 4,                               // perm
-        max_expert_groups(cfg, t, 8) * 3 * 4,    // grp
-        16,                                      // ngrp
-        MMA_MIN_TOKENS * 4,                      // hc_count
-        part_bytes(t),                           // part
-        16,                                      // pos
-        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,    // pick
+        t * 4,                                          // toks
+        f32s(t * he),                                   // x
+        f32s(hmax * he),                                // flat
+        f32s(hmax * cfg.hc_mix().max(cfg.hc)),          // z
+        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),           // mix
+        f32s(hmax * e),                                 // y
+        f32s(hmax * e),                                 // xn
+        f32s(t * (cfg.q_lora + cfg.head_dim)),          // qkv_raw: [q_a; kv] outputs
+        f32s(t * cfg.q_lora),                           // qa
+        f32s(t * qh),                                   // q
+        f32s(t * 4 * cfg.head_dim),                     // ckv: [kv; gate], coff·hd each
+        f32s(t * 4 * di),                               // ikv: [kv; gate], 2·di each
+        f32s(t * nhi * di),                             // qi
+        f32s(t * nhi),                                  // wi
+        f32s(t * s.max_irows.max(1)),                   // scores
+        t * cfg.indexer_top_k.max(1) * 4,               // sel
+        t * 4,                                          // nsel
+        f32s(t * qh),                                   // o
+        split_scratch_bytes(cfg, ctx, t),               // apart
+        f32s(t * cfg.o_groups * cfg.o_lora),            // low
+        f32s(t * e),                                    // f
+        f32s(t * cfg.n_expert),                         // rlog
+        t * k * 4,                                      // ids
+        f32s(t * k),                                    // wts
+        f32s(t * k * 2 * ff),                           // gu: [gate; up] per item
+        f32s(t * k * ff),                               // mid
+        f32s(t * k * e),                                // routed
+        f32s(t * 2 * ff),                               // sgu: [gate; up]
+        f32s(t * ff),                                   // smid
+        f32s(t * e),                                    // sout
+        act,                                            // act_q (int8)
+        f32s(act / 32 + 1),                             // act_d
+        act / 16 * 2 + 2,                               // act_s (int16)
+        hmax * e.max(cfg.q_lora),                       // act2_q (int8)
+        f32s(hmax * e.max(cfg.q_lora) / 32 + 1),        // act2_d
+        f32s(HEAD_CHUNK * cfg.n_vocab),                 // logits
+        t * k * 4,                                      // perm
+        max_expert_groups(cfg, t, 8) * 3 * 4,           // grp
+        16,                                             // ngrp
+        MMA_MIN_TOKENS * 4,                             // hc_count
+        part_bytes(t),                                  // part
+        if t >= MMA_MIN_TOKENS { 2 * act } else { 16 }, // act_h (f16)
+        16,                                             // pos
+        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,           // pick
     ]
 }
 
@@ -411,6 +414,7 @@ impl Scratch {
             ngrp: a()?,
             hc_count: a()?,
             part: a()?,
+            act_h: a()?,
             pos: a()?,
             pick: a()?,
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
@@ -655,6 +659,9 @@ pub struct Mv {
     /// over its columns (see [`mm_col_splits`]); (0, 0): no split. Only one product at a
     /// time may use it (runs are not captured, so they have no parallel branches).
     pub part: (u64, usize),
+    /// A buffer (address, bytes) for the activations as f16 (`mm_q8_0_wh2` reads them
+    /// there); (0, 0): none. One product at a time, as `part`.
+    pub half: (u64, usize),
     /// Per-token factors (`nb` floats) the f32 activations are multiplied by as they
     /// are read (`MvArgs::xsc` in ds4.cu): only the F16 tensor-core products take them;
     /// 0: none.
@@ -681,6 +688,7 @@ impl Mv {
             by_expert: None,
             act_ready: false,
             part: (0, 0),
+            half: (0, 0),
             x_scale: 0,
         }
     }
@@ -1000,14 +1008,20 @@ fn mm_prefetch_on() -> bool {
 }
 
 /// The Q8_0 tensor-core products of a run by their `DS4_CUDA_MMQ8` names: on Hopper
-/// `mm_q8_0_wh` (v28, the default: both operands dequantized to f16 on the SM and summed
-/// by wgmma in f32 — as ds4 takes these products through cuBLAS in f16 — within 5.4e-4 of
-/// the CPU's exact block sums in the tests; 100.0 → 78.3 ms a 2,048-token chunk, prefill
-/// +5.6% at 2k and +6.1% at 8k on the H200); `mm_q8_0_wg` (128×128 tiles by int8 wgmma, two
-/// accumulator sets; v26), the CPU's outputs bit for bit; `mm_q8_0_big` (128×128 by
-/// mma.sync, half the L2 traffic of the 64×64 `mm_q8_0_cp`; v14), the default elsewhere;
-/// `big` and `cp` bit for bit too.
-const Q8_0_KERNELS: [(&str, &str); 4] = [
+/// `mm_q8_0_wh2` (v28, the default): both operands as f16 summed by wgmma in f32 — as
+/// ds4 takes these products through cuBLAS in f16 — the activations converted once a
+/// product (`q8_0_to_f16`), the weights dequantized on the SM into shared memory while the
+/// previous stage's products run; within 5.4e-4 of the CPU's exact block sums in the
+/// tests; H200, same call: a 2,048-token chunk's Q8_0 products 100.0 ms (`wg`) → 78.3
+/// (`wh`) → 69.5 + 4.9 of conversion (`wh2`), prefill +5.6% / +6.1% at 2k / 8k (`wh`)
+/// and +1.2% / +1.3% more (`wh2`). `mm_q8_0_wh` (the same values with the weights in
+/// wgmma's registers and the activations converted on the SM, two blocks an SM; `wh2`
+/// falls back to it where the run has no f16 buffer); `mm_q8_0_wg` (128×128 tiles by int8
+/// wgmma, two accumulator sets; v26), the CPU's outputs bit for bit; `mm_q8_0_big`
+/// (128×128 by mma.sync, half the L2 traffic of the 64×64 `mm_q8_0_cp`; v14), the default
+/// elsewhere; `big` and `cp` bit for bit too.
+const Q8_0_KERNELS: [(&str, &str); 5] = [
+    ("wh2", "mm_q8_0_wh2"),
     ("wh", "mm_q8_0_wh"),
     ("wg", "mm_q8_0_wg"),
     ("big", "mm_q8_0_big"),
@@ -1035,7 +1049,7 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     };
     match Q8_0_KERNELS[i].1 {
         // wgmma is sm_90a's: elsewhere the kernel is empty.
-        "mm_q8_0_wg" | "mm_q8_0_wh" if g.arch != "sm_90a" => "mm_q8_0_big",
+        "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2" if g.arch != "sm_90a" => "mm_q8_0_big",
         k => k,
     }
 }
@@ -1043,12 +1057,12 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
 /// Whether the dense Q8_0 run products now chosen are the CPU's bit for bit (all but
 /// `mm_q8_0_wh`, whose f16 operands round: for tests' tolerances).
 pub fn q8_0_runs_exact(g: &Gpu) -> bool {
-    mm_q8_0_kernel(g) != "mm_q8_0_wh"
+    !matches!(mm_q8_0_kernel(g), "mm_q8_0_wh" | "mm_q8_0_wh2")
 }
 
 /// Chooses the dense Q8_0 run product for every later launch of this process, overriding
-/// `DS4_CUDA_MMQ8`: `"wh"` or `"wg"` (Hopper only; elsewhere `"big"`), `"big"`, `"cp"`, or
-/// anything else for the environment's choice (by default `"wh"`). For tests that compare the
+/// `DS4_CUDA_MMQ8`: `"wh2"`, `"wh"` or `"wg"` (Hopper only; elsewhere `"big"`), `"big"`,
+/// `"cp"`, or anything else for the environment's choice (by default `"wh2"`). For tests that compare the
 /// kernels with each other.
 pub fn set_q8_0_kernel(name: &str) {
     let v = q8_0_kernel_index(name).map_or(0, |i| i as u8 + 1);
@@ -1296,6 +1310,9 @@ const MMW_SHARED: usize = MMW_NST * MMW_STAGE + 1024;
 /// `mm_q8_0_wh`'s: two of `mm_q8_0_wg`'s stages, an f16 activation tile of 128 × 128 and
 /// the alignment (two blocks an SM).
 const MMH_SHARED: usize = 2 * MMW_STAGE + 128 * 128 * 2 + 1024;
+/// `mm_q8_0_wh2`'s: three stages of MMH2_STAGE bytes (ds4.cu), two f16 weight tiles of
+/// 128 × 128 and the alignment.
+const MMH2_SHARED: usize = 3 * 50176 + 2 * 128 * 128 * 2 + 1024;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -1416,8 +1433,24 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         // The 128-row tiles need column groups aligned to them (one group per tile), and
         // their staging takes 32-bit offsets into the weights and the activations.
         let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
-        let tiles128 = matches!(kernel, "mm_q8_0_big" | "mm_q8_0_wg" | "mm_q8_0_wh");
+        let n = c.n_act * c.x_len;
+        // wh2 reads the activations as f16 from `half` (a run's; else wh).
+        let kernel = match kernel {
+            "mm_q8_0_wh2" if c.half.1 < 2 * n => "mm_q8_0_wh",
+            k => k,
+        };
+        let tiles128 = matches!(
+            kernel,
+            "mm_q8_0_big" | "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2"
+        );
         if tiles128 && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
+            if kernel == "mm_q8_0_wh2" {
+                launch!(g, "q8_0_to_f16", (ceil_div(n / 16, 256), 1, 1), 256, 0;
+                    act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+                g.allow_shared(kernel, MMH2_SHARED)?;
+                return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), 256,
+                    MMH2_SHARED as u32; args, c.half.0);
+            }
             let (threads, shm) = match kernel {
                 "mm_q8_0_wg" => (512, MMW_SHARED),
                 "mm_q8_0_wh" => (256, MMH_SHARED),
@@ -1504,12 +1537,14 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         gpu.alloc(n / 16 * 2 + 2)?,
     );
     let part = gpu.alloc(part_bytes(t))?;
+    let half = gpu.alloc(2 * n)?;
     mv_launch(
         gpu,
         m,
         [&q, &d, &bs],
         Mv {
             part: (part.ptr, part.bytes),
+            half: (half.ptr, half.bytes),
             ..Mv::plain(x.ptr, t, m.cols, y.ptr, m.rows)
         },
     )?;
@@ -1729,6 +1764,7 @@ pub fn experts_once(
         by_expert,
         act_ready: false,
         part: (0, 0),
+        half: (0, 0),
         x_scale: 0,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
@@ -1791,16 +1827,16 @@ impl<'a> Fwd<'a> {
     }
 
     fn mv(&self, s: &Scratch, m: &DevMat, c: Mv) -> Result<(), CudaError> {
-        let part = if self.capture {
-            (0, 0)
+        let (part, half) = if self.capture {
+            ((0, 0), (0, 0))
         } else {
-            (s.part.ptr, s.part.bytes)
+            ((s.part.ptr, s.part.bytes), (s.act_h.ptr, s.act_h.bytes))
         };
         mv_launch(
             self.gpu,
             m,
             [&s.act_q, &s.act_d, &s.act_s],
-            Mv { part, ..c },
+            Mv { part, half, ..c },
         )
     }
 
@@ -1864,12 +1900,18 @@ impl<'a> Fwd<'a> {
         m: &DevMat,
         c: Mv,
     ) -> Result<(), CudaError> {
+        let half = if self.capture {
+            (0, 0)
+        } else {
+            (s.act_h.ptr, s.act_h.bytes)
+        };
         mv_launch(
             self.gpu,
             m,
             [act.0, act.1, &s.act_s],
             Mv {
                 act_ready: ready,
+                half,
                 ..c
             },
         )
@@ -2566,6 +2608,7 @@ impl<'a> Fwd<'a> {
                 by_expert: groups,
                 act_ready: false,
                 part: (0, 0),
+                half: (0, 0),
                 x_scale: 0,
             };
         // Gate and up of each item in one product ([gate; up] per expert).

@@ -31,6 +31,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_big",
     "mm_q8_0_wg",
     "mm_q8_0_wh",
+    "mm_q8_0_wh2",
+    "q8_0_to_f16",
     "mv_q2_k",
     "mv_q2_k_1",
     "mv_q2_k_1r",

@@ -206,7 +206,7 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
         println!("SKIPPED q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu: wgmma needs sm_90a");
         return;
     }
-    // mm_q8_0_wh sums f16(q·d) products in f32: against the CPU's exact block sums it
+    // mm_q8_0_wh and _wh2 sum f16(q·d) products in f32: against the CPU's exact block sums it
     // differs by the operands' f16 rounding (relative 2^-11 a term, random in sign), far
     // below the activations' Q8_0 rounding (2^-8) that both share. Partial tiles, one
     // stage and many; activations of very different sizes per token (1e-3 .. 1e2).
@@ -224,14 +224,22 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
         let dm = upload_mat(&gpu, &m, "test").unwrap();
         set_q8_0_kernel("wh");
         let wh = matmul_once(&gpu, &dm, &xs);
+        set_q8_0_kernel("wh2");
+        let wh2 = matmul_once(&gpu, &dm, &xs);
         set_q8_0_kernel("wg");
         let wg = matmul_once(&gpu, &dm, &xs);
         set_q8_0_kernel("");
-        let (wh, wg) = (wh.unwrap(), wg.unwrap());
-        let (mut worst, mut worst_wg) = (0f32, 0f32);
+        let (wh, wh2, wg) = (wh.unwrap(), wh2.unwrap(), wg.unwrap());
+        let (mut worst, mut worst2, mut worst_wg) = (0f32, 0f32, 0f32);
         for t in 0..xs.len() {
             let e = rel_err(&cpu[t], &wh[t]);
             worst = worst.max(e);
+            let e2 = rel_err(&cpu[t], &wh2[t]);
+            worst2 = worst2.max(e2);
+            assert!(
+                e2 < 2e-3,
+                "wh2 {rows}x{cols}, {n_tok} tokens: token {t}: rel err {e2}"
+            );
             worst_wg = worst_wg.max(rel_err(&cpu[t], &wg[t]));
             assert!(
                 e < 2e-3,
@@ -239,7 +247,7 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
             );
         }
         println!(
-            "Q8_0 {rows}x{cols}, {n_tok} tokens: f16 kernel worst rel err {worst:.3e} (exact kernel {worst_wg:.3e})"
+            "Q8_0 {rows}x{cols}, {n_tok} tokens: f16 kernels worst rel err {worst:.3e} (wh), {worst2:.3e} (wh2); exact kernel {worst_wg:.3e}"
         );
     }
 }
