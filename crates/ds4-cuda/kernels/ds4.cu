@@ -1589,6 +1589,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_
 // Q8_0 activations (n values, xq and their block scales xd) as f16 in k order, for
 // mm_q8_0_wh2: sixteen a thread, as q8_chunk_x16 forms them.
 extern "C" __global__ void q8_0_to_f16(const i8* xq, const float* xd, u16* xh, int n) {
+    // After the quantization before it (launched with PDL, a kernel starts early).
+    pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     int i = 16 * (blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= n) return;
@@ -2670,6 +2672,241 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
     }
 }
 
+
+// IQ2_XXS routed experts for a run on the tensor cores in f16 (sm_90a): each weight
+// dequantized as f16 — grid byte × (2·ls + 1) exactly (an integer ≤ 1,333, one fused step
+// from the 1024 + b form), × the block's d rounded once, the sign by xor — straight into
+// wgmma's register fragments; the items' Q8_K activations dequantized to f16 beforehand
+// (q8_k_to_f16_iq); summed in f32 by wgmma m64nNGk16, the CPU's 1/8 at the end. Not the
+// CPU's integers (f16's rounding of the weight, ≈ 2^-12, and of the activation): the tests
+// bound it. A block: 128 rows of one expert group's matrix (two warpgroups of 64) × the
+// group's ≤ NG items; a stage is one 256-column IQ2_XXS block (the items' f16 tile of NG
+// × 256 in four 64-column panels swizzled at 128 bytes, the rows' 64 bytes of quants) by
+// cp.async one stage ahead, the rows' scales into registers a block ahead; two blocks an SM, so one block's decoding
+// runs while the other's products do. A lane decodes one grid entry (8 weights) of its two
+// rows per 32-column group: its k16 fragments take weights 8tq + 4s + (0, 1) and (2, 3)
+// as the logical columns 2tq + (0, 1) and 2tq + 8 + (0, 1) of step s of the group, a
+// permutation inside each group that q8_k_to_f16_iq applies to the activations.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_f16_64x32_ra(float* d, const u32* af, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
+}
+__device__ __forceinline__ void wgmma_f16_64x64_ra(float* d, const u32* af, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
+}
+template <int N> __device__ __forceinline__ void wg_fence_facc(float* d) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ u32 u2h_rn(u32 v) {
+    u16 h;
+    asm("cvt.rn.f16.u32 %0, %1;" : "=h"(h) : "r"(v));
+    return h;
+}
+#endif
+
+// The items' Q8_K activations (n values, xq and their 256-block scales xd) as f16 for
+// mm_iq2_xxs_wh: a thread per 32-column group, written in that kernel's permuted order
+// (logical pair 8s + 4hi + tq of a group is its bytes 8tq + 4s + 2hi, + 1).
+extern "C" __global__ void q8_k_to_f16_iq(const i8* xq, const float* xd, u16* xh, int n) {
+    pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    int i = 32 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    float d = xd[i >> 8];
+    u32 o0[8], o1[8];
+    q8_chunk_x16(*(const uint4*)(xq + i), d, o0);
+    q8_chunk_x16(*(const uint4*)(xq + i + 16), d, o1);
+    // o0[w] / o0[4 + w]: word w's bytes (0, 1) / (2, 3), words 0..3; o1 words 4..7.
+    u32 pr[8][2];
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        pr[w][0] = o0[w];
+        pr[w][1] = o0[4 + w];
+        pr[4 + w][0] = o1[w];
+        pr[4 + w][1] = o1[4 + w];
+    }
+    u32 out[16];
+#pragma unroll
+    for (int sx = 0; sx < 2; sx++)
+#pragma unroll
+        for (int hi = 0; hi < 2; hi++)
+#pragma unroll
+            for (int tq = 0; tq < 4; tq++) out[8 * sx + 4 * hi + tq] = pr[2 * tq + sx][hi];
+    uint4* dst = (uint4*)(xh + i);
+#pragma unroll
+    for (int v = 0; v < 4; v++) dst[v] = make_uint4(out[4 * v], out[4 * v + 1], out[4 * v + 2], out[4 * v + 3]);
+#endif
+}
+
+#define IQH_LDW 80
+template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int BT = NG * 512;                  // the f16 tile: NG rows × 256 columns
+    constexpr int STAGE = BT + 128 * IQH_LDW;    // + the quants (rows of 80 bytes)
+    __shared__ u64 grid_s[256];
+    __shared__ uint4 sgn_s[128];
+    __shared__ int items[NG];
+    __shared__ long long xoff[NG];
+    extern __shared__ __align__(16) u8 dsm[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    u8* base = dsm + pad;
+    u32 sbase = sraw + pad;
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+        u64 v = KSIGN_MASK[i];
+        u32 lo = (u32)v, hi = (u32)(v >> 32);
+        sgn_s[i] = make_uint4(__byte_perm(lo, 0, 0x1404) & 0x80008000u, __byte_perm(lo, 0, 0x3424) & 0x80008000u,
+                              __byte_perm(hi, 0, 0x1404) & 0x80008000u, __byte_perm(hi, 0, 0x3424) & 0x80008000u);
+    }
+    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+        int it = sl < nt ? a.perm[first + sl] : -1;
+        items[sl] = it;
+        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2;
+    int r0 = blockIdx.x * 128;
+    int nblk = a.cols >> 8;
+    const u8* wbase = a.w + e * a.mat_bytes;
+    const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes);
+    size_t row_bytes = (size_t)(a.cols >> 2);
+    auto stage = [&](int ib, int buf) {
+        u8* sb = base + buf * STAGE;
+        // The items' f16 rows: NG × 32 chunks of 16 bytes; chunk ch of item sl goes to
+        // panel ch / 8, its chunk ch % 8 swizzled by the row.
+#pragma unroll
+        for (int u = 0; u < NG * 32 / 256; u++) {
+            int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
+            long long xo = xoff[sl];
+            const u16* src = xo >= 0 ? xh + xo + 256 * ib + 8 * ch : xh;
+            cp_async16(sb + (ch >> 3) * (NG * 128) + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = threadIdx.x + 256 * u, row = idx >> 2, ch = idx & 3;
+            int wr = min(r0 + row, a.rows - 1);
+            cp_async16(sb + BT + row * IQH_LDW + 16 * ch, wbase + wr * row_bytes + 64 * ib + 16 * ch, 16);
+        }
+    };
+    float acc[NG / 2];
+#pragma unroll
+    for (int i = 0; i < NG / 2; i++) acc[i] = 0.0f;
+    wg_fence_facc<NG / 2>(acc);
+    int arow = 64 * wm + 16 * (warp & 3) + g;
+    u32 fr[8][4];
+    // The lane's two rows' block scales, loaded a block ahead into registers.
+    const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
+    const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
+    u32 dn0 = wd0[0], dn1 = wd1[0];
+    stage(0, 0);
+    cp_async_commit();
+#pragma unroll 1
+    for (int ib = 0; ib < nblk; ib++) {
+        const u8* sb = base + (ib & 1) * STAGE;
+        cp_async_wait0();
+        fence_proxy_async();
+        // Block ib's copies visible; every group's products of block
+        // ib − 1, which read the other buffer, done (each waited for its own).
+        __syncthreads();
+        if (ib + 1 < nblk) stage(ib + 1, (ib + 1) & 1);
+        cp_async_commit();
+        u32 d0 = dn0 | (dn0 << 16), d1 = dn1 | (dn1 << 16);
+        if (ib + 1 < nblk) {
+            dn0 = wd0[ib + 1];
+            dn1 = wd1[ib + 1];
+        }
+        // The block's two halves of four groups (eight k16 steps, 32 fragment registers).
+#pragma unroll
+        for (int kh = 0; kh < 2; kh++) {
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                const u8* wq = sb + BT + (arow + 8 * hr) * IQH_LDW + 32 * kh;
+                u32 d2 = hr ? d1 : d0;
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    uint2 gw = *(const uint2*)(wq + 8 * q);
+                    u32 idx = (gw.x >> (8 * tq)) & 255, s7 = (gw.y >> (7 * tq)) & 127;
+                    u32 s1 = u2h_rn(2 * (gw.y >> 28) + 1);
+                    u32 s12 = s1 | (s1 << 16);
+                    u32 m1024 = h2_mul(s12, 0xE400E400u); // −1024·(2ls + 1), exact
+                    u64 gr = grid_s[idx];
+                    uint4 sg = sgn_s[s7];
+                    u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
+                    u32 p0 = __byte_perm(glo, 0x64646464u, 0x5140), p1 = __byte_perm(glo, 0x64646464u, 0x5342);
+                    u32 p2 = __byte_perm(ghi, 0x64646464u, 0x5140), p3 = __byte_perm(ghi, 0x64646464u, 0x5342);
+                    // Steps 2q and 2q + 1 of this half: (a0 | a1) from pairs 0 / 2,
+                    // (a2 | a3) from pairs 1 / 3.
+                    fr[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ sg.x;
+                    fr[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ sg.y;
+                    fr[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ sg.z;
+                    fr[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ sg.w;
+                }
+            }
+            // The fragments complete before the products' fence (see mm_q8_0_wh).
+#pragma unroll
+            for (int s8 = 0; s8 < 8; s8++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) asm volatile("" : "+r"(fr[s8][i])::"memory");
+            wg_fence();
+#pragma unroll
+            for (int s8 = 0; s8 < 8; s8++) {
+                int ks = 8 * kh + s8; // the k16 step in the block: panel ks / 4
+                u32 sbb = sbase + (ib & 1) * STAGE + (ks >> 2) * (NG * 128) + 32 * (ks & 3);
+                if (NG == 64)
+                    wgmma_f16_64x64_ra(acc, fr[s8], wg_desc_sw128(sbb));
+                else
+                    wgmma_f16_64x32_ra(acc, fr[s8], wg_desc_sw128(sbb));
+            }
+            wg_commit();
+            wg_wait0();
+#pragma unroll
+            for (int s8 = 0; s8 < 8; s8++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) asm volatile("" : "+r"(fr[s8][i])::"memory");
+        }
+    }
+    wg_fence_facc<NG / 2>(acc);
+#pragma unroll
+    for (int j = 0; j < NG / 8; j++) {
+        float c4[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) c4[q] = acc[4 * j + q] * 0.125f;
+        mma_store(a, c4, r0 + arow, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+    }
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) mm_iq2_xxs_wh(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_iq2_xxs_wh_body<32>(a, xh);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) mm_iq2_xxs_wh64(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_iq2_xxs_wh_body<64>(a, xh);
+}
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t8(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 8>(a); }
@@ -2708,16 +2945,25 @@ __device__ __forceinline__ void mma_u8s8_16816(int* c, int a0, int a1, int b0) {
         : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
         : "r"(a0), "r"(a1), "r"(b0), "r"(0), "r"(0), "r"(0), "r"(0));
 }
-template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& a) {
+// HALVES: the groups hold up to 64 items and block y takes half y % 2 of group y / 2 (32
+// items), so the groups of 64 that mm_iq2_xxs_wh64 wants leave this kernel its groups of
+// 32 (v28: mm_q2_k_sm64 is 4.7 ms a 2,048-token chunk slower than mm_q2_k_sm).
+template <int NG, bool HALVES = false> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& a) {
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) i8 xs_dyn[];
     i8 (*xs)[NG * Q2_LDB] = reinterpret_cast<i8 (*)[NG * Q2_LDB]>(xs_dyn);
     __shared__ float dxs[2][NG];
-    int gi = blockIdx.y;
+    int gi = HALVES ? blockIdx.y >> 1 : blockIdx.y;
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    if (HALVES) {
+        int h = blockIdx.y & 1;
+        first += NG * h;
+        nt = min(nt - NG * h, NG);
+        if (nt <= 0) return;
+    }
     for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
         int it = sl < nt ? a.perm[first + sl] : -1;
         items[sl] = it;
@@ -2904,6 +3150,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_sm_body(const MvArgs& 
 }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<32>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm64(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<64>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_q2_k_sm_h(MvArgs a) { pdl_begin(); mm_q2_k_sm_body<32, true>(a); }
 
 // Routed items grouped by expert for the prefill products: a counting sort of the
 // nb items by ids[b], then groups of ≤ gsize items of one expert (see MvArgs; MAXNT

@@ -219,9 +219,16 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
 /// Items per expert group: 64 (the `_st64` kernels) or MM_NG (32) when the gate, up and
 /// down products all have a tensor-core kernel, else MAXNT (8, the matrix-vector
 /// kernels' limit).
-fn expert_group_size(w: &DevLayer, items: usize) -> usize {
+fn expert_group_size(g: &Gpu, w: &DevLayer, items: usize) -> usize {
     let mats = w.gate_up_exps.mats().into_iter().chain([&w.down_exps]);
-    group_size(mats.into_iter().all(expert_mm), items)
+    group_size(mats.into_iter().all(expert_mm), items, iq2_f16_groups(g))
+}
+
+/// Whether routed items are grouped by 64 for every run because the IQ2_XXS products take
+/// the f16 kernel (`mm_iq2_xxs_wh64`; its groups of 32 measured slower than the integer
+/// kernel, v28: −4.5% at 2k, where the 64s give +1.9%).
+fn iq2_f16_groups(g: &Gpu) -> bool {
+    g.arch == "sm_90a" && iq2_f16_on()
 }
 
 /// Whether routed experts of `m`'s type have a grouped tensor-core kernel.
@@ -235,9 +242,10 @@ fn expert_mm(m: &DevMat) -> bool {
 }
 
 /// Items per expert group for a run of `items` routed items: the tensor-core kernels'
-/// 32 (or 64), else MAXNT.
-fn group_size(mm: bool, items: usize) -> usize {
-    match (mm, expert_groups_of_64(items)) {
+/// 32 (or 64: long runs, or every run with `f16_groups`, see [`iq2_f16_groups`]), else
+/// MAXNT.
+fn group_size(mm: bool, items: usize, f16_groups: bool) -> usize {
+    match (mm, f16_groups || expert_groups_of_64(items)) {
         (true, true) => 64,
         (true, false) => 32,
         (false, _) => 8,
@@ -1102,6 +1110,41 @@ fn iq2_replicas_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_TAB").map_or(true, |v| v != "0"))
 }
 
+/// A test's choice for [`iq2_f16_on`] ([`set_iq2_f16`]): 0 the environment's, 1 off, 2 on.
+static IQ2_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The routed IQ2_XXS products of a run in f16 on wgmma (`mm_iq2_xxs_wh64`, Hopper; v28,
+/// the default there; `DS4_CUDA_IQ2_WH=0` keeps the integer kernels): the weights
+/// dequantized to f16 into the products' registers, within f16's rounding of the CPU's
+/// integer sums (6.9e-4 in the tests) rather than equal to them. H200, same call: a
+/// 2,048-token chunk's IQ2_XXS products 123.6 → 105.5 ms, prefill +1.9% at 2k and +6.2%
+/// for a 6,144-token batch (with mm_q2_k_sm64 at 2k, since replaced by `_sm_h`).
+fn iq2_f16_on() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match IQ2_F16.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_IQ2_WH").map_or(true, |v| v != "0")),
+    }
+}
+
+/// Chooses [`iq2_f16_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_iq2_f16(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    IQ2_F16.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the routed IQ2_XXS run products now chosen are the CPU's bit for bit (not the
+/// f16 kernel on Hopper), for tests' tolerances.
+pub fn iq2_runs_exact(g: &Gpu) -> bool {
+    !(g.arch == "sm_90a" && iq2_f16_on())
+}
+
 /// Groups of 32 with four grid replicas (`mm_iq2_xxs_st_t4`): 8 KB less shared memory a
 /// block, five blocks an SM where `_t8` has four (v27: prefill +1.5% at 2k on the H200;
 /// `DS4_CUDA_IQ2_C4=0` keeps `_t8`).
@@ -1470,7 +1513,10 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
         // Operands staged in shared memory by cp.async (see ds4.cu).
-        let big = expert_groups_of_64(c.nb);
+        let big = iq2_f16_groups(g) || expert_groups_of_64(c.nb);
+        // Groups of 64 for the f16 IQ2_XXS kernel in a run too short for mm_q2_k_sm64 to
+        // pay: Q2_K takes each group's halves as groups of 32 (`mm_q2_k_sm_h`).
+        let q2k_halves = big && !expert_groups_of_64(c.nb);
         let kernel = match m.ty {
             GgmlType::Iq2Xxs if m.split.is_some() => Some(match (big, iq2_replicas_on()) {
                 (true, false) => "mm_iq2_xxs_st64",
@@ -1480,16 +1526,45 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 (false, true) => "mm_iq2_xxs_st_t8",
                 (false, false) => "mm_iq2_xxs_st",
             }),
-            GgmlType::Q2K => Some(if big { "mm_q2_k_sm64" } else { "mm_q2_k_sm" }),
+            GgmlType::Q2K => Some(match (big, q2k_halves) {
+                (true, true) => "mm_q2_k_sm_h",
+                (true, false) => "mm_q2_k_sm64",
+                (false, _) => "mm_q2_k_sm",
+            }),
             _ => None,
         };
+        let n = c.n_act * c.x_len;
+        if m.ty == GgmlType::Iq2Xxs
+            && m.split.is_some()
+            && g.arch == "sm_90a"
+            && iq2_f16_on()
+            && c.half.1 >= 2 * n
+        {
+            // The f16 kernel: the items' activations to f16 first (its permuted order).
+            launch!(g, "q8_k_to_f16_iq", (ceil_div(n / 32, 256), 1, 1), 256, 0;
+                act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+            let ng = if big { 64 } else { 32 };
+            let k = if big {
+                "mm_iq2_xxs_wh64"
+            } else {
+                "mm_iq2_xxs_wh"
+            };
+            // Two stages of the items' f16 tile (ng × 512 bytes) and 128 rows of quants (80
+            // bytes), and the alignment.
+            let shm = 2 * (ng * 512 + 128 * 80) + 1024;
+            g.allow_shared(k, shm)?;
+            return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256, shm as u32;
+                args, c.half.0);
+        }
         if let Some(k) = kernel {
             // The activations' two buffers in dynamic shared memory: 272 bytes per item
             // for IQ2_XXS, 304 (quants and block sums) for Q2_K.
             let per_item = if m.ty == GgmlType::Iq2Xxs { 272 } else { 304 };
-            let shm = 2 * (if big { 64 } else { 32 }) * per_item;
+            let halves = k == "mm_q2_k_sm_h";
+            let shm = 2 * (if big && !halves { 64 } else { 32 }) * per_item;
+            let gy = if halves { 2 * grid_y } else { grid_y };
             g.allow_shared(k, shm)?;
-            return launch!(g, k, (ceil_div(m.rows, 64), grid_y as u32, 1), 128, shm as u32; args);
+            return launch!(g, k, (ceil_div(m.rows, 64), gy as u32, 1), 128, shm as u32; args);
         }
     }
     let single = nt == 1 && c.by_expert.is_none();
@@ -1737,7 +1812,7 @@ pub fn experts_once(
         gpu.alloc(n / 32 * 4 + 4)?,
         gpu.alloc(n / 16 * 2 + 2)?,
     );
-    let gsize = group_size(expert_mm(m), nb);
+    let gsize = group_size(expert_mm(m), nb, iq2_f16_groups(gpu));
     let max_groups = nb.div_ceil(gsize) + n_expert;
     let (perm, grp, ngrp) = (
         gpu.alloc(nb * 4)?,
@@ -1751,6 +1826,7 @@ pub fn experts_once(
     } else {
         None
     };
+    let half = gpu.alloc(2 * n)?;
     let mv = Mv {
         x: x.ptr,
         n_act: t,
@@ -1764,7 +1840,7 @@ pub fn experts_once(
         by_expert,
         act_ready: false,
         part: (0, 0),
-        half: (0, 0),
+        half: (half.ptr, half.bytes),
         x_scale: 0,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
@@ -2581,7 +2657,7 @@ impl<'a> Fwd<'a> {
         // products have tensor-core kernels) instead of once per item.
         let nb = t * k;
         let groups = if t > 1 {
-            let gsize = expert_group_size(w, nb);
+            let gsize = expert_group_size(g, w, nb);
             launch!(g, "group_by_expert", (1, 1, 1), 1024, (2 * ne * 4) as u32;
                 s.ids.ptr, nb as i32, ne as i32, s.perm.ptr, s.grp.ptr, s.ngrp.ptr,
                 gsize as i32)?;
@@ -2893,14 +2969,20 @@ mod tests {
         }
         let cfg = ModelConfig::flash();
         let k = cfg.n_expert_used;
-        assert_eq!(group_size(true, 2048 * k), 32);
-        assert_eq!(group_size(true, NG64_MIN_ITEMS - 1), 32);
-        assert_eq!(group_size(true, NG64_MIN_ITEMS), 64);
-        assert_eq!(group_size(true, 8192 * k), 64);
-        assert_eq!(group_size(false, 8192 * k), 8);
+        assert_eq!(group_size(true, 2048 * k, false), 32);
+        assert_eq!(group_size(true, NG64_MIN_ITEMS - 1, false), 32);
+        assert_eq!(group_size(true, NG64_MIN_ITEMS, false), 64);
+        assert_eq!(group_size(true, 8192 * k, false), 64);
+        assert_eq!(group_size(false, 8192 * k, false), 8);
+        // The f16 IQ2_XXS kernel's groups of 64 at every run size.
+        assert_eq!(group_size(true, 2048 * k, true), 64);
+        assert_eq!(group_size(true, 17 * k, true), 64);
+        assert_eq!(group_size(false, 2048 * k, true), 8);
         for t in [2048, 4096, 8192] {
-            let g = group_size(true, t * k);
-            assert!(max_expert_groups(&cfg, t, g) <= max_expert_groups(&cfg, t, 8));
+            for f16 in [false, true] {
+                let g = group_size(true, t * k, f16);
+                assert!(max_expert_groups(&cfg, t, g) <= max_expert_groups(&cfg, t, 8));
+            }
         }
     }
 
