@@ -1204,6 +1204,32 @@ __device__ __forceinline__ void wg_fence_regs(int* d) {
 // MMW_STAGE (bytes a stage: A 128 × 128 B, B 128 × 128 B, f16 weight scales [128][4] at
 // 32,768, f32 activation scales [4][128] at 33,792) and MMW_NST (3: the copies run two
 // stages ahead) come from the host, which sizes the shared memory by them.
+// One stage of mm_q8_0_wg / _wh: 128 weight rows and 128 tokens of 128 bytes (the
+// thread's U chunks, rows 128 / U apart, at swizzled offset sdst), the rows' f16 scales of
+// the stage's four blocks ([128][4] at 32,768) and the tokens' f32 ones ([4][128] at
+// 33,792), by cp.async; rows and tokens past the end read zero scales.
+template <int U> __device__ __forceinline__ void mmw_stage(const MvArgs& a, u8* sb, u32 sdst, const u32* woff,
+                                                          const u32* xoff, int r0, int t0, int nblk,
+                                                          long long goff, int kb0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        cp_async16(sb + sdst + (16384 / U) * u, a.w + woff[u] + kb0 * 32, 16);
+        cp_async16(sb + 16384 + sdst + (16384 / U) * u, a.xq + xoff[u] + kb0 * 32, 16);
+    }
+    const u16* wd = (const u16*)a.sc;
+    if (threadIdx.x < 128) {
+        int wrow = r0 + threadIdx.x;
+        bool ok = wrow < a.rows;
+        cp_async8(sb + 32768 + 8 * threadIdx.x, ok ? wd + (size_t)wrow * nblk + kb0 : wd, ok ? 8 : 0);
+    } else if (threadIdx.x < 256) {
+        int row = threadIdx.x - 128, tk = t0 + row;
+        bool ok = tk < a.nb;
+        const float* src = ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd;
+        float* bdt = (float*)(sb + 33792);
+#pragma unroll
+        for (int kb = 0; kb < 4; kb++) cp_async4z(bdt + kb * 128 + row, src + (ok ? kb : 0), ok ? 4 : 0);
+    }
+}
 extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
@@ -1217,7 +1243,6 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
     int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
     int nblk = a.cols >> 5, nst = nblk >> 2;
     long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
-    const u16* wd = (const u16*)a.sc;
     // A thread copies 16-byte chunk sch of rows srow and srow + 64 of each operand (rows
     // past the matrix or the run repeat the last one; their products are never stored).
     int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
@@ -1225,25 +1250,7 @@ extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_
     u32 woff[2], xoff[2];
     q8_copy_offsets<2, 64>(a, r0 + srow, t0 + srow, goff, 16 * sch, woff, xoff);
     auto stage = [&](int st, int buf) {
-        u8* sb = base + buf * MMW_STAGE;
-        int kb0 = 4 * st;
-#pragma unroll
-        for (int u = 0; u < 2; u++) {
-            cp_async16(sb + sdst + 8192 * u, a.w + woff[u] + kb0 * 32, 16);
-            cp_async16(sb + 16384 + sdst + 8192 * u, a.xq + xoff[u] + kb0 * 32, 16);
-        }
-        if (threadIdx.x < 128) {
-            int wrow = r0 + threadIdx.x;
-            bool ok = wrow < a.rows;
-            cp_async8(sb + 32768 + 8 * threadIdx.x, ok ? wd + (size_t)wrow * nblk + kb0 : wd, ok ? 8 : 0);
-        } else if (threadIdx.x < 256) {
-            int row = threadIdx.x - 128, tk = t0 + row;
-            bool ok = tk < a.nb;
-            const float* src = ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd;
-            float* bdt = (float*)(sb + 33792);
-#pragma unroll
-            for (int kb = 0; kb < 4; kb++) cp_async4z(bdt + kb * 128 + row, src + (ok ? kb : 0), ok ? 4 : 0);
-        }
+        mmw_stage<2>(a, base + buf * MMW_STAGE, sdst, woff, xoff, r0, t0, nblk, goff, 4 * st);
     };
     float acc[8][4];
 #pragma unroll
@@ -1351,42 +1358,34 @@ __device__ __forceinline__ u32 f2h2(float lo, float hi) {
 // tokens × 128 k in two 64-k panels of 16 KB swizzled at 128 bytes, is written by all
 // threads from the raw stage and read by wgmma.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The 64 f32 accumulators of an m64n128 product: their operand list and constraints.
+#define WG_D64                                                                                     \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "   \
+    "%56, %57, %58, %59, %60, %61, %62, %63}"
+#define WG_ACC8(d, i)                                                                              \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
+        "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_ACC64(d)                                                                                \
+    WG_ACC8(d, 0), WG_ACC8(d, 8), WG_ACC8(d, 16), WG_ACC8(d, 24), WG_ACC8(d, 32), WG_ACC8(d, 40), \
+        WG_ACC8(d, 48), WG_ACC8(d, 56)
 __device__ __forceinline__ void wgmma_f16_64x128_ra(float* d, const u32* af, unsigned long long db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        WG_D64 ", "
         "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : WG_ACC64(d)
         : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
 }
 __device__ __forceinline__ void wgmma_f16_64x128_ss(float* d, unsigned long long da, unsigned long long db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        WG_D64 ", "
         "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : WG_ACC64(d)
         : "l"(da), "l"(db), "r"(1));
 }
 __device__ __forceinline__ void wg_fence_fregs(float* d) {
@@ -1474,31 +1473,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_
     int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
     int nblk = a.cols >> 5, nst = nblk >> 2;
     long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
-    const u16* wd = (const u16*)a.sc;
     int srow = threadIdx.x >> 3, sch = threadIdx.x & 7;
     u32 sdst = srow * 128 + ((sch ^ (srow & 7)) << 4);
     u32 woff[4], xoff[4];
     q8_copy_offsets<4, 32>(a, r0 + srow, t0 + srow, goff, 16 * sch, woff, xoff);
     auto stage = [&](int st, int buf) {
-        u8* sb = base + buf * MMW_STAGE;
-        int kb0 = 4 * st;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            cp_async16(sb + sdst + 4096 * u, a.w + woff[u] + kb0 * 32, 16);
-            cp_async16(sb + 16384 + sdst + 4096 * u, a.xq + xoff[u] + kb0 * 32, 16);
-        }
-        if (threadIdx.x < 128) {
-            int wrow = r0 + threadIdx.x;
-            bool ok = wrow < a.rows;
-            cp_async8(sb + 32768 + 8 * threadIdx.x, ok ? wd + (size_t)wrow * nblk + kb0 : wd, ok ? 8 : 0);
-        } else {
-            int row = threadIdx.x - 128, tk = t0 + row;
-            bool ok = tk < a.nb;
-            const float* src = ok ? a.xd + (((long long)tk * a.x_stride + goff) >> 5) + kb0 : a.xd;
-            float* bdt = (float*)(sb + 33792);
-#pragma unroll
-            for (int kb = 0; kb < 4; kb++) cp_async4z(bdt + kb * 128 + row, src + (ok ? kb : 0), ok ? 4 : 0);
-        }
+        mmw_stage<4>(a, base + buf * MMW_STAGE, sdst, woff, xoff, r0, t0, nblk, goff, 4 * st);
     };
     float acc[64];
 #pragma unroll
@@ -2688,16 +2668,6 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
 // as the logical columns 2tq + (0, 1) and 2tq + 8 + (0, 1) of step s of the group, a
 // permutation inside each group that q8_k_to_f16_iq applies to the activations.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wgmma_f16_64x32_ra(float* d, const u32* af, unsigned long long db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
-}
 __device__ __forceinline__ void wgmma_f16_64x64_ra(float* d, const u32* af, unsigned long long db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -2723,7 +2693,7 @@ __device__ __forceinline__ u32 u2h_rn(u32 v) {
 #endif
 
 // The items' Q8_K activations (n values, xq and their 256-block scales xd) as f16 for
-// mm_iq2_xxs_wh: a thread per 32-column group, written in that kernel's permuted order
+// mm_iq2_xxs_wh64: a thread per 32-column group, written in that kernel's permuted order
 // (logical pair 8s + 4hi + tq of a group is its bytes 8tq + 4s + 2hi, + 1).
 extern "C" __global__ void q8_k_to_f16_iq(const i8* xq, const float* xd, u16* xh, int n) {
     pdl_begin();
@@ -2757,7 +2727,9 @@ extern "C" __global__ void q8_k_to_f16_iq(const i8* xq, const float* xd, u16* xh
 }
 
 #define IQH_LDW 80
-template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {
+// QS: 32-column groups decoded per batch of products (4: 32 fragment registers, 2: 16,
+// with twice the waits; the register budget of two blocks an SM is 128).
+template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int BT = NG * 512;                  // the f16 tile: NG rows × 256 columns
     constexpr int STAGE = BT + 128 * IQH_LDW;    // + the quants (rows of 80 bytes)
@@ -2765,10 +2737,10 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArg
     __shared__ uint4 sgn_s[128];
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
-    extern __shared__ __align__(16) u8 dsm[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    extern __shared__ __align__(16) u8 dsm_iq[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm_iq);
     u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm + pad;
+    u8* base = dsm_iq + pad;
     u32 sbase = sraw + pad;
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return;
@@ -2817,7 +2789,7 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArg
     for (int i = 0; i < NG / 2; i++) acc[i] = 0.0f;
     wg_fence_facc<NG / 2>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
-    u32 fr[8][4];
+    u32 fr[2 * QS][4];
     // The lane's two rows' block scales, loaded a block ahead into registers.
     const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
     const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
@@ -2839,15 +2811,15 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArg
             dn0 = wd0[ib + 1];
             dn1 = wd1[ib + 1];
         }
-        // The block's two halves of four groups (eight k16 steps, 32 fragment registers).
+        // The block's 8 / QS batches of QS groups (2·QS k16 steps).
 #pragma unroll
-        for (int kh = 0; kh < 2; kh++) {
+        for (int kh = 0; kh < 8 / QS; kh++) {
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
-                const u8* wq = sb + BT + (arow + 8 * hr) * IQH_LDW + 32 * kh;
+                const u8* wq = sb + BT + (arow + 8 * hr) * IQH_LDW + 8 * QS * kh;
                 u32 d2 = hr ? d1 : d0;
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
+                for (int q = 0; q < QS; q++) {
                     uint2 gw = *(const uint2*)(wq + 8 * q);
                     u32 idx = (gw.x >> (8 * tq)) & 255, s7 = (gw.y >> (7 * tq)) & 127;
                     u32 s1 = u2h_rn(2 * (gw.y >> 28) + 1);
@@ -2868,23 +2840,20 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArg
             }
             // The fragments complete before the products' fence (see mm_q8_0_wh).
 #pragma unroll
-            for (int s8 = 0; s8 < 8; s8++)
+            for (int s8 = 0; s8 < 2 * QS; s8++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) asm volatile("" : "+r"(fr[s8][i])::"memory");
             wg_fence();
 #pragma unroll
-            for (int s8 = 0; s8 < 8; s8++) {
-                int ks = 8 * kh + s8; // the k16 step in the block: panel ks / 4
+            for (int s8 = 0; s8 < 2 * QS; s8++) {
+                int ks = 2 * QS * kh + s8; // the k16 step in the block: panel ks / 4
                 u32 sbb = sbase + (ib & 1) * STAGE + (ks >> 2) * (NG * 128) + 32 * (ks & 3);
-                if (NG == 64)
-                    wgmma_f16_64x64_ra(acc, fr[s8], wg_desc_sw128(sbb));
-                else
-                    wgmma_f16_64x32_ra(acc, fr[s8], wg_desc_sw128(sbb));
+                wgmma_f16_64x64_ra(acc, fr[s8], wg_desc_sw128(sbb));
             }
             wg_commit();
             wg_wait0();
 #pragma unroll
-            for (int s8 = 0; s8 < 8; s8++)
+            for (int s8 = 0; s8 < 2 * QS; s8++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) asm volatile("" : "+r"(fr[s8][i])::"memory");
         }
@@ -2899,13 +2868,13 @@ template <int NG> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArg
     }
 #endif
 }
-extern "C" __global__ void __launch_bounds__(256, 2) mm_iq2_xxs_wh(MvArgs a, const u16* xh) {
-    pdl_begin();
-    mm_iq2_xxs_wh_body<32>(a, xh);
-}
+// Groups of 64, two groups decoded a batch: four a batch (32 fragment registers) spilled
+// under the device's NVRTC at 128 registers (v28i: ncu's local-memory requests) and ran no
+// faster without spills (v28j); groups of 32 (m64n32) were slower than the integer kernel
+// (v28g).
 extern "C" __global__ void __launch_bounds__(256, 2) mm_iq2_xxs_wh64(MvArgs a, const u16* xh) {
     pdl_begin();
-    mm_iq2_xxs_wh_body<64>(a, xh);
+    mm_iq2_xxs_wh_body<64, 2>(a, xh);
 }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }

@@ -1543,12 +1543,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             // The f16 kernel: the items' activations to f16 first (its permuted order).
             launch!(g, "q8_k_to_f16_iq", (ceil_div(n / 32, 256), 1, 1), 256, 0;
                 act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
-            let ng = if big { 64 } else { 32 };
-            let k = if big {
-                "mm_iq2_xxs_wh64"
-            } else {
-                "mm_iq2_xxs_wh"
-            };
+            // Its groups are 64 (iq2_f16_groups).
+            let (ng, k) = (64, "mm_iq2_xxs_wh64");
             // Two stages of the items' f16 tile (ng × 512 bytes) and 128 rows of quants (80
             // bytes), and the alignment.
             let shm = 2 * (ng * 512 + 128 * 80) + 1024;

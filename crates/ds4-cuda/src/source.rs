@@ -32,7 +32,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_wg",
     "mm_q8_0_wh",
     "mm_q8_0_wh2",
-    "mm_iq2_xxs_wh",
     "mm_iq2_xxs_wh64",
     "q8_k_to_f16_iq",
     "q8_0_to_f16",

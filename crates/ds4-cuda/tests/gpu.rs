@@ -33,6 +33,48 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The GPU if it is a Hopper (sm_90a: the wgmma kernels), else None with the reason printed.
+fn hopper_or_skip(test: &str) -> Option<Gpu> {
+    let gpu = gpu_or_skip(test)?;
+    if gpu.arch != "sm_90a" {
+        println!("SKIPPED {test}: wgmma needs sm_90a");
+        return None;
+    }
+    Some(gpu)
+}
+
+/// `n` random rows whose sizes step through 1e-3 .. 1e2 (the f16 paths' small and large
+/// Q8 scales).
+fn scaled_rows(n: u64, cols: usize, seed: u64) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|t| {
+            let s = 10f32.powf((t % 6) as f32 - 3.0);
+            rand_vec(cols, seed + t).iter().map(|v| v * s).collect()
+        })
+        .collect()
+}
+
+/// A random Q8_0 matrix (seeded by its width).
+fn q8_0_mat(rows: usize, cols: usize) -> Mat {
+    let w = rand_vec(rows * cols, 7 + cols as u64);
+    let bytes = ds4_quant::quantize(GgmlType::Q8_0, &w, cols, None).unwrap();
+    Mat::from_blocks(rows, cols, GgmlType::Q8_0, Bytes::from_vec(bytes)).unwrap()
+}
+
+/// `matmul_once` with the Q8_0 run product `kernel` ([`set_q8_0_kernel`]), then the
+/// environment's choice again.
+fn matmul_with(
+    gpu: &Gpu,
+    dm: &ds4_cuda::weights::DevMat,
+    xs: &[Vec<f32>],
+    kernel: &str,
+) -> Vec<Vec<f32>> {
+    set_q8_0_kernel(kernel);
+    let out = matmul_once(gpu, dm, xs);
+    set_q8_0_kernel("");
+    out.unwrap()
+}
+
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
@@ -140,18 +182,12 @@ fn q8_0_run_kernels_agree_bit_for_bit() {
     // mm_q8_0_big: the wgmma kernel (Hopper) sums the same int32 block sums and scales
     // them in the same order, so the outputs must agree to the bit; both against the CPU.
     for (rows, cols, n_tok) in [(200, 1024, 300), (130, 128, 17), (256, 4096, 129)] {
-        let w = rand_vec(rows * cols, 7 + cols as u64);
-        let bytes = ds4_quant::quantize(GgmlType::Q8_0, &w, cols, None).unwrap();
-        let m = Mat::from_blocks(rows, cols, GgmlType::Q8_0, Bytes::from_vec(bytes)).unwrap();
+        let m = q8_0_mat(rows, cols);
         let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 500 + t)).collect();
         let cpu = m.matmul(&xs).unwrap();
         let dm = upload_mat(&gpu, &m, "test").unwrap();
-        set_q8_0_kernel("big");
-        let big = matmul_once(&gpu, &dm, &xs);
-        set_q8_0_kernel("wg");
-        let wg = matmul_once(&gpu, &dm, &xs);
-        set_q8_0_kernel("");
-        let (big, wg) = (big.unwrap(), wg.unwrap());
+        let big = matmul_with(&gpu, &dm, &xs, "big");
+        let wg = matmul_with(&gpu, &dm, &xs, "wg");
         let bad: Vec<(usize, usize)> = (0..xs.len())
             .flat_map(|t| (0..rows).map(move |r| (t, r)))
             .filter(|&(t, r)| big[t][r].to_bits() != wg[t][r].to_bits())
@@ -199,13 +235,9 @@ fn q8_0_run_kernels_agree_bit_for_bit() {
 
 #[test]
 fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
-    let Some(gpu) = gpu_or_skip("q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu") else {
+    let Some(gpu) = hopper_or_skip("q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu") else {
         return;
     };
-    if gpu.arch != "sm_90a" {
-        println!("SKIPPED q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu: wgmma needs sm_90a");
-        return;
-    }
     // mm_q8_0_wh and _wh2 sum f16(q·d) products in f32: against the CPU's exact block sums it
     // differs by the operands' f16 rounding (relative 2^-11 a term, random in sign), far
     // below the activations' Q8_0 rounding (2^-8) that both share. Partial tiles, one
@@ -217,27 +249,15 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
         (256, 4096, 129),
         (4096, 1024, 2048),
     ] {
-        let w = rand_vec(rows * cols, 7 + cols as u64);
-        let bytes = ds4_quant::quantize(GgmlType::Q8_0, &w, cols, None).unwrap();
-        let m = Mat::from_blocks(rows, cols, GgmlType::Q8_0, Bytes::from_vec(bytes)).unwrap();
-        let xs: Vec<Vec<f32>> = (0..n_tok)
-            .map(|t| {
-                let s = 10f32.powf((t % 6) as f32 - 3.0);
-                rand_vec(cols, 500 + t).iter().map(|v| v * s).collect()
-            })
-            .collect();
+        let m = q8_0_mat(rows, cols);
+        let xs = scaled_rows(n_tok, cols, 500);
         let step = if n_tok > 1000 { 31 } else { 1 };
         let picked: Vec<Vec<f32>> = xs.iter().step_by(step).cloned().collect();
         let cpu = m.matmul(&picked).unwrap();
         let dm = upload_mat(&gpu, &m, "test").unwrap();
-        set_q8_0_kernel("wh");
-        let wh = matmul_once(&gpu, &dm, &xs);
-        set_q8_0_kernel("wh2");
-        let wh2 = matmul_once(&gpu, &dm, &xs);
-        set_q8_0_kernel("wg");
-        let wg = matmul_once(&gpu, &dm, &xs);
-        set_q8_0_kernel("");
-        let (wh, wh2, wg) = (wh.unwrap(), wh2.unwrap(), wg.unwrap());
+        let wh = matmul_with(&gpu, &dm, &xs, "wh");
+        let wh2 = matmul_with(&gpu, &dm, &xs, "wh2");
+        let wg = matmul_with(&gpu, &dm, &xs, "wg");
         let (mut worst, mut worst2, mut worst_wg) = (0f32, 0f32, 0f32);
         for (i, t) in (0..xs.len()).step_by(step).enumerate() {
             let e = rel_err(&cpu[i], &wh[t]);
@@ -293,6 +313,39 @@ fn check_types(gpu: &Gpu, rows: usize, cols: usize, w: &[f32], n_tok: u64) {
     }
 }
 
+/// `n_expert` random matrices of `ty` (seeds from `seed`).
+fn expert_mats(ty: GgmlType, rows: usize, cols: usize, n_expert: usize, seed: u64) -> Vec<Mat> {
+    (0..n_expert)
+        .map(|e| {
+            let w = rand_vec(rows * cols, seed + e as u64);
+            let bytes = ds4_quant::quantize(ty, &w, cols, None).unwrap();
+            Mat::from_blocks(rows, cols, ty, Bytes::from_vec(bytes)).unwrap()
+        })
+        .collect()
+}
+
+/// The items a routed-expert test compares with the CPU: all of a short run, else every
+/// 7th and the last 64 (the CPU's time).
+fn compared_items(n_tok: usize, items: usize) -> impl Iterator<Item = usize> {
+    (0..items).filter(move |&b| n_tok <= 70 || b % 7 == 0 || b + 64 >= items)
+}
+
+/// Item `b`'s output on the CPU: its expert's matrix times its token's row (`k` items a
+/// token).
+fn cpu_item(mats: &[Mat], xs: &[Vec<f32>], ids: &[i32], k: usize, b: usize) -> Vec<f32> {
+    mats[ids[b] as usize]
+        .matmul(&xs[b / k..b / k + 1])
+        .unwrap()
+        .remove(0)
+}
+
+/// Expert ids of `n_tok` tokens × `k` slots, spread unevenly over the experts.
+fn expert_ids(n_tok: usize, k: usize, n_expert: usize) -> Vec<i32> {
+    (0..n_tok * k)
+        .map(|b| ((b / k) * 3 + (b % k) * 2 + b / 7) as i32 % n_expert as i32)
+        .collect()
+}
+
 #[test]
 fn routed_experts_match_cpu() {
     let Some(gpu) = gpu_or_skip("routed_experts_match_cpu") else {
@@ -307,32 +360,21 @@ fn routed_experts_match_cpu() {
     // kernels); there every 7th item and the last 64 are compared, to bound the CPU's time.
     let (rows, cols, n_expert, k) = (96, 1024, 4usize, 2usize);
     for ty in [GgmlType::Iq2Xxs, GgmlType::Q2K] {
-        let mats: Vec<Mat> = (0..n_expert)
-            .map(|e| {
-                let w = rand_vec(rows * cols, 100 + e as u64);
-                let bytes = ds4_quant::quantize(ty, &w, cols, None).unwrap();
-                Mat::from_blocks(rows, cols, ty, Bytes::from_vec(bytes)).unwrap()
-            })
-            .collect();
+        let mats = expert_mats(ty, rows, cols, n_expert, 100);
         let dm = upload_mats(&gpu, &mats, "experts").unwrap();
         for n_tok in [1usize, 3, 70, 12_289] {
             let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 200 + t as u64)).collect();
-            let ids: Vec<i32> = (0..n_tok * k)
-                .map(|b| ((b / k) * 3 + (b % k) * 2 + b / 7) as i32 % n_expert as i32)
-                .collect();
+            let ids = expert_ids(n_tok, k, n_expert);
             let got = experts_once(&gpu, &dm, &xs, &ids, n_expert).unwrap();
             // The f16 IQ2_XXS run kernel rounds its operands to f16.
             let f16_run = ty == GgmlType::Iq2Xxs && n_tok > 1 && !iq2_runs_exact(&gpu);
             let tol = if f16_run { 2e-3 } else { 1e-5 };
             let (mut worst, mut same) = (0f32, true);
-            for (b, row) in got.iter().enumerate() {
-                if n_tok > 70 && b % 7 != 0 && b + 64 < got.len() {
-                    continue;
-                }
-                let cpu = mats[ids[b] as usize].matmul(&xs[b / k..b / k + 1]).unwrap();
-                let e = rel_err(&cpu[0], row);
+            for b in compared_items(n_tok, got.len()) {
+                let (cpu, row) = (cpu_item(&mats, &xs, &ids, k, b), &got[b]);
+                let e = rel_err(&cpu, row);
                 worst = worst.max(e);
-                same &= cpu[0] == *row;
+                same &= cpu == *row;
                 assert!(e < tol, "{ty} {n_tok} tokens, item {b}: rel err {e}");
             }
             println!(
@@ -344,58 +386,36 @@ fn routed_experts_match_cpu() {
 
 #[test]
 fn iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu() {
-    let Some(gpu) = gpu_or_skip("iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu") else {
+    let Some(gpu) = hopper_or_skip("iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu") else {
         return;
     };
-    if gpu.arch != "sm_90a" {
-        println!("SKIPPED iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu: wgmma needs sm_90a");
-        return;
-    }
-    // mm_iq2_xxs_wh(64): weights f16(grid · (2ls + 1) · d) (one rounding), activations
+    // mm_iq2_xxs_wh64: weights f16(grid · (2ls + 1) · d) (one rounding), activations
     // f16 of the Q8_K values, f32 sums. Against the CPU's integer block sums: f16's
     // rounding (relative 2^-11 a term, random in sign). 4 experts of 200 rows (a partial
-    // 128-row tile), 2 items a token; 70 tokens give groups of 32 (a full one and a partial
-    // one an expert), 12,289 tokens groups of 64 (every 7th item and the last 64 compared).
-    // Activations of very different sizes per token (1e-3 .. 1e2).
+    // 128-row tile), 2 items a token, groups of 64 (the kernel's): 70 tokens give one
+    // partial group an expert, 3,000 and 12,289 tokens many full ones and hundreds of
+    // blocks (every 7th item and the last 64 compared). Activations of very different
+    // sizes per token (1e-3 .. 1e2).
     let (rows, cols, n_expert, k) = (200, 1024, 4usize, 2usize);
-    let mats: Vec<Mat> = (0..n_expert)
-        .map(|e| {
-            let w = rand_vec(rows * cols, 300 + e as u64);
-            let bytes = ds4_quant::quantize(GgmlType::Iq2Xxs, &w, cols, None).unwrap();
-            Mat::from_blocks(rows, cols, GgmlType::Iq2Xxs, Bytes::from_vec(bytes)).unwrap()
-        })
-        .collect();
+    let mats = expert_mats(GgmlType::Iq2Xxs, rows, cols, n_expert, 300);
     let dm = upload_mats(&gpu, &mats, "experts").unwrap();
     for n_tok in [70usize, 3_000, 12_289] {
-        let xs: Vec<Vec<f32>> = (0..n_tok)
-            .map(|t| {
-                let s = 10f32.powf((t % 6) as f32 - 3.0);
-                rand_vec(cols, 400 + t as u64)
-                    .iter()
-                    .map(|v| v * s)
-                    .collect()
-            })
-            .collect();
-        let ids: Vec<i32> = (0..n_tok * k)
-            .map(|b| ((b / k) * 3 + (b % k) * 2 + b / 7) as i32 % n_expert as i32)
-            .collect();
+        let xs = scaled_rows(n_tok as u64, cols, 400);
+        let ids = expert_ids(n_tok, k, n_expert);
         set_iq2_f16(Some(true));
         let got = experts_once(&gpu, &dm, &xs, &ids, n_expert);
         set_iq2_f16(None);
         let got = got.unwrap();
         let mut worst = 0f32;
         let mut bad = Vec::new();
-        for (b, row) in got.iter().enumerate() {
-            if n_tok > 70 && b % 7 != 0 && b + 64 < got.len() {
-                continue;
-            }
-            let cpu = mats[ids[b] as usize].matmul(&xs[b / k..b / k + 1]).unwrap();
-            let e = rel_err(&cpu[0], row);
+        for b in compared_items(n_tok, got.len()) {
+            let (cpu, row) = (cpu_item(&mats, &xs, &ids, k, b), &got[b]);
+            let e = rel_err(&cpu, row);
             worst = worst.max(e);
             if e >= 2e-3 {
                 // Where a wrong output is (its rows), for a staging mistake.
                 let rows_bad: Vec<usize> = (0..rows)
-                    .filter(|&r| (cpu[0][r] - row[r]).abs() > 2e-3 * cpu[0][r].abs().max(1e-3))
+                    .filter(|&r| (cpu[r] - row[r]).abs() > 2e-3 * cpu[r].abs().max(1e-3))
                     .collect();
                 bad.push((b, e, rows_bad.len(), rows_bad.first().copied()));
             }
