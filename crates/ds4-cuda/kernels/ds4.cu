@@ -2826,7 +2826,19 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
                     u32 s12 = s1 | (s1 << 16);
                     u32 m1024 = h2_mul(s12, 0xE400E400u); // −1024·(2ls + 1), exact
                     u64 gr = grid_s[idx];
+#if DS4_IQ2_WSA
+                    // The eight signs (the eighth the parity of the seven) as f16 sign
+                    // masks of the four pairs by shifts: the table's 16-byte loads are a
+                    // quarter of this kernel's shared-memory traffic, the pipe that bounds
+                    // it (v28i: 90% busy, the integer ALU 40%).
+                    u32 s8 = s7 | ((__popc(s7) & 1u) << 7);
+                    uint4 sg = make_uint4(((s8 << 15) & 0x8000u) | ((s8 << 30) & 0x80000000u),
+                                          ((s8 << 13) & 0x8000u) | ((s8 << 28) & 0x80000000u),
+                                          ((s8 << 11) & 0x8000u) | ((s8 << 26) & 0x80000000u),
+                                          ((s8 << 9) & 0x8000u) | ((s8 << 24) & 0x80000000u));
+#else
                     uint4 sg = sgn_s[s7];
+#endif
                     u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
                     u32 p0 = __byte_perm(glo, 0x64646464u, 0x5140), p1 = __byte_perm(glo, 0x64646464u, 0x5342);
                     u32 p2 = __byte_perm(ghi, 0x64646464u, 0x5140), p3 = __byte_perm(ghi, 0x64646464u, 0x5342);

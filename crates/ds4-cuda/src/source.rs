@@ -178,6 +178,11 @@ pub fn program() -> String {
             u32::from(std::env::var("DS4_CUDA_HC_XEARLY").is_ok_and(|v| v == "1")),
         ),
         ("DS4_Q8_LB", on("DS4_CUDA_Q8_LB")),
+        // Prepared (v28, not yet run): mm_iq2_xxs_wh64's signs by shifts, not a table.
+        (
+            "DS4_IQ2_WSA",
+            u32::from(std::env::var("DS4_CUDA_IQ2_WSA").is_ok_and(|v| v == "1")),
+        ),
         ("DS4_IQ2_LB", num("DS4_CUDA_IQ2_LB", 3, 8)),
         ("DS4_Q2K_LB", num("DS4_CUDA_Q2K_LB", 0, 16)),
         ("DS4_F16_LB", num("DS4_CUDA_F16_LB", 0, 4)),
@@ -360,6 +365,16 @@ mod tests {
                 .unwrap_or_else(|| panic!("{callee} (called by {name}) not found"));
             let head = &p[def..def + 3000.min(p.len() - def)];
             assert!(waits(head), "kernel {name}: {callee} never waits early");
+        }
+    }
+
+    #[test]
+    fn the_eighth_sign_is_the_parity_of_the_seven() {
+        // mm_iq2_xxs_wh64 under DS4_IQ2_WSA forms a group's eight signs as
+        // s7 | (popc(s7) & 1) << 7 instead of reading them from a table.
+        for (i, &k) in ds4_quant::tables::KSIGNS.iter().enumerate() {
+            let s7 = i as u32;
+            assert_eq!(s7 | ((s7.count_ones() & 1) << 7), k as u32, "entry {i}");
         }
     }
 
