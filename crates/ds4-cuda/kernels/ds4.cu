@@ -1388,15 +1388,17 @@ __device__ __forceinline__ void wgmma_f16_64x128_ss(float* d, unsigned long long
         : WG_ACC64(d)
         : "l"(da), "l"(db), "r"(1));
 }
-__device__ __forceinline__ void wg_fence_fregs(float* d) {
+// Accumulators read or zeroed around asynchronous products: ordered by passing them
+// through empty asm (as wg_fence_regs).
+template <int N> __device__ __forceinline__ void wg_fence_fregs(float* d) {
 #pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 // A register operand stays in use until its product's wait: this keeps the compiler from
 // giving its registers to other values before then.
-__device__ __forceinline__ void wg_fence_aregs(u32 (&f)[4][4]) {
+template <int S> __device__ __forceinline__ void wg_fence_aregs(u32 (&f)[S][4]) {
 #pragma unroll
-    for (int s = 0; s < 4; s++)
+    for (int s = 0; s < S; s++)
 #pragma unroll
         for (int i = 0; i < 4; i++) asm volatile("" : "+r"(f[s][i])::"memory");
 }
@@ -1557,7 +1559,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_
             wg_fence_aregs(fr);
         }
     }
-    wg_fence_fregs(acc);
+    wg_fence_fregs<64>(acc);
 #pragma unroll
     for (int j = 0; j < 16; j++) {
         int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
@@ -1638,7 +1640,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const
     for (int i = 0; i < 64; i++) acc[i] = 0.0f;
     // The zeros in place before any product's pipeline (ptxas serializes the products
     // if they are defined inside it).
-    wg_fence_fregs(acc);
+    wg_fence_fregs<64>(acc);
     stage(0, 0);
     cp_async_commit();
 #pragma unroll 1
@@ -1687,7 +1689,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const
         wg_wait1();
     }
     wg_wait0();
-    wg_fence_fregs(acc);
+    wg_fence_fregs<64>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
 #pragma unroll
     for (int j = 0; j < 16; j++) {
@@ -2681,10 +2683,6 @@ __device__ __forceinline__ void wgmma_f16_64x64_ra(float* d, const u32* af, unsi
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
 }
-template <int N> __device__ __forceinline__ void wg_fence_facc(float* d) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
 __device__ __forceinline__ u32 u2h_rn(u32 v) {
     u16 h;
     asm("cvt.rn.f16.u32 %0, %1;" : "=h"(h) : "r"(v));
@@ -2787,7 +2785,7 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     float acc[NG / 2];
 #pragma unroll
     for (int i = 0; i < NG / 2; i++) acc[i] = 0.0f;
-    wg_fence_facc<NG / 2>(acc);
+    wg_fence_fregs<NG / 2>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
     u32 fr[2 * QS][4];
     // The lane's two rows' block scales, loaded a block ahead into registers.
@@ -2851,10 +2849,7 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
                 }
             }
             // The fragments complete before the products' fence (see mm_q8_0_wh).
-#pragma unroll
-            for (int s8 = 0; s8 < 2 * QS; s8++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) asm volatile("" : "+r"(fr[s8][i])::"memory");
+            wg_fence_aregs(fr);
             wg_fence();
 #pragma unroll
             for (int s8 = 0; s8 < 2 * QS; s8++) {
@@ -2864,13 +2859,10 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
             }
             wg_commit();
             wg_wait0();
-#pragma unroll
-            for (int s8 = 0; s8 < 2 * QS; s8++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) asm volatile("" : "+r"(fr[s8][i])::"memory");
+            wg_fence_aregs(fr);
         }
     }
-    wg_fence_facc<NG / 2>(acc);
+    wg_fence_fregs<NG / 2>(acc);
 #pragma unroll
     for (int j = 0; j < NG / 8; j++) {
         float c4[4];
