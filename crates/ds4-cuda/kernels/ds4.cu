@@ -1588,10 +1588,10 @@ extern "C" __global__ void q8_0_to_f16(const i8* xq, const float* xd, u16* xh, i
 // block an SM, two warpgroups of m64n128k16 over 128-row × 128-token tiles. A stage (49
 // KB: the weights' raw 128 × 128 bytes swizzled, their f16 scales [128][4], the
 // activations' f16 tile 128 × 128 in two 64-k panels of 16 KB) arrives by cp.async one
-// stage ahead into three buffers (the third is the one the products still read); the
+// stage ahead into three buffers (the third is the one the products still read; MMH2_STAGE,
+// from the host, which sizes the shared memory by it); the
 // warps dequantize the stage's weights into one of two f16 tiles (the same panels)
 // while the tensor cores run the previous stage's products.
-#define MMH2_STAGE 50176
 extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const u16* xh) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
@@ -2724,7 +2724,6 @@ extern "C" __global__ void q8_k_to_f16_iq(const i8* xq, const float* xd, u16* xh
 #endif
 }
 
-#define IQH_LDW 80
 // QS: 32-column groups decoded per batch of products (4: 32 fragment registers, 2: 16,
 // with twice the waits; the register budget of two blocks an SM is 128).
 template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {

@@ -221,13 +221,13 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
 /// kernels' limit).
 fn expert_group_size(g: &Gpu, w: &DevLayer, items: usize) -> usize {
     let mats = w.gate_up_exps.mats().into_iter().chain([&w.down_exps]);
-    group_size(mats.into_iter().all(expert_mm), items, iq2_f16_groups(g))
+    group_size(mats.into_iter().all(expert_mm), items, iq2_f16_runs(g))
 }
 
-/// Whether routed items are grouped by 64 for every run because the IQ2_XXS products take
-/// the f16 kernel (`mm_iq2_xxs_wh64`; its groups of 32 measured slower than the integer
-/// kernel, v28: −4.5% at 2k, where the 64s give +1.9%).
-fn iq2_f16_groups(g: &Gpu) -> bool {
+/// Whether the IQ2_XXS products of runs take the f16 kernel (`mm_iq2_xxs_wh64`, Hopper),
+/// and so routed items are grouped by 64 for every run (its groups of 32 measured slower
+/// than the integer kernel, v28: −4.5% at 2k, where the 64s give +1.9%).
+fn iq2_f16_runs(g: &Gpu) -> bool {
     g.arch == "sm_90a" && iq2_f16_on()
 }
 
@@ -242,7 +242,7 @@ fn expert_mm(m: &DevMat) -> bool {
 }
 
 /// Items per expert group for a run of `items` routed items: the tensor-core kernels'
-/// 32 (or 64: long runs, or every run with `f16_groups`, see [`iq2_f16_groups`]), else
+/// 32 (or 64: long runs, or every run with `f16_groups`, see [`iq2_f16_runs`]), else
 /// MAXNT.
 fn group_size(mm: bool, items: usize, f16_groups: bool) -> usize {
     match (mm, f16_groups || expert_groups_of_64(items)) {
@@ -1063,7 +1063,7 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
 }
 
 /// Whether the dense Q8_0 run products now chosen are the CPU's bit for bit (all but
-/// `mm_q8_0_wh`, whose f16 operands round: for tests' tolerances).
+/// `mm_q8_0_wh` and `_wh2`, whose f16 operands round: for tests' tolerances).
 pub fn q8_0_runs_exact(g: &Gpu) -> bool {
     !matches!(mm_q8_0_kernel(g), "mm_q8_0_wh" | "mm_q8_0_wh2")
 }
@@ -1142,7 +1142,7 @@ pub fn set_iq2_f16(on: Option<bool>) {
 /// Whether the routed IQ2_XXS run products now chosen are the CPU's bit for bit (not the
 /// f16 kernel on Hopper), for tests' tolerances.
 pub fn iq2_runs_exact(g: &Gpu) -> bool {
-    !(g.arch == "sm_90a" && iq2_f16_on())
+    !iq2_f16_runs(g)
 }
 
 /// Groups of 32 with four grid replicas (`mm_iq2_xxs_st_t4`): 8 KB less shared memory a
@@ -1353,9 +1353,19 @@ const MMW_SHARED: usize = MMW_NST * MMW_STAGE + 1024;
 /// `mm_q8_0_wh`'s: two of `mm_q8_0_wg`'s stages, an f16 activation tile of 128 × 128 and
 /// the alignment (two blocks an SM).
 const MMH_SHARED: usize = 2 * MMW_STAGE + 128 * 128 * 2 + 1024;
-/// `mm_q8_0_wh2`'s: three stages of MMH2_STAGE bytes (ds4.cu), two f16 weight tiles of
-/// 128 × 128 and the alignment.
-const MMH2_SHARED: usize = 3 * 50176 + 2 * 128 * 128 * 2 + 1024;
+/// A stage of `mm_q8_0_wh2` (the layout at the top of its body in ds4.cu): 128 weight
+/// rows of 128 bytes, their f16 scales [128][4] (1,024 bytes), the activations' f16 tile
+/// 128 × 128; a multiple of 1,024 for the swizzle.
+pub(crate) const MMH2_STAGE: usize = 128 * 128 + 1024 + 128 * 128 * 2;
+/// `mm_q8_0_wh2`'s dynamic shared memory: three stages, two f16 weight tiles of 128 × 128
+/// and the alignment.
+const MMH2_SHARED: usize = 3 * MMH2_STAGE + 2 * 128 * 128 * 2 + 1024;
+/// `mm_iq2_xxs_wh64`'s rows of quants in shared memory: 64 bytes padded to 80 (a lane
+/// quad's words in distinct banks).
+pub(crate) const IQH_LDW: usize = 80;
+/// `mm_iq2_xxs_wh64`'s dynamic shared memory: two stages of the items' f16 tile (64 ×
+/// 256 columns) and 128 rows of quants, and the alignment.
+const IQH_SHARED: usize = 2 * (64 * 512 + 128 * IQH_LDW) + 1024;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -1513,7 +1523,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
         // Operands staged in shared memory by cp.async (see ds4.cu).
-        let big = iq2_f16_groups(g) || expert_groups_of_64(c.nb);
+        let big = iq2_f16_runs(g) || expert_groups_of_64(c.nb);
         // Groups of 64 for the f16 IQ2_XXS kernel in a run too short for mm_q2_k_sm64 to
         // pay: Q2_K takes each group's halves as groups of 32 (`mm_q2_k_sm_h`).
         let q2k_halves = big && !expert_groups_of_64(c.nb);
@@ -1534,23 +1544,15 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             _ => None,
         };
         let n = c.n_act * c.x_len;
-        if m.ty == GgmlType::Iq2Xxs
-            && m.split.is_some()
-            && g.arch == "sm_90a"
-            && iq2_f16_on()
-            && c.half.1 >= 2 * n
-        {
+        if m.ty == GgmlType::Iq2Xxs && m.split.is_some() && iq2_f16_runs(g) && c.half.1 >= 2 * n {
             // The f16 kernel: the items' activations to f16 first (its permuted order).
             launch!(g, "q8_k_to_f16_iq", (ceil_div(n / 32, 256), 1, 1), 256, 0;
                 act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
-            // Its groups are 64 (iq2_f16_groups).
-            let (ng, k) = (64, "mm_iq2_xxs_wh64");
-            // Two stages of the items' f16 tile (ng × 512 bytes) and 128 rows of quants (80
-            // bytes), and the alignment.
-            let shm = 2 * (ng * 512 + 128 * 80) + 1024;
-            g.allow_shared(k, shm)?;
-            return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256, shm as u32;
-                args, c.half.0);
+            // Its groups are 64 (iq2_f16_runs).
+            let k = "mm_iq2_xxs_wh64";
+            g.allow_shared(k, IQH_SHARED)?;
+            return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
+                IQH_SHARED as u32; args, c.half.0);
         }
         if let Some(k) = kernel {
             // The activations' two buffers in dynamic shared memory: 272 bytes per item
@@ -1808,7 +1810,7 @@ pub fn experts_once(
         gpu.alloc(n / 32 * 4 + 4)?,
         gpu.alloc(n / 16 * 2 + 2)?,
     );
-    let gsize = group_size(expert_mm(m), nb, iq2_f16_groups(gpu));
+    let gsize = group_size(expert_mm(m), nb, iq2_f16_runs(gpu));
     let max_groups = nb.div_ceil(gsize) + n_expert;
     let (perm, grp, ngrp) = (
         gpu.alloc(nb * 4)?,

@@ -196,6 +196,8 @@ pub fn program() -> String {
         ("HCL_CL", crate::forward::HC_CLUSTER),
         ("HCL_BT", crate::forward::HC_CLUSTER_BT),
         ("MMW_STAGE", crate::forward::MMW_STAGE as u32),
+        ("MMH2_STAGE", crate::forward::MMH2_STAGE as u32),
+        ("IQH_LDW", crate::forward::IQH_LDW as u32),
         ("MMW_NST", crate::forward::MMW_NST as u32),
         ("AM_BLOCKS", crate::forward::ARGMAX_BLOCKS),
         // The attention cluster's size: 8 when off (the kernel compiles, unused).
