@@ -7,7 +7,7 @@
 # 2048 a ratio-4 layer sees 512 rows, no more than its top-k; the step's GPU time back to
 # back and from idle, the host loop, a token's parts, the capture time) and a ds4-bench at 2k and 8k with
 # 64 generated tokens, interleaved with the defaults REPS times (default 1), into
-# OUT/full-ab.log.
+# OUT/full-ab.log. STEPS=none: no cuda_step (switches that only change prefill).
 set -u
 . "$(dirname "$0")/full-file.sh"
 full_file "$1" "$2" full-ab.log
@@ -18,6 +18,7 @@ for rep in $(seq "${REPS:-1}"); do
         case $sw in BIN=*) bin=$(cd "${sw#BIN=}" && pwd) ;; esac
         echo "== [$rep] $sw" | tee -a "$LOG"
         for cp in ${STEPS:-4196:2100}; do
+            [ "$cp" = none ] && continue
             echo "cuda_step ctx ${cp%:*} prefill ${cp#*:}:" | tee -a "$LOG"
             timeout 150 env $sw "$bin/cuda_step" $F --ctx "${cp%:*}" --prefill "${cp#*:}" \
                 --reps 50 --rounds 3 2>&1 | tail -4 | tee -a "$LOG"

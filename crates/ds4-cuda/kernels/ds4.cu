@@ -2730,7 +2730,12 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int BT = NG * 512;                  // the f16 tile: NG rows × 256 columns
     constexpr int STAGE = BT + 128 * IQH_LDW;    // + the quants (rows of 80 bytes)
-    __shared__ u64 grid_s[256];
+    // DS4_IQ2_WGR replicas of the grid, entry i's copy r at i·WGR + r and a lane reading
+    // copy lane % WGR: a half-warp's 64-bit loads (one wavefront's worth) then spread over
+    // more bank pairs than one copy's random entries hit.
+    constexpr int WGR = DS4_IQ2_WGR;
+    static_assert((WGR & (WGR - 1)) == 0, "DS4_IQ2_WGR: a power of two");
+    __shared__ u64 grid_s[256 * WGR];
     __shared__ uint4 sgn_s[128];
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
@@ -2743,7 +2748,7 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     if (gi >= *a.ngrp) return;
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i];
+    for (int i = threadIdx.x; i < 256 * WGR; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i / WGR];
     for (int i = threadIdx.x; i < 128; i += blockDim.x) {
         u64 v = KSIGN_MASK[i];
         u32 lo = (u32)v, hi = (u32)(v >> 32);
@@ -2822,7 +2827,7 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
                     u32 s1 = u2h_rn(2 * (gw.y >> 28) + 1);
                     u32 s12 = s1 | (s1 << 16);
                     u32 m1024 = h2_mul(s12, 0xE400E400u); // −1024·(2ls + 1), exact
-                    u64 gr = grid_s[idx];
+                    u64 gr = grid_s[idx * WGR + (lane & (WGR - 1))];
 #if DS4_IQ2_WSA
                     // The eight signs (the eighth the parity of the seven) as f16 sign
                     // masks of the four pairs by shifts: the table's 16-byte loads are a
@@ -2888,6 +2893,213 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st_t4(MvArgs a) { p
 // The groups of 64 likewise: four blocks an SM where `_st64_t8` has three.
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t4(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 4>(a); }
 
+
+// Q2_K routed experts for a run in f16 on wgmma (sm_90a), as mm_iq2_xxs_wh64: weight
+// d·sc·q dequantized straight into wgmma's register fragments, the sub-blocks' minimum
+// terms −dmin·m · Σx as one more k16 product a 256-column block, f32 sums. Not the CPU's
+// integers (f16's rounding of d·sc·q and of the activations; the tests bound it).
+// A k16 step's four lanes of a row each take one sub-block: lane tq holds Q2_K half
+// h = tq / 2, bytes 16·(tq % 2).. of it (16 bytes, a word u a step), and step 4s + u
+// takes shift s of word u — so a lane's four sub-blocks are 8h + 2s + tq % 2 (s = 0..3),
+// one scale per four steps, and the two half-words of a word's shifted bytes (0, 2) and
+// (1, 3) are its fragment pairs by one mask each (1024 + q in f16). q8_k_to_f16_q2
+// writes the activations in that order, and after each block's 256 the sub-blocks'
+// sums d·Σq in the order the minimum product's fragments take them (lane tq: s = 0, 1 at
+// k 2tq, 2tq + 1; s = 2, 3 at 2tq + 8, + 9).
+// Per item and 256-column block: 272 f16 (the 256 values, then the 16 sums).
+extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh, int n) {
+    pdl_begin();
+    // A thread per 64 outputs: block B's steps 4s .. 4s + 3 and its sums for shift s.
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (64 * i >= n) return;
+    int B = i >> 2, s = i & 3;
+    const i8* x = xq + 256 * B;
+    float d = xd[B];
+    u16* o = xh + 272 * B;
+#pragma unroll
+    for (int tq = 0; tq < 4; tq++) {
+        int base = 128 * (tq >> 1) + 32 * s + 16 * (tq & 1);
+        int sum = 0;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int q0 = x[base + 4 * u], q1 = x[base + 4 * u + 1];
+            int q2 = x[base + 4 * u + 2], q3 = x[base + 4 * u + 3];
+            sum += q0 + q1 + q2 + q3;
+            u16* os = o + 16 * (4 * s + u);
+            os[2 * tq] = f2h_rn((float)q0 * d);
+            os[2 * tq + 1] = f2h_rn((float)q2 * d);
+            os[2 * tq + 8] = f2h_rn((float)q1 * d);
+            os[2 * tq + 9] = f2h_rn((float)q3 * d);
+        }
+        o[256 + (s < 2 ? 2 * tq + s : 2 * tq + 6 + s)] = f2h_rn((float)sum * d);
+    }
+}
+
+// A block: 128 rows (two warpgroups of 64) × one expert group's ≤ 64 items; a stage is
+// one 256-column block — the items' f16 tile (four 64-column panels and a fifth whose
+// first 16 columns are the sums, swizzled at 128 bytes), the rows' 64 bytes of quants,
+// 16 of scales and 4 of d, dmin (84-byte blocks are only 4-byte aligned: cp.async by
+// words) — by cp.async one stage ahead; two blocks an SM.
+template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int PANEL = NG * 128;
+    constexpr int QS_OFF = 5 * PANEL, SC_OFF = QS_OFF + 128 * 64, DD_OFF = SC_OFF + 128 * 16;
+    static_assert(DD_OFF + 128 * 4 <= Q2H_STAGE && Q2H_STAGE % 1024 == 0, "Q2H_STAGE");
+    __shared__ int items[NG];
+    __shared__ long long xoff[NG];
+    extern __shared__ __align__(16) u8 dsm_q2[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm_q2);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    u8* base = dsm_q2 + pad;
+    u32 sbase = sraw + pad;
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return;
+    long long e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+        int it = sl < nt ? a.perm[first + sl] : -1;
+        items[sl] = it;
+        // Item rows of xh are 17/16 of the activations' (272 f16 a 256-column block).
+        long long xo = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+        xoff[sl] = xo >= 0 ? xo + (xo >> 4) : -1;
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2;
+    int r0 = blockIdx.x * 128;
+    int nblk = a.cols >> 8;
+    const u8* wbase = a.w + e * a.mat_bytes;
+    size_t row_bytes = (size_t)nblk * 84;
+    auto stage = [&](int ib, int buf) {
+        u8* sb = base + buf * Q2H_STAGE;
+#pragma unroll
+        for (int u = 0; u < NG * 32 / 256; u++) {
+            int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
+            long long xo = xoff[sl];
+            const u16* src = xo >= 0 ? xh + xo + 272 * ib + 8 * ch : xh;
+            cp_async16(sb + (ch >> 3) * PANEL + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
+        }
+        if (threadIdx.x < 2 * NG) {
+            int sl = threadIdx.x >> 1, ch = threadIdx.x & 1;
+            long long xo = xoff[sl];
+            const u16* src = xo >= 0 ? xh + xo + 272 * ib + 256 + 8 * ch : xh;
+            cp_async16(sb + 4 * PANEL + sl * 128 + ((ch ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
+        }
+        // The rows' words: one pointer stepped by 16 or 64 rows (a pointer a copy cost
+        // spills); rows past the matrix are zeros (their outputs are not stored).
+        {
+            int row = threadIdx.x >> 4, w = threadIdx.x & 15;
+            const u8* p = wbase + (size_t)(r0 + row) * row_bytes + 84 * ib + 16 + 4 * w;
+#pragma unroll
+            for (int u = 0; u < 8; u++, row += 16, p += 16 * row_bytes) {
+                bool ok = r0 + row < a.rows;
+                cp_async4z(sb + QS_OFF + row * 64 + 4 * w, ok ? p : (const u8*)a.w, ok ? 4 : 0);
+            }
+        }
+        {
+            int row = threadIdx.x >> 2, w = threadIdx.x & 3;
+            const u8* p = wbase + (size_t)(r0 + row) * row_bytes + 84 * ib + 4 * w;
+#pragma unroll
+            for (int u = 0; u < 2; u++, row += 64, p += 64 * row_bytes) {
+                bool ok = r0 + row < a.rows;
+                cp_async4z(sb + SC_OFF + row * 16 + 4 * w, ok ? p : (const u8*)a.w, ok ? 4 : 0);
+            }
+        }
+        if (threadIdx.x < 128) {
+            int row = threadIdx.x;
+            bool ok = r0 + row < a.rows;
+            const u8* p = wbase + (size_t)(r0 + row) * row_bytes + 84 * ib + 80;
+            cp_async4z(sb + DD_OFF + 4 * row, ok ? p : (const u8*)a.w, ok ? 4 : 0);
+        }
+    };
+    float acc[NG / 2];
+#pragma unroll
+    for (int i = 0; i < NG / 2; i++) acc[i] = 0.0f;
+    wg_fence_fregs<NG / 2>(acc);
+    int arow = 64 * wm + 16 * (warp & 3) + g;
+    // The lane's scale bytes b, b + 2 of each half-word pair: sub-blocks 8h + 2s + b.
+    u32 ssel = 0x4240u + 0x0101u * (u32)(tq & 1);
+    u32 fr[4][4];
+    stage(0, 0);
+    cp_async_commit();
+#pragma unroll 1
+    for (int ib = 0; ib < nblk; ib++) {
+        const u8* sb = base + (ib & 1) * Q2H_STAGE;
+        u32 sbs = sbase + (ib & 1) * Q2H_STAGE;
+        cp_async_wait0();
+        fence_proxy_async();
+        __syncthreads();
+        if (ib + 1 < nblk) stage(ib + 1, (ib + 1) & 1);
+        cp_async_commit();
+        // Rows arow (hr 0) and arow + 8 (hr 1): their words, the scales of the lane's four
+        // sub-blocks as d·sc pairs (s = 0, 1 / 2, 3) and the minimum fragments −dmin·m.
+        uint4 qw[2];
+        u32 dsc[2][2], mfr[2][2];
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            int row = arow + 8 * hr;
+            qw[hr] = *(const uint4*)(sb + QS_OFF + row * 64 + 16 * tq);
+            uint2 sc = *(const uint2*)(sb + SC_OFF + row * 16 + 8 * (tq >> 1));
+            u32 dd = *(const u32*)(sb + DD_OFF + 4 * row);
+            u32 d2 = __byte_perm(dd, 0, 0x1010), m2 = __byte_perm(dd, 0, 0x3232);
+            u32 nd1024 = h2_mul(d2, 0xE400E400u);       // −1024·d, exact
+            u32 pm1024 = h2_mul(m2, 0x64006400u);       // 1024·dmin, exact
+            u32 nm2 = m2 ^ 0x80008000u;
+            u32 lo[2] = {sc.x & 0x0F0F0F0Fu, sc.y & 0x0F0F0F0Fu};
+            u32 hi[2] = {(sc.x >> 4) & 0x0F0F0F0Fu, (sc.y >> 4) & 0x0F0F0F0Fu};
+#pragma unroll
+            for (int p = 0; p < 2; p++) {
+                // (1024 + v) in f16 times the block scale less 1024 of it: v · scale,
+                // rounded once.
+                dsc[hr][p] = h2_fma(__byte_perm(lo[p], 0x64646464u, ssel), d2, nd1024);
+                mfr[hr][p] = h2_fma(__byte_perm(hi[p], 0x64646464u, ssel), nm2, pm1024);
+            }
+        }
+        u32 qv[2][4] = {{qw[0].x, qw[0].y, qw[0].z, qw[0].w}, {qw[1].x, qw[1].y, qw[1].z, qw[1].w}};
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                u32 sc2 = __byte_perm(dsc[hr][s >> 1], 0, (s & 1) ? 0x3232 : 0x1010);
+                u32 n1024 = h2_mul(sc2, 0xE400E400u);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    u32 w = qv[hr][u];
+                    u32 lo = ((w >> (2 * s)) & 0x00030003u) | 0x64006400u;
+                    u32 hi = ((w >> (2 * s + 8)) & 0x00030003u) | 0x64006400u;
+                    fr[u][hr] = h2_fma(lo, sc2, n1024);
+                    fr[u][2 + hr] = h2_fma(hi, sc2, n1024);
+                }
+            }
+            wg_fence_aregs(fr);
+            wg_fence();
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                wgmma_f16_64x64_ra(acc, fr[u], wg_desc_sw128(sbs + s * PANEL + 32 * u));
+            wg_commit();
+            wg_wait0();
+            wg_fence_aregs(fr);
+        }
+        {
+            u32 mf[1][4] = {{mfr[0][0], mfr[1][0], mfr[0][1], mfr[1][1]}};
+            wg_fence_aregs(mf);
+            wg_fence();
+            wgmma_f16_64x64_ra(acc, mf[0], wg_desc_sw128(sbs + 4 * PANEL));
+            wg_commit();
+            wg_wait0();
+            wg_fence_aregs(mf);
+        }
+    }
+    wg_fence_fregs<NG / 2>(acc);
+#pragma unroll
+    for (int j = 0; j < NG / 8; j++)
+        mma_store(a, &acc[4 * j], r0 + arow, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wh64(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_q2_k_wh_body<64>(a, xh);
+}
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as
 // mm_iq2_xxs_st: a block takes 64 rows of one expert group's matrix and the group's ≤ NG

@@ -221,7 +221,18 @@ fn max_expert_groups(cfg: &ModelConfig, t: usize, gsize: usize) -> usize {
 /// kernels' limit).
 fn expert_group_size(g: &Gpu, w: &DevLayer, items: usize) -> usize {
     let mats = w.gate_up_exps.mats().into_iter().chain([&w.down_exps]);
-    group_size(mats.into_iter().all(expert_mm), items, iq2_f16_runs(g))
+    group_size(mats.into_iter().all(expert_mm), items, f16_expert_runs(g))
+}
+
+/// Whether a run's routed items are grouped by 64 for every run: either f16 expert
+/// kernel wants them.
+fn f16_expert_runs(g: &Gpu) -> bool {
+    iq2_f16_runs(g) || q2k_f16_runs(g)
+}
+
+/// Whether the Q2_K products of runs take the f16 kernel (`mm_q2_k_wh64`, Hopper).
+fn q2k_f16_runs(g: &Gpu) -> bool {
+    g.arch == "sm_90a" && q2k_f16_on()
 }
 
 /// Whether the IQ2_XXS products of runs take the f16 kernel (`mm_iq2_xxs_wh64`, Hopper),
@@ -326,51 +337,58 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     .max()
     .unwrap_or(e);
     let hmax = t.max(HEAD_CHUNK);
+    // A run's activations as f16: 17/16 of them for Q2_K's (q8_k_to_f16_q2 adds each
+    // 256-column block's 16 sums).
+    let act_h = if t >= MMA_MIN_TOKENS {
+        2 * act + act / 8
+    } else {
+        16
+    };
     vec![
-        t * 4,                                          // toks
-        f32s(t * he),                                   // x
-        f32s(hmax * he),                                // flat
-        f32s(hmax * cfg.hc_mix().max(cfg.hc)),          // z
-        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),           // mix
-        f32s(hmax * e),                                 // y
-        f32s(hmax * e),                                 // xn
-        f32s(t * (cfg.q_lora + cfg.head_dim)),          // qkv_raw: [q_a; kv] outputs
-        f32s(t * cfg.q_lora),                           // qa
-        f32s(t * qh),                                   // q
-        f32s(t * 4 * cfg.head_dim),                     // ckv: [kv; gate], coff·hd each
-        f32s(t * 4 * di),                               // ikv: [kv; gate], 2·di each
-        f32s(t * nhi * di),                             // qi
-        f32s(t * nhi),                                  // wi
-        f32s(t * s.max_irows.max(1)),                   // scores
-        t * cfg.indexer_top_k.max(1) * 4,               // sel
-        t * 4,                                          // nsel
-        f32s(t * qh),                                   // o
-        split_scratch_bytes(cfg, ctx, t),               // apart
-        f32s(t * cfg.o_groups * cfg.o_lora),            // low
-        f32s(t * e),                                    // f
-        f32s(t * cfg.n_expert),                         // rlog
-        t * k * 4,                                      // ids
-        f32s(t * k),                                    // wts
-        f32s(t * k * 2 * ff),                           // gu: [gate; up] per item
-        f32s(t * k * ff),                               // mid
-        f32s(t * k * e),                                // routed
-        f32s(t * 2 * ff),                               // sgu: [gate; up]
-        f32s(t * ff),                                   // smid
-        f32s(t * e),                                    // sout
-        act,                                            // act_q (int8)
-        f32s(act / 32 + 1),                             // act_d
-        act / 16 * 2 + 2,                               // act_s (int16)
-        hmax * e.max(cfg.q_lora),                       // act2_q (int8)
-        f32s(hmax * e.max(cfg.q_lora) / 32 + 1),        // act2_d
-        f32s(HEAD_CHUNK * cfg.n_vocab),                 // logits
-        t * k * 4,                                      // perm
-        max_expert_groups(cfg, t, 8) * 3 * 4,           // grp
-        16,                                             // ngrp
-        MMA_MIN_TOKENS * 4,                             // hc_count
-        part_bytes(t),                                  // part
-        if t >= MMA_MIN_TOKENS { 2 * act } else { 16 }, // act_h (f16)
-        16,                                             // pos
-        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,           // pick
+        t * 4,                                   // toks
+        f32s(t * he),                            // x
+        f32s(hmax * he),                         // flat
+        f32s(hmax * cfg.hc_mix().max(cfg.hc)),   // z
+        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),    // mix
+        f32s(hmax * e),                          // y
+        f32s(hmax * e),                          // xn
+        f32s(t * (cfg.q_lora + cfg.head_dim)),   // qkv_raw: [q_a; kv] outputs
+        f32s(t * cfg.q_lora),                    // qa
+        f32s(t * qh),                            // q
+        f32s(t * 4 * cfg.head_dim),              // ckv: [kv; gate], coff·hd each
+        f32s(t * 4 * di),                        // ikv: [kv; gate], 2·di each
+        f32s(t * nhi * di),                      // qi
+        f32s(t * nhi),                           // wi
+        f32s(t * s.max_irows.max(1)),            // scores
+        t * cfg.indexer_top_k.max(1) * 4,        // sel
+        t * 4,                                   // nsel
+        f32s(t * qh),                            // o
+        split_scratch_bytes(cfg, ctx, t),        // apart
+        f32s(t * cfg.o_groups * cfg.o_lora),     // low
+        f32s(t * e),                             // f
+        f32s(t * cfg.n_expert),                  // rlog
+        t * k * 4,                               // ids
+        f32s(t * k),                             // wts
+        f32s(t * k * 2 * ff),                    // gu: [gate; up] per item
+        f32s(t * k * ff),                        // mid
+        f32s(t * k * e),                         // routed
+        f32s(t * 2 * ff),                        // sgu: [gate; up]
+        f32s(t * ff),                            // smid
+        f32s(t * e),                             // sout
+        act,                                     // act_q (int8)
+        f32s(act / 32 + 1),                      // act_d
+        act / 16 * 2 + 2,                        // act_s (int16)
+        hmax * e.max(cfg.q_lora),                // act2_q (int8)
+        f32s(hmax * e.max(cfg.q_lora) / 32 + 1), // act2_d
+        f32s(HEAD_CHUNK * cfg.n_vocab),          // logits
+        t * k * 4,                               // perm
+        max_expert_groups(cfg, t, 8) * 3 * 4,    // grp
+        16,                                      // ngrp
+        MMA_MIN_TOKENS * 4,                      // hc_count
+        part_bytes(t),                           // part
+        act_h,                                   // act_h (f16)
+        16,                                      // pos
+        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,    // pick
     ]
 }
 
@@ -1145,6 +1163,38 @@ pub fn iq2_runs_exact(g: &Gpu) -> bool {
     !iq2_f16_runs(g)
 }
 
+/// A test's choice for [`q2k_f16_on`] ([`set_q2k_f16`]): 0 the environment's, 1 off, 2 on.
+static Q2K_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The routed Q2_K products of a run in f16 on wgmma (`mm_q2_k_wh64`, Hopper; v29,
+/// `DS4_CUDA_Q2K_WH=1` while it is measured): the weights d·sc·q dequantized to f16 into
+/// the products' registers, the minimum terms one more product a block; within f16's
+/// rounding of the CPU's integer sums rather than equal to them.
+fn q2k_f16_on() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match Q2K_F16.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").is_ok_and(|v| v == "1")),
+    }
+}
+
+/// Chooses [`q2k_f16_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_q2k_f16(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    Q2K_F16.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the routed Q2_K run products now chosen are the CPU's bit for bit.
+pub fn q2k_runs_exact(g: &Gpu) -> bool {
+    !q2k_f16_runs(g)
+}
+
 /// Groups of 32 with four grid replicas (`mm_iq2_xxs_st_t4`): 8 KB less shared memory a
 /// block, five blocks an SM where `_t8` has four (v27: prefill +1.5% at 2k on the H200;
 /// `DS4_CUDA_IQ2_C4=0` keeps `_t8`).
@@ -1367,6 +1417,13 @@ pub(crate) const IQH_LDW: usize = 80;
 /// 256 columns) and 128 rows of quants, and the alignment.
 const IQH_SHARED: usize = 2 * (64 * 512 + 128 * IQH_LDW) + 1024;
 
+/// A stage of `mm_q2_k_wh64` (the layout at the top of its body in ds4.cu): the items'
+/// f16 tile in five 64-column panels (the fifth for the sub-block sums), 128 rows of 64
+/// bytes of quants, 16 of scales and 4 of d, dmin; a multiple of 1,024 for the swizzle.
+pub(crate) const Q2H_STAGE: usize = (5 * 64 * 128 + 128 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
+/// `mm_q2_k_wh64`'s dynamic shared memory: two stages and the alignment.
+const Q2H_SHARED: usize = 2 * Q2H_STAGE + 1024;
+
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
 
@@ -1523,7 +1580,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     if c.by_expert.is_some() && mma_on() {
         // Grouped experts on the tensor cores: 64 rows × one group's items per block.
         // Operands staged in shared memory by cp.async (see ds4.cu).
-        let big = iq2_f16_runs(g) || expert_groups_of_64(c.nb);
+        let big = f16_expert_runs(g) || expert_groups_of_64(c.nb);
         // Groups of 64 for the f16 IQ2_XXS kernel in a run too short for mm_q2_k_sm64 to
         // pay: Q2_K takes each group's halves as groups of 32 (`mm_q2_k_sm_h`).
         let q2k_halves = big && !expert_groups_of_64(c.nb);
@@ -1553,6 +1610,16 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             g.allow_shared(k, IQH_SHARED)?;
             return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
                 IQH_SHARED as u32; args, c.half.0);
+        }
+        if m.ty == GgmlType::Q2K && q2k_f16_runs(g) && c.half.1 >= 2 * n + n / 8 {
+            // The f16 kernel: the items' activations to f16 first (its order, and the
+            // sub-blocks' sums: 272 f16 a 256-column block).
+            launch!(g, "q8_k_to_f16_q2", (ceil_div(n / 64, 256), 1, 1), 256, 0;
+                act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+            let k = "mm_q2_k_wh64";
+            g.allow_shared(k, Q2H_SHARED)?;
+            return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
+                Q2H_SHARED as u32; args, c.half.0);
         }
         if let Some(k) = kernel {
             // The activations' two buffers in dynamic shared memory: 272 bytes per item
@@ -1610,7 +1677,7 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         gpu.alloc(n / 16 * 2 + 2)?,
     );
     let part = gpu.alloc(part_bytes(t))?;
-    let half = gpu.alloc(2 * n)?;
+    let half = gpu.alloc(2 * n + n / 8)?;
     mv_launch(
         gpu,
         m,
@@ -1810,7 +1877,7 @@ pub fn experts_once(
         gpu.alloc(n / 32 * 4 + 4)?,
         gpu.alloc(n / 16 * 2 + 2)?,
     );
-    let gsize = group_size(expert_mm(m), nb, iq2_f16_runs(gpu));
+    let gsize = group_size(expert_mm(m), nb, f16_expert_runs(gpu));
     let max_groups = nb.div_ceil(gsize) + n_expert;
     let (perm, grp, ngrp) = (
         gpu.alloc(nb * 4)?,
@@ -1824,7 +1891,7 @@ pub fn experts_once(
     } else {
         None
     };
-    let half = gpu.alloc(2 * n)?;
+    let half = gpu.alloc(2 * n + n / 8)?;
     let mv = Mv {
         x: x.ptr,
         n_act: t,

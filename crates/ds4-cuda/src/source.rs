@@ -34,6 +34,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_wh2",
     "mm_iq2_xxs_wh64",
     "q8_k_to_f16_iq",
+    "mm_q2_k_wh64",
+    "q8_k_to_f16_q2",
     "q8_0_to_f16",
     "mv_q2_k",
     "mv_q2_k_1",
@@ -183,6 +185,8 @@ pub fn program() -> String {
             "DS4_IQ2_WSA",
             u32::from(std::env::var("DS4_CUDA_IQ2_WSA").is_ok_and(|v| v == "1")),
         ),
+        // Prepared (v29, not yet run): mm_iq2_xxs_wh64's grid replicas (1, 2, 4 or 8).
+        ("DS4_IQ2_WGR", num("DS4_CUDA_IQ2_WGR", 1, 8)),
         ("DS4_IQ2_LB", num("DS4_CUDA_IQ2_LB", 3, 8)),
         ("DS4_Q2K_LB", num("DS4_CUDA_Q2K_LB", 0, 16)),
         ("DS4_F16_LB", num("DS4_CUDA_F16_LB", 0, 4)),
@@ -198,6 +202,7 @@ pub fn program() -> String {
         ("MMW_STAGE", crate::forward::MMW_STAGE as u32),
         ("MMH2_STAGE", crate::forward::MMH2_STAGE as u32),
         ("IQH_LDW", crate::forward::IQH_LDW as u32),
+        ("Q2H_STAGE", crate::forward::Q2H_STAGE as u32),
         ("MMW_NST", crate::forward::MMW_NST as u32),
         ("AM_BLOCKS", crate::forward::ARGMAX_BLOCKS),
         // The attention cluster's size: 8 when off (the kernel compiles, unused).

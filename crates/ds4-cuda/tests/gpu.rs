@@ -5,7 +5,8 @@
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
     experts_once, indexer_scores_once, iq2_runs_exact, matmul_once, mm_col_splits, part_bytes,
-    q8_0_runs_exact, set_iq2_f16, set_q8_0_kernel, set_run_fusions, topk_once,
+    q2k_runs_exact, q8_0_runs_exact, set_iq2_f16, set_q2k_f16, set_q8_0_kernel, set_run_fusions,
+    topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -366,8 +367,12 @@ fn routed_experts_match_cpu() {
             let xs: Vec<Vec<f32>> = (0..n_tok).map(|t| rand_vec(cols, 200 + t as u64)).collect();
             let ids = expert_ids(n_tok, k, n_expert);
             let got = experts_once(&gpu, &dm, &xs, &ids, n_expert).unwrap();
-            // The f16 IQ2_XXS run kernel rounds its operands to f16.
-            let f16_run = ty == GgmlType::Iq2Xxs && n_tok > 1 && !iq2_runs_exact(&gpu);
+            // The f16 IQ2_XXS and Q2_K run kernels round their operands to f16.
+            let f16_run = n_tok > 1
+                && match ty {
+                    GgmlType::Iq2Xxs => !iq2_runs_exact(&gpu),
+                    _ => !q2k_runs_exact(&gpu),
+                };
             let tol = if f16_run { 2e-3 } else { 1e-5 };
             let (mut worst, mut same) = (0f32, true);
             for b in compared_items(n_tok, got.len()) {
@@ -396,15 +401,38 @@ fn iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu() {
     // partial group an expert, 3,000 and 12,289 tokens many full ones and hundreds of
     // blocks (every 7th item and the last 64 compared). Activations of very different
     // sizes per token (1e-3 .. 1e2).
-    let (rows, cols, n_expert, k) = (200, 1024, 4usize, 2usize);
-    let mats = expert_mats(GgmlType::Iq2Xxs, rows, cols, n_expert, 300);
-    let dm = upload_mats(&gpu, &mats, "experts").unwrap();
+    f16_experts_within_rounding(&gpu, GgmlType::Iq2Xxs, 1024, 300, set_iq2_f16);
+}
+
+#[test]
+fn q2_k_f16_experts_are_within_f16_rounding_of_cpu() {
+    let Some(gpu) = hopper_or_skip("q2_k_f16_experts_are_within_f16_rounding_of_cpu") else {
+        return;
+    };
+    // mm_q2_k_wh64: weights f16(q · f16(d · sc)), the minimum terms −f16(dmin · m) times
+    // f16(d_x · Σq) as one more product a block, activations f16 of the Q8_K values.
+    // The same shapes as the IQ2_XXS test, 2,048 columns (the Flash release's down
+    // products: 8 blocks a row).
+    f16_experts_within_rounding(&gpu, GgmlType::Q2K, 2048, 500, set_q2k_f16);
+}
+
+/// A routed f16 run kernel (chosen by `set`) against the CPU within f16's rounding.
+fn f16_experts_within_rounding(
+    gpu: &Gpu,
+    ty: GgmlType,
+    cols: usize,
+    seed: u64,
+    set: fn(Option<bool>),
+) {
+    let (rows, n_expert, k) = (200, 4usize, 2usize);
+    let mats = expert_mats(ty, rows, cols, n_expert, seed);
+    let dm = upload_mats(gpu, &mats, "experts").unwrap();
     for n_tok in [70usize, 3_000, 12_289] {
-        let xs = scaled_rows(n_tok as u64, cols, 400);
+        let xs = scaled_rows(n_tok as u64, cols, seed + 100);
         let ids = expert_ids(n_tok, k, n_expert);
-        set_iq2_f16(Some(true));
-        let got = experts_once(&gpu, &dm, &xs, &ids, n_expert);
-        set_iq2_f16(None);
+        set(Some(true));
+        let got = experts_once(gpu, &dm, &xs, &ids, n_expert);
+        set(None);
         let got = got.unwrap();
         let mut worst = 0f32;
         let mut bad = Vec::new();
@@ -421,7 +449,7 @@ fn iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu() {
             }
         }
         println!(
-            "IQ2_XXS f16 experts: {n_tok} tokens: worst rel err {worst:.3e}, {} outputs over 2e-3",
+            "{ty} f16 experts: {n_tok} tokens: worst rel err {worst:.3e}, {} outputs over 2e-3",
             bad.len()
         );
         for (b, e, nr, r0) in bad.iter().take(12) {
@@ -433,7 +461,7 @@ fn iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu() {
         }
         assert!(
             bad.is_empty(),
-            "{n_tok} tokens: {} outputs over 2e-3",
+            "{ty} {n_tok} tokens: {} outputs over 2e-3",
             bad.len()
         );
     }
