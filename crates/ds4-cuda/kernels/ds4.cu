@@ -2749,7 +2749,8 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     long long e = a.grp[3 * gi];
     int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
     for (int i = threadIdx.x; i < 256 * WGR; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i / WGR];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
+    // The sign table only where the signs are not formed by shifts (DS4_IQ2_WSA=0).
+    for (int i = threadIdx.x; !DS4_IQ2_WSA && i < 128; i += blockDim.x) {
         u64 v = KSIGN_MASK[i];
         u32 lo = (u32)v, hi = (u32)(v >> 32);
         sgn_s[i] = make_uint4(__byte_perm(lo, 0, 0x1404) & 0x80008000u, __byte_perm(lo, 0, 0x3424) & 0x80008000u,
