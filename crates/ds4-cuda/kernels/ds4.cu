@@ -2908,31 +2908,41 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t4(MvArgs a) {
 // sums d·Σq in the order the minimum product's fragments take them (lane tq: s = 0, 1 at
 // k 2tq, 2tq + 1; s = 2, 3 at 2tq + 8, + 9).
 // Per item and 256-column block: 272 f16 (the 256 values, then the 16 sums).
-extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh, int n) {
+// XS: 272 (the sums after each block's values) or 256 (none: mm_q2_k_wf64 folds the
+// minimum terms into its weights).
+extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh, int n, int XS) {
     pdl_begin();
-    // A thread per 64 outputs: block B's steps 4s .. 4s + 3 and its sums for shift s.
+    // A thread per 64 outputs: block B's steps 4s .. 4s + 3 (128 contiguous bytes, in
+    // 16-byte stores) and its sums for shift s.
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (64 * i >= n) return;
     int B = i >> 2, s = i & 3;
-    const i8* x = xq + 256 * B;
     float d = xd[B];
-    u16* o = xh + 272 * B;
+    u32 out[4][8];  // step 4s + u: word tq the pair (2tq, 2tq + 1), word 4 + tq (2tq + 8, + 9)
 #pragma unroll
     for (int tq = 0; tq < 4; tq++) {
-        int base = 128 * (tq >> 1) + 32 * s + 16 * (tq & 1);
+        // Lane tq's 16 activations of shift s: Q2_K half tq / 2, bytes 16·(tq % 2)..
+        uint4 v = *(const uint4*)(xq + 256 * B + 128 * (tq >> 1) + 32 * s + 16 * (tq & 1));
+        u32 wv[4] = {v.x, v.y, v.z, v.w};
         int sum = 0;
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            int q0 = x[base + 4 * u], q1 = x[base + 4 * u + 1];
-            int q2 = x[base + 4 * u + 2], q3 = x[base + 4 * u + 3];
-            sum += q0 + q1 + q2 + q3;
-            u16* os = o + 16 * (4 * s + u);
-            os[2 * tq] = f2h_rn((float)q0 * d);
-            os[2 * tq + 1] = f2h_rn((float)q2 * d);
-            os[2 * tq + 8] = f2h_rn((float)q1 * d);
-            os[2 * tq + 9] = f2h_rn((float)q3 * d);
+            int q[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                q[j] = (int)(signed char)(wv[u] >> (8 * j));
+                sum += q[j];
+            }
+            out[u][tq] = (u32)f2h_rn((float)q[0] * d) | (u32)f2h_rn((float)q[2] * d) << 16;
+            out[u][4 + tq] = (u32)f2h_rn((float)q[1] * d) | (u32)f2h_rn((float)q[3] * d) << 16;
         }
-        o[256 + (s < 2 ? 2 * tq + s : 2 * tq + 6 + s)] = f2h_rn((float)sum * d);
+        if (XS == 272) xh[272 * B + 256 + (s < 2 ? 2 * tq + s : 2 * tq + 6 + s)] = f2h_rn((float)sum * d);
+    }
+    uint4* o = (uint4*)(xh + (size_t)XS * B + 64 * s);
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        o[2 * u] = make_uint4(out[u][0], out[u][1], out[u][2], out[u][3]);
+        o[2 * u + 1] = make_uint4(out[u][4], out[u][5], out[u][6], out[u][7]);
     }
 }
 
@@ -2941,11 +2951,14 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
 // first 16 columns are the sums, swizzled at 128 bytes), the rows' 64 bytes of quants,
 // 16 of scales and 4 of d, dmin (84-byte blocks are only 4-byte aligned: cp.async by
 // words) — by cp.async one stage ahead; two blocks an SM.
-template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
+// FOLD (mm_q2_k_wf64): the minimum terms folded into the weights instead, d·sc·q − dmin·m
+// (one more f16 step a pair, two roundings), so no fifth panel, no sums and no sixteenth
+// product: a fifth less to stage and wait for where the decoding is cheap.
+template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int PANEL = NG * 128;
-    constexpr int QS_OFF = 5 * PANEL, SC_OFF = QS_OFF + 128 * 64, DD_OFF = SC_OFF + 128 * 16;
-    static_assert(DD_OFF + 128 * 4 <= Q2H_STAGE && Q2H_STAGE % 1024 == 0, "Q2H_STAGE");
+    constexpr int PANEL = NG * 128, XS = FOLD ? 256 : 272, STG = FOLD ? Q2F_STAGE : Q2H_STAGE;
+    constexpr int QS_OFF = (FOLD ? 4 : 5) * PANEL, SC_OFF = QS_OFF + 128 * 64, DD_OFF = SC_OFF + 128 * 16;
+    static_assert(DD_OFF + 128 * 4 <= STG && STG % 1024 == 0, "Q2H_STAGE / Q2F_STAGE");
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) u8 dsm_q2[];
@@ -2962,7 +2975,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
         items[sl] = it;
         // Item rows of xh are 17/16 of the activations' (272 f16 a 256-column block).
         long long xo = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
-        xoff[sl] = xo >= 0 ? xo + (xo >> 4) : -1;
+        xoff[sl] = xo >= 0 ? (FOLD ? xo : xo + (xo >> 4)) : -1;
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -2972,15 +2985,15 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
     const u8* wbase = a.w + e * a.mat_bytes;
     size_t row_bytes = (size_t)nblk * 84;
     auto stage = [&](int ib, int buf) {
-        u8* sb = base + buf * Q2H_STAGE;
+        u8* sb = base + buf * STG;
 #pragma unroll
         for (int u = 0; u < NG * 32 / 256; u++) {
             int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
             long long xo = xoff[sl];
-            const u16* src = xo >= 0 ? xh + xo + 272 * ib + 8 * ch : xh;
+            const u16* src = xo >= 0 ? xh + xo + XS * ib + 8 * ch : xh;
             cp_async16(sb + (ch >> 3) * PANEL + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
         }
-        if (threadIdx.x < 2 * NG) {
+        if (!FOLD && threadIdx.x < 2 * NG) {
             int sl = threadIdx.x >> 1, ch = threadIdx.x & 1;
             long long xo = xoff[sl];
             const u16* src = xo >= 0 ? xh + xo + 272 * ib + 256 + 8 * ch : xh;
@@ -3025,8 +3038,8 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
     cp_async_commit();
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
-        const u8* sb = base + (ib & 1) * Q2H_STAGE;
-        u32 sbs = sbase + (ib & 1) * Q2H_STAGE;
+        const u8* sb = base + (ib & 1) * STG;
+        u32 sbs = sbase + (ib & 1) * STG;
         cp_async_wait0();
         fence_proxy_async();
         __syncthreads();
@@ -3045,7 +3058,9 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
             u32 d2 = __byte_perm(dd, 0, 0x1010), m2 = __byte_perm(dd, 0, 0x3232);
             u32 nd1024 = h2_mul(d2, 0xE400E400u);       // −1024·d, exact
             u32 pm1024 = h2_mul(m2, 0x64006400u);       // 1024·dmin, exact
-            u32 nm2 = m2 ^ 0x80008000u;
+            // −dmin·m for the sixteenth product, or dmin·m to subtract from the weights.
+            u32 nm2 = FOLD ? m2 : m2 ^ 0x80008000u;
+            if (FOLD) pm1024 ^= 0x80008000u;
             u32 lo[2] = {sc.x & 0x0F0F0F0Fu, sc.y & 0x0F0F0F0Fu};
             u32 hi[2] = {(sc.x >> 4) & 0x0F0F0F0Fu, (sc.y >> 4) & 0x0F0F0F0Fu};
 #pragma unroll
@@ -3063,6 +3078,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
             for (int hr = 0; hr < 2; hr++) {
                 u32 sc2 = __byte_perm(dsc[hr][s >> 1], 0, (s & 1) ? 0x3232 : 0x1010);
                 u32 n1024 = h2_mul(sc2, 0xE400E400u);
+                u32 mn2 = __byte_perm(mfr[hr][s >> 1], 0, (s & 1) ? 0x3232 : 0x1010);
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
                     u32 w = qv[hr][u];
@@ -3070,6 +3086,10 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
                     u32 hi = ((w >> (2 * s + 8)) & 0x00030003u) | 0x64006400u;
                     fr[u][hr] = h2_fma(lo, sc2, n1024);
                     fr[u][2 + hr] = h2_fma(hi, sc2, n1024);
+                    if (FOLD) {
+                        fr[u][hr] = h2_sub(fr[u][hr], mn2);
+                        fr[u][2 + hr] = h2_sub(fr[u][2 + hr], mn2);
+                    }
                 }
             }
             wg_fence_aregs(fr);
@@ -3081,7 +3101,7 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
             wg_wait0();
             wg_fence_aregs(fr);
         }
-        {
+        if (!FOLD) {
             u32 mf[1][4] = {{mfr[0][0], mfr[1][0], mfr[0][1], mfr[1][1]}};
             wg_fence_aregs(mf);
             wg_fence();
@@ -3099,7 +3119,11 @@ template <int NG> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& 
 }
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wh64(MvArgs a, const u16* xh) {
     pdl_begin();
-    mm_q2_k_wh_body<64>(a, xh);
+    mm_q2_k_wh_body<64, false>(a, xh);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wf64(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_q2_k_wh_body<64, true>(a, xh);
 }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as

@@ -1175,7 +1175,8 @@ fn q2k_f16_on() -> bool {
     match Q2K_F16.load(std::sync::atomic::Ordering::Relaxed) {
         1 => false,
         2 => true,
-        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").is_ok_and(|v| v == "1")),
+        _ => *ENV
+            .get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").is_ok_and(|v| v == "1" || v == "2")),
     }
 }
 
@@ -1188,6 +1189,32 @@ pub fn set_q2k_f16(on: Option<bool>) {
         Some(true) => 2,
     };
     Q2K_F16.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A test's choice for [`q2k_fold_on`] ([`set_q2k_fold`]): 0 the environment's, 1 off, 2 on.
+static Q2K_FOLD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Which f16 Q2_K run kernel: `mm_q2_k_wf64` (`DS4_CUDA_Q2K_WH=2`: the minimum terms
+/// folded into the f16 weights, one more f16 step a pair) or `mm_q2_k_wh64` (`=1`: the
+/// minimum terms as a sixteenth product a block over the sub-blocks' sums).
+fn q2k_fold_on() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match Q2K_FOLD.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").is_ok_and(|v| v == "2")),
+    }
+}
+
+/// Chooses [`q2k_fold_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_q2k_fold(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    Q2K_FOLD.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether the routed Q2_K run products now chosen are the CPU's bit for bit.
@@ -1423,6 +1450,9 @@ const IQH_SHARED: usize = 2 * (64 * 512 + 128 * IQH_LDW) + 1024;
 pub(crate) const Q2H_STAGE: usize = (5 * 64 * 128 + 128 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
 /// `mm_q2_k_wh64`'s dynamic shared memory: two stages and the alignment.
 const Q2H_SHARED: usize = 2 * Q2H_STAGE + 1024;
+/// A stage of `mm_q2_k_wf64`: as `mm_q2_k_wh64`'s without the fifth panel.
+pub(crate) const Q2F_STAGE: usize = (4 * 64 * 128 + 128 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
+const Q2F_SHARED: usize = 2 * Q2F_STAGE + 1024;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -1611,15 +1641,21 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
                 IQH_SHARED as u32; args, c.half.0);
         }
+        let fold = q2k_fold_on();
         if m.ty == GgmlType::Q2K && q2k_f16_runs(g) && c.half.1 >= 2 * n + n / 8 {
-            // The f16 kernel: the items' activations to f16 first (its order, and the
-            // sub-blocks' sums: 272 f16 a 256-column block).
+            // The f16 kernel: the items' activations to f16 first (its order, and for
+            // wh64 the sub-blocks' sums: 272 f16 a 256-column block).
+            let xs = if fold { 256 } else { 272 };
             launch!(g, "q8_k_to_f16_q2", (ceil_div(n / 64, 256), 1, 1), 256, 0;
-                act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
-            let k = "mm_q2_k_wh64";
-            g.allow_shared(k, Q2H_SHARED)?;
+                act[0].ptr, act[1].ptr, c.half.0, n as i32, xs)?;
+            let (k, shm) = if fold {
+                ("mm_q2_k_wf64", Q2F_SHARED)
+            } else {
+                ("mm_q2_k_wh64", Q2H_SHARED)
+            };
+            g.allow_shared(k, shm)?;
             return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
-                Q2H_SHARED as u32; args, c.half.0);
+                shm as u32; args, c.half.0);
         }
         if let Some(k) = kernel {
             // The activations' two buffers in dynamic shared memory: 272 bytes per item

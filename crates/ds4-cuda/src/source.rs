@@ -35,6 +35,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_iq2_xxs_wh64",
     "q8_k_to_f16_iq",
     "mm_q2_k_wh64",
+    "mm_q2_k_wf64",
     "q8_k_to_f16_q2",
     "q8_0_to_f16",
     "mv_q2_k",
@@ -202,6 +203,7 @@ pub fn program() -> String {
         ("MMH2_STAGE", crate::forward::MMH2_STAGE as u32),
         ("IQH_LDW", crate::forward::IQH_LDW as u32),
         ("Q2H_STAGE", crate::forward::Q2H_STAGE as u32),
+        ("Q2F_STAGE", crate::forward::Q2F_STAGE as u32),
         ("MMW_NST", crate::forward::MMW_NST as u32),
         ("AM_BLOCKS", crate::forward::ARGMAX_BLOCKS),
         // The attention cluster's size: 8 when off (the kernel compiles, unused).
