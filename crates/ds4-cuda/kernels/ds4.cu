@@ -2912,6 +2912,7 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t4(MvArgs a) {
 // minimum terms into its weights).
 extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh, int n, int XS) {
     pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // A thread per 64 outputs: block B's steps 4s .. 4s + 3 (128 contiguous bytes, in
     // 16-byte stores) and its sums for shift s.
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -2923,20 +2924,25 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
     for (int tq = 0; tq < 4; tq++) {
         // Lane tq's 16 activations of shift s: Q2_K half tq / 2, bytes 16·(tq % 2)..
         uint4 v = *(const uint4*)(xq + 256 * B + 128 * (tq >> 1) + 32 * s + 16 * (tq & 1));
-        u32 wv[4] = {v.x, v.y, v.z, v.w};
         int sum = 0;
+        if (XS == 272) {
+            sum = __dp4a((int)v.x, 0x01010101, sum);
+            sum = __dp4a((int)v.y, 0x01010101, sum);
+            sum = __dp4a((int)v.z, 0x01010101, sum);
+            sum = __dp4a((int)v.w, 0x01010101, sum);
+            xh[272 * B + 256 + (s < 2 ? 2 * tq + s : 2 * tq + 6 + s)] = f2h_rn((float)sum * d);
+        }
+        // Each word's bytes as (0, 2, 1, 3), so q8_chunk_x16's pairs (0, 1) and (2, 3)
+        // are the fragments' (0, 2) and (1, 3); the values as q8_k_to_f16_iq rounds them.
+        v = make_uint4(__byte_perm(v.x, 0, 0x3120), __byte_perm(v.y, 0, 0x3120),
+                       __byte_perm(v.z, 0, 0x3120), __byte_perm(v.w, 0, 0x3120));
+        u32 o[8];
+        q8_chunk_x16(v, d, o);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            int q[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                q[j] = (int)(signed char)(wv[u] >> (8 * j));
-                sum += q[j];
-            }
-            out[u][tq] = (u32)f2h_rn((float)q[0] * d) | (u32)f2h_rn((float)q[2] * d) << 16;
-            out[u][4 + tq] = (u32)f2h_rn((float)q[1] * d) | (u32)f2h_rn((float)q[3] * d) << 16;
+            out[u][tq] = o[u];
+            out[u][4 + tq] = o[4 + u];
         }
-        if (XS == 272) xh[272 * B + 256 + (s < 2 ? 2 * tq + s : 2 * tq + 6 + s)] = f2h_rn((float)sum * d);
     }
     uint4* o = (uint4*)(xh + (size_t)XS * B + 64 * s);
 #pragma unroll
@@ -2944,6 +2950,7 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
         o[2 * u] = make_uint4(out[u][0], out[u][1], out[u][2], out[u][3]);
         o[2 * u + 1] = make_uint4(out[u][4], out[u][5], out[u][6], out[u][7]);
     }
+#endif
 }
 
 // A block: 128 rows (two warpgroups of 64) × one expert group's ≤ 64 items; a stage is
@@ -2952,7 +2959,7 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
 // 16 of scales and 4 of d, dmin (84-byte blocks are only 4-byte aligned: cp.async by
 // words) — by cp.async one stage ahead; two blocks an SM.
 // FOLD (mm_q2_k_wf64): the minimum terms folded into the weights instead, d·sc·q − dmin·m
-// (one more f16 step a pair, two roundings), so no fifth panel, no sums and no sixteenth
+// (one more f16 step a pair, two roundings), so no fifth panel, no sums and no seventeenth
 // product: a fifth less to stage and wait for where the decoding is cheap.
 template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -3058,7 +3065,7 @@ template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(con
             u32 d2 = __byte_perm(dd, 0, 0x1010), m2 = __byte_perm(dd, 0, 0x3232);
             u32 nd1024 = h2_mul(d2, 0xE400E400u);       // −1024·d, exact
             u32 pm1024 = h2_mul(m2, 0x64006400u);       // 1024·dmin, exact
-            // −dmin·m for the sixteenth product, or dmin·m to subtract from the weights.
+            // −dmin·m for the seventeenth product, or dmin·m to subtract from the weights.
             u32 nm2 = FOLD ? m2 : m2 ^ 0x80008000u;
             if (FOLD) pm1024 ^= 0x80008000u;
             u32 lo[2] = {sc.x & 0x0F0F0F0Fu, sc.y & 0x0F0F0F0Fu};

@@ -1166,17 +1166,18 @@ pub fn iq2_runs_exact(g: &Gpu) -> bool {
 /// A test's choice for [`q2k_f16_on`] ([`set_q2k_f16`]): 0 the environment's, 1 off, 2 on.
 static Q2K_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// The routed Q2_K products of a run in f16 on wgmma (`mm_q2_k_wh64`, Hopper; v29,
-/// `DS4_CUDA_Q2K_WH=1` while it is measured): the weights d·sc·q dequantized to f16 into
-/// the products' registers, the minimum terms one more product a block; within f16's
-/// rounding of the CPU's integer sums rather than equal to them.
+/// The routed Q2_K products of a run in f16 on wgmma (`mm_q2_k_wf64`, Hopper; v29, the
+/// default there; `DS4_CUDA_Q2K_WH=0` keeps the integer kernels): the weights
+/// d·sc·q − dmin·m dequantized to f16 into the products' registers; within f16's rounding
+/// of the CPU's integer sums (1.4e-3 in the tests) rather than equal to them. H200, 4
+/// full-width layers: a 2,048-token chunk's Q2_K products 5.42 ms (`mm_q2_k_sm_h`) →
+/// 4.00 + 0.21 of conversion; same call, full file: prefill +2.7% at 2k, +3.8% at 8k.
 fn q2k_f16_on() -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     match Q2K_F16.load(std::sync::atomic::Ordering::Relaxed) {
         1 => false,
         2 => true,
-        _ => *ENV
-            .get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").is_ok_and(|v| v == "1" || v == "2")),
+        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").map_or(true, |v| v != "0")),
     }
 }
 
@@ -1194,15 +1195,17 @@ pub fn set_q2k_f16(on: Option<bool>) {
 /// A test's choice for [`q2k_fold_on`] ([`set_q2k_fold`]): 0 the environment's, 1 off, 2 on.
 static Q2K_FOLD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Which f16 Q2_K run kernel: `mm_q2_k_wf64` (`DS4_CUDA_Q2K_WH=2`: the minimum terms
-/// folded into the f16 weights, one more f16 step a pair) or `mm_q2_k_wh64` (`=1`: the
-/// minimum terms as a sixteenth product a block over the sub-blocks' sums).
+/// Which f16 Q2_K run kernel: `mm_q2_k_wf64` (the default: the minimum terms folded into
+/// the f16 weights, one more f16 step a pair) or `mm_q2_k_wh64` (`DS4_CUDA_Q2K_WH=1`: the
+/// minimum terms as a seventeenth product a block over the sub-blocks' sums, a fifth
+/// more to stage; H200, same call: prefill +0.7% / +3.0% at 2k / 8k where `wf64` gives
+/// +2.7% / +3.8%).
 fn q2k_fold_on() -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     match Q2K_FOLD.load(std::sync::atomic::Ordering::Relaxed) {
         1 => false,
         2 => true,
-        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").is_ok_and(|v| v == "2")),
+        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").map_or(true, |v| v != "1")),
     }
 }
 
