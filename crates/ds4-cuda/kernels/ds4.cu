@@ -2724,6 +2724,46 @@ extern "C" __global__ void q8_k_to_f16_iq(const i8* xq, const float* xd, u16* xh
 #endif
 }
 
+// The f16 expert kernels' common parts (mm_iq2_xxs_wh64, mm_q2_k_w*64). Dynamic shared
+// memory from its first 1,024-byte boundary (the 128-byte swizzle's atoms): generic and
+// shared-window addresses.
+__device__ __forceinline__ void dsm_at_1024(u8* dsm, u8*& base, u32& sbase) {
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    base = dsm + pad;
+    sbase = sraw + pad;
+}
+// Expert group blockIdx.y (false: past the run's groups): its matrix e, its ≤ NG items
+// (−1 past the group) and their activation rows' offsets in xh, whose rows hold XN/16 of
+// the activations' elements.
+template <int NG, int XN>
+__device__ __forceinline__ bool wh_group(const MvArgs& a, int* items, long long* xoff, long long& e) {
+    int gi = blockIdx.y;
+    if (gi >= *a.ngrp) return false;
+    e = a.grp[3 * gi];
+    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
+        int it = sl < nt ? a.perm[first + sl] : -1;
+        items[sl] = it;
+        long long xo = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
+        xoff[sl] = xo >= 0 ? (xo * XN) >> 4 : -1;
+    }
+    return true;
+}
+// The items' f16 rows of one 256-column block (at xh + xoff + c0) into a stage: NG × 32
+// chunks of 16 bytes by 256 threads; chunk ch of item sl goes to 64-column panel ch / 8,
+// its chunk ch % 8 swizzled by the row; items past the group are zeros.
+template <int NG>
+__device__ __forceinline__ void wh_stage_items(u8* sb, const u16* xh, const long long* xoff, long long c0) {
+#pragma unroll
+    for (int u = 0; u < NG * 32 / 256; u++) {
+        int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
+        long long xo = xoff[sl];
+        const u16* src = xo >= 0 ? xh + xo + c0 + 8 * ch : xh;
+        cp_async16(sb + (ch >> 3) * (NG * 128) + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
+    }
+}
+
 // QS: 32-column groups decoded per batch of products (4: 32 fragment registers, 2: 16,
 // with twice the waits; the register budget of two blocks an SM is 128).
 template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {
@@ -2740,14 +2780,11 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) u8 dsm_iq[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm_iq);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm_iq + pad;
-    u32 sbase = sraw + pad;
-    int gi = blockIdx.y;
-    if (gi >= *a.ngrp) return;
-    long long e = a.grp[3 * gi];
-    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm_iq, base, sbase);
+    long long e;
+    if (!wh_group<NG, 16>(a, items, xoff, e)) return;
     for (int i = threadIdx.x; i < 256 * WGR; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i / WGR];
     // The sign table only where the signs are not formed by shifts (DS4_IQ2_WSA=0).
     for (int i = threadIdx.x; !DS4_IQ2_WSA && i < 128; i += blockDim.x) {
@@ -2755,11 +2792,6 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
         u32 lo = (u32)v, hi = (u32)(v >> 32);
         sgn_s[i] = make_uint4(__byte_perm(lo, 0, 0x1404) & 0x80008000u, __byte_perm(lo, 0, 0x3424) & 0x80008000u,
                               __byte_perm(hi, 0, 0x1404) & 0x80008000u, __byte_perm(hi, 0, 0x3424) & 0x80008000u);
-    }
-    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-        int it = sl < nt ? a.perm[first + sl] : -1;
-        items[sl] = it;
-        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -2771,15 +2803,7 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     size_t row_bytes = (size_t)(a.cols >> 2);
     auto stage = [&](int ib, int buf) {
         u8* sb = base + buf * STAGE;
-        // The items' f16 rows: NG × 32 chunks of 16 bytes; chunk ch of item sl goes to
-        // panel ch / 8, its chunk ch % 8 swizzled by the row.
-#pragma unroll
-        for (int u = 0; u < NG * 32 / 256; u++) {
-            int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
-            long long xo = xoff[sl];
-            const u16* src = xo >= 0 ? xh + xo + 256 * ib + 8 * ch : xh;
-            cp_async16(sb + (ch >> 3) * (NG * 128) + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
-        }
+        wh_stage_items<NG>(sb, xh, xoff, 256 * ib);
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             int idx = threadIdx.x + 256 * u, row = idx >> 2, ch = idx & 3;
@@ -2969,21 +2993,12 @@ template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(con
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) u8 dsm_q2[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm_q2);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm_q2 + pad;
-    u32 sbase = sraw + pad;
-    int gi = blockIdx.y;
-    if (gi >= *a.ngrp) return;
-    long long e = a.grp[3 * gi];
-    int first = a.grp[3 * gi + 1], nt = a.grp[3 * gi + 2];
-    for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
-        int it = sl < nt ? a.perm[first + sl] : -1;
-        items[sl] = it;
-        // Item rows of xh are 17/16 of the activations' (272 f16 a 256-column block).
-        long long xo = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
-        xoff[sl] = xo >= 0 ? (FOLD ? xo : xo + (xo >> 4)) : -1;
-    }
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm_q2, base, sbase);
+    long long e;
+    // Item rows of xh: 272 f16 a 256-column block with the sums (17/16), else 256.
+    if (!wh_group<NG, FOLD ? 16 : 17>(a, items, xoff, e)) return;
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int wm = warp >> 2;
@@ -2993,13 +3008,7 @@ template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(con
     size_t row_bytes = (size_t)nblk * 84;
     auto stage = [&](int ib, int buf) {
         u8* sb = base + buf * STG;
-#pragma unroll
-        for (int u = 0; u < NG * 32 / 256; u++) {
-            int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
-            long long xo = xoff[sl];
-            const u16* src = xo >= 0 ? xh + xo + XS * ib + 8 * ch : xh;
-            cp_async16(sb + (ch >> 3) * PANEL + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
-        }
+        wh_stage_items<NG>(sb, xh, xoff, XS * ib);
         if (!FOLD && threadIdx.x < 2 * NG) {
             int sl = threadIdx.x >> 1, ch = threadIdx.x & 1;
             long long xo = xoff[sl];

@@ -1128,8 +1128,43 @@ fn iq2_replicas_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_TAB").map_or(true, |v| v != "0"))
 }
 
-/// A test's choice for [`iq2_f16_on`] ([`set_iq2_f16`]): 0 the environment's, 1 off, 2 on.
-static IQ2_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// A kernel choice that tests can override for every later launch of the process (they
+/// compare kernels), else the environment's, read once.
+struct TestSwitch {
+    /// 0: the environment's choice, 1: off, 2: on.
+    over: std::sync::atomic::AtomicU8,
+    env: std::sync::OnceLock<bool>,
+}
+
+impl TestSwitch {
+    const fn new() -> Self {
+        TestSwitch {
+            over: std::sync::atomic::AtomicU8::new(0),
+            env: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The choice, `from_env` deciding when no test has.
+    fn on(&self, from_env: impl FnOnce() -> bool) -> bool {
+        match self.over.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => *self.env.get_or_init(from_env),
+        }
+    }
+
+    fn set(&self, on: Option<bool>) {
+        let v = on.map_or(0, |on| 1 + u8::from(on));
+        self.over.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether `var` is set to anything but `off` (unset: on).
+fn env_not(var: &str, off: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v != off)
+}
+
+static IQ2_F16: TestSwitch = TestSwitch::new();
 
 /// The routed IQ2_XXS products of a run in f16 on wgmma (`mm_iq2_xxs_wh64`, Hopper; v28,
 /// the default there; `DS4_CUDA_IQ2_WH=0` keeps the integer kernels): the weights
@@ -1138,23 +1173,13 @@ static IQ2_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0
 /// 2,048-token chunk's IQ2_XXS products 123.6 → 105.5 ms, prefill +1.9% at 2k and +6.2%
 /// for a 6,144-token batch (with mm_q2_k_sm64 at 2k, since replaced by `_sm_h`).
 fn iq2_f16_on() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match IQ2_F16.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_IQ2_WH").map_or(true, |v| v != "0")),
-    }
+    IQ2_F16.on(|| env_not("DS4_CUDA_IQ2_WH", "0"))
 }
 
 /// Chooses [`iq2_f16_on`] for every later launch of this process (None: the
 /// environment's), for tests that compare the kernels.
 pub fn set_iq2_f16(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    IQ2_F16.store(v, std::sync::atomic::Ordering::Relaxed);
+    IQ2_F16.set(on);
 }
 
 /// Whether the routed IQ2_XXS run products now chosen are the CPU's bit for bit (not the
@@ -1163,8 +1188,7 @@ pub fn iq2_runs_exact(g: &Gpu) -> bool {
     !iq2_f16_runs(g)
 }
 
-/// A test's choice for [`q2k_f16_on`] ([`set_q2k_f16`]): 0 the environment's, 1 off, 2 on.
-static Q2K_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static Q2K_F16: TestSwitch = TestSwitch::new();
 
 /// The routed Q2_K products of a run in f16 on wgmma (`mm_q2_k_wf64`, Hopper; v29, the
 /// default there; `DS4_CUDA_Q2K_WH=0` keeps the integer kernels): the weights
@@ -1173,27 +1197,16 @@ static Q2K_F16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0
 /// full-width layers: a 2,048-token chunk's Q2_K products 5.42 ms (`mm_q2_k_sm_h`) →
 /// 4.00 + 0.21 of conversion; same call, full file: prefill +2.7% at 2k, +3.8% at 8k.
 fn q2k_f16_on() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match Q2K_F16.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").map_or(true, |v| v != "0")),
-    }
+    Q2K_F16.on(|| env_not("DS4_CUDA_Q2K_WH", "0"))
 }
 
 /// Chooses [`q2k_f16_on`] for every later launch of this process (None: the
 /// environment's), for tests that compare the kernels.
 pub fn set_q2k_f16(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    Q2K_F16.store(v, std::sync::atomic::Ordering::Relaxed);
+    Q2K_F16.set(on);
 }
 
-/// A test's choice for [`q2k_fold_on`] ([`set_q2k_fold`]): 0 the environment's, 1 off, 2 on.
-static Q2K_FOLD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static Q2K_FOLD: TestSwitch = TestSwitch::new();
 
 /// Which f16 Q2_K run kernel: `mm_q2_k_wf64` (the default: the minimum terms folded into
 /// the f16 weights, one more f16 step a pair) or `mm_q2_k_wh64` (`DS4_CUDA_Q2K_WH=1`: the
@@ -1201,23 +1214,13 @@ static Q2K_FOLD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(
 /// more to stage; H200, same call: prefill +0.7% / +3.0% at 2k / 8k where `wf64` gives
 /// +2.7% / +3.8%).
 fn q2k_fold_on() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match Q2K_FOLD.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => *ENV.get_or_init(|| std::env::var("DS4_CUDA_Q2K_WH").map_or(true, |v| v != "1")),
-    }
+    Q2K_FOLD.on(|| env_not("DS4_CUDA_Q2K_WH", "1"))
 }
 
 /// Chooses [`q2k_fold_on`] for every later launch of this process (None: the
 /// environment's), for tests that compare the kernels.
 pub fn set_q2k_fold(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    Q2K_FOLD.store(v, std::sync::atomic::Ordering::Relaxed);
+    Q2K_FOLD.set(on);
 }
 
 /// Whether the routed Q2_K run products now chosen are the CPU's bit for bit.
