@@ -2751,13 +2751,13 @@ __device__ __forceinline__ bool wh_group(const MvArgs& a, int* items, long long*
     return true;
 }
 // The items' f16 rows of one 256-column block (at xh + xoff + c0) into a stage: NG × 32
-// chunks of 16 bytes by 256 threads; chunk ch of item sl goes to 64-column panel ch / 8,
+// chunks of 16 bytes by NT threads; chunk ch of item sl goes to 64-column panel ch / 8,
 // its chunk ch % 8 swizzled by the row; items past the group are zeros.
-template <int NG>
+template <int NG, int NT = 256>
 __device__ __forceinline__ void wh_stage_items(u8* sb, const u16* xh, const long long* xoff, long long c0) {
 #pragma unroll
-    for (int u = 0; u < NG * 32 / 256; u++) {
-        int idx = threadIdx.x + 256 * u, sl = idx >> 5, ch = idx & 31;
+    for (int u = 0; u < NG * 32 / NT; u++) {
+        int idx = threadIdx.x + NT * u, sl = idx >> 5, ch = idx & 31;
         long long xo = xoff[sl];
         const u16* src = xo >= 0 ? xh + xo + c0 + 8 * ch : xh;
         cp_async16(sb + (ch >> 3) * (NG * 128) + sl * 128 + (((ch & 7) ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
@@ -2985,11 +2985,18 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
 // FOLD (mm_q2_k_wf64): the minimum terms folded into the weights instead, d·sc·q − dmin·m
 // (one more f16 step a pair, two roundings), so no fifth panel, no sums and no seventeenth
 // product: a fifth less to stage and wait for where the decoding is cheap.
-template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
+// RB rows a block (RB / 64 warpgroups, 2·RB threads) and NS stages: mm_q2_k_wf256 has 256
+// rows and three stages, one block an SM — the items' tile staged once for four
+// warpgroups, and two stages in flight where the decoding is too short to cover one.
+template <int NG, bool FOLD, int RB = 128, int NS = 2>
+__device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int PANEL = NG * 128, XS = FOLD ? 256 : 272, STG = FOLD ? Q2F_STAGE : Q2H_STAGE;
-    constexpr int QS_OFF = (FOLD ? 4 : 5) * PANEL, SC_OFF = QS_OFF + 128 * 64, DD_OFF = SC_OFF + 128 * 16;
-    static_assert(DD_OFF + 128 * 4 <= STG && STG % 1024 == 0, "Q2H_STAGE / Q2F_STAGE");
+    constexpr int NT = 2 * RB;
+    constexpr int PANEL = NG * 128, XS = FOLD ? 256 : 272;
+    constexpr int STG = RB == 256 ? Q2R_STAGE : FOLD ? Q2F_STAGE : Q2H_STAGE;
+    constexpr int QS_OFF = (FOLD ? 4 : 5) * PANEL, SC_OFF = QS_OFF + RB * 64, DD_OFF = SC_OFF + RB * 16;
+    static_assert(DD_OFF + RB * 4 <= STG && STG % 1024 == 0, "Q2H_STAGE / Q2F_STAGE / Q2R_STAGE");
+    static_assert(NS == 2 || NS == 3, "two or three stages");
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) u8 dsm_q2[];
@@ -3002,26 +3009,26 @@ template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(con
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int wm = warp >> 2;
-    int r0 = blockIdx.x * 128;
+    int r0 = blockIdx.x * RB;
     int nblk = a.cols >> 8;
     const u8* wbase = a.w + e * a.mat_bytes;
     size_t row_bytes = (size_t)nblk * 84;
     auto stage = [&](int ib, int buf) {
         u8* sb = base + buf * STG;
-        wh_stage_items<NG>(sb, xh, xoff, XS * ib);
+        wh_stage_items<NG, NT>(sb, xh, xoff, XS * ib);
         if (!FOLD && threadIdx.x < 2 * NG) {
             int sl = threadIdx.x >> 1, ch = threadIdx.x & 1;
             long long xo = xoff[sl];
             const u16* src = xo >= 0 ? xh + xo + 272 * ib + 256 + 8 * ch : xh;
             cp_async16(sb + 4 * PANEL + sl * 128 + ((ch ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
         }
-        // The rows' words: one pointer stepped by 16 or 64 rows (a pointer a copy cost
-        // spills); rows past the matrix are zeros (their outputs are not stored).
+        // The rows' words: one pointer stepped by NT / 16 or NT / 4 rows (a pointer a copy
+        // cost spills); rows past the matrix are zeros (their outputs are not stored).
         {
             int row = threadIdx.x >> 4, w = threadIdx.x & 15;
             const u8* p = wbase + (size_t)(r0 + row) * row_bytes + 84 * ib + 16 + 4 * w;
 #pragma unroll
-            for (int u = 0; u < 8; u++, row += 16, p += 16 * row_bytes) {
+            for (int u = 0; u < 8; u++, row += NT / 16, p += NT / 16 * row_bytes) {
                 bool ok = r0 + row < a.rows;
                 cp_async4z(sb + QS_OFF + row * 64 + 4 * w, ok ? p : (const u8*)a.w, ok ? 4 : 0);
             }
@@ -3030,12 +3037,12 @@ template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(con
             int row = threadIdx.x >> 2, w = threadIdx.x & 3;
             const u8* p = wbase + (size_t)(r0 + row) * row_bytes + 84 * ib + 4 * w;
 #pragma unroll
-            for (int u = 0; u < 2; u++, row += 64, p += 64 * row_bytes) {
+            for (int u = 0; u < 2; u++, row += NT / 4, p += NT / 4 * row_bytes) {
                 bool ok = r0 + row < a.rows;
                 cp_async4z(sb + SC_OFF + row * 16 + 4 * w, ok ? p : (const u8*)a.w, ok ? 4 : 0);
             }
         }
-        if (threadIdx.x < 128) {
+        if (threadIdx.x < RB) {
             int row = threadIdx.x;
             bool ok = r0 + row < a.rows;
             const u8* p = wbase + (size_t)(r0 + row) * row_bytes + 84 * ib + 80;
@@ -3050,16 +3057,25 @@ template <int NG, bool FOLD> __device__ __forceinline__ void mm_q2_k_wh_body(con
     // The lane's scale bytes b, b + 2 of each half-word pair: sub-blocks 8h + 2s + b.
     u32 ssel = 0x4240u + 0x0101u * (u32)(tq & 1);
     u32 fr[4][4];
-    stage(0, 0);
-    cp_async_commit();
+    // NS − 1 stages ahead: stage ib + NS − 1 goes to the buffer block ib − 1's products
+    // read, once every warpgroup has waited for them (the barrier below).
+#pragma unroll
+    for (int st = 0; st < NS - 1; st++) {
+        if (st < nblk) stage(st, st);
+        cp_async_commit();
+    }
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
-        const u8* sb = base + (ib & 1) * STG;
-        u32 sbs = sbase + (ib & 1) * STG;
-        cp_async_wait0();
+        int buf = NS == 2 ? ib & 1 : (int)((unsigned)ib % 3u);
+        const u8* sb = base + buf * STG;
+        u32 sbs = sbase + buf * STG;
+        if (NS == 3)
+            cp_async_wait1();
+        else
+            cp_async_wait0();
         fence_proxy_async();
         __syncthreads();
-        if (ib + 1 < nblk) stage(ib + 1, (ib + 1) & 1);
+        if (ib + NS - 1 < nblk) stage(ib + NS - 1, NS == 2 ? buf ^ 1 : (buf == 0 ? 2 : buf - 1));
         cp_async_commit();
         // Rows arow (hr 0) and arow + 8 (hr 1): their words, the scales of the lane's four
         // sub-blocks as d·sc pairs (s = 0, 1 / 2, 3) and the minimum fragments −dmin·m.
@@ -3140,6 +3156,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wh64(MvArgs a, cons
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wf64(MvArgs a, const u16* xh) {
     pdl_begin();
     mm_q2_k_wh_body<64, true>(a, xh);
+}
+extern "C" __global__ void __launch_bounds__(512, 1) mm_q2_k_wf256(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_q2_k_wh_body<64, true, 256, 3>(a, xh);
 }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as

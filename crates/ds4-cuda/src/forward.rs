@@ -1223,6 +1223,20 @@ pub fn set_q2k_fold(on: Option<bool>) {
     Q2K_FOLD.set(on);
 }
 
+static Q2K_R256: TestSwitch = TestSwitch::new();
+
+/// Whether the folded f16 Q2_K kernel takes 256 rows a block and three stages
+/// (`mm_q2_k_wf256`, one block an SM; `DS4_CUDA_Q2K_R256=1` while it is measured).
+fn q2k_r256_on() -> bool {
+    Q2K_R256.on(|| std::env::var("DS4_CUDA_Q2K_R256").is_ok_and(|v| v == "1"))
+}
+
+/// Chooses [`q2k_r256_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_q2k_r256(on: Option<bool>) {
+    Q2K_R256.set(on);
+}
+
 /// Whether the routed Q2_K run products now chosen are the CPU's bit for bit.
 pub fn q2k_runs_exact(g: &Gpu) -> bool {
     !q2k_f16_runs(g)
@@ -1459,6 +1473,10 @@ const Q2H_SHARED: usize = 2 * Q2H_STAGE + 1024;
 /// A stage of `mm_q2_k_wf64`: as `mm_q2_k_wh64`'s without the fifth panel.
 pub(crate) const Q2F_STAGE: usize = (4 * 64 * 128 + 128 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
 const Q2F_SHARED: usize = 2 * Q2F_STAGE + 1024;
+/// A stage of `mm_q2_k_wf256`: `mm_q2_k_wf64`'s with 256 rows.
+pub(crate) const Q2R_STAGE: usize = (4 * 64 * 128 + 256 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
+/// `mm_q2_k_wf256`'s dynamic shared memory: three stages and the alignment.
+const Q2R_SHARED: usize = 3 * Q2R_STAGE + 1024;
 
 /// Runs of at least this many tokens take the tensor-core product where there is one.
 pub(crate) const MMA_MIN_TOKENS: usize = 16;
@@ -1654,13 +1672,13 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             let xs = if fold { 256 } else { 272 };
             launch!(g, "q8_k_to_f16_q2", (ceil_div(n / 64, 256), 1, 1), 256, 0;
                 act[0].ptr, act[1].ptr, c.half.0, n as i32, xs)?;
-            let (k, shm) = if fold {
-                ("mm_q2_k_wf64", Q2F_SHARED)
-            } else {
-                ("mm_q2_k_wh64", Q2H_SHARED)
+            let (k, shm, rb) = match (fold, q2k_r256_on()) {
+                (true, true) => ("mm_q2_k_wf256", Q2R_SHARED, 256),
+                (true, false) => ("mm_q2_k_wf64", Q2F_SHARED, 128),
+                (false, _) => ("mm_q2_k_wh64", Q2H_SHARED, 128),
             };
             g.allow_shared(k, shm)?;
-            return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
+            return launch!(g, k, (ceil_div(m.rows, rb), grid_y as u32, 1), 2 * rb as u32,
                 shm as u32; args, c.half.0);
         }
         if let Some(k) = kernel {

@@ -36,6 +36,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "q8_k_to_f16_iq",
     "mm_q2_k_wh64",
     "mm_q2_k_wf64",
+    "mm_q2_k_wf256",
     "q8_k_to_f16_q2",
     "q8_0_to_f16",
     "mv_q2_k",
@@ -204,6 +205,7 @@ pub fn program() -> String {
         ("IQH_LDW", crate::forward::IQH_LDW as u32),
         ("Q2H_STAGE", crate::forward::Q2H_STAGE as u32),
         ("Q2F_STAGE", crate::forward::Q2F_STAGE as u32),
+        ("Q2R_STAGE", crate::forward::Q2R_STAGE as u32),
         ("MMW_NST", crate::forward::MMW_NST as u32),
         ("AM_BLOCKS", crate::forward::ARGMAX_BLOCKS),
         // The attention cluster's size: 8 when off (the kernel compiles, unused).
