@@ -2765,11 +2765,16 @@ __device__ __forceinline__ void wh_stage_items(u8* sb, const u16* xh, const long
 }
 
 // QS: 32-column groups decoded per batch of products (4: 32 fragment registers, 2: 16,
-// with twice the waits; the register budget of two blocks an SM is 128).
-template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {
+// with twice the waits; the register budget of two blocks an SM is 128). RB rows a block
+// (2·RB threads) and NS stages, as mm_q2_k_wh_body's (mm_iq2_xxs_wh256: 256 and 3).
+template <int NG, int QS, int RB = 128, int NS = 2>
+__device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int NT = 2 * RB;
     constexpr int BT = NG * 512;                  // the f16 tile: NG rows × 256 columns
-    constexpr int STAGE = BT + 128 * IQH_LDW;    // + the quants (rows of 80 bytes)
+    constexpr int STAGE = RB == 256 ? IQR_STAGE : BT + 128 * IQH_LDW; // + the quants (rows of 80 bytes)
+    static_assert(BT + RB * IQH_LDW <= STAGE && STAGE % 1024 == 0, "IQR_STAGE");
+    static_assert(NS == 2 || NS == 3, "two or three stages");
     // DS4_IQ2_WGR replicas of the grid, entry i's copy r at i·WGR + r and a lane reading
     // copy lane % WGR: a half-warp's 64-bit loads (one wavefront's worth) then spread over
     // more bank pairs than one copy's random entries hit.
@@ -2796,17 +2801,17 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int wm = warp >> 2;
-    int r0 = blockIdx.x * 128;
+    int r0 = blockIdx.x * RB;
     int nblk = a.cols >> 8;
     const u8* wbase = a.w + e * a.mat_bytes;
     const u16* wd = (const u16*)(a.sc + e * a.sc_mat_bytes);
     size_t row_bytes = (size_t)(a.cols >> 2);
     auto stage = [&](int ib, int buf) {
         u8* sb = base + buf * STAGE;
-        wh_stage_items<NG>(sb, xh, xoff, 256 * ib);
+        wh_stage_items<NG, NT>(sb, xh, xoff, 256 * ib);
 #pragma unroll
         for (int u = 0; u < 2; u++) {
-            int idx = threadIdx.x + 256 * u, row = idx >> 2, ch = idx & 3;
+            int idx = threadIdx.x + NT * u, row = idx >> 2, ch = idx & 3;
             int wr = min(r0 + row, a.rows - 1);
             cp_async16(sb + BT + row * IQH_LDW + 16 * ch, wbase + wr * row_bytes + 64 * ib + 16 * ch, 16);
         }
@@ -2821,17 +2826,24 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
     const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
     const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
     u32 dn0 = wd0[0], dn1 = wd1[0];
-    stage(0, 0);
-    cp_async_commit();
+#pragma unroll
+    for (int st = 0; st < NS - 1; st++) {
+        if (st < nblk) stage(st, st);
+        cp_async_commit();
+    }
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
-        const u8* sb = base + (ib & 1) * STAGE;
-        cp_async_wait0();
+        int buf = NS == 2 ? ib & 1 : (int)((unsigned)ib % 3u);
+        const u8* sb = base + buf * STAGE;
+        if (NS == 3)
+            cp_async_wait1();
+        else
+            cp_async_wait0();
         fence_proxy_async();
-        // Block ib's copies visible; every group's products of block
-        // ib − 1, which read the other buffer, done (each waited for its own).
+        // Block ib's copies visible; every group's products of block ib − 1, which read
+        // the buffer the next stage takes, done (each waited for its own).
         __syncthreads();
-        if (ib + 1 < nblk) stage(ib + 1, (ib + 1) & 1);
+        if (ib + NS - 1 < nblk) stage(ib + NS - 1, NS == 2 ? buf ^ 1 : (buf == 0 ? 2 : buf - 1));
         cp_async_commit();
         u32 d0 = dn0 | (dn0 << 16), d1 = dn1 | (dn1 << 16);
         if (ib + 1 < nblk) {
@@ -2883,7 +2895,7 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
 #pragma unroll
             for (int s8 = 0; s8 < 2 * QS; s8++) {
                 int ks = 2 * QS * kh + s8; // the k16 step in the block: panel ks / 4
-                u32 sbb = sbase + (ib & 1) * STAGE + (ks >> 2) * (NG * 128) + 32 * (ks & 3);
+                u32 sbb = sbase + buf * STAGE + (ks >> 2) * (NG * 128) + 32 * (ks & 3);
                 wgmma_f16_64x64_ra(acc, fr[s8], wg_desc_sw128(sbb));
             }
             wg_commit();
@@ -2908,6 +2920,10 @@ template <int NG, int QS> __device__ __forceinline__ void mm_iq2_xxs_wh_body(con
 extern "C" __global__ void __launch_bounds__(256, 2) mm_iq2_xxs_wh64(MvArgs a, const u16* xh) {
     pdl_begin();
     mm_iq2_xxs_wh_body<64, 2>(a, xh);
+}
+extern "C" __global__ void __launch_bounds__(512, 1) mm_iq2_xxs_wh256(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_iq2_xxs_wh_body<64, 2, 256, 3>(a, xh);
 }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<32, 0>(a); }
 extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64(MvArgs a) { pdl_begin(); mm_iq2_xxs_st_body<64, 0>(a); }

@@ -1223,6 +1223,20 @@ pub fn set_q2k_fold(on: Option<bool>) {
     Q2K_FOLD.set(on);
 }
 
+static IQ2_R256: TestSwitch = TestSwitch::new();
+
+/// Whether the f16 IQ2_XXS kernel takes 256 rows a block and three stages
+/// (`mm_iq2_xxs_wh256`, one block an SM; `DS4_CUDA_IQ2_R256=1` while it is measured).
+fn iq2_r256_on() -> bool {
+    IQ2_R256.on(|| std::env::var("DS4_CUDA_IQ2_R256").is_ok_and(|v| v == "1"))
+}
+
+/// Chooses [`iq2_r256_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_iq2_r256(on: Option<bool>) {
+    IQ2_R256.set(on);
+}
+
 static Q2K_R256: TestSwitch = TestSwitch::new();
 
 /// Whether the folded f16 Q2_K kernel takes 256 rows a block and three stages
@@ -1463,6 +1477,10 @@ pub(crate) const IQH_LDW: usize = 80;
 /// `mm_iq2_xxs_wh64`'s dynamic shared memory: two stages of the items' f16 tile (64 ×
 /// 256 columns) and 128 rows of quants, and the alignment.
 const IQH_SHARED: usize = 2 * (64 * 512 + 128 * IQH_LDW) + 1024;
+/// A stage of `mm_iq2_xxs_wh256`: the items' tile and 256 rows of quants.
+pub(crate) const IQR_STAGE: usize = (64 * 512 + 256 * IQH_LDW).div_ceil(1024) * 1024;
+/// `mm_iq2_xxs_wh256`'s dynamic shared memory: three stages and the alignment.
+const IQR_SHARED: usize = 3 * IQR_STAGE + 1024;
 
 /// A stage of `mm_q2_k_wh64` (the layout at the top of its body in ds4.cu): the items'
 /// f16 tile in five 64-column panels (the fifth for the sub-block sums), 128 rows of 64
@@ -1660,10 +1678,14 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             launch!(g, "q8_k_to_f16_iq", (ceil_div(n / 32, 256), 1, 1), 256, 0;
                 act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
             // Its groups are 64 (iq2_f16_runs).
-            let k = "mm_iq2_xxs_wh64";
-            g.allow_shared(k, IQH_SHARED)?;
-            return launch!(g, k, (ceil_div(m.rows, 128), grid_y as u32, 1), 256,
-                IQH_SHARED as u32; args, c.half.0);
+            let (k, shm, rb) = if iq2_r256_on() {
+                ("mm_iq2_xxs_wh256", IQR_SHARED, 256)
+            } else {
+                ("mm_iq2_xxs_wh64", IQH_SHARED, 128)
+            };
+            g.allow_shared(k, shm)?;
+            return launch!(g, k, (ceil_div(m.rows, rb), grid_y as u32, 1), 2 * rb as u32,
+                shm as u32; args, c.half.0);
         }
         let fold = q2k_fold_on();
         if m.ty == GgmlType::Q2K && q2k_f16_runs(g) && c.half.1 >= 2 * n + n / 8 {

@@ -33,6 +33,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_wh",
     "mm_q8_0_wh2",
     "mm_iq2_xxs_wh64",
+    "mm_iq2_xxs_wh256",
     "q8_k_to_f16_iq",
     "mm_q2_k_wh64",
     "mm_q2_k_wf64",
@@ -206,6 +207,7 @@ pub fn program() -> String {
         ("Q2H_STAGE", crate::forward::Q2H_STAGE as u32),
         ("Q2F_STAGE", crate::forward::Q2F_STAGE as u32),
         ("Q2R_STAGE", crate::forward::Q2R_STAGE as u32),
+        ("IQR_STAGE", crate::forward::IQR_STAGE as u32),
         ("MMW_NST", crate::forward::MMW_NST as u32),
         ("AM_BLOCKS", crate::forward::ARGMAX_BLOCKS),
         // The attention cluster's size: 8 when off (the kernel compiles, unused).

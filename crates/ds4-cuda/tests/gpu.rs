@@ -5,8 +5,8 @@
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
     experts_once, indexer_scores_once, iq2_runs_exact, matmul_once, mm_col_splits, part_bytes,
-    q2k_runs_exact, q8_0_runs_exact, set_iq2_f16, set_q2k_f16, set_q2k_fold, set_q2k_r256,
-    set_q8_0_kernel, set_run_fusions, topk_once,
+    q2k_runs_exact, q8_0_runs_exact, set_iq2_f16, set_iq2_r256, set_q2k_f16, set_q2k_fold,
+    set_q2k_r256, set_q8_0_kernel, set_run_fusions, topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -401,7 +401,13 @@ fn iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu() {
     // partial group an expert, 3,000 and 12,289 tokens many full ones and hundreds of
     // blocks (every 7th item and the last 64 compared). Activations of very different
     // sizes per token (1e-3 .. 1e2).
-    f16_experts_within_rounding(&gpu, GgmlType::Iq2Xxs, 1024, 300, set_iq2_f16);
+    // mm_iq2_xxs_wh256 likewise (256-row blocks, three stages).
+    for r256 in [false, true] {
+        println!("256 rows: {r256}");
+        set_iq2_r256(Some(r256));
+        f16_experts_within_rounding(&gpu, GgmlType::Iq2Xxs, 1024, 300, set_iq2_f16);
+    }
+    set_iq2_r256(None);
 }
 
 #[test]
