@@ -2846,6 +2846,9 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
         if (ib + NS - 1 < nblk) stage(ib + NS - 1, NS == 2 ? buf ^ 1 : (buf == 0 ? 2 : buf - 1));
         cp_async_commit();
         u32 d0 = dn0 | (dn0 << 16), d1 = dn1 | (dn1 << 16);
+#if DS4_IQ2_WDL
+        u32 nd0 = h2_mul(d0, 0xE400E400u), nd1 = h2_mul(d1, 0xE400E400u); // −1024·d, exact
+#endif
         if (ib + 1 < nblk) {
             dn0 = wd0[ib + 1];
             dn1 = wd1[ib + 1];
@@ -2861,11 +2864,31 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
                 for (int q = 0; q < QS; q++) {
                     uint2 gw = *(const uint2*)(wq + 8 * q);
                     u32 idx = (gw.x >> (8 * tq)) & 255, s7 = (gw.y >> (7 * tq)) & 127;
+#if DS4_IQ2_WDL
+                    // DS4_IQ2_WDL: the scale d·(2ls + 1) rounded once (1024 + 2ls + 1 in f16
+                    // by a mask: bit 27 of the word is 2ls's low bit's neighbour, or'd to 1),
+                    // then each weight b · that scale — two roundings where the default has
+                    // one, for one f16 step a pair fewer.
+                    u32 t = ((gw.y >> 27) | 1u | 0x6400u) * 0x10001u;
+                    u32 hd = hr ? d1 : d0, hnd = hr ? nd1 : nd0;
+                    u32 s12 = h2_fma(t, hd, hnd);               // (2ls + 1)·d, one rounding
+                    u32 m1024 = h2_mul(s12, 0xE400E400u);       // −1024·that, exact
+#else
                     u32 s1 = u2h_rn(2 * (gw.y >> 28) + 1);
                     u32 s12 = s1 | (s1 << 16);
                     u32 m1024 = h2_mul(s12, 0xE400E400u); // −1024·(2ls + 1), exact
+#endif
                     u64 gr = grid_s[idx * WGR + (lane & (WGR - 1))];
-#if DS4_IQ2_WSA
+#if DS4_IQ2_WSA && DS4_IQ2_WSB
+                    // The eight signs (the eighth the parity of the seven) with each bit
+                    // also 15 places up (one multiply, no carries: s8 < 2^8): pair j's two
+                    // sign bits 2j, 2j + 1 are then bits 15 and 31 of z << (15 − 2j), put on
+                    // the pair by one xor-and (v29: the ALU-bound kernel's sign work was
+                    // about four instructions a pair).
+                    u32 z = (s7 | ((__popc(s7) & 1u) << 7)) * 0x8001u;
+                    uint4 sg = make_uint4(z << 15, z << 13, z << 11, z << 9);
+                    const u32 SGM = 0x80008000u;
+#elif DS4_IQ2_WSA
                     // The eight signs (the eighth the parity of the seven) as f16 sign
                     // masks of the four pairs by shifts: the table's 16-byte loads are a
                     // quarter of this kernel's shared-memory traffic, the pipe that bounds
@@ -2875,18 +2898,28 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
                                           ((s8 << 13) & 0x8000u) | ((s8 << 28) & 0x80000000u),
                                           ((s8 << 11) & 0x8000u) | ((s8 << 26) & 0x80000000u),
                                           ((s8 << 9) & 0x8000u) | ((s8 << 24) & 0x80000000u));
+                    const u32 SGM = 0xFFFFFFFFu;
 #else
                     uint4 sg = sgn_s[s7];
+                    const u32 SGM = 0xFFFFFFFFu;
 #endif
                     u32 glo = (u32)gr, ghi = (u32)(gr >> 32);
                     u32 p0 = __byte_perm(glo, 0x64646464u, 0x5140), p1 = __byte_perm(glo, 0x64646464u, 0x5342);
                     u32 p2 = __byte_perm(ghi, 0x64646464u, 0x5140), p3 = __byte_perm(ghi, 0x64646464u, 0x5342);
                     // Steps 2q and 2q + 1 of this half: (a0 | a1) from pairs 0 / 2,
                     // (a2 | a3) from pairs 1 / 3.
-                    fr[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ sg.x;
-                    fr[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ sg.y;
-                    fr[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ sg.z;
-                    fr[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ sg.w;
+#if DS4_IQ2_WDL
+                    fr[2 * q][hr] = h2_fma(p0, s12, m1024) ^ (sg.x & SGM);
+                    fr[2 * q][2 + hr] = h2_fma(p1, s12, m1024) ^ (sg.y & SGM);
+                    fr[2 * q + 1][hr] = h2_fma(p2, s12, m1024) ^ (sg.z & SGM);
+                    fr[2 * q + 1][2 + hr] = h2_fma(p3, s12, m1024) ^ (sg.w & SGM);
+                    (void)d2;
+#else
+                    fr[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ (sg.x & SGM);
+                    fr[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ (sg.y & SGM);
+                    fr[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ (sg.z & SGM);
+                    fr[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ (sg.w & SGM);
+#endif
                 }
             }
             // The fragments complete before the products' fence (see mm_q8_0_wh).
