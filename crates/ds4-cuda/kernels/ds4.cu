@@ -2656,8 +2656,9 @@ template <int NG, int C> __device__ __forceinline__ void mm_iq2_xxs_st_body(cons
 
 
 // IQ2_XXS routed experts for a run on the tensor cores in f16 (sm_90a): each weight
-// dequantized as f16 — grid byte × (2·ls + 1) exactly (an integer ≤ 1,333, one fused step
-// from the 1024 + b form), × the block's d rounded once, the sign by xor — straight into
+// dequantized as f16 — grid byte × f16(d·(2ls + 1)), one fused step from the 1024 + b form
+// (DS4_IQ2_WDL; else grid byte × (2·ls + 1) exactly, an integer ≤ 1,333, then × d, one
+// rounding instead of two), the sign by xor — straight into
 // wgmma's register fragments; the items' Q8_K activations dequantized to f16 beforehand
 // (q8_k_to_f16_iq); summed in f32 by wgmma m64nNGk16, the CPU's 1/8 at the end. Not the
 // CPU's integers (f16's rounding of the weight, ≈ 2^-12, and of the activation): the tests

@@ -394,7 +394,8 @@ fn iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu() {
     let Some(gpu) = hopper_or_skip("iq2_xxs_f16_experts_are_within_f16_rounding_of_cpu") else {
         return;
     };
-    // mm_iq2_xxs_wh64: weights f16(grid · (2ls + 1) · d) (one rounding), activations
+    // mm_iq2_xxs_wh64: weights grid · f16((2ls + 1) · d) rounded to f16 (two roundings;
+    // DS4_CUDA_IQ2_WDL=0: f16(grid · (2ls + 1) · d), one), activations
     // f16 of the Q8_K values, f32 sums. Against the CPU's integer block sums: f16's
     // rounding (relative 2^-11 a term, random in sign). 4 experts of 200 rows (a partial
     // 128-row tile), 2 items a token, groups of 64 (the kernel's): 70 tokens give one
