@@ -2765,6 +2765,32 @@ __device__ __forceinline__ void wh_stage_items(u8* sb, const u16* xh, const long
     }
 }
 
+// The f16 expert kernels' pipeline of NS stage buffers over nblk 256-column blocks, one
+// commit group a stage (an empty one past the end, so the waits count alike). The first
+// NS − 1 stages:
+template <int NS, typename F> __device__ __forceinline__ void wh_pipe_start(int nblk, F&& stage) {
+    static_assert(NS == 2 || NS == 3, "two or three stages");
+#pragma unroll
+    for (int st = 0; st < NS - 1; st++) {
+        if (st < nblk) stage(st, st);
+        cp_async_commit();
+    }
+}
+// Block ib's buffer, once its stage has landed and every warpgroup is done with block
+// ib − 1 (each waited for its own products), whose buffer then takes stage ib + NS − 1.
+template <int NS, typename F> __device__ __forceinline__ int wh_pipe_next(int ib, int nblk, F&& stage) {
+    int buf = NS == 2 ? ib & 1 : (int)((unsigned)ib % 3u);
+    if (NS == 3)
+        cp_async_wait1();
+    else
+        cp_async_wait0();
+    fence_proxy_async();
+    __syncthreads();
+    if (ib + NS - 1 < nblk) stage(ib + NS - 1, NS == 2 ? buf ^ 1 : (buf == 0 ? 2 : buf - 1));
+    cp_async_commit();
+    return buf;
+}
+
 // QS: 32-column groups decoded per batch of products (4: 32 fragment registers, 2: 16,
 // with twice the waits; the register budget of two blocks an SM is 128). RB rows a block
 // (2·RB threads) and NS stages, as mm_q2_k_wh_body's (mm_iq2_xxs_wh256: 256 and 3).
@@ -2775,7 +2801,6 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
     constexpr int BT = NG * 512;                  // the f16 tile: NG rows × 256 columns
     constexpr int STAGE = RB == 256 ? IQR_STAGE : BT + 128 * IQH_LDW; // + the quants (rows of 80 bytes)
     static_assert(BT + RB * IQH_LDW <= STAGE && STAGE % 1024 == 0, "IQR_STAGE");
-    static_assert(NS == 2 || NS == 3, "two or three stages");
     // DS4_IQ2_WGR replicas of the grid, entry i's copy r at i·WGR + r and a lane reading
     // copy lane % WGR: a half-warp's 64-bit loads (one wavefront's worth) then spread over
     // more bank pairs than one copy's random entries hit.
@@ -2827,25 +2852,11 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
     const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
     const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
     u32 dn0 = wd0[0], dn1 = wd1[0];
-#pragma unroll
-    for (int st = 0; st < NS - 1; st++) {
-        if (st < nblk) stage(st, st);
-        cp_async_commit();
-    }
+    wh_pipe_start<NS>(nblk, stage);
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
-        int buf = NS == 2 ? ib & 1 : (int)((unsigned)ib % 3u);
+        int buf = wh_pipe_next<NS>(ib, nblk, stage);
         const u8* sb = base + buf * STAGE;
-        if (NS == 3)
-            cp_async_wait1();
-        else
-            cp_async_wait0();
-        fence_proxy_async();
-        // Block ib's copies visible; every group's products of block ib − 1, which read
-        // the buffer the next stage takes, done (each waited for its own).
-        __syncthreads();
-        if (ib + NS - 1 < nblk) stage(ib + NS - 1, NS == 2 ? buf ^ 1 : (buf == 0 ? 2 : buf - 1));
-        cp_async_commit();
         u32 d0 = dn0 | (dn0 << 16), d1 = dn1 | (dn1 << 16);
 #if DS4_IQ2_WDL
         u32 nd0 = h2_mul(d0, 0xE400E400u), nd1 = h2_mul(d1, 0xE400E400u); // −1024·d, exact
@@ -3046,7 +3057,6 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
     constexpr int STG = RB == 256 ? Q2R_STAGE : FOLD ? Q2F_STAGE : Q2H_STAGE;
     constexpr int QS_OFF = (FOLD ? 4 : 5) * PANEL, SC_OFF = QS_OFF + RB * 64, DD_OFF = SC_OFF + RB * 16;
     static_assert(DD_OFF + RB * 4 <= STG && STG % 1024 == 0, "Q2H_STAGE / Q2F_STAGE / Q2R_STAGE");
-    static_assert(NS == 2 || NS == 3, "two or three stages");
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) u8 dsm_q2[];
@@ -3107,26 +3117,12 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
     // The lane's scale bytes b, b + 2 of each half-word pair: sub-blocks 8h + 2s + b.
     u32 ssel = 0x4240u + 0x0101u * (u32)(tq & 1);
     u32 fr[4][4];
-    // NS − 1 stages ahead: stage ib + NS − 1 goes to the buffer block ib − 1's products
-    // read, once every warpgroup has waited for them (the barrier below).
-#pragma unroll
-    for (int st = 0; st < NS - 1; st++) {
-        if (st < nblk) stage(st, st);
-        cp_async_commit();
-    }
+    wh_pipe_start<NS>(nblk, stage);
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
-        int buf = NS == 2 ? ib & 1 : (int)((unsigned)ib % 3u);
+        int buf = wh_pipe_next<NS>(ib, nblk, stage);
         const u8* sb = base + buf * STG;
         u32 sbs = sbase + buf * STG;
-        if (NS == 3)
-            cp_async_wait1();
-        else
-            cp_async_wait0();
-        fence_proxy_async();
-        __syncthreads();
-        if (ib + NS - 1 < nblk) stage(ib + NS - 1, NS == 2 ? buf ^ 1 : (buf == 0 ? 2 : buf - 1));
-        cp_async_commit();
         // Rows arow (hr 0) and arow + 8 (hr 1): their words, the scales of the lane's four
         // sub-blocks as d·sc pairs (s = 0, 1 / 2, 3) and the minimum fragments −dmin·m.
         uint4 qw[2];
