@@ -1864,15 +1864,8 @@ extern "C" __global__ void sum_parts(const float* part, int ks, int n, int rows,
     y[(size_t)(i / rows) * y_stride + i % rows] = s;
 }
 
-// DS4_MMF_LB: blocks an SM the register budget must allow (0: none; v29h's ncu found
-// mm_f16_pf at 168 registers, three blocks of four warps an SM, 12% occupancy).
-#if DS4_MMF_LB
-#define MM_F16_BOUNDS __launch_bounds__(128, DS4_MMF_LB)
-#else
-#define MM_F16_BOUNDS __launch_bounds__(128)
-#endif
-extern "C" __global__ void MM_F16_BOUNDS mm_f16(MvArgs a) { pdl_begin(); mm_f16_body<false>(a); }
-extern "C" __global__ void MM_F16_BOUNDS mm_f16_pf(MvArgs a) { pdl_begin(); mm_f16_body<true>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_f16(MvArgs a) { pdl_begin(); mm_f16_body<false>(a); }
+extern "C" __global__ void __launch_bounds__(128) mm_f16_pf(MvArgs a) { pdl_begin(); mm_f16_body<true>(a); }
 
 // Q2_K block (84 bytes): scales[16], qs[64], f16 d, f16 dmin. A lane takes a quarter
 // of a block's quants (16 bytes: half k = q/2 of the 128-element halves, 16-element

@@ -199,7 +199,6 @@ pub fn program() -> String {
         ("DS4_IQ2_LB", num("DS4_CUDA_IQ2_LB", 3, 8)),
         ("DS4_Q2K_LB", num("DS4_CUDA_Q2K_LB", 0, 16)),
         ("DS4_F16_LB", num("DS4_CUDA_F16_LB", 0, 4)),
-        ("DS4_MMF_LB", num("DS4_CUDA_MMF_LB", 0, 8)),
         ("DS4_R2_LB", num("DS4_CUDA_R2_LB", 8, 16)),
         ("DS4_Q8_U", num("DS4_CUDA_Q8_U", 4, 8)),
         // Shapes the host sizes launches by: one definition each.
