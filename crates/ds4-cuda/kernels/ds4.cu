@@ -2852,6 +2852,12 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
     const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
     const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
     u32 dn0 = wd0[0], dn1 = wd1[0];
+#if DS4_IQ2_WPA
+    // DS4_IQ2_WPA: the grid entry's 32-bit shared address from the lane's byte by one prmt
+    // and one multiply-add (the generic index took a shift, a multiply and a mask).
+    static_assert(WGR == 1, "DS4_IQ2_WPA reads one copy of the grid");
+    u32 grid_sa = (u32)__cvta_generic_to_shared(grid_s), bsel = 0x4440u + (u32)tq;
+#endif
     wh_pipe_start<NS>(nblk, stage);
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
@@ -2890,7 +2896,12 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
                     u32 s12 = s1 | (s1 << 16);
                     u32 m1024 = h2_mul(s12, 0xE400E400u); // −1024·(2ls + 1), exact
 #endif
+#if DS4_IQ2_WPA
+                    u64 gr = lds_u64(grid_sa + 8u * __byte_perm(gw.x, 0, bsel));
+                    (void)idx;
+#else
                     u64 gr = grid_s[idx * WGR + (lane & (WGR - 1))];
+#endif
 #if DS4_IQ2_WSA && DS4_IQ2_WSB
                     // The eight signs (the eighth the parity of the seven) with each bit
                     // also 15 places up (one multiply, no carries: s8 < 2^8): pair j's two

@@ -193,6 +193,12 @@ pub fn program() -> String {
         // roundings, one f16 step a pair fewer; v29: the kernel −7.2%, prefill +2.2% /
         // +1.2%; the tests' worst error 6.9e-4 → 8.1e-4).
         ("DS4_IQ2_WDL", on("DS4_CUDA_IQ2_WDL")),
+        // Off unless 1 (prepared in v29, not yet run): mm_iq2_xxs_wh64's grid entries by a
+        // prmt into a 32-bit shared address.
+        (
+            "DS4_IQ2_WPA",
+            u32::from(std::env::var("DS4_CUDA_IQ2_WPA").is_ok_and(|v| v == "1")),
+        ),
         // mm_iq2_xxs_wh64's grid replicas (1, 2, 4 or 8; v29: 8 gave +1.0% alone, and
         // with the signs by shifts 1.5% less than those alone).
         ("DS4_IQ2_WGR", num("DS4_CUDA_IQ2_WGR", 1, 8)),
