@@ -2735,9 +2735,8 @@ __device__ __forceinline__ void dsm_at_1024(u8* dsm, u8*& base, u32& sbase) {
     sbase = sraw + pad;
 }
 // Expert group blockIdx.y (false: past the run's groups): its matrix e, its ≤ NG items
-// (−1 past the group) and their activation rows' offsets in xh, whose rows hold XN/16 of
-// the activations' elements.
-template <int NG, int XN>
+// (−1 past the group) and their activation rows' offsets.
+template <int NG>
 __device__ __forceinline__ bool wh_group(const MvArgs& a, int* items, long long* xoff, long long& e) {
     int gi = blockIdx.y;
     if (gi >= *a.ngrp) return false;
@@ -2746,8 +2745,7 @@ __device__ __forceinline__ bool wh_group(const MvArgs& a, int* items, long long*
     for (int sl = threadIdx.x; sl < NG; sl += blockDim.x) {
         int it = sl < nt ? a.perm[first + sl] : -1;
         items[sl] = it;
-        long long xo = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
-        xoff[sl] = xo >= 0 ? (xo * XN) >> 4 : -1;
+        xoff[sl] = it >= 0 ? (long long)(it / a.act_div) * a.x_stride : -1;
     }
     return true;
 }
@@ -2815,7 +2813,7 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
     u32 sbase;
     dsm_at_1024(dsm_iq, base, sbase);
     long long e;
-    if (!wh_group<NG, 16>(a, items, xoff, e)) return;
+    if (!wh_group<NG>(a, items, xoff, e)) return;
     for (int i = threadIdx.x; i < 256 * WGR; i += blockDim.x) grid_s[i] = IQ2XXS_GRID[i / WGR];
     // The sign table only where the signs are not formed by shifts (DS4_IQ2_WSA=0).
     for (int i = threadIdx.x; !DS4_IQ2_WSA && i < 128; i += blockDim.x) {
@@ -2992,25 +2990,21 @@ extern "C" __global__ void __launch_bounds__(128) mm_iq2_xxs_st64_t4(MvArgs a) {
 
 
 // Q2_K routed experts for a run in f16 on wgmma (sm_90a), as mm_iq2_xxs_wh64: weight
-// d·sc·q dequantized straight into wgmma's register fragments, the sub-blocks' minimum
-// terms −dmin·m · Σx as one more k16 product a 256-column block, f32 sums. Not the CPU's
-// integers (f16's rounding of d·sc·q and of the activations; the tests bound it).
+// d·sc·q − dmin·m dequantized straight into wgmma's register fragments, f32 sums. Not the
+// CPU's integers (f16's rounding of d·sc·q, of dmin·m and of the activations; the tests
+// bound it). (v29's first form kept the minimum terms apart, a seventeenth product a
+// block over the sub-blocks' sums: a fifth more to stage, slower; commit fed5d93.)
 // A k16 step's four lanes of a row each take one sub-block: lane tq holds Q2_K half
 // h = tq / 2, bytes 16·(tq % 2).. of it (16 bytes, a word u a step), and step 4s + u
 // takes shift s of word u — so a lane's four sub-blocks are 8h + 2s + tq % 2 (s = 0..3),
 // one scale per four steps, and the two half-words of a word's shifted bytes (0, 2) and
 // (1, 3) are its fragment pairs by one mask each (1024 + q in f16). q8_k_to_f16_q2
-// writes the activations in that order, and after each block's 256 the sub-blocks'
-// sums d·Σq in the order the minimum product's fragments take them (lane tq: s = 0, 1 at
-// k 2tq, 2tq + 1; s = 2, 3 at 2tq + 8, + 9).
-// Per item and 256-column block: 272 f16 (the 256 values, then the 16 sums).
-// XS: 272 (the sums after each block's values) or 256 (none: mm_q2_k_wf64 folds the
-// minimum terms into its weights).
-extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh, int n, int XS) {
+// writes the activations in that order.
+extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh, int n) {
     pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // A thread per 64 outputs: block B's steps 4s .. 4s + 3 (128 contiguous bytes, in
-    // 16-byte stores) and its sums for shift s.
+    // 16-byte stores).
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (64 * i >= n) return;
     int B = i >> 2, s = i & 3;
@@ -3020,14 +3014,6 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
     for (int tq = 0; tq < 4; tq++) {
         // Lane tq's 16 activations of shift s: Q2_K half tq / 2, bytes 16·(tq % 2)..
         uint4 v = *(const uint4*)(xq + 256 * B + 128 * (tq >> 1) + 32 * s + 16 * (tq & 1));
-        int sum = 0;
-        if (XS == 272) {
-            sum = __dp4a((int)v.x, 0x01010101, sum);
-            sum = __dp4a((int)v.y, 0x01010101, sum);
-            sum = __dp4a((int)v.z, 0x01010101, sum);
-            sum = __dp4a((int)v.w, 0x01010101, sum);
-            xh[272 * B + 256 + (s < 2 ? 2 * tq + s : 2 * tq + 6 + s)] = f2h_rn((float)sum * d);
-        }
         // Each word's bytes as (0, 2, 1, 3), so q8_chunk_x16's pairs (0, 1) and (2, 3)
         // are the fragments' (0, 2) and (1, 3); the values as q8_k_to_f16_iq rounds them.
         v = make_uint4(__byte_perm(v.x, 0, 0x3120), __byte_perm(v.y, 0, 0x3120),
@@ -3040,7 +3026,7 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
             out[u][4 + tq] = o[4 + u];
         }
     }
-    uint4* o = (uint4*)(xh + (size_t)XS * B + 64 * s);
+    uint4* o = (uint4*)(xh + 256 * (size_t)B + 64 * s);
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         o[2 * u] = make_uint4(out[u][0], out[u][1], out[u][2], out[u][3]);
@@ -3049,25 +3035,21 @@ extern "C" __global__ void q8_k_to_f16_q2(const i8* xq, const float* xd, u16* xh
 #endif
 }
 
-// A block: 128 rows (two warpgroups of 64) × one expert group's ≤ 64 items; a stage is
-// one 256-column block — the items' f16 tile (four 64-column panels and a fifth whose
-// first 16 columns are the sums, swizzled at 128 bytes), the rows' 64 bytes of quants,
-// 16 of scales and 4 of d, dmin (84-byte blocks are only 4-byte aligned: cp.async by
-// words) — by cp.async one stage ahead; two blocks an SM.
-// FOLD (mm_q2_k_wf64): the minimum terms folded into the weights instead, d·sc·q − dmin·m
-// (one more f16 step a pair, two roundings), so no fifth panel, no sums and no seventeenth
-// product: a fifth less to stage and wait for where the decoding is cheap.
-// RB rows a block (RB / 64 warpgroups, 2·RB threads) and NS stages: mm_q2_k_wf256 has 256
-// rows and three stages, one block an SM — the items' tile staged once for four
-// warpgroups, and two stages in flight where the decoding is too short to cover one.
-template <int NG, bool FOLD, int RB = 128, int NS = 2>
-__device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) {
+// A block: RB rows (RB / 64 warpgroups, 2·RB threads) × one expert group's ≤ 64 items; a
+// stage is one 256-column block — the items' f16 tile (four 64-column panels swizzled at
+// 128 bytes), the rows' 64 bytes of quants, 16 of scales and 4 of d, dmin (84-byte blocks
+// are only 4-byte aligned: cp.async by words) — by cp.async NS − 1 stages ahead.
+// mm_q2_k_wf64: 128 rows, two stages, two blocks an SM; mm_q2_k_wf256: 256 rows and three
+// stages, one block an SM (the items' tile staged once for four warpgroups, two stages
+// in flight; measured no faster, v29e).
+template <int NG, int RB = 128, int NS = 2>
+__device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int NT = 2 * RB;
-    constexpr int PANEL = NG * 128, XS = FOLD ? 256 : 272;
-    constexpr int STG = RB == 256 ? Q2R_STAGE : FOLD ? Q2F_STAGE : Q2H_STAGE;
-    constexpr int QS_OFF = (FOLD ? 4 : 5) * PANEL, SC_OFF = QS_OFF + RB * 64, DD_OFF = SC_OFF + RB * 16;
-    static_assert(DD_OFF + RB * 4 <= STG && STG % 1024 == 0, "Q2H_STAGE / Q2F_STAGE / Q2R_STAGE");
+    constexpr int PANEL = NG * 128;
+    constexpr int STG = RB == 256 ? Q2R_STAGE : Q2F_STAGE;
+    constexpr int QS_OFF = 4 * PANEL, SC_OFF = QS_OFF + RB * 64, DD_OFF = SC_OFF + RB * 16;
+    static_assert(DD_OFF + RB * 4 <= STG && STG % 1024 == 0, "Q2F_STAGE / Q2R_STAGE");
     __shared__ int items[NG];
     __shared__ long long xoff[NG];
     extern __shared__ __align__(16) u8 dsm_q2[];
@@ -3075,8 +3057,7 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
     u32 sbase;
     dsm_at_1024(dsm_q2, base, sbase);
     long long e;
-    // Item rows of xh: 272 f16 a 256-column block with the sums (17/16), else 256.
-    if (!wh_group<NG, FOLD ? 16 : 17>(a, items, xoff, e)) return;
+    if (!wh_group<NG>(a, items, xoff, e)) return;
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int wm = warp >> 2;
@@ -3086,13 +3067,7 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
     size_t row_bytes = (size_t)nblk * 84;
     auto stage = [&](int ib, int buf) {
         u8* sb = base + buf * STG;
-        wh_stage_items<NG, NT>(sb, xh, xoff, XS * ib);
-        if (!FOLD && threadIdx.x < 2 * NG) {
-            int sl = threadIdx.x >> 1, ch = threadIdx.x & 1;
-            long long xo = xoff[sl];
-            const u16* src = xo >= 0 ? xh + xo + 272 * ib + 256 + 8 * ch : xh;
-            cp_async16(sb + 4 * PANEL + sl * 128 + ((ch ^ (sl & 7)) << 4), src, xo >= 0 ? 16 : 0);
-        }
+        wh_stage_items<NG, NT>(sb, xh, xoff, 256 * ib);
         // The rows' words: one pointer stepped by NT / 16 or NT / 4 rows (a pointer a copy
         // cost spills); rows past the matrix are zeros (their outputs are not stored).
         {
@@ -3134,8 +3109,8 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
         int buf = wh_pipe_next<NS>(ib, nblk, stage);
         const u8* sb = base + buf * STG;
         u32 sbs = sbase + buf * STG;
-        // Rows arow (hr 0) and arow + 8 (hr 1): their words, the scales of the lane's four
-        // sub-blocks as d·sc pairs (s = 0, 1 / 2, 3) and the minimum fragments −dmin·m.
+        // Rows arow (hr 0) and arow + 8 (hr 1): their words and the lane's four sub-blocks'
+        // d·sc and dmin·m as pairs (s = 0, 1 / 2, 3).
         uint4 qw[2];
         u32 dsc[2][2], mfr[2][2];
 #pragma unroll
@@ -3146,10 +3121,7 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
             u32 dd = *(const u32*)(sb + DD_OFF + 4 * row);
             u32 d2 = __byte_perm(dd, 0, 0x1010), m2 = __byte_perm(dd, 0, 0x3232);
             u32 nd1024 = h2_mul(d2, 0xE400E400u);       // −1024·d, exact
-            u32 pm1024 = h2_mul(m2, 0x64006400u);       // 1024·dmin, exact
-            // −dmin·m for the seventeenth product, or dmin·m to subtract from the weights.
-            u32 nm2 = FOLD ? m2 : m2 ^ 0x80008000u;
-            if (FOLD) pm1024 ^= 0x80008000u;
+            u32 nm1024 = h2_mul(m2, 0xE400E400u);       // −1024·dmin, exact
             u32 lo[2] = {sc.x & 0x0F0F0F0Fu, sc.y & 0x0F0F0F0Fu};
             u32 hi[2] = {(sc.x >> 4) & 0x0F0F0F0Fu, (sc.y >> 4) & 0x0F0F0F0Fu};
 #pragma unroll
@@ -3157,7 +3129,7 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
                 // (1024 + v) in f16 times the block scale less 1024 of it: v · scale,
                 // rounded once.
                 dsc[hr][p] = h2_fma(__byte_perm(lo[p], 0x64646464u, ssel), d2, nd1024);
-                mfr[hr][p] = h2_fma(__byte_perm(hi[p], 0x64646464u, ssel), nm2, pm1024);
+                mfr[hr][p] = h2_fma(__byte_perm(hi[p], 0x64646464u, ssel), m2, nm1024);
             }
         }
         u32 qv[2][4] = {{qw[0].x, qw[0].y, qw[0].z, qw[0].w}, {qw[1].x, qw[1].y, qw[1].z, qw[1].w}};
@@ -3173,12 +3145,9 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
                     u32 w = qv[hr][u];
                     u32 lo = ((w >> (2 * s)) & 0x00030003u) | 0x64006400u;
                     u32 hi = ((w >> (2 * s + 8)) & 0x00030003u) | 0x64006400u;
-                    fr[u][hr] = h2_fma(lo, sc2, n1024);
-                    fr[u][2 + hr] = h2_fma(hi, sc2, n1024);
-                    if (FOLD) {
-                        fr[u][hr] = h2_sub(fr[u][hr], mn2);
-                        fr[u][2 + hr] = h2_sub(fr[u][2 + hr], mn2);
-                    }
+                    // q·(d·sc) rounded once, less dmin·m: two roundings.
+                    fr[u][hr] = h2_sub(h2_fma(lo, sc2, n1024), mn2);
+                    fr[u][2 + hr] = h2_sub(h2_fma(hi, sc2, n1024), mn2);
                 }
             }
             wg_fence_aregs(fr);
@@ -3190,15 +3159,6 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
             wg_wait0();
             wg_fence_aregs(fr);
         }
-        if (!FOLD) {
-            u32 mf[1][4] = {{mfr[0][0], mfr[1][0], mfr[0][1], mfr[1][1]}};
-            wg_fence_aregs(mf);
-            wg_fence();
-            wgmma_f16_64x64_ra(acc, mf[0], wg_desc_sw128(sbs + 4 * PANEL));
-            wg_commit();
-            wg_wait0();
-            wg_fence_aregs(mf);
-        }
     }
     wg_fence_fregs<NG / 2>(acc);
 #pragma unroll
@@ -3206,17 +3166,13 @@ __device__ __forceinline__ void mm_q2_k_wh_body(const MvArgs& a, const u16* xh) 
         mma_store(a, &acc[4 * j], r0 + arow, items[8 * j + 2 * tq], items[8 * j + 2 * tq + 1]);
 #endif
 }
-extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wh64(MvArgs a, const u16* xh) {
-    pdl_begin();
-    mm_q2_k_wh_body<64, false>(a, xh);
-}
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q2_k_wf64(MvArgs a, const u16* xh) {
     pdl_begin();
-    mm_q2_k_wh_body<64, true>(a, xh);
+    mm_q2_k_wf_body<64>(a, xh);
 }
 extern "C" __global__ void __launch_bounds__(512, 1) mm_q2_k_wf256(MvArgs a, const u16* xh) {
     pdl_begin();
-    mm_q2_k_wh_body<64, true, 256, 3>(a, xh);
+    mm_q2_k_wf_body<64, 256, 3>(a, xh);
 }
 
 // Q2_K routed experts for a run of tokens (prefill), on the tensor cores, laid out as

@@ -230,7 +230,7 @@ fn f16_expert_runs(g: &Gpu) -> bool {
     iq2_f16_runs(g) || q2k_f16_runs(g)
 }
 
-/// Whether the Q2_K products of runs take the f16 kernel (`mm_q2_k_wh64`, Hopper).
+/// Whether the Q2_K products of runs take the f16 kernel (`mm_q2_k_wf64`, Hopper).
 fn q2k_f16_runs(g: &Gpu) -> bool {
     g.arch == "sm_90a" && q2k_f16_on()
 }
@@ -337,58 +337,51 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
     .max()
     .unwrap_or(e);
     let hmax = t.max(HEAD_CHUNK);
-    // A run's activations as f16: 17/16 of them for Q2_K's (q8_k_to_f16_q2 adds each
-    // 256-column block's 16 sums).
-    let act_h = if t >= MMA_MIN_TOKENS {
-        2 * act + act / 8
-    } else {
-        16
-    };
     vec![
-        t * 4,                                   // toks
-        f32s(t * he),                            // x
-        f32s(hmax * he),                         // flat
-        f32s(hmax * cfg.hc_mix().max(cfg.hc)),   // z
-        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),    // mix
-        f32s(hmax * e),                          // y
-        f32s(hmax * e),                          // xn
-        f32s(t * (cfg.q_lora + cfg.head_dim)),   // qkv_raw: [q_a; kv] outputs
-        f32s(t * cfg.q_lora),                    // qa
-        f32s(t * qh),                            // q
-        f32s(t * 4 * cfg.head_dim),              // ckv: [kv; gate], coff·hd each
-        f32s(t * 4 * di),                        // ikv: [kv; gate], 2·di each
-        f32s(t * nhi * di),                      // qi
-        f32s(t * nhi),                           // wi
-        f32s(t * s.max_irows.max(1)),            // scores
-        t * cfg.indexer_top_k.max(1) * 4,        // sel
-        t * 4,                                   // nsel
-        f32s(t * qh),                            // o
-        split_scratch_bytes(cfg, ctx, t),        // apart
-        f32s(t * cfg.o_groups * cfg.o_lora),     // low
-        f32s(t * e),                             // f
-        f32s(t * cfg.n_expert),                  // rlog
-        t * k * 4,                               // ids
-        f32s(t * k),                             // wts
-        f32s(t * k * 2 * ff),                    // gu: [gate; up] per item
-        f32s(t * k * ff),                        // mid
-        f32s(t * k * e),                         // routed
-        f32s(t * 2 * ff),                        // sgu: [gate; up]
-        f32s(t * ff),                            // smid
-        f32s(t * e),                             // sout
-        act,                                     // act_q (int8)
-        f32s(act / 32 + 1),                      // act_d
-        act / 16 * 2 + 2,                        // act_s (int16)
-        hmax * e.max(cfg.q_lora),                // act2_q (int8)
-        f32s(hmax * e.max(cfg.q_lora) / 32 + 1), // act2_d
-        f32s(HEAD_CHUNK * cfg.n_vocab),          // logits
-        t * k * 4,                               // perm
-        max_expert_groups(cfg, t, 8) * 3 * 4,    // grp
-        16,                                      // ngrp
-        MMA_MIN_TOKENS * 4,                      // hc_count
-        part_bytes(t),                           // part
-        act_h,                                   // act_h (f16)
-        16,                                      // pos
-        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,    // pick
+        t * 4,                                          // toks
+        f32s(t * he),                                   // x
+        f32s(hmax * he),                                // flat
+        f32s(hmax * cfg.hc_mix().max(cfg.hc)),          // z
+        f32s(t * (cfg.hc + cfg.hc * cfg.hc)),           // mix
+        f32s(hmax * e),                                 // y
+        f32s(hmax * e),                                 // xn
+        f32s(t * (cfg.q_lora + cfg.head_dim)),          // qkv_raw: [q_a; kv] outputs
+        f32s(t * cfg.q_lora),                           // qa
+        f32s(t * qh),                                   // q
+        f32s(t * 4 * cfg.head_dim),                     // ckv: [kv; gate], coff·hd each
+        f32s(t * 4 * di),                               // ikv: [kv; gate], 2·di each
+        f32s(t * nhi * di),                             // qi
+        f32s(t * nhi),                                  // wi
+        f32s(t * s.max_irows.max(1)),                   // scores
+        t * cfg.indexer_top_k.max(1) * 4,               // sel
+        t * 4,                                          // nsel
+        f32s(t * qh),                                   // o
+        split_scratch_bytes(cfg, ctx, t),               // apart
+        f32s(t * cfg.o_groups * cfg.o_lora),            // low
+        f32s(t * e),                                    // f
+        f32s(t * cfg.n_expert),                         // rlog
+        t * k * 4,                                      // ids
+        f32s(t * k),                                    // wts
+        f32s(t * k * 2 * ff),                           // gu: [gate; up] per item
+        f32s(t * k * ff),                               // mid
+        f32s(t * k * e),                                // routed
+        f32s(t * 2 * ff),                               // sgu: [gate; up]
+        f32s(t * ff),                                   // smid
+        f32s(t * e),                                    // sout
+        act,                                            // act_q (int8)
+        f32s(act / 32 + 1),                             // act_d
+        act / 16 * 2 + 2,                               // act_s (int16)
+        hmax * e.max(cfg.q_lora),                       // act2_q (int8)
+        f32s(hmax * e.max(cfg.q_lora) / 32 + 1),        // act2_d
+        f32s(HEAD_CHUNK * cfg.n_vocab),                 // logits
+        t * k * 4,                                      // perm
+        max_expert_groups(cfg, t, 8) * 3 * 4,           // grp
+        16,                                             // ngrp
+        MMA_MIN_TOKENS * 4,                             // hc_count
+        part_bytes(t),                                  // part
+        if t >= MMA_MIN_TOKENS { 2 * act } else { 16 }, // act_h (f16)
+        16,                                             // pos
+        (4 + 2 * ARGMAX_BLOCKS as usize) * 4,           // pick
     ]
 }
 
@@ -1164,6 +1157,11 @@ fn env_not(var: &str, off: &str) -> bool {
     std::env::var(var).map_or(true, |v| v != off)
 }
 
+/// Whether `var` is set to `on` (unset: off).
+fn env_is(var: &str, on: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == on)
+}
+
 static IQ2_F16: TestSwitch = TestSwitch::new();
 
 /// The routed IQ2_XXS products of a run in f16 on wgmma (`mm_iq2_xxs_wh64`, Hopper; v28,
@@ -1196,7 +1194,9 @@ static Q2K_F16: TestSwitch = TestSwitch::new();
 /// d·sc·q − dmin·m dequantized to f16 into the products' registers; within f16's rounding
 /// of the CPU's integer sums (1.4e-3 in the tests) rather than equal to them. H200, 4
 /// full-width layers: a 2,048-token chunk's Q2_K products 5.42 ms (`mm_q2_k_sm_h`) →
-/// 4.00 + 0.21 of conversion; same call, full file: prefill +2.7% at 2k, +3.8% at 8k.
+/// 4.00 + 0.21 of conversion; same call, full file: prefill +2.7% at 2k, +3.8% at 8k
+/// (the minimum terms as a separate product a block instead: +0.7% / +3.0%; removed
+/// after fed5d93).
 fn q2k_f16_on() -> bool {
     Q2K_F16.on(|| env_not("DS4_CUDA_Q2K_WH", "0"))
 }
@@ -1207,29 +1207,12 @@ pub fn set_q2k_f16(on: Option<bool>) {
     Q2K_F16.set(on);
 }
 
-static Q2K_FOLD: TestSwitch = TestSwitch::new();
-
-/// Which f16 Q2_K run kernel: `mm_q2_k_wf64` (the default: the minimum terms folded into
-/// the f16 weights, one more f16 step a pair) or `mm_q2_k_wh64` (`DS4_CUDA_Q2K_WH=1`: the
-/// minimum terms as a seventeenth product a block over the sub-blocks' sums, a fifth
-/// more to stage; H200, same call: prefill +0.7% / +3.0% at 2k / 8k where `wf64` gives
-/// +2.7% / +3.8%).
-fn q2k_fold_on() -> bool {
-    Q2K_FOLD.on(|| env_not("DS4_CUDA_Q2K_WH", "1"))
-}
-
-/// Chooses [`q2k_fold_on`] for every later launch of this process (None: the
-/// environment's), for tests that compare the kernels.
-pub fn set_q2k_fold(on: Option<bool>) {
-    Q2K_FOLD.set(on);
-}
-
 static IQ2_R256: TestSwitch = TestSwitch::new();
 
 /// Whether the f16 IQ2_XXS kernel takes 256 rows a block and three stages
 /// (`mm_iq2_xxs_wh256`, one block an SM; `DS4_CUDA_IQ2_R256=1` while it is measured).
 fn iq2_r256_on() -> bool {
-    IQ2_R256.on(|| std::env::var("DS4_CUDA_IQ2_R256").is_ok_and(|v| v == "1"))
+    IQ2_R256.on(|| env_is("DS4_CUDA_IQ2_R256", "1"))
 }
 
 /// Chooses [`iq2_r256_on`] for every later launch of this process (None: the
@@ -1240,10 +1223,10 @@ pub fn set_iq2_r256(on: Option<bool>) {
 
 static Q2K_R256: TestSwitch = TestSwitch::new();
 
-/// Whether the folded f16 Q2_K kernel takes 256 rows a block and three stages
+/// Whether the f16 Q2_K kernel takes 256 rows a block and three stages
 /// (`mm_q2_k_wf256`, one block an SM; `DS4_CUDA_Q2K_R256=1` while it is measured).
 fn q2k_r256_on() -> bool {
-    Q2K_R256.on(|| std::env::var("DS4_CUDA_Q2K_R256").is_ok_and(|v| v == "1"))
+    Q2K_R256.on(|| env_is("DS4_CUDA_Q2K_R256", "1"))
 }
 
 /// Chooses [`q2k_r256_on`] for every later launch of this process (None: the
@@ -1483,17 +1466,18 @@ pub(crate) const IQR_STAGE: usize = (64 * 512 + 256 * IQH_LDW).div_ceil(1024) * 
 /// `mm_iq2_xxs_wh256`'s dynamic shared memory: three stages and the alignment.
 const IQR_SHARED: usize = 3 * IQR_STAGE + 1024;
 
-/// A stage of `mm_q2_k_wh64` (the layout at the top of its body in ds4.cu): the items'
-/// f16 tile in five 64-column panels (the fifth for the sub-block sums), 128 rows of 64
-/// bytes of quants, 16 of scales and 4 of d, dmin; a multiple of 1,024 for the swizzle.
-pub(crate) const Q2H_STAGE: usize = (5 * 64 * 128 + 128 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
-/// `mm_q2_k_wh64`'s dynamic shared memory: two stages and the alignment.
-const Q2H_SHARED: usize = 2 * Q2H_STAGE + 1024;
-/// A stage of `mm_q2_k_wf64`: as `mm_q2_k_wh64`'s without the fifth panel.
-pub(crate) const Q2F_STAGE: usize = (4 * 64 * 128 + 128 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
+/// A stage of the f16 Q2_K kernel for `rows` rows a block (the layout at the top of
+/// `mm_q2_k_wf_body` in ds4.cu): the items' f16 tile (64 × 256 in four 64-column panels),
+/// each row's 64 bytes of quants, 16 of scales and 4 of d, dmin; a multiple of 1,024 for
+/// the swizzle.
+const fn q2f_stage(rows: usize) -> usize {
+    (64 * 512 + rows * (64 + 16 + 4)).div_ceil(1024) * 1024
+}
+/// `mm_q2_k_wf64`'s stage (128 rows) and dynamic shared memory (two stages).
+pub(crate) const Q2F_STAGE: usize = q2f_stage(128);
 const Q2F_SHARED: usize = 2 * Q2F_STAGE + 1024;
-/// A stage of `mm_q2_k_wf256`: `mm_q2_k_wf64`'s with 256 rows.
-pub(crate) const Q2R_STAGE: usize = (4 * 64 * 128 + 256 * (64 + 16 + 4usize)).div_ceil(1024) * 1024;
+/// A stage of `mm_q2_k_wf256`: 256 rows.
+pub(crate) const Q2R_STAGE: usize = q2f_stage(256);
 /// `mm_q2_k_wf256`'s dynamic shared memory: three stages and the alignment.
 const Q2R_SHARED: usize = 3 * Q2R_STAGE + 1024;
 
@@ -1688,17 +1672,14 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             return launch!(g, k, (ceil_div(m.rows, rb), grid_y as u32, 1), 2 * rb as u32,
                 shm as u32; args, c.half.0);
         }
-        let fold = q2k_fold_on();
-        if m.ty == GgmlType::Q2K && q2k_f16_runs(g) && c.half.1 >= 2 * n + n / 8 {
-            // The f16 kernel: the items' activations to f16 first (its order, and for
-            // wh64 the sub-blocks' sums: 272 f16 a 256-column block).
-            let xs = if fold { 256 } else { 272 };
+        if m.ty == GgmlType::Q2K && q2k_f16_runs(g) && c.half.1 >= 2 * n {
+            // The f16 kernel: the items' activations to f16 first (its order).
             launch!(g, "q8_k_to_f16_q2", (ceil_div(n / 64, 256), 1, 1), 256, 0;
-                act[0].ptr, act[1].ptr, c.half.0, n as i32, xs)?;
-            let (k, shm, rb) = match (fold, q2k_r256_on()) {
-                (true, true) => ("mm_q2_k_wf256", Q2R_SHARED, 256),
-                (true, false) => ("mm_q2_k_wf64", Q2F_SHARED, 128),
-                (false, _) => ("mm_q2_k_wh64", Q2H_SHARED, 128),
+                act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+            let (k, shm, rb) = if q2k_r256_on() {
+                ("mm_q2_k_wf256", Q2R_SHARED, 256)
+            } else {
+                ("mm_q2_k_wf64", Q2F_SHARED, 128)
             };
             g.allow_shared(k, shm)?;
             return launch!(g, k, (ceil_div(m.rows, rb), grid_y as u32, 1), 2 * rb as u32,
@@ -1760,7 +1741,7 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         gpu.alloc(n / 16 * 2 + 2)?,
     );
     let part = gpu.alloc(part_bytes(t))?;
-    let half = gpu.alloc(2 * n + n / 8)?;
+    let half = gpu.alloc(2 * n)?;
     mv_launch(
         gpu,
         m,
@@ -1974,7 +1955,7 @@ pub fn experts_once(
     } else {
         None
     };
-    let half = gpu.alloc(2 * n + n / 8)?;
+    let half = gpu.alloc(2 * n)?;
     let mv = Mv {
         x: x.ptr,
         n_act: t,

@@ -5,8 +5,8 @@
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
     experts_once, indexer_scores_once, iq2_runs_exact, matmul_once, mm_col_splits, part_bytes,
-    q2k_runs_exact, q8_0_runs_exact, set_iq2_f16, set_iq2_r256, set_q2k_f16, set_q2k_fold,
-    set_q2k_r256, set_q8_0_kernel, set_run_fusions, topk_once,
+    q2k_runs_exact, q8_0_runs_exact, set_iq2_f16, set_iq2_r256, set_q2k_f16, set_q2k_r256,
+    set_q8_0_kernel, set_run_fusions, topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -416,18 +416,15 @@ fn q2_k_f16_experts_are_within_f16_rounding_of_cpu() {
     let Some(gpu) = hopper_or_skip("q2_k_f16_experts_are_within_f16_rounding_of_cpu") else {
         return;
     };
-    // mm_q2_k_wh64: weights f16(q · f16(d · sc)), the minimum terms −f16(dmin · m) times
-    // f16(d_x · Σq) as one more product a block, activations f16 of the Q8_K values;
-    // mm_q2_k_wf64: the minimum terms subtracted from the f16 weights; mm_q2_k_wf256 the
-    // same on 256-row blocks, three stages. The same shapes as the IQ2_XXS test, 2,048
-    // columns (the Flash release's down products: 8 blocks a row).
-    for (fold, r256) in [(false, false), (true, false), (true, true)] {
-        println!("fold: {fold}, 256 rows: {r256}");
-        set_q2k_fold(Some(fold));
+    // mm_q2_k_wf64: weights f16(q · f16(d · sc)) − f16(dmin · m), activations f16 of the
+    // Q8_K values; mm_q2_k_wf256 the same on 256-row blocks, three stages. The same
+    // shapes as the IQ2_XXS test, 2,048 columns (the Flash release's down products: 8
+    // blocks a row).
+    for r256 in [false, true] {
+        println!("256 rows: {r256}");
         set_q2k_r256(Some(r256));
         f16_experts_within_rounding(&gpu, GgmlType::Q2K, 2048, 500, set_q2k_f16);
     }
-    set_q2k_fold(None);
     set_q2k_r256(None);
 }
 
