@@ -1699,6 +1699,288 @@ extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const
 #endif
 }
 
+// The accumulator list and constraints of an m64n256 product (128 f32 a thread).
+#define WG_D128                                                                                    \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "   \
+    "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "   \
+    "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, "   \
+    "%92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, "     \
+    "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, "   \
+    "%123, %124, %125, %126, %127}"
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_f16_64x256_ra(float* d, const u32* af, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        WG_D128 ", "
+        "{%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : WG_ACC64(d), WG_ACC64((d + 64))
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
+}
+__device__ __forceinline__ void wgmma_f16_64x256_ss(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        WG_D128 ", "
+        "%128, %129, p, 1, 1, 0, 0;\n}\n"
+        : WG_ACC64(d), WG_ACC64((d + 64))
+        : "l"(da), "l"(db), "r"(1));
+}
+#endif
+
+// Q8_0 activations as f16 for mm_q8_0_wr: q8_0_to_f16's values, each 16 in the order of
+// a k16 step's register fragments (logical k 2j, 2j + 1 at raw 4j, 4j + 1; 8 + 2j, 9 + 2j
+// at raw 4j + 2, 4j + 3), so that the weights' fragment is one 32-bit load of raw bytes.
+extern "C" __global__ void q8_0_to_f16_p(const i8* xq, const float* xd, u16* xh, int n) {
+    pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    int i = 16 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    u32 o[8];
+    q8_chunk_x16(*(const uint4*)(xq + i), xd[i >> 5], o);
+    *(uint4*)(xh + i) = make_uint4(o[0], o[1], o[2], o[3]);
+    *(uint4*)(xh + i + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+#endif
+}
+
+// mm_q8_0_wh2's values (weights f16(q·d), activations q8_0_to_f16's, f32 sums) with the
+// weights as wgmma's register operand and 256 tokens a block. Why: wh2 is bound by
+// shared-memory traffic (ncu, v29: ≈1.5× its tensor time — the f16 weight tile written
+// and read back, the activations' tile read by both warpgroups at n128). Here the warps
+// turn the raw weight bytes straight into A fragments (a lane's 32-bit word of a row's
+// k16 chunk is its two f16 pairs, the activations permuted to match: q8_0_to_f16_p), and
+// each warpgroup's m64n256k16 reads the activations' tile once per 64 × 256 × 16: per
+// multiply-add about half of wh2's shared-memory bytes. 128 rows × 256 tokens, two
+// warpgroups (rows 64h..), one block an SM; stages of 64 columns (MMR_STAGE: the
+// activations' f16 tile 256 × 128 bytes swizzled, the raw weights 128 rows padded to 80
+// bytes — a lane quad's words in distinct banks — and their f16 scales [128][2]) NS deep,
+// NS − 2 ahead by cp.async. A stage's fragments are converted while the previous stage's
+// products run; they live in one of two register sets, redefined only after wait_group 1
+// has retired the products that read them.
+template <int NS> __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& a, const u16* xh) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(16) u8 dsm[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    u8* base = dsm + pad;
+    u32 sbase = sraw + pad;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2;
+    int r0 = blockIdx.x * 128, t0 = blockIdx.y * 256;
+    int nblk = a.cols >> 5, nst = a.cols >> 6;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* wd = (const u16*)a.sc;
+    // Copies: weight rows wrow and wrow + 64, 16-byte chunk wch; activation tokens
+    // hrow + 32v, chunk hch (8 f16), swizzled (32v keeps hrow's swizzle).
+    int wrow = threadIdx.x >> 2, wch = threadIdx.x & 3;
+    u32 woff[2];
+#pragma unroll
+    for (int u = 0; u < 2; u++) woff[u] = (u32)min(r0 + wrow + 64 * u, a.rows - 1) * (u32)a.cols + 16 * wch;
+    int hrow = threadIdx.x >> 3, hch = threadIdx.x & 7;
+    u32 hoff[8];
+#pragma unroll
+    for (int v = 0; v < 8; v++) {
+        int tk = min(t0 + hrow + 32 * v, a.nb - 1);
+        hoff[v] = (u32)((long long)tk * a.x_stride + goff) + 8 * hch;
+    }
+    u32 hdst = hrow * 128 + ((hch ^ (hrow & 7)) << 4);
+    bool srow_ok = r0 + (int)threadIdx.x < a.rows;
+    auto stage = [&](int st, int buf) {
+        u8* sb = base + buf * MMR_STAGE;
+#pragma unroll
+        for (int v = 0; v < 8; v++) cp_async16(sb + hdst + 4096 * v, xh + hoff[v] + st * 64, 16);
+#pragma unroll
+        for (int u = 0; u < 2; u++)
+            cp_async16(sb + 32768 + (wrow + 64 * u) * 80 + 16 * wch, a.w + woff[u] + st * 64, 16);
+        if (threadIdx.x < 128)
+            cp_async4z(sb + 43008 + 4 * threadIdx.x,
+                       srow_ok ? wd + (size_t)(r0 + threadIdx.x) * nblk + 2 * st : wd, srow_ok ? 4 : 0);
+    };
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+    wg_fence_fregs<128>(acc);
+    int arow = 64 * wm + 16 * (warp & 3) + g;
+#pragma unroll
+    for (int p = 0; p < NS - 2; p++) {
+        if (p < nst) stage(p, p);
+        cp_async_commit();
+    }
+    // One stage's products with fragments fr: its copies complete (one commit group a
+    // stage, NS − 3 younger ones may be in flight), the next copies into the buffer of
+    // stage st − 2, whose products the last wait_group 1 retired in both groups.
+    auto step = [&](int st, u32 (&fr)[4][4]) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(NS - 3) : "memory");
+        fence_proxy_async();
+        __syncthreads();
+        int nx = st + NS - 2;
+        if (nx < nst) stage(nx, nx % NS);
+        cp_async_commit();
+        const u8* sb = base + (st % NS) * MMR_STAGE;
+        u32 dsa = *(const u32*)(sb + 43008 + 4 * arow), dsb = *(const u32*)(sb + 43008 + 4 * (arow + 8));
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const u8* rp = sb + 32768 + (arow + 8 * hr) * 80 + 4 * tq;
+            u32 ds = hr ? dsb : dsa;
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                u32 dh = (s < 2 ? ds : ds >> 16) & 0xffffu;
+                u32 d2 = dh | (dh << 16);
+                u32 lo, hi;
+                q8_word_h2(*(const u32*)(rp + 16 * s), lo, hi);
+                fr[s][hr] = h2_mul(lo, d2);
+                fr[s][2 + hr] = h2_mul(hi, d2);
+            }
+        }
+        wg_fence_aregs(fr);
+        wg_fence();
+        u32 sx = sbase + (st % NS) * MMR_STAGE;
+#pragma unroll
+        for (int s = 0; s < 4; s++) wgmma_f16_64x256_ra(acc, fr[s], wg_desc_sw128(sx + 32 * s));
+        wg_commit();
+        // No register fence after this wait: it would redefine fr under the products
+        // still in flight, and ptxas serializes them (C7513).
+        wg_wait1();
+    };
+    u32 fa[4][4], fb[4][4];
+    // Pairs of stages with no branch between them: on a path that skipped fb's turn, fa
+    // would be redefined under its own products (ptxas would serialize them all).
+#pragma unroll 1
+    for (int st = 0; st + 1 < nst; st += 2) {
+        step(st, fa);
+        step(st + 1, fb);
+    }
+    if (nst & 1) step(nst - 1, fa);
+    wg_wait0();
+    wg_fence_fregs<128>(acc);
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        mma_store(a, acc + 4 * j, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wr(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_q8_0_wr_body<4>(a, xh);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wr5(MvArgs a, const u16* xh) {
+    pdl_begin();
+    mm_q8_0_wr_body<5>(a, xh);
+}
+
+// f32 activations (n values, rows of len; with xsc, row t's times xsc[t]: MvArgs::xsc) as
+// f16 hi = f16(x) and lo = f16(x − hi), for mm_f16_ws: mm_f16_body's split, the same
+// roundings, four values a thread.
+extern "C" __global__ void f32_to_f16_hl(const float* x, const float* xsc, u16* hi, u16* lo, int n,
+                                         int len) {
+    pdl_begin();
+    int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    float4 v = *(const float4*)(x + i);
+    if (xsc) {
+        float r = xsc[i / len];
+        v = make_float4(v.x * r, v.y * r, v.z * r, v.w * r);
+    }
+    u32 h01 = f2h2(v.x, v.y), h23 = f2h2(v.z, v.w);
+    u32 l01 = f2h2(v.x - h2f((u16)h01), v.y - h2f((u16)(h01 >> 16)));
+    u32 l23 = f2h2(v.z - h2f((u16)h23), v.w - h2f((u16)(h23 >> 16)));
+    *(uint2*)(hi + i) = make_uint2(h01, h23);
+    *(uint2*)(lo + i) = make_uint2(l01, l23);
+}
+
+// F16 weights × f32 activations for a run on wgmma (sm_90a): mm_f16_pf's operands (the
+// weights exact, the activations as hi + lo from f32_to_f16_hl) with both in shared
+// memory. One m64n256k16 takes a stage's k16 step of both parts at once: the activations'
+// tile is 128 tokens of hi over 128 of lo (256 B-rows), so the accumulators hold the two
+// sums apart, added in f32 at the end (mm_f16_pf adds them a k16 step at a time: the same
+// terms, another order). Why: mm_f16_pf's mma.sync 64 × 64 tiles at 168 registers (12%
+// occupancy, 26–30% issue, v29) ran these products at a fraction of the tensor rate.
+// 128 rows × 128 tokens, two warpgroups (rows 64h..), one block an SM; stages of 64
+// columns (MFW_STAGE: the weights' 128 × 128 bytes and the activations' 256 × 128 bytes,
+// both swizzled at 128 bytes) four deep, two ahead by cp.async, as mm_q8_0_wr.
+extern "C" __global__ void __launch_bounds__(256, 1) mm_f16_ws(MvArgs a, const u16* xhi, const u16* xlo) {
+    pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    const int NS = 4;
+    extern __shared__ __align__(16) u8 dsm[];
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    u8* base = dsm + pad;
+    u32 sbase = sraw + pad;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2;
+    int r0 = blockIdx.x * 128, t0 = blockIdx.y * 128;
+    int nst = a.cols >> 6;
+    long long goff = a.group_rows ? (long long)(r0 / a.group_rows) * a.group_stride : 0;
+    const u16* w = (const u16*)a.w;
+    // Copies, 16 bytes (8 f16) each: rows crow + 32u of the weights (u < 4) and of the
+    // activations' hi and lo tiles (u < 4 each), chunk cch, swizzled (32u keeps crow's
+    // swizzle).
+    int crow = threadIdx.x >> 3, cch = threadIdx.x & 7;
+    u32 cdst = crow * 128 + ((cch ^ (crow & 7)) << 4);
+    u32 woff[4], xoff[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        woff[u] = (u32)min(r0 + crow + 32 * u, a.rows - 1) * (u32)a.cols + 8 * cch;
+        int tk = min(t0 + crow + 32 * u, a.nb - 1);
+        xoff[u] = (u32)((long long)tk * a.x_stride + goff) + 8 * cch;
+    }
+    auto stage = [&](int st, int buf) {
+        u8* sb = base + buf * MFW_STAGE;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            cp_async16(sb + cdst + 4096 * u, w + woff[u] + st * 64, 16);
+            cp_async16(sb + 16384 + cdst + 4096 * u, xhi + xoff[u] + st * 64, 16);
+            cp_async16(sb + 32768 + cdst + 4096 * u, xlo + xoff[u] + st * 64, 16);
+        }
+    };
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+    wg_fence_fregs<128>(acc);
+#pragma unroll
+    for (int p = 0; p < NS - 2; p++) {
+        if (p < nst) stage(p, p);
+        cp_async_commit();
+    }
+#pragma unroll 1
+    for (int st = 0; st < nst; st++) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(NS - 3) : "memory");
+        fence_proxy_async();
+        // Stage st visible to all; every group's products of stage st − 2 retired (the
+        // last wait_group 1 of each), so its buffer takes stage st + 2.
+        __syncthreads();
+        int nx = st + NS - 2;
+        if (nx < nst) stage(nx, nx % NS);
+        cp_async_commit();
+        u32 sb = sbase + (st % NS) * MFW_STAGE;
+        wg_fence();
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+            wgmma_f16_64x256_ss(acc, wg_desc_sw128(sb + 8192 * wm + 32 * s),
+                                wg_desc_sw128(sb + 16384 + 32 * s));
+        wg_commit();
+        wg_wait1();
+    }
+    wg_wait0();
+    wg_fence_fregs<128>(acc);
+    int arow = 64 * wm + 16 * (warp & 3) + g;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        float c[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) c[q] = acc[4 * j + q] + acc[64 + 4 * j + q];
+        mma_store(a, c, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+#endif
+}
+
 __device__ __forceinline__ void mma_f16_16816(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "

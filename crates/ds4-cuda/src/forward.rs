@@ -1027,19 +1027,27 @@ fn mm_prefetch_on() -> bool {
 }
 
 /// The Q8_0 tensor-core products of a run by their `DS4_CUDA_MMQ8` names: on Hopper
-/// `mm_q8_0_wh2` (v28, the default): both operands as f16 summed by wgmma in f32 — as
-/// ds4 takes these products through cuBLAS in f16 — the activations converted once a
-/// product (`q8_0_to_f16`), the weights dequantized on the SM into shared memory while the
-/// previous stage's products run; within 5.4e-4 of the CPU's exact block sums in the
-/// tests; H200, same call: a 2,048-token chunk's Q8_0 products 100.0 ms (`wg`) → 78.3
-/// (`wh`) → 69.5 + 4.9 of conversion (`wh2`), prefill +5.6% / +6.1% at 2k / 8k (`wh`)
-/// and +1.2% / +1.3% more (`wh2`). `mm_q8_0_wh` (the same values with the weights in
-/// wgmma's registers and the activations converted on the SM, two blocks an SM; `wh2`
-/// falls back to it where the run has no f16 buffer); `mm_q8_0_wg` (128×128 tiles by int8
-/// wgmma, two accumulator sets; v26), the CPU's outputs bit for bit; `mm_q8_0_big`
-/// (128×128 by mma.sync, half the L2 traffic of the 64×64 `mm_q8_0_cp`; v14), the default
-/// elsewhere; `big` and `cp` bit for bit too.
-const Q8_0_KERNELS: [(&str, &str); 5] = [
+/// `mm_q8_0_wr` (v30, the default): both operands as f16 summed by wgmma in f32 — as ds4
+/// takes these products through cuBLAS in f16 — the activations converted once a product
+/// (`q8_0_to_f16_p`, permuted to the fragments' order), the weights' raw bytes turned into
+/// wgmma's register operand, 128 rows × 256 tokens a block (`wr5`: five stages instead of
+/// four, the same speed); runs of ≤ 128 tokens and matrices whose columns are not whole
+/// 64-column stages take `wh2`. H200, 4 full-width layers: a 2,048-token chunk's Q8_0
+/// products 6.50 ms (`wh2`) → 4.30; same call, full file: prefill +8.1% at 2k and +6.9%
+/// for a 6,144-token batch. `mm_q8_0_wh2` (v28): the weights dequantized on the SM
+/// into an f16 tile in shared memory while the previous stage's products run, 128 × 128
+/// tiles (bound by shared-memory traffic, ≈1.5× its tensor time); within 5.4e-4 of the
+/// CPU's exact block sums in the tests; H200, same call: a 2,048-token chunk's Q8_0
+/// products 100.0 ms (`wg`) → 78.3 (`wh`) → 69.5 + 4.9 of conversion (`wh2`), prefill
+/// +5.6% / +6.1% at 2k / 8k (`wh`) and +1.2% / +1.3% more (`wh2`). `mm_q8_0_wh` (the same
+/// values with the weights in wgmma's registers and the activations converted on the SM,
+/// two blocks an SM; the f16 kernels fall back to it where the run has no f16 buffer);
+/// `mm_q8_0_wg` (128×128 tiles by int8 wgmma, two accumulator sets; v26), the CPU's
+/// outputs bit for bit; `mm_q8_0_big` (128×128 by mma.sync, half the L2 traffic of the
+/// 64×64 `mm_q8_0_cp`; v14), the default elsewhere; `big` and `cp` bit for bit too.
+const Q8_0_KERNELS: [(&str, &str); 7] = [
+    ("wr", "mm_q8_0_wr"),
+    ("wr5", "mm_q8_0_wr5"),
     ("wh2", "mm_q8_0_wh2"),
     ("wh", "mm_q8_0_wh"),
     ("wg", "mm_q8_0_wg"),
@@ -1068,7 +1076,11 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     };
     match Q8_0_KERNELS[i].1 {
         // wgmma is sm_90a's: elsewhere the kernel is empty.
-        "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2" if g.arch != "sm_90a" => "mm_q8_0_big",
+        "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr5"
+            if g.arch != "sm_90a" =>
+        {
+            "mm_q8_0_big"
+        }
         k => k,
     }
 }
@@ -1076,13 +1088,16 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
 /// Whether the dense Q8_0 run products now chosen are the CPU's bit for bit (all but
 /// `mm_q8_0_wh` and `_wh2`, whose f16 operands round: for tests' tolerances).
 pub fn q8_0_runs_exact(g: &Gpu) -> bool {
-    !matches!(mm_q8_0_kernel(g), "mm_q8_0_wh" | "mm_q8_0_wh2")
+    !matches!(
+        mm_q8_0_kernel(g),
+        "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr5"
+    )
 }
 
 /// Chooses the dense Q8_0 run product for every later launch of this process, overriding
-/// `DS4_CUDA_MMQ8`: `"wh2"`, `"wh"` or `"wg"` (Hopper only; elsewhere `"big"`), `"big"`,
-/// `"cp"`, or anything else for the environment's choice (by default `"wh2"`). For tests that compare the
-/// kernels with each other.
+/// `DS4_CUDA_MMQ8`: `"wr"`, `"wr5"`, `"wh2"`, `"wh"` or `"wg"` (Hopper only; elsewhere
+/// `"big"`), `"big"`, `"cp"`, or anything else for the environment's choice (by default
+/// `"wr"`). For tests that compare the kernels with each other.
 pub fn set_q8_0_kernel(name: &str) {
     let v = q8_0_kernel_index(name).map_or(0, |i| i as u8 + 1);
     Q8_0_KERNEL.store(v, std::sync::atomic::Ordering::Relaxed);
@@ -1219,6 +1234,22 @@ fn iq2_r256_on() -> bool {
 /// environment's), for tests that compare the kernels.
 pub fn set_iq2_r256(on: Option<bool>) {
     IQ2_R256.set(on);
+}
+
+static F16_WS: TestSwitch = TestSwitch::new();
+
+/// Whether a run's F16 products with rows for whole 128-row tiles take wgmma
+/// (`mm_f16_ws`, Hopper: both operands in shared memory, the activations' hi and lo
+/// parts by `f32_to_f16_hl` as one 256-wide tile; `DS4_CUDA_F16_WS=1` while it is
+/// measured) instead of `mm_f16_pf`'s mma.sync.
+fn f16_ws_on() -> bool {
+    F16_WS.on(|| env_is("DS4_CUDA_F16_WS", "1"))
+}
+
+/// Chooses [`f16_ws_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_f16_ws(on: Option<bool>) {
+    F16_WS.set(on);
 }
 
 static Q2K_R256: TestSwitch = TestSwitch::new();
@@ -1455,6 +1486,19 @@ pub(crate) const MMH2_STAGE: usize = 128 * 128 + 1024 + 128 * 128 * 2;
 /// `mm_q8_0_wh2`'s dynamic shared memory: three stages, two f16 weight tiles of 128 × 128
 /// and the alignment.
 const MMH2_SHARED: usize = 3 * MMH2_STAGE + 2 * 128 * 128 * 2 + 1024;
+/// A stage of `mm_q8_0_wr` (the layout at the top of its body in ds4.cu): the
+/// activations' f16 tile 256 × 64, 128 weight rows of 64 bytes padded to 80, their f16
+/// scales [128][2]; a multiple of 1,024 for the swizzle.
+pub(crate) const MMR_STAGE: usize = (256 * 128 + 128 * 80 + 128 * 4usize).div_ceil(1024) * 1024;
+/// A stage of `mm_f16_ws`: the weights' 128 × 64 f16 and the activations' hi and lo
+/// tiles, 128 × 64 each, all rows of 128 bytes.
+pub(crate) const MFW_STAGE: usize = 3 * 128 * 128;
+/// `mm_f16_ws`'s dynamic shared memory: four stages and the alignment.
+const MFW_SHARED: usize = 4 * MFW_STAGE + 1024;
+/// `mm_q8_0_wr`'s dynamic shared memory for `ns` stages, and the alignment.
+const fn mmr_shared(ns: usize) -> usize {
+    ns * MMR_STAGE + 1024
+}
 /// `mm_iq2_xxs_wh64`'s rows of quants in shared memory: 64 bytes padded to 80 (a lane
 /// quad's words in distinct banks).
 pub(crate) const IQH_LDW: usize = 80;
@@ -1584,6 +1628,28 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             (false, true) => mm_q8_0_kernel(g),
         };
         let ks = mm_col_splits(g, m, c.nb, c.part.1);
+        let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
+        let n = c.n_act * c.x_len;
+        if kernel == "mm_f16_pf"
+            && ks == 1
+            && g.arch == "sm_90a"
+            && f16_ws_on()
+            && m.rows >= 128
+            && m.cols.is_multiple_of(64)
+            && c.n_act == c.nb
+            && c.half.1 >= 4 * n
+            && offsets32
+            && (c.group.0 == 0 || c.group.0.is_multiple_of(128))
+        {
+            // The activations' f16 hi parts then lo parts in `half`, then the products.
+            let (hi, lo) = (c.half.0, c.half.0 + 2 * n as u64);
+            launch!(g, "f32_to_f16_hl", (ceil_div(n / 4, 256), 1, 1), 256, 0;
+                c.x, c.x_scale, hi, lo, n as i32, c.x_len as i32)?;
+            let args = MvArgs { xsc: 0, ..args };
+            g.allow_shared("mm_f16_ws", MFW_SHARED)?;
+            return launch!(g, "mm_f16_ws", (ceil_div(m.rows, 128), ceil_div(c.nb, 128), 1), 256,
+                MFW_SHARED as u32; args, hi, lo);
+        }
         if ks > 1 && c.group.0 == 0 {
             // Partials [split][token][row] (the kernel splits by gridDim.z) then their sum
             // in split order.
@@ -1599,18 +1665,37 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         }
         // The 128-row tiles need column groups aligned to them (one group per tile), and
         // their staging takes 32-bit offsets into the weights and the activations.
-        let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
-        let n = c.n_act * c.x_len;
         // wh2 reads the activations as f16 from `half` (a run's; else wh).
         let kernel = match kernel {
-            "mm_q8_0_wh2" if c.half.1 < 2 * n => "mm_q8_0_wh",
+            "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr5" if c.half.1 < 2 * n => "mm_q8_0_wh",
+            // wr's 256-token tiles would take twice wh2's products for the same weights.
+            "mm_q8_0_wr" | "mm_q8_0_wr5" if !m.cols.is_multiple_of(64) || c.nb <= 128 => {
+                "mm_q8_0_wh2"
+            }
             k => k,
         };
         let tiles128 = matches!(
             kernel,
-            "mm_q8_0_big" | "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2"
+            "mm_q8_0_big"
+                | "mm_q8_0_wg"
+                | "mm_q8_0_wh"
+                | "mm_q8_0_wh2"
+                | "mm_q8_0_wr"
+                | "mm_q8_0_wr5"
         );
         if tiles128 && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
+            if let Some(ns) = match kernel {
+                "mm_q8_0_wr" => Some(4),
+                "mm_q8_0_wr5" => Some(5),
+                _ => None,
+            } {
+                launch!(g, "q8_0_to_f16_p", (ceil_div(n / 16, 256), 1, 1), 256, 0;
+                    act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+                let shm = mmr_shared(ns);
+                g.allow_shared(kernel, shm)?;
+                return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 256), 1), 256,
+                    shm as u32; args, c.half.0);
+            }
             if kernel == "mm_q8_0_wh2" {
                 launch!(g, "q8_0_to_f16", (ceil_div(n / 16, 256), 1, 1), 256, 0;
                     act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
@@ -1741,7 +1826,8 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         gpu.alloc(n / 16 * 2 + 2)?,
     );
     let part = gpu.alloc(part_bytes(t))?;
-    let half = gpu.alloc(2 * n)?;
+    // f16 activations: Q8_0's one part or F16's hi and lo (mm_f16_ws).
+    let half = gpu.alloc(4 * n)?;
     mv_launch(
         gpu,
         m,

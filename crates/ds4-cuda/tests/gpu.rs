@@ -5,8 +5,8 @@
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
     experts_once, indexer_scores_once, iq2_runs_exact, matmul_once, mm_col_splits, part_bytes,
-    q2k_runs_exact, q8_0_runs_exact, set_iq2_f16, set_iq2_r256, set_q2k_f16, set_q2k_r256,
-    set_q8_0_kernel, set_run_fusions, topk_once,
+    q2k_runs_exact, q8_0_runs_exact, set_f16_ws, set_iq2_f16, set_iq2_r256, set_q2k_f16,
+    set_q2k_r256, set_q8_0_kernel, set_run_fusions, topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -175,6 +175,44 @@ fn narrow_f16_products_split_over_columns_match_cpu() {
 }
 
 #[test]
+fn f16_wgmma_run_kernel_matches_cpu() {
+    let Some(gpu) = hopper_or_skip("f16_wgmma_run_kernel_matches_cpu") else {
+        return;
+    };
+    // mm_f16_ws sums the same hi + lo terms as mm_f16_pf in another order (the two parts
+    // apart, added at the end): f32-level differences. Partial 128-row and 128-token
+    // tiles, five 64-column stages (an odd count), several waves; activations of very
+    // different sizes per token.
+    for (rows, cols, n_tok) in [(136, 320, 300), (256, 4096, 129), (2048, 1024, 600)] {
+        let w = rand_vec(rows * cols, 11 + rows as u64);
+        let bytes = ds4_quant::quantize(GgmlType::F16, &w, cols, None).unwrap();
+        let m = Mat::from_blocks(rows, cols, GgmlType::F16, Bytes::from_vec(bytes)).unwrap();
+        let xs = scaled_rows(n_tok, cols, 900);
+        let cpu = m.matmul(&xs).unwrap();
+        let dm = upload_mat(&gpu, &m, "test").unwrap();
+        set_f16_ws(Some(true));
+        let ws = matmul_once(&gpu, &dm, &xs);
+        set_f16_ws(Some(false));
+        let pf = matmul_once(&gpu, &dm, &xs);
+        set_f16_ws(None);
+        let (ws, pf) = (ws.unwrap(), pf.unwrap());
+        let (mut worst, mut worst_pf) = (0f32, 0f32);
+        for t in 0..xs.len() {
+            let e = rel_err(&cpu[t], &ws[t]);
+            worst = worst.max(e);
+            worst_pf = worst_pf.max(rel_err(&cpu[t], &pf[t]));
+            assert!(
+                e < 1e-5,
+                "ws {rows}x{cols}, {n_tok} tokens: token {t}: rel err {e}"
+            );
+        }
+        println!(
+            "F16 {rows}x{cols}, {n_tok} tokens: worst rel err {worst:.3e} (ws), {worst_pf:.3e} (pf)"
+        );
+    }
+}
+
+#[test]
 fn q8_0_run_kernels_agree_bit_for_bit() {
     let Some(gpu) = gpu_or_skip("q8_0_run_kernels_agree_bit_for_bit") else {
         return;
@@ -259,7 +297,10 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
         let wh = matmul_with(&gpu, &dm, &xs, "wh");
         let wh2 = matmul_with(&gpu, &dm, &xs, "wh2");
         let wg = matmul_with(&gpu, &dm, &xs, "wg");
-        let (mut worst, mut worst2, mut worst_wg) = (0f32, 0f32, 0f32);
+        // mm_q8_0_wr at four and five stages: wh2's operands, another summation order.
+        let wr = matmul_with(&gpu, &dm, &xs, "wr");
+        let wr5 = matmul_with(&gpu, &dm, &xs, "wr5");
+        let (mut worst, mut worst2, mut worst_wg, mut worst_wr) = (0f32, 0f32, 0f32, 0f32);
         for (i, t) in (0..xs.len()).step_by(step).enumerate() {
             let e = rel_err(&cpu[i], &wh[t]);
             worst = worst.max(e);
@@ -269,6 +310,14 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
                 e2 < 2e-3,
                 "wh2 {rows}x{cols}, {n_tok} tokens: token {t}: rel err {e2}"
             );
+            for (name, out) in [("wr", &wr), ("wr5", &wr5)] {
+                let er = rel_err(&cpu[i], &out[t]);
+                worst_wr = worst_wr.max(er);
+                assert!(
+                    er < 2e-3,
+                    "{name} {rows}x{cols}, {n_tok} tokens: token {t}: rel err {er}"
+                );
+            }
             worst_wg = worst_wg.max(rel_err(&cpu[i], &wg[t]));
             assert!(
                 e < 2e-3,
@@ -276,8 +325,33 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
             );
         }
         println!(
-            "Q8_0 {rows}x{cols}, {n_tok} tokens: f16 kernels worst rel err {worst:.3e} (wh), {worst2:.3e} (wh2); exact kernel {worst_wg:.3e}"
+            "Q8_0 {rows}x{cols}, {n_tok} tokens: f16 kernels worst rel err {worst:.3e} (wh), {worst2:.3e} (wh2), {worst_wr:.3e} (wr); exact kernel {worst_wg:.3e}"
         );
+    }
+}
+
+#[test]
+fn q8_0_register_operand_kernel_takes_odd_stage_counts() {
+    let Some(gpu) = hopper_or_skip("q8_0_register_operand_kernel_takes_odd_stage_counts") else {
+        return;
+    };
+    // mm_q8_0_wr's stages are 64 columns (wh2's 128): five of them end on the first of
+    // its two fragment register sets; the tokens a partial 256-token tile and a half.
+    let (rows, cols, n_tok) = (136, 320, 300);
+    let m = q8_0_mat(rows, cols);
+    let xs = scaled_rows(n_tok, cols, 77);
+    let cpu = m.matmul(&xs).unwrap();
+    let dm = upload_mat(&gpu, &m, "test").unwrap();
+    for name in ["wr", "wr5"] {
+        let out = matmul_with(&gpu, &dm, &xs, name);
+        let worst = (0..xs.len())
+            .map(|t| rel_err(&cpu[t], &out[t]))
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 2e-3,
+            "{name} {rows}x{cols}, {n_tok} tokens: worst rel err {worst}"
+        );
+        println!("Q8_0 {rows}x{cols}, {n_tok} tokens: {name} worst rel err {worst:.3e}");
     }
 }
 
