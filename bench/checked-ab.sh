@@ -28,7 +28,7 @@ for sw in "$@"; do
     echo "== $sw" | tee -a "$L"
     ok=1
     r=$(cd crates/ds4-cuda && timeout 120 env $sw "$B/gpu_test" --test-threads 1 2>&1 |
-        grep -E "^test |test result|panicked")
+        grep -A1 -E "^test |test result|panicked" | grep -v "^--$")
     echo "$r" | tee -a "$L"
     grep -q "test result: ok" <<< "$r" || ok=0
     for f in cab-small cab-small16 cab-hd512; do

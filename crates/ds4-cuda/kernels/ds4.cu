@@ -1756,10 +1756,15 @@ extern "C" __global__ void q8_0_to_f16_p(const i8* xq, const float* xd, u16* xh,
 // warpgroups (rows 64h..), one block an SM; stages of 64 columns (MMR_STAGE: the
 // activations' f16 tile 256 × 128 bytes swizzled, the raw weights 128 rows padded to 80
 // bytes — a lane quad's words in distinct banks — and their f16 scales [128][2]) NS deep,
-// NS − 2 ahead by cp.async. A stage's fragments are converted while the previous stage's
-// products run; they live in one of two register sets, redefined only after wait_group 1
-// has retired the products that read them.
-template <int NS> __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& a, const u16* xh) {
+// NS − NF ahead by cp.async. A stage's fragments are converted while the previous
+// stages' products run; they live in one of NF register sets, redefined only after
+// wait_group NF − 1 has retired the products that read them (NF − 1 stages' products
+// queued behind the running ones).
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+template <int NS, int NF>
+__device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
     u32 sraw = (u32)__cvta_generic_to_shared(dsm);
@@ -1805,18 +1810,18 @@ template <int NS> __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& 
     wg_fence_fregs<128>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
 #pragma unroll
-    for (int p = 0; p < NS - 2; p++) {
+    for (int p = 0; p < NS - NF; p++) {
         if (p < nst) stage(p, p);
         cp_async_commit();
     }
     // One stage's products with fragments fr: its copies complete (one commit group a
-    // stage, NS − 3 younger ones may be in flight), the next copies into the buffer of
-    // stage st − 2, whose products the last wait_group 1 retired in both groups.
+    // stage, NS − NF − 1 younger ones may be in flight), the next copies into the buffer
+    // of stage st − NF, whose products the last wait_group NF − 1 retired in both groups.
     auto step = [&](int st, u32 (&fr)[4][4]) {
-        asm volatile("cp.async.wait_group %0;" ::"n"(NS - 3) : "memory");
+        asm volatile("cp.async.wait_group %0;" ::"n"(NS - NF - 1) : "memory");
         fence_proxy_async();
         __syncthreads();
-        int nx = st + NS - 2;
+        int nx = st + NS - NF;
         if (nx < nst) stage(nx, nx % NS);
         cp_async_commit();
         const u8* sb = base + (st % NS) * MMR_STAGE;
@@ -1843,17 +1848,21 @@ template <int NS> __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& 
         wg_commit();
         // No register fence after this wait: it would redefine fr under the products
         // still in flight, and ptxas serializes them (C7513).
-        wg_wait1();
+        wg_wait<NF - 1>();
     };
-    u32 fa[4][4], fb[4][4];
-    // Pairs of stages with no branch between them: on a path that skipped fb's turn, fa
-    // would be redefined under its own products (ptxas would serialize them all).
+    u32 fa[4][4], fb[4][4], fc[4][4];
+    // NF stages a turn with no branch between them: on a path that skipped a set's
+    // turn, the next would be redefined under its own products (ptxas would serialize
+    // them all). The rest after the loop, in the same order of sets.
+    int st = 0;
 #pragma unroll 1
-    for (int st = 0; st + 1 < nst; st += 2) {
+    for (; st + NF - 1 < nst; st += NF) {
         step(st, fa);
         step(st + 1, fb);
+        if (NF == 3) step(st + 2, fc);
     }
-    if (nst & 1) step(nst - 1, fa);
+    if (st < nst) step(st, fa);
+    if (NF == 3 && st + 1 < nst) step(st + 1, fb);
     wg_wait0();
     wg_fence_fregs<128>(acc);
 #pragma unroll
@@ -1863,13 +1872,15 @@ template <int NS> __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& 
     }
 #endif
 }
+// Five stages, three fragment sets (v30: the Q8_0 products 4.32 → 4.16 ms on 4 layers
+// against four stages and two sets, `mm_q8_0_wr4`).
 extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wr(MvArgs a, const u16* xh) {
     pdl_begin();
-    mm_q8_0_wr_body<4>(a, xh);
+    mm_q8_0_wr_body<5, 3>(a, xh);
 }
-extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wr5(MvArgs a, const u16* xh) {
+extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wr4(MvArgs a, const u16* xh) {
     pdl_begin();
-    mm_q8_0_wr_body<5>(a, xh);
+    mm_q8_0_wr_body<4, 2>(a, xh);
 }
 
 // f32 activations (n values, rows of len; with xsc, row t's times xsc[t]: MvArgs::xsc) as
@@ -3127,17 +3138,12 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
     for (int i = 0; i < NG / 2; i++) acc[i] = 0.0f;
     wg_fence_fregs<NG / 2>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
-    u32 fr[2 * QS][4];
+    // Fragments of even batches in fr, of odd ones in fr2 with DS4_IQ2_OV (else fr too).
+    u32 fr[2 * QS][4], fr2[2 * QS][4];
     // The lane's two rows' block scales, loaded a block ahead into registers.
     const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
     const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
     u32 dn0 = wd0[0], dn1 = wd1[0];
-#if DS4_IQ2_WPA
-    // DS4_IQ2_WPA: the grid entry's 32-bit shared address from the lane's byte by one prmt
-    // and one multiply-add (the generic index took a shift, a multiply and a mask).
-    static_assert(WGR == 1, "DS4_IQ2_WPA reads one copy of the grid");
-    u32 grid_sa = (u32)__cvta_generic_to_shared(grid_s), bsel = 0x4440u + (u32)tq;
-#endif
     wh_pipe_start<NS>(nblk, stage);
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
@@ -3154,6 +3160,7 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
         // The block's 8 / QS batches of QS groups (2·QS k16 steps).
 #pragma unroll
         for (int kh = 0; kh < 8 / QS; kh++) {
+            u32(&f)[2 * QS][4] = DS4_IQ2_OV && (kh & 1) ? fr2 : fr;
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 const u8* wq = sb + BT + (arow + 8 * hr) * IQH_LDW + 8 * QS * kh;
@@ -3176,12 +3183,7 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
                     u32 s12 = s1 | (s1 << 16);
                     u32 m1024 = h2_mul(s12, 0xE400E400u); // −1024·(2ls + 1), exact
 #endif
-#if DS4_IQ2_WPA
-                    u64 gr = lds_u64(grid_sa + 8u * __byte_perm(gw.x, 0, bsel));
-                    (void)idx;
-#else
                     u64 gr = grid_s[idx * WGR + (lane & (WGR - 1))];
-#endif
 #if DS4_IQ2_WSA && DS4_IQ2_WSB
                     // The eight signs (the eighth the parity of the seven) with each bit
                     // also 15 places up (one multiply, no carries: s8 < 2^8): pair j's two
@@ -3212,31 +3214,38 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
                     // Steps 2q and 2q + 1 of this half: (a0 | a1) from pairs 0 / 2,
                     // (a2 | a3) from pairs 1 / 3.
 #if DS4_IQ2_WDL
-                    fr[2 * q][hr] = h2_fma(p0, s12, m1024) ^ (sg.x & SGM);
-                    fr[2 * q][2 + hr] = h2_fma(p1, s12, m1024) ^ (sg.y & SGM);
-                    fr[2 * q + 1][hr] = h2_fma(p2, s12, m1024) ^ (sg.z & SGM);
-                    fr[2 * q + 1][2 + hr] = h2_fma(p3, s12, m1024) ^ (sg.w & SGM);
+                    f[2 * q][hr] = h2_fma(p0, s12, m1024) ^ (sg.x & SGM);
+                    f[2 * q][2 + hr] = h2_fma(p1, s12, m1024) ^ (sg.y & SGM);
+                    f[2 * q + 1][hr] = h2_fma(p2, s12, m1024) ^ (sg.z & SGM);
+                    f[2 * q + 1][2 + hr] = h2_fma(p3, s12, m1024) ^ (sg.w & SGM);
                     (void)d2;
 #else
-                    fr[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ (sg.x & SGM);
-                    fr[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ (sg.y & SGM);
-                    fr[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ (sg.z & SGM);
-                    fr[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ (sg.w & SGM);
+                    f[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ (sg.x & SGM);
+                    f[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ (sg.y & SGM);
+                    f[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ (sg.z & SGM);
+                    f[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ (sg.w & SGM);
 #endif
                 }
             }
             // The fragments complete before the products' fence (see mm_q8_0_wh).
-            wg_fence_aregs(fr);
+            wg_fence_aregs(f);
             wg_fence();
 #pragma unroll
             for (int s8 = 0; s8 < 2 * QS; s8++) {
                 int ks = 2 * QS * kh + s8; // the k16 step in the block: panel ks / 4
                 u32 sbb = sbase + buf * STAGE + (ks >> 2) * (NG * 128) + 32 * (ks & 3);
-                wgmma_f16_64x64_ra(acc, fr[s8], wg_desc_sw128(sbb));
+                wgmma_f16_64x64_ra(acc, f[s8], wg_desc_sw128(sbb));
             }
             wg_commit();
-            wg_wait0();
-            wg_fence_aregs(fr);
+            if (DS4_IQ2_OV && kh + 1 < 8 / QS) {
+                // The other set's products retired; these run under the next batch's
+                // decoding (no register fence here: it would redefine f under them).
+                wg_wait1();
+            } else {
+                // All retired before the stage's buffer is refilled.
+                wg_wait0();
+                wg_fence_aregs(f);
+            }
         }
     }
     wg_fence_fregs<NG / 2>(acc);

@@ -1030,11 +1030,12 @@ fn mm_prefetch_on() -> bool {
 /// `mm_q8_0_wr` (v30, the default): both operands as f16 summed by wgmma in f32 — as ds4
 /// takes these products through cuBLAS in f16 — the activations converted once a product
 /// (`q8_0_to_f16_p`, permuted to the fragments' order), the weights' raw bytes turned into
-/// wgmma's register operand, 128 rows × 256 tokens a block (`wr5`: five stages instead of
-/// four, the same speed); runs of ≤ 128 tokens and matrices whose columns are not whole
-/// 64-column stages take `wh2`. H200, 4 full-width layers: a 2,048-token chunk's Q8_0
-/// products 6.50 ms (`wh2`) → 4.30; same call, full file: prefill +8.1% at 2k and +6.9%
-/// for a 6,144-token batch. `mm_q8_0_wh2` (v28): the weights dequantized on the SM
+/// wgmma's register operand, 128 rows × 256 tokens a block, five stages of 64 columns and
+/// three fragment register sets (two stages' products queued behind the running ones;
+/// `wr4`: four stages and two sets); runs of ≤ 128 tokens and matrices whose columns are
+/// not whole 64-column stages take `wh2`. H200, 4 full-width layers: a 2,048-token chunk's
+/// Q8_0 products 6.50 ms (`wh2`) → 4.30 (`wr4`) → 4.16; same call, full file: prefill
+/// +8.1% at 2k and +6.9% for a 6,144-token batch (`wr4` over `wh2`), +1.4% / +0.5% more. `mm_q8_0_wh2` (v28): the weights dequantized on the SM
 /// into an f16 tile in shared memory while the previous stage's products run, 128 × 128
 /// tiles (bound by shared-memory traffic, ≈1.5× its tensor time); within 5.4e-4 of the
 /// CPU's exact block sums in the tests; H200, same call: a 2,048-token chunk's Q8_0
@@ -1047,7 +1048,7 @@ fn mm_prefetch_on() -> bool {
 /// 64×64 `mm_q8_0_cp`; v14), the default elsewhere; `big` and `cp` bit for bit too.
 const Q8_0_KERNELS: [(&str, &str); 7] = [
     ("wr", "mm_q8_0_wr"),
-    ("wr5", "mm_q8_0_wr5"),
+    ("wr4", "mm_q8_0_wr4"),
     ("wh2", "mm_q8_0_wh2"),
     ("wh", "mm_q8_0_wh"),
     ("wg", "mm_q8_0_wg"),
@@ -1076,7 +1077,7 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     };
     match Q8_0_KERNELS[i].1 {
         // wgmma is sm_90a's: elsewhere the kernel is empty.
-        "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr5"
+        "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr4"
             if g.arch != "sm_90a" =>
         {
             "mm_q8_0_big"
@@ -1090,12 +1091,12 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
 pub fn q8_0_runs_exact(g: &Gpu) -> bool {
     !matches!(
         mm_q8_0_kernel(g),
-        "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr5"
+        "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr4"
     )
 }
 
 /// Chooses the dense Q8_0 run product for every later launch of this process, overriding
-/// `DS4_CUDA_MMQ8`: `"wr"`, `"wr5"`, `"wh2"`, `"wh"` or `"wg"` (Hopper only; elsewhere
+/// `DS4_CUDA_MMQ8`: `"wr"`, `"wr4"`, `"wh2"`, `"wh"` or `"wg"` (Hopper only; elsewhere
 /// `"big"`), `"big"`, `"cp"`, or anything else for the environment's choice (by default
 /// `"wr"`). For tests that compare the kernels with each other.
 pub fn set_q8_0_kernel(name: &str) {
@@ -1159,6 +1160,11 @@ impl TestSwitch {
             2 => true,
             _ => *self.env.get_or_init(from_env),
         }
+    }
+
+    /// Whether a test has chosen it on (to take a kernel past its sizing rules).
+    fn forced_on(&self) -> bool {
+        self.over.load(std::sync::atomic::Ordering::Relaxed) == 2
     }
 
     fn set(&self, on: Option<bool>) {
@@ -1238,12 +1244,20 @@ pub fn set_iq2_r256(on: Option<bool>) {
 
 static F16_WS: TestSwitch = TestSwitch::new();
 
-/// Whether a run's F16 products with rows for whole 128-row tiles take wgmma
-/// (`mm_f16_ws`, Hopper: both operands in shared memory, the activations' hi and lo
-/// parts by `f32_to_f16_hl` as one 256-wide tile; `DS4_CUDA_F16_WS=1` while it is
-/// measured) instead of `mm_f16_pf`'s mma.sync.
+/// Whether a run's F16 products of at least a wave of 128-row × 128-token tiles take
+/// wgmma (`mm_f16_ws`, v30, the default on Hopper: both operands in shared memory, the
+/// activations' hi and lo parts by `f32_to_f16_hl` as one 256-wide tile;
+/// `DS4_CUDA_F16_WS=0` keeps `mm_f16_pf`'s mma.sync; `=all` takes it for launches of less
+/// than a wave too, for the checks on small files). H200, 4 full-width layers: a
+/// 2,048-token chunk's F16 products 2.80 ms → 1.33 (`mm_f16_pf`, the narrow ones) + 0.43;
+/// same call, full file: prefill +4.5% at 2k and +4.9% for a 6,144-token batch.
 fn f16_ws_on() -> bool {
-    F16_WS.on(|| env_is("DS4_CUDA_F16_WS", "1"))
+    F16_WS.on(|| env_not("DS4_CUDA_F16_WS", "0"))
+}
+
+fn f16_ws_all() -> bool {
+    static ALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALL.get_or_init(|| env_is("DS4_CUDA_F16_WS", "all"))
 }
 
 /// Chooses [`f16_ws_on`] for every later launch of this process (None: the
@@ -1635,6 +1649,11 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             && g.arch == "sm_90a"
             && f16_ws_on()
             && m.rows >= 128
+            // A wave at least (unless a test takes it on): fewer, longer blocks than
+            // mm_f16_pf's 64 × 64 tiles leave SMs idle (the router's 256 rows).
+            && (F16_WS.forced_on()
+                || f16_ws_all()
+                || m.rows.div_ceil(128) * c.nb.div_ceil(128) >= g.sms as usize)
             && m.cols.is_multiple_of(64)
             && c.n_act == c.nb
             && c.half.1 >= 4 * n
@@ -1667,9 +1686,9 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         // their staging takes 32-bit offsets into the weights and the activations.
         // wh2 reads the activations as f16 from `half` (a run's; else wh).
         let kernel = match kernel {
-            "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr5" if c.half.1 < 2 * n => "mm_q8_0_wh",
+            "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr4" if c.half.1 < 2 * n => "mm_q8_0_wh",
             // wr's 256-token tiles would take twice wh2's products for the same weights.
-            "mm_q8_0_wr" | "mm_q8_0_wr5" if !m.cols.is_multiple_of(64) || c.nb <= 128 => {
+            "mm_q8_0_wr" | "mm_q8_0_wr4" if !m.cols.is_multiple_of(64) || c.nb <= 128 => {
                 "mm_q8_0_wh2"
             }
             k => k,
@@ -1681,12 +1700,12 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 | "mm_q8_0_wh"
                 | "mm_q8_0_wh2"
                 | "mm_q8_0_wr"
-                | "mm_q8_0_wr5"
+                | "mm_q8_0_wr4"
         );
         if tiles128 && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
             if let Some(ns) = match kernel {
-                "mm_q8_0_wr" => Some(4),
-                "mm_q8_0_wr5" => Some(5),
+                "mm_q8_0_wr" => Some(5),
+                "mm_q8_0_wr4" => Some(4),
                 _ => None,
             } {
                 launch!(g, "q8_0_to_f16_p", (ceil_div(n / 16, 256), 1, 1), 256, 0;

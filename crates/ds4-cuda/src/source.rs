@@ -33,7 +33,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mm_q8_0_wh",
     "mm_q8_0_wh2",
     "mm_q8_0_wr",
-    "mm_q8_0_wr5",
+    "mm_q8_0_wr4",
     "q8_0_to_f16_p",
     "mm_f16_ws",
     "f32_to_f16_hl",
@@ -197,11 +197,12 @@ pub fn program() -> String {
         // roundings, one f16 step a pair fewer; v29: the kernel −7.2%, prefill +2.2% /
         // +1.2%; the tests' worst error 6.9e-4 → 8.1e-4).
         ("DS4_IQ2_WDL", on("DS4_CUDA_IQ2_WDL")),
-        // Off unless 1 (prepared in v29, not yet run): mm_iq2_xxs_wh64's grid entries by a
-        // prmt into a 32-bit shared address.
+        // Off unless 1 (v30, being measured): mm_iq2_xxs_wh64's batches of a block in
+        // two fragment register sets, a batch's products running under the next one's
+        // decoding (wait_group 1 between them, 0 at the block's end).
         (
-            "DS4_IQ2_WPA",
-            u32::from(std::env::var("DS4_CUDA_IQ2_WPA").is_ok_and(|v| v == "1")),
+            "DS4_IQ2_OV",
+            u32::from(std::env::var("DS4_CUDA_IQ2_OV").is_ok_and(|v| v == "1")),
         ),
         // mm_iq2_xxs_wh64's grid replicas (1, 2, 4 or 8; v29: 8 gave +1.0% alone, and
         // with the signs by shifts 1.5% less than those alone).

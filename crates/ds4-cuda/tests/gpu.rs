@@ -182,7 +182,9 @@ fn f16_wgmma_run_kernel_matches_cpu() {
     // mm_f16_ws sums the same hi + lo terms as mm_f16_pf in another order (the two parts
     // apart, added at the end): f32-level differences. Partial 128-row and 128-token
     // tiles, five 64-column stages (an odd count), several waves; activations of very
-    // different sizes per token.
+    // different sizes per token. Both kernels' split loses bits where lo falls below f16's
+    // normal range (tokens of 1e-3 carry ~14 bits, not ~22): a token is held to 1e-5 or
+    // to twice mm_f16_pf's error on it, whichever is larger.
     for (rows, cols, n_tok) in [(136, 320, 300), (256, 4096, 129), (2048, 1024, 600)] {
         let w = rand_vec(rows * cols, 11 + rows as u64);
         let bytes = ds4_quant::quantize(GgmlType::F16, &w, cols, None).unwrap();
@@ -199,11 +201,12 @@ fn f16_wgmma_run_kernel_matches_cpu() {
         let (mut worst, mut worst_pf) = (0f32, 0f32);
         for t in 0..xs.len() {
             let e = rel_err(&cpu[t], &ws[t]);
+            let e_pf = rel_err(&cpu[t], &pf[t]);
             worst = worst.max(e);
-            worst_pf = worst_pf.max(rel_err(&cpu[t], &pf[t]));
+            worst_pf = worst_pf.max(e_pf);
             assert!(
-                e < 1e-5,
-                "ws {rows}x{cols}, {n_tok} tokens: token {t}: rel err {e}"
+                e < 1e-5f32.max(2.0 * e_pf),
+                "ws {rows}x{cols}, {n_tok} tokens: token {t}: rel err {e} (pf {e_pf})"
             );
         }
         println!(
@@ -297,9 +300,10 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
         let wh = matmul_with(&gpu, &dm, &xs, "wh");
         let wh2 = matmul_with(&gpu, &dm, &xs, "wh2");
         let wg = matmul_with(&gpu, &dm, &xs, "wg");
-        // mm_q8_0_wr at four and five stages: wh2's operands, another summation order.
+        // mm_q8_0_wr (five stages, three register sets) and wr4 (four, two): wh2's operands,
+        // another summation order.
         let wr = matmul_with(&gpu, &dm, &xs, "wr");
-        let wr5 = matmul_with(&gpu, &dm, &xs, "wr5");
+        let wr4 = matmul_with(&gpu, &dm, &xs, "wr4");
         let (mut worst, mut worst2, mut worst_wg, mut worst_wr) = (0f32, 0f32, 0f32, 0f32);
         for (i, t) in (0..xs.len()).step_by(step).enumerate() {
             let e = rel_err(&cpu[i], &wh[t]);
@@ -310,7 +314,7 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
                 e2 < 2e-3,
                 "wh2 {rows}x{cols}, {n_tok} tokens: token {t}: rel err {e2}"
             );
-            for (name, out) in [("wr", &wr), ("wr5", &wr5)] {
+            for (name, out) in [("wr", &wr), ("wr4", &wr4)] {
                 let er = rel_err(&cpu[i], &out[t]);
                 worst_wr = worst_wr.max(er);
                 assert!(
@@ -331,27 +335,30 @@ fn q8_0_f16_run_kernel_is_within_f16_rounding_of_cpu() {
 }
 
 #[test]
-fn q8_0_register_operand_kernel_takes_odd_stage_counts() {
-    let Some(gpu) = hopper_or_skip("q8_0_register_operand_kernel_takes_odd_stage_counts") else {
+fn q8_0_register_operand_kernel_takes_any_stage_count() {
+    let Some(gpu) = hopper_or_skip("q8_0_register_operand_kernel_takes_any_stage_count") else {
         return;
     };
-    // mm_q8_0_wr's stages are 64 columns (wh2's 128): five of them end on the first of
-    // its two fragment register sets; the tokens a partial 256-token tile and a half.
-    let (rows, cols, n_tok) = (136, 320, 300);
-    let m = q8_0_mat(rows, cols);
-    let xs = scaled_rows(n_tok, cols, 77);
-    let cpu = m.matmul(&xs).unwrap();
-    let dm = upload_mat(&gpu, &m, "test").unwrap();
-    for name in ["wr", "wr5"] {
-        let out = matmul_with(&gpu, &dm, &xs, name);
-        let worst = (0..xs.len())
-            .map(|t| rel_err(&cpu[t], &out[t]))
-            .fold(0f32, f32::max);
-        assert!(
-            worst < 2e-3,
-            "{name} {rows}x{cols}, {n_tok} tokens: worst rel err {worst}"
-        );
-        println!("Q8_0 {rows}x{cols}, {n_tok} tokens: {name} worst rel err {worst:.3e}");
+    // mm_q8_0_wr's stages are 64 columns (wh2's 128), taken in turns of three fragment
+    // register sets (wr4: two): 5, 4 and 2 stages end after a turn and two, one or none
+    // more, and before a whole turn; the tokens a partial 256-token tile and a half.
+    for cols in [320, 256, 128] {
+        let (rows, n_tok) = (136, 300);
+        let m = q8_0_mat(rows, cols);
+        let xs = scaled_rows(n_tok, cols, 77);
+        let cpu = m.matmul(&xs).unwrap();
+        let dm = upload_mat(&gpu, &m, "test").unwrap();
+        for name in ["wr", "wr4"] {
+            let out = matmul_with(&gpu, &dm, &xs, name);
+            let worst = (0..xs.len())
+                .map(|t| rel_err(&cpu[t], &out[t]))
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 2e-3,
+                "{name} {rows}x{cols}, {n_tok} tokens: worst rel err {worst}"
+            );
+            println!("Q8_0 {rows}x{cols}, {n_tok} tokens: {name} worst rel err {worst:.3e}");
+        }
     }
 }
 
