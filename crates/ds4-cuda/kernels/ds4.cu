@@ -2088,8 +2088,10 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
         // (m & 1)·8 + (lane & 7) at column (m >> 1)·8; B: tokens of j + (m >> 1), column
         // (m & 1)·8 — b0, b1 of j then of j + 1.
         int mi = lane >> 3, rr = lane & 7;
+        // DS4_F16_SKIP: a warp whose 16 rows all lie past the matrix (the HC mixing's 24
+        // rows fill half a tile) stages its share but takes no fragments or products.
 #pragma unroll
-        for (int kk = 0; kk < 64; kk += 16) {
+        for (int kk = 0; kk < 64 && (!DS4_F16_SKIP || r0 + 16 * warp < a.rows); kk += 16) {
             u32 af[4];
             ldsm_x4(af[0], af[1], af[2], af[3],
                     as + (16 * warp + (mi & 1) * 8 + rr) * ld + kk + (mi >> 1) * 8);
@@ -3393,7 +3395,8 @@ __device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) 
     int arow = 64 * wm + 16 * (warp & 3) + g;
     // The lane's scale bytes b, b + 2 of each half-word pair: sub-blocks 8h + 2s + b.
     u32 ssel = 0x4240u + 0x0101u * (u32)(tq & 1);
-    u32 fr[4][4];
+    // Fragments of even batches in fr, of odd ones in fr2 with DS4_Q2K_OV (else fr too).
+    u32 fr[4][4], fr2[4][4];
     wh_pipe_start<NS>(nblk, stage);
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
@@ -3426,6 +3429,7 @@ __device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) 
         u32 qv[2][4] = {{qw[0].x, qw[0].y, qw[0].z, qw[0].w}, {qw[1].x, qw[1].y, qw[1].z, qw[1].w}};
 #pragma unroll
         for (int s = 0; s < 4; s++) {
+            u32(&f)[4][4] = DS4_Q2K_OV && (s & 1) ? fr2 : fr;
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 u32 sc2 = __byte_perm(dsc[hr][s >> 1], 0, (s & 1) ? 0x3232 : 0x1010);
@@ -3437,18 +3441,24 @@ __device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) 
                     u32 lo = ((w >> (2 * s)) & 0x00030003u) | 0x64006400u;
                     u32 hi = ((w >> (2 * s + 8)) & 0x00030003u) | 0x64006400u;
                     // q·(d·sc) rounded once, less dmin·m: two roundings.
-                    fr[u][hr] = h2_sub(h2_fma(lo, sc2, n1024), mn2);
-                    fr[u][2 + hr] = h2_sub(h2_fma(hi, sc2, n1024), mn2);
+                    f[u][hr] = h2_sub(h2_fma(lo, sc2, n1024), mn2);
+                    f[u][2 + hr] = h2_sub(h2_fma(hi, sc2, n1024), mn2);
                 }
             }
-            wg_fence_aregs(fr);
+            wg_fence_aregs(f);
             wg_fence();
 #pragma unroll
             for (int u = 0; u < 4; u++)
-                wgmma_f16_64x64_ra(acc, fr[u], wg_desc_sw128(sbs + s * PANEL + 32 * u));
+                wgmma_f16_64x64_ra(acc, f[u], wg_desc_sw128(sbs + s * PANEL + 32 * u));
             wg_commit();
-            wg_wait0();
-            wg_fence_aregs(fr);
+            if (DS4_Q2K_OV && s < 3) {
+                // As mm_iq2_xxs_wh_body's DS4_IQ2_OV: these run under the next batch's
+                // decoding.
+                wg_wait1();
+            } else {
+                wg_wait0();
+                wg_fence_aregs(f);
+            }
         }
     }
     wg_fence_fregs<NG / 2>(acc);
