@@ -2088,10 +2088,11 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
         // (m & 1)·8 + (lane & 7) at column (m >> 1)·8; B: tokens of j + (m >> 1), column
         // (m & 1)·8 — b0, b1 of j then of j + 1.
         int mi = lane >> 3, rr = lane & 7;
-        // DS4_F16_SKIP: a warp whose 16 rows all lie past the matrix (the HC mixing's 24
-        // rows fill half a tile) stages its share but takes no fragments or products.
+        // A warp whose 16 rows all lie past the matrix (the HC mixing's 24 rows fill half
+        // a tile) stages its share but takes no fragments or products (v30: the narrow F16
+        // run products −12%, the same outputs).
 #pragma unroll
-        for (int kk = 0; kk < 64 && (!DS4_F16_SKIP || r0 + 16 * warp < a.rows); kk += 16) {
+        for (int kk = 0; kk < 64 && r0 + 16 * warp < a.rows; kk += 16) {
             u32 af[4];
             ldsm_x4(af[0], af[1], af[2], af[3],
                     as + (16 * warp + (mi & 1) * 8 + rr) * ld + kk + (mi >> 1) * 8);
@@ -3140,8 +3141,7 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
     for (int i = 0; i < NG / 2; i++) acc[i] = 0.0f;
     wg_fence_fregs<NG / 2>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
-    // Fragments of even batches in fr, of odd ones in fr2 with DS4_IQ2_OV (else fr too).
-    u32 fr[2 * QS][4], fr2[2 * QS][4];
+    u32 fr[2 * QS][4];
     // The lane's two rows' block scales, loaded a block ahead into registers.
     const u16* wd0 = wd + (size_t)min(r0 + arow, a.rows - 1) * nblk;
     const u16* wd1 = wd + (size_t)min(r0 + arow + 8, a.rows - 1) * nblk;
@@ -3162,7 +3162,6 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
         // The block's 8 / QS batches of QS groups (2·QS k16 steps).
 #pragma unroll
         for (int kh = 0; kh < 8 / QS; kh++) {
-            u32(&f)[2 * QS][4] = DS4_IQ2_OV && (kh & 1) ? fr2 : fr;
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 const u8* wq = sb + BT + (arow + 8 * hr) * IQH_LDW + 8 * QS * kh;
@@ -3216,38 +3215,31 @@ __device__ __forceinline__ void mm_iq2_xxs_wh_body(const MvArgs& a, const u16* x
                     // Steps 2q and 2q + 1 of this half: (a0 | a1) from pairs 0 / 2,
                     // (a2 | a3) from pairs 1 / 3.
 #if DS4_IQ2_WDL
-                    f[2 * q][hr] = h2_fma(p0, s12, m1024) ^ (sg.x & SGM);
-                    f[2 * q][2 + hr] = h2_fma(p1, s12, m1024) ^ (sg.y & SGM);
-                    f[2 * q + 1][hr] = h2_fma(p2, s12, m1024) ^ (sg.z & SGM);
-                    f[2 * q + 1][2 + hr] = h2_fma(p3, s12, m1024) ^ (sg.w & SGM);
+                    fr[2 * q][hr] = h2_fma(p0, s12, m1024) ^ (sg.x & SGM);
+                    fr[2 * q][2 + hr] = h2_fma(p1, s12, m1024) ^ (sg.y & SGM);
+                    fr[2 * q + 1][hr] = h2_fma(p2, s12, m1024) ^ (sg.z & SGM);
+                    fr[2 * q + 1][2 + hr] = h2_fma(p3, s12, m1024) ^ (sg.w & SGM);
                     (void)d2;
 #else
-                    f[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ (sg.x & SGM);
-                    f[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ (sg.y & SGM);
-                    f[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ (sg.z & SGM);
-                    f[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ (sg.w & SGM);
+                    fr[2 * q][hr] = h2_mul(h2_fma(p0, s12, m1024), d2) ^ (sg.x & SGM);
+                    fr[2 * q][2 + hr] = h2_mul(h2_fma(p1, s12, m1024), d2) ^ (sg.y & SGM);
+                    fr[2 * q + 1][hr] = h2_mul(h2_fma(p2, s12, m1024), d2) ^ (sg.z & SGM);
+                    fr[2 * q + 1][2 + hr] = h2_mul(h2_fma(p3, s12, m1024), d2) ^ (sg.w & SGM);
 #endif
                 }
             }
             // The fragments complete before the products' fence (see mm_q8_0_wh).
-            wg_fence_aregs(f);
+            wg_fence_aregs(fr);
             wg_fence();
 #pragma unroll
             for (int s8 = 0; s8 < 2 * QS; s8++) {
                 int ks = 2 * QS * kh + s8; // the k16 step in the block: panel ks / 4
                 u32 sbb = sbase + buf * STAGE + (ks >> 2) * (NG * 128) + 32 * (ks & 3);
-                wgmma_f16_64x64_ra(acc, f[s8], wg_desc_sw128(sbb));
+                wgmma_f16_64x64_ra(acc, fr[s8], wg_desc_sw128(sbb));
             }
             wg_commit();
-            if (DS4_IQ2_OV && kh + 1 < 8 / QS) {
-                // The other set's products retired; these run under the next batch's
-                // decoding (no register fence here: it would redefine f under them).
-                wg_wait1();
-            } else {
-                // All retired before the stage's buffer is refilled.
-                wg_wait0();
-                wg_fence_aregs(f);
-            }
+            wg_wait0();
+            wg_fence_aregs(fr);
         }
     }
     wg_fence_fregs<NG / 2>(acc);
@@ -3395,8 +3387,7 @@ __device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) 
     int arow = 64 * wm + 16 * (warp & 3) + g;
     // The lane's scale bytes b, b + 2 of each half-word pair: sub-blocks 8h + 2s + b.
     u32 ssel = 0x4240u + 0x0101u * (u32)(tq & 1);
-    // Fragments of even batches in fr, of odd ones in fr2 with DS4_Q2K_OV (else fr too).
-    u32 fr[4][4], fr2[4][4];
+    u32 fr[4][4];
     wh_pipe_start<NS>(nblk, stage);
 #pragma unroll 1
     for (int ib = 0; ib < nblk; ib++) {
@@ -3429,7 +3420,6 @@ __device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) 
         u32 qv[2][4] = {{qw[0].x, qw[0].y, qw[0].z, qw[0].w}, {qw[1].x, qw[1].y, qw[1].z, qw[1].w}};
 #pragma unroll
         for (int s = 0; s < 4; s++) {
-            u32(&f)[4][4] = DS4_Q2K_OV && (s & 1) ? fr2 : fr;
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 u32 sc2 = __byte_perm(dsc[hr][s >> 1], 0, (s & 1) ? 0x3232 : 0x1010);
@@ -3441,24 +3431,18 @@ __device__ __forceinline__ void mm_q2_k_wf_body(const MvArgs& a, const u16* xh) 
                     u32 lo = ((w >> (2 * s)) & 0x00030003u) | 0x64006400u;
                     u32 hi = ((w >> (2 * s + 8)) & 0x00030003u) | 0x64006400u;
                     // q·(d·sc) rounded once, less dmin·m: two roundings.
-                    f[u][hr] = h2_sub(h2_fma(lo, sc2, n1024), mn2);
-                    f[u][2 + hr] = h2_sub(h2_fma(hi, sc2, n1024), mn2);
+                    fr[u][hr] = h2_sub(h2_fma(lo, sc2, n1024), mn2);
+                    fr[u][2 + hr] = h2_sub(h2_fma(hi, sc2, n1024), mn2);
                 }
             }
-            wg_fence_aregs(f);
+            wg_fence_aregs(fr);
             wg_fence();
 #pragma unroll
             for (int u = 0; u < 4; u++)
-                wgmma_f16_64x64_ra(acc, f[u], wg_desc_sw128(sbs + s * PANEL + 32 * u));
+                wgmma_f16_64x64_ra(acc, fr[u], wg_desc_sw128(sbs + s * PANEL + 32 * u));
             wg_commit();
-            if (DS4_Q2K_OV && s < 3) {
-                // As mm_iq2_xxs_wh_body's DS4_IQ2_OV: these run under the next batch's
-                // decoding.
-                wg_wait1();
-            } else {
-                wg_wait0();
-                wg_fence_aregs(f);
-            }
+            wg_wait0();
+            wg_fence_aregs(fr);
         }
     }
     wg_fence_fregs<NG / 2>(acc);

@@ -197,24 +197,6 @@ pub fn program() -> String {
         // roundings, one f16 step a pair fewer; v29: the kernel −7.2%, prefill +2.2% /
         // +1.2%; the tests' worst error 6.9e-4 → 8.1e-4).
         ("DS4_IQ2_WDL", on("DS4_CUDA_IQ2_WDL")),
-        // Off unless 1 (v30, being measured): mm_iq2_xxs_wh64's batches of a block in
-        // two fragment register sets, a batch's products running under the next one's
-        // decoding (wait_group 1 between them, 0 at the block's end).
-        (
-            "DS4_IQ2_OV",
-            u32::from(std::env::var("DS4_CUDA_IQ2_OV").is_ok_and(|v| v == "1")),
-        ),
-        // Off unless 1 (v30, being measured): the F16 run products' warps whose rows lie
-        // past a narrow matrix skip their products.
-        (
-            "DS4_F16_SKIP",
-            u32::from(std::env::var("DS4_CUDA_F16_SKIP").is_ok_and(|v| v == "1")),
-        ),
-        // Off unless 1 (v30, being measured): the same for mm_q2_k_wf64's four batches.
-        (
-            "DS4_Q2K_OV",
-            u32::from(std::env::var("DS4_CUDA_Q2K_OV").is_ok_and(|v| v == "1")),
-        ),
         // mm_iq2_xxs_wh64's grid replicas (1, 2, 4 or 8; v29: 8 gave +1.0% alone, and
         // with the signs by shifts 1.5% less than those alone).
         ("DS4_IQ2_WGR", num("DS4_CUDA_IQ2_WGR", 1, 8)),
