@@ -4322,14 +4322,19 @@ extern "C" __global__ void hc_post(const float* f, const float* routed, int k, c
 
 // hc_post for runs, four columns a thread (n a multiple of 4): every load of the thread
 // (hc rows, F and its k routed parts) issued before any sum, as float4s; the sums those of
-// hc_post column by column, in its order. Grid (ceil(n / (4·blockDim)), T).
+// hc_post column by column, in its order. Grid (ceil(n / (4·blockDim)), T). With ssq, the
+// block's sum of squares of what it wrote (in double, as rms_factor) at
+// ssq[t·gridDim.x + blockIdx.x], for the next HC pre-step's norm (rms_from_ssq) without a
+// pass over the state.
 extern "C" __global__ void hc_post4(const float* f, const float* routed, int k, const float* x,
-                                    const float* mixi, float* out, int hc, int n) {
+                                    const float* mixi, float* out, int hc, int n, double* ssq) {
     pdl_begin();
     const int HC4_MAX = 4, K_MAX = 8;  // hc ≤ 4, k ≤ 8 (checked on the host)
     int t = blockIdx.y, n4 = n >> 2;
     int j4 = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j4 >= n4) return;
+    double ss = 0.0;
+    // No early return: with ssq every thread joins the block's sum.
+    if (j4 < n4) {
     const float* mo = mixi + (size_t)t * (hc + hc * hc);
     const float4* xt = (const float4*)(x + (size_t)t * hc * n);
     float4 xs[HC4_MAX], rv[K_MAX];
@@ -4364,9 +4369,28 @@ extern "C" __global__ void hc_post4(const float* f, const float* routed, int k, 
                 if (a < hc) acc = __fmaf_rn(mo[hc + a * hc + b], xa, acc);
             }
             o[c] = acc;
+            if (ssq) ss += (double)acc * (double)acc;
         }
         ot[b * n4 + j4] = make_float4(o[0], o[1], o[2], o[3]);
     }
+    }
+    if (ssq) {
+        __shared__ double sh[32];
+        ss = block_sum_d(ss, sh);
+        if (threadIdx.x == 0) ssq[(size_t)t * gridDim.x + blockIdx.x] = ss;
+    }
+}
+
+// A run's HC norm factors from hc_post4's partial sums of squares (nparts a token, summed
+// in block order): rms_factor's r up to the order of the double sum.
+extern "C" __global__ void rms_from_ssq(const double* ssq, int nparts, int n, float eps, float* r,
+                                        int T) {
+    pdl_begin();
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T) return;
+    double s = 0.0;
+    for (int b = 0; b < nparts; b++) s += ssq[(size_t)t * nparts + b];
+    r[t] = (float)(1.0 / sqrt(s / (double)n + (double)eps));
 }
 
 // Output collapse: y = Σ_h (σ(z_h·scale + base_h) + ε)·X[h].

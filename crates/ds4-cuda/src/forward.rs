@@ -142,6 +142,11 @@ pub struct Scratch {
     pub pos: DevBuf,
     /// A greedy decode step's chosen id (`argmax_row`).
     pub(crate) pick: DevBuf,
+    /// The HC state's sums of squares, f64 partials [token][hc_post4 block] (≤ 16 a
+    /// token), when `ssq_ok`: written by hc_post4 with the state itself
+    /// (`DS4_CUDA_HC_SSQ=1`), consumed by the next run HC pre-step's norm factors.
+    ssq: DevBuf,
+    ssq_ok: std::sync::atomic::AtomicBool,
     /// Indexer rows one token can see at most (scores row stride).
     max_irows: usize,
 }
@@ -382,6 +387,7 @@ fn scratch_plan(cfg: &ModelConfig, ctx: usize, t: usize) -> Vec<usize> {
         if t >= MMA_MIN_TOKENS { 2 * act } else { 16 }, // act_h (f16)
         16,                                             // pos
         (4 + 2 * ARGMAX_BLOCKS as usize) * 4,           // pick
+        t * HC_SSQ_PARTS * 8,                           // ssq (f64)
     ]
 }
 
@@ -436,6 +442,8 @@ impl Scratch {
             act_h: a()?,
             pos: a()?,
             pick: a()?,
+            ssq: a()?,
+            ssq_ok: std::sync::atomic::AtomicBool::new(false),
             max_irows: sizes(cfg, ctx, t).max_irows.max(1),
         })
     }
@@ -1425,6 +1433,24 @@ fn iprep_warp_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IPREP_WARP").map_or(true, |v| v != "0"))
 }
 
+/// hc_post4 blocks a token whose sums of squares `Scratch::ssq` holds (n_embd ≤ 16,384).
+const HC_SSQ_PARTS: usize = 16;
+
+/// Whether a run's HC norm factors come from sums of squares hc_post4 forms as it writes
+/// the state (`rms_from_ssq`) instead of rms_factor's pass over it (64 KB a token;
+/// v29: 4.0 ms of a chunk). `DS4_CUDA_HC_SSQ=1`: prepared in v30, not yet run.
+fn hc_ssq_on() -> bool {
+    HC_SSQ.on(|| env_is("DS4_CUDA_HC_SSQ", "1"))
+}
+
+static HC_SSQ: TestSwitch = TestSwitch::new();
+
+/// Chooses [`hc_ssq_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the two ways to the factors.
+pub fn set_hc_ssq(on: Option<bool>) {
+    HC_SSQ.set(on);
+}
+
 /// Whether decode's HC pre-step is one launch (`hc_pre_late_*`). `DS4_CUDA_HC_FUSED=0`
 /// keeps hc_fn_rms then hc_pre_norm, for comparisons.
 fn hc_fused_on() -> bool {
@@ -2302,9 +2328,16 @@ impl<'a> Fwd<'a> {
             && cfg.hc <= 4;
         let threads = pre4_threads(cfg.n_embd).zip(factor_threads(he));
         if let Some((bt, ft)) = threads.filter(|_| run) {
-            // The factors in s.flat, the normed copy's buffer, which this path leaves unused.
-            launch!(self.gpu, "rms_factor", (t as u32, 1, 1), ft as u32, 0;
-                x, he as i32, he as i32, self.eps(), s.flat.ptr)?;
+            // The factors in s.flat, the normed copy's buffer, which this path leaves unused:
+            // from hc_post4's sums of squares of this state where it left them, else by
+            // reading the state (64 KB a token).
+            let ssq = s.ssq_ok.swap(false, std::sync::atomic::Ordering::Relaxed);
+            match self.hc_ssq_parts().filter(|_| ssq && x == s.x.ptr) {
+                Some(parts) => launch!(self.gpu, "rms_from_ssq", (ceil_div(t, 128), 1, 1), 128, 0;
+                    s.ssq.ptr, parts as i32, he as i32, self.eps(), s.flat.ptr, t as i32)?,
+                None => launch!(self.gpu, "rms_factor", (t as u32, 1, 1), ft as u32, 0;
+                    x, he as i32, he as i32, self.eps(), s.flat.ptr)?,
+            }
             self.mv(
                 s,
                 &hw.fn_,
@@ -2783,6 +2816,14 @@ impl<'a> Fwd<'a> {
             c.coff as i32, c.d as i32)
     }
 
+    /// hc_post4's blocks a token (a thread four columns of every HC row), or None where
+    /// its sums of squares cannot stand in for rms_factor's pass (off, or more blocks than
+    /// `Scratch::ssq` holds).
+    fn hc_ssq_parts(&self) -> Option<usize> {
+        let parts = ceil_div(self.cfg.n_embd / 4, 256) as usize;
+        (hc_ssq_on() && parts <= HC_SSQ_PARTS).then_some(parts)
+    }
+
     /// `X' = hc_post(F, X)`, in place in `x[0]` (each thread reads its column's hc
     /// inputs before writing).
     /// F is `f`, plus (the MoE sublayer) the `k` routed outputs of each token at `routed`.
@@ -2801,9 +2842,17 @@ impl<'a> Fwd<'a> {
             && k <= 8
             && cfg.n_embd.is_multiple_of(4)
         {
-            return launch!(self.gpu, "hc_post4", (ceil_div(cfg.n_embd / 4, 256), t as u32, 1), 256, 0;
-                f, rp, k as i32, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32);
+            // With the new state's sums of squares for the next HC pre-step's norm.
+            let parts = self.hc_ssq_parts();
+            let ssq = if parts.is_some() { s.ssq.ptr } else { 0 };
+            launch!(self.gpu, "hc_post4", (ceil_div(cfg.n_embd / 4, 256), t as u32, 1), 256, 0;
+                f, rp, k as i32, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32,
+                ssq)?;
+            s.ssq_ok
+                .store(parts.is_some(), std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
         }
+        s.ssq_ok.store(false, std::sync::atomic::Ordering::Relaxed);
         launch!(self.gpu, "hc_post", (ceil_div(cfg.n_embd, 256), t as u32, 1), 256, 0;
             f, rp, k as i32, s.x.ptr, s.mix.ptr, s.x.ptr, cfg.hc as i32, cfg.n_embd as i32)
     }
@@ -3054,6 +3103,7 @@ impl<'a> Fwd<'a> {
         launch!(self.gpu, "embed_rows", (t as u32, 1, 1), 256, 0;
             te.buf.ptr, ty_code, cfg.n_embd as i32, te.row_bytes() as i64, s.toks.ptr,
             s.x.ptr, cfg.hc as i32)?;
+        s.ssq_ok.store(false, std::sync::atomic::Ordering::Relaxed);
         for (l, st) in layers.iter().enumerate() {
             self.record(s, t)?;
             self.layer(s, st, l, pos0, t)?;

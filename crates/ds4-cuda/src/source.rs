@@ -80,6 +80,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "hc_pre_cl_f16",
     "hc_post",
     "hc_post4",
+    "rms_from_ssq",
     "hc_head",
     "kv_store",
     "kv_store_kh",

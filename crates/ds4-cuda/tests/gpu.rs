@@ -5,8 +5,8 @@
 use ds4_cuda::device::Gpu;
 use ds4_cuda::forward::{
     experts_once, indexer_scores_once, iq2_runs_exact, matmul_once, mm_col_splits, part_bytes,
-    q2k_runs_exact, q8_0_runs_exact, set_f16_ws, set_iq2_f16, set_iq2_r256, set_q2k_f16,
-    set_q2k_r256, set_q8_0_kernel, set_run_fusions, topk_once,
+    q2k_runs_exact, q8_0_runs_exact, set_f16_ws, set_hc_ssq, set_iq2_f16, set_iq2_r256,
+    set_q2k_f16, set_q2k_r256, set_q8_0_kernel, set_run_fusions, topk_once,
 };
 use ds4_cuda::weights::{upload_mat, upload_mats};
 use ds4_engine::backend::teacher_forced;
@@ -700,6 +700,20 @@ fn run_fusions_match_the_kernels_they_replace() {
     let hc = worst(&base, &all);
     println!("HC pre-step fused: worst rel err {hc:.3e} from the separate kernels");
     assert!(hc < 1e-5, "fused HC pre-step: rel err {hc}");
+    // The norm factors from hc_post4's sums of squares (DS4_CUDA_HC_SSQ) against
+    // rms_factor's pass: the same double sums in another order.
+    set_hc_ssq(Some(false));
+    let pass = run([true; 5]);
+    set_hc_ssq(Some(true));
+    let ssq = run([true; 5]);
+    set_hc_ssq(None);
+    set_run_fusions([None; 5]);
+    let e = worst(&pass, &ssq);
+    println!("HC norm factors from hc_post4's sums: worst rel err {e:.3e} from rms_factor's");
+    assert!(
+        e < 1e-5,
+        "HC norm factors from hc_post4's sums: rel err {e}"
+    );
 }
 
 #[test]
