@@ -789,6 +789,17 @@ __device__ __forceinline__ void mma_store(const MvArgs& a, const float* c, int r
     if (rb < a.rows && i1 >= 0) a.y[(size_t)i1 * a.y_stride + rb] = c[3];
 }
 
+// NJ n8 tiles of m64 accumulators (4 a tile, wgmma's and mma.m16n8's layout) into y: rows
+// ra and ra + 8, tokens t0 + 8j + 2tq and + 1 (tokens past the run are absent).
+template <int NJ>
+__device__ __forceinline__ void mma_store_tokens(const MvArgs& a, const float* acc, int ra, int t0, int tq) {
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
+        mma_store(a, acc + 4 * j, ra, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
+    }
+}
+
 // Q8_0 weights × Q8_0 activations for a run of tokens (prefill) on the tensor cores:
 // a block computes a 64-row × 64-token tile; per Q8_0 block (32 columns) each warp
 // issues int8 mma.m16n8k32 for its 16 rows and the 8 token groups, then scales the
@@ -1163,6 +1174,14 @@ __device__ __forceinline__ unsigned long long wg_desc_sw128(u32 saddr) {
     return (unsigned long long)((saddr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) |
            (1ull << 62);
 }
+// Dynamic shared memory from its first 1,024-byte boundary (the 128-byte swizzle's 8-row
+// groups start there): generic and shared-window addresses.
+__device__ __forceinline__ void dsm_at_1024(u8* dsm, u8*& base, u32& sbase) {
+    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
+    u32 pad = (1024 - (sraw & 1023)) & 1023;
+    base = dsm + pad;
+    sbase = sraw + pad;
+}
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
@@ -1233,10 +1252,9 @@ template <int U> __device__ __forceinline__ void mmw_stage(const MvArgs& a, u8* 
 extern "C" __global__ void __launch_bounds__(512, 1) mm_q8_0_wg(MvArgs a) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
-    u32 pad = (1024 - (sraw & 1023)) & 1023; // the swizzle's 8-row groups start 1,024-aligned
-    u8* base = dsm + pad;
-    u32 sbase = sraw + pad;
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tq = lane & 3;
     int wgi = warp >> 2, wm = wgi & 1, wn = wgi >> 1;
@@ -1463,10 +1481,9 @@ __device__ __forceinline__ void q8_chunk_x16(uint4 w, float d, u32* o) {
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm + pad;
-    u32 sbase = sraw + pad;
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
     u8* ht = base + 2 * MMW_STAGE; // the activations' f16 tile
     u32 sht = sbase + 2 * MMW_STAGE;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1560,27 +1577,39 @@ extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_
         }
     }
     wg_fence_fregs<64>(acc);
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
-        mma_store(a, acc + 4 * j, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
-    }
+    mma_store_tokens<16>(a, acc, r0 + arow, t0, tq);
 #endif
 }
 
-// Q8_0 activations (n values, xq and their block scales xd) as f16 in k order, for
-// mm_q8_0_wh2: sixteen a thread, as q8_chunk_x16 forms them.
-extern "C" __global__ void q8_0_to_f16(const i8* xq, const float* xd, u16* xh, int n) {
-    // After the quantization before it (launched with PDL, a kernel starts early).
-    pdl_begin();
+// Q8_0 activations (n values, xq and their block scales xd) as f16, sixteen a thread as
+// q8_chunk_x16 forms them: in k order (mm_q8_0_wh2), or with PERM each 16 in the order of
+// a k16 step's register fragments (mm_q8_0_wr: logical k 2j, 2j + 1 at raw 4j, 4j + 1;
+// 8 + 2j, 9 + 2j at raw 4j + 2, 4j + 3), so that the weights' fragment is one 32-bit load
+// of raw bytes.
+template <bool PERM>
+__device__ __forceinline__ void q8_0_to_f16_body(const i8* xq, const float* xd, u16* xh, int n) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     int i = 16 * (blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= n) return;
     u32 o[8];
     q8_chunk_x16(*(const uint4*)(xq + i), xd[i >> 5], o);
-    *(uint4*)(xh + i) = make_uint4(o[0], o[4], o[1], o[5]);
-    *(uint4*)(xh + i + 8) = make_uint4(o[2], o[6], o[3], o[7]);
+    if (PERM) {
+        *(uint4*)(xh + i) = make_uint4(o[0], o[1], o[2], o[3]);
+        *(uint4*)(xh + i + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+    } else {
+        *(uint4*)(xh + i) = make_uint4(o[0], o[4], o[1], o[5]);
+        *(uint4*)(xh + i + 8) = make_uint4(o[2], o[6], o[3], o[7]);
+    }
 #endif
+}
+// After the quantization before it (launched with PDL, a kernel starts early).
+extern "C" __global__ void q8_0_to_f16(const i8* xq, const float* xd, u16* xh, int n) {
+    pdl_begin();
+    q8_0_to_f16_body<false>(xq, xd, xh, n);
+}
+extern "C" __global__ void q8_0_to_f16_p(const i8* xq, const float* xd, u16* xh, int n) {
+    pdl_begin();
+    q8_0_to_f16_body<true>(xq, xd, xh, n);
 }
 
 // mm_q8_0_wh with the activations already f16 (q8_0_to_f16, xh: [token][x_stride]) and
@@ -1595,10 +1624,9 @@ extern "C" __global__ void q8_0_to_f16(const i8* xq, const float* xd, u16* xh, i
 extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const u16* xh) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm + pad;
-    u32 sbase = sraw + pad;
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
     u8* af16 = base + 3 * MMH2_STAGE; // the weights' two f16 tiles, 32 KB each
     u32 saf16 = sbase + 3 * MMH2_STAGE;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1691,11 +1719,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) mm_q8_0_wh2(MvArgs a, const
     wg_wait0();
     wg_fence_fregs<64>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
-        mma_store(a, acc + 4 * j, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
-    }
+    mma_store_tokens<16>(a, acc, r0 + arow, t0, tq);
 #endif
 }
 
@@ -1730,21 +1754,6 @@ __device__ __forceinline__ void wgmma_f16_64x256_ss(float* d, unsigned long long
 }
 #endif
 
-// Q8_0 activations as f16 for mm_q8_0_wr: q8_0_to_f16's values, each 16 in the order of
-// a k16 step's register fragments (logical k 2j, 2j + 1 at raw 4j, 4j + 1; 8 + 2j, 9 + 2j
-// at raw 4j + 2, 4j + 3), so that the weights' fragment is one 32-bit load of raw bytes.
-extern "C" __global__ void q8_0_to_f16_p(const i8* xq, const float* xd, u16* xh, int n) {
-    pdl_begin();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    int i = 16 * (blockIdx.x * blockDim.x + threadIdx.x);
-    if (i >= n) return;
-    u32 o[8];
-    q8_chunk_x16(*(const uint4*)(xq + i), xd[i >> 5], o);
-    *(uint4*)(xh + i) = make_uint4(o[0], o[1], o[2], o[3]);
-    *(uint4*)(xh + i + 8) = make_uint4(o[4], o[5], o[6], o[7]);
-#endif
-}
-
 // mm_q8_0_wh2's values (weights f16(q·d), activations q8_0_to_f16's, f32 sums) with the
 // weights as wgmma's register operand and 256 tokens a block. Why: wh2 is bound by
 // shared-memory traffic (ncu, v29: ≈1.5× its tensor time — the f16 weight tile written
@@ -1767,10 +1776,9 @@ template <int NS, int NF>
 __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& a, const u16* xh) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(16) u8 dsm[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm + pad;
-    u32 sbase = sraw + pad;
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tq = lane & 3;
     int wm = warp >> 2;
@@ -1865,11 +1873,7 @@ __device__ __forceinline__ void mm_q8_0_wr_body(const MvArgs& a, const u16* xh) 
     if (NF == 3 && st + 1 < nst) step(st + 1, fb);
     wg_wait0();
     wg_fence_fregs<128>(acc);
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
-        mma_store(a, acc + 4 * j, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
-    }
+    mma_store_tokens<32>(a, acc, r0 + arow, t0, tq);
 #endif
 }
 // Five stages, three fragment sets (v30: the Q8_0 products 4.32 → 4.16 ms on 4 layers
@@ -1918,10 +1922,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) mm_f16_ws(MvArgs a, const u
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     const int NS = 4;
     extern __shared__ __align__(16) u8 dsm[];
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    u8* base = dsm + pad;
-    u32 sbase = sraw + pad;
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tq = lane & 3;
     int wm = warp >> 2;
@@ -1981,14 +1984,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) mm_f16_ws(MvArgs a, const u
     wg_wait0();
     wg_fence_fregs<128>(acc);
     int arow = 64 * wm + 16 * (warp & 3) + g;
+    // The hi and lo parts' sums, added.
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        int ta = t0 + 8 * j + 2 * tq, tb = ta + 1;
-        float c[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) c[q] = acc[4 * j + q] + acc[64 + 4 * j + q];
-        mma_store(a, c, r0 + arow, ta < a.nb ? ta : -1, tb < a.nb ? tb : -1);
-    }
+    for (int i = 0; i < 64; i++) acc[i] += acc[64 + i];
+    mma_store_tokens<16>(a, acc, r0 + arow, t0, tq);
 #endif
 }
 
@@ -3021,15 +3020,7 @@ extern "C" __global__ void q8_k_to_f16_iq(const i8* xq, const float* xd, u16* xh
 #endif
 }
 
-// The f16 expert kernels' common parts (mm_iq2_xxs_wh64, mm_q2_k_w*64). Dynamic shared
-// memory from its first 1,024-byte boundary (the 128-byte swizzle's atoms): generic and
-// shared-window addresses.
-__device__ __forceinline__ void dsm_at_1024(u8* dsm, u8*& base, u32& sbase) {
-    u32 sraw = (u32)__cvta_generic_to_shared(dsm);
-    u32 pad = (1024 - (sraw & 1023)) & 1023;
-    base = dsm + pad;
-    sbase = sraw + pad;
-}
+// The f16 expert kernels' common parts (mm_iq2_xxs_wh64, mm_q2_k_w*64).
 // Expert group blockIdx.y (false: past the run's groups): its matrix e, its ≤ NG items
 // (−1 past the group) and their activation rows' offsets.
 template <int NG>
