@@ -1356,6 +1356,17 @@ __device__ __forceinline__ u32 f2h2(float lo, float hi) {
     return h;
 }
 
+// Four f32 values as f16 hi = f16(x) and lo = f16(x − hi), two a conversion: (hi, lo) as
+// two f16 pairs each — the split that carries ~22 of an activation's 24 bits through f16
+// tensor-core products (mm_f16, f32_to_f16_hl, the run attention's queries).
+__device__ __forceinline__ void f16_split4(float4 v, uint2& hi, uint2& lo) {
+    u32 h01 = f2h2(v.x, v.y), h23 = f2h2(v.z, v.w);
+    u32 l01 = f2h2(v.x - h2f((u16)h01), v.y - h2f((u16)(h01 >> 16)));
+    u32 l23 = f2h2(v.z - h2f((u16)h23), v.w - h2f((u16)(h23 >> 16)));
+    hi = make_uint2(h01, h23);
+    lo = make_uint2(l01, l23);
+}
+
 // Q8_0 weights × Q8_0 activations as f16 on the tensor cores (sm_90a; prefill's dense
 // products by default, as ds4 takes them through cuBLAS in f16): each operand's blocks
 // dequantized on the SM, weight w = f16(q·d) (one rounding of the exact product; d is
@@ -1900,11 +1911,7 @@ extern "C" __global__ void f32_to_f16_hl(const float* x, const float* xsc, u16* 
         float r = xsc[i / len];
         v = make_float4(v.x * r, v.y * r, v.z * r, v.w * r);
     }
-    u32 h01 = f2h2(v.x, v.y), h23 = f2h2(v.z, v.w);
-    u32 l01 = f2h2(v.x - h2f((u16)h01), v.y - h2f((u16)(h01 >> 16)));
-    u32 l23 = f2h2(v.z - h2f((u16)h23), v.w - h2f((u16)(h23 >> 16)));
-    *(uint2*)(hi + i) = make_uint2(h01, h23);
-    *(uint2*)(lo + i) = make_uint2(l01, l23);
+    f16_split4(v, *(uint2*)(hi + i), *(uint2*)(lo + i));
 }
 
 // F16 weights × f32 activations for a run on wgmma (sm_90a): mm_f16_pf's operands (the
@@ -2074,11 +2081,7 @@ template <bool PF> __device__ __forceinline__ void mm_f16_body(MvArgs a) {
             int idx = threadIdx.x + 128 * u, row = idx >> 4, ch = idx & 15;
             // Two values a conversion (the same rounding as one at a time) and four a
             // store: the split was a quarter of the kernel's instructions as 16-bit stores.
-            u32 h01 = f2h2(xv[u].x, xv[u].y), h23 = f2h2(xv[u].z, xv[u].w);
-            u32 l01 = f2h2(xv[u].x - h2f((u16)h01), xv[u].y - h2f((u16)(h01 >> 16)));
-            u32 l23 = f2h2(xv[u].z - h2f((u16)h23), xv[u].w - h2f((u16)(h23 >> 16)));
-            *(uint2*)(bh + row * ld + 4 * ch) = make_uint2(h01, h23);
-            *(uint2*)(bl + row * ld + 4 * ch) = make_uint2(l01, l23);
+            f16_split4(xv[u], *(uint2*)(bh + row * ld + 4 * ch), *(uint2*)(bl + row * ld + 4 * ch));
         }
         __syncthreads();
         if (PF && k0 + 64 < kend) load(k0 + 64);
@@ -6324,11 +6327,7 @@ __device__ __forceinline__ void attention_mma_body(
                 if (j < (hd >> 7)) {
                     // As mm_f16's staging: two conversions an instruction, 8-byte stores.
                     int c = hh * ld + 128 * j + 4 * lane;
-                    u32 h01 = f2h2(a[j].x, a[j].y), h23 = f2h2(a[j].z, a[j].w);
-                    u32 l01 = f2h2(a[j].x - h2f((u16)h01), a[j].y - h2f((u16)(h01 >> 16)));
-                    u32 l23 = f2h2(a[j].z - h2f((u16)h23), a[j].w - h2f((u16)(h23 >> 16)));
-                    *(uint2*)(qh + c) = make_uint2(h01, h23);
-                    *(uint2*)(ql + c) = make_uint2(l01, l23);
+                    f16_split4(a[j], *(uint2*)(qh + c), *(uint2*)(ql + c));
                 }
             }
         }

@@ -1100,22 +1100,20 @@ fn mm_q8_0_kernel(g: &Gpu) -> &'static str {
     };
     match Q8_0_KERNELS[i].1 {
         // wgmma is sm_90a's: elsewhere the kernel is empty.
-        "mm_q8_0_wg" | "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr4"
-            if g.arch != "sm_90a" =>
-        {
+        k if g.arch != "sm_90a" && (k == "mm_q8_0_wg" || Q8_0_F16_KERNELS.contains(&k)) => {
             "mm_q8_0_big"
         }
         k => k,
     }
 }
 
+/// The Q8_0 run products on f16 operands (Hopper's; not the CPU's bit for bit).
+const Q8_0_F16_KERNELS: [&str; 4] = ["mm_q8_0_wh", "mm_q8_0_wh2", "mm_q8_0_wr", "mm_q8_0_wr4"];
+
 /// Whether the dense Q8_0 run products now chosen are the CPU's bit for bit (all but
 /// `mm_q8_0_wh` and `_wh2`, whose f16 operands round: for tests' tolerances).
 pub fn q8_0_runs_exact(g: &Gpu) -> bool {
-    !matches!(
-        mm_q8_0_kernel(g),
-        "mm_q8_0_wh" | "mm_q8_0_wh2" | "mm_q8_0_wr" | "mm_q8_0_wr4"
-    )
+    !Q8_0_F16_KERNELS.contains(&mm_q8_0_kernel(g))
 }
 
 /// Chooses the dense Q8_0 run product for every later launch of this process, overriding
@@ -1734,15 +1732,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             }
             k => k,
         };
-        let tiles128 = matches!(
-            kernel,
-            "mm_q8_0_big"
-                | "mm_q8_0_wg"
-                | "mm_q8_0_wh"
-                | "mm_q8_0_wh2"
-                | "mm_q8_0_wr"
-                | "mm_q8_0_wr4"
-        );
+        let tiles128 =
+            matches!(kernel, "mm_q8_0_big" | "mm_q8_0_wg") || Q8_0_F16_KERNELS.contains(&kernel);
         if tiles128 && offsets32 && (c.group.0 == 0 || c.group.0.is_multiple_of(128)) {
             if let Some(ns) = match kernel {
                 "mm_q8_0_wr" => Some(5),
