@@ -272,30 +272,16 @@ fn f32s(n: usize) -> usize {
     n * 4
 }
 
-/// Most rows of a column-split tensor-core product.
+/// Most column splits of a tensor-core product, and most rows of a split one.
+const MM_MAX_SPLITS: usize = 8;
 const MM_SPLIT_ROWS: usize = 64;
-
-/// The column splits' fill: (most splits, blocks an SM aimed at). (8, 2) by default;
-/// `DS4_CUDA_MM_FILL=3` gives (16, 3) — mm_f16_pf fits three blocks an SM and the narrow
-/// products are latency-bound (v30e, ncu: 12% occupancy, 31% issue); prepared in v30, not
-/// yet run.
-fn mm_split_fill() -> (usize, usize) {
-    static FILL: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
-    *FILL.get_or_init(|| {
-        if env_is("DS4_CUDA_MM_FILL", "3") {
-            (16, 3)
-        } else {
-            (8, 2)
-        }
-    })
-}
 
 /// Bytes of the split products' partial sums for runs of `t` tokens (none for decode).
 pub fn part_bytes(t: usize) -> usize {
     if t < MMA_MIN_TOKENS {
         16
     } else {
-        f32s(mm_split_fill().0 * t * MM_SPLIT_ROWS)
+        f32s(MM_MAX_SPLITS * t * MM_SPLIT_ROWS)
     }
 }
 
@@ -314,10 +300,9 @@ pub fn mm_col_splits(gpu: &Gpu, m: &DevMat, nb: usize, part_cap: usize) -> usize
     }
     let blocks = nb.div_ceil(64);
     let stages = m.cols / 64;
-    let (max_splits, per_sm) = mm_split_fill();
     let mut ks = 1;
-    while ks < max_splits
-        && blocks * ks < per_sm * gpu.sms as usize
+    while ks < MM_MAX_SPLITS
+        && blocks * ks < 2 * gpu.sms as usize
         && stages.is_multiple_of(2 * ks)
         && stages / (2 * ks) >= 4
         && f32s(2 * ks * nb * m.rows) <= part_cap
