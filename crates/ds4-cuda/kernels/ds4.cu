@@ -133,14 +133,17 @@ __device__ __forceinline__ float softplusf_(float x) {
 }
 
 // RoPE on one pair: the angle is the f32 product pos*freq, evaluated in double.
+// rope_pair's rotation from its rounded cosine and sine (sf = −sine for the inverse).
+__device__ __forceinline__ void rope_cs(float* a, float* b, float cf, float sf) {
+    float x = *a, y = *b;
+    *a = x * cf - y * sf;
+    *b = x * sf + y * cf;
+}
 __device__ __forceinline__ void rope_pair(float* a, float* b, int pos, float freq, int inverse) {
     float ang = (float)pos * freq;
     double s, c;
     sincos((double)ang, &s, &c);
-    float sf = (float)(inverse ? -s : s), cf = (float)c;
-    float x = *a, y = *b;
-    *a = x * cf - y * sf;
-    *b = x * sf + y * cf;
+    rope_cs(a, b, (float)c, (float)(inverse ? -s : s));
 }
 
 // ---------------------------------------------------------------------------------
@@ -3833,9 +3836,11 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 // One warp's head_norm_rope_w of the vector xv (hd a multiple of 128, ≤ 512): lane l's
 // dimensions 4l + 128j (j < hd / 128) normed and rotated into a[j]. Shared with the run
 // attention, which takes the queries this way as it stages them.
+// With `cs` (cos, sin of pair k's angle, as rope_pair rounds them), the rotation takes
+// them from there: the same values.
 __device__ __forceinline__ void head_norm_rope_lane(const float* xv, int hd, float eps,
                                                     const float* freqs, int n_rot, int pos,
-                                                    float4 (&a)[4]) {
+                                                    float4 (&a)[4], const float2* cs = nullptr) {
     int lane = threadIdx.x & 31, nj = hd >> 7;
     float4 e[4];
     double ss = 0.0;
@@ -3857,8 +3862,13 @@ __device__ __forceinline__ void head_norm_rope_lane(const float* xv, int hd, flo
             int d0 = 128 * j + 4 * lane;
             if (d0 >= off) {
                 int k0 = (d0 - off) / 2;
-                rope_pair(&v[0], &v[1], pos, freqs[k0], 0);
-                rope_pair(&v[2], &v[3], pos, freqs[k0 + 1], 0);
+                if (cs) {
+                    rope_cs(&v[0], &v[1], cs[k0].x, cs[k0].y);
+                    rope_cs(&v[2], &v[3], cs[k0 + 1].x, cs[k0 + 1].y);
+                } else {
+                    rope_pair(&v[0], &v[1], pos, freqs[k0], 0);
+                    rope_pair(&v[2], &v[3], pos, freqs[k0 + 1], 0);
+                }
             }
             a[j] = make_float4(v[0], v[1], v[2], v[3]);
         }
@@ -6668,6 +6678,395 @@ extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64(ATT_MMA_A
 extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64_kh(ATT_MMA_ARGS(u16)) {
     pdl_begin();
     ATT_MMA_CALL(u16, 2);
+}
+
+// Attention for a run on wgmma (sm_90a; head_dim 512, rows in f16): attention_mma's values
+// (queries and P as f16 hi + lo, rows exact, f32 sums, flash-style rescaling from the
+// sink) with the products on the warpgroup tensor cores. Why: attention_mma's warps each
+// re-read their 16 heads' queries from shared memory for every 8 rows they score (v30:
+// 59.9 of a chunk's 308 ms, bound by shared-memory bandwidth and its four barriers a
+// 32-row tile). Here the hi and lo parts of a head are the two rows g and g + 8 of one
+// warp's m16 slice of an m64 operand — 32 heads a block make the 64 rows — so the one
+// thread that holds a score's hi-part sum also holds its lo-part sum (wgmma's accumulator
+// layout), and the P it makes from them is the register operand of the P·V product as is
+// (hi in row g, lo in row g + 8: their products land in the same thread again, added at
+// the end). Two warpgroups: group w scores the tile over dimensions 256w.. (the queries as
+// the shared operand, the rows as the other, both K-major), the halves' sums meet in
+// shared memory, each group runs the same softmax on the same sums (so the same P and
+// rescaling), and adds P·V for its 256 dimensions of O — the tile's rows again, read
+// MN-major (no transposed copy). Tiles of 64 rows, two buffers by cp.async (the next
+// loaded while this one's softmax and P·V run); the row addresses come from the window and
+// the selection as attn_row_table's (no table: the shared memory does not grow with the
+// context). One block a (token, 32 heads), one block an SM.
+// Dynamic shared memory (atw_shared on the host): the queries 64 KB, the tiles, the
+// exchange, 512 bytes of rotation cosines and sines, from the first 1,024-byte boundary.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// An MN-major operand swizzled at 128 bytes: 64 elements of N (128 bytes) a row, 8 rows
+// of K 128 bytes apart, the next 8 rows of K `sbo` bytes on, the next 64 of N `lbo` on.
+__device__ __forceinline__ unsigned long long wg_desc_sw128_mn(u32 saddr, u32 lbo, u32 sbo) {
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+// acc = 0: D = A·B (D's registers not read).
+__device__ __forceinline__ void wgmma_f16_64x64_ss(float* d, unsigned long long da, unsigned long long db,
+                                                   int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(acc));
+}
+__device__ __forceinline__ void wgmma_f16_64x48_ss(float* d, unsigned long long da, unsigned long long db,
+                                                   int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23}, "
+        "%24, %25, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "l"(da), "l"(db), "r"(acc));
+}
+template <int N>
+__device__ __forceinline__ void wgmma_f16_64xn_ss(float* d, unsigned long long da, unsigned long long db,
+                                                  int acc) {
+    static_assert(N == 48 || N == 64, "n48 or n64");
+    if constexpr (N == 64) wgmma_f16_64x64_ss(d, da, db, acc);
+    else wgmma_f16_64x48_ss(d, da, db, acc);
+}
+// m64n256k16 with A from registers and B MN-major (imm-trans-b 1).
+__device__ __forceinline__ void wgmma_f16_64x256_rt(float* d, const u32* af, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        WG_D128 ", "
+        "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+        : WG_ACC64(d), WG_ACC64((d + 64))
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
+}
+#endif
+template <int NT, int NBUF, bool PIPE>
+__device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // A buffer: 8 dimension blocks of NT rows; a thread's scores NT / 4 (hi + lo added).
+    constexpr int BLK = NT * 128, BUF = 8 * BLK, NS = NT / 4, NK = NT / 16;
+    const int HD = 512;
+    int pos0 = *pos0p;
+    int h0 = blockIdx.x * 32, t = blockIdx.y, pos = pos0 + t;
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int n = ar.n;
+    extern __shared__ __align__(16) u8 dsm[];
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int wg = warp >> 2, wq = warp & 3, tid = threadIdx.x & 127;
+    // [dimension block of 64][operand row][128 bytes], each swizzled at 128 bytes: the
+    // queries (64 rows: 32 heads' hi and lo) at 0, NBUF tile buffers from 64 KB (NT K=V
+    // rows), then the exchange [group][NT / 16][128 threads] float4, then the rotation's
+    // cosine and sine a pair (n_rot ≤ 128).
+    const u32 QS = 0, TS = 65536, XS = TS + NBUF * BUF, CS = XS + NT * 256;
+    // Staging: thread i copies row i / 4 of the tile (i < 4·NT), 16-byte chunks i % 4 + 4u (u < 16);
+    // rows past n are zeros (0 · row, not NaN; their scores are masked). The row's address
+    // is looked up a tile ahead (the selection's load under the scores' products).
+    int srow = threadIdx.x >> 2, sq = threadIdx.x & 3;
+    auto row_src = [&](int r0) {
+        int r = r0 + srow;
+        const u16* src = ring;
+        if (r < n) {
+            if (r < ar.n_raw) src = ring + (size_t)((ar.first + r) % ring_rows) * HD;
+            else {
+                int c = r - ar.n_raw;
+                src = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * HD;
+            }
+        }
+        return src;
+    };
+    auto stage = [&](int r0, const u16* src, int buf) {
+        if (srow >= NT) return;
+        bool ok = r0 + srow < n;
+        u8* dst = base + TS + buf * BUF + srow * 128;
+#pragma unroll
+        for (int u = 0; u < 16; u++) {
+            int c = sq + 4 * u;
+            cp_async16(dst + (c >> 3) * BLK + (((c & 7) ^ (srow & 7)) << 4), src + 8 * c,
+                       ok ? 16 : 0);
+        }
+    };
+    int ntiles = (n + NT - 1) / NT;
+    // The first tiles' copies fly while the queries are staged.
+    stage(0, row_src(0), 0);
+    cp_async_commit();
+    if (PIPE) {
+        if (ntiles > 1) stage(NT, row_src(NT), 1);
+        cp_async_commit();
+    }
+    // Every head of the token turns pair k by the same angle: rope_pair's rounded cosine
+    // and sine once a block (double sincos is slow), for the queries and the output.
+    float2* cs = (float2*)(base + CS);
+    for (int k = threadIdx.x; k < (n_rot >> 1); k += blockDim.x) {
+        double sn, cn;
+        sincos((double)((float)pos * freqs[k]), &sn, &cn);
+        cs[k] = make_float2((float)cn, (float)sn);
+    }
+    __syncthreads();
+    // Head 8·wq + g of the block: its hi part is operand row 16·wq + g, its lo part 8 on.
+    auto qrow_off = [&](int m, int d) {
+        return (u32)((d >> 6) * 8192 + m * 128 + ((((d & 63) >> 3) ^ (m & 7)) << 4) + (d & 7) * 2);
+    };
+    for (int hh = warp; hh < 32; hh += 8) {
+        const float* qv = q + ((size_t)t * heads + h0 + hh) * HD;
+        float4 a[4];
+        if (qeps >= 0.0f) {
+            head_norm_rope_lane(qv, HD, qeps, freqs, n_rot, pos, a, cs);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; j++) a[j] = *(const float4*)(qv + 128 * j + 4 * lane);
+        }
+        int m = 16 * (hh >> 3) + (hh & 7);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint2 hi, lo;
+            f16_split4(a[j], hi, lo);
+            int d = 128 * j + 4 * lane;
+            *(uint2*)(base + QS + qrow_off(m, d)) = hi;
+            *(uint2*)(base + QS + qrow_off(m + 8, d)) = lo;
+        }
+    }
+    float m_run = sinks[h0 + 8 * wq + g];
+    // A quad's four partial denominators, added at the end; the sink's exp(0) in one.
+    float den = tq == 0 ? 1.0f : 0.0f;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+    wg_fence_fregs<128>(acc);
+    // A group's half of the scores' sums of a tile (hi + lo added) to the exchange; then,
+    // past the barrier, the two halves' sums → P (hi, lo) as the P·V product's register
+    // operand, the rescaling factor and the denominator.
+    auto publish = [&](const float* s, float* ps) {
+#pragma unroll
+        for (int j = 0; j < NS / 2; j++) {
+            ps[2 * j] = s[4 * j] + s[4 * j + 2];
+            ps[2 * j + 1] = s[4 * j + 1] + s[4 * j + 3];
+        }
+        float4* xw = (float4*)(base + XS) + wg * (NS * 32) + tid;
+#pragma unroll
+        for (int k = 0; k < NS / 4; k++)
+            xw[128 * k] = make_float4(ps[4 * k], ps[4 * k + 1], ps[4 * k + 2], ps[4 * k + 3]);
+    };
+    auto softmax = [&](int it, const float* ps, u32* pf, float& alpha) {
+        const float4* xr = (const float4*)(base + XS) + (wg ^ 1) * (NS * 32) + tid;
+        int r0 = it * NT;
+        float sv[NS], mx = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < NS / 4; k++) {
+            float4 v = xr[128 * k];
+            float e4[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = 4 * k + e;
+                // Columns 8j + 2tq + (0, 1) of this thread's head, j = i / 2.
+                int col = r0 + 8 * (i >> 1) + 2 * tq + (i & 1);
+                // p0 + p1 in both groups (addition commutes): the same scores.
+                sv[i] = col < n ? (ps[i] + e4[e]) * scale : -INFINITY;
+                mx = fmaxf(mx, sv[i]);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float m_new = fmaxf(m_run, mx);
+        alpha = expf(m_run - m_new);
+        m_run = m_new;
+        float psum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NS / 2; j++) {
+            float e0 = expf(sv[2 * j] - m_new), e1 = expf(sv[2 * j + 1] - m_new);
+            psum += e0 + e1;
+            u32 hi = f2h2(e0, e1);
+            u32 lo = f2h2(e0 - h2f((u16)hi), e1 - h2f((u16)(hi >> 16)));
+            // k16 step j / 2: a0/a1 its columns 2tq.. (rows g: hi, g + 8: lo), a2/a3 8 on.
+            pf[4 * (j >> 1) + 2 * (j & 1)] = hi;
+            pf[4 * (j >> 1) + 2 * (j & 1) + 1] = lo;
+        }
+        den = den * alpha + psum;
+    };
+    auto rescale = [&](float alpha) {
+        // Most tiles leave every maximum where it was (alpha 1: nothing to rescale).
+        if (!__all_sync(0xffffffffu, alpha == 1.0f)) {
+#pragma unroll
+            for (int i = 0; i < 128; i++) acc[i] *= alpha;
+        }
+    };
+    // Scores of tile `it` (buffer b) over this group's half of the dimensions; the first
+    // product writes the sums (scale-d 0): no zeroing.
+    auto scores = [&](float* s, int b) {
+        u32 tb = sbase + TS + b * BUF;
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            u32 blk = 4 * wg + (k >> 2);
+            wgmma_f16_64xn_ss<NT>(s, wg_desc_sw128(sbase + QS + blk * 8192 + 32 * (k & 3)),
+                                  wg_desc_sw128(tb + blk * BLK + 32 * (k & 3)), k > 0);
+        }
+    };
+    // P·V of the tile in buffer b for this group's 256 dimensions: the rows MN-major.
+    auto pv = [&](const u32* pf, int b) {
+        u32 tb = sbase + TS + b * BUF;
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++)
+            wgmma_f16_64x256_rt(acc, pf + 4 * kk,
+                                wg_desc_sw128_mn(tb + 4 * wg * BLK + kk * 2048, BLK, 1024));
+    };
+    if constexpr (!PIPE) {
+#pragma unroll 1
+        for (int it = 0; it < ntiles; it++) {
+            cp_async_wait0();
+            fence_proxy_async();
+            // Tile `it` (and the queries) visible to the async proxy of every thread.
+            __syncthreads();
+            const u16* nsrc = row_src((it + 1) * NT);
+            float s[NT / 2];
+            wg_fence();
+            scores(s, it & 1);
+            wg_commit();
+            // Retires this group's scores and its P·V of the previous tile.
+            wg_wait0();
+            wg_fence_fregs<NT / 2>(s);
+            float ps[NS];
+            publish(s, ps);
+            // Both groups' sums written; both groups' products of the previous tile
+            // retired, so its buffer takes the next tile.
+            __syncthreads();
+            if (it + 1 < ntiles) stage((it + 1) * NT, nsrc, (it + 1) & 1);
+            cp_async_commit();
+            u32 pf[4 * NK];
+            float alpha;
+            softmax(it, ps, pf, alpha);
+            rescale(alpha);
+            wg_fence();
+            pv(pf, it & 1);
+            wg_commit();
+        }
+    } else {
+        // Tiles three buffers deep: tile it + 1's scores and tile it's P·V go to the tensor
+        // cores together, and tile it + 1's softmax runs under that P·V (as FlashAttention
+        // 3 overlaps them within a warpgroup). P alternates between two register sets (a
+        // turn's products read one while its softmax writes the other), the turns unrolled
+        // in pairs so each set is a fixed set of registers; the issue and the waits of a
+        // turn sit in one straight stretch (ptxas serializes every wgmma when a wait_group 1
+        // is to retire products issued in an earlier iteration).
+        cp_async_wait1();
+        fence_proxy_async();
+        __syncthreads();
+        float s[NT / 2];
+        wg_fence();
+        scores(s, 0);
+        wg_commit();
+        wg_wait0();
+        wg_fence_fregs<NT / 2>(s);
+        u32 pf0[4 * NK], pf1[4 * NK];
+        float ps[NS], alpha;
+        publish(s, ps);
+        __syncthreads();
+        softmax(0, ps, pf0, alpha);
+#pragma unroll 1
+        for (int it0 = 0; it0 < ntiles; it0 += 2) {
+#pragma unroll
+            for (int par = 0; par < 2; par++) {
+                int it = it0 + par;
+                if (it < ntiles) {
+                    u32* pf = par ? pf1 : pf0;
+                    u32* pn = par ? pf0 : pf1;
+                    const u16* nsrc = row_src((it + 2) * NT);
+                    cp_async_wait0();
+                    fence_proxy_async();
+                    // Tile it + 1 visible; every group's P·V of tile it − 1 retired, so its
+                    // buffer takes tile it + 2.
+                    __syncthreads();
+                    if (it + 2 < ntiles) stage((it + 2) * NT, nsrc, (it + 2) % 3);
+                    cp_async_commit();
+                    bool next = it + 1 < ntiles;
+                    wg_fence();
+                    if (next) scores(s, (it + 1) % 3);
+                    wg_commit();
+                    pv(pf, it % 3);
+                    wg_commit();
+                    // Tile it + 1's scores retired; its softmax under tile it's P·V.
+                    wg_wait<1>();
+                    wg_fence_fregs<NT / 2>(s);
+                    if (next) {
+                        publish(s, ps);
+                        __syncthreads();
+                        softmax(it + 1, ps, pn, alpha);
+                    }
+                    wg_wait0();
+                    if (next) rescale(alpha);
+                }
+            }
+        }
+    }
+    wg_wait0();
+    wg_fence_fregs<128>(acc);
+    den += __shfl_xor_sync(0xffffffffu, den, 1);
+    den += __shfl_xor_sync(0xffffffffu, den, 2);
+    int hh = 8 * wq + g;
+    int off = HD - n_rot;
+    size_t ob = ((size_t)t * heads + h0 + hh) * HD;
+    // Dimensions 256·wg + 8j + 2tq + (0, 1): O is row g's sum (P hi) + row g + 8's (P lo).
+    // With oq, o's Q8_0 for out_a as quant_q8_0 makes it: a block of 32 dimensions is
+    // four j of the quad's lanes.
+#pragma unroll
+    for (int j0 = 0; j0 < 32; j0 += 4) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int j = j0 + u, d = 256 * wg + 8 * j + 2 * tq;
+            float x0 = (acc[4 * j] + acc[4 * j + 2]) / den, x1 = (acc[4 * j + 1] + acc[4 * j + 3]) / den;
+            if (d >= off) {
+                float2 c = cs[(d - off) >> 1];
+                rope_cs(&x0, &x1, c.x, -c.y);
+            }
+            *(float2*)(o + ob + d) = make_float2(x0, x1);
+            v[2 * u] = x0;
+            v[2 * u + 1] = x1;
+        }
+        if (oq) {
+            float ma = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; k++) ma = fmaxf(ma, fabsf(v[k]));
+            ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 1));
+            ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 2));
+            float dd = ma / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+            size_t e0 = ob + 256 * wg + 8 * j0;
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int q0 = max(-127, min(127, __float2int_rn(v[2 * u] * id)));
+                int q1 = max(-127, min(127, __float2int_rn(v[2 * u + 1] * id)));
+                *(u16*)(oq + e0 + 8 * u + 2 * tq) = (u16)((q0 & 0xff) | ((q1 & 0xff) << 8));
+            }
+            if (tq == 0) od[e0 / 32] = dd;
+        }
+    }
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARGS(u16)) {
+    pdl_begin();
+    attention_wg_body<64, 2, false>(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd,
+                                    window, pos0p, ratio, freqs, n_rot, scale, rows_max, oq, od, qeps);
+}
+// DS4_CUDA_ATT_WG=p (v31, measured against the kernel above): tiles of 48 rows, three
+// buffers, the next tile's scores issued with this one's P·V.
+extern "C" __global__ void __launch_bounds__(256, 1) attention_wgp_kh(ATT_MMA_ARGS(u16)) {
+    pdl_begin();
+    attention_wg_body<48, 3, true>(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd,
+                                   window, pos0p, ratio, freqs, n_rot, scale, rows_max, oq, od, qeps);
 }
 
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,

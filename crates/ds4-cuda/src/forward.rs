@@ -143,8 +143,8 @@ pub struct Scratch {
     /// A greedy decode step's chosen id (`argmax_row`).
     pub(crate) pick: DevBuf,
     /// The HC state's sums of squares, f64 partials [token][hc_post4 block] (≤ 16 a
-    /// token), when `ssq_ok`: written by hc_post4 with the state itself
-    /// (`DS4_CUDA_HC_SSQ=1`), consumed by the next run HC pre-step's norm factors.
+    /// token), when `ssq_ok`: written by hc_post4 with the state itself (unless
+    /// `DS4_CUDA_HC_SSQ=0`), consumed by the next run HC pre-step's norm factors.
     ssq: DevBuf,
     ssq_ok: std::sync::atomic::AtomicBool,
     /// Indexer rows one token can see at most (scores row stride).
@@ -777,6 +777,55 @@ fn attention_mma_fits(cfg: &ModelConfig, sim: bool, rows_max: usize, half: bool)
             attention_mma_shared(cfg.head_dim, hpb, rows_max, att_mma_buffers(hpb, half))
                 <= ATT_MMA_SHARED_MAX
         }
+}
+
+static ATT_WG: TestSwitch = TestSwitch::new();
+
+/// Whether a run's tensor-core attention takes wgmma (`attention_wg_kh`, Hopper: 32 heads
+/// of 512 dimensions a block over f16 rows). The default (v31, H200, 4 full-width layers:
+/// a 2,048-token chunk's attention 5.58 → 3.50 ms; same call, full file: prefill +5.3% at
+/// 2k, +8.1% for a 6,144-token batch); `DS4_CUDA_ATT_WG=0` keeps `attention_mma_h64_kh`.
+fn attention_wg_on() -> bool {
+    ATT_WG.on(|| env_not("DS4_CUDA_ATT_WG", "0"))
+}
+
+/// Chooses [`attention_wg_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_attention_wg(on: Option<bool>) {
+    ATT_WG.set(on);
+}
+
+/// Whether a run that takes the tensor-core attention takes `attention_wg_kh`: its shapes
+/// are the Flash layout's (512 dimensions a head, heads in blocks of 32, rows in f16).
+fn attention_wg_takes(g: &Gpu, cfg: &ModelConfig, half: bool) -> bool {
+    g.arch == "sm_90a"
+        && half
+        && cfg.head_dim == 512
+        && cfg.n_head.is_multiple_of(32)
+        && cfg.n_rot <= 128
+        && attention_wg_on()
+}
+
+static ATT_WGP: TestSwitch = TestSwitch::new();
+
+/// Whether `attention_wg_kh`'s runs take its pipelined form (`attention_wgp_kh`: tiles of
+/// 48 rows three buffers deep, the next tile's scores issued with this one's P·V;
+/// `DS4_CUDA_ATT_WG=p` while it is measured).
+fn attention_wgp_on() -> bool {
+    ATT_WGP.on(|| env_is("DS4_CUDA_ATT_WG", "p"))
+}
+
+/// Chooses [`attention_wgp_on`] for every later launch of this process (None: the
+/// environment's), for tests that compare the kernels.
+pub fn set_attention_wgp(on: Option<bool>) {
+    ATT_WGP.set(on);
+}
+
+/// The wgmma attention's dynamic shared memory for tiles of `nt` rows `nbuf` deep (its
+/// layout in ds4.cu): room to align to 1,024 bytes, the queries' hi and lo parts, the
+/// tiles, the halves' score exchange, the rotation's cosines and sines (n_rot ≤ 128).
+fn atw_shared(nt: usize, nbuf: usize) -> usize {
+    1024 + 65536 + nbuf * nt * 1024 + nt * 256 + 512
 }
 
 /// Row tiles `attention_mma` stages at once: two for 64 heads over f16 rows (the next
@@ -1436,9 +1485,10 @@ const HC_SSQ_PARTS: usize = 16;
 
 /// Whether a run's HC norm factors come from sums of squares hc_post4 forms as it writes
 /// the state (`rms_from_ssq`) instead of rms_factor's pass over it (64 KB a token;
-/// v29: 4.0 ms of a chunk). `DS4_CUDA_HC_SSQ=1`: prepared in v30, not yet run.
+/// v29: 4.0 ms of a chunk). The default (v31, H200 same call: prefill +2.2% at 2k, +0.7%
+/// for a 6,144-token batch); `DS4_CUDA_HC_SSQ=0` keeps rms_factor.
 fn hc_ssq_on() -> bool {
-    HC_SSQ.on(|| env_is("DS4_CUDA_HC_SSQ", "1"))
+    HC_SSQ.on(|| env_not("DS4_CUDA_HC_SSQ", "0"))
 }
 
 static HC_SSQ: TestSwitch = TestSwitch::new();
@@ -2598,7 +2648,22 @@ impl<'a> Fwd<'a> {
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
-        if att_mma {
+        if att_mma && attention_wg_takes(g, cfg, st.half) {
+            let (k, shm) = if attention_wgp_on() {
+                ("attention_wgp_kh", atw_shared(48, 3))
+            } else {
+                ("attention_wg_kh", atw_shared(64, 2))
+            };
+            g.allow_shared(k, shm)?;
+            oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d))
+                .filter(|_| fusion_on(RunFusion::AttQ8));
+            let (qp, dp) = oq.unwrap_or((0, 0));
+            launch!(g, k, ((nh / 32) as u32, t as u32, 1), 256, shm as u32;
+                s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
+                w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
+                ratio as i32, rope, n_rot, scale, rows_max as i32, qp, dp,
+                if qn_in_att { self.eps() } else { -1.0f32 })?;
+        } else if att_mma {
             let hpb = attention_mma_heads(cfg, rows_max, st.half);
             let shm = attention_mma_shared(hd, hpb, rows_max, att_mma_buffers(hpb, st.half));
             let k = match (hpb == 64, st.half) {
