@@ -6701,11 +6701,15 @@ extern "C" __global__ void __launch_bounds__(512, 1) attention_mma_h64_kh(ATT_MM
 // Dynamic shared memory (atw_shared on the host): the queries 64 KB, the tiles, the
 // exchange, 512 bytes of rotation cosines and sines, from the first 1,024-byte boundary.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// An MN-major operand swizzled at 128 bytes: 64 elements of N (128 bytes) a row, 8 rows
-// of K 128 bytes apart, the next 8 rows of K `sbo` bytes on, the next 64 of N `lbo` on.
-__device__ __forceinline__ unsigned long long wg_desc_sw128_mn(u32 saddr, u32 lbo, u32 sbo) {
-    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
-           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+// A descriptor from its halves: lo the start address / 16 (bits 0–13) and the leading
+// byte offset / 16 (16–29), hi the stride byte offset / 16 (bits 32–45) and the layout
+// (62–63). For an MN-major operand swizzled at 128 bytes (64 elements of N a 128-byte
+// row, 8 rows of K 128 bytes apart) the leading offset is the step to the next 64 of N,
+// the stride the step to the next 8 rows of K.
+__device__ __forceinline__ unsigned long long wg_desc_2(u32 lo, u32 hi) {
+    unsigned long long d;
+    asm("mov.b64 %0, {%1, %2};" : "=l"(d) : "r"(lo), "r"(hi));
+    return d;
 }
 // acc = 0: D = A·B (D's registers not read).
 __device__ __forceinline__ void wgmma_f16_64x64_ss(float* d, unsigned long long da, unsigned long long db,
@@ -6722,25 +6726,11 @@ __device__ __forceinline__ void wgmma_f16_64x64_ss(float* d, unsigned long long 
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(da), "l"(db), "r"(acc));
 }
-__device__ __forceinline__ void wgmma_f16_64x48_ss(float* d, unsigned long long da, unsigned long long db,
-                                                   int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23}, "
-        "%24, %25, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
-        : "l"(da), "l"(db), "r"(acc));
-}
-template <int N>
-__device__ __forceinline__ void wgmma_f16_64xn_ss(float* d, unsigned long long da, unsigned long long db,
-                                                  int acc) {
-    static_assert(N == 48 || N == 64, "n48 or n64");
-    if constexpr (N == 64) wgmma_f16_64x64_ss(d, da, db, acc);
-    else wgmma_f16_64x48_ss(d, da, db, acc);
+// 2^x by the SFU (max relative error about 2^-22; subnormal results flush to 0).
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 // m64n256k16 with A from registers and B MN-major (imm-trans-b 1).
 __device__ __forceinline__ void wgmma_f16_64x256_rt(float* d, const u32* af, unsigned long long db) {
@@ -6753,11 +6743,9 @@ __device__ __forceinline__ void wgmma_f16_64x256_rt(float* d, const u32* af, uns
         : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
 }
 #endif
-template <int NT, int NBUF, bool PIPE>
-__device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
+extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARGS(u16)) {
+    pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    // A buffer: 8 dimension blocks of NT rows; a thread's scores NT / 4 (hi + lo added).
-    constexpr int BLK = NT * 128, BUF = 8 * BLK, NS = NT / 4, NK = NT / 16;
     const int HD = 512;
     int pos0 = *pos0p;
     int h0 = blockIdx.x * 32, t = blockIdx.y, pos = pos0 + t;
@@ -6770,11 +6758,11 @@ __device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     int wg = warp >> 2, wq = warp & 3, tid = threadIdx.x & 127;
     // [dimension block of 64][operand row][128 bytes], each swizzled at 128 bytes: the
-    // queries (64 rows: 32 heads' hi and lo) at 0, NBUF tile buffers from 64 KB (NT K=V
-    // rows), then the exchange [group][NT / 16][128 threads] float4, then the rotation's
-    // cosine and sine a pair (n_rot ≤ 128).
-    const u32 QS = 0, TS = 65536, XS = TS + NBUF * BUF, CS = XS + NT * 256;
-    // Staging: thread i copies row i / 4 of the tile (i < 4·NT), 16-byte chunks i % 4 + 4u (u < 16);
+    // queries (64 rows: 32 heads' hi and lo) at 0, two tile buffers of 64 K=V rows from
+    // 64 KB, then the exchange [group][4][128 threads] float4, then the rotation's cosine
+    // and sine a pair (n_rot ≤ 128).
+    const u32 QS = 0, TS = 65536, XS = TS + 2 * 65536, CS = XS + 16384;
+    // Staging: thread i copies row i / 4 of the tile, 16-byte chunks i % 4 + 4u (u < 16);
     // rows past n are zeros (0 · row, not NaN; their scores are masked). The row's address
     // is looked up a tile ahead (the selection's load under the scores' products).
     int srow = threadIdx.x >> 2, sq = threadIdx.x & 3;
@@ -6790,25 +6778,19 @@ __device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
         }
         return src;
     };
+    // Chunk c = sq + 4u sits in dimension block u / 2 at 16-byte slot (sq + 4(u & 1)) ^ (row & 7).
+    u32 sw0 = (u32)((sq ^ (srow & 7)) << 4), sw1 = (u32)(((sq + 4) ^ (srow & 7)) << 4);
     auto stage = [&](int r0, const u16* src, int buf) {
-        if (srow >= NT) return;
-        bool ok = r0 + srow < n;
-        u8* dst = base + TS + buf * BUF + srow * 128;
+        int ok = r0 + srow < n ? 16 : 0;
+        u8* dst = base + TS + buf * 65536 + srow * 128;
 #pragma unroll
-        for (int u = 0; u < 16; u++) {
-            int c = sq + 4 * u;
-            cp_async16(dst + (c >> 3) * BLK + (((c & 7) ^ (srow & 7)) << 4), src + 8 * c,
-                       ok ? 16 : 0);
-        }
+        for (int u = 0; u < 16; u++)
+            cp_async16(dst + (u >> 1) * 8192 + ((u & 1) ? sw1 : sw0), src + 8 * sq + 32 * u, ok);
     };
-    int ntiles = (n + NT - 1) / NT;
-    // The first tiles' copies fly while the queries are staged.
+    int ntiles = (n + 63) >> 6;
+    // The first tile's copies fly while the queries are staged.
     stage(0, row_src(0), 0);
     cp_async_commit();
-    if (PIPE) {
-        if (ntiles > 1) stage(NT, row_src(NT), 1);
-        cp_async_commit();
-    }
     // Every head of the token turns pair k by the same angle: rope_pair's rounded cosine
     // and sine once a block (double sincos is slow), for the queries and the output.
     float2* cs = (float2*)(base + CS);
@@ -6841,54 +6823,94 @@ __device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
             *(uint2*)(base + QS + qrow_off(m + 8, d)) = lo;
         }
     }
-    float m_run = sinks[h0 + 8 * wq + g];
-    // A quad's four partial denominators, added at the end; the sink's exp(0) in one.
+    // The softmax runs in base 2 (one ex2 a score): scores × scale·log2(e), the running
+    // maximum from the sink × log2(e). The maximum moves only when a tile's exceeds it by
+    // more than 8 (P ≤ 2^8, far inside f16's range: the sums are the same up to rounding
+    // for any maximum used consistently), so most tiles rescale nothing.
+    const float LOG2E = 1.4426950408889634f;
+    float sc2 = scale * LOG2E;
+    float m_run = sinks[h0 + 8 * wq + g] * LOG2E;
+    // A quad's four partial denominators, added at the end; the sink's 2^0 in one.
     float den = tq == 0 ? 1.0f : 0.0f;
     float acc[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) acc[i] = 0.0f;
     wg_fence_fregs<128>(acc);
-    // A group's half of the scores' sums of a tile (hi + lo added) to the exchange; then,
-    // past the barrier, the two halves' sums → P (hi, lo) as the P·V product's register
-    // operand, the rescaling factor and the denominator.
-    auto publish = [&](const float* s, float* ps) {
+    // Descriptors by their two 32-bit halves: the high one is a constant (the 1,024-byte
+    // group stride, the 128-byte swizzle), the low one the start address / 16 (and the
+    // MN-major operand's 8,192-byte block stride), which a k16 step moves by a
+    // compile-time constant (no carry: shared addresses stay below 2^18). Whole 64-bit
+    // descriptors per step cost ~19 instructions a product (v31 SASS).
+    const u32 DHI = (1024 >> 4) | (1u << 30);
+    u32 qlo = ((sbase + QS + wg * 32768) & 0x3FFFF) >> 4 | (1u << 16);
+#pragma unroll 1
+    for (int it = 0; it < ntiles; it++) {
+        int r0 = it << 6;
+        u32 tb = sbase + TS + (it & 1) * 65536;
+        cp_async_wait0();
+        fence_proxy_async();
+        // Tile `it` (and the queries) visible to the async proxy of every thread.
+        __syncthreads();
+        const u16* nsrc = row_src(r0 + 64);
+        // Scores over this group's half of the dimensions; the first product writes the
+        // sums (scale-d 0): no zeroing.
+        float s[32];
+        u32 tlo = ((tb + wg * 32768) & 0x3FFFF) >> 4 | (1u << 16);
+        wg_fence();
 #pragma unroll
-        for (int j = 0; j < NS / 2; j++) {
+        for (int k = 0; k < 16; k++) {
+            const u32 step = ((k >> 2) * 8192 + 32 * (k & 3)) >> 4;
+            wgmma_f16_64x64_ss(s, wg_desc_2(qlo + step, DHI), wg_desc_2(tlo + step, DHI), k > 0);
+        }
+        wg_commit();
+        // Retires this group's scores and its P·V of the previous tile.
+        wg_wait0();
+        wg_fence_fregs<32>(s);
+        // This half's sums (hi + lo) to the other group.
+        float ps[16];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
             ps[2 * j] = s[4 * j] + s[4 * j + 2];
             ps[2 * j + 1] = s[4 * j + 1] + s[4 * j + 3];
         }
-        float4* xw = (float4*)(base + XS) + wg * (NS * 32) + tid;
+        float4* xw = (float4*)(base + XS) + wg * 512 + tid;
 #pragma unroll
-        for (int k = 0; k < NS / 4; k++)
+        for (int k = 0; k < 4; k++)
             xw[128 * k] = make_float4(ps[4 * k], ps[4 * k + 1], ps[4 * k + 2], ps[4 * k + 3]);
-    };
-    auto softmax = [&](int it, const float* ps, u32* pf, float& alpha) {
-        const float4* xr = (const float4*)(base + XS) + (wg ^ 1) * (NS * 32) + tid;
-        int r0 = it * NT;
-        float sv[NS], mx = -INFINITY;
+        // Both groups' sums written; both groups' products of the previous tile retired,
+        // so its buffer takes the next tile.
+        __syncthreads();
+        if (it + 1 < ntiles) stage(r0 + 64, nsrc, (it + 1) & 1);
+        cp_async_commit();
+        const float4* xr = (const float4*)(base + XS) + (wg ^ 1) * 512 + tid;
+        float sv[16], mx = -INFINITY;
 #pragma unroll
-        for (int k = 0; k < NS / 4; k++) {
+        for (int k = 0; k < 4; k++) {
             float4 v = xr[128 * k];
-            float e4[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = 4 * k + e;
-                // Columns 8j + 2tq + (0, 1) of this thread's head, j = i / 2.
-                int col = r0 + 8 * (i >> 1) + 2 * tq + (i & 1);
-                // p0 + p1 in both groups (addition commutes): the same scores.
-                sv[i] = col < n ? (ps[i] + e4[e]) * scale : -INFINITY;
-                mx = fmaxf(mx, sv[i]);
-            }
+            // p0 + p1 in both groups (addition commutes): the same scores.
+            sv[4 * k] = (ps[4 * k] + v.x) * sc2;
+            sv[4 * k + 1] = (ps[4 * k + 1] + v.y) * sc2;
+            sv[4 * k + 2] = (ps[4 * k + 2] + v.z) * sc2;
+            sv[4 * k + 3] = (ps[4 * k + 3] + v.w) * sc2;
         }
+        if (r0 + 64 > n) {
+            // The last tile: columns 8j + 2tq + (0, 1) past n are masked (j = i / 2).
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                if (r0 + 8 * (i >> 1) + 2 * tq + (i & 1) >= n) sv[i] = -INFINITY;
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) mx = fmaxf(mx, sv[i]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        float m_new = fmaxf(m_run, mx);
-        alpha = expf(m_run - m_new);
+        float m_new = mx > m_run + 8.0f ? mx : m_run;
+        float alpha = ex2_approx(m_run - m_new);
         m_run = m_new;
         float psum = 0.0f;
+        u32 pf[16];
 #pragma unroll
-        for (int j = 0; j < NS / 2; j++) {
-            float e0 = expf(sv[2 * j] - m_new), e1 = expf(sv[2 * j + 1] - m_new);
+        for (int j = 0; j < 8; j++) {
+            float e0 = ex2_approx(sv[2 * j] - m_new), e1 = ex2_approx(sv[2 * j + 1] - m_new);
             psum += e0 + e1;
             u32 hi = f2h2(e0, e1);
             u32 lo = f2h2(e0 - h2f((u16)hi), e1 - h2f((u16)(hi >> 16)));
@@ -6897,125 +6919,24 @@ __device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
             pf[4 * (j >> 1) + 2 * (j & 1) + 1] = lo;
         }
         den = den * alpha + psum;
-    };
-    auto rescale = [&](float alpha) {
-        // Most tiles leave every maximum where it was (alpha 1: nothing to rescale).
-        if (!__all_sync(0xffffffffu, alpha == 1.0f)) {
+        if (__any_sync(0xffffffffu, alpha != 1.0f)) {
 #pragma unroll
             for (int i = 0; i < 128; i++) acc[i] *= alpha;
         }
-    };
-    // Scores of tile `it` (buffer b) over this group's half of the dimensions; the first
-    // product writes the sums (scale-d 0): no zeroing.
-    auto scores = [&](float* s, int b) {
-        u32 tb = sbase + TS + b * BUF;
-#pragma unroll
-        for (int k = 0; k < 16; k++) {
-            u32 blk = 4 * wg + (k >> 2);
-            wgmma_f16_64xn_ss<NT>(s, wg_desc_sw128(sbase + QS + blk * 8192 + 32 * (k & 3)),
-                                  wg_desc_sw128(tb + blk * BLK + 32 * (k & 3)), k > 0);
-        }
-    };
-    // P·V of the tile in buffer b for this group's 256 dimensions: the rows MN-major.
-    auto pv = [&](const u32* pf, int b) {
-        u32 tb = sbase + TS + b * BUF;
-#pragma unroll
-        for (int kk = 0; kk < NK; kk++)
-            wgmma_f16_64x256_rt(acc, pf + 4 * kk,
-                                wg_desc_sw128_mn(tb + 4 * wg * BLK + kk * 2048, BLK, 1024));
-    };
-    if constexpr (!PIPE) {
-#pragma unroll 1
-        for (int it = 0; it < ntiles; it++) {
-            cp_async_wait0();
-            fence_proxy_async();
-            // Tile `it` (and the queries) visible to the async proxy of every thread.
-            __syncthreads();
-            const u16* nsrc = row_src((it + 1) * NT);
-            float s[NT / 2];
-            wg_fence();
-            scores(s, it & 1);
-            wg_commit();
-            // Retires this group's scores and its P·V of the previous tile.
-            wg_wait0();
-            wg_fence_fregs<NT / 2>(s);
-            float ps[NS];
-            publish(s, ps);
-            // Both groups' sums written; both groups' products of the previous tile
-            // retired, so its buffer takes the next tile.
-            __syncthreads();
-            if (it + 1 < ntiles) stage((it + 1) * NT, nsrc, (it + 1) & 1);
-            cp_async_commit();
-            u32 pf[4 * NK];
-            float alpha;
-            softmax(it, ps, pf, alpha);
-            rescale(alpha);
-            wg_fence();
-            pv(pf, it & 1);
-            wg_commit();
-        }
-    } else {
-        // Tiles three buffers deep: tile it + 1's scores and tile it's P·V go to the tensor
-        // cores together, and tile it + 1's softmax runs under that P·V (as FlashAttention
-        // 3 overlaps them within a warpgroup). P alternates between two register sets (a
-        // turn's products read one while its softmax writes the other), the turns unrolled
-        // in pairs so each set is a fixed set of registers; the issue and the waits of a
-        // turn sit in one straight stretch (ptxas serializes every wgmma when a wait_group 1
-        // is to retire products issued in an earlier iteration).
-        cp_async_wait1();
-        fence_proxy_async();
-        __syncthreads();
-        float s[NT / 2];
+        // P·V for this group's 256 dimensions: the tile's rows MN-major.
         wg_fence();
-        scores(s, 0);
-        wg_commit();
-        wg_wait0();
-        wg_fence_fregs<NT / 2>(s);
-        u32 pf0[4 * NK], pf1[4 * NK];
-        float ps[NS], alpha;
-        publish(s, ps);
-        __syncthreads();
-        softmax(0, ps, pf0, alpha);
-#pragma unroll 1
-        for (int it0 = 0; it0 < ntiles; it0 += 2) {
+        u32 vlo = ((tb + wg * 32768) & 0x3FFFF) >> 4 | ((8192u >> 4) << 16);
 #pragma unroll
-            for (int par = 0; par < 2; par++) {
-                int it = it0 + par;
-                if (it < ntiles) {
-                    u32* pf = par ? pf1 : pf0;
-                    u32* pn = par ? pf0 : pf1;
-                    const u16* nsrc = row_src((it + 2) * NT);
-                    cp_async_wait0();
-                    fence_proxy_async();
-                    // Tile it + 1 visible; every group's P·V of tile it − 1 retired, so its
-                    // buffer takes tile it + 2.
-                    __syncthreads();
-                    if (it + 2 < ntiles) stage((it + 2) * NT, nsrc, (it + 2) % 3);
-                    cp_async_commit();
-                    bool next = it + 1 < ntiles;
-                    wg_fence();
-                    if (next) scores(s, (it + 1) % 3);
-                    wg_commit();
-                    pv(pf, it % 3);
-                    wg_commit();
-                    // Tile it + 1's scores retired; its softmax under tile it's P·V.
-                    wg_wait<1>();
-                    wg_fence_fregs<NT / 2>(s);
-                    if (next) {
-                        publish(s, ps);
-                        __syncthreads();
-                        softmax(it + 1, ps, pn, alpha);
-                    }
-                    wg_wait0();
-                    if (next) rescale(alpha);
-                }
-            }
-        }
+        for (int kk = 0; kk < 4; kk++)
+            wgmma_f16_64x256_rt(acc, pf + 4 * kk, wg_desc_2(vlo + kk * (2048 >> 4), DHI));
+        wg_commit();
     }
     wg_wait0();
     wg_fence_fregs<128>(acc);
     den += __shfl_xor_sync(0xffffffffu, den, 1);
     den += __shfl_xor_sync(0xffffffffu, den, 2);
+    // One division a head, not 64 (a rounding more than attention_mma's quotients).
+    float rden = 1.0f / den;
     int hh = 8 * wq + g;
     int off = HD - n_rot;
     size_t ob = ((size_t)t * heads + h0 + hh) * HD;
@@ -7028,7 +6949,7 @@ __device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int j = j0 + u, d = 256 * wg + 8 * j + 2 * tq;
-            float x0 = (acc[4 * j] + acc[4 * j + 2]) / den, x1 = (acc[4 * j + 1] + acc[4 * j + 3]) / den;
+            float x0 = (acc[4 * j] + acc[4 * j + 2]) * rden, x1 = (acc[4 * j + 1] + acc[4 * j + 3]) * rden;
             if (d >= off) {
                 float2 c = cs[(d - off) >> 1];
                 rope_cs(&x0, &x1, c.x, -c.y);
@@ -7055,18 +6976,6 @@ __device__ __forceinline__ void attention_wg_body(ATT_MMA_ARGS(u16)) {
         }
     }
 #endif
-}
-extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARGS(u16)) {
-    pdl_begin();
-    attention_wg_body<64, 2, false>(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd,
-                                    window, pos0p, ratio, freqs, n_rot, scale, rows_max, oq, od, qeps);
-}
-// DS4_CUDA_ATT_WG=p (v31, measured against the kernel above): tiles of 48 rows, three
-// buffers, the next tile's scores issued with this one's P·V.
-extern "C" __global__ void __launch_bounds__(256, 1) attention_wgp_kh(ATT_MMA_ARGS(u16)) {
-    pdl_begin();
-    attention_wg_body<48, 3, true>(q, ring, ring_rows, comp, sel, nsel, sel_k, sinks, o, heads, hd,
-                                   window, pos0p, ratio, freqs, n_rot, scale, rows_max, oq, od, qeps);
 }
 
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid,

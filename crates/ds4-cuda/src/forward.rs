@@ -806,27 +806,10 @@ fn attention_wg_takes(g: &Gpu, cfg: &ModelConfig, half: bool) -> bool {
         && attention_wg_on()
 }
 
-static ATT_WGP: TestSwitch = TestSwitch::new();
-
-/// Whether `attention_wg_kh`'s runs take its pipelined form (`attention_wgp_kh`: tiles of
-/// 48 rows three buffers deep, the next tile's scores issued with this one's P·V;
-/// `DS4_CUDA_ATT_WG=p` while it is measured).
-fn attention_wgp_on() -> bool {
-    ATT_WGP.on(|| env_is("DS4_CUDA_ATT_WG", "p"))
-}
-
-/// Chooses [`attention_wgp_on`] for every later launch of this process (None: the
-/// environment's), for tests that compare the kernels.
-pub fn set_attention_wgp(on: Option<bool>) {
-    ATT_WGP.set(on);
-}
-
-/// The wgmma attention's dynamic shared memory for tiles of `nt` rows `nbuf` deep (its
-/// layout in ds4.cu): room to align to 1,024 bytes, the queries' hi and lo parts, the
-/// tiles, the halves' score exchange, the rotation's cosines and sines (n_rot ≤ 128).
-fn atw_shared(nt: usize, nbuf: usize) -> usize {
-    1024 + 65536 + nbuf * nt * 1024 + nt * 256 + 512
-}
+/// `attention_wg_kh`'s dynamic shared memory (its layout in ds4.cu): room to align to
+/// 1,024 bytes, the queries' hi and lo parts, two tiles of 64 rows, the halves' score
+/// exchange, the rotation's cosines and sines (n_rot ≤ 128).
+const ATW_SHARED: usize = 1024 + 65536 + 2 * 65536 + 16384 + 512;
 
 /// Row tiles `attention_mma` stages at once: two for 64 heads over f16 rows (the next
 /// tile's cp.async runs under this one's products: one block an SM has no other warps
@@ -2649,11 +2632,7 @@ impl<'a> Fwd<'a> {
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
         if att_mma && attention_wg_takes(g, cfg, st.half) {
-            let (k, shm) = if attention_wgp_on() {
-                ("attention_wgp_kh", atw_shared(48, 3))
-            } else {
-                ("attention_wg_kh", atw_shared(64, 2))
-            };
+            let (k, shm) = ("attention_wg_kh", ATW_SHARED);
             g.allow_shared(k, shm)?;
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d))
                 .filter(|_| fusion_on(RunFusion::AttQ8));
