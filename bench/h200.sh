@@ -46,6 +46,8 @@ small_q2 small16 600 "[small16] " '{"n_layer":4,"n_embd":256,"n_head":16,"head_d
 # 8 heads of 512 (the release's head size): decode's attention cluster merges slices of
 # 512 / 8 dims (the 128-dim heads above keep attention_split).
 small_q2 hd512 300 "[hd512] " '{"n_layer":4,"n_embd":256,"n_head":8,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
+# 32 heads of 512: the run attention on wgmma (attention_wg_kh takes heads in blocks of 32).
+small_q2 h32 300 "[h32] " '{"n_layer":4,"n_embd":256,"n_head":32,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 # The same model with its states allocated for 1M tokens, checked at short positions
 # (launches sized for the context allocated).
 timeout 100 "$B/cuda_check" /tmp/small16.gguf --tokens 600 --runs 1,64 --cpu-run 64 --ctx 1048576 \

@@ -3836,18 +3836,17 @@ extern "C" __global__ void head_norm_rope(float* x, int heads, int hd, float eps
 // One warp's head_norm_rope_w of the vector xv (hd a multiple of 128, ≤ 512): lane l's
 // dimensions 4l + 128j (j < hd / 128) normed and rotated into a[j]. Shared with the run
 // attention, which takes the queries this way as it stages them.
-// With `cs` (cos, sin of pair k's angle, as rope_pair rounds them), the rotation takes
-// them from there: the same values.
-__device__ __forceinline__ void head_norm_rope_lane(const float* xv, int hd, float eps,
+// head_norm_rope_lane's arithmetic on lane l's loaded dimensions e[j] = 4l + 128j. With
+// `cs` (cos, sin of pair k's angle, as rope_pair rounds them), the rotation takes them
+// from there: the same values.
+__device__ __forceinline__ void head_norm_rope_vals(const float4 (&e)[4], int hd, float eps,
                                                     const float* freqs, int n_rot, int pos,
                                                     float4 (&a)[4], const float2* cs = nullptr) {
     int lane = threadIdx.x & 31, nj = hd >> 7;
-    float4 e[4];
     double ss = 0.0;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         if (j < nj) {
-            e[j] = *(const float4*)(xv + 128 * j + 4 * lane);
             ss += (double)e[j].x * (double)e[j].x + (double)e[j].y * (double)e[j].y +
                   (double)e[j].z * (double)e[j].z + (double)e[j].w * (double)e[j].w;
         }
@@ -3873,6 +3872,16 @@ __device__ __forceinline__ void head_norm_rope_lane(const float* xv, int hd, flo
             a[j] = make_float4(v[0], v[1], v[2], v[3]);
         }
     }
+}
+__device__ __forceinline__ void head_norm_rope_lane(const float* xv, int hd, float eps,
+                                                    const float* freqs, int n_rot, int pos,
+                                                    float4 (&a)[4]) {
+    int lane = threadIdx.x & 31, nj = hd >> 7;
+    float4 e[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        if (j < nj) e[j] = *(const float4*)(xv + 128 * j + 4 * lane);
+    head_norm_rope_vals(e, hd, eps, freqs, n_rot, pos, a);
 }
 
 extern "C" __global__ void head_norm_rope_w(float* x, int heads, int hd, float eps,
@@ -6791,6 +6800,16 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
     // The first tile's copies fly while the queries are staged.
     stage(0, row_src(0), 0);
     cp_async_commit();
+    // A warp's four heads of queries, loaded before anything waits (the first tile's
+    // copies and these loads in flight together; one head at a time left each load's
+    // latency and each double reduction bare).
+    float4 qe[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float* qv = q + ((size_t)t * heads + h0 + warp + 8 * i) * HD;
+#pragma unroll
+        for (int j = 0; j < 4; j++) qe[i][j] = *(const float4*)(qv + 128 * j + 4 * lane);
+    }
     // Every head of the token turns pair k by the same angle: rope_pair's rounded cosine
     // and sine once a block (double sincos is slow), for the queries and the output.
     float2* cs = (float2*)(base + CS);
@@ -6804,14 +6823,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
     auto qrow_off = [&](int m, int d) {
         return (u32)((d >> 6) * 8192 + m * 128 + ((((d & 63) >> 3) ^ (m & 7)) << 4) + (d & 7) * 2);
     };
-    for (int hh = warp; hh < 32; hh += 8) {
-        const float* qv = q + ((size_t)t * heads + h0 + hh) * HD;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int hh = warp + 8 * i;
         float4 a[4];
         if (qeps >= 0.0f) {
-            head_norm_rope_lane(qv, HD, qeps, freqs, n_rot, pos, a, cs);
+            head_norm_rope_vals(qe[i], HD, qeps, freqs, n_rot, pos, a, cs);
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; j++) a[j] = *(const float4*)(qv + 128 * j + 4 * lane);
+            for (int j = 0; j < 4; j++) a[j] = qe[i][j];
         }
         int m = 16 * (hh >> 3) + (hh & 7);
 #pragma unroll
