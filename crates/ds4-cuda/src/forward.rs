@@ -783,8 +783,10 @@ static ATT_WG: TestSwitch = TestSwitch::new();
 
 /// Whether a run's tensor-core attention takes wgmma (`attention_wg_kh`, Hopper: 32 heads
 /// of 512 dimensions a block over f16 rows). The default (v31, H200, 4 full-width layers:
-/// a 2,048-token chunk's attention 5.58 → 3.50 ms; same call, full file: prefill +5.3% at
-/// 2k, +8.1% for a 6,144-token batch); `DS4_CUDA_ATT_WG=0` keeps `attention_mma_h64_kh`.
+/// a 2,048-token chunk's attention 5.57 → 3.02 ms; same call, full file: prefill +7.4% at
+/// 2k, +10.5% for a 6,144-token batch); `DS4_CUDA_ATT_WG=0` keeps `attention_mma_h64_kh`.
+/// Taken only where `attention_mma_fits` (its row table's shared memory), though this
+/// kernel's own does not grow with the context.
 fn attention_wg_on() -> bool {
     ATT_WG.on(|| env_not("DS4_CUDA_ATT_WG", "0"))
 }
