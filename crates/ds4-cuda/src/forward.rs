@@ -797,21 +797,23 @@ pub fn set_attention_wg(on: Option<bool>) {
     ATT_WG.set(on);
 }
 
-/// Whether a run that takes the tensor-core attention takes `attention_wg_kh`: its shapes
-/// are the Flash layout's (512 dimensions a head, heads in blocks of 32, rows in f16).
+/// Whether a run that takes the tensor-core attention takes `attention_wg_kh`: on Hopper,
+/// for the shapes it is written for.
 fn attention_wg_takes(g: &Gpu, cfg: &ModelConfig, half: bool) -> bool {
-    g.arch == "sm_90a"
-        && half
-        && cfg.head_dim == 512
-        && cfg.n_head.is_multiple_of(32)
-        && cfg.n_rot <= 128
-        && attention_wg_on()
+    g.arch == "sm_90a" && attention_wg_shapes(cfg, half) && attention_wg_on()
+}
+
+/// `attention_wg_kh`'s shapes: the Flash layout's 512 dimensions a head, heads in blocks of
+/// 32, rows in f16, a rotation of at most 128 dimensions (its table of cosines and sines).
+fn attention_wg_shapes(cfg: &ModelConfig, half: bool) -> bool {
+    half && cfg.head_dim == 512 && cfg.n_head.is_multiple_of(32) && cfg.n_rot <= 128
 }
 
 /// `attention_wg_kh`'s dynamic shared memory (its layout in ds4.cu): room to align to
 /// 1,024 bytes, the queries' hi and lo parts, two tiles of 64 rows, the halves' score
 /// exchange, the rotation's cosines and sines (n_rot ≤ 128).
 const ATW_SHARED: usize = 1024 + 65536 + 2 * 65536 + 16384 + 512;
+const _: () = assert!(ATW_SHARED <= ATT_MMA_SHARED_MAX);
 
 /// Row tiles `attention_mma` stages at once: two for 64 heads over f16 rows (the next
 /// tile's cp.async runs under this one's products: one block an SM has no other warps
@@ -3219,7 +3221,7 @@ mod tests {
     /// contexts) at every context up to 1M tokens (its row table grows with the
     /// compressed rows), in the shared memory a Hopper SM has, with f32 or f16 rows
     /// (f16: two tile buffers for 64 heads); without the QAT simulation (rows not f16)
-    /// they don't.
+    /// they don't. On Hopper with f16 rows that attention is `attention_wg_kh`.
     #[test]
     fn flash_attention_takes_the_tensor_core_kernel_up_to_1m() {
         let cfg = ModelConfig::flash();
@@ -3243,6 +3245,10 @@ mod tests {
         // The 64-head kernel's two f16 tiles at a 2k context: within the 227 KB.
         let rows = sizes(&cfg, 2048, 2048).max_attn_rows;
         assert!(attention_mma_shared(cfg.head_dim, 64, rows, 2) <= ATT_MMA_SHARED_MAX);
+        // On Hopper the wgmma kernel takes them over f16 rows (only; its shared memory
+        // does not grow with the context and is held to a block's at compile time).
+        assert!(attention_wg_shapes(&cfg, true));
+        assert!(!attention_wg_shapes(&cfg, false));
     }
 
     /// hc_pre_norm4's blocks: whole warps, every column in at most eight float4 chunks a
