@@ -1,6 +1,6 @@
 #!/bin/bash
 # A switch's first run on a GPU, in one device call: the CUDA-vs-CPU checks with each SWITCH
-# set (gpu_test, and cuda_check on the small, 16-head, 512-dim-head and 32 × 512 q2 files — decode steps run the
+# set (gpu_test, and cuda_check on the small, 16-head, 512-dim-head, 32 × 512 and 64 × 512 q2 files — decode steps run the
 # captured graph), into OUT/checked-ab.log, then bench/full-ab.sh with the same switches on
 # the full file (an H200), whose table ends OUT/full-ab.log:
 #   bench/checked-ab.sh BIN OUT SWITCH ...
@@ -25,6 +25,8 @@ q2 cab-small16 '{"n_layer":4,"n_embd":256,"n_head":16,"head_dim":128,"q_lora_ran
 q2 cab-hd512 '{"n_layer":4,"n_embd":256,"n_head":8,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 # 32 heads of 512 (the Flash shapes in blocks of 32): the run attention on wgmma.
 q2 cab-h32 '{"n_layer":4,"n_embd":256,"n_head":32,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
+# 64 heads of 512: DS4_CUDA_ATT_WG=64's blocks of 64 heads.
+q2 cab-h64 '{"n_layer":4,"n_embd":256,"n_head":64,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 passed=()
 for sw in "$@"; do
     echo "== $sw" | tee -a "$L"
@@ -33,7 +35,7 @@ for sw in "$@"; do
         grep -A1 -E "^test |test result|panicked" | grep -v "^--$")
     echo "$r" | tee -a "$L"
     grep -q "test result: ok" <<< "$r" || ok=0
-    for f in cab-small cab-small16 cab-hd512 cab-h32; do
+    for f in cab-small cab-small16 cab-hd512 cab-h32 cab-h64; do
         r=$(timeout 100 env $sw "$B/cuda_check" "/tmp/$f.gguf" --tokens 300 --runs 1,64 \
             --cpu-run 64 2>&1 | grep -E "PASS|FAIL|run " | cut -c1-200 | sed "s/^/[$f] /")
         echo "$r" | tee -a "$L"

@@ -6735,6 +6735,17 @@ __device__ __forceinline__ void wgmma_f16_64x64_ss(float* d, unsigned long long 
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(da), "l"(db), "r"(acc));
 }
+__device__ __forceinline__ void wgmma_f16_64x32_ss(float* d, unsigned long long da, unsigned long long db,
+                                                   int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(da), "l"(db), "r"(acc));
+}
 // 2^x by the SFU (max relative error about 2^-22; subnormal results flush to 0).
 __device__ __forceinline__ float ex2_approx(float x) {
     float y;
@@ -6993,6 +7004,285 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
                 *(u16*)(oq + e0 + 8 * u + 2 * tq) = (u16)((q0 & 0xff) | ((q1 & 0xff) << 8));
             }
             if (tq == 0) od[e0 / 32] = dd;
+        }
+    }
+#endif
+}
+
+// DS4_CUDA_ATT_WG=64 (v31, prepared, not yet run on a GPU): attention_wg_kh for 64 heads a
+// block with P as f16 alone in P·V (the queries keep their hi and lo parts: the scores
+// are where f16's rounding would be amplified by the exponential; P's 2^-11 relative
+// rounding averages out in O). The scores are two m64 products over the same staged
+// rows — heads 0–31 and 32–63, each head's hi and lo as rows g and g + 8 as in
+// attention_wg_kh — so a thread holds head 8·wq + g of each; P·V's m64 takes the first as
+// its row g and the second as row g + 8, all in the thread's registers. Against two
+// 32-head blocks a token: half the P·V products and half the row copies, one block's fixed
+// cost instead of two; the 128 KB of queries leave room for 32-row tiles only.
+extern "C" __global__ void __launch_bounds__(256, 1) attention_wg64_kh(ATT_MMA_ARGS(u16)) {
+    pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    const int HD = 512;
+    int pos0 = *pos0p;
+    int h0 = blockIdx.x * 64, t = blockIdx.y, pos = pos0 + t;
+    AttnRows ar = attn_rows(pos, t, window, ratio, sel, nsel);
+    int n = ar.n;
+    extern __shared__ __align__(16) u8 dsm[];
+    u8* base;
+    u32 sbase;
+    dsm_at_1024(dsm, base, sbase);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int wg = warp >> 2, wq = warp & 3, tid = threadIdx.x & 127;
+    // [dimension block of 64][operand row][128 bytes], swizzled at 128 bytes: the two query
+    // operands (heads 0–31, 32–63) at 0 and 64 KB, two tiles of 32 K=V rows (4 KB a block)
+    // from 128 KB, the exchange [group][4][128 threads] float4, the rotation table.
+    const u32 QS = 0, TS = 131072, XS = TS + 2 * 32768, CS = XS + 16384;
+    // Staging: thread i copies row i / 8 of the tile, chunks i % 8 + 8u (u < 8): block u.
+    int srow = threadIdx.x >> 3, sq = threadIdx.x & 7;
+    auto row_src = [&](int r0) {
+        int r = r0 + srow;
+        const u16* src = ring;
+        if (r < n) {
+            if (r < ar.n_raw) src = ring + (size_t)((ar.first + r) % ring_rows) * HD;
+            else {
+                int c = r - ar.n_raw;
+                src = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * HD;
+            }
+        }
+        return src;
+    };
+    u32 swz = (u32)((sq ^ (srow & 7)) << 4);
+    auto stage = [&](int r0, const u16* src, int buf) {
+        int ok = r0 + srow < n ? 16 : 0;
+        u8* dst = base + TS + buf * 32768 + srow * 128 + swz;
+#pragma unroll
+        for (int u = 0; u < 8; u++) cp_async16(dst + u * 4096, src + 8 * sq + 64 * u, ok);
+    };
+    int ntiles = (n + 31) >> 5;
+    stage(0, row_src(0), 0);
+    cp_async_commit();
+    float2* cs = (float2*)(base + CS);
+    for (int k = threadIdx.x; k < (n_rot >> 1); k += blockDim.x) {
+        double sn, cn;
+        sincos((double)((float)pos * freqs[k]), &sn, &cn);
+        cs[k] = make_float2((float)cn, (float)sn);
+    }
+    __syncthreads();
+    auto qrow_off = [&](int m, int d) {
+        return (u32)((d >> 6) * 8192 + m * 128 + ((((d & 63) >> 3) ^ (m & 7)) << 4) + (d & 7) * 2);
+    };
+    // A warp's eight heads (w + 8i) in two batches of four loads.
+#pragma unroll
+    for (int b2 = 0; b2 < 2; b2++) {
+        float4 qe[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float* qv = q + ((size_t)t * heads + h0 + warp + 8 * (4 * b2 + i)) * HD;
+#pragma unroll
+            for (int j = 0; j < 4; j++) qe[i][j] = *(const float4*)(qv + 128 * j + 4 * lane);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int h = warp + 8 * (4 * b2 + i), hh = h & 31;
+            float4 a[4];
+            if (qeps >= 0.0f) {
+                head_norm_rope_vals(qe[i], HD, qeps, freqs, n_rot, pos, a, cs);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++) a[j] = qe[i][j];
+            }
+            int m = 16 * (hh >> 3) + (hh & 7);
+            u8* qb = base + QS + (h >> 5) * 65536;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint2 hi, lo;
+                f16_split4(a[j], hi, lo);
+                int d = 128 * j + 4 * lane;
+                *(uint2*)(qb + qrow_off(m, d)) = hi;
+                *(uint2*)(qb + qrow_off(m + 8, d)) = lo;
+            }
+        }
+    }
+    // Two heads a thread: A = 8·wq + g, B = 32 + 8·wq + g (base 2, the maximum moved only
+    // by more than 8, as attention_wg_kh).
+    const float LOG2E = 1.4426950408889634f;
+    float sc2 = scale * LOG2E;
+    float m_a = sinks[h0 + 8 * wq + g] * LOG2E, m_b = sinks[h0 + 32 + 8 * wq + g] * LOG2E;
+    float den_a = tq == 0 ? 1.0f : 0.0f, den_b = den_a;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+    wg_fence_fregs<128>(acc);
+    const u32 DHI = (1024 >> 4) | (1u << 30);
+    const u32 qlo = ((sbase + QS + wg * 32768) & 0x3FFFF) >> 4 | (1u << 16);
+    const u32 tlo0 = ((sbase + TS + wg * 4 * 4096) & 0x3FFFF) >> 4 | (1u << 16);
+    const u32 vlo0 = ((sbase + TS + wg * 4 * 4096) & 0x3FFFF) >> 4 | ((4096u >> 4) << 16);
+#pragma unroll 1
+    for (int it = 0; it < ntiles; it++) {
+        int r0 = it << 5;
+        int b = it & 1;
+        cp_async_wait0();
+        fence_proxy_async();
+        // Tile `it` (and the queries) visible to the async proxy of every thread.
+        __syncthreads();
+        const u16* nsrc = row_src(r0 + 32);
+        float s0[16], s1[16];
+        u32 tlo = tlo0 + b * (32768 >> 4);
+        wg_fence();
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            const u32 qs = ((k >> 2) * 8192 + 32 * (k & 3)) >> 4;
+            const u32 ts = ((k >> 2) * 4096 + 32 * (k & 3)) >> 4;
+            unsigned long long db = wg_desc_2(tlo + ts, DHI);
+            wgmma_f16_64x32_ss(s0, wg_desc_2(qlo + qs, DHI), db, k > 0);
+            wgmma_f16_64x32_ss(s1, wg_desc_2(qlo + (65536 >> 4) + qs, DHI), db, k > 0);
+        }
+        wg_commit();
+        // Retires this group's scores and its P·V of the previous tile.
+        wg_wait0();
+        wg_fence_fregs<16>(s0);
+        wg_fence_fregs<16>(s1);
+        // This half's sums (hi + lo): head A's eight, then head B's.
+        float ps[16];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            ps[2 * j] = s0[4 * j] + s0[4 * j + 2];
+            ps[2 * j + 1] = s0[4 * j + 1] + s0[4 * j + 3];
+            ps[8 + 2 * j] = s1[4 * j] + s1[4 * j + 2];
+            ps[8 + 2 * j + 1] = s1[4 * j + 1] + s1[4 * j + 3];
+        }
+        float4* xw = (float4*)(base + XS) + wg * 512 + tid;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            xw[128 * k] = make_float4(ps[4 * k], ps[4 * k + 1], ps[4 * k + 2], ps[4 * k + 3]);
+        // Both groups' sums written; both groups' products of the previous tile retired,
+        // so its buffer takes the next tile.
+        __syncthreads();
+        if (it + 1 < ntiles) stage(r0 + 32, nsrc, b ^ 1);
+        cp_async_commit();
+        const float4* xr = (const float4*)(base + XS) + (wg ^ 1) * 512 + tid;
+        float sv[16];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float4 v = xr[128 * k];
+            sv[4 * k] = (ps[4 * k] + v.x) * sc2;
+            sv[4 * k + 1] = (ps[4 * k + 1] + v.y) * sc2;
+            sv[4 * k + 2] = (ps[4 * k + 2] + v.z) * sc2;
+            sv[4 * k + 3] = (ps[4 * k + 3] + v.w) * sc2;
+        }
+        if (r0 + 32 > n) {
+            // The last tile: column 8j + 2tq + e of either head past n is masked.
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                if (r0 + 8 * ((i & 7) >> 1) + 2 * tq + (i & 1) >= n) sv[i] = -INFINITY;
+        }
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            mx_a = fmaxf(mx_a, sv[i]);
+            mx_b = fmaxf(mx_b, sv[8 + i]);
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        float mn_a = mx_a > m_a + 8.0f ? mx_a : m_a, mn_b = mx_b > m_b + 8.0f ? mx_b : m_b;
+        float al_a = ex2_approx(m_a - mn_a), al_b = ex2_approx(m_b - mn_b);
+        m_a = mn_a;
+        m_b = mn_b;
+        float pa[8], pb[8], sa = 0.0f, sb = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            pa[i] = ex2_approx(sv[i] - mn_a);
+            pb[i] = ex2_approx(sv[8 + i] - mn_b);
+            sa += pa[i];
+            sb += pb[i];
+        }
+        den_a = den_a * al_a + sa;
+        den_b = den_b * al_b + sb;
+        // k16 step kk: a0 head A's columns 16kk + 2tq.., a1 head B's, a2/a3 8 on.
+        u32 pf[8];
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            pf[4 * kk] = f2h2(pa[4 * kk], pa[4 * kk + 1]);
+            pf[4 * kk + 1] = f2h2(pb[4 * kk], pb[4 * kk + 1]);
+            pf[4 * kk + 2] = f2h2(pa[4 * kk + 2], pa[4 * kk + 3]);
+            pf[4 * kk + 3] = f2h2(pb[4 * kk + 2], pb[4 * kk + 3]);
+        }
+        if (__any_sync(0xffffffffu, al_a != 1.0f || al_b != 1.0f)) {
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                acc[4 * j] *= al_a;
+                acc[4 * j + 1] *= al_a;
+                acc[4 * j + 2] *= al_b;
+                acc[4 * j + 3] *= al_b;
+            }
+        }
+        wg_fence();
+        u32 vlo = vlo0 + b * (32768 >> 4);
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+            wgmma_f16_64x256_rt(acc, pf + 4 * kk, wg_desc_2(vlo + kk * (2048 >> 4), DHI));
+        wg_commit();
+    }
+    wg_wait0();
+    wg_fence_fregs<128>(acc);
+    den_a += __shfl_xor_sync(0xffffffffu, den_a, 1);
+    den_a += __shfl_xor_sync(0xffffffffu, den_a, 2);
+    den_b += __shfl_xor_sync(0xffffffffu, den_b, 1);
+    den_b += __shfl_xor_sync(0xffffffffu, den_b, 2);
+    float rd_a = 1.0f / den_a, rd_b = 1.0f / den_b;
+    int off = HD - n_rot;
+    size_t oa = ((size_t)t * heads + h0 + 8 * wq + g) * HD, obb = oa + 32 * (size_t)HD;
+    // Dimensions 256·wg + 8j + 2tq + (0, 1): head A in rows g, head B in rows g + 8. With
+    // oq, o's Q8_0 for out_a as quant_q8_0 makes it (a block: four j of the quad's lanes).
+#pragma unroll
+    for (int j0 = 0; j0 < 32; j0 += 4) {
+        float va[8], vb[8];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int j = j0 + u, d = 256 * wg + 8 * j + 2 * tq;
+            float x0 = acc[4 * j] * rd_a, x1 = acc[4 * j + 1] * rd_a;
+            float y0 = acc[4 * j + 2] * rd_b, y1 = acc[4 * j + 3] * rd_b;
+            if (d >= off) {
+                float2 c = cs[(d - off) >> 1];
+                rope_cs(&x0, &x1, c.x, -c.y);
+                rope_cs(&y0, &y1, c.x, -c.y);
+            }
+            *(float2*)(o + oa + d) = make_float2(x0, x1);
+            *(float2*)(o + obb + d) = make_float2(y0, y1);
+            va[2 * u] = x0;
+            va[2 * u + 1] = x1;
+            vb[2 * u] = y0;
+            vb[2 * u + 1] = y1;
+        }
+        if (oq) {
+            float ma = 0.0f, mb = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                ma = fmaxf(ma, fabsf(va[k]));
+                mb = fmaxf(mb, fabsf(vb[k]));
+            }
+#pragma unroll
+            for (int s_ = 1; s_ < 4; s_ <<= 1) {
+                ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, s_));
+                mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, s_));
+            }
+            float da = ma / 127.0f, db = mb / 127.0f;
+            float ia = da != 0.0f ? 1.0f / da : 0.0f, ib = db != 0.0f ? 1.0f / db : 0.0f;
+            size_t ea = oa + 256 * wg + 8 * j0, eb = obb + 256 * wg + 8 * j0;
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int qa0 = max(-127, min(127, __float2int_rn(va[2 * u] * ia)));
+                int qa1 = max(-127, min(127, __float2int_rn(va[2 * u + 1] * ia)));
+                int qb0 = max(-127, min(127, __float2int_rn(vb[2 * u] * ib)));
+                int qb1 = max(-127, min(127, __float2int_rn(vb[2 * u + 1] * ib)));
+                *(u16*)(oq + ea + 8 * u + 2 * tq) = (u16)((qa0 & 0xff) | ((qa1 & 0xff) << 8));
+                *(u16*)(oq + eb + 8 * u + 2 * tq) = (u16)((qb0 & 0xff) | ((qb1 & 0xff) << 8));
+            }
+            if (tq == 0) {
+                od[ea / 32] = da;
+                od[eb / 32] = db;
+            }
         }
     }
 #endif
