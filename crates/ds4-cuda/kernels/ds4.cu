@@ -6763,6 +6763,70 @@ __device__ __forceinline__ void wgmma_f16_64x256_rt(float* d, const u32* af, uns
         : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "l"(db), "r"(1));
 }
 #endif
+// Pieces of the two wgmma attention kernels. Row r's address (r < n): raw rows through
+// the ring, compressed rows through the selection, as attn_row_table's; past n any valid
+// address (its copy is a zero fill).
+__device__ __forceinline__ const u16* atw_row_src(const AttnRows& ar, int r, int n,
+                                                  const u16* ring, int ring_rows,
+                                                  const u16* comp, const int* sel, int sel_k,
+                                                  int t, int hd) {
+    if (r >= n) return ring;
+    if (r < ar.n_raw) return ring + (size_t)((ar.first + r) % ring_rows) * hd;
+    int c = r - ar.n_raw;
+    return comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * hd;
+}
+// Every head of the token turns pair k by the same angle: rope_pair's rounded cosine and
+// sine once a block (double sincos is slow), for the queries and the output.
+__device__ __forceinline__ void atw_rope_table(float2* cs, int pos, const float* freqs, int n_rot) {
+    for (int k = threadIdx.x; k < (n_rot >> 1); k += blockDim.x) {
+        double sn, cn;
+        sincos((double)((float)pos * freqs[k]), &sn, &cn);
+        cs[k] = make_float2((float)cn, (float)sn);
+    }
+}
+// A query operand ([dimension block of 64][64 rows][128 bytes], swizzled at 128 bytes):
+// head hh's hi part at row m = 16·(hh / 8) + hh % 8, its lo part at m + 8, from lane l's
+// loaded dimensions 4l + 128j (normed and rotated first when qeps ≥ 0).
+__device__ __forceinline__ void atw_stage_head(u8* qb, const float4 (&e)[4], int hh, float qeps,
+                                               const float* freqs, int n_rot, int pos,
+                                               const float2* cs) {
+    int lane = threadIdx.x & 31;
+    float4 a[4];
+    if (qeps >= 0.0f) {
+        head_norm_rope_vals(e, 512, qeps, freqs, n_rot, pos, a, cs);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++) a[j] = e[j];
+    }
+    int m = 16 * (hh >> 3) + (hh & 7);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        uint2 hi, lo;
+        f16_split4(a[j], hi, lo);
+        int d = 128 * j + 4 * lane;
+        u32 in = (u32)(((((d & 63) >> 3) ^ (m & 7)) << 4) + (d & 7) * 2);
+        *(uint2*)(qb + (d >> 6) * 8192 + m * 128 + in) = hi;
+        *(uint2*)(qb + (d >> 6) * 8192 + (m + 8) * 128 + in) = lo;
+    }
+}
+// o's Q8_0 block at e0 (32 dimensions: four n8 steps of a lane quad, 8 values a lane) as
+// quant_q8_0 makes it from the stored values.
+__device__ __forceinline__ void atw_q8_block(const float (&v)[8], i8* oq, float* od, size_t e0,
+                                             int tq) {
+    float ma = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) ma = fmaxf(ma, fabsf(v[k]));
+    ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 1));
+    ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 2));
+    float dd = ma / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int q0 = max(-127, min(127, __float2int_rn(v[2 * u] * id)));
+        int q1 = max(-127, min(127, __float2int_rn(v[2 * u + 1] * id)));
+        *(u16*)(oq + e0 + 8 * u + 2 * tq) = (u16)((q0 & 0xff) | ((q1 & 0xff) << 8));
+    }
+    if (tq == 0) od[e0 / 32] = dd;
+}
 extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARGS(u16)) {
     pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -6787,16 +6851,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
     // is looked up a tile ahead (the selection's load under the scores' products).
     int srow = threadIdx.x >> 2, sq = threadIdx.x & 3;
     auto row_src = [&](int r0) {
-        int r = r0 + srow;
-        const u16* src = ring;
-        if (r < n) {
-            if (r < ar.n_raw) src = ring + (size_t)((ar.first + r) % ring_rows) * HD;
-            else {
-                int c = r - ar.n_raw;
-                src = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * HD;
-            }
-        }
-        return src;
+        return atw_row_src(ar, r0 + srow, n, ring, ring_rows, comp, sel, sel_k, t, HD);
     };
     // Chunk c = sq + 4u sits in dimension block u / 2 at 16-byte slot (sq + 4(u & 1)) ^ (row & 7).
     u32 sw0 = (u32)((sq ^ (srow & 7)) << 4), sw1 = (u32)(((sq + 4) ^ (srow & 7)) << 4);
@@ -6821,39 +6876,13 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
 #pragma unroll
         for (int j = 0; j < 4; j++) qe[i][j] = *(const float4*)(qv + 128 * j + 4 * lane);
     }
-    // Every head of the token turns pair k by the same angle: rope_pair's rounded cosine
-    // and sine once a block (double sincos is slow), for the queries and the output.
     float2* cs = (float2*)(base + CS);
-    for (int k = threadIdx.x; k < (n_rot >> 1); k += blockDim.x) {
-        double sn, cn;
-        sincos((double)((float)pos * freqs[k]), &sn, &cn);
-        cs[k] = make_float2((float)cn, (float)sn);
-    }
+    atw_rope_table(cs, pos, freqs, n_rot);
     __syncthreads();
     // Head 8·wq + g of the block: its hi part is operand row 16·wq + g, its lo part 8 on.
-    auto qrow_off = [&](int m, int d) {
-        return (u32)((d >> 6) * 8192 + m * 128 + ((((d & 63) >> 3) ^ (m & 7)) << 4) + (d & 7) * 2);
-    };
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int hh = warp + 8 * i;
-        float4 a[4];
-        if (qeps >= 0.0f) {
-            head_norm_rope_vals(qe[i], HD, qeps, freqs, n_rot, pos, a, cs);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; j++) a[j] = qe[i][j];
-        }
-        int m = 16 * (hh >> 3) + (hh & 7);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            uint2 hi, lo;
-            f16_split4(a[j], hi, lo);
-            int d = 128 * j + 4 * lane;
-            *(uint2*)(base + QS + qrow_off(m, d)) = hi;
-            *(uint2*)(base + QS + qrow_off(m + 8, d)) = lo;
-        }
-    }
+    for (int i = 0; i < 4; i++)
+        atw_stage_head(base + QS, qe[i], warp + 8 * i, qeps, freqs, n_rot, pos, cs);
     // The softmax runs in base 2 (one ex2 a score): scores × scale·log2(e), the running
     // maximum from the sink × log2(e). The maximum moves only when a tile's exceeds it by
     // more than 8 (P ≤ 2^8, far inside f16's range: the sums are the same up to rounding
@@ -6989,22 +7018,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
             v[2 * u] = x0;
             v[2 * u + 1] = x1;
         }
-        if (oq) {
-            float ma = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 8; k++) ma = fmaxf(ma, fabsf(v[k]));
-            ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 1));
-            ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 2));
-            float dd = ma / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
-            size_t e0 = ob + 256 * wg + 8 * j0;
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int q0 = max(-127, min(127, __float2int_rn(v[2 * u] * id)));
-                int q1 = max(-127, min(127, __float2int_rn(v[2 * u + 1] * id)));
-                *(u16*)(oq + e0 + 8 * u + 2 * tq) = (u16)((q0 & 0xff) | ((q1 & 0xff) << 8));
-            }
-            if (tq == 0) od[e0 / 32] = dd;
-        }
+        if (oq) atw_q8_block(v, oq, od, ob + 256 * wg + 8 * j0, tq);
     }
 #endif
 }
@@ -7039,16 +7053,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg64_kh(ATT_MMA_A
     // Staging: thread i copies row i / 8 of the tile, chunks i % 8 + 8u (u < 8): block u.
     int srow = threadIdx.x >> 3, sq = threadIdx.x & 7;
     auto row_src = [&](int r0) {
-        int r = r0 + srow;
-        const u16* src = ring;
-        if (r < n) {
-            if (r < ar.n_raw) src = ring + (size_t)((ar.first + r) % ring_rows) * HD;
-            else {
-                int c = r - ar.n_raw;
-                src = comp + (size_t)(ar.selected ? sel[(size_t)t * sel_k + c] : c) * HD;
-            }
-        }
-        return src;
+        return atw_row_src(ar, r0 + srow, n, ring, ring_rows, comp, sel, sel_k, t, HD);
     };
     u32 swz = (u32)((sq ^ (srow & 7)) << 4);
     auto stage = [&](int r0, const u16* src, int buf) {
@@ -7061,15 +7066,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg64_kh(ATT_MMA_A
     stage(0, row_src(0), 0);
     cp_async_commit();
     float2* cs = (float2*)(base + CS);
-    for (int k = threadIdx.x; k < (n_rot >> 1); k += blockDim.x) {
-        double sn, cn;
-        sincos((double)((float)pos * freqs[k]), &sn, &cn);
-        cs[k] = make_float2((float)cn, (float)sn);
-    }
+    atw_rope_table(cs, pos, freqs, n_rot);
     __syncthreads();
-    auto qrow_off = [&](int m, int d) {
-        return (u32)((d >> 6) * 8192 + m * 128 + ((((d & 63) >> 3) ^ (m & 7)) << 4) + (d & 7) * 2);
-    };
     // A warp's eight heads (w + 8i) in two batches of four loads.
 #pragma unroll
     for (int b2 = 0; b2 < 2; b2++) {
@@ -7082,24 +7080,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg64_kh(ATT_MMA_A
         }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            int h = warp + 8 * (4 * b2 + i), hh = h & 31;
-            float4 a[4];
-            if (qeps >= 0.0f) {
-                head_norm_rope_vals(qe[i], HD, qeps, freqs, n_rot, pos, a, cs);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++) a[j] = qe[i][j];
-            }
-            int m = 16 * (hh >> 3) + (hh & 7);
-            u8* qb = base + QS + (h >> 5) * 65536;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint2 hi, lo;
-                f16_split4(a[j], hi, lo);
-                int d = 128 * j + 4 * lane;
-                *(uint2*)(qb + qrow_off(m, d)) = hi;
-                *(uint2*)(qb + qrow_off(m + 8, d)) = lo;
-            }
+            int h = warp + 8 * (4 * b2 + i);
+            atw_stage_head(base + QS + (h >> 5) * 65536, qe[i], h & 31, qeps, freqs, n_rot, pos, cs);
         }
     }
     // Two heads a thread: A = 8·wq + g, B = 32 + 8·wq + g (base 2, the maximum moved only
@@ -7256,33 +7238,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg64_kh(ATT_MMA_A
             vb[2 * u + 1] = y1;
         }
         if (oq) {
-            float ma = 0.0f, mb = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                ma = fmaxf(ma, fabsf(va[k]));
-                mb = fmaxf(mb, fabsf(vb[k]));
-            }
-#pragma unroll
-            for (int s_ = 1; s_ < 4; s_ <<= 1) {
-                ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, s_));
-                mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, s_));
-            }
-            float da = ma / 127.0f, db = mb / 127.0f;
-            float ia = da != 0.0f ? 1.0f / da : 0.0f, ib = db != 0.0f ? 1.0f / db : 0.0f;
-            size_t ea = oa + 256 * wg + 8 * j0, eb = obb + 256 * wg + 8 * j0;
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int qa0 = max(-127, min(127, __float2int_rn(va[2 * u] * ia)));
-                int qa1 = max(-127, min(127, __float2int_rn(va[2 * u + 1] * ia)));
-                int qb0 = max(-127, min(127, __float2int_rn(vb[2 * u] * ib)));
-                int qb1 = max(-127, min(127, __float2int_rn(vb[2 * u + 1] * ib)));
-                *(u16*)(oq + ea + 8 * u + 2 * tq) = (u16)((qa0 & 0xff) | ((qa1 & 0xff) << 8));
-                *(u16*)(oq + eb + 8 * u + 2 * tq) = (u16)((qb0 & 0xff) | ((qb1 & 0xff) << 8));
-            }
-            if (tq == 0) {
-                od[ea / 32] = da;
-                od[eb / 32] = db;
-            }
+            atw_q8_block(va, oq, od, oa + 256 * wg + 8 * j0, tq);
+            atw_q8_block(vb, oq, od, obb + 256 * wg + 8 * j0, tq);
         }
     }
 #endif
