@@ -25,7 +25,7 @@ q2 cab-small16 '{"n_layer":4,"n_embd":256,"n_head":16,"head_dim":128,"q_lora_ran
 q2 cab-hd512 '{"n_layer":4,"n_embd":256,"n_head":8,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 # 32 heads of 512 (the Flash shapes in blocks of 32): the run attention on wgmma.
 q2 cab-h32 '{"n_layer":4,"n_embd":256,"n_head":32,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
-# 64 heads of 512: DS4_CUDA_ATT_WG=64's blocks of 64 heads.
+# 64 heads of 512: the Flash release's heads, two wgmma attention blocks a token.
 q2 cab-h64 '{"n_layer":4,"n_embd":256,"n_head":64,"head_dim":512,"q_lora_rank":128,"o_lora_rank":64,"o_groups":2,"n_expert":8,"n_expert_used":2,"ff_exp":256,"indexer_heads":4,"indexer_dim":64,"indexer_top_k":32,"sliding_window":64}'
 passed=()
 for sw in "$@"; do

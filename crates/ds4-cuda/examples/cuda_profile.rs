@@ -2,7 +2,10 @@
 //! decode speed with and without the captured graph, and the check that both decode
 //! paths give bit-identical logits.
 //!
-//!     cuda_profile MODEL [--ctx 8192] [--prefill 4096] [--chunk 2048] [--gen 32]
+//!     cuda_profile MODEL [--ctx 8192] [--prefill 4096] [--chunk 2048] [--gen 32] [--seq]
+//!
+//! `--seq` also lists the prefill chunk's launches in order (which product a launch of a
+//! shared kernel is; a small file keeps the list short).
 //!
 //! The prompt is pseudo-random token ids (speed does not depend on the text). The byte
 //! figures count the weights one decode step reads (dense matrices, the output head,
@@ -35,7 +38,8 @@ fn report(title: &str, prof: &[ds4_cuda::device::KernelTime], scale: f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "cuda_profile MODEL [--ctx N] [--prefill N] [--chunk N] [--gen N]";
+    let usage = "cuda_profile MODEL [--ctx N] [--prefill N] [--chunk N] [--gen N] [--seq]";
+    let seq = args.iter().any(|a| a == "--seq");
     let Some(path) = common::model_path(&args, usage) else {
         return;
     };
@@ -200,12 +204,18 @@ fn main() {
     st.set_graph(false);
     st.forward(&toks[prefill..prefill + n], LogitsFor::Last)
         .expect("chunk");
-    let prof = be.gpu.take_profile().expect("profile");
+    let launches = be.gpu.take_launches().expect("profile");
     report(
         &format!("one prefill chunk of {n} at {prefill}"),
-        &prof,
+        &ds4_cuda::device::by_kernel(&launches),
         1.0,
     );
+    if seq {
+        println!("the chunk's launches in order:");
+        for (i, (name, ms)) in launches.iter().enumerate() {
+            println!("  {i:>5} {name:<24} {:>9.1} us", ms * 1e3);
+        }
+    }
     if !same || !same_pdl {
         std::process::exit(1);
     }

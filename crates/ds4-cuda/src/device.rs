@@ -67,6 +67,26 @@ pub struct KernelTime {
     pub ms: f64,
 }
 
+/// Launches summed by kernel name, largest first.
+pub fn by_kernel(launches: &[(&'static str, f64)]) -> Vec<KernelTime> {
+    let mut by: Vec<KernelTime> = Vec::new();
+    for &(name, ms) in launches {
+        match by.iter_mut().find(|k| k.name == name) {
+            Some(k) => {
+                k.launches += 1;
+                k.ms += ms;
+            }
+            None => by.push(KernelTime {
+                name,
+                launches: 1,
+                ms,
+            }),
+        }
+    }
+    by.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    by
+}
+
 impl Gpu {
     pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
         libraries_present()?;
@@ -246,28 +266,20 @@ impl Gpu {
     /// Per-kernel GPU time since the last call (waits for the queued work), largest
     /// first.
     pub fn take_profile(&self) -> Result<Vec<KernelTime>, CudaError> {
+        Ok(by_kernel(&self.take_launches()?))
+    }
+
+    /// Every profiled launch since the last call, in launch order: kernel name and GPU
+    /// milliseconds (waits for the queued work).
+    pub fn take_launches(&self) -> Result<Vec<(&'static str, f64)>, CudaError> {
         let Some(p) = &self.prof else {
             return Ok(Vec::new());
         };
         self.sync()?;
         let recs = std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut by: Vec<KernelTime> = Vec::new();
-        for (name, a, b) in recs {
-            let ms = a.elapsed_ms(&b).map_err(drv("elapsed"))? as f64;
-            match by.iter_mut().find(|k| k.name == name) {
-                Some(k) => {
-                    k.launches += 1;
-                    k.ms += ms;
-                }
-                None => by.push(KernelTime {
-                    name,
-                    launches: 1,
-                    ms,
-                }),
-            }
-        }
-        by.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        Ok(by)
+        recs.into_iter()
+            .map(|(name, a, b)| Ok((name, a.elapsed_ms(&b).map_err(drv("elapsed"))? as f64)))
+            .collect()
     }
 
     pub fn func(&self, name: &str) -> &CudaFunction {

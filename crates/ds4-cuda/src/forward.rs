@@ -809,24 +809,9 @@ fn attention_wg_shapes(cfg: &ModelConfig, half: bool) -> bool {
     half && cfg.head_dim == 512 && cfg.n_head.is_multiple_of(32) && cfg.n_rot <= 128
 }
 
-static ATT_WG64: TestSwitch = TestSwitch::new();
-
-/// Whether the wgmma attention takes 64 heads a block with P as f16 alone in P·V
-/// (`attention_wg64_kh`; `DS4_CUDA_ATT_WG=64`: prepared in v31, not yet run on a GPU).
-fn attention_wg64_on() -> bool {
-    ATT_WG64.on(|| env_is("DS4_CUDA_ATT_WG", "64"))
-}
-
-/// Chooses [`attention_wg64_on`] for every later launch of this process (None: the
-/// environment's), for tests that compare the kernels.
-pub fn set_attention_wg64(on: Option<bool>) {
-    ATT_WG64.set(on);
-}
-
 /// `attention_wg_kh`'s dynamic shared memory (its layout in ds4.cu): room to align to
 /// 1,024 bytes, the queries' hi and lo parts, two tiles of 64 rows, the halves' score
-/// exchange, the rotation's cosines and sines (n_rot ≤ 128). `attention_wg64_kh` takes
-/// the same: twice the queries, tiles of 32 rows.
+/// exchange, the rotation's cosines and sines (n_rot ≤ 128).
 const ATW_SHARED: usize = 1024 + 65536 + 2 * 65536 + 16384 + 512;
 const _: () = assert!(ATW_SHARED <= ATT_MMA_SHARED_MAX);
 
@@ -2651,12 +2636,7 @@ impl<'a> Fwd<'a> {
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
         if att_mma && attention_wg_takes(g, cfg, st.half) {
-            let (k, hpb) = if attention_wg64_on() && nh.is_multiple_of(64) {
-                ("attention_wg64_kh", 64)
-            } else {
-                ("attention_wg_kh", 32)
-            };
-            let shm = ATW_SHARED;
+            let (k, hpb, shm) = ("attention_wg_kh", 32, ATW_SHARED);
             g.allow_shared(k, shm)?;
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d))
                 .filter(|_| fusion_on(RunFusion::AttQ8));

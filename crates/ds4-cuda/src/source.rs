@@ -110,7 +110,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention_mma_h64",
     "attention_mma_h64_kh",
     "attention_wg_kh",
-    "attention_wg64_kh",
     "attention_split",
     "attention_split_kh",
     "attention_combine",
