@@ -1491,6 +1491,17 @@ __device__ __forceinline__ void q8_chunk_x16(uint4 w, float d, u32* o) {
         }
     }
 }
+// Two Q8_0 values (q0, q1) of a block of scale d as the f16 pair q8_chunk_x16 forms for
+// them, bit for bit (the same roundings: q exact in f16, q·d_hi + (q·d_lo) once).
+__device__ __forceinline__ u32 q8_pair_f16(int q0, int q1, float d) {
+    if (d >= 6.103515625e-05f) {
+        u32 dh = f2h_rn(d);
+        u32 dl = f2h_rn(d - h2f((u16)dh));
+        u32 q = f2h2((float)q0, (float)q1);
+        return h2_fma(q, dh | (dh << 16), h2_mul(q, dl | (dl << 16)));
+    }
+    return f2h2((float)q0 * d, (float)q1 * d);
+}
 #endif
 extern "C" __global__ void __launch_bounds__(256, 2) mm_q8_0_wh(MvArgs a) { pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -4736,14 +4747,15 @@ extern "C" __global__ void compress_rows_kh(COMPRESS_ROWS_ARGS(u16)) { pdl_begin
 // slot a later row reads: the current window's slots hold the tokens of the window still
 // open at the run's end (from We = end / ratio · ratio up to the end), and (overlapping
 // compressors, when a row closed in the run) the previous-window slots the window before
-// We. One block; thread j owns columns j and d + j of every slot (as in compress_run), so
-// reading the old state and writing the new one need no barrier.
+// We. A block a residue r of the window (v32: one block walking every token took 54 µs
+// at ratio 128): it owns slots r and ratio + r, and thread j their columns j and d + j
+// (as in compress_run), so reading the old state and writing the new one need no barrier.
 extern "C" __global__ void compress_state(const float* kvp, const float* gate, int in_stride,
                                           const float* ape, float* front_kv,
                                           float* front_score, int T, const int* pos0p, int ratio,
                                           int coff, int d) { pdl_begin();
     int pos0 = *pos0p;
-    int j = threadIdx.x;
+    int j = threadIdx.x, r = blockIdx.x;
     if (j >= d) return;
     int width = coff * d;
     int end = pos0 + T;
@@ -4754,22 +4766,20 @@ extern "C" __global__ void compress_state(const float* kvp, const float* gate, i
         if (coff == 2 && we > w0) {
             // Previous window = [we - ratio, we): from the run, or (the window that held
             // pos0, when it closed in this run) from the old current-window slots.
-            for (int q = we - ratio; q < we; q++) {
-                int r = q % ratio;
-                float kv, sc;
-                if (q >= pos0) {
-                    kv = kvp[(size_t)(q - pos0) * in_stride + col];
-                    sc = gate[(size_t)(q - pos0) * in_stride + col] + ape[(size_t)r * width + col];
-                } else {
-                    kv = front_kv[(size_t)(ratio + r) * width + col];
-                    sc = front_score[(size_t)(ratio + r) * width + col];
-                }
-                front_kv[(size_t)r * width + col] = kv;
-                front_score[(size_t)r * width + col] = sc;
+            int q = we - ratio + r;
+            float kv, sc;
+            if (q >= pos0) {
+                kv = kvp[(size_t)(q - pos0) * in_stride + col];
+                sc = gate[(size_t)(q - pos0) * in_stride + col] + ape[(size_t)r * width + col];
+            } else {
+                kv = front_kv[(size_t)(ratio + r) * width + col];
+                sc = front_score[(size_t)(ratio + r) * width + col];
             }
+            front_kv[(size_t)r * width + col] = kv;
+            front_score[(size_t)r * width + col] = sc;
         }
-        for (int q = max(we, pos0); q < end; q++) {
-            int r = q % ratio;
+        int q = we + r;
+        if (q >= pos0 && q < end) {
             int slot = coff == 2 ? ratio + r : r;
             front_kv[(size_t)slot * width + col] = kvp[(size_t)(q - pos0) * in_stride + col];
             front_score[(size_t)slot * width + col] =
@@ -6810,24 +6820,46 @@ __device__ __forceinline__ void atw_stage_head(u8* qb, const float4 (&e)[4], int
     }
 }
 // o's Q8_0 block at e0 (32 dimensions: four n8 steps of a lane quad, 8 values a lane) as
-// quant_q8_0 makes it from the stored values.
-__device__ __forceinline__ void atw_q8_block(const float (&v)[8], i8* oq, float* od, size_t e0,
-                                             int tq) {
+// quant_q8_0 makes it from the values; with oh, also those values in f16 as
+// q8_0_to_f16_p turns the block (out_a's wgmma operand; its launch then skipped): in
+// each 16, the pair of dimensions 4s, 4s + 1 at 32-bit slot s and 4s + 2, 4s + 3 at
+// slot 4 + s, so lane tq's pairs 8u + 2tq fall in slots s0 and s0 + 2 of half u / 2
+// (s0 = 0, 4, 1, 5); lanes tq and tq ^ 2 trade one so that each holds two adjacent
+// slots, and a quad's four 8-byte stores fill a 32-byte sector (v32: 4-byte stores, two
+// instructions a sector, made the kernel 5% slower).
+__device__ __forceinline__ void atw_q8_block(const float (&v)[8], i8* oq, float* od, u16* oh,
+                                             size_t e0, int tq) {
     float ma = 0.0f;
 #pragma unroll
     for (int k = 0; k < 8; k++) ma = fmaxf(ma, fabsf(v[k]));
     ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 1));
     ma = fmaxf(ma, __shfl_xor_sync(0xffffffffu, ma, 2));
     float dd = ma / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    u32 pr[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         int q0 = max(-127, min(127, __float2int_rn(v[2 * u] * id)));
         int q1 = max(-127, min(127, __float2int_rn(v[2 * u + 1] * id)));
         *(u16*)(oq + e0 + 8 * u + 2 * tq) = (u16)((q0 & 0xff) | ((q1 & 0xff) << 8));
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+        if (oh) pr[u] = q8_pair_f16(q0, q1, dd);
+#endif
     }
     if (tq == 0) od[e0 / 32] = dd;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (oh) {
+        bool first = (tq & 2) == 0;
+        int base = 2 * (2 * (tq & 1) + (tq >> 1));  // 0, 4, 2, 6
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            u32 x = __shfl_xor_sync(0xffffffffu, first ? pr[2 * c + 1] : pr[2 * c], 2);
+            uint2 w = first ? make_uint2(pr[2 * c], x) : make_uint2(x, pr[2 * c + 1]);
+            *(uint2*)(oh + e0 + 16 * c + 2 * base) = w;
+        }
+    }
+#endif
 }
-extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARGS(u16)) {
+extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARGS(u16), u16* oh) {
     pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     const int HD = 512;
@@ -7014,11 +7046,13 @@ extern "C" __global__ void __launch_bounds__(256, 1) attention_wg_kh(ATT_MMA_ARG
                 float2 c = cs[(d - off) >> 1];
                 rope_cs(&x0, &x1, c.x, -c.y);
             }
-            *(float2*)(o + ob + d) = make_float2(x0, x1);
+            // With oq, out_a reads o as Q8_0 (or oh's f16) only: f32 o would be 128 KB
+            // a token written for nothing.
+            if (!oq) *(float2*)(o + ob + d) = make_float2(x0, x1);
             v[2 * u] = x0;
             v[2 * u + 1] = x1;
         }
-        if (oq) atw_q8_block(v, oq, od, ob + 256 * wg + 8 * j0, tq);
+        if (oq) atw_q8_block(v, oq, od, oh, ob + 256 * wg + 8 * j0, tq);
     }
 #endif
 }

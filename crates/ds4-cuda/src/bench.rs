@@ -106,6 +106,7 @@ impl CudaBackend {
                     act_ready: false,
                     part: (0, 0),
                     half: (0, 0),
+                    half_ready: false,
                     x_scale: 0,
                 }
             } else {

@@ -272,33 +272,45 @@ fn f32s(n: usize) -> usize {
     n * 4
 }
 
-/// Most column splits of a tensor-core product, and most rows of a split one.
+/// Most column splits of a tensor-core product, most rows of a split one, and most
+/// partial sums a token (splits × rows) the partials buffer holds.
 const MM_MAX_SPLITS: usize = 8;
-const MM_SPLIT_ROWS: usize = 64;
+const MM_SPLIT_ROWS: usize = 512;
+const MM_SPLIT_PARTS: usize = 1024;
 
 /// Bytes of the split products' partial sums for runs of `t` tokens (none for decode).
 pub fn part_bytes(t: usize) -> usize {
     if t < MMA_MIN_TOKENS {
         16
     } else {
-        f32s(MM_MAX_SPLITS * t * MM_SPLIT_ROWS)
+        f32s(MM_SPLIT_PARTS * t)
     }
 }
 
-/// Column splits for a tensor-core F16 product of `m` over `nb` tokens: a matrix of one
-/// 64-row tile (the HC mixing's 24 rows over 16,384 columns, the indexer's 64 weights)
-/// gives only nb/64 blocks — 32 of 132 SMs for a 2,048-token chunk, each walking all
-/// the columns. Split in a power of two that divides its 64-column stages (each split
+/// Column splits for a tensor-core F16 product of `m` over `nb` tokens: a matrix of a few
+/// 64-row tiles (the HC mixing's 24 rows over 16,384 columns, the indexer's 64 weights,
+/// the router's 256 rows and the indexer compressor's 512 over 4,096) gives few blocks —
+/// 32 of 132 SMs for the HC mixing over a 2,048-token chunk, 128 for the router, one
+/// block an SM walking all the columns with one stage in flight (v32: the router 79 µs
+/// for 34 MB). Split in a power of two that divides its 64-column stages (each split
 /// keeps at least four) until the blocks fill two per SM; the partial sums are added in
 /// split order (`sum_parts`), so the result does not depend on timing. 1: no split.
-/// `DS4_CUDA_MM_SPLIT=0` turns the splits off, for comparisons.
+/// `DS4_CUDA_MM_SPLIT=0` turns the splits off and `=64` keeps them to one row tile (v17
+/// to v31), for comparisons.
 pub fn mm_col_splits(gpu: &Gpu, m: &DevMat, nb: usize, part_cap: usize) -> usize {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("DS4_CUDA_MM_SPLIT").map_or(true, |v| v != "0"));
-    if !on || m.ty != GgmlType::F16 || m.rows > MM_SPLIT_ROWS {
+    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let max_rows = *MODE.get_or_init(|| match std::env::var("DS4_CUDA_MM_SPLIT").as_deref() {
+        Ok("0") => None,
+        Ok("64") => Some(64),
+        _ => Some(MM_SPLIT_ROWS),
+    });
+    let Some(max_rows) = max_rows else {
+        return 1;
+    };
+    if m.ty != GgmlType::F16 || m.rows > max_rows {
         return 1;
     }
-    let blocks = nb.div_ceil(64);
+    let blocks = m.rows.div_ceil(64) * nb.div_ceil(64);
     let stages = m.cols / 64;
     let mut ks = 1;
     while ks < MM_MAX_SPLITS
@@ -689,6 +701,10 @@ pub struct Mv {
     /// A buffer (address, bytes) for the activations as f16 (`mm_q8_0_wh2` reads them
     /// there); (0, 0): none. One product at a time, as `part`.
     pub half: (u64, usize),
+    /// `half` already holds the activations' f16 in `q8_0_to_f16_p`'s order (the run
+    /// attention's epilogue wrote them beside o's Q8_0): a product that takes
+    /// `mm_q8_0_wr` skips that conversion; any other ignores this.
+    pub half_ready: bool,
     /// Per-token factors (`nb` floats) the f32 activations are multiplied by as they
     /// are read (`MvArgs::xsc` in ds4.cu): only the F16 tensor-core products take them;
     /// 0: none.
@@ -716,6 +732,7 @@ impl Mv {
             act_ready: false,
             part: (0, 0),
             half: (0, 0),
+            half_ready: false,
             x_scale: 0,
         }
     }
@@ -795,6 +812,14 @@ fn attention_wg_on() -> bool {
 /// environment's), for tests that compare the kernels.
 pub fn set_attention_wg(on: Option<bool>) {
     ATT_WG.set(on);
+}
+
+/// Whether `attention_wg_kh` writes o's f16 for out_a's `mm_q8_0_wr` beside its Q8_0 (v32,
+/// the default: `q8_0_to_f16_p`'s pass over o, 60 µs a layer for a 2,048-token chunk,
+/// skipped); `DS4_CUDA_ATT_F16O=0` leaves that conversion to `q8_0_to_f16_p`.
+fn attention_f16_o_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| env_not("DS4_CUDA_ATT_F16O", "0"))
 }
 
 /// Whether a run that takes the tensor-core attention takes `attention_wg_kh`: on Hopper,
@@ -1286,7 +1311,8 @@ pub fn set_iq2_r256(on: Option<bool>) {
 
 static F16_WS: TestSwitch = TestSwitch::new();
 
-/// Whether a run's F16 products of at least a wave of 128-row × 128-token tiles take
+/// Whether a run's F16 products of at least three quarters of a wave of 128-row × 128-token
+/// tiles (a wave until v32) take
 /// wgmma (`mm_f16_ws`, v30, the default on Hopper: both operands in shared memory, the
 /// activations' hi and lo parts by `f32_to_f16_hl` as one 256-wide tile;
 /// `DS4_CUDA_F16_WS=0` keeps `mm_f16_pf`'s mma.sync; `=all` takes it for launches of less
@@ -1706,15 +1732,19 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         let offsets32 = m.rows * m.cols < 1 << 32 && c.nb * c.x_len < 1 << 32;
         let n = c.n_act * c.x_len;
         if kernel == "mm_f16_pf"
-            && ks == 1
+            // A product with a wave of wgmma tiles has four of mm_f16_pf's and no split,
+            // unless a test takes wgmma for every product.
+            && (ks == 1 || F16_WS.forced_on() || f16_ws_all())
             && g.arch == "sm_90a"
             && f16_ws_on()
             && m.rows >= 128
-            // A wave at least (unless a test takes it on): fewer, longer blocks than
-            // mm_f16_pf's 64 × 64 tiles leave SMs idle (the router's 256 rows).
+            // Three quarters of a wave at least (unless a test takes it on): fewer, longer
+            // blocks than mm_f16_pf's 64 × 64 tiles leave SMs idle (the router's 256 rows,
+            // which split instead), but the attention compressor's 1,024 rows over a
+            // 2,048-token chunk are 128 blocks for 132 SMs (v32: 200 µs by mm_f16_pf).
             && (F16_WS.forced_on()
                 || f16_ws_all()
-                || m.rows.div_ceil(128) * c.nb.div_ceil(128) >= g.sms as usize)
+                || 4 * m.rows.div_ceil(128) * c.nb.div_ceil(128) >= 3 * g.sms as usize)
             && m.cols.is_multiple_of(64)
             && c.n_act == c.nb
             && c.half.1 >= 4 * n
@@ -1738,7 +1768,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 y_stride: m.rows as i32,
                 ..args
             };
-            launch!(g, kernel, (1, ceil_div(c.nb, 64), ks as u32), 128, 0; args)?;
+            launch!(g, kernel, (ceil_div(m.rows, 64), ceil_div(c.nb, 64), ks as u32), 128, 0;
+                args)?;
             let n = c.nb * m.rows;
             return launch!(g, "sum_parts", (ceil_div(n, 256), 1, 1), 256, 0;
                 c.part.0, ks as i32, n as i32, m.rows as i32, c.y, c.y_stride as i32);
@@ -1762,8 +1793,10 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
                 "mm_q8_0_wr4" => Some(4),
                 _ => None,
             } {
-                launch!(g, "q8_0_to_f16_p", (ceil_div(n / 16, 256), 1, 1), 256, 0;
-                    act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+                if !c.half_ready {
+                    launch!(g, "q8_0_to_f16_p", (ceil_div(n / 16, 256), 1, 1), 256, 0;
+                        act[0].ptr, act[1].ptr, c.half.0, n as i32)?;
+                }
                 let shm = mmr_shared(ns);
                 g.allow_shared(kernel, shm)?;
                 return launch!(g, kernel, (ceil_div(m.rows, 128), ceil_div(c.nb, 256), 1), 256,
@@ -1908,6 +1941,7 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         Mv {
             part: (part.ptr, part.bytes),
             half: (half.ptr, half.bytes),
+            half_ready: false,
             ..Mv::plain(x.ptr, t, m.cols, y.ptr, m.rows)
         },
     )?;
@@ -2129,6 +2163,7 @@ pub fn experts_once(
         act_ready: false,
         part: (0, 0),
         half: (half.ptr, half.bytes),
+        half_ready: false,
         x_scale: 0,
     };
     mv_launch(gpu, m, [&q, &d, &bs], mv)?;
@@ -2264,10 +2299,12 @@ impl<'a> Fwd<'a> {
         m: &DevMat,
         c: Mv,
     ) -> Result<(), CudaError> {
-        let half = if self.capture {
-            (0, 0)
+        // As `mv`: the partials (the indexer compressor's 512 rows split) and the f16
+        // buffer for runs, which are not captured and so have no parallel branches.
+        let (part, half) = if self.capture {
+            ((0, 0), (0, 0))
         } else {
-            (s.act_h.ptr, s.act_h.bytes)
+            ((s.part.ptr, s.part.bytes), (s.act_h.ptr, s.act_h.bytes))
         };
         mv_launch(
             self.gpu,
@@ -2275,6 +2312,7 @@ impl<'a> Fwd<'a> {
             [act.0, act.1, &s.act_s],
             Mv {
                 act_ready: ready,
+                part,
                 half,
                 ..c
             },
@@ -2635,17 +2673,29 @@ impl<'a> Fwd<'a> {
         // heads); decode keeps one block per head for parallelism.
         let hb = attention_heads_per_block(cfg, rows_max, t);
         let mut oq = None;
+        let mut oh = 0u64;
         if att_mma && attention_wg_takes(g, cfg, st.half) {
             let (k, hpb, shm) = ("attention_wg_kh", 32, ATW_SHARED);
             g.allow_shared(k, shm)?;
             oq = q8_target(w.out_a.ty, hd, (&s.act_q, &s.act_d))
                 .filter(|_| fusion_on(RunFusion::AttQ8));
             let (qp, dp) = oq.unwrap_or((0, 0));
+            // With o's Q8_0, its f16 for out_a's wgmma too, into the buffer out_a's
+            // product would convert it into (runs are not captured: `mv` passes it).
+            oh = if oq.is_some()
+                && !self.capture
+                && s.act_h.bytes >= 2 * t * nh * hd
+                && attention_f16_o_on()
+            {
+                s.act_h.ptr
+            } else {
+                0
+            };
             launch!(g, k, ((nh / hpb) as u32, t as u32, 1), 256, shm as u32;
                 s.q.ptr, st.ring.ptr, ring_rows, comp_ptr, sel.0, sel.1, cfg.indexer_top_k as i32,
                 w.sinks.ptr, s.o.ptr, nh as i32, hd as i32, cfg.sliding_window as i32, p0,
                 ratio as i32, rope, n_rot, scale, rows_max as i32, qp, dp,
-                if qn_in_att { self.eps() } else { -1.0f32 })?;
+                if qn_in_att { self.eps() } else { -1.0f32 }, oh)?;
         } else if att_mma {
             let hpb = attention_mma_heads(cfg, rows_max, st.half);
             let shm = attention_mma_shared(hd, hpb, rows_max, att_mma_buffers(hpb, st.half));
@@ -2727,6 +2777,7 @@ impl<'a> Fwd<'a> {
             Mv {
                 group: (r, gin),
                 act_ready: oq.is_some(),
+                half_ready: oh != 0,
                 ..Mv::plain(s.o.ptr, t, nh * hd, s.low.ptr, cfg.o_groups * r)
             },
         )?;
@@ -2850,7 +2901,7 @@ impl<'a> Fwd<'a> {
                 kv, gate, stride as i32, c.ape, c.norm, c.front.0, c.front.1, c.rows, s_pos,
                 ratio as i32, c.coff as i32, c.d as i32, self.eps(), rope, n_rot, c.sim)?;
         }
-        launch!(g, "compress_state", (1, 1, 1), threads, 0;
+        launch!(g, "compress_state", (ratio as u32, 1, 1), threads, 0;
             kv, gate, stride as i32, c.ape, c.front.0, c.front.1, t as i32, s_pos, ratio as i32,
             c.coff as i32, c.d as i32)
     }
@@ -3007,6 +3058,7 @@ impl<'a> Fwd<'a> {
                 act_ready: false,
                 part: (0, 0),
                 half: (0, 0),
+                half_ready: false,
                 x_scale: 0,
             };
         // Gate and up of each item in one product ([gate; up] per expert).

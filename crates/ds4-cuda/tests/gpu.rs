@@ -150,9 +150,10 @@ fn narrow_f16_products_split_over_columns_match_cpu() {
     let Some(gpu) = gpu_or_skip("narrow_f16_products_split_over_columns_match_cpu") else {
         return;
     };
-    // The HC mixing's shape (24 rows of 16,384) and the indexer weights' (64 of 4,096):
-    // one 64-row tile, so a run's tensor-core product splits its columns (sum_parts).
-    for (rows, cols) in [(24, 16384), (64, 4096)] {
+    // The HC mixing's shape (24 rows of 16,384), the indexer weights' (64 of 4,096), the
+    // router's (256) and a compressor's (512, a partial row tile short): few 64-row tiles,
+    // so a run's tensor-core product splits its columns (sum_parts).
+    for (rows, cols) in [(24, 16384), (64, 4096), (256, 4096), (456, 4096)] {
         let w = rand_vec(rows * cols, 3);
         let bytes = ds4_quant::quantize(GgmlType::F16, &w, cols, None).unwrap();
         let m = Mat::from_blocks(rows, cols, GgmlType::F16, Bytes::from_vec(bytes)).unwrap();
@@ -797,6 +798,53 @@ fn wgmma_attention_matches_cpu_and_the_mma_kernel() {
             "attention_wg_kh against attention_mma: rel err {e_k}"
         );
     }
+}
+
+/// The wgmma run attention writes o's Q8_0 and, for out_a's `mm_q8_0_wr`, its f16 in
+/// `q8_0_to_f16_p`'s order (that launch then skipped) instead of o in f32: the logits
+/// equal, bit for bit, those of o in f32 quantized and converted by the separate kernels,
+/// on 64 heads of 512 with out_a in Q8_0, its groups 128 rows (wr's tiles) and runs of 192
+/// tokens (more than wr's 128).
+#[test]
+fn wgmma_attention_f16_o_matches_the_separate_conversion() {
+    let Some(gpu) = gpu_or_skip("wgmma_attention_f16_o_matches_the_separate_conversion") else {
+        return;
+    };
+    if gpu.arch != "sm_90a" {
+        println!("SKIPPED wgmma_attention_f16_o_matches_the_separate_conversion: Hopper only");
+        return;
+    }
+    let mut cfg = wide_tiny_config();
+    cfg.n_head = 64;
+    cfg.head_dim = 512;
+    cfg.o_lora = 128;
+    cfg.expert_ff = 256; // whole Q2_K rows for the routed down products
+    let model = Model::new(
+        cfg.clone(),
+        &FlashTypes(ds4_engine::SyntheticSource::new(cfg.clone(), 21)),
+    )
+    .unwrap();
+    let toks: Vec<u32> = (0..384u32).map(|i| (i * 53 + 7) % 256).collect();
+    let opts = ForwardOptions::default();
+    let mut be = ds4_cuda::CudaBackend::load(&model, 0, 512, 192, &mut |_, _| {}).unwrap();
+    be.gpu.set_profiling(true);
+    let run = |fused: bool| {
+        set_run_fusions([None, Some(fused), None, None, None]);
+        let mut st = be.new_state(512, opts).unwrap();
+        let out = teacher_forced(st.as_mut(), &toks, 192).unwrap();
+        set_run_fusions([None; 5]);
+        let prof = be.gpu.take_profile().unwrap();
+        let conv = prof
+            .iter()
+            .find(|k| k.name == "q8_0_to_f16_p")
+            .map_or(0, |k| k.launches);
+        (out, conv)
+    };
+    let (sep, n_sep) = run(false);
+    let (fused, n_fused) = run(true);
+    println!("q8_0_to_f16_p launches: {n_sep} separate, {n_fused} with the attention's f16");
+    assert!(n_fused < n_sep, "out_a's conversion was not skipped");
+    assert_eq!(sep, fused, "the attention's f16 o changed the logits");
 }
 
 /// A state keeping its K=V and indexer rows in f16 (the default under the QAT
