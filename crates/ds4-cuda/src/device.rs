@@ -467,3 +467,16 @@ macro_rules! launch {
         unsafe { gpu.launch_raw(name, grid, block, shm, &mut params) }
     }};
 }
+
+#[cfg(test)]
+mod tests {
+    use super::by_kernel;
+
+    #[test]
+    fn launches_sum_by_kernel_largest_first() {
+        let l = [("a", 1.0), ("b", 0.5), ("a", 2.0), ("c", 3.5), ("b", 0.25)];
+        let by = by_kernel(&l);
+        let got: Vec<(&str, usize, f64)> = by.iter().map(|k| (k.name, k.launches, k.ms)).collect();
+        assert_eq!(got, vec![("c", 1, 3.5), ("a", 2, 3.0), ("b", 2, 0.75)]);
+    }
+}

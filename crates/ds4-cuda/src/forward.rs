@@ -1941,7 +1941,6 @@ pub fn matmul_once(gpu: &Gpu, m: &DevMat, xs: &[Vec<f32>]) -> Result<Vec<Vec<f32
         Mv {
             part: (part.ptr, part.bytes),
             half: (half.ptr, half.bytes),
-            half_ready: false,
             ..Mv::plain(x.ptr, t, m.cols, y.ptr, m.rows)
         },
     )?;
