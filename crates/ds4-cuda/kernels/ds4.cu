@@ -5631,7 +5631,13 @@ __device__ __forceinline__ void attn_scores_rows_hw(const u16** rowp, int nr, co
             for (int u = 0; u < 4; u += 2) {
                 float v0 = h2f((u16)(wd[u] & 0xffff)), v1 = h2f((u16)(wd[u] >> 16));
                 float v2 = h2f((u16)(wd[u + 1] & 0xffff)), v3 = h2f((u16)(wd[u + 1] >> 16));
+#if DS4_ATT_QP
+                // The staged queries' float4 (2k + u/2)·16 + hl (attn_q_perm): the 16
+                // lanes of a half read 256 consecutive bytes.
+                int d = 4 * ((((2 * k + (u >> 1)) << 4)) + hl);
+#else
                 int d = 8 * hl + 128 * k + 2 * u;
+#endif
 #pragma unroll
                 for (int hh = 0; hh < HB; hh++) {
                     float4 qv = *(const float4*)&qs[hh * hd + d];
@@ -5808,7 +5814,16 @@ extern "C" __global__ void attention_kh(ATT_ARGS(u16)) {
 // A range's dynamic shared memory, staged (attention_split and its cluster form): the hb
 // heads' queries qs[hb][hd], a weight per row and head wts[hb][span], and the range's row
 // addresses rowp[nr] (raw rows through the ring, compressed ones through the selection).
-template <typename KV>
+// Where attn_scores_rows_hw's lane hl of a half-warp reads dims 8hl + 128k + 4v .. + 3 of
+// a head's query (float4 f = 2hl + 32k + v), the permuted copy holds them at float4
+// (2k + v)·16 + hl, so that a half-warp's 16 float4 reads are 256 consecutive bytes rather
+// than 16 spread at a 32-byte stride (v33: the attention cluster's shared-memory
+// wavefronts, 38% of them excess by ncu, were the bulk of its L1 traffic).
+__device__ __forceinline__ int attn_q_perm(int d) {
+    int f = d >> 2;
+    return 4 * ((((f >> 5) * 2 + (f & 1)) << 4) + ((f >> 1) & 15)) + (d & 3);
+}
+template <typename KV, bool QP = false>
 __device__ __forceinline__ void attn_range_stage(const float* q, const KV* ring, int ring_rows,
                                                  const KV* comp, const int* sel, int sel_k,
                                                  const AttnRows& ar, int r0, int nr, int t,
@@ -5819,8 +5834,11 @@ __device__ __forceinline__ void attn_range_stage(const float* q, const KV* ring,
     wts = sm + hb * hd;
     int wend = hb * hd + hb * span;
     rowp = (const KV**)(sm + wend + (wend & 1));
-    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x)
-        qs[i] = q[((size_t)t * heads + h0) * hd + i];
+    for (int i = threadIdx.x; i < hb * hd; i += blockDim.x) {
+        int j = i;
+        if (QP) j = (i / hd) * hd + attn_q_perm(i % hd);
+        qs[j] = q[((size_t)t * heads + h0) * hd + i];
+    }
     attn_row_table(ar, r0, nr, ring, ring_rows, comp, sel, sel_k, t, hd, rowp);
     __syncthreads();
 }
@@ -6090,8 +6108,13 @@ __device__ __forceinline__ void attention_split_cl_body(const float* q, const KV
     // qs: the queries, then this range's weighted sums.
     float *qs, *wts;
     const KV** rowp;
-    attn_range_stage(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, HB, hd, span,
-                     sm, qs, wts, rowp);
+    constexpr bool QP = DS4_ATT_HW && DS4_ATT_QP && sizeof(KV) == 2;
+    if (QP && (hd & 127) == 0)
+        attn_range_stage<KV, QP>(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, HB,
+                                 hd, span, sm, qs, wts, rowp);
+    else
+        attn_range_stage(q, ring, ring_rows, comp, sel, sel_k, ar, r0, nr, t, heads, h0, HB, hd, span,
+                         sm, qs, wts, rowp);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     attn_scores_cl<HB>(rowp, nr, qs, hd, scale, wts, span);
     __syncthreads();

@@ -152,7 +152,8 @@ pub fn program() -> String {
     // products' first loads before the PDL wait, the Q8_0 decode product's register cap,
     // the ldmatrix fragments of mm_f16 and mm_iq2_xxs_st, decode's Q2_K loads a round ahead,
     // its IQ2_XXS signs by a second dp4a and its lookups by 32-bit shared addresses, the
-    // attention cluster's half-warp scores and its weighted sums two columns a thread;
+    // attention cluster's half-warp scores, their queries staged in read order and its
+    // weighted sums two columns a thread;
     // prefill's IQ2_XXS grid lookups by prmt and 32-bit addresses, its Q2_K sub-block
     // pairs scaled into one k32 mma and its Q2_K staging worked out once a block.
     // Numbers (out of range: the default): launch bounds of four decode kernels and the
@@ -174,6 +175,9 @@ pub fn program() -> String {
         ("DS4_IQ2_DP2", on("DS4_CUDA_IQ2_DP2")),
         ("DS4_ATT_HW", on("DS4_CUDA_ATTN_HW")),
         ("DS4_ATT_WV2", on("DS4_CUDA_ATTN_WV2")),
+        // The attention cluster's queries staged in its half-warp scores' read order
+        // (v33: consecutive float4 reads, half the shared-memory wavefronts).
+        ("DS4_ATT_QP", on("DS4_CUDA_ATTN_QP")),
         ("DS4_IQ2_LA", on("DS4_CUDA_IQ2_LA")),
         ("DS4_IQ2_PLA", on("DS4_CUDA_IQ2_PLA")),
         ("DS4_Q2K_K32", on("DS4_CUDA_Q2K_K32")),
