@@ -5634,7 +5634,7 @@ __device__ __forceinline__ void attn_scores_rows_hw(const u16** rowp, int nr, co
 #if DS4_ATT_QP
                 // The staged queries' float4 (2k + u/2)·16 + hl (attn_q_perm): the 16
                 // lanes of a half read 256 consecutive bytes.
-                int d = 4 * ((((2 * k + (u >> 1)) << 4)) + hl);
+                int d = 4 * (((2 * k + (u >> 1)) << 4) + hl);
 #else
                 int d = 8 * hl + 128 * k + 2 * u;
 #endif

@@ -8,7 +8,12 @@ use ds4_cuda::source;
 #[test]
 fn kernels_compile_for_hopper_without_spills() {
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        println!("SKIPPED kernels_compile_for_hopper_without_spills: NVRTC not found");
+        // Past libtest's capture of a passing test's output: the CI log says so.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED kernels_compile_for_hopper_without_spills: NVRTC not found"
+        );
         return;
     }
     let prog = source::program();
