@@ -6017,48 +6017,88 @@ __device__ __forceinline__ void attn_weighted_cols(const KV** rowp, int nr, cons
 // takes one column and 8 — half the load instructions and half the dependent rounds over
 // a range's ~80 rows, with half the threads (the H200's step −1.0%, v24). Each column's
 // rows are added in the same order with the same products: the same values.
+// Rows [r, r_end) of column pair i, i + 1 added into acc in row order.
+template <int HB>
+__device__ __forceinline__ void attn_weighted_pair(const u16** rowp, int r, int r_end, const float* wts,
+                                                   int wstride, int i, float (&acc)[HB][2]) {
+    constexpr int RA = 16;
+    for (; r + RA <= r_end; r += RA) {
+        u32 v[RA];
+#pragma unroll
+        for (int u = 0; u < RA; u++) v[u] = *(const u32*)(rowp[r + u] + i);
+#pragma unroll
+        for (int u = 0; u < RA; u++) {
+            float lo = h2f((u16)(v[u] & 0xffff)), hi = h2f((u16)(v[u] >> 16));
+#pragma unroll
+            for (int hh = 0; hh < HB; hh++) {
+                float wgt = wts[hh * wstride + r + u];
+                acc[hh][0] += wgt * lo;
+                acc[hh][1] += wgt * hi;
+            }
+        }
+    }
+    for (; r < r_end; r++) {
+        u32 v = *(const u32*)(rowp[r] + i);
+        float lo = h2f((u16)(v & 0xffff)), hi = h2f((u16)(v >> 16));
+#pragma unroll
+        for (int hh = 0; hh < HB; hh++) {
+            float wgt = wts[hh * wstride + r];
+            acc[hh][0] += wgt * lo;
+            acc[hh][1] += wgt * hi;
+        }
+    }
+}
 template <int HB>
 __device__ __forceinline__ void attn_weighted_cl(const u16** rowp, int nr, const float* wts,
                                                  int wstride, int hd, float* qs) {
 #if DS4_ATT_WV2
     if ((hd & 1) == 0) {
-        constexpr int RA = 16;
+        int np = hd >> 1;
+#if DS4_ATT_WSPLIT
+        // DS4_CUDA_ATTN_WSPLIT=1 (prepared in v33, not measured): with a thread a column pair
+        // (hd = 512: 256 of the 512 threads), the other half of the block idles while each
+        // pair's thread walks the range's ~80 rows in 5 dependent rounds of 16. Here the two
+        // halves take the rows up to rh (a multiple of 16) and from it, and the second adds
+        // its sums to the first's after a barrier: at most 3 rounds, the same shared reads
+        // in all. Each sum is two partial sums added (a + b, in either order the same
+        // float), so the values differ from the default's by float rounding.
+        if (2 * np <= (int)blockDim.x) {
+            int grp = (int)threadIdx.x >= np;
+            bool live = (int)threadIdx.x < 2 * np;
+            int i = 2 * ((int)threadIdx.x - grp * np);
+            int rh = min(nr, (nr + 31) / 32 * 16);
+            float acc[HB][2];
+#pragma unroll
+            for (int hh = 0; hh < HB; hh++) acc[hh][0] = acc[hh][1] = 0.0f;
+            if (live) attn_weighted_pair<HB>(rowp, grp ? rh : 0, grp ? nr : rh, wts, wstride, i, acc);
+            if (live && !grp)
+#pragma unroll
+                for (int hh = 0; hh < HB; hh++) {
+                    qs[hh * hd + i] = acc[hh][0];
+                    qs[hh * hd + i + 1] = acc[hh][1];
+                }
+            __syncthreads();
+            if (live && grp)
+#pragma unroll
+                for (int hh = 0; hh < HB; hh++) {
+                    qs[hh * hd + i] += acc[hh][0];
+                    qs[hh * hd + i + 1] += acc[hh][1];
+                }
+            return;
+        }
+#endif
         for (int i = 2 * threadIdx.x; i < hd; i += 2 * blockDim.x) {
             float acc[HB][2];
 #pragma unroll
             for (int hh = 0; hh < HB; hh++) acc[hh][0] = acc[hh][1] = 0.0f;
-            int r = 0;
-            for (; r + RA <= nr; r += RA) {
-                u32 v[RA];
-#pragma unroll
-                for (int u = 0; u < RA; u++) v[u] = *(const u32*)(rowp[r + u] + i);
-#pragma unroll
-                for (int u = 0; u < RA; u++) {
-                    float lo = h2f((u16)(v[u] & 0xffff)), hi = h2f((u16)(v[u] >> 16));
-#pragma unroll
-                    for (int hh = 0; hh < HB; hh++) {
-                        float wgt = wts[hh * wstride + r + u];
-                        acc[hh][0] += wgt * lo;
-                        acc[hh][1] += wgt * hi;
-                    }
-                }
-            }
-            for (; r < nr; r++) {
-                u32 v = *(const u32*)(rowp[r] + i);
-                float lo = h2f((u16)(v & 0xffff)), hi = h2f((u16)(v >> 16));
-#pragma unroll
-                for (int hh = 0; hh < HB; hh++) {
-                    float wgt = wts[hh * wstride + r];
-                    acc[hh][0] += wgt * lo;
-                    acc[hh][1] += wgt * hi;
-                }
-            }
+            attn_weighted_pair<HB>(rowp, 0, nr, wts, wstride, i, acc);
 #pragma unroll
             for (int hh = 0; hh < HB; hh++) {
                 qs[hh * hd + i] = acc[hh][0];
                 qs[hh * hd + i + 1] = acc[hh][1];
             }
         }
+        (void)np;
         return;
     }
 #endif

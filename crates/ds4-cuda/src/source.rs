@@ -192,6 +192,12 @@ pub fn program() -> String {
             "DS4_HC_XEARLY",
             u32::from(std::env::var("DS4_CUDA_HC_XEARLY").is_ok_and(|v| v == "1")),
         ),
+        // Off unless 1 (prepared in v33, not measured): the attention cluster's weighted
+        // sums over two halves of its rows.
+        (
+            "DS4_ATT_WSPLIT",
+            u32::from(std::env::var("DS4_CUDA_ATTN_WSPLIT").is_ok_and(|v| v == "1")),
+        ),
         ("DS4_Q8_LB", on("DS4_CUDA_Q8_LB")),
         // mm_iq2_xxs_wh64's signs by shifts, not a table (v29, H200, same call, two
         // repetitions: prefill +3.6 / +4.1% at 2k, +2.8 / +2.9% at 8k).
