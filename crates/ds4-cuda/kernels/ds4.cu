@@ -2596,6 +2596,11 @@ __device__ __forceinline__ u64 lds_u64(u32 addr) {
     asm("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr));
     return v;
 }
+__device__ __forceinline__ int4 lds_i4(u32 addr) {
+    int4 v;
+    asm("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
 __device__ __forceinline__ u32 lds_u32(u32 addr) {
     u32 v;
     asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
@@ -2604,22 +2609,37 @@ __device__ __forceinline__ u32 lds_u32(u32 addr) {
 // One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
 // the item's activations into acc: the two groups' sums times their scales in integers (as
 // the CPU's block sum), then one float step per piece; the 1/8 at the end.
-template <bool ST>
+// XS: the activations from the block's swizzled copy in shared memory at xs (iq2_stage_x).
+#define IQ2_XS_MAX 4096
+#define IQ2_XS_SHARED (IQ2_XS_MAX + 4 * IQ2_XS_MAX / 256)
+template <bool ST, bool XS = false>
 __device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c, const int4 (&wv)[4],
                                            const float (&dw)[4], const u64* tl, const u64* sgn,
-                                           int lane, float (&acc)[4]) {
+                                           int lane, float (&acc)[4], const i8* xs = nullptr) {
     int ib = c >> 2, g0 = 2 * (c & 3);
 #if DS4_IQ2_LA
     u32 tl_s = (u32)__cvta_generic_to_shared(tl);
     u32 sg_s = ST ? (u32)__cvta_generic_to_shared(sgn + (lane & 15)) : 0u;
 #endif
-    float dx = a.xd[(xo0 >> 8) + ib];
+    float dx;
+    if (XS)
+        dx = __int_as_float((int)lds_u32((u32)__cvta_generic_to_shared(xs) + IQ2_XS_MAX + 4u * ib));
+    else
+        dx = a.xd[(xo0 >> 8) + ib];
     int4 xv[2][2];
 #pragma unroll
     for (int gg = 0; gg < 2; gg++) {
-        const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
-        xv[gg][0] = *(const int4*)xb;
-        xv[gg][1] = *(const int4*)(xb + 16);
+        if (XS) {
+            // Chunk 4c + 2gg + h of the row, at its place in iq2_stage_x's swizzle (32-bit
+            // shared addresses: generic ones spilled at the 80-register cap).
+            u32 sw = (u32)(c >> 1) & 3u, xs_s = (u32)__cvta_generic_to_shared(xs);
+            xv[gg][0] = lds_i4(xs_s + 16u * ((u32)(4 * c + 2 * gg) ^ sw));
+            xv[gg][1] = lds_i4(xs_s + 16u * ((u32)(4 * c + 2 * gg + 1) ^ sw));
+        } else {
+            const i8* xb = a.xq + xo0 + 256 * ib + 32 * (g0 + gg);
+            xv[gg][0] = *(const int4*)xb;
+            xv[gg][1] = *(const int4*)(xb + 16);
+        }
     }
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -2724,6 +2744,74 @@ __device__ __forceinline__ void mv_iq2_xxs_1t_body(const MvArgs& a, const u64* t
     }
 }
 
+// mv_iq2_xxs_1tx (decode's default since v34; DS4_CUDA_IQ2_XS=0 keeps mv_iq2_xxs_1ts):
+// the item's int8 activations staged once a block in shared memory. A lane's piece c reads the 64 bytes
+// at 64c, so each of its four 16-byte loads from global memory had the warp's 32 lanes
+// 64 bytes apart over 16 lines of L1: 16 wavefronts for 512 bytes, as many as the four
+// rows' weights and the activations together (ncu, v33: the kernel's L1/shared pipe 76%
+// busy, 32% of its global sectors excess). Staged with 16-byte chunk q at q ^ ((q >> 3)
+// & 3), the 8 lanes of each quarter-warp meet 8 distinct bank quads: 4 wavefronts a load.
+// The first round's weights are in flight before the staging's barrier.
+// Its scales (a float per 256 columns) follow at IQ2_XS_MAX: IQ2_XS_SHARED bytes in all.
+__device__ __forceinline__ void iq2_stage_x(const i8* x, const float* xd, int cols, i8* xs) {
+    for (int q = threadIdx.x; q < cols / 16; q += blockDim.x)
+        *(int4*)(xs + 16 * (q ^ ((q >> 3) & 3))) = *(const int4*)(x + 16 * q);
+    if ((int)threadIdx.x < cols / 256) ((float*)(xs + IQ2_XS_MAX))[threadIdx.x] = xd[threadIdx.x];
+}
+// mv_iq2_xxs_1t_body<true> with the activations staged (rows of at most IQ2_XS_MAX
+// columns; the caller checks). The same products in the same order: the same values.
+__device__ __forceinline__ void mv_iq2_xxs_1tx_body(const MvArgs& a, const u64* tab, const u64* sgn,
+                                                    i8* xs) {
+    // MV_ITEMS for one item, in scalars (its one-entry array went to local memory here).
+    int warps = blockDim.x >> 5, lane = threadIdx.x & 31, item;
+    long long e;
+    if (a.grp) {
+        int g = blockIdx.y;
+        if (g >= *a.ngrp) return;
+        e = a.grp[3 * g];
+        item = a.grp[3 * g + 2] > 0 ? a.perm[a.grp[3 * g + 1]] : 0;
+    } else {
+        int b0 = blockIdx.y * a.nt;
+        if (b0 >= a.nb) return;
+        e = a.ids ? (long long)a.ids[b0] : 0;
+        item = b0;
+    }
+    int nch = a.cols / 64;
+    int rstep = gridDim.x * warps;
+    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
+    long long xo0 = mv_xoff(a, item, 0);
+    const u64* tl = tab + (lane & 15);
+    const u8* wq0 = a.w + e * a.mat_bytes;
+    const u16* wd0 = (const u16*)(a.sc + e * a.sc_mat_bytes);
+    // The output row's address from shared memory after the loop: held in registers
+    // across it, the item spilled at the 80-register cap.
+    __shared__ float* yrow;
+    if (threadIdx.x == 0) yrow = a.y + (size_t)item * a.y_stride;
+    iq2_stage_x(a.xq + xo0, a.xd + (xo0 >> 8), a.cols, xs);
+    __syncthreads();
+    for (int rb = rbase; rb < a.rows; rb += 4 * rstep) {
+        int rr[4];
+        float acc[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            rr[j] = min(rb + j * rstep, a.rows - 1);
+            acc[j] = 0.0f;
+        }
+        for (int c0 = lane; c0 < nch; c0 += 32) {
+            int4 wv[4];
+            float dw[4];
+            iq2_load4(wq0, wd0, rr, c0, nch, wv, dw);
+            iq2_piece4<true, true>(a, xo0, c0, wv, dw, tl, sgn, lane, acc, xs);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = rb + j * rstep;
+            float v = 0.125f * warp_sum(acc[j]);
+            if (lane == 0 && r < a.rows) yrow[r] = v;
+        }
+    }
+}
+
 // One 16-byte piece a lane per row per round (4 loads in flight): 80 registers, three
 // blocks an SM (24 warps, 48 KB in flight); two pieces (v13's U = 2) took 236 (one block:
 // 8 warps, 32 KB; ptxas hoists the table loads of all four rows) and measured slower.
@@ -2746,6 +2834,19 @@ extern "C" __global__ void __launch_bounds__(256, DS4_IQ2_LB) mv_iq2_xxs_1ts(MvA
     pdl_wait();
     __syncthreads();
     mv_iq2_xxs_1t_body<true>(a, tab, sgn);
+}
+// mv_iq2_xxs_1ts with the activations staged (rows of at most IQ2_XS_MAX columns; the
+// host's choice). Its own entry: as a branch of mv_iq2_xxs_1ts the other body spilled
+// at the shared 80-register cap.
+extern "C" __global__ void __launch_bounds__(256, DS4_IQ2_LB) mv_iq2_xxs_1tx(MvArgs a) {
+    __shared__ u64 tab[16 * 256];
+    __shared__ u64 sgn[16 * 128];
+    extern __shared__ __align__(16) i8 xs[];  // IQ2_XS_SHARED bytes (the host's launch)
+    pdl_signal_early();
+    iq2_grid_replicas<16>(tab);
+    iq2_sign_replicas<16>(sgn);
+    pdl_wait();
+    mv_iq2_xxs_1tx_body(a, tab, sgn, xs);  // its staging's barrier orders the tables too
 }
 
 #define MM_NG 32
@@ -4178,6 +4279,25 @@ template <int D> __device__ __forceinline__ void halve_exchange(float* p, int la
         p[i] = keep + __shfl_xor_sync(0xffffffffu, send, D);
     }
 }
+// The same level over doubles.
+template <int D> __device__ __forceinline__ void halve_exchange_d(double* p, int lane) {
+    bool up = lane & D;
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        double lo = p[i], hi = p[i + D];
+        double send = up ? lo : hi, keep = up ? hi : lo;
+        p[i] = keep + __shfl_xor_sync(0xffffffffu, send, D);
+    }
+}
+// The warp's 16 sums of p[0..16) in double (levels 8 .. 1, then the two half-warps
+// added): lane l ends with the warp's sum of p[l & 15] in p[0].
+__device__ __forceinline__ void warp_halve_sums_d16(double (&p)[16], int lane) {
+    halve_exchange_d<8>(p, lane);
+    halve_exchange_d<4>(p, lane);
+    halve_exchange_d<2>(p, lane);
+    halve_exchange_d<1>(p, lane);
+    p[0] += __shfl_xor_sync(0xffffffffu, p[0], 16);
+}
 // The warp's 32 sums of p[0..32) by halving exchanges at distance 16, 8, .., 1: lane l
 // ends with the warp's sum of p[l] in p[0].
 __device__ __forceinline__ void warp_halve_sums(float (&p)[32], int lane) {
@@ -5339,6 +5459,19 @@ __device__ __forceinline__ double dsmem_ld_d(const double* p, u32 rank) {
 // distributed reads before any block may leave. The values are hc_pre_late's up to the
 // order of the sums (8 shares of 2,048 columns rather than 32 of 512).
 // HCL_CL (8) and HCL_BT (512) come from the host (source.rs), which sizes the launch.
+// DS4_HC_GRAM (default since v34: the H200's step 1.5% shorter; the host's
+// DS4_CUDA_HC_GRAM=0 keeps the third barrier): the pre-mix's norm without its own
+// reduction. y = Σ_h pre_h·x_h, so Σ y² = Σ_{h,h'} pre_h·pre_h'·G_hh' with G the streams'
+// Gram matrix (Σ_i x_h[i]·x_h'[i]). A thread holds its pre-mix column of all hc streams
+// before the first exchange anyway, so G's hc(hc+1)/2 sums (in double) travel with the
+// mixing product's shares, and its trace is the flattened state's sum of squares the first
+// norm needs. That leaves one cluster barrier and one block reduction of three: every
+// block forms the same quadratic form from the same shares in rank order. The values are
+// the default's up to rounding (y² summed from the float y there, the exact form here).
+#ifndef DS4_HC_GRAM
+#define DS4_HC_GRAM 0
+#endif
+#define HC_GRAM_N (HC_MAX * (HC_MAX + 1) / 2)
 #define HCL_NW (HCL_BT / 32)
 extern "C" __global__ void __cluster_dims__(HCL_CL, 1, 1) __launch_bounds__(HCL_BT, 1)
 hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const float* base,
@@ -5375,9 +5508,29 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
 #pragma unroll
     for (int h = 0; h < HC_MAX; h++) xr[h] = live2 && h < hc ? __ldcg(&xv[(size_t)h * n + i2]) : 0.0f;
     float wn = live2 ? nw[i2] : 0.0f;
+#if DS4_HC_GRAM
+    __shared__ double shg[HCL_NW][HC_GRAM_N];
+    __shared__ double g_s[HC_GRAM_N];
+    __shared__ double pg[HCL_CL][HC_GRAM_N];
+    __shared__ double gt[HC_GRAM_N];
+    {
+        // Entry k of the upper triangle, row by row: (0,0), (0,1), .., (1,1), ..
+        double g[16];
+        int k = 0;
+#pragma unroll
+        for (int h = 0; h < HC_MAX; h++)
+#pragma unroll
+            for (int h2 = h; h2 < HC_MAX; h2++) g[k++] = (double)xr[h] * (double)xr[h2];
+#pragma unroll
+        for (int j = HC_GRAM_N; j < 16; j++) g[j] = 0.0;
+        warp_halve_sums_d16(g, lane);
+        if (lane < HC_GRAM_N) shg[wp][lane] = g[0];
+    }
+#else
     double sq = (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     sq = warp_reduce(sq, SumOp());
     if (lane == 0) shd[wp] = sq;
+#endif
     float p[32];
 #pragma unroll
     for (int m = 0; m < 32; m++) {
@@ -5397,15 +5550,52 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
             float a = warp_sum(lane < HCL_NW ? shm[lane][m] : 0.0f);
             if (lane == 0) part_s[m] = a;
         }
+#if DS4_HC_GRAM
+    // Warps from the last take the Gram entries (the first ones take two mixing rows).
+    if (HCL_NW - 1 - wp < HC_GRAM_N) {
+        int k = HCL_NW - 1 - wp;
+        double a = warp_reduce(lane < HCL_NW ? shg[lane][k] : 0.0, SumOp());
+        if (lane == 0) g_s[k] = a;
+    }
+#else
     if (wp == HC_MAX_MIX % HCL_NW) {
         double a = warp_reduce(lane < HCL_NW ? shd[lane] : 0.0, SumOp());
         if (lane == 0) sq_s[0] = a;
     }
+#endif
     cluster_barrier();
     // Every block's shares in one round of distributed loads, then added in rank order.
     if ((int)threadIdx.x < HCL_CL * mix) {
         int r = threadIdx.x / mix, m = threadIdx.x % mix;
         ps[r][m] = __uint_as_float(dsmem_ld((const u32*)&part_s[m], r));
+#if DS4_HC_GRAM
+    } else if (threadIdx.x >= 256 && threadIdx.x < 256 + HCL_CL * HC_GRAM_N) {  // 8 · mix ≤ 192 above
+        int r = (threadIdx.x - 256) / HC_GRAM_N, k = (threadIdx.x - 256) % HC_GRAM_N;
+        pg[r][k] = dsmem_ld_d(&g_s[k], r);
+    }
+    __syncthreads();
+    // The last distributed reads are done: the others may leave once all arrive.
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    if (threadIdx.x >= 64 && threadIdx.x < 64 + HC_GRAM_N) {
+        double a = 0.0;
+#pragma unroll
+        for (int r = 0; r < HCL_CL; r++) a += pg[r][threadIdx.x - 64];
+        gt[threadIdx.x - 64] = a;
+    }
+    if ((int)threadIdx.x < mix) {
+        float a = 0.0f;
+        double ss = 0.0;
+#pragma unroll
+        for (int r = 0; r < HCL_CL; r++) {
+            a += ps[r][threadIdx.x];
+            int k = 0;
+#pragma unroll
+            for (int h = 0; h < HC_MAX; h++) {  // the trace: entries (h, h)
+                ss += pg[r][k];
+                k += HC_MAX - h;
+            }
+        }
+#else
     } else if (threadIdx.x >= 256 && threadIdx.x < 256 + HCL_CL) {  // 8 · mix ≤ 192 above
         pq[threadIdx.x - 256] = dsmem_ld_d(&sq_s[0], threadIdx.x - 256);
     }
@@ -5418,6 +5608,7 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
             a += ps[r][threadIdx.x];
             ss += pq[r];
         }
+#endif
         a *= (float)(1.0 / sqrt(ss / (double)he + (double)eps));
         zs[threadIdx.x] = a;
         if (rank == 0) z[(size_t)t * mix + threadIdx.x] = a;
@@ -5431,6 +5622,27 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
 #pragma unroll
     for (int h = 0; h < HC_MAX; h++)
         if (h < hc) y += pre[h] * xr[h];
+#if DS4_HC_GRAM
+    double ss2 = 0.0;
+    {
+        int k = 0;
+#pragma unroll
+        for (int h = 0; h < HC_MAX; h++)
+#pragma unroll
+            for (int h2 = h; h2 < HC_MAX; h2++, k++)
+                if (h2 < hc) {
+                    double ph = (double)pre[h] * (double)pre[h2];
+                    ss2 += (h2 == h ? ph : 2.0 * ph) * gt[k];
+                }
+    }
+    float r2 = (float)(1.0 / sqrt(ss2 / (double)n + (double)eps));
+    if (live2) {
+        float o = y * r2 * wn;
+        xn[(size_t)t * n + i2] = o;
+        if (q) q8_0_lanes(o, lane, q, d, ((size_t)t * n + i2) / 32);
+    }
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
     double s2 = block_sum_d(live2 ? (double)y * (double)y : 0.0, shd);
     if (threadIdx.x == 0) sq_s[1] = s2;
     cluster_barrier();
@@ -5448,6 +5660,7 @@ hc_pre_cl_f16(const u16* w, const float* x, float* z, const float* scale, const 
         if (q) q8_0_lanes(o, lane, q, d, ((size_t)t * n + i2) / 32);
     }
     asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
 }
 
 extern "C" __global__ void __cluster_dims__(TK_CL, 1, 1) __launch_bounds__(1024)
@@ -6053,40 +6266,6 @@ __device__ __forceinline__ void attn_weighted_cl(const u16** rowp, int nr, const
                                                  int wstride, int hd, float* qs) {
 #if DS4_ATT_WV2
     if ((hd & 1) == 0) {
-        int np = hd >> 1;
-#if DS4_ATT_WSPLIT
-        // DS4_CUDA_ATTN_WSPLIT=1 (prepared in v33, not measured): with a thread a column pair
-        // (hd = 512: 256 of the 512 threads), the other half of the block idles while each
-        // pair's thread walks the range's ~80 rows in 5 dependent rounds of 16. Here the two
-        // halves take the rows up to rh (a multiple of 16) and from it, and the second adds
-        // its sums to the first's after a barrier: at most 3 rounds, the same shared reads
-        // in all. Each sum is two partial sums added (a + b, in either order the same
-        // float), so the values differ from the default's by float rounding.
-        if (2 * np <= (int)blockDim.x) {
-            int grp = (int)threadIdx.x >= np;
-            bool live = (int)threadIdx.x < 2 * np;
-            int i = 2 * ((int)threadIdx.x - grp * np);
-            int rh = min(nr, (nr + 31) / 32 * 16);
-            float acc[HB][2];
-#pragma unroll
-            for (int hh = 0; hh < HB; hh++) acc[hh][0] = acc[hh][1] = 0.0f;
-            if (live) attn_weighted_pair<HB>(rowp, grp ? rh : 0, grp ? nr : rh, wts, wstride, i, acc);
-            if (live && !grp)
-#pragma unroll
-                for (int hh = 0; hh < HB; hh++) {
-                    qs[hh * hd + i] = acc[hh][0];
-                    qs[hh * hd + i + 1] = acc[hh][1];
-                }
-            __syncthreads();
-            if (live && grp)
-#pragma unroll
-                for (int hh = 0; hh < HB; hh++) {
-                    qs[hh * hd + i] += acc[hh][0];
-                    qs[hh * hd + i + 1] += acc[hh][1];
-                }
-            return;
-        }
-#endif
         for (int i = 2 * threadIdx.x; i < hd; i += 2 * blockDim.x) {
             float acc[HB][2];
 #pragma unroll
@@ -6098,7 +6277,6 @@ __device__ __forceinline__ void attn_weighted_cl(const u16** rowp, int nr, const
                 qs[hh * hd + i + 1] = acc[hh][1];
             }
         }
-        (void)np;
         return;
     }
 #endif

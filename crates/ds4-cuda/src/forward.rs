@@ -1370,6 +1370,18 @@ fn iq2_c4_64_on() -> bool {
     *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_C4_64").map_or(true, |v| v != "0"))
 }
 
+/// Decode's IQ2_XXS product reads its activations from a swizzled copy in shared memory
+/// (`mv_iq2_xxs_1tx`, v34: the H200's step 0.8% shorter in the same call;
+/// `DS4_CUDA_IQ2_XS=0` keeps `mv_iq2_xxs_1ts`).
+fn iq2_xs_on() -> bool {
+    std::env::var("DS4_CUDA_IQ2_XS").map_or(true, |v| v != "0")
+}
+
+/// The widest rows it stages (IQ2_XS_MAX in ds4.cu: the Flash release's 4,096), and the
+/// copy's bytes: their int8 activations and a float scale per 256 (IQ2_XS_SHARED).
+const IQ2_XS_COLS: usize = 4096;
+const IQ2_XS_SHARED: usize = IQ2_XS_COLS + 4 * IQ2_XS_COLS / 256;
+
 /// Decode's IQ2_XXS kernel: the sign masks from shared replicas too (`mv_iq2_xxs_1ts`,
 /// measured +1.3% decode over computing them), or computed (`DS4_CUDA_IQ2_U=1`:
 /// `mv_iq2_xxs_1t`).
@@ -1891,17 +1903,30 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
     // Decode's routed products (one item per warp, whole rows): grids of one wave, each
     // warp walking rounds of four rows (the IQ2_XXS blocks fill their grid replica once).
     let whole_rows = single && ks == 1 && c.group.0 == 0;
-    let one_wave = |k: &str, threads: u32, rows_per_block: usize| -> Result<u32, CudaError> {
-        let wave = g.resident_blocks(k, threads, 0)? / (grid_y as u32).max(1);
-        Ok(ceil_div(m.rows, rows_per_block).min(wave.max(1)))
+    let one_wave = |k: &str, threads: u32, rows_per_block: usize, shm: usize| {
+        let wave = g.resident_blocks(k, threads, shm)? / (grid_y as u32).max(1);
+        Ok::<u32, CudaError>(ceil_div(m.rows, rows_per_block).min(wave.max(1)))
     };
     if whole_rows && m.ty == GgmlType::Iq2Xxs && m.split.is_some() && iq2_replicas_on() {
-        let k = iq2_decode_kernel();
-        return launch!(g, k, (one_wave(k, 256, 32)?, grid_y as u32, 1), 256, 0; args);
+        let k = match iq2_decode_kernel() {
+            "mv_iq2_xxs_1ts" if iq2_xs_on() && m.cols <= IQ2_XS_COLS => "mv_iq2_xxs_1tx",
+            k => k,
+        };
+        // mv_iq2_xxs_1tx's staged activations (IQ2_XS_SHARED in ds4.cu).
+        let shm = if k == "mv_iq2_xxs_1tx" {
+            IQ2_XS_SHARED
+        } else {
+            0
+        };
+        if shm > 0 {
+            g.allow_shared(k, shm)?;
+        }
+        return launch!(g, k, (one_wave(k, 256, 32, shm)?, grid_y as u32, 1), 256, shm as u32;
+            args);
     }
     if whole_rows && m.ty == GgmlType::Q2K && q2k_four_rows() {
         let k = "mv_q2_k_1r";
-        return launch!(g, k, (one_wave(k, 128, 16)?, grid_y as u32, 1), 128, 0; args);
+        return launch!(g, k, (one_wave(k, 128, 16, 0)?, grid_y as u32, 1), 128, 0; args);
     }
     // Measured on the H200 (v12): q_b's 1,024-column rows 15.3 → 10.5 µs with two rows a
     // warp, the 2,048-column down_sh 5.1 → 6.0 µs, the wider ones unchanged.

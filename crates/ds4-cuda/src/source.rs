@@ -59,6 +59,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_iq2_xxs_1",
     "mv_iq2_xxs_1t",
     "mv_iq2_xxs_1ts",
+    "mv_iq2_xxs_1tx",
     "mm_iq2_xxs_st",
     "mm_iq2_xxs_st64",
     "mm_iq2_xxs_st_t8",
@@ -192,12 +193,9 @@ pub fn program() -> String {
             "DS4_HC_XEARLY",
             u32::from(std::env::var("DS4_CUDA_HC_XEARLY").is_ok_and(|v| v == "1")),
         ),
-        // Off unless 1 (prepared in v33, not measured): the attention cluster's weighted
-        // sums over two halves of its rows.
-        (
-            "DS4_ATT_WSPLIT",
-            u32::from(std::env::var("DS4_CUDA_ATTN_WSPLIT").is_ok_and(|v| v == "1")),
-        ),
+        // The HC pre-step's second norm from the streams' Gram matrix, one cluster
+        // barrier fewer (v34: the H200's step 1.5% shorter in the same call).
+        ("DS4_HC_GRAM", on("DS4_CUDA_HC_GRAM")),
         ("DS4_Q8_LB", on("DS4_CUDA_Q8_LB")),
         // mm_iq2_xxs_wh64's signs by shifts, not a table (v29, H200, same call, two
         // repetitions: prefill +3.6 / +4.1% at 2k, +2.8 / +2.9% at 8k).
