@@ -480,28 +480,6 @@ __device__ __forceinline__ int4 ldg4(const void* p) {
 #endif
 }
 
-// Shared-memory loads at 32-bit shared addresses (the tables and staged copies are written
-// before a barrier the loads' addresses follow).
-__device__ __forceinline__ u64 lds_u64(u32 addr) {
-    u64 v;
-    asm("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr));
-    return v;
-}
-__device__ __forceinline__ int4 lds_i4(u32 addr) {
-    int4 v;
-    asm("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-    return v;
-}
-__device__ __forceinline__ int lds_s16(u32 addr) {
-    short v;
-    asm("ld.shared.s16 %0, [%1];" : "=h"(v) : "r"(addr));
-    return (int)v;
-}
-__device__ __forceinline__ u32 lds_u32(u32 addr) {
-    u32 v;
-    asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
-    return v;
-}
 // Float weights (f32, f16, bf16) times f32 activations; `T` is the stored element and
 // `load` widens it. A lane takes 16 bytes of weights (16/sizeof(T) elements) per step.
 // A lane's four 16-byte pieces of a float row from piece c0 (32·ks apart).
@@ -2298,34 +2276,20 @@ __device__ __forceinline__ void q2k_load4(const u8* const (&w)[4], int ib, int q
 }
 // Piece (block ib, half k, column h) of four rows against the item's activations
 // (mv_q2_k_body<1>'s arithmetic in its order) into acc.
-// XS: the activations, their block sums and scales from q2k_stage_x's copy at xs_s.
-template <bool XS = false>
 __device__ __forceinline__ void q2k_piece4(const MvArgs& a, long long xo, int ib, int k, int h,
                                            const u32 (&qw)[4][4], const u32 (&dd)[4],
                                            const u32 (&sc4)[4], const u32 (&sc4b)[4],
-                                           float (&acc)[4], u32 xs_s = 0, int cols = 0) {
+                                           float (&acc)[4]) {
+    const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
+    const short* bs = a.xs + (xo >> 4) + 16 * ib + 8 * k + h;
     int4 xv[4];
     int bsv[4];
-    float dx;
-    if (XS) {
-        u32 c0 = (u32)(16 * ib + 8 * k + h);
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            u32 c = c0 + 2u * j;
-            xv[j] = lds_i4(xs_s + 16u * (c ^ (((c >> 3) & 3u) << 1)));
-            bsv[j] = lds_s16(xs_s + (u32)cols + 2u * c);
-        }
-        dx = __int_as_float((int)lds_u32(xs_s + (u32)cols + (u32)cols / 8 + 4u * ib));
-    } else {
-        const i8* xb = a.xq + xo + 256 * ib + 128 * k + 16 * h;
-        const short* bs = a.xs + (xo >> 4) + 16 * ib + 8 * k + h;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            xv[j] = *(const int4*)(xb + 32 * j);
-            bsv[j] = (int)bs[2 * j];
-        }
-        dx = a.xd[(xo >> 8) + ib];
+    for (int j = 0; j < 4; j++) {
+        xv[j] = *(const int4*)(xb + 32 * j);
+        bsv[j] = (int)bs[2 * j];
     }
+    float dx = a.xd[(xo >> 8) + ib];
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         float d = h2f((u16)(dd[j] & 0xffff)), dmin = h2f((u16)(dd[j] >> 16));
@@ -2427,80 +2391,6 @@ extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1r(MvArgs a) { pdl_begin();
         }
     }
 #endif
-}
-
-// mv_q2_k_1r (its DS4_Q2K_PF loop) with the item's activations, block sums and scales
-// staged once a block in shared memory (v34, DS4_CUDA_Q2K_XS=1: to be measured): a lane's
-// piece (block ib, half k, column h) reads 16 bytes at 256ib + 128k + 16h + 32j, so each
-// of the four loads had a quarter-warp's 8 lanes on 2 of L1's 8 bank quads. Chunk c (16
-// bytes) is staged at c ^ (((c >> 3) & 3) << 1): the 8 lanes (two blocks, four pieces)
-// then meet 8 distinct quads. The same products in the same order: the same values.
-// Layout (Q2K_XS bytes for `cols`): the activations, the block sums (a short per 16),
-// the scales (a float per 256).
-#define Q2K_XS_MAX 4096
-__device__ __forceinline__ void q2k_stage_x(const MvArgs& a, long long xo, i8* xs) {
-    int cols = a.cols;
-    for (int c = threadIdx.x; c < cols / 16; c += blockDim.x) {
-        *(int4*)(xs + 16 * (c ^ (((c >> 3) & 3) << 1))) = *(const int4*)(a.xq + xo + 16 * c);
-        ((short*)(xs + cols))[c] = a.xs[(xo >> 4) + c];
-    }
-    if ((int)threadIdx.x < cols / 256) ((float*)(xs + cols + cols / 8))[threadIdx.x] = a.xd[(xo >> 8) + threadIdx.x];
-}
-extern "C" __global__ void MV_Q2_K_1R_BOUNDS mv_q2_k_1x(MvArgs a) {
-    extern __shared__ __align__(16) i8 xs[];
-    pdl_begin();
-    const int NTM = 1;
-    MV_ITEMS
-    int nblk = a.cols / 256;
-    int rstep = gridDim.x * warps;
-    int rbase = blockIdx.x * warps + (threadIdx.x >> 5);
-    long long xo = mv_xoff(a, item[0], 0);
-    u32 xs_s = (u32)__cvta_generic_to_shared(xs);
-    auto rows = [&](int rb_, const u8* (&w)[4]) {
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            w[j] = a.w + e * a.mat_bytes + (size_t)min(rb_ + j * rstep, a.rows - 1) * nblk * 84;
-    };
-    int rb = rbase, ib0 = 0;
-    const u8* w[4];
-    u32 qw[4][4], dd[4], sc4[4], sc4b[4];
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    rows(rb, w);
-    // The first pieces' loads are in flight while the block stages the activations.
-    if (rb < a.rows && lane < nblk * 4) q2k_load4(w, lane >> 2, lane & 3, (lane & 3) >> 1, qw, dd, sc4, sc4b);
-    q2k_stage_x(a, xo, xs);
-    __syncthreads();
-    while (rb < a.rows) {
-        int in = ib0 + 32, rn = rb;
-        const u8* wn[4];
-        if (in >= nblk * 4) {
-            in = 0;
-            rn = rb + 4 * rstep;
-            rows(rn, wn);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; j++) wn[j] = w[j];
-        }
-        u32 qn[4][4], dn[4], sn[4], sbn[4];
-        int itn = in + lane;
-        if (rn < a.rows && itn < nblk * 4)
-            q2k_load4(wn, itn >> 2, itn & 3, (itn & 3) >> 1, qn, dn, sn, sbn);
-        int it = ib0 + lane;
-        if (it < nblk * 4)
-            q2k_piece4<true>(a, xo, it >> 2, (it & 3) >> 1, it & 1, qw, dd, sc4, sc4b, acc, xs_s, a.cols);
-        if (in == 0) rows4_store(a, item[0], rb, rstep, lane, 1.0f, acc);
-        rb = rn;
-        ib0 = in;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            w[j] = wn[j];
-            dd[j] = dn[j];
-            sc4[j] = sn[j];
-            sc4b[j] = sbn[j];
-#pragma unroll
-            for (int v = 0; v < 4; v++) qw[j][v] = qn[j][v];
-        }
-    }
 }
 
 __device__ __forceinline__ void q4k_scale_min(int j, const u8* s, int* sc, int* m) {
@@ -2699,6 +2589,23 @@ __device__ __forceinline__ int dot8(const int (&w)[8], int4 x0, int4 x1) {
 // conflict-free shared loads — and each piece's two group sums added in integers. The
 // host sizes the grid to one wave of resident blocks, so each block fills its replicas
 // once and walks several rounds of rows.
+// A 64-bit shared-memory load at a 32-bit shared address (the tables are written before a
+// barrier the loads' addresses follow).
+__device__ __forceinline__ u64 lds_u64(u32 addr) {
+    u64 v;
+    asm("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ int4 lds_i4(u32 addr) {
+    int4 v;
+    asm("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ u32 lds_u32(u32 addr) {
+    u32 v;
+    asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
 // One 16-byte piece c (64 weights) of four rows (their pieces in wv, scales in dw) against
 // the item's activations into acc: the two groups' sums times their scales in integers (as
 // the CPU's block sum), then one float step per piece; the 1/8 at the end.

@@ -1393,12 +1393,6 @@ fn iq2_decode_kernel() -> &'static str {
     })
 }
 
-/// Decode's Q2_K product reads its activations, block sums and scales from a swizzled
-/// copy in shared memory (`mv_q2_k_1x`, `DS4_CUDA_Q2K_XS=1`; v34, to be measured).
-fn q2k_xs_on() -> bool {
-    std::env::var("DS4_CUDA_Q2K_XS").is_ok_and(|v| v == "1")
-}
-
 /// Whether decode's Q2_K product walks four rows a warp with all loads in flight
 /// (`mv_q2_k_1r`; `DS4_CUDA_Q2K_R4=0`: v12's one row a warp).
 fn q2k_four_rows() -> bool {
@@ -1931,16 +1925,8 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
             args);
     }
     if whole_rows && m.ty == GgmlType::Q2K && q2k_four_rows() {
-        // DS4_CUDA_Q2K_XS=1: the activations staged (mv_q2_k_1x; Q2K_XS_MAX columns).
-        let xs = q2k_xs_on() && m.cols <= 4096;
-        let (k, shm) = if xs {
-            ("mv_q2_k_1x", m.cols + m.cols / 8 + m.cols / 64)
-        } else {
-            ("mv_q2_k_1r", 0)
-        };
-        g.allow_shared(k, shm)?;
-        return launch!(g, k, (one_wave(k, 128, 16, shm)?, grid_y as u32, 1), 128, shm as u32;
-            args);
+        let k = "mv_q2_k_1r";
+        return launch!(g, k, (one_wave(k, 128, 16, 0)?, grid_y as u32, 1), 128, 0; args);
     }
     // Measured on the H200 (v12): q_b's 1,024-column rows 15.3 → 10.5 µs with two rows a
     // warp, the 2,048-column down_sh 5.1 → 6.0 µs, the wider ones unchanged.

@@ -47,7 +47,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "mv_q2_k",
     "mv_q2_k_1",
     "mv_q2_k_1r",
-    "mv_q2_k_1x",
     "mm_q2_k_sm",
     "mm_q2_k_sm64",
     "mm_q2_k_sm_h",
