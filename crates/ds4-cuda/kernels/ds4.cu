@@ -2760,9 +2760,13 @@ __device__ __forceinline__ void iq2_stage_x(const i8* x, const float* xd, int co
 }
 // mv_iq2_xxs_1t_body<true> with the activations staged (rows of at most IQ2_XS_MAX
 // columns; the caller checks). The same products in the same order: the same values.
+// Its row loop is a copy of that body's: sharing one (a template over XS with a store
+// callback) changed this kernel's register allocation and schedule (v34, NVRTC 13.2),
+// so the copy stays until a device call can measure the shared form.
 __device__ __forceinline__ void mv_iq2_xxs_1tx_body(const MvArgs& a, const u64* tab, const u64* sgn,
                                                     i8* xs) {
-    // MV_ITEMS for one item, in scalars (its one-entry array went to local memory here).
+    // MV_ITEMS for one item, in scalars (as measured in v34; with MV_ITEMS's one-entry
+    // array this body spilled while it shared a kernel with mv_iq2_xxs_1t_body).
     int warps = blockDim.x >> 5, lane = threadIdx.x & 31, item;
     long long e;
     if (a.grp) {
@@ -2783,8 +2787,7 @@ __device__ __forceinline__ void mv_iq2_xxs_1tx_body(const MvArgs& a, const u64* 
     const u64* tl = tab + (lane & 15);
     const u8* wq0 = a.w + e * a.mat_bytes;
     const u16* wd0 = (const u16*)(a.sc + e * a.sc_mat_bytes);
-    // The output row's address from shared memory after the loop: held in registers
-    // across it, the item spilled at the 80-register cap.
+    // The output row's address read from shared memory after each round (as measured).
     __shared__ float* yrow;
     if (threadIdx.x == 0) yrow = a.y + (size_t)item * a.y_stride;
     iq2_stage_x(a.xq + xo0, a.xd + (xo0 >> 8), a.cols, xs);
