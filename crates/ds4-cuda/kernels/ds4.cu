@@ -2631,7 +2631,7 @@ __device__ __forceinline__ void iq2_piece4(const MvArgs& a, long long xo0, int c
     for (int gg = 0; gg < 2; gg++) {
         if (XS) {
             // Chunk 4c + 2gg + h of the row, at its place in iq2_stage_x's swizzle (32-bit
-            // shared addresses: generic ones spilled at the 80-register cap).
+            // shared addresses, as the table lookups: fewer registers than generic ones).
             u32 sw = (u32)(c >> 1) & 3u, xs_s = (u32)__cvta_generic_to_shared(xs);
             xv[gg][0] = lds_i4(xs_s + 16u * ((u32)(4 * c + 2 * gg) ^ sw));
             xv[gg][1] = lds_i4(xs_s + 16u * ((u32)(4 * c + 2 * gg + 1) ^ sw));
