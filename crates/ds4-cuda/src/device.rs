@@ -347,8 +347,6 @@ impl Gpu {
         Ok(per_sm.max(1) * self.sms)
     }
 
-    /// Lets `name` use up to `bytes` of dynamic shared memory. Past 48 KiB in all —
-    /// the kernel's static shared memory counts too — a launch needs the opt-in.
     /// Lets `name` launch clusters of more than 8 blocks (the H100/H200 take 16).
     pub fn allow_large_clusters(&self, name: &str) -> Result<(), CudaError> {
         self.func(name)
@@ -359,6 +357,8 @@ impl Gpu {
             .map_err(drv("cluster size attribute"))
     }
 
+    /// Lets `name` use up to `bytes` of dynamic shared memory. Past 48 KiB in all —
+    /// the kernel's static shared memory counts too — a launch needs the opt-in.
     pub fn allow_shared(&self, name: &str, bytes: usize) -> Result<(), CudaError> {
         if bytes == 0 {
             return Ok(());
