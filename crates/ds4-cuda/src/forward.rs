@@ -1374,7 +1374,8 @@ fn iq2_c4_64_on() -> bool {
 /// (`mv_iq2_xxs_1tx`, v34: the H200's step 0.8% shorter in the same call;
 /// `DS4_CUDA_IQ2_XS=0` keeps `mv_iq2_xxs_1ts`).
 fn iq2_xs_on() -> bool {
-    std::env::var("DS4_CUDA_IQ2_XS").map_or(true, |v| v != "0")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DS4_CUDA_IQ2_XS").map_or(true, |v| v != "0"))
 }
 
 /// The widest rows it stages (IQ2_XS_MAX in ds4.cu: the Flash release's 4,096), and the
@@ -1918,9 +1919,7 @@ pub fn mv_launch(gpu: &Gpu, m: &DevMat, act: [&DevBuf; 3], c: Mv) -> Result<(), 
         } else {
             0
         };
-        if shm > 0 {
-            g.allow_shared(k, shm)?;
-        }
+        g.allow_shared(k, shm)?;
         return launch!(g, k, (one_wave(k, 256, 32, shm)?, grid_y as u32, 1), 256, shm as u32;
             args);
     }
